@@ -1,0 +1,50 @@
+"""Graceful shutdown for Python services.
+
+One coordinator per process turns every way the process can end into one
+ordered, time-boxed, exactly-once shutdown, and reports what it did::
+
+    import lastcall
+
+    lastcall.install()              # SIGTERM, SIGINT, SIGHUP and normal exit
+
+    @lastcall.on_shutdown
+    def close_pool() -> None: ...
+"""
+
+from __future__ import annotations
+
+from lastcall._config import Settings
+from lastcall._coordinator import Coordinator
+from lastcall._hooks import PHASES, Hook, Phase
+from lastcall._report import HookResult, Report
+from lastcall._stoptoken import StopToken
+
+__all__ = (
+    "PHASES",
+    "Coordinator",
+    "Hook",
+    "HookResult",
+    "Phase",
+    "Report",
+    "Settings",
+    "StopToken",
+    "default",
+    "install",
+    "on_shutdown",
+    "shutdown",
+    "stopping",
+    "trigger",
+    "uninstall",
+    "unregister",
+)
+
+default: Coordinator = Coordinator()
+"""The process's coordinator, used by the functions below."""
+
+install = default.install
+uninstall = default.uninstall
+on_shutdown = default.on_shutdown
+unregister = default.unregister
+trigger = default.trigger
+shutdown = default.shutdown
+stopping: StopToken = default.stopping

@@ -1,0 +1,469 @@
+"""The coordinator: every way a process ends becomes one ordered, time-boxed stop.
+
+States go ``running -> stopping -> done`` exactly once, under a lock. Who
+runs the stop depends on how it began:
+
+* a signal or ``trigger()``: the dispatcher thread, so the main thread
+  keeps serving while the drain finishes what it accepted; when the stop
+  is done the dispatcher wakes the main thread (``pthread_kill``) and the
+  main thread ends the process the way the signal asked;
+* normal interpreter exit, ``sys.exit`` or an unhandled exception: the
+  main thread, inside our ``atexit`` handler;
+* ``shutdown()``: the calling thread, and the process is left running.
+
+Signal handlers never take a lock: they put the signal number on a
+SimpleQueue that the dispatcher reads (see ``_signals``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from lastcall._config import Settings, SignalSpec, parse_signals, resolve
+from lastcall._hooks import PHASES, Finished, Hook, HookFunc, Runner, make_hook
+from lastcall._report import HookResult, Report, logger
+from lastcall._signals import SignalHandlers
+from lastcall._stoptoken import StopToken
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+F = TypeVar("F", bound=HookFunc)
+State = Literal["running", "stopping", "done"]
+Clock = Callable[[], float]
+
+# Once the stop is over, how long the dispatcher lets the main thread end the
+# process before ending it itself (the main thread may be stuck in C code).
+_MAIN_THREAD_GRACE = 1.0
+# Async hooks are cancelled a little before the coordinator gives up on them,
+# so the cancellation is what gets recorded.
+_ASYNC_CANCEL_MARGIN = 0.05
+
+
+class Coordinator:
+    """One per process: owns the hooks, the stop token and the stop itself.
+
+    The module-level functions (``lastcall.on_shutdown`` ...) use a default
+    instance; tests and embedders may make their own::
+
+        coordinator = Coordinator(run_at_exit=False)
+        coordinator.on_shutdown(close_pool)
+        report = coordinator.shutdown()
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, run_at_exit: bool = True) -> None:
+        self._clock = clock
+        self._run_at_exit = run_at_exit
+        self._settings = resolve()
+        self._force_signals: frozenset[int] = frozenset({signal.SIGINT})
+        self.stopping = StopToken()
+        self._reset_state()
+        self._handlers: SignalHandlers | None = None
+        self._previous_excepthook: Callable[..., Any] | None = None
+        self._atexit_registered = False
+        reference = weakref.WeakMethod(self._after_fork_in_child)
+        os.register_at_fork(after_in_child=lambda: _call_weak(reference))
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: list[Hook] = []
+        self._state: State = "running"
+        self._done = threading.Event()
+        self._report: Report | None = None
+        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self._current: tuple[Hook, float] | None = None
+        self._in_progress: Report | None = None
+        self._exception: str | None = None
+        # How the dispatcher will end the process: (exit status, signal to die by).
+        self._plan: tuple[int, int | None] | None = None
+        self._ending: tuple[int, int | None] | None = None  # set once ending has begun
+        self._in_atexit = False
+
+    # ------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def install(
+        self,
+        *,
+        grace: float | None = None,
+        signals: Iterable[SignalSpec] | None = None,
+        exit_code: int | None = None,
+        report: str | None = None,
+        prestop_delay: float | None = None,
+        force_signals: Iterable[SignalSpec] = ("SIGINT",),
+        override_ignored: bool = False,
+    ) -> Coordinator:
+        """Take over the stop signals and normal exit; safe to call again.
+
+        Arguments win over ``LASTCALL_*`` environment variables, which win
+        over the defaults (see ``lastcall._config``). ``force_signals``
+        received during a stop end the process at once (a second Ctrl-C);
+        other repeats are absorbed. A signal found ignored stays ignored
+        unless ``override_ignored``.
+        """
+        settings = resolve(
+            grace=grace,
+            signals=signals,
+            exit_code=exit_code,
+            report=report,
+            prestop_delay=prestop_delay,
+        )
+        force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
+        if self._handlers is not None:
+            self._handlers.restore()
+        handlers = SignalHandlers(self._on_signal)
+        handlers.install(settings.signals, override_ignored=override_ignored)
+        self._settings = settings
+        self._force_signals = force or frozenset()
+        self._handlers = handlers
+        if self._previous_excepthook is None:
+            self._previous_excepthook = sys.excepthook
+            sys.excepthook = self._excepthook
+        self._register_atexit()
+        self._start_dispatcher()
+        return self
+
+    def uninstall(self) -> None:
+        """Give back the signal handlers and excepthook that were there before."""
+        if self._handlers is not None:
+            self._handlers.restore()
+            self._handlers = None
+        if self._previous_excepthook is not None:
+            sys.excepthook = self._previous_excepthook
+            self._previous_excepthook = None
+
+    # ------------------------------------------------------------ hooks
+
+    @overload
+    def on_shutdown(self, func: F, /) -> F: ...
+
+    @overload
+    def on_shutdown(
+        self,
+        func: None = None,
+        /,
+        *,
+        phase: str = "cleanup",
+        timeout: float | None = None,
+        name: str | None = None,
+        inherit: bool = False,
+    ) -> Callable[[F], F]: ...
+
+    def on_shutdown(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        phase: str = "cleanup",
+        timeout: float | None = None,
+        name: str | None = None,
+        inherit: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Register ``func`` to run at shutdown: bare decorator, with options, or a call.
+
+        Within a phase the last registered runs first, as with ``atexit``.
+        ``timeout`` defaults to what remains of the grace period;
+        ``inherit=True`` lets forked children run it too.
+        """
+
+        def register(target: F) -> F:
+            hook = make_hook(target, phase=phase, timeout=timeout, name=name, inherit=inherit)
+            with self._lock:
+                self._hooks.append(hook)
+            self._register_atexit()
+            return target
+
+        # Validate options even when used as a decorator factory, so a typo
+        # fails at the line that has it.
+        make_hook(lambda: None, phase=phase, timeout=timeout, name=name, inherit=inherit)
+        return register if func is None else register(func)
+
+    def unregister(self, func: HookFunc) -> bool:
+        """Remove every registration of ``func``; True if there was one."""
+        with self._lock:
+            kept = [h for h in self._hooks if h.func is not func and h.func != func]
+            removed = len(kept) != len(self._hooks)
+            self._hooks = kept
+        return removed
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        with self._lock:
+            return tuple(self._hooks)
+
+    # ------------------------------------------------------------ stopping
+
+    def trigger(self, reason: str = "trigger() called") -> None:
+        """Begin the stop from any thread; the process ends when it is done."""
+        self._start_dispatcher()
+        self._events.put(reason)
+
+    def shutdown(self, reason: str = "shutdown() called") -> Report:
+        """Run the stop now on this thread and return its report; the process lives on.
+
+        If a stop already began elsewhere, wait for it and return its report.
+        """
+        if self._begin():
+            return self._run("manual", reason, exit_status=None)
+        return self._wait_report()
+
+    @property
+    def report(self) -> Report | None:
+        """The report of the stop, once it is done."""
+        return self._report
+
+    def _begin(self) -> bool:
+        with self._lock:
+            if self._state != "running":
+                return False
+            self._state = "stopping"
+        self.stopping._set()  # noqa: SLF001  # the token's owner sets it
+        return True
+
+    def _wait_report(self) -> Report:
+        self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
+        if self._report is None:
+            raise RuntimeError("the shutdown in progress did not finish within its grace period")
+        return self._report
+
+    def _run(self, trigger: str, reason: str, *, exit_status: int | None) -> Report:
+        """The stop sequence: every phase in order, each hook within its time."""
+        settings = self._settings
+        start = self._clock()
+        deadline = start + settings.grace
+        report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
+        self._in_progress = report
+        logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)
+        runner: Runner | None = None
+        finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        for phase in PHASES:
+            with self._lock:
+                hooks = [h for h in reversed(self._hooks) if h.phase == phase]
+            for hook in hooks:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    report.hooks.append(HookResult(hook.name, hook.phase, "skipped"))
+                    continue
+                budget = min(hook.timeout or remaining, remaining)
+                if runner is None:
+                    finished = queue.SimpleQueue()
+                    runner = Runner(finished.put)
+                result = self._run_one(hook, budget, runner, finished)
+                if result.outcome == "timeout" and not hook.is_async:
+                    runner = None  # abandoned with its hook; the next one gets a new thread
+                report.hooks.append(result)
+            if phase == "pre_stop" and settings.prestop_delay:
+                delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
+                logger.info("pre-stop delay: still serving for %.3g s", delay)
+                self._done.wait(delay)
+        if runner is not None:
+            runner.close()
+        report.duration = self._clock() - start
+        report.exit_status = exit_status
+        self._finish(report)
+        return report
+
+    def _run_one(
+        self,
+        hook: Hook,
+        budget: float,
+        runner: Runner,
+        finished: queue.SimpleQueue[Finished],
+    ) -> HookResult:
+        began = self._clock()
+        self._current = (hook, began)
+        inner = max(budget - _ASYNC_CANCEL_MARGIN, 0.001) if hook.is_async else budget
+        runner.submit(hook, inner)
+        try:
+            done = finished.get(timeout=budget)
+        except queue.Empty:
+            done = Finished(hook, "timeout", f"still running after {budget:.3g} s; abandoned")
+        self._current = None
+        result = HookResult(hook.name, hook.phase, done.outcome, self._clock() - began, done.error)
+        if result.outcome in ("error", "timeout"):
+            logger.error("hook %s (%s) %s: %s", hook.name, hook.phase, result.outcome, done.error)
+        return result
+
+    def _finish(self, report: Report) -> None:
+        """Record, log and write the report, then release anyone waiting."""
+        self._report = report
+        self._state = "done"  # no lock: this may run in a signal handler (see _force)
+        report.log()
+        self._write(report)
+        self._done.set()
+
+    def _write(self, report: Report) -> None:
+        if not self._settings.report:
+            return
+        try:
+            path = report.write(self._settings.report)
+        except OSError as exc:
+            logger.error("could not write the report to %s: %s", self._settings.report, exc)
+        else:
+            logger.debug("report written to %s", path)
+
+    # ------------------------------------------------------------ the dispatcher
+
+    def _start_dispatcher(self) -> None:
+        with self._lock:
+            if self._dispatcher is not None and self._dispatcher.is_alive():
+                return
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, name="lastcall-dispatcher", daemon=True
+            )
+            self._dispatcher.start()
+
+    def _on_signal(self, signum: int) -> bool:
+        """Runs in the signal handler, on the main thread: no locks, no logging."""
+        if self._ending is not None:
+            self._end_on_main_thread()
+        if self._state == "stopping" and signum in self._force_signals:
+            self._force(signum)
+        self._events.put(signum)
+        return True
+
+    def _dispatch(self) -> None:
+        item = self._events.get()
+        signum = item if isinstance(item, int) else None
+        trigger = signal.Signals(signum).name if signum is not None else "manual"
+        if self._settings.exit_code is not None:
+            status, die_by = self._settings.exit_code, None
+        elif signum is not None:
+            status, die_by = 128 + signum, signum
+        else:
+            status, die_by = 0, None
+        if self._begin():
+            self._plan = (status, die_by)
+            reason = "signal received" if signum is not None else str(item)
+            self._run(trigger, reason, exit_status=status)
+        else:
+            self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
+            if self._report is not None and self._report.trigger in ("exit", "exception"):
+                return  # the interpreter is already ending on its own terms
+            self._plan = (status, die_by)
+        self._end_process(self._plan)
+
+    def _end_process(self, plan: tuple[int, int | None]) -> None:
+        """From the dispatcher: have the main thread end the process, or do it here."""
+        self._ending = plan
+        handled = self._handlers.handled if self._handlers else ()
+        main = threading.main_thread().ident
+        if handled and main is not None:
+            _, die_by = plan
+            signal.pthread_kill(main, die_by if die_by in handled else handled[0])
+            time.sleep(_MAIN_THREAD_GRACE)
+            logger.warning("the main thread did not end the process; ending it from here")
+        status, die_by = plan
+        _flush()
+        os._exit(128 + die_by if die_by is not None else status)
+
+    def _end_on_main_thread(self) -> None:
+        assert self._ending is not None  # noqa: S101  # only called once it is set
+        status, die_by = self._ending
+        if not self._in_atexit:
+            self._in_atexit = True
+            atexit._run_exitfuncs()  # noqa: SLF001  # other libraries' exit handlers still run
+        _flush()
+        if die_by is not None:
+            signal.signal(die_by, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [die_by])
+            os.kill(os.getpid(), die_by)
+            time.sleep(_MAIN_THREAD_GRACE)  # the signal is on its way
+        os._exit(status)
+
+    def _force(self, signum: int) -> None:
+        """A second Ctrl-C: say what is still running, write what we know, end now."""
+        running = self._current
+        report = self._in_progress
+        detail = "nothing"
+        if running is not None:
+            hook, began = running
+            detail = f"{hook.name} ({hook.phase}, {self._clock() - began:.1f} s)"
+        logger.error(
+            "%s again during shutdown: exiting now; still running: %s",
+            signal.Signals(signum).name,
+            detail,
+        )
+        if report is not None and self._report is None:
+            report.forced = True
+            report.exit_status = 128 + signum
+            self._finish(report)
+        self._ending = (128 + signum, signum)
+        self._end_on_main_thread()
+
+    # ------------------------------------------------------------ interpreter exit
+
+    def _register_atexit(self) -> None:
+        if self._run_at_exit and not self._atexit_registered:
+            self._atexit_registered = True
+            reference = weakref.WeakMethod(self._at_exit)
+            atexit.register(_call_weak, reference)
+
+    def _at_exit(self) -> None:
+        if self._ending is not None:
+            return  # _end_on_main_thread is running the exit handlers
+        self._in_atexit = True
+        if self._begin():
+            trigger = "exception" if self._exception else "exit"
+            status = 1 if self._exception else None
+            self._run(trigger, self._exception or "interpreter exiting", exit_status=status)
+            return
+        self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
+        if self._plan is not None:  # a signal or trigger() began it: end as it asked
+            self._ending = self._plan
+            self._end_on_main_thread()
+
+    def _excepthook(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exception = f"{exc_type.__name__}: {exc}"
+        previous = self._previous_excepthook or sys.__excepthook__
+        previous(exc_type, exc, tb)
+
+    # ------------------------------------------------------------ fork
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child keeps only the hooks registered with ``inherit=True``."""
+        inherited = [h for h in self._hooks if h.inherit]
+        self._reset_state()
+        self._hooks = inherited
+        self.stopping._reset_after_fork()  # noqa: SLF001
+        if self._handlers is not None:
+            self._start_dispatcher()
+
+
+def _call_weak(reference: weakref.WeakMethod[Callable[[], None]]) -> None:
+    method = reference()
+    if method is not None:
+        method()
+
+
+def _flush() -> None:
+    """What the interpreter would flush on a normal exit, since we may skip it."""
+    handlers = [*logging.getLogger().handlers, *logger.handlers]
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    for flushable in (*handlers, *streams):
+        with contextlib.suppress(Exception):
+            flushable.flush()

@@ -1,0 +1,99 @@
+"""The report: what ran, where, how long, and how the process ended.
+
+It is logged (one INFO summary; each failed hook was logged at ERROR, with
+its traceback, when it failed) and, when
+``LASTCALL_REPORT`` names a path, written there as JSON. The file is
+written to a temporary name beside it and renamed, so a reader never sees
+half a report, and it is created mode 0600 because hook errors can carry
+secrets from tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lastcall._hooks import Outcome, Phase
+
+logger = logging.getLogger("lastcall")
+
+
+@dataclass
+class HookResult:
+    """How one hook went."""
+
+    name: str
+    phase: Phase
+    outcome: Outcome
+    duration: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    """Everything one shutdown did. ``trigger`` says why it began.
+
+    ``trigger`` is a signal name (``"SIGTERM"``), ``"exit"`` (the interpreter
+    ended normally or by ``sys.exit``), ``"exception"``, or ``"manual"``
+    (``trigger()`` or ``shutdown()``); ``reason`` adds detail in words.
+    ``exit_status`` is what a shell will see (128+N after a signal), or
+    ``None`` when the interpreter decides it (a normal exit).
+    """
+
+    trigger: str
+    reason: str
+    pid: int
+    started_at: float
+    hooks: list[HookResult] = field(default_factory=list)
+    duration: float = 0.0
+    exit_status: int | None = None
+    forced: bool = False
+
+    @property
+    def failed(self) -> list[HookResult]:
+        return [h for h in self.hooks if h.outcome in ("error", "timeout")]
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for h in self.hooks if h.outcome == outcome)
+
+    def summary(self) -> str:
+        """The one line logged at INFO when a shutdown ends."""
+        counts = ", ".join(
+            f"{self.count(outcome)} {outcome}"
+            for outcome in ("ok", "error", "timeout", "skipped")
+            if self.count(outcome) or outcome == "ok"
+        )
+        status = "decided by the interpreter" if self.exit_status is None else self.exit_status
+        forced = " (forced)" if self.forced else ""
+        return (
+            f"shutdown{forced} after {self.trigger} ({self.reason}) in pid {self.pid}: "
+            f"{len(self.hooks)} hooks, {counts}, {self.duration:.3f} s, exit status {status}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def log(self) -> None:
+        """The INFO summary; failed hooks were logged at ERROR as they failed."""
+        logger.info("%s", self.summary())
+
+    def write(self, path_template: str) -> Path:
+        """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands."""
+        path = Path(path_template.replace("{pid}", str(self.pid)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(self.to_dict(), out, indent=2)
+                out.write("\n")
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -46,6 +46,7 @@ Clock = Callable[[], float]
 # Once the stop is over, how long the dispatcher lets the main thread end the
 # process before ending it itself (the main thread may be stuck in C code).
 _MAIN_THREAD_GRACE = 1.0
+_WAKE_INTERVAL = 0.02
 # Async hooks are cancelled a little before the coordinator gives up on them,
 # so the cancellation is what gets recorded.
 _ASYNC_CANCEL_MARGIN = 0.05
@@ -369,8 +370,14 @@ class Coordinator:
         main = threading.main_thread().ident
         if handled and main is not None:
             _, die_by = plan
-            signal.pthread_kill(main, die_by if die_by in handled else handled[0])
-            time.sleep(_MAIN_THREAD_GRACE)
+            wake = die_by if die_by in handled else handled[0]
+            # Repeat the wake-up: one that lands while the main thread is still
+            # inside our handler for the first signal is only noticed at its
+            # next bytecode, which a blocking call like sleep() can delay.
+            until = time.monotonic() + _MAIN_THREAD_GRACE
+            while time.monotonic() < until:
+                signal.pthread_kill(main, wake)
+                time.sleep(_WAKE_INTERVAL)
             logger.warning("the main thread did not end the process; ending it from here")
         status, die_by = plan
         _flush()

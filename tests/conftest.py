@@ -1,0 +1,158 @@
+"""Real child processes for the tests, and a check that none is left behind.
+
+Every child starts in a session of its own, so whatever it forks can be
+found again afterwards by session id, and ended by PID if it outlived the
+test (which then fails).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+
+WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
+
+
+def live_processes_in_session(sid: int) -> list[int]:
+    """PIDs of processes (not zombies) whose session id is ``sid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp session ... ; comm may hold spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        state, session = fields[0], int(fields[3])
+        if session == sid and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Child:
+    """A Python process running a test's script, its output read as it comes."""
+
+    proc: subprocess.Popen[str]
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _pumps: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            pump = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            pump.start()
+            self._pumps.append(pump)
+
+    def _pump(self, stream: TextIO, sink: list[str]) -> None:
+        with stream:
+            for line in stream:
+                with self._cond:
+                    sink.append(line.rstrip("\n"))
+                    self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(["--- stdout", *self.stdout, "--- stderr", *self.stderr])
+
+    def wait_for(self, text: str, timeout: float = WAIT, *, stream: str = "stdout") -> str:
+        """Wait until a line containing ``text`` appears; return that line."""
+        sink = self.stdout if stream == "stdout" else self.stderr
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in sink:
+                    if text in line:
+                        return line
+                left = deadline - time.monotonic()
+                ended = not any(p.is_alive() for p in self._pumps)
+                if left <= 0 or ended:
+                    pytest.fail(f"no line with {text!r} within {timeout} s\n{self.output()}")
+                self._cond.wait(min(left, 0.1))
+
+    def send(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def finish(self, timeout: float = WAIT) -> int:
+        """Wait for the child to exit and its output to be read; return its status."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"child {self.pid} still running after {timeout} s\n{self.output()}")
+        for pump in self._pumps:
+            pump.join(WAIT)
+        return code
+
+    def lines(self, prefix: str) -> list[str]:
+        with self._cond:
+            return [line for line in self.stdout if line.startswith(prefix)]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[object]:
+    """Start ``python script`` (the text given) in its own session; check it leaves nothing."""
+    children: list[Child] = []
+
+    def start(
+        source: str,
+        *,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        wait_ready: bool = True,
+    ) -> Child:
+        script = tmp_path / f"scenario_{len(children)}.py"
+        script.write_text(textwrap.dedent(source))
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+        full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(
+            argv or [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        child = Child(proc)
+        children.append(child)
+        if wait_ready:
+            child.wait_for("ready")
+        return child
+
+    start.script_dir = tmp_path  # type: ignore[attr-defined]
+    yield start
+    leftovers = []
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+            leftovers.append(child.pid)
+        for pump in child._pumps:
+            pump.join(WAIT)
+        for pid in live_processes_in_session(child.pid):
+            leftovers.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not leftovers, f"processes left behind (now killed): {leftovers}"

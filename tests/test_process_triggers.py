@@ -1,0 +1,387 @@
+"""Every way a process ends, in a real child process with real signals.
+
+Each scenario prints ``hook:<name>`` from its hooks, so the order and the
+count of those lines is what the hooks really did.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import live_processes_in_session
+
+PRELUDE = """
+import logging, os, signal, sys, threading, time
+import lastcall
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+def out(*words):
+    # one write per line: print() writes the newline separately, and lines
+    # from two threads could interleave
+    sys.stdout.write(" ".join(map(str, words)) + "\\n")
+    sys.stdout.flush()
+
+def say(name):
+    def hook():
+        out(f"hook:{name}")
+    hook.__name__ = hook.__qualname__ = name
+    return hook
+"""
+
+BLOCK = """
+out("ready")
+while True:
+    time.sleep(60)
+"""
+
+HOOKS = """
+lastcall.on_shutdown(say("first"))
+lastcall.on_shutdown(say("second"))
+lastcall.on_shutdown(say("drain"), phase="drain")
+lastcall.on_shutdown(say("final"), phase="final")
+"""
+
+
+def hooks_seen(child) -> list[str]:
+    return [line.removeprefix("hook:") for line in child.lines("hook:")]
+
+
+ORDER = ["drain", "second", "first", "final"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_runs_hooks_in_order_and_dies_by_that_signal(spawn, sig):
+    """Steps: install with defaults; send the signal; the hooks run once, in
+    phase order and last-registered-first; the process ends as if killed by it.
+    """
+    child = spawn(PRELUDE + "lastcall.install()\n" + HOOKS + BLOCK)
+    child.send(sig)
+    assert child.finish() == -sig, child.output()
+    assert hooks_seen(child) == ORDER
+    summary = child.wait_for("shutdown after", stream="stderr")
+    assert sig.name in summary
+    assert f"exit status {128 + sig}" in summary
+
+
+def test_exit_code_replaces_the_signal_status(spawn):
+    child = spawn(PRELUDE + "lastcall.install(exit_code=0)\n" + HOOKS + BLOCK)
+    child.send(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    assert hooks_seen(child) == ORDER
+
+
+def test_exit_code_from_environment(spawn):
+    child = spawn(PRELUDE + "lastcall.install()\n" + HOOKS + BLOCK, env={"LASTCALL_EXIT_CODE": "7"})
+    child.send(signal.SIGTERM)
+    assert child.finish() == 7, child.output()
+
+
+def test_configured_signals_only(spawn):
+    """SIGUSR1 handled when asked for; SIGHUP then keeps its default (death, no hooks)."""
+    child = spawn(PRELUDE + "lastcall.install(signals=['SIGUSR1', 'TERM'])\n" + HOOKS + BLOCK)
+    child.send(signal.SIGUSR1)
+    assert child.finish() == -signal.SIGUSR1
+    assert hooks_seen(child) == ORDER
+
+    child = spawn(PRELUDE + "lastcall.install(signals=['SIGUSR1', 'TERM'])\n" + HOOKS + BLOCK)
+    child.send(signal.SIGHUP)
+    assert child.finish() == -signal.SIGHUP
+    assert hooks_seen(child) == []
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [("pass", 0), ("sys.exit(3)", 3), ("raise ValueError('boom')", 1)],
+)
+def test_interpreter_exit_runs_hooks_and_keeps_its_status(spawn, tmp_path, ending, status):
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE + "lastcall.install()\n" + HOOKS + f"out('ready')\n{ending}\n",
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    assert child.finish() == status, child.output()
+    assert hooks_seen(child) == ORDER
+    data = json.loads(report.read_text())
+    expected_trigger = "exception" if status == 1 else "exit"
+    assert data["trigger"] == expected_trigger
+    if status == 1:
+        assert data["reason"] == "ValueError: boom"
+        assert data["exit_status"] == 1
+
+
+def test_hooks_run_at_exit_without_install(spawn):
+    """Like atexit: no install() needed for a normal exit."""
+    child = spawn(PRELUDE + HOOKS + "out('ready')\n")
+    assert child.finish() == 0
+    assert hooks_seen(child) == ORDER
+
+
+def test_trigger_from_a_thread_ends_the_process(spawn):
+    child = spawn(
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + "threading.Timer(0.2, lastcall.trigger, kwargs={'reason': 'deploy'}).start()\n"
+        + BLOCK
+    )
+    assert child.finish() == 0, child.output()
+    assert hooks_seen(child) == ORDER
+    assert "manual (deploy)" in child.wait_for("shutdown after", stream="stderr")
+
+
+def test_trigger_from_ten_threads_at_once_runs_hooks_once(spawn, tmp_path):
+    report = tmp_path / "r-{pid}.json"
+    child = spawn(
+        PRELUDE
+        + "lastcall.install(exit_code=5)\n"
+        + HOOKS
+        + """
+go = threading.Barrier(10)
+def fire():
+    go.wait()
+    lastcall.trigger(reason="race")
+for _ in range(10):
+    threading.Thread(target=fire).start()
+"""
+        + BLOCK,
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    assert child.finish() == 5, child.output()
+    assert hooks_seen(child) == ORDER
+    reports = list(tmp_path.glob("r-*.json"))
+    assert [p.name for p in reports] == [f"r-{child.pid}.json"]
+
+
+def test_signal_storm_runs_hooks_once(spawn):
+    """100 SIGTERMs while a slow hook runs: absorbed, hooks once, one summary."""
+    child = spawn(
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + """
+@lastcall.on_shutdown(phase="drain")
+def slow():
+    out("slow started")
+    time.sleep(0.5)
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGTERM)
+    child.wait_for("slow started")
+    for _ in range(100):
+        child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ORDER
+    assert sum("shutdown after" in line for line in child.stderr) == 1
+
+
+def test_signal_then_normal_exit_runs_hooks_once(spawn):
+    """SIGTERM starts the stop; the main thread then returns on its own."""
+    child = spawn(
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + """
+out("ready")
+lastcall.stopping.wait(30)
+out("main thread returning")
+"""
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert "main thread returning" in child.stdout
+    assert hooks_seen(child) == ORDER
+
+
+def test_second_sigint_forces_exit_and_names_the_running_hook(spawn):
+    child = spawn(
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + """
+@lastcall.on_shutdown
+def stuck():
+    out("stuck started")
+    time.sleep(30)
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGINT)
+    child.wait_for("stuck started")
+    child.send(signal.SIGINT)
+    assert child.finish(timeout=5) == -signal.SIGINT, child.output()
+    forced = child.wait_for("again during shutdown", stream="stderr")
+    assert "stuck" in forced
+    assert hooks_seen(child) == ["drain"]  # the rest never ran: that is what forcing means
+
+
+def test_hanging_hook_is_abandoned_and_the_process_exits_within_grace(spawn, tmp_path):
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + "lastcall.install(grace=1)\n"
+        + HOOKS
+        + """
+@lastcall.on_shutdown
+def hang():
+    time.sleep(60)
+"""
+        + BLOCK,
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish(timeout=5) == -signal.SIGTERM, child.output()
+    outcomes = {h["name"]: h["outcome"] for h in json.loads(report.read_text())["hooks"]}
+    assert outcomes == {
+        "drain": "ok",
+        "hang": "timeout",
+        "second": "skipped",
+        "first": "skipped",
+        "final": "skipped",
+    }
+
+
+def test_raising_and_exiting_hooks_do_not_stop_the_rest(spawn):
+    child = spawn(
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + """
+@lastcall.on_shutdown
+def exits():
+    sys.exit(4)
+
+@lastcall.on_shutdown
+def raises():
+    raise RuntimeError("disk full")
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ORDER
+    err = "\n".join(child.stderr)
+    assert "RuntimeError: disk full" in err
+    assert "Traceback" in err
+    assert "sys.exit(4)" in err
+
+
+def test_report_file_is_json_mode_0600_with_pid(spawn, tmp_path):
+    child = spawn(
+        PRELUDE + "lastcall.install()\n" + HOOKS + BLOCK,
+        env={"LASTCALL_REPORT": str(tmp_path / "out" / "report-{pid}.json")},
+    )
+    child.send(signal.SIGTERM)
+    child.finish()
+    path = tmp_path / "out" / f"report-{child.pid}.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    data = json.loads(path.read_text())
+    assert data["trigger"] == "SIGTERM"
+    assert data["pid"] == child.pid
+    assert data["exit_status"] == 128 + signal.SIGTERM
+    assert [(h["name"], h["phase"], h["outcome"]) for h in data["hooks"]] == [
+        ("drain", "drain", "ok"),
+        ("second", "cleanup", "ok"),
+        ("first", "cleanup", "ok"),
+        ("final", "final", "ok"),
+    ]
+    assert all(h["duration"] >= 0 for h in data["hooks"])
+
+
+def test_previous_python_handler_is_still_called(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+signal.signal(signal.SIGTERM, lambda s, f: out("framework handler"))
+lastcall.install()
+"""
+        + HOOKS
+        + BLOCK
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert "framework handler" in child.stdout
+    assert hooks_seen(child) == ORDER
+
+
+def test_sigint_ignored_at_start_stays_ignored(spawn):
+    """As under nohup or in a shell's background job."""
+    script = PRELUDE + "lastcall.install()\n" + HOOKS + BLOCK
+    launcher = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.executable, [sys.executable, sys.argv[1]])"
+    )
+    path = Path(spawn.script_dir) / "ignored.py"
+    path.write_text(__import__("textwrap").dedent(script))
+    child = spawn("", argv=[sys.executable, "-c", launcher, str(path)])
+    child.send(signal.SIGINT)
+    child.send(signal.SIGTERM)  # proves SIGINT was ignored: hooks run for SIGTERM
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ORDER
+    assert "SIGTERM" in child.wait_for("shutdown after", stream="stderr")
+
+
+def test_forked_child_runs_only_inherited_hooks(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.on_shutdown(say("parent-only"))
+lastcall.on_shutdown(say("shared"), inherit=True)
+pid = os.fork()
+if pid == 0:
+    lastcall.on_shutdown(say("child-own"))
+    out("child exiting")
+    sys.exit(0)
+os.waitpid(pid, 0)
+out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    child_part, parent_part = "\n".join(child.stdout).split("child exiting")
+    assert hooks_seen(child) == ["child-own", "shared", "shared", "parent-only"]
+    assert "hook:" not in child_part
+    assert parent_part.count("hook:") == 4
+
+
+def test_install_off_the_main_thread_is_refused(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+def attempt():
+    try:
+        lastcall.install()
+    except RuntimeError as exc:
+        out("refused:", exc)
+t = threading.Thread(target=attempt); t.start(); t.join()
+out("ready")
+"""
+    )
+    assert child.finish() == 0
+    assert "main thread" in child.wait_for("refused:")
+
+
+def test_a_hook_can_end_the_processes_it_owns(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+import subprocess
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+out("helper", helper.pid)
+@lastcall.on_shutdown
+def stop_helper():
+    helper.terminate(); helper.wait()
+lastcall.install()
+"""
+        + BLOCK
+    )
+    helper = int(child.wait_for("helper").split()[1])
+    assert helper in live_processes_in_session(child.pid)
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert helper not in live_processes_in_session(child.pid)

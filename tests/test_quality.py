@@ -1,0 +1,41 @@
+"""The package's own standards: strict typing and a clean lint, checked with the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_mypy_strict_on_src() -> None:
+    result = run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_on_src() -> None:
+    result = run("ruff", "check", "src")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_core_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import lastcall; "
+        "print('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    outside = {
+        name.split(".")[0]
+        for name in loaded
+        if name.split(".")[0] not in sys.stdlib_module_names and not name.startswith("lastcall")
+    }
+    assert outside == set()

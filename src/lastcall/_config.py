@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -34,12 +33,11 @@ ALLOWED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2
 SignalSpec = str | int | signal.Signals
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """The resolved settings one coordinator runs with."""
 
     grace: float = DEFAULT_GRACE
-    signals: tuple[signal.Signals, ...] = tuple(signal.Signals[s] for s in DEFAULT_SIGNALS)
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     exit_code: int | None = None
     report: str | None = None
     prestop_delay: float = 0.0

@@ -73,6 +73,7 @@ class Coordinator:
         self._handlers: SignalHandlers | None = None
         self._previous_excepthook: Callable[..., Any] | None = None
         self._atexit_registered = False
+        self._done_callbacks: list[Callable[[Report], None]] = []
         reference = weakref.WeakMethod(self._after_fork_in_child)
         os.register_at_fork(after_in_child=lambda: _call_weak(reference))
 
@@ -227,6 +228,14 @@ class Coordinator:
             return self._run("manual", reason, exit_status=None)
         return self._wait_report()
 
+    def when_done(self, callback: Callable[[Report], None]) -> None:
+        """Call ``callback(report)`` once the stop is over, before the process ends.
+
+        For integrations that must know the shutdown completed (the
+        last-resort watcher stands down); runs on the thread that ran the stop.
+        """
+        self._done_callbacks.append(callback)
+
     @property
     def report(self) -> Report | None:
         """The report of the stop, once it is done."""
@@ -310,6 +319,11 @@ class Coordinator:
         self._state = "done"  # no lock: this may run in a signal handler (see _force)
         report.log()
         self._write(report)
+        for callback in self._done_callbacks:
+            try:
+                callback(report)
+            except Exception:
+                logger.exception("a when_done callback failed")
         self._done.set()
 
     def _write(self, report: Report) -> None:

@@ -6,42 +6,66 @@ overruns, its runner is abandoned (a daemon thread, so it never holds the
 process open) and the next hook gets a fresh runner. Reusing one runner
 for hooks that finish keeps 1,000 no-op hooks well under a millisecond
 each, where a thread per hook would not.
+
+``import lastcall`` stays cheap (a budget of 15 ms): asyncio is imported
+only when an async hook runs, and the records are plain slotted classes
+rather than dataclasses, which would pull in ``inspect``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+import functools
 import math
 import os
 import queue
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Phase = Literal["pre_stop", "drain", "workers", "cleanup", "final"]
 PHASES: tuple[Phase, ...] = ("pre_stop", "drain", "workers", "cleanup", "final")
 Outcome = Literal["ok", "error", "timeout", "skipped"]
 
 HookFunc = Callable[[], Any]
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 
-@dataclass(frozen=True)
 class Hook:
     """One registered shutdown callable and the rules it runs under."""
 
-    func: HookFunc
-    name: str
-    phase: Phase
-    timeout: float | None
-    inherit: bool
-    pid: int = field(default_factory=os.getpid)
+    __slots__ = ("func", "inherit", "is_async", "name", "phase", "pid", "timeout")
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+    def __init__(
+        self,
+        func: HookFunc,
+        name: str,
+        phase: Phase,
+        timeout: float | None,
+        inherit: bool,
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.phase: Phase = phase
+        self.timeout = timeout
+        self.inherit = inherit
+        self.pid = os.getpid()
+        self.is_async = is_coroutine_function(func)
+
+    def __repr__(self) -> str:
+        return f"<Hook {self.name} phase={self.phase} timeout={self.timeout}>"
+
+
+def is_coroutine_function(func: object) -> bool:
+    """``inspect.iscoroutinefunction``, seeing through partials, methods and instances."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        call = getattr(type(func), "__call__", None)  # noqa: B004  # its code, not callability
+        code = getattr(call, "__code__", None)
+    return bool(code is not None and code.co_flags & _CO_COROUTINE)
 
 
 def check_timeout(value: object, what: str) -> float | None:
@@ -70,11 +94,11 @@ def make_hook(
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
     return Hook(
-        func=func,
-        name=name or describe(func),
-        phase=phase,
-        timeout=check_timeout(timeout, "timeout"),
-        inherit=bool(inherit),
+        func,
+        name or describe(func),
+        phase,
+        check_timeout(timeout, "timeout"),
+        bool(inherit),
     )
 
 
@@ -85,8 +109,7 @@ def describe(func: object) -> str:
     return f"{module}.{qualname}" if module and module != "__main__" else qualname
 
 
-@dataclass
-class Finished:
+class Finished(NamedTuple):
     """What a runner reports back once a hook returns, raises or is cancelled."""
 
     hook: Hook
@@ -103,22 +126,19 @@ def call_hook(hook: Hook, timeout: float) -> Finished:
     """
     try:
         if hook.is_async:
-            asyncio.run(_call_async(hook.func, timeout))
+            import asyncio  # noqa: PLC0415  # only when needed: it is slow to import
+
+            try:
+                asyncio.run(asyncio.wait_for(hook.func(), timeout))
+            except asyncio.TimeoutError:
+                return Finished(hook, "timeout", f"cancelled after {timeout:.3g} s")
         else:
             hook.func()
-    except asyncio.TimeoutError:
-        if hook.is_async:
-            return Finished(hook, "timeout", f"cancelled after {timeout:.3g} s")
-        return Finished(hook, "error", traceback.format_exc().rstrip())
     except SystemExit as exc:
         return Finished(hook, "error", f"hook called sys.exit({exc.code!r}); the rest still ran")
     except BaseException:
         return Finished(hook, "error", traceback.format_exc().rstrip())
     return Finished(hook, "ok")
-
-
-async def _call_async(func: HookFunc, timeout: float) -> None:
-    await asyncio.wait_for(func(), timeout)
 
 
 class Runner:

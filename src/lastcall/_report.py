@@ -10,22 +10,19 @@ secrets from tracebacks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lastcall._hooks import Outcome, Phase
 
 logger = logging.getLogger("lastcall")
 
 
-@dataclass
-class HookResult:
+class HookResult(NamedTuple):
     """How one hook went."""
 
     name: str
@@ -35,7 +32,6 @@ class HookResult:
     error: str | None = None
 
 
-@dataclass
 class Report:
     """Everything one shutdown did. ``trigger`` says why it began.
 
@@ -46,14 +42,29 @@ class Report:
     ``None`` when the interpreter decides it (a normal exit).
     """
 
-    trigger: str
-    reason: str
-    pid: int
-    started_at: float
-    hooks: list[HookResult] = field(default_factory=list)
-    duration: float = 0.0
-    exit_status: int | None = None
-    forced: bool = False
+    def __init__(  # one argument per field of the JSON form
+        self,
+        trigger: str,
+        reason: str,
+        pid: int,
+        started_at: float,
+        *,
+        hooks: list[HookResult] | None = None,
+        duration: float = 0.0,
+        exit_status: int | None = None,
+        forced: bool = False,
+    ) -> None:
+        self.trigger = trigger
+        self.reason = reason
+        self.pid = pid
+        self.started_at = started_at
+        self.hooks: list[HookResult] = hooks if hooks is not None else []
+        self.duration = duration
+        self.exit_status = exit_status
+        self.forced = forced
+
+    def __repr__(self) -> str:
+        return f"<Report {self.summary()}>"
 
     @property
     def failed(self) -> list[HookResult]:
@@ -77,7 +88,22 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "hooks": [h._asdict() for h in self.hooks],
+            "duration": self.duration,
+            "exit_status": self.exit_status,
+            "forced": self.forced,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Read back what :meth:`to_dict` wrote (another process's report file)."""
+        fields = {**data, "hooks": [HookResult(**h) for h in data.get("hooks", [])]}
+        return cls(**fields)
 
     def log(self) -> None:
         """The INFO summary; failed hooks were logged at ERROR as they failed."""
@@ -85,6 +111,10 @@ class Report:
 
     def write(self, path_template: str) -> Path:
         """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands."""
+        import json  # noqa: PLC0415  # imported when needed, to keep `import lastcall` fast
+        import tempfile  # noqa: PLC0415
+        from pathlib import Path  # noqa: PLC0415
+
         path = Path(path_template.replace("{pid}", str(self.pid)))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

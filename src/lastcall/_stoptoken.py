@@ -8,11 +8,11 @@ usually begins on another thread than the event loop's.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Generator
 
 
@@ -33,6 +33,8 @@ class StopToken:
 
     async def wait_async(self, timeout: float | None = None) -> bool:
         """The asyncio twin of :meth:`wait`."""
+        import asyncio  # noqa: PLC0415  # only asyncio users pay for importing it
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from lastcall._config import Settings
 from lastcall._coordinator import Coordinator
 from lastcall._hooks import PHASES, Hook, Phase
+from lastcall._lastresort import LastResort
 from lastcall._report import HookResult, Report
 from lastcall._stoptoken import StopToken
 
@@ -30,6 +31,7 @@ __all__ = (
     "StopToken",
     "default",
     "install",
+    "last_resort",
     "on_shutdown",
     "shutdown",
     "stopping",
@@ -48,3 +50,4 @@ unregister = default.unregister
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping
+last_resort = LastResort(default).last_resort

@@ -233,8 +233,10 @@ class Coordinator:
 
         For integrations that must know the shutdown completed (the
         last-resort watcher stands down); runs on the thread that ran the stop.
+        Like registering a hook, it makes a normal interpreter exit run the stop.
         """
         self._done_callbacks.append(callback)
+        self._register_atexit()
 
     @property
     def report(self) -> Report | None:

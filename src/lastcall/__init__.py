@@ -16,7 +16,7 @@ from __future__ import annotations
 from lastcall._config import Settings
 from lastcall._coordinator import Coordinator
 from lastcall._hooks import PHASES, Hook, Phase
-from lastcall._lastresort import LastResort
+from lastcall._lastresort import LastResort as _LastResort
 from lastcall._report import HookResult, Report
 from lastcall._stoptoken import StopToken
 
@@ -50,4 +50,5 @@ unregister = default.unregister
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping
-last_resort = LastResort(default).last_resort
+last_resort = _LastResort(default).last_resort
+"""Run cleanup from a watcher process if this one dies without a shutdown."""

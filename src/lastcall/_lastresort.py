@@ -28,10 +28,14 @@ Choices, and why:
   so a Ctrl-C in a terminal, a hang-up or a kill of this process group (as
   ``kill -- -PGID`` and many supervisors do) cannot take it down together
   with the process it is there to clean up after.
-* **A watcher that dies**: it is our child, so a daemon thread waits for it
-  (``waitpid``: its PID cannot be reused before we reap it); if it ends while
-  it is still needed, one warning is logged and the app carries on. The next
-  ``last_resort()`` call starts a new one with every hook.
+* **A watcher that dies**: a daemon thread reads our end of the channel; the
+  watcher writes ``ready`` once it has read the greeting, and end-of-file means
+  it has ended. The thread then reaps it (it is our child). If it ended while
+  still needed, one warning is logged and the app carries on; the next
+  ``last_resort()`` call starts a new one with every hook. ``last_resort()``
+  does not wait for ``ready``: what it sent waits in the socket even if the app
+  dies before the watcher has started, so registering costs the app only a
+  ``fork``/``exec``.
 * **Forks**: a forked child closes its copy of the socket (else the watcher
   would not see the parent die while the child lives) and keeps only the hooks
   registered with ``inherit=True``; if there are any, it gets its own watcher.
@@ -88,6 +92,7 @@ class _Watcher:
         self.proc = proc
         self.channel = channel
         self.standing_down = False  # True once its exit is expected
+        self.ready = threading.Event()  # set once it has read the greeting
 
     def send(self, message: dict[str, Any] | str) -> None:
         import json  # noqa: PLC0415  # only once a last-resort hook exists
@@ -122,6 +127,15 @@ class LastResort:
         """The watcher's PID while one is running for this process, else None."""
         watcher = self._watcher
         return watcher.proc.pid if watcher is not None else None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the watcher has read the greeting (for tests and benchmarks).
+
+        Not needed for safety: hooks sent before are read even if this
+        process dies first. Ready, the watcher can also learn its exit status.
+        """
+        watcher = self._watcher
+        return watcher is not None and watcher.ready.wait(timeout)
 
     def last_resort(
         self,
@@ -165,7 +179,7 @@ class LastResort:
                 try:
                     watcher.send({"hook": hook.message(), "report": self._report_template()})
                 except OSError:
-                    watcher.channel.close()  # it died; its monitor logs that
+                    pass  # it died; its monitor logs that and closes the channel
                 else:
                     return
             self._start()
@@ -218,7 +232,24 @@ class LastResort:
         ).start()
 
     def _monitor(self, watcher: _Watcher) -> None:
-        status = watcher.proc.wait()  # also reaps it
+        """Wait for ``ready``, then for the watcher's end; reap it; warn if it was needed.
+
+        Only this thread closes the channel: closing it under a blocked
+        ``recv`` would let the descriptor number be reused beneath it.
+        """
+        received = b""
+        while True:
+            try:
+                data = watcher.channel.recv(256)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            received = (received + data)[-16:]
+            if b"ready\n" in received:
+                watcher.ready.set()
+        watcher.channel.close()
+        status = watcher.proc.wait()
         if watcher.standing_down:
             return
         with self._lock:
@@ -243,8 +274,7 @@ class LastResort:
                 return
             watcher.standing_down = True
             with contextlib.suppress(OSError):
-                watcher.send("done")
-            watcher.channel.close()
+                watcher.send("done")  # it exits; the monitor closes the channel
 
     def _after_fork_in_child(self) -> None:
         """Close the parent's channel; keep and watch only ``inherit=True`` hooks."""

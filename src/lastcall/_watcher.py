@@ -11,6 +11,9 @@ pair whose other end only the app holds; it carries JSON lines::
     {"hook": {"name": "...", "target": ["rm", "-f", "/run/app.pid"], "args": [], "timeout": 5.0}}
     done
 
+and answers ``ready`` once greeted (the app's monitor thread reads it; its
+end-of-file there tells the app the watcher has ended).
+
 ``done`` means the app shut down through lastcall: exit, run nothing. End of
 file without ``done`` means the app died (the kernel closed its end): run the
 hooks last-registered-first, each within its timeout, log to stderr, write the
@@ -109,6 +112,8 @@ def main(argv: list[str]) -> int:
                 message = json.loads(line)
                 if "hello" in message:
                     app.greet(message)
+                    with contextlib.suppress(OSError):
+                        os.write(channel_fd, b"ready\n")
                 elif "hook" in message:
                     app.add(message)
             except (ValueError, KeyError, TypeError):
@@ -282,51 +287,54 @@ def write_report(
     duration: float,
     exit_status: int | None,
 ) -> None:
-    """Log a summary and write the report in the core's format (``lastcall._report``).
+    """Write the report in the core's format (``lastcall._report``), then log a summary.
 
-    Not ``Report.log()``: its words suit a shutdown, where an unknown exit
-    status is one the interpreter decides; here it means the status is lost.
+    The summary comes last so that whoever sees it finds the report written.
+    It is not ``Report.log()``: those words suit a shutdown, where an unknown
+    exit status is one the interpreter decides; here it means the status is lost.
     """
     import logging  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     assert app.pid is not None  # noqa: S101
     log = logging.getLogger("lastcall.lastresort")
-    try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this lastcall first
-        from lastcall._report import HookResult, Report  # noqa: PLC0415
+    written = None
+    if app.report:
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this lastcall
+            from lastcall._report import HookResult, Report  # noqa: PLC0415
 
-        report = Report(
-            trigger=TRIGGER,
-            reason=f"pid {app.pid} ended without a lastcall shutdown",
-            pid=app.pid,
-            started_at=noticed,
-            hooks=[
-                HookResult(name, PHASE, outcome, took, error)
-                for name, outcome, took, error in results
-            ],
-            duration=duration,
-            exit_status=exit_status,
-        )
-        counts = ", ".join(
-            f"{report.count(outcome)} {outcome}"
-            for outcome in ("ok", "error", "timeout")
-            if report.count(outcome) or outcome == "ok"
-        )
-        known = "unknown (reaped before it could be read)" if exit_status is None else exit_status
-        log.info(
-            "last-resort hooks for pid %d: %d hooks, %s, %.3f s; its exit status: %s",
-            app.pid,
-            len(report.hooks),
-            counts,
-            duration,
-            known,
-        )
-        if app.report:
-            path = report.write(lastresort_report_path(app.report))
-            log.info("last-resort report written to %s", path)
-    except Exception:
-        log.exception("could not write the last-resort report")
+            report = Report(
+                trigger=TRIGGER,
+                reason=f"pid {app.pid} ended without a lastcall shutdown",
+                pid=app.pid,
+                started_at=noticed,
+                hooks=[
+                    HookResult(name, PHASE, outcome, took, error)
+                    for name, outcome, took, error in results
+                ],
+                duration=duration,
+                exit_status=exit_status,
+            )
+            written = report.write(lastresort_report_path(app.report))
+        except Exception:
+            log.exception("could not write the last-resort report")
+    outcomes = [outcome for _, outcome, _, _ in results]
+    counts = ", ".join(
+        f"{outcomes.count(outcome)} {outcome}"
+        for outcome in ("ok", "error", "timeout")
+        if outcome in outcomes or outcome == "ok"
+    )
+    known = "unknown (reaped before it could be read)" if exit_status is None else exit_status
+    log.info(
+        "last-resort hooks for pid %d: %d hooks, %s, %.3f s; its exit status: %s%s",
+        app.pid,
+        len(results),
+        counts,
+        duration,
+        known,
+        f"; report in {written}" if written else "",
+    )
 
 
 def _stat(pid: int) -> list[str] | None:

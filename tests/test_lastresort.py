@@ -9,6 +9,7 @@ fixture holds a pidfd on each one and fails the test if it outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -34,6 +35,18 @@ def record(path, word):
 def hang(path, word):
     record(path, word + "-started")
     time.sleep(60)
+
+def slow(path, word, go):
+    record(path, word + "-started")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record(path, word)
+
+def nested(path):
+    import lastcall
+    lastcall.last_resort("lr_hooks:record", path, "never")
+    record(path, f"nested-watcher-{lastcall.last_resort.__self__.watcher_pid}")
 """
 
 # Blocks SIGUSR1 first, so every thread (and the watcher) inherits the mask and
@@ -80,10 +93,8 @@ class Watchers:
         self.pidfds: dict[int, int] = {}
 
     def track(self, pid: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already finished and reaped: gone
             self.pidfds[pid] = os.pidfd_open(pid)
-        except ProcessLookupError:
-            pass  # it has already finished and been reaped: gone
 
     def ended(self, pid: int, timeout: float = WAIT) -> bool:
         fd = self.pidfds.get(pid)
@@ -330,7 +341,7 @@ lastcall.install()
     assert targets.pop(0) == "/dev/null"
     assert targets.pop(1) == targets.pop(2) == app_stderr
     kinds = sorted(target.split(":")[0] for target in targets.values())
-    assert kinds == ["anon_inode", "socket"], targets  # its pidfd on the app, its end of the channel
+    assert kinds == ["anon_inode", "socket"], targets  # a pidfd on the app; its end of the channel
     app_targets = {os.readlink(p) for p in Path(f"/proc/{app}/fd").iterdir()}
     assert not set(targets.values()) & app_targets  # the other end, not a shared one
     assert os.getsid(watcher) == watcher != os.getsid(app)
@@ -362,6 +373,42 @@ def stuck():
     child.wait_for(finished_line(app), stream="stderr")
     assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["third", "second", "first"]
     assert watchers.ended(watcher)
+
+
+def test_sigterm_to_the_watcher_while_it_runs_hooks_does_not_stop_them(
+    scenario, watchers, tmp_path
+):
+    """As systemd does to what is left of a unit once its main process died."""
+    go = tmp_path / "go"
+    child, app, watcher = scenario(
+        f"""
+lastcall.last_resort("lr_hooks:record", OUT, "next")
+lastcall.last_resort("lr_hooks:slow", OUT, "slow", {str(go)!r})
+"""
+        + READY
+        + BLOCK
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for("running 2 last-resort hooks", stream="stderr")
+    os.kill(watcher, signal.SIGTERM)  # may land before or during the slow hook: both count
+    go.touch()
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == [
+        "slow-started",
+        "slow",
+        "next",
+    ]
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_a_hook_that_registers_last_resort_hooks_starts_no_watcher(scenario, watchers, tmp_path):
+    child, app, watcher = scenario('lastcall.last_resort("lr_hooks:nested", OUT)\n' + READY + BLOCK)
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["nested-watcher-None"]
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL
 
 
 # ------------------------------------------------------------ refused at registration

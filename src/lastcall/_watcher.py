@@ -91,6 +91,7 @@ class App:
         if "report" in message:
             self.report = message["report"]
         # Import now, while idle, what running it will need: not after the death.
+        import logging  # noqa: F401, PLC0415
         import threading  # noqa: F401, PLC0415
 
         if not isinstance(hook["target"], str):
@@ -127,6 +128,12 @@ def run_hooks(app: App) -> int:
     """The app is gone without a shutdown: run its hooks, report, return the exit code."""
     assert app.pid is not None  # noqa: S101  # main() checked
     noticed, began = time.time(), time.monotonic()
+    import signal  # noqa: PLC0415
+
+    # A supervisor may SIGTERM what is left of the app's group or cgroup (systemd
+    # does once the main process has died): finish the hooks, each within its
+    # time limit. A handler, not SIG_IGN, so the commands we start reset it.
+    signal.signal(signal.SIGTERM, _finish_first)
     status = StatusProbe(app)
     log = _logger()
     count = len(app.hooks)
@@ -146,6 +153,10 @@ def run_hooks(app: App) -> int:
             log.error("last-resort hook %s %s: %s", hook["name"], outcome, error)
     write_report(app, results, noticed, time.monotonic() - began, status.result())
     return 1 if any(outcome != "ok" for _, outcome, _, _ in results) else 0
+
+
+def _finish_first(signum: int, frame: object) -> None:
+    """SIGTERM while the hooks run: they are already bounded, so let them end."""
 
 
 def run_one(hook: dict[str, Any]) -> Done:

@@ -156,7 +156,12 @@ class LastResort:
         seconds: an overrunning command is killed with its process group, an
         overrunning function is abandoned and ends with the watcher.
         ``inherit=True`` lets forked children keep the hook (each with its own
-        watcher).
+        watcher); a ``multiprocessing`` child ends with ``os._exit``, so its
+        inherited hooks run when it ends.
+
+        Raises ``TypeError`` or ``ValueError`` for what can be checked now (a
+        non-JSON argument, an empty command, a bad timeout), ``RuntimeError``
+        if the watcher cannot be started.
         """
         hook = make_last_resort_hook(target, args, timeout=timeout, name=name, inherit=inherit)
         if _in_watcher():
@@ -182,7 +187,11 @@ class LastResort:
                     pass  # it died; its monitor logs that and closes the channel
                 else:
                     return
-            self._start()
+            try:
+                self._start()
+            except RuntimeError:
+                self._hooks.remove(hook)  # refused, so not registered
+                raise
 
     # ------------------------------------------------------------ the watcher
 
@@ -220,7 +229,7 @@ class LastResort:
         greeting = {
             "hello": PROTOCOL,
             "pid": os.getpid(),
-            "path": sys.path,
+            "path": [str(entry) for entry in sys.path],  # may hold Path objects
             "report": self._report_template(),
         }
         with contextlib.suppress(OSError):  # if it died already, its monitor says so

@@ -80,9 +80,12 @@ lastcall.last_resort("lr_hooks:record", OUT, "third", timeout=5)
 """
 
 READY = 'out("ready", os.getpid(), watcher())\n'
+# Short sleeps, not one long one: a signal whose C handler runs just after
+# time.sleep() handled an earlier one, but before it sleeps again, is only acted
+# on when that sleep ends (a CPython race a quick second Ctrl-C can hit).
 BLOCK = """
 while True:
-    time.sleep(60)
+    time.sleep(0.05)
 """
 
 

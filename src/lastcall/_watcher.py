@@ -99,8 +99,11 @@ class App:
 
 
 def main(argv: list[str]) -> int:
+    import signal  # noqa: PLC0415  # built in: costs nothing
+
     channel_fd = int(argv[1])
     os.set_inheritable(channel_fd, False)  # noqa: FBT003  # pass_fds made it inheritable; hooks get none of it
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # not the mask of the app thread that started us
     app = App()
     with open(channel_fd, "rb") as channel:
         for raw in channel:

@@ -385,3 +385,22 @@ lastcall.install()
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM
     assert helper not in live_processes_in_session(child.pid)
+
+
+def test_bad_environment_fails_at_install_not_at_import(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+out("imported")
+try:
+    lastcall.install()
+except ValueError as exc:
+    out("refused:", exc)
+out("ready")
+""",
+        env={"LASTCALL_GRACE": "soon"},
+    )
+    assert child.finish() == 0, child.output()
+    assert "imported" in child.stdout
+    line = child.wait_for("refused:")
+    assert "LASTCALL_GRACE='soon' is not a number of seconds" in line

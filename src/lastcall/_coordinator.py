@@ -66,7 +66,12 @@ class Coordinator:
     def __init__(self, *, clock: Clock = time.monotonic, run_at_exit: bool = True) -> None:
         self._clock = clock
         self._run_at_exit = run_at_exit
-        self._settings = resolve()
+        try:
+            self._settings = resolve()
+        except (TypeError, ValueError) as exc:
+            # Not at import time: install() re-reads the environment and raises there.
+            logger.warning("%s; using the defaults unless install() is called", exc)
+            self._settings = Settings()
         self._force_signals: frozenset[int] = frozenset({signal.SIGINT})
         self.stopping = StopToken()
         self._reset_state()

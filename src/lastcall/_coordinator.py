@@ -79,6 +79,8 @@ class Coordinator:
         self._previous_excepthook: Callable[..., Any] | None = None
         self._atexit_registered = False
         self._done_callbacks: list[Callable[[Report], None]] = []
+        self._install_options: dict[str, Any] = {}
+        self._stood_aside: str | None = None
         reference = weakref.WeakMethod(self._after_fork_in_child)
         os.register_at_fork(after_in_child=lambda: _call_weak(reference))
 
@@ -127,6 +129,15 @@ class Coordinator:
         other repeats are absorbed. A signal found ignored stays ignored
         unless ``override_ignored``.
         """
+        options = {
+            "grace": grace,
+            "signals": signals,
+            "exit_code": exit_code,
+            "report": report,
+            "prestop_delay": prestop_delay,
+            "force_signals": force_signals,
+            "override_ignored": override_ignored,
+        }
         settings = resolve(
             grace=grace,
             signals=signals,
@@ -142,12 +153,39 @@ class Coordinator:
         self._settings = settings
         self._force_signals = force or frozenset()
         self._handlers = handlers
+        self._install_options = options
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
         self._register_atexit()
         self._start_dispatcher()
         return self
+
+    def reclaim_signals(self) -> None:
+        """Install our handlers again, after a framework replaced them.
+
+        Werkzeug's reloader sets its own SIGTERM handler after the app was
+        imported; what it put there is dropped, not chained. Does nothing
+        if ``install()`` was never called.
+        """
+        if self._handlers is None:
+            return
+        self._handlers.restore()
+        self._handlers = None
+        self.install(**self._install_options)
+
+    def stand_aside(self, reason: str) -> None:
+        """Make this process a supervisor that runs no hooks of its own.
+
+        For a parent that only watches the process doing the work (the
+        Werkzeug reloader's parent imports the app too, but its hooks
+        belong to the serving child): hooks registered so far are dropped,
+        later ones ignored, and nothing runs at exit.
+        """
+        self._stood_aside = reason
+        with self._lock:
+            self._hooks.clear()
+        logger.debug("standing aside: %s", reason)
 
     def uninstall(self) -> None:
         """Give back the signal handlers and excepthook that were there before."""
@@ -194,6 +232,8 @@ class Coordinator:
 
         def register(target: F) -> F:
             hook = make_hook(target, phase=phase, timeout=timeout, name=name, inherit=inherit)
+            if self._stood_aside:
+                return target
             with self._lock:
                 self._hooks.append(hook)
             self._register_atexit()
@@ -445,8 +485,8 @@ class Coordinator:
             atexit.register(_call_weak, reference)
 
     def _at_exit(self) -> None:
-        if self._ending is not None:
-            return  # _end_on_main_thread is running the exit handlers
+        if self._ending is not None or self._stood_aside:
+            return  # _end_on_main_thread is running the exit handlers, or none are ours
         self._in_atexit = True
         if self._begin():
             trigger = "exception" if self._exception else "exit"

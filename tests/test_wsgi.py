@@ -12,7 +12,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import flask
 import pytest
@@ -23,11 +23,15 @@ import lastcall
 from lastcall import Coordinator
 from lastcall.wsgi import LastCallMiddleware
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication as App
+
 WAIT = 10.0  # upper bound for any single wait
 
-Environ = dict[str, object]
-StartResponse = Callable[..., object]
-App = Callable[[Environ, StartResponse], Iterable[bytes]]
+Environ = dict[str, Any]
 
 
 @pytest.fixture
@@ -111,12 +115,14 @@ def call(
     """Call the middleware as a server would; return what start_response got, and the body."""
     started: list[tuple[str, list[tuple[str, str]]]] = []
 
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None):
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> Callable[[bytes], None]:
         started.append((status, headers))
         return lambda data: None
 
     environ = EnvironBuilder(path=path, method=method).get_environ()
-    return started, app(environ, start_response)  # type: ignore[arg-type]
+    return started, app(environ, start_response)
 
 
 # ---------------------------------------------------------------- counting
@@ -365,10 +371,10 @@ def test_switched_off_endpoints_reach_the_app(
     status, _, body = get(port, "/healthz/ready")
     assert (status, json.loads(body)) == (200, {"status": "ready"})
     off = LastCallMiddleware(hello, coordinator=coordinator, livez_path=None, readyz_path=None)
-    _, body = call(off, "/livez")
-    assert list(body) == [b"app saw /livez"]
+    _, response = call(off, "/livez")
+    assert list(response) == [b"app saw /livez"]
     assert off.in_flight == 1  # the app served it, so it counts
-    body.close()  # type: ignore[attr-defined]
+    response.close()  # type: ignore[attr-defined]
 
 
 def test_default_coordinator_is_the_process_one() -> None:

@@ -79,10 +79,11 @@ class LastCallMiddleware:
         self._stopping = coordinator.stopping
         self._livez_path = livez_path
         self._readyz_path = readyz_path
-        self._in_flight = 0
-        self._waiters = 0  # wait_idle() callers; the last request out only notifies if any
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        # The responses in flight. set.add and set.discard are atomic, so the
+        # hot path takes no lock, and a second close() cannot count twice.
+        self._live: set[_Response] = set()
+        self._waiters = 0  # wait_idle() callers: only then does the last request out notify
+        self._idle = threading.Condition(threading.Lock())
 
     @property
     def livez_path(self) -> str | None:
@@ -97,14 +98,14 @@ class LastCallMiddleware:
     @property
     def in_flight(self) -> int:
         """Requests entered and not yet closed by the server."""
-        return self._in_flight
+        return len(self._live)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight (True) or ``timeout`` seconds pass (False)."""
         with self._idle:
             self._waiters += 1
             try:
-                return self._idle.wait_for(lambda: not self._in_flight, timeout)
+                return self._idle.wait_for(lambda: not self._live, timeout)
             finally:
                 self._waiters -= 1
 
@@ -116,25 +117,27 @@ class LastCallMiddleware:
         if path == self._livez_path:
             return _json(environ, start_response, "200 OK", _ALIVE)
         response = _Response(self, start_response)
-        with self._lock:
-            self._in_flight += 1
+        self._live.add(response)
         try:
             response.iterable = self._app(environ, response.start_response)
         except BaseException:
-            self._leave()
+            response.close()
             raise
         return response
 
     def _readyz(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._stopping.is_set():
             return _json(environ, start_response, "200 OK", _READY)
-        body = json.dumps({"status": "stopping", "in_flight": self._in_flight}).encode()
+        body = json.dumps({"status": "stopping", "in_flight": len(self._live)}).encode()
         return _json(environ, start_response, "503 Service Unavailable", body)
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if not self._in_flight and self._waiters:
+    def _leave(self, response: _Response) -> None:
+        live = self._live
+        live.discard(response)
+        # A waiter counts itself in under the lock before it checks, so either
+        # it sees the set empty or this sees it waiting: no wake-up is lost.
+        if not live and self._waiters:
+            with self._idle:
                 self._idle.notify_all()
 
 
@@ -145,12 +148,11 @@ class _Response:
     cost; ``close()`` closes the app's iterable, then leaves, once.
     """
 
-    __slots__ = ("_closed", "_middleware", "_start_response", "iterable")
+    __slots__ = ("_middleware", "_start_response", "iterable")
 
     def __init__(self, middleware: LastCallMiddleware, start_response: StartResponse) -> None:
-        self._middleware = middleware
+        self._middleware: LastCallMiddleware | None = middleware  # None once closed
         self._start_response = start_response
-        self._closed = False
         self.iterable: Iterable[bytes] = ()
 
     def start_response(
@@ -161,7 +163,8 @@ class _Response:
         /,
     ) -> Callable[[bytes], object]:
         """Checked when the headers go out, so a request begun before the stop closes too."""
-        if self._middleware._stopping.is_set():  # noqa: SLF001  # the middleware's own helper
+        middleware = self._middleware
+        if middleware is not None and middleware._stopping.is_set():  # noqa: SLF001
             headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             headers.append(("Connection", "close"))
         return self._start_response(status, headers, exc_info)
@@ -170,15 +173,16 @@ class _Response:
         return iter(self.iterable)
 
     def close(self) -> None:
-        if self._closed:
+        middleware = self._middleware
+        if middleware is None:
             return
-        self._closed = True
+        self._middleware = None
         try:
             close = getattr(self.iterable, "close", None)
             if close is not None:
                 close()
         finally:
-            self._middleware._leave()  # noqa: SLF001
+            middleware._leave(self)  # noqa: SLF001
 
 
 def _json(

@@ -18,8 +18,8 @@ What Werkzeug 3.1 does on its own, and what this module changes:
   second SIGINT would mean "force"), and ends with the child's status.
   It logs one line when the child died without running its shutdown.
 * Werkzeug's reloader sets ``SIGTERM -> sys.exit(0)`` in the child after
-  the app was imported; the child takes its signals back
-  (``reclaim_signals``) and watches its parent, stopping gracefully if
+  the app was imported; the child takes its signals back once it serves
+  and watches its parent, stopping gracefully if
   the parent dies instead of serving on as an orphan.
 
 Everything hooks in through a few patched methods, installed once by

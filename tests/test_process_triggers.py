@@ -385,3 +385,50 @@ lastcall.install()
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM
     assert helper not in live_processes_in_session(child.pid)
+
+
+def test_bad_environment_fails_at_install_not_at_import(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+out("imported")
+try:
+    lastcall.install()
+except ValueError as exc:
+    out("refused:", exc)
+out("ready")
+""",
+        env={"LASTCALL_GRACE": "soon"},
+    )
+    assert child.finish() == 0, child.output()
+    assert "imported" in child.stdout
+    line = child.wait_for("refused:")
+    assert "LASTCALL_GRACE='soon' is not a number of seconds" in line
+
+
+def test_multiprocessing_fork_children_do_not_run_parent_hooks(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+import multiprocessing
+lastcall.install()
+lastcall.on_shutdown(say("parent-only"))
+lastcall.on_shutdown(say("shared"), inherit=True)
+
+def work():
+    out("worker ran")
+    sys.exit(0)  # a normal exit in the worker: multiprocessing ends it with os._exit
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=work)
+    p.start(); p.join()
+    worker = ctx.Process(target=lastcall.shutdown)  # a worker that shuts down explicitly
+    worker.start(); worker.join()
+    out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    seen = hooks_seen(child)
+    # one "shared" from the explicit worker shutdown, then the parent's own two at exit
+    assert seen == ["shared", "shared", "parent-only"], child.output()

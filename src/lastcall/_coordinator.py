@@ -47,6 +47,9 @@ Clock = Callable[[], float]
 # process before ending it itself (the main thread may be stuck in C code).
 _MAIN_THREAD_GRACE = 1.0
 _WAKE_INTERVAL = 0.02
+# The part of the grace a drain leaves to the phases after it (drain_budget).
+_CLEANUP_RESERVE_SHARE = 0.1
+_CLEANUP_RESERVE_MAX = 2.0
 # Async hooks are cancelled a little before the coordinator gives up on them,
 # so the cancellation is what gets recorded.
 _ASYNC_CANCEL_MARGIN = 0.05
@@ -66,7 +69,12 @@ class Coordinator:
     def __init__(self, *, clock: Clock = time.monotonic, run_at_exit: bool = True) -> None:
         self._clock = clock
         self._run_at_exit = run_at_exit
-        self._settings = resolve()
+        try:
+            self._settings = resolve()
+        except (TypeError, ValueError) as exc:
+            # Not at import time: install() re-reads the environment and raises there.
+            logger.warning("%s; using the defaults unless install() is called", exc)
+            self._settings = Settings()
         self._force_signals: frozenset[int] = frozenset({signal.SIGINT})
         self.stopping = StopToken()
         self._reset_state()
@@ -74,6 +82,8 @@ class Coordinator:
         self._previous_excepthook: Callable[..., Any] | None = None
         self._atexit_registered = False
         self._done_callbacks: list[Callable[[Report], None]] = []
+        self._install_options: dict[str, Any] = {}
+        self._stood_aside: str | None = None
         reference = weakref.WeakMethod(self._after_fork_in_child)
         os.register_at_fork(after_in_child=lambda: _call_weak(reference))
 
@@ -87,6 +97,7 @@ class Coordinator:
         self._dispatcher: threading.Thread | None = None
         self._current: tuple[Hook, float] | None = None
         self._in_progress: Report | None = None
+        self._deadline: float | None = None
         self._exception: str | None = None
         # How the dispatcher will end the process: (exit status, signal to die by).
         self._plan: tuple[int, int | None] | None = None
@@ -102,6 +113,11 @@ class Coordinator:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def installed(self) -> bool:
+        """Whether ``install()`` took the signals (and ``uninstall()`` did not give them back)."""
+        return self._handlers is not None
 
     def install(
         self,
@@ -122,6 +138,15 @@ class Coordinator:
         other repeats are absorbed. A signal found ignored stays ignored
         unless ``override_ignored``.
         """
+        options = {
+            "grace": grace,
+            "signals": signals,
+            "exit_code": exit_code,
+            "report": report,
+            "prestop_delay": prestop_delay,
+            "force_signals": force_signals,
+            "override_ignored": override_ignored,
+        }
         settings = resolve(
             grace=grace,
             signals=signals,
@@ -137,12 +162,39 @@ class Coordinator:
         self._settings = settings
         self._force_signals = force or frozenset()
         self._handlers = handlers
+        self._install_options = options
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
         self._register_atexit()
         self._start_dispatcher()
         return self
+
+    def reclaim_signals(self) -> None:
+        """Install our handlers again, after a framework replaced them.
+
+        Werkzeug's reloader sets its own SIGTERM handler after the app was
+        imported; what it put there is dropped, not chained. Does nothing
+        if ``install()`` was never called.
+        """
+        if self._handlers is None:
+            return
+        self._handlers.restore()
+        self._handlers = None
+        self.install(**self._install_options)
+
+    def stand_aside(self, reason: str) -> None:
+        """Make this process a supervisor that runs no hooks of its own.
+
+        For a parent that only watches the process doing the work (the
+        Werkzeug reloader's parent imports the app too, but its hooks
+        belong to the serving child): hooks registered so far are dropped,
+        later ones ignored, and nothing runs at exit.
+        """
+        self._stood_aside = reason
+        with self._lock:
+            self._hooks.clear()
+        logger.debug("standing aside: %s", reason)
 
     def uninstall(self) -> None:
         """Give back the signal handlers and excepthook that were there before."""
@@ -156,7 +208,16 @@ class Coordinator:
     # ------------------------------------------------------------ hooks
 
     @overload
-    def on_shutdown(self, func: F, /) -> F: ...
+    def on_shutdown(
+        self,
+        func: F,
+        /,
+        *,
+        phase: str = "cleanup",
+        timeout: float | None = None,
+        name: str | None = None,
+        inherit: bool = False,
+    ) -> F: ...
 
     @overload
     def on_shutdown(
@@ -189,6 +250,8 @@ class Coordinator:
 
         def register(target: F) -> F:
             hook = make_hook(target, phase=phase, timeout=timeout, name=name, inherit=inherit)
+            if self._stood_aside:
+                return target
             with self._lock:
                 self._hooks.append(hook)
             self._register_atexit()
@@ -238,6 +301,23 @@ class Coordinator:
         self._done_callbacks.append(callback)
         self._register_atexit()
 
+    def time_left(self) -> float | None:
+        """Seconds left of the grace period while a stop runs; None otherwise."""
+        if self._deadline is None or self._state != "stopping":
+            return None
+        return max(0.0, self._deadline - self._clock())
+
+    def drain_budget(self) -> float:
+        """How long a ``drain`` hook may wait for work in flight.
+
+        What is left of the grace, less a reserve (a tenth of the grace, at
+        most 2 s) so the ``workers``, ``cleanup`` and ``final`` phases still
+        get their turn when a request runs too long.
+        """
+        reserve = min(_CLEANUP_RESERVE_MAX, self._settings.grace * _CLEANUP_RESERVE_SHARE)
+        left = self.time_left()
+        return max(0.0, (self._settings.grace if left is None else left) - reserve)
+
     @property
     def report(self) -> Report | None:
         """The report of the stop, once it is done."""
@@ -261,7 +341,7 @@ class Coordinator:
         """The stop sequence: every phase in order, each hook within its time."""
         settings = self._settings
         start = self._clock()
-        deadline = start + settings.grace
+        deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
         self._in_progress = report
         logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)
@@ -442,8 +522,8 @@ class Coordinator:
             atexit.register(_call_weak, reference)
 
     def _at_exit(self) -> None:
-        if self._ending is not None:
-            return  # _end_on_main_thread is running the exit handlers
+        if self._ending is not None or self._stood_aside:
+            return  # _end_on_main_thread is running the exit handlers, or none are ours
         self._in_atexit = True
         if self._begin():
             trigger = "exception" if self._exception else "exit"

@@ -13,19 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Generator
+    from collections.abc import Callable, Generator
 
 
 class StopToken:
-    """Like :class:`threading.Event`, read-only for users, and awaitable."""
+    """Like :class:`threading.Event`, read-only for users, and awaitable.
+
+    ``is_set()`` says whether shutdown has begun; ``wait(timeout)`` blocks
+    until it begins or ``timeout`` passes and says which.
+    """
 
     def __init__(self) -> None:
+        self._reset_after_fork()
+
+    def _reset_after_fork(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._futures: set[asyncio.Future[None]] = set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
+        # Bound straight to the Event: middleware checks this on every request.
+        self.is_set: Callable[[], bool] = self._event.is_set
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until shutdown begins or ``timeout`` passes; True if it began."""
@@ -62,11 +68,6 @@ class StopToken:
             futures = list(self._futures)
         for future in futures:
             future.get_loop().call_soon_threadsafe(_resolve, future)
-
-    def _reset_after_fork(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._futures = set()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,0 +1,199 @@
+"""Server-neutral WSGI middleware: requests in flight, and health that tells the truth.
+
+A graceful stop only loses nothing if traffic stops arriving *before* the
+server stops accepting it. So the two health endpoints disagree on purpose
+during a stop:
+
+* ``/readyz`` goes red (503) the moment ``coordinator.stopping`` is set, in
+  the ``pre_stop`` phase, while the listener is still open and every request
+  is still served: a load balancer polling it stops routing here first, and
+  ``LASTCALL_PRESTOP_DELAY`` gives it time to notice.
+* ``/livez`` stays green (200) for as long as the process can answer: a
+  draining process is alive, and an orchestrator that read "not alive" would
+  kill it mid-drain, which is the very loss this avoids.
+
+While stopping, every response also carries ``Connection: close``, so a
+keep-alive client opens its next request elsewhere instead of reusing a
+connection that is about to go. (Werkzeug and waitress honour it; gunicorn
+drops hop-by-hop headers from the app and needs its own integration, and
+``wsgiref``'s validator rejects them.)
+
+The in-flight count is what the ``drain`` phase waits on (``wait_idle``). A
+request counts from the moment it enters until the server closes its
+response iterable, so a streamed response counts until its last chunk has
+been sent, not merely until the view returned. Health requests are not
+counted: they never touch the app.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import TYPE_CHECKING
+
+import lastcall
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from lastcall import Coordinator
+
+__all__ = ("LastCallMiddleware",)
+
+_ALIVE = json.dumps({"status": "alive"}).encode()
+_READY = json.dumps({"status": "ready"}).encode()
+
+
+class LastCallMiddleware:
+    """Wrap a WSGI app: count its requests in flight and answer ``/livez`` and ``/readyz``.
+
+    ``coordinator`` defaults to ``lastcall.default``; a path of ``None``
+    switches that endpoint off (its requests go to the app). The paths are
+    kept as ``livez_path`` and ``readyz_path`` so a framework integration can
+    check them against its own routes.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        coordinator: Coordinator | None = None,
+        livez_path: str | None = "/livez",
+        readyz_path: str | None = "/readyz",
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"LastCallMiddleware needs a WSGI callable as app; got {app!r}")
+        if coordinator is None:
+            coordinator = lastcall.default
+        elif not isinstance(coordinator, lastcall.Coordinator):
+            raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
+        for name, path in (("livez_path", livez_path), ("readyz_path", readyz_path)):
+            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+                raise ValueError(f"{name} must be a path starting with '/', or None; got {path!r}")
+        if livez_path is not None and livez_path == readyz_path:
+            raise ValueError(f"livez_path and readyz_path must differ; both are {livez_path!r}")
+        self._app = app
+        self._stopping = coordinator.stopping
+        self._livez_path = livez_path
+        self._readyz_path = readyz_path
+        # The responses in flight. set.add and set.discard are atomic, so the
+        # hot path takes no lock, and a second close() cannot count twice.
+        self._live: set[_Response] = set()
+        self._waiters = 0  # wait_idle() callers: only then does the last request out notify
+        self._idle = threading.Condition(threading.Lock())
+
+    @property
+    def livez_path(self) -> str | None:
+        """Where liveness is answered, or None if the app gets that path."""
+        return self._livez_path
+
+    @property
+    def readyz_path(self) -> str | None:
+        """Where readiness is answered, or None if the app gets that path."""
+        return self._readyz_path
+
+    @property
+    def in_flight(self) -> int:
+        """Requests entered and not yet closed by the server."""
+        return len(self._live)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight (True) or ``timeout`` seconds pass (False)."""
+        with self._idle:
+            self._waiters += 1
+            try:
+                return self._idle.wait_for(lambda: not self._live, timeout)
+            finally:
+                self._waiters -= 1
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Health paths first (cheap string compares), then the app, counted."""
+        path = environ.get("PATH_INFO", "")
+        if path == self._readyz_path:
+            return self._readyz(environ, start_response)
+        if path == self._livez_path:
+            return _json(environ, start_response, "200 OK", _ALIVE)
+        response = _Response(self, start_response)
+        self._live.add(response)
+        try:
+            response.iterable = self._app(environ, response.start_response)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def _readyz(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._stopping.is_set():
+            return _json(environ, start_response, "200 OK", _READY)
+        body = json.dumps({"status": "stopping", "in_flight": len(self._live)}).encode()
+        return _json(environ, start_response, "503 Service Unavailable", body)
+
+    def _leave(self, response: _Response) -> None:
+        live = self._live
+        live.discard(response)
+        # A waiter counts itself in under the lock before it checks, so either
+        # it sees the set empty or this sees it waiting: no wake-up is lost.
+        if not live and self._waiters:
+            with self._idle:
+                self._idle.notify_all()
+
+
+class _Response:
+    """The app's response, counted in flight until the server closes it.
+
+    Iterating hands out the app's own iterator, so chunks pass through at no
+    cost; ``close()`` closes the app's iterable, then leaves, once.
+    """
+
+    __slots__ = ("_middleware", "_start_response", "iterable")
+
+    def __init__(self, middleware: LastCallMiddleware, start_response: StartResponse) -> None:
+        self._middleware: LastCallMiddleware | None = middleware  # None once closed
+        self._start_response = start_response
+        self.iterable: Iterable[bytes] = ()
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+        /,
+    ) -> Callable[[bytes], object]:
+        """Checked when the headers go out, so a request begun before the stop closes too."""
+        middleware = self._middleware
+        if middleware is not None and middleware._stopping.is_set():  # noqa: SLF001
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"]
+            headers.append(("Connection", "close"))
+        return self._start_response(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.iterable)
+
+    def close(self) -> None:
+        middleware = self._middleware
+        if middleware is None:
+            return
+        self._middleware = None
+        try:
+            close = getattr(self.iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            middleware._leave(self)  # noqa: SLF001
+
+
+def _json(
+    environ: WSGIEnvironment, start_response: StartResponse, status: str, body: bytes
+) -> list[bytes]:
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]

@@ -414,6 +414,92 @@ def test_a_hook_that_registers_last_resort_hooks_starts_no_watcher(scenario, wat
     assert child.finish() == -signal.SIGKILL
 
 
+def test_a_process_that_stands_aside_stands_its_watcher_down(scenario, watchers, tmp_path):
+    """A supervisor (the Werkzeug reloader's parent) leaves last-resort hooks to its child."""
+    child, app, watcher = scenario(
+        THREE_HOOKS
+        + READY
+        + """
+go()
+lastcall.default.stand_aside("a supervisor now")
+lastcall.last_resort("lr_hooks:record", OUT, "ignored")
+out("aside", watcher_pid := lastcall.last_resort.__self__.watcher_pid)
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGUSR1)
+    assert child.wait_for("aside") == "aside None"
+    assert watchers.ended(watcher)  # stood down while the app lives on
+    child.send(signal.SIGKILL)
+    assert child.finish() == -signal.SIGKILL
+    assert recorded(tmp_path / "hooks.txt") == []
+    assert "without a lastcall shutdown" not in child.output()
+
+
+RELOADER_APP = """
+import os, sys
+from flask import Flask
+import lastcall
+from lastcall.flask import LastCall
+
+def out(*words):
+    sys.stdout.write(" ".join(map(str, words)) + f" pid={os.getpid()}\\n")
+    sys.stdout.flush()
+
+app = Flask(__name__)
+LastCall(app)
+here = os.path.dirname(os.path.abspath(__file__))
+lastcall.last_resort("lr_hooks:record", os.path.join(here, "hooks.txt"), "released")
+registry = lastcall.last_resort.__self__
+registry.wait_ready(10)
+out("watcher", registry.watcher_pid)
+
+@app.route("/pid")
+def pid():
+    return str(os.getpid())
+
+@app.route("/exit")
+def hard_exit():
+    os._exit(0)
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ["PORT"]), use_reloader=True)
+"""
+
+
+def test_under_the_werkzeug_reloader_the_serving_childs_os_exit_gets_its_cleanup(
+    spawn, watchers, tmp_path
+):
+    """The write-up's ``os._exit()`` route: the serving child's watcher runs the hook,
+    once; the reloader parent, which imported the app too, stood its watcher down.
+    """
+    pytest.importorskip("flask")
+    from test_flask_devserver import get, start
+
+    (tmp_path / "lr_hooks.py").write_text(HOOKS_MODULE)
+    app = tmp_path / "reload_app.py"
+    app.write_text(RELOADER_APP)
+    child, port, serving = start(spawn, tmp_path, reload=True, app=app)
+    started = {}
+    for line in child.lines("watcher "):
+        _, pid, owner = line.split()
+        started[int(owner.removeprefix("pid="))] = int(pid)
+        watchers.track(int(pid))
+    assert set(started) == {child.pid, serving}, child.output()
+    assert watchers.ended(started[child.pid])  # the parent's: stood down at stand_aside()
+
+    with pytest.raises(OSError):  # the connection dies with the process
+        get(port, "/exit")
+    child.wait_for(finished_line(serving), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["released"]
+    report = json.loads((tmp_path / f"report-{serving}.lastresort.json").read_text())
+    assert report["trigger"] == "died without shutdown"
+    assert report["exit_status"] in (0, None)  # 0 unless its parent reaped it first
+    assert watchers.ended(started[serving])
+    child.finish()
+    assert not list(tmp_path.glob(f"report-{child.pid}.lastresort.json"))
+
+
 # ------------------------------------------------------------ refused at registration
 
 

@@ -82,6 +82,7 @@ class Coordinator:
         self._previous_excepthook: Callable[..., Any] | None = None
         self._atexit_registered = False
         self._done_callbacks: list[Callable[[Report], None]] = []
+        self._aside_callbacks: list[Callable[[str], None]] = []
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None
         reference = weakref.WeakMethod(self._after_fork_in_child)
@@ -195,6 +196,20 @@ class Coordinator:
         with self._lock:
             self._hooks.clear()
         logger.debug("standing aside: %s", reason)
+        for callback in self._aside_callbacks:
+            callback(reason)
+
+    def when_standing_aside(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` if this process stands aside.
+
+        The last-resort watcher stands down then: the child owns the cleanup.
+        """
+        self._aside_callbacks.append(callback)
+
+    @property
+    def stood_aside(self) -> str | None:
+        """Why this process stood aside, or None if it runs its own hooks."""
+        return self._stood_aside
 
     def uninstall(self) -> None:
         """Give back the signal handlers and excepthook that were there before."""

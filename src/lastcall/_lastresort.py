@@ -39,6 +39,9 @@ Choices, and why:
 * **Forks**: a forked child closes its copy of the socket (else the watcher
   would not see the parent die while the child lives) and keeps only the hooks
   registered with ``inherit=True``; if there are any, it gets its own watcher.
+* **Supervisors**: a process that stands aside (``Coordinator.stand_aside``,
+  the Werkzeug reloader's parent, which imports the app too) stands its
+  watcher down and ignores later registrations: its child owns the cleanup.
 """
 
 from __future__ import annotations
@@ -164,14 +167,16 @@ class LastResort:
         if the watcher cannot be started.
         """
         hook = make_last_resort_hook(target, args, timeout=timeout, name=name, inherit=inherit)
-        if _in_watcher():
+        if _in_watcher() or self._coordinator.stood_aside:
             # A hook module imported by the watcher registers its hooks: ignore,
-            # or the watcher would start a watcher of its own.
+            # or the watcher would start a watcher of its own. A process that
+            # stood aside (the Werkzeug reloader's parent) leaves them to its child.
             return
         with self._lock:
             self._hooks.append(hook)
             if not self._subscribed:
                 self._coordinator.when_done(self._stand_down)
+                self._coordinator.when_standing_aside(self._stand_aside)
                 self._subscribed = True
             if self._coordinator.state == "done":
                 logger.warning(
@@ -285,6 +290,18 @@ class LastResort:
             watcher.standing_down = True
             with contextlib.suppress(OSError):
                 watcher.send("done")  # it exits; the monitor closes the channel
+
+    def _stand_aside(self, reason: str) -> None:
+        """Now a supervisor: its hooks are its child's business."""
+        with self._lock:
+            self._hooks.clear()
+            watcher, self._watcher = self._watcher, None
+            if watcher is None:
+                return
+            watcher.standing_down = True
+            with contextlib.suppress(OSError):
+                watcher.send("done")
+        logger.debug("last-resort watcher stood down: %s", reason)
 
     def _after_fork_in_child(self) -> None:
         """Close the parent's channel; keep and watch only ``inherit=True`` hooks."""

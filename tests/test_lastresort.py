@@ -157,16 +157,19 @@ def test_every_hook_runs_once_in_order_after_the_death(scenario, watchers, tmp_p
     """
     ending, status = DEATHS[death]
     child, app, watcher = scenario(
-        "lastcall.install()\n" + THREE_HOOKS + READY + f"go()\n{ending}\n",
+        "lastcall.install()\n"
+        + THREE_HOOKS
+        + READY
+        + f"go()\nopen(OUT, 'a').write('dying 0\\n')\n{ending}\n",
         env={"LASTCALL_REPORT": str(tmp_path / "report-{pid}.json")},
     )
     hooks = tmp_path / "hooks.txt"
     assert recorded(hooks) == []  # nothing runs while the app lives
     child.send(signal.SIGUSR1)
     child.wait_for(finished_line(app), stream="stderr")
-    lines = recorded(hooks)
-    assert [word for word, _ in lines] == ["third", "second", "first"], child.output()
-    assert lines[0][1] != str(app)  # the watcher's parent is no longer the app: it had died
+    # The app's last act comes first: the hooks ran only once it had died.
+    words = [word for word, _ in recorded(hooks)]
+    assert words == ["dying", "third", "second", "first"], child.output()
     assert watchers.ended(watcher)
 
     report_path = tmp_path / f"report-{app}.lastresort.json"

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 LASTCALL_WATCHER = True  # lastcall._lastresort looks for this: no watcher in the watcher
 TRIGGER = "died without shutdown"
 PHASE: Phase = "final"  # the report's phase for last-resort hooks: they run after everything
-_STATUS_WAIT = 0.5  # how long to wait for the dead app's exit status to be readable
+_STATUS_WAIT = 1.0  # how long to wait for the dead app's exit status to be readable
 _STAT_STATE, _STAT_STARTTIME, _STAT_EXIT_CODE = 0, 19, 49  # /proc/PID/stat after "comm)"
 
 

@@ -177,19 +177,56 @@ def main() -> None:  # noqa: PLR0915  # one straight measurement script
     ms = 1000.0
     med = statistics.median
     rows = [
-        ("(a) first last_resort() call", med(calls) * ms, "ms", med(base_calls) * ms,
-         "first on_shutdown()", med(calls) * ms, "<= 60 ms"),
-        ("(b) start to ready", med(starts) * ms, "ms", med(base_starts) * ms,
-         "on_shutdown() only", (med(starts) - med(base_starts)) * ms, "+ <= 60 ms"),
-        ("(c) watcher VmRSS", med(rss) / 1024, "MB", bare_rss / 1024,
-         "bare python -I -S", med(rss) / 1024, "<= 15 MB"),
-        ("(d) SIGKILL to hook: function", med(deaths) * ms, "ms", med(terms) * ms,
-         "SIGTERM to hook", med(deaths) * ms, "<= 100 ms"),
-        ("(d) SIGKILL to hook: command", med(command_deaths) * ms, "ms", med(terms) * ms,
-         "SIGTERM to hook", med(command_deaths) * ms, "<= 100 ms"),
+        (
+            "(a) first last_resort() call",
+            med(calls) * ms,
+            "ms",
+            med(base_calls) * ms,
+            "first on_shutdown()",
+            med(calls) * ms,
+            "<= 60 ms",
+        ),
+        (
+            "(b) start to ready",
+            med(starts) * ms,
+            "ms",
+            med(base_starts) * ms,
+            "on_shutdown() only",
+            (med(starts) - med(base_starts)) * ms,
+            "+ <= 60 ms",
+        ),
+        (
+            "(c) watcher VmRSS",
+            med(rss) / 1024,
+            "MB",
+            bare_rss / 1024,
+            "bare python -I -S",
+            med(rss) / 1024,
+            "<= 15 MB",
+        ),
+        (
+            "(d) SIGKILL to hook: function",
+            med(deaths) * ms,
+            "ms",
+            med(terms) * ms,
+            "SIGTERM to hook",
+            med(deaths) * ms,
+            "<= 100 ms",
+        ),
+        (
+            "(d) SIGKILL to hook: command",
+            med(command_deaths) * ms,
+            "ms",
+            med(terms) * ms,
+            "SIGTERM to hook",
+            med(command_deaths) * ms,
+            "<= 100 ms",
+        ),
     ]
-    print(f"{'figure':<31}{'lastcall':>10}{'baseline':>10}  {'(baseline is)':<20}"
-          f"{'ratio':>8}{'measure':>10}  {'target':<11}ok")
+    print(
+        f"{'figure':<31}{'lastcall':>10}{'baseline':>10}  {'(baseline is)':<20}"
+        f"{'ratio':>8}{'measure':>10}  {'target':<11}ok"
+    )
     for name, value, unit, base, base_name, measure, target in rows:
         ratio = f"{value / base:.1f}x" if base else "-"
         if measure is None:
@@ -197,10 +234,14 @@ def main() -> None:  # noqa: PLR0915  # one straight measurement script
         else:
             limit = float(target.split("<=")[1].split()[0])
             measured, ok = f"{measure:.1f}", ("yes" if measure <= limit else "NO")
-        print(f"{name:<31}{value:>8.2f}{unit}{base:>8.2f}{unit}  {base_name:<20}"
-              f"{ratio:>8}{measured:>10}  {target:<11}{ok}")
-    print(f"(median of {runs} runs; (b) measure is the difference; "
-          f"(d) command uses the wall clock, `date` included)")
+        print(
+            f"{name:<31}{value:>8.2f}{unit}{base:>8.2f}{unit}  {base_name:<20}"
+            f"{ratio:>8}{measured:>10}  {target:<11}{ok}"
+        )
+    print(
+        f"(median of {runs} runs; (b) measure is the difference; "
+        f"(d) command uses the wall clock, `date` included)"
+    )
     shutil.rmtree(work)
 
 

@@ -51,17 +51,16 @@ thread, after installing their handlers) the middleware steps in front:
   shutdown_trigger=middleware.shutdown_trigger)`` nothing is taken: the
   trigger simply returns when the drain begins.
 * **hypercorn's worker** (its default ``--workers 1`` runs a master and a
-  worker) gets no signal: the master sets a shared event and the worker
-  stops accepting at once, then sends the lifespan shutdown. The middleware
-  starts the stop there (readiness, hooks, exit status 0), but the master
-  decided when to stop listening, so there is no pre-stop window: run
-  hypercorn with ``--workers 0`` where one is wanted (one process per
-  container is the usual shape anyway).
+  worker) gets no signal: the master sets a shared event that the worker
+  polls with a function it looks up once it has imported the app. The
+  middleware wraps that function, so the master's request begins lastcall's
+  stop and the worker stops accepting only when the drain begins. (The
+  master keeps its own copy of the listening socket open until the worker
+  has exited, so connections are still queued during the delay.)
 * A **worker whose master died** (SIGKILL, OOM) notices at once through
   the parent's ``multiprocessing`` sentinel on the loop, and stops as if
   told to (``trigger``), instead of serving as an orphan. Where the server
-  cannot be told to stop (hypercorn's worker), the drain waits for the
-  requests in flight instead.
+  cannot be told to stop, the drain waits for the requests in flight.
 
 Whatever began the stop, a lifespan shutdown that arrives while the
 process is still running starts it too, so a server's own reasons to stop
@@ -89,6 +88,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -184,6 +184,7 @@ class LastCallMiddleware:
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
         self._stop_began: float | None = None
         self._started = False
+        _hold_hypercorn_worker_trigger(self)
 
     @property
     def livez_path(self) -> str | None:
@@ -281,7 +282,7 @@ class LastCallMiddleware:
             await send(answer)
             return
         if answer is not None:  # the app runs a lifespan of its own: its shutdown is a hook
-            self._coordinator.on_shutdown(phase="cleanup", name="the app's lifespan shutdown")(
+            self._coordinator.on_shutdown(phase="final", name="the app's lifespan shutdown")(
                 app.shut_down
             )
         self._start(loop)
@@ -445,6 +446,37 @@ class _AppLifespan:
     def close(self) -> None:
         if not self._task.done():
             self._task.cancel()
+
+
+def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
+    """In hypercorn's worker, hold its stop until the drain, as signals are held elsewhere.
+
+    The worker learns of the stop by polling an event its master sets; it
+    looks the polling function up when it starts serving, which is after it
+    imported the app. Wrapped, the master's request begins lastcall's stop
+    (readiness red, pre-stop delay) and the worker stops accepting when the
+    drain begins; and a stop begun here (a signal to the worker, its master's
+    death) stops the worker's server too. Does nothing outside hypercorn.
+    """
+    module = sys.modules.get("hypercorn.asyncio.run")
+    original = getattr(module, "check_multiprocess_shutdown_event", None)
+    if module is None or original is None or getattr(original, "__lastcall__", False):
+        return
+    coordinator = middleware._coordinator  # noqa: SLF001  # our own class
+
+    async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        master = asyncio.ensure_future(original(shutdown_event, sleep))
+        ours = asyncio.ensure_future(middleware.shutdown_trigger())
+        either: set[asyncio.Future[Any]] = {master, ours}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if master.done() and not ours.done():
+            if not coordinator.stopping.is_set():
+                coordinator.trigger("hypercorn's master asked its worker to stop")
+            await ours
+        master.cancel()
+
+    held.__lastcall__ = True  # type: ignore[attr-defined]
+    module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
 
 
 def _handle_runner(handle: asyncio.Handle) -> Callable[[], object]:

@@ -7,6 +7,7 @@ test (which then fails).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,14 +15,24 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
+
+# Children start with SIGINT at its default, as from an interactive shell: a
+# test run launched in the background (``cmd &``) would otherwise pass on
+# SIGINT ignored, and Python keeps it ignored.
+LAUNCH = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def live_processes_in_session(sid: int) -> list[int]:
@@ -125,7 +136,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen(
-            argv or [sys.executable, str(script)],
+            [sys.executable, "-c", LAUNCH, *(argv or [sys.executable, str(script)])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -151,8 +162,6 @@ def spawn(tmp_path: Path) -> Iterator[object]:
             pump.join(WAIT)
         for pid in live_processes_in_session(child.pid):
             leftovers.append(pid)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert not leftovers, f"processes left behind (now killed): {leftovers}"

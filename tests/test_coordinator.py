@@ -46,7 +46,7 @@ def recorder(coordinator: Coordinator, calls: list[str], name: str, **options: o
     def hook() -> None:
         calls.append(name)
 
-    coordinator.on_shutdown(hook, name=name, **options)  # type: ignore[arg-type]
+    coordinator.on_shutdown(hook, name=name, **options)  # type: ignore[call-overload]
 
 
 def test_phases_in_order_and_last_registered_first(coordinator: Coordinator) -> None:

@@ -404,3 +404,31 @@ out("ready")
     assert "imported" in child.stdout
     line = child.wait_for("refused:")
     assert "LASTCALL_GRACE='soon' is not a number of seconds" in line
+
+
+def test_multiprocessing_fork_children_do_not_run_parent_hooks(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+import multiprocessing
+lastcall.install()
+lastcall.on_shutdown(say("parent-only"))
+lastcall.on_shutdown(say("shared"), inherit=True)
+
+def work():
+    out("worker ran")
+    sys.exit(0)  # a normal exit in the worker: multiprocessing ends it with os._exit
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=work)
+    p.start(); p.join()
+    worker = ctx.Process(target=lastcall.shutdown)  # a worker that shuts down explicitly
+    worker.start(); worker.join()
+    out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    seen = hooks_seen(child)
+    # one "shared" from the explicit worker shutdown, then the parent's own two at exit
+    assert seen == ["shared", "shared", "parent-only"], child.output()

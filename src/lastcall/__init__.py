@@ -16,6 +16,7 @@ from __future__ import annotations
 from lastcall._config import Settings
 from lastcall._coordinator import Coordinator
 from lastcall._hooks import PHASES, Hook, Phase
+from lastcall._lastresort import LastResort as _LastResort
 from lastcall._report import HookResult, Report
 from lastcall._stoptoken import StopToken
 
@@ -30,6 +31,7 @@ __all__ = (
     "StopToken",
     "default",
     "install",
+    "last_resort",
     "on_shutdown",
     "shutdown",
     "stopping",
@@ -48,3 +50,5 @@ unregister = default.unregister
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping
+last_resort = _LastResort(default).last_resort
+"""Run cleanup from a watcher process if this one dies without a shutdown."""

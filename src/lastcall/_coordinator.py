@@ -48,6 +48,9 @@ Clock = Callable[[], float]
 # process before ending it itself (the main thread may be stuck in C code).
 _MAIN_THREAD_GRACE = 1.0
 _WAKE_INTERVAL = 0.02
+# The part of the grace a drain leaves to the phases after it (drain_budget).
+_CLEANUP_RESERVE_SHARE = 0.1
+_CLEANUP_RESERVE_MAX = 2.0
 # Async hooks are cancelled a little before the coordinator gives up on them,
 # so the cancellation is what gets recorded.
 _ASYNC_CANCEL_MARGIN = 0.05
@@ -80,6 +83,7 @@ class Coordinator:
         self._previous_excepthook: Callable[..., Any] | None = None
         self._atexit_registered = False
         self._done_callbacks: list[Callable[[Report], None]] = []
+        self._aside_callbacks: list[Callable[[str], None]] = []
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +100,7 @@ class Coordinator:
         self._dispatcher: threading.Thread | None = None
         self._current: tuple[Hook, float] | None = None
         self._in_progress: Report | None = None
+        self._deadline: float | None = None
         self._exception: str | None = None
         # How the dispatcher will end the process: (exit status, signal to die by).
         self._plan: tuple[int, int | None] | None = None
@@ -114,7 +119,7 @@ class Coordinator:
 
     @property
     def installed(self) -> bool:
-        """True once ``install()`` took over the signals (and until ``uninstall()``)."""
+        """Whether ``install()`` took the signals (and ``uninstall()`` did not give them back)."""
         return self._handlers is not None
 
     def use_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -204,6 +209,20 @@ class Coordinator:
         with self._lock:
             self._hooks.clear()
         logger.debug("standing aside: %s", reason)
+        for callback in self._aside_callbacks:
+            callback(reason)
+
+    def when_standing_aside(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` if this process stands aside.
+
+        The last-resort watcher stands down then: the child owns the cleanup.
+        """
+        self._aside_callbacks.append(callback)
+
+    @property
+    def stood_aside(self) -> str | None:
+        """Why this process stood aside, or None if it runs its own hooks."""
+        return self._stood_aside
 
     def uninstall(self) -> None:
         """Give back the signal handlers and excepthook that were there before."""
@@ -217,7 +236,16 @@ class Coordinator:
     # ------------------------------------------------------------ hooks
 
     @overload
-    def on_shutdown(self, func: F, /) -> F: ...
+    def on_shutdown(
+        self,
+        func: F,
+        /,
+        *,
+        phase: str = "cleanup",
+        timeout: float | None = None,
+        name: str | None = None,
+        inherit: bool = False,
+    ) -> F: ...
 
     @overload
     def on_shutdown(
@@ -296,8 +324,27 @@ class Coordinator:
 
         For integrations that must know the shutdown completed (the
         last-resort watcher stands down); runs on the thread that ran the stop.
+        Like registering a hook, it makes a normal interpreter exit run the stop.
         """
         self._done_callbacks.append(callback)
+        self._register_atexit()
+
+    def time_left(self) -> float | None:
+        """Seconds left of the grace period while a stop runs; None otherwise."""
+        if self._deadline is None or self._state != "stopping":
+            return None
+        return max(0.0, self._deadline - self._clock())
+
+    def drain_budget(self) -> float:
+        """How long a ``drain`` hook may wait for work in flight.
+
+        What is left of the grace, less a reserve (a tenth of the grace, at
+        most 2 s) so the ``workers``, ``cleanup`` and ``final`` phases still
+        get their turn when a request runs too long.
+        """
+        reserve = min(_CLEANUP_RESERVE_MAX, self._settings.grace * _CLEANUP_RESERVE_SHARE)
+        left = self.time_left()
+        return max(0.0, (self._settings.grace if left is None else left) - reserve)
 
     @property
     def report(self) -> Report | None:
@@ -322,7 +369,7 @@ class Coordinator:
         """The stop sequence: every phase in order, each hook within its time."""
         settings = self._settings
         start = self._clock()
-        deadline = start + settings.grace
+        deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
         self._in_progress = report
         logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)

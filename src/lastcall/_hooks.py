@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import queue
 import threading
 import traceback
@@ -37,7 +36,7 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 class Hook:
     """One registered shutdown callable and the rules it runs under."""
 
-    __slots__ = ("func", "inherit", "is_async", "name", "phase", "pid", "timeout")
+    __slots__ = ("func", "inherit", "is_async", "name", "phase", "timeout")
 
     def __init__(
         self,
@@ -52,7 +51,6 @@ class Hook:
         self.phase: Phase = phase
         self.timeout = timeout
         self.inherit = inherit
-        self.pid = os.getpid()
         self.is_async = is_coroutine_function(func)
 
     def __repr__(self) -> str:

@@ -1,0 +1,1 @@
+"""Adapters that make each server stop the lastcall way; imported only when used."""

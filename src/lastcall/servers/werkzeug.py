@@ -1,0 +1,346 @@
+"""Werkzeug's development server (``app.run()``, ``flask run``), with and without the reloader.
+
+What Werkzeug 3.1 does on its own, and what this module changes:
+
+* Request threads are daemons that nobody waits for, so whatever is in
+  flight when the process ends is cut off. Here the ``drain`` phase stops
+  the accept loop and waits for the request threads, within the grace.
+* New connections must be refused, not queued and reset. Closing our file
+  descriptor is not enough while another thread is still polling it, or
+  under the reloader, where parent and child share the listening socket:
+  ``shutdown(SHUT_RDWR)`` on the socket itself stops it listening for every
+  holder at once. On a code-change reload it must keep listening instead,
+  so that the next child accepts what arrived in between.
+* The reloader parent imports the app too, yet the app's resources live in
+  the serving child. The parent runs none of the app's hooks
+  (``Coordinator.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
+  child as SIGTERM (a terminal's Ctrl-C has already reached the child; a
+  second SIGINT would mean "force"), and ends with the child's status.
+  It logs one line when the child died without running its shutdown.
+* Werkzeug's reloader sets ``SIGTERM -> sys.exit(0)`` in the child after
+  the app was imported; the child takes its signals back once it serves
+  and watches its parent, stopping gracefully if
+  the parent dies instead of serving on as an orphan.
+
+Everything hooks in through a few patched methods, installed once by
+``enable()``; see ``_patch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from werkzeug._reloader import ReloaderLoop
+    from werkzeug.serving import BaseWSGIServer
+
+    from lastcall._coordinator import Coordinator
+
+__all__ = ("enable",)
+
+logger = logging.getLogger("lastcall.werkzeug")
+
+RELOAD_EXIT_CODE = 3  # Werkzeug's reloader: "restart me"
+PARENT_POLL_INTERVAL = 0.2  # how often a reloader child checks that its parent lives
+_PARENT_ENV = "LASTCALL_RELOADER_PARENT"  # the parent's pid, as the child should see it
+_CLEAN_FD_ENV = "LASTCALL_RELOADER_FD"  # where the child reports a completed shutdown
+_CLEAN = b"clean\n"
+
+_reloading = threading.Event()  # set in a child that is stopping for a code change
+
+
+class _Served:
+    """What this process knows of one server it runs."""
+
+    def __init__(self) -> None:
+        self.requests = _Requests()
+        self.thread: threading.Thread | None = threading.current_thread()
+
+
+class _State:
+    """The integration in this process: set by enable(), read by the patches."""
+
+    coordinator: Coordinator | None = None
+    install_options: ClassVar[dict[str, Any]] = {}
+    patched = False
+    servers: ClassVar[weakref.WeakKeyDictionary[BaseWSGIServer, _Served]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+
+def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = None) -> None:
+    """Make Werkzeug's server in this process stop the lastcall way; idempotent.
+
+    ``install_options`` go to ``coordinator.install()`` once the server
+    starts serving (on the main thread: without the reloader, where
+    ``serve_forever`` runs; in a reloader child, where its file watcher runs).
+    """
+    if _State.coordinator is None:
+        _State.coordinator = coordinator
+        _State.install_options = install_options or {}
+        coordinator.on_shutdown(
+            _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
+        )
+    if not _State.patched:
+        _patch()
+        _State.patched = True
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true" and os.environ.get(_PARENT_ENV):
+        _watch_parent(coordinator, int(os.environ[_PARENT_ENV]))
+        _report_clean_exit(coordinator)
+
+
+def _coordinator() -> Coordinator:
+    coordinator = _State.coordinator
+    assert coordinator is not None  # noqa: S101  # enable() sets it before any patch runs
+    return coordinator
+
+
+# ---------------------------------------------------------------- the drain
+
+
+def _drain() -> None:
+    """Stop accepting on every server this process runs, then wait for its requests.
+
+    The wait leaves part of the grace (``Coordinator.drain_budget``) to the
+    phases after this one: a request that outlives it is abandoned, but the
+    cleanup still runs.
+    """
+    coordinator = _coordinator()
+    final = not _reloading.is_set()
+    servers = list(_State.servers.items())
+    for server, served in servers:
+        _stop_accepting(server, served, final=final)
+    budget = coordinator.drain_budget()
+    for _, served in servers:
+        tracker = served.requests
+        if not tracker.wait_idle(budget):
+            logger.warning(
+                "%d requests still in flight after %.3g s; going on with the shutdown",
+                tracker.count,
+                budget,
+            )
+
+
+def _stop_accepting(server: BaseWSGIServer, served: _Served, *, final: bool) -> None:
+    if final:
+        # Stops the socket listening for every process holding it, and wakes
+        # the accept loop at once (closing our fd alone would do neither).
+        with contextlib.suppress(OSError):
+            server.socket.shutdown(socket.SHUT_RDWR)
+    serving = served.thread
+    if serving is not None and serving is not threading.current_thread():
+        server.shutdown()  # returns once serve_forever's loop has ended
+
+
+class _Requests:
+    """The request threads of one server, counted exactly."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._count -= 1
+            if not self._count:
+                self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._count, timeout)
+
+
+# ---------------------------------------------------------------- patches
+
+
+def _patch() -> None:
+    """Wrap the few Werkzeug methods every path goes through.
+
+    ``flask run`` binds ``run_simple`` at import, so the server classes,
+    not ``run_simple``, are what both entry points share.
+    """
+    from werkzeug import _reloader, serving  # noqa: PLC0415  # only with Werkzeug in use
+
+    base = serving.BaseWSGIServer
+    original_serve = base.serve_forever
+    original_close = base.server_close
+    original_request = serving.ThreadedWSGIServer.process_request_thread
+    original_enter = _reloader.ReloaderLoop.__enter__
+    original_restart = _reloader.ReloaderLoop.restart_with_reloader
+
+    def serve_forever(self: BaseWSGIServer, poll_interval: float = 0.5) -> None:
+        if threading.current_thread() is threading.main_thread():
+            _install()
+        served = _State.servers[self] = _Served()
+        try:
+            original_serve(self, poll_interval)
+        finally:
+            served.thread = None
+
+    def server_close(self: BaseWSGIServer) -> None:
+        # Also called from __init__ (before serving) and again from
+        # serve_forever's finally; a code-change reload is the case to catch.
+        exc = sys.exc_info()[1]
+        if self in _State.servers and isinstance(exc, SystemExit) and exc.code == RELOAD_EXIT_CODE:
+            _reloading.set()
+            _coordinator().shutdown(reason="reloader: code changed, restarting")
+        original_close(self)
+
+    def process_request_thread(
+        self: serving.ThreadedWSGIServer,
+        request: socket.socket,
+        client_address: tuple[str, int],
+    ) -> None:
+        served = _State.servers.get(self)
+        if served is None:  # not started through serve_forever: nothing to drain
+            original_request(self, request, client_address)
+            return
+        with served.requests:
+            original_request(self, request, client_address)
+
+    def __enter__(self: ReloaderLoop) -> ReloaderLoop:  # noqa: N807
+        # The child's main thread, just after Werkzeug set SIGTERM -> sys.exit(0),
+        # which is dropped here rather than chained.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _install()
+        return original_enter(self)
+
+    def restart_with_reloader(self: ReloaderLoop) -> int:
+        if _State.coordinator is None:  # pragma: no cover  # enable() always sets it
+            return original_restart(self)
+        return _restart_with_reloader(self)
+
+    base.serve_forever = serve_forever  # type: ignore[method-assign]
+    base.server_close = server_close  # type: ignore[method-assign,assignment]
+    serving.ThreadedWSGIServer.process_request_thread = process_request_thread  # type: ignore[method-assign,assignment]
+    _reloader.ReloaderLoop.__enter__ = __enter__  # type: ignore[method-assign]
+    _reloader.ReloaderLoop.restart_with_reloader = restart_with_reloader  # type: ignore[method-assign]
+
+
+def _install() -> None:
+    """Take the signals; settings the app gave ``lastcall.install()`` itself win."""
+    coordinator = _coordinator()
+    if coordinator.installed:
+        coordinator.reclaim_signals()
+    else:
+        coordinator.install(**_State.install_options)
+
+
+# ---------------------------------------------------------------- reloader parent
+
+
+def _restart_with_reloader(loop: ReloaderLoop) -> int:
+    """The reloader parent: start the serving child, pass signals on, end as it ended."""
+    from werkzeug import _reloader  # noqa: PLC0415
+
+    _coordinator().stand_aside("the Werkzeug reloader's children run the app's hooks")
+    while True:
+        _werkzeug_log("info", f" * Restarting with {loop.name}")
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)  # noqa: FBT003  # positional only
+        env = {
+            **os.environ,
+            "WERKZEUG_RUN_MAIN": "true",
+            _PARENT_ENV: str(os.getpid()),
+            _CLEAN_FD_ENV: str(write_end),
+        }
+        child = subprocess.Popen(_reloader._get_args_for_reloading(), env=env, close_fds=False)  # noqa: S603, SLF001
+        os.close(write_end)
+        stopping = threading.Event()
+        _forward_signals(child, stopping)
+        status = child.wait()
+        clean = _read_all(read_end) == _CLEAN
+        if status == RELOAD_EXIT_CODE and not stopping.is_set():
+            continue
+        if not clean:
+            _werkzeug_log(
+                "warning",
+                f" * lastcall: the reloader child (pid {child.pid}) ended with "
+                f"{_describe_status(status)} without running its shutdown hooks; cleanup that "
+                "must survive this belongs in lastcall.last_resort()",
+            )
+        _end_like(status)
+
+
+def _forward_signals(child: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+    def forward(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        stopping.set()
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+
+def _werkzeug_log(level: str, message: str) -> None:
+    """Log through Werkzeug's own logger, so the reloader's lines look alike."""
+    from werkzeug._internal import _log  # noqa: PLC0415
+
+    _log(level, message)
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()
+
+
+def _describe_status(status: int) -> str:
+    return signal.Signals(-status).name if status < 0 else f"status {status}"
+
+
+def _end_like(status: int) -> None:
+    """End this process the way the child ended: by the same signal, or status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status < 0:
+        with contextlib.suppress(OSError):  # SIGKILL's action cannot be set, nor needs to be
+            signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status if status >= 0 else 128 - status)
+
+
+# ---------------------------------------------------------------- reloader child
+
+
+def _watch_parent(coordinator: Coordinator, parent: int) -> None:
+    """Stop gracefully when the reloader parent dies (SIGKILL), instead of serving on."""
+
+    def watch() -> None:
+        while not coordinator.stopping.wait(PARENT_POLL_INTERVAL):
+            if os.getppid() != parent:
+                logger.warning(" * lastcall: the reloader parent %d is gone; stopping", parent)
+                coordinator.trigger(reason="the reloader parent died")
+                return
+
+    threading.Thread(target=watch, name="lastcall-parent-watch", daemon=True).start()
+
+
+def _report_clean_exit(coordinator: Coordinator) -> None:
+    """Tell the parent the shutdown ran, so it does not warn that it was skipped."""
+    fd = int(os.environ.pop(_CLEAN_FD_ENV))
+    os.set_inheritable(fd, False)  # noqa: FBT003  # positional only
+
+    def tell(_: object) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, _CLEAN)
+
+    coordinator.when_done(tell)

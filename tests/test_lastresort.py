@@ -1,0 +1,577 @@
+"""Last-resort hooks: real apps die in real ways, and their watcher cleans up after them.
+
+Each scenario registers hooks from ``lr_hooks.py`` (written beside the script)
+that append a line to a file, plus commands that do the same, so the file
+shows what ran, in which order and how often. The watcher runs in a session of
+its own, out of reach of the ``spawn`` fixture's check, so the ``watchers``
+fixture holds a pidfd on each one and fails the test if it outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import WAIT
+
+import lastcall
+from lastcall._lastresort import LastResort
+from lastcall._watcher import lastresort_report_path
+
+HOOKS_MODULE = """
+import os, time
+
+def record(path, word):
+    with open(path, "a") as out:
+        out.write(f"{word} {os.getppid()}\\n")
+
+def hang(path, word):
+    record(path, word + "-started")
+    time.sleep(60)
+
+def slow(path, word, go):
+    record(path, word + "-started")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record(path, word)
+
+def nested(path):
+    import lastcall
+    lastcall.last_resort("lr_hooks:record", path, "never")
+    record(path, f"nested-watcher-{lastcall.last_resort.__self__.watcher_pid}")
+"""
+
+# Blocks SIGUSR1 first, so every thread (and the watcher) inherits the mask and
+# the main thread can wait for the test's go-ahead with sigwait().
+PRELUDE = """
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+import logging, os, sys, time
+import lastcall
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+OUT = sys.argv[1] if len(sys.argv) > 1 else "hooks.txt"
+CMD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + ' cmd\\\\n')"
+
+def out(*words):
+    sys.stdout.write(" ".join(map(str, words)) + "\\n")
+    sys.stdout.flush()
+
+def watcher():
+    registry = lastcall.last_resort.__self__
+    assert registry.wait_ready(10), "the watcher did not start"
+    return registry.watcher_pid
+
+def go():
+    signal.sigwait({signal.SIGUSR1})
+"""
+
+THREE_HOOKS = """
+lastcall.last_resort("lr_hooks:record", OUT, "first")
+lastcall.last_resort([sys.executable, "-c", CMD, OUT, "second"], name="second")
+lastcall.last_resort("lr_hooks:record", OUT, "third", timeout=5)
+"""
+
+READY = 'out("ready", os.getpid(), watcher())\n'
+# Short sleeps, not one long one: a signal whose C handler runs just after
+# time.sleep() handled an earlier one, but before it sleeps again, is only acted
+# on when that sleep ends (a CPython race a quick second Ctrl-C can hit).
+BLOCK = """
+while True:
+    time.sleep(0.05)
+"""
+
+
+class Watchers:
+    """Holds a pidfd per watcher, to wait for its end without polling a PID."""
+
+    def __init__(self) -> None:
+        self.pidfds: dict[int, int] = {}
+
+    def track(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already finished and reaped: gone
+            self.pidfds[pid] = os.pidfd_open(pid)
+
+    def ended(self, pid: int, timeout: float = WAIT) -> bool:
+        fd = self.pidfds.get(pid)
+        return fd is None or bool(select.select([fd], [], [], timeout)[0])
+
+
+@pytest.fixture
+def watchers():
+    tracked = Watchers()
+    yield tracked
+    left = [pid for pid in tracked.pidfds if not tracked.ended(pid, timeout=WAIT)]
+    for pid, fd in tracked.pidfds.items():
+        if pid in left:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+    assert not left, f"watchers left behind (now killed): {left}"
+
+
+@pytest.fixture
+def scenario(spawn, tmp_path, watchers):
+    """Start an app script with ``lr_hooks`` importable; return (child, app pid, watcher pid)."""
+    (tmp_path / "lr_hooks.py").write_text(HOOKS_MODULE)
+
+    def start(body: str, *, env: dict[str, str] | None = None):
+        child = spawn(PRELUDE + body, env=env)
+        _, app, watcher = child.wait_for("ready").split()
+        watchers.track(int(watcher))
+        return child, int(app), int(watcher)
+
+    return start
+
+
+def recorded(path: Path) -> list[tuple[str, str]]:
+    """(word, the writer's parent PID) per line; commands write 'cmd' as the second word."""
+    if not path.exists():
+        return []
+    return [tuple(line.split()) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def finished_line(app: int) -> str:
+    return f"last-resort hooks for pid {app}:"
+
+
+DEATHS = {
+    "SIGKILL": ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL),
+    "os._exit(3)": ("os._exit(3)", 3),
+    "segfault": ("import ctypes; ctypes.string_at(0)", -signal.SIGSEGV),
+    "abort": ("os.abort()", -signal.SIGABRT),
+}
+
+
+@pytest.mark.parametrize("death", DEATHS)
+def test_every_hook_runs_once_in_order_after_the_death(scenario, watchers, tmp_path, death):
+    """Steps: install lastcall; register two functions and a command; wait for the
+    go-ahead; die without a shutdown. The watcher runs all three once, last
+    registered first, after the app has gone, and reports it beside the core's report.
+    """
+    ending, status = DEATHS[death]
+    child, app, watcher = scenario(
+        "lastcall.install()\n"
+        + THREE_HOOKS
+        + READY
+        + f"go()\nopen(OUT, 'a').write('dying 0\\n')\n{ending}\n",
+        env={"LASTCALL_REPORT": str(tmp_path / "report-{pid}.json")},
+    )
+    hooks = tmp_path / "hooks.txt"
+    assert recorded(hooks) == []  # nothing runs while the app lives
+    child.send(signal.SIGUSR1)
+    child.wait_for(finished_line(app), stream="stderr")
+    # The app's last act comes first: the hooks ran only once it had died.
+    words = [word for word, _ in recorded(hooks)]
+    assert words == ["dying", "third", "second", "first"], child.output()
+    assert watchers.ended(watcher)
+
+    report_path = tmp_path / f"report-{app}.lastresort.json"
+    assert stat.S_IMODE(report_path.stat().st_mode) == 0o600
+    report = json.loads(report_path.read_text())
+    assert report["trigger"] == "died without shutdown"
+    assert report["pid"] == app
+    assert [(h["name"], h["outcome"]) for h in report["hooks"]] == [
+        ("lr_hooks:record", "ok"),
+        ("second", "ok"),
+        ("lr_hooks:record", "ok"),
+    ]
+    # The app is still an unreaped zombie (the test has not waited for it), so
+    # the watcher could read its exit status.
+    assert report["exit_status"] == (128 - status if status < 0 else status), child.output()
+    assert not (tmp_path / f"report-{app}.json").exists()  # no lastcall shutdown happened
+    assert child.finish() == status
+
+
+CLEAN_ENDINGS = {
+    "SIGTERM": ("lastcall.install()\n", "BLOCK", -signal.SIGTERM),
+    "normal exit, no install()": ("", "go()", 0),
+    "sys.exit(2)": ("lastcall.install()\n", "go(); sys.exit(2)", 2),
+    "unhandled exception": ("", "go(); raise RuntimeError('boom')", 1),
+    "shutdown() then SIGKILL": ("", "go(); lastcall.shutdown(); os.kill(os.getpid(), 9)", -9),
+}
+
+
+@pytest.mark.parametrize("ending", CLEAN_ENDINGS)
+def test_no_hook_runs_after_a_lastcall_shutdown(scenario, watchers, tmp_path, ending):
+    """Steps: register hooks; end through lastcall. The watcher stands down and exits."""
+    setup, main, status = CLEAN_ENDINGS[ending]
+    main = BLOCK if main == "BLOCK" else main + "\n"
+    child, app, watcher = scenario(
+        setup + THREE_HOOKS + READY + main,
+        env={"LASTCALL_REPORT": str(tmp_path / "report-{pid}.json")},
+    )
+    child.send(signal.SIGTERM if status == -signal.SIGTERM else signal.SIGUSR1)
+    assert child.finish() == status, child.output()
+    assert watchers.ended(watcher)
+    assert recorded(tmp_path / "hooks.txt") == []
+    assert not (tmp_path / f"report-{app}.lastresort.json").exists()
+    assert "without a lastcall shutdown" not in child.output()
+
+
+def test_overrunning_hooks_are_stopped_and_the_next_still_runs(scenario, watchers, tmp_path):
+    """Steps: register, in order, a plain hook, an unimportable one, a command
+    whose process group hangs, and a function that hangs; kill the app. The
+    hanging function is abandoned at its timeout, the command's whole group
+    killed at its, the missing module is an error, and the plain hook runs.
+    """
+    pids = tmp_path / "group.txt"
+    child, app, watcher = scenario(
+        f"""
+lastcall.last_resort("lr_hooks:record", OUT, "after")
+lastcall.last_resort("no_such_mod:fn")
+lastcall.last_resort(["sh", "-c", "sleep 60 & echo $$ $! > {pids}; wait"], timeout=0.5, name="sh")
+lastcall.last_resort("lr_hooks:hang", OUT, "stuck", timeout=0.3)
+"""
+        + READY
+        + BLOCK,
+        env={"LASTCALL_REPORT": str(tmp_path / "report.json")},
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["stuck-started", "after"]
+    report = json.loads((tmp_path / "report.lastresort.json").read_text())
+    outcomes = [(h["name"], h["outcome"]) for h in report["hooks"]]
+    assert outcomes == [
+        ("lr_hooks:hang", "timeout"),
+        ("sh", "timeout"),
+        ("no_such_mod:fn", "error"),
+        ("lr_hooks:record", "ok"),
+    ]
+    assert "No module named 'no_such_mod'" in report["hooks"][2]["error"]
+    assert watchers.ended(watcher)  # the abandoned thread did not keep it alive
+    for pid in map(int, pids.read_text().split()):  # the shell and its background sleep
+        watchers.track(pid)
+        assert watchers.ended(pid), f"{pid} of the killed command's group is still running"
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_a_killed_watcher_is_reported_once_and_replaced_on_the_next_registration(
+    scenario, watchers, tmp_path
+):
+    child, app, watcher = scenario(
+        "lastcall.install()\n"
+        + 'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
+        + READY
+        + """
+go()
+lastcall.last_resort("lr_hooks:record", OUT, "second")
+out("again", watcher())
+"""
+        + BLOCK
+    )
+    os.kill(watcher, signal.SIGKILL)
+    assert watchers.ended(watcher)
+    child.wait_for("ended unexpectedly", stream="stderr")
+    child.send(signal.SIGUSR1)  # the app carries on, and registers again
+    replacement = int(child.wait_for("again").split()[1])
+    watchers.track(replacement)
+    assert replacement != watcher
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["second", "first"]
+    assert sum("ended unexpectedly" in line for line in child.stderr) == 1
+    assert watchers.ended(replacement)
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_forked_child_keeps_only_inherited_hooks_with_its_own_watcher(
+    scenario, watchers, tmp_path
+):
+    """Steps: register one plain and one inherit=True hook; fork; the child adds
+    its own. Killing the parent runs the parent's two at once, though the child
+    lives on (it closed its copy of the channel); killing the child runs its own.
+    """
+    child, app, parent_watcher = scenario(
+        """
+lastcall.last_resort("lr_hooks:record", OUT, "parent-only")
+lastcall.last_resort("lr_hooks:record", OUT, "shared", inherit=True)
+pid = os.fork()
+if pid == 0:
+    lastcall.last_resort("lr_hooks:record", OUT, "child-own")
+    out("forked", os.getpid(), watcher())
+    while True:
+        time.sleep(60)
+"""
+        + READY
+        + BLOCK
+    )
+    _, forked, forked_watcher = child.wait_for("forked").split()
+    forked, forked_watcher = int(forked), int(forked_watcher)
+    watchers.track(forked_watcher)
+    assert forked_watcher != parent_watcher
+    hooks = tmp_path / "hooks.txt"
+
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(hooks)] == ["shared", "parent-only"]
+    assert watchers.ended(parent_watcher)
+    assert not process_ended(forked)
+
+    os.kill(forked, signal.SIGKILL)
+    child.wait_for(finished_line(forked), stream="stderr")
+    assert [word for word, _ in recorded(hooks)][2:] == ["child-own", "shared"]
+    assert watchers.ended(forked_watcher)
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_watcher_holds_nothing_of_the_app_and_lives_in_its_own_session(
+    scenario, watchers, tmp_path
+):
+    child, app, watcher = scenario(
+        """
+import socket
+listener = socket.create_server(("127.0.0.1", 0))
+secret = open("secret.txt", "w")
+for fd in (listener.fileno(), secret.fileno()):
+    os.set_inheritable(fd, True)
+lastcall.install()
+"""
+        + THREE_HOOKS
+        + READY
+        + BLOCK
+    )
+    targets = {}
+    for entry in Path(f"/proc/{watcher}/fd").iterdir():
+        try:
+            targets[int(entry.name)] = os.readlink(entry)
+        except FileNotFoundError:
+            continue  # a descriptor that closed while we looked
+    app_stderr = os.readlink(f"/proc/{app}/fd/2")
+    assert targets.pop(0) == "/dev/null"
+    assert targets.pop(1) == targets.pop(2) == app_stderr
+    kinds = sorted(target.split(":")[0] for target in targets.values())
+    assert kinds == ["anon_inode", "socket"], targets  # a pidfd on the app; its end of the channel
+    app_targets = {os.readlink(p) for p in Path(f"/proc/{app}/fd").iterdir()}
+    assert not set(targets.values()) & app_targets  # the other end, not a shared one
+    assert os.getsid(watcher) == watcher != os.getsid(app)
+    modules = Path(f"/proc/{watcher}/cmdline").read_bytes().split(b"\0")
+    assert modules[1:3] == [b"-I", b"-S"]
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert watchers.ended(watcher)
+
+
+def test_a_forced_stop_still_runs_the_last_resort_hooks(scenario, watchers, tmp_path):
+    """A second Ctrl-C skips the rest of the shutdown: that is no completed shutdown."""
+    child, app, watcher = scenario(
+        """
+lastcall.install()
+@lastcall.on_shutdown
+def stuck():
+    out("stuck started")
+    time.sleep(30)
+"""
+        + THREE_HOOKS
+        + READY
+        + BLOCK
+    )
+    child.send(signal.SIGINT)
+    child.wait_for("stuck started")
+    child.send(signal.SIGINT)
+    assert child.finish() == -signal.SIGINT
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["third", "second", "first"]
+    assert watchers.ended(watcher)
+
+
+def test_sigterm_to_the_watcher_while_it_runs_hooks_does_not_stop_them(
+    scenario, watchers, tmp_path
+):
+    """As systemd does to what is left of a unit once its main process died."""
+    go = tmp_path / "go"
+    child, app, watcher = scenario(
+        f"""
+lastcall.last_resort("lr_hooks:record", OUT, "next")
+lastcall.last_resort("lr_hooks:slow", OUT, "slow", {str(go)!r})
+"""
+        + READY
+        + BLOCK
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for("running 2 last-resort hooks", stream="stderr")
+    os.kill(watcher, signal.SIGTERM)  # may land before or during the slow hook: both count
+    go.touch()
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == [
+        "slow-started",
+        "slow",
+        "next",
+    ]
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_a_hook_that_registers_last_resort_hooks_starts_no_watcher(scenario, watchers, tmp_path):
+    child, app, watcher = scenario('lastcall.last_resort("lr_hooks:nested", OUT)\n' + READY + BLOCK)
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["nested-watcher-None"]
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_a_process_that_stands_aside_stands_its_watcher_down(scenario, watchers, tmp_path):
+    """A supervisor (the Werkzeug reloader's parent) leaves last-resort hooks to its child."""
+    child, app, watcher = scenario(
+        THREE_HOOKS
+        + READY
+        + """
+go()
+lastcall.default.stand_aside("a supervisor now")
+lastcall.last_resort("lr_hooks:record", OUT, "ignored")
+out("aside", watcher_pid := lastcall.last_resort.__self__.watcher_pid)
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGUSR1)
+    assert child.wait_for("aside") == "aside None"
+    assert watchers.ended(watcher)  # stood down while the app lives on
+    child.send(signal.SIGKILL)
+    assert child.finish() == -signal.SIGKILL
+    assert recorded(tmp_path / "hooks.txt") == []
+    assert "without a lastcall shutdown" not in child.output()
+
+
+RELOADER_APP = """
+import os, sys
+from flask import Flask
+import lastcall
+from lastcall.flask import LastCall
+
+def out(*words):
+    sys.stdout.write(" ".join(map(str, words)) + f" pid={os.getpid()}\\n")
+    sys.stdout.flush()
+
+app = Flask(__name__)
+LastCall(app)
+here = os.path.dirname(os.path.abspath(__file__))
+lastcall.last_resort("lr_hooks:record", os.path.join(here, "hooks.txt"), "released")
+registry = lastcall.last_resort.__self__
+registry.wait_ready(10)
+out("watcher", registry.watcher_pid)
+
+@app.route("/pid")
+def pid():
+    return str(os.getpid())
+
+@app.route("/exit")
+def hard_exit():
+    os._exit(0)
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ["PORT"]), use_reloader=True)
+"""
+
+
+def test_under_the_werkzeug_reloader_the_serving_childs_os_exit_gets_its_cleanup(
+    spawn, watchers, tmp_path
+):
+    """The write-up's ``os._exit()`` route: the serving child's watcher runs the hook,
+    once; the reloader parent, which imported the app too, stood its watcher down.
+    """
+    pytest.importorskip("flask")
+    from test_flask_devserver import get, start
+
+    (tmp_path / "lr_hooks.py").write_text(HOOKS_MODULE)
+    app = tmp_path / "reload_app.py"
+    app.write_text(RELOADER_APP)
+    child, port, serving = start(spawn, tmp_path, reload=True, app=app)
+    started = {}
+    for line in child.lines("watcher "):
+        _, pid, owner = line.split()
+        started[int(owner.removeprefix("pid="))] = int(pid)
+        watchers.track(int(pid))
+    assert set(started) == {child.pid, serving}, child.output()
+    assert watchers.ended(started[child.pid])  # the parent's: stood down at stand_aside()
+
+    with pytest.raises(OSError):  # the connection dies with the process
+        get(port, "/exit")
+    child.wait_for(finished_line(serving), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["released"]
+    report = json.loads((tmp_path / f"report-{serving}.lastresort.json").read_text())
+    assert report["trigger"] == "died without shutdown"
+    assert report["exit_status"] in (0, None)  # 0 unless its parent reaped it first
+    assert watchers.ended(started[serving])
+    child.finish()
+    assert not list(tmp_path.glob(f"report-{child.pid}.lastresort.json"))
+
+
+# ------------------------------------------------------------ refused at registration
+
+
+def module_level_function() -> None:
+    """Only here so that passing it shows the import path to use instead."""
+
+
+BAD = [
+    pytest.param(("m:f", object()), {}, TypeError, "argument 1 is a object", id="object arg"),
+    pytest.param(("m:f", "ok", {1}), {}, TypeError, "argument 2 is a set", id="set arg"),
+    pytest.param(("m:f", {1: "a"}), {}, TypeError, "JSON keys are str", id="int key"),
+    pytest.param(("m:f", [float("nan")]), {}, ValueError, "nan", id="nan arg"),
+    pytest.param(([],), {}, ValueError, "empty command", id="empty command"),
+    pytest.param(([""],), {}, ValueError, "empty command", id="empty program"),
+    pytest.param((["rm", 3],), {}, TypeError, "list of strings", id="non-str part"),
+    pytest.param((["rm", "x"], "y"), {}, TypeError, "put them in its list", id="command args"),
+    pytest.param(("m:f",), {"timeout": 0}, ValueError, "positive", id="zero timeout"),
+    pytest.param(("m:f",), {"timeout": -1}, ValueError, "positive", id="negative timeout"),
+    pytest.param(("m:f",), {"timeout": float("nan")}, ValueError, "positive", id="nan timeout"),
+    pytest.param(("m:f",), {"timeout": float("inf")}, ValueError, "finite", id="inf timeout"),
+    pytest.param(("m:f",), {"timeout": None}, TypeError, "None", id="None timeout"),
+    pytest.param(("m:f",), {"timeout": "5"}, TypeError, "number", id="str timeout"),
+    pytest.param(("no colon",), {}, ValueError, "package.module:function", id="no colon"),
+    pytest.param(("mod:",), {}, ValueError, "package.module:function", id="no function"),
+    pytest.param(
+        (module_level_function,),
+        {},
+        TypeError,
+        "'test_lastresort:module_level_function'",
+        id="function object",
+    ),
+    pytest.param((42,), {}, TypeError, "not int", id="int target"),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "words"), BAD)
+def test_bad_registrations_are_refused_with_one_clear_line(args, kwargs, error, words):
+    registry = LastResort(lastcall.Coordinator(run_at_exit=False))
+    with pytest.raises(error) as raised:
+        registry.last_resort(*args, **kwargs)
+    message = str(raised.value)
+    assert words in message
+    assert "\n" not in message
+    assert registry.hooks == ()
+    assert registry.watcher_pid is None  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("/run/report-{pid}.json", "/run/report-{pid}.lastresort.json"),
+        ("report", "report.lastresort"),
+        ("/var/.report", "/var/.report.lastresort"),
+        ("/a.b/report", "/a.b/report.lastresort"),
+    ],
+)
+def test_the_watcher_report_sits_beside_the_core_report(template, expected):
+    assert lastresort_report_path(template) == expected
+
+
+def process_ended(pid: int) -> bool:
+    """True if ``pid`` has exited (a zombie counts: it runs nothing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+def test_the_package_exports_last_resort():
+    assert "last_resort" in lastcall.__all__
+    assert sys.modules["lastcall"].last_resort.__name__ == "last_resort"

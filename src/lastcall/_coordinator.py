@@ -37,6 +37,7 @@ from lastcall._signals import SignalHandlers
 from lastcall._stoptoken import StopToken
 
 if TYPE_CHECKING:
+    import asyncio
     from types import TracebackType
 
 F = TypeVar("F", bound=HookFunc)
@@ -85,6 +86,7 @@ class Coordinator:
         self._aside_callbacks: list[Callable[[str], None]] = []
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         reference = weakref.WeakMethod(self._after_fork_in_child)
         os.register_at_fork(after_in_child=lambda: _call_weak(reference))
 
@@ -119,6 +121,17 @@ class Coordinator:
     def installed(self) -> bool:
         """Whether ``install()`` took the signals (and ``uninstall()`` did not give them back)."""
         return self._handlers is not None
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Run async hooks on ``loop`` (a server's own) instead of a private one.
+
+        So an async hook can close clients bound to that loop. The stop must
+        then run on another thread than the loop's, as it does when a signal or
+        ``trigger()`` begins it; while the loop is not running (or the stop
+        runs on its thread) async hooks fall back to a loop of their own.
+        ``None`` goes back to that.
+        """
+        self._loop = loop
 
     def install(
         self,
@@ -362,6 +375,7 @@ class Coordinator:
         logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)
         runner: Runner | None = None
         finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        loop = self._hook_loop()
         for phase in PHASES:
             with self._lock:
                 hooks = [h for h in reversed(self._hooks) if h.phase == phase]
@@ -373,10 +387,12 @@ class Coordinator:
                 budget = min(hook.timeout or remaining, remaining)
                 if runner is None:
                     finished = queue.SimpleQueue()
-                    runner = Runner(finished.put)
+                    runner = Runner(finished.put, loop)
                 result = self._run_one(hook, budget, runner, finished)
-                if result.outcome == "timeout" and not hook.is_async:
-                    runner = None  # abandoned with its hook; the next one gets a new thread
+                if result.outcome == "timeout" and (loop is not None or not hook.is_async):
+                    # Abandoned with its hook (a sync one, or one stuck waiting
+                    # on a blocked server loop): the next one gets a new thread.
+                    runner = None
                 report.hooks.append(result)
             if phase == "pre_stop" and settings.prestop_delay:
                 delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
@@ -388,6 +404,19 @@ class Coordinator:
         report.exit_status = exit_status
         self._finish(report)
         return report
+
+    def _hook_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop set with ``use_loop``, unless this thread is the one running it."""
+        loop = self._loop
+        if loop is None or sys.modules.get("asyncio") is None:
+            return None
+        import asyncio  # noqa: PLC0415  # already imported: whoever made the loop did
+
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            return loop
+        return None if current is loop else loop
 
     def _run_one(
         self,
@@ -567,6 +596,7 @@ class Coordinator:
         inherited = [h for h in self._hooks if h.inherit]
         self._reset_state()
         self._hooks = inherited
+        self._loop = None  # the parent's loop is not running here
         self.stopping._reset_after_fork()  # noqa: SLF001
         if self._handlers is not None:
             self._start_dispatcher()

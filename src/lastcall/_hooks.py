@@ -20,7 +20,10 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    import asyncio
 
 Phase = Literal["pre_stop", "drain", "workers", "cleanup", "final"]
 PHASES: tuple[Phase, ...] = ("pre_stop", "drain", "workers", "cleanup", "final")
@@ -115,19 +118,26 @@ class Finished(NamedTuple):
     error: str | None = None
 
 
-def call_hook(hook: Hook, timeout: float) -> Finished:
+def call_hook(
+    hook: Hook, timeout: float, loop: asyncio.AbstractEventLoop | None = None
+) -> Finished:
     """Run one hook to completion on the current thread.
 
     Any BaseException is caught: a hook that calls ``sys.exit`` must not end
-    the shutdown. Async hooks get their own event loop and are cancelled
-    after ``timeout``.
+    the shutdown. Async hooks are cancelled after ``timeout``; they run on
+    ``loop`` when one is given and still running (a server's own loop, so
+    they can close clients bound to it), else on an event loop of their own.
     """
     try:
         if hook.is_async:
             import asyncio  # noqa: PLC0415  # only when needed: it is slow to import
 
+            bounded = asyncio.wait_for(_await(hook.func), timeout)
             try:
-                asyncio.run(asyncio.wait_for(hook.func(), timeout))
+                if loop is not None and loop.is_running() and not loop.is_closed():
+                    asyncio.run_coroutine_threadsafe(bounded, loop).result()
+                else:
+                    asyncio.run(bounded)
             except asyncio.TimeoutError:
                 return Finished(hook, "timeout", f"cancelled after {timeout:.3g} s")
         else:
@@ -139,11 +149,19 @@ def call_hook(hook: Hook, timeout: float) -> Finished:
     return Finished(hook, "ok")
 
 
+async def _await(func: HookFunc) -> None:
+    """Call an async hook where it will run: on the loop, not on the submitting thread."""
+    await func()
+
+
 class Runner:
     """A daemon thread that runs hooks handed to it, one at a time."""
 
-    def __init__(self, done: Callable[[Finished], None]) -> None:
+    def __init__(
+        self, done: Callable[[Finished], None], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self._done = done
+        self._event_loop = loop
         self._inbox: queue.SimpleQueue[tuple[Hook, float] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="lastcall-hook", daemon=True)
         self._thread.start()
@@ -158,4 +176,4 @@ class Runner:
     def _loop(self) -> None:
         while (job := self._inbox.get()) is not None:
             hook, timeout = job
-            self._done(call_hook(hook, timeout))
+            self._done(call_hook(hook, timeout, self._event_loop))

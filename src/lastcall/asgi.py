@@ -1,0 +1,506 @@
+r"""ASGI middleware for uvicorn and hypercorn: health that tells the truth, and a stop in order.
+
+``LastCallMiddleware(app)`` wraps any ASGI 3 app (FastAPI, Starlette,
+Quart ...). It answers ``/livez`` and ``/readyz`` like its WSGI twin
+(``lastcall.wsgi``): readiness goes red (503) the moment the stop begins
+while liveness stays green; responses sent while stopping carry
+``Connection: close``; requests (and WebSockets) count as in flight from
+the moment they enter until the app returns.
+
+How the stop runs, and who does what
+------------------------------------
+Everything happens in the coordinator's one stop sequence, on its
+dispatcher thread, while the server's event loop keeps running:
+
+1. ``pre_stop``: ``lastcall.stopping`` is set (readiness red, long-lived
+   responses see it), then ``LASTCALL_PRESTOP_DELAY`` seconds pass while the
+   server **still accepts and serves**, so a load balancer notices first.
+2. ``drain``: only now is the server told to stop, through its own
+   mechanism: it stops accepting and finishes what it holds. The drain is
+   bounded by the grace period even when the server's own timeout is unset
+   (uvicorn waits forever by default): what is still running when the
+   budget ends is cancelled, as uvicorn's own timeout would.
+3. ``workers``, ``cleanup``, ``final``: the hooks. Async hooks run on the
+   **server's own loop** (``Coordinator.use_loop``), so they can close
+   clients bound to it. The app's own lifespan shutdown (FastAPI's
+   ``lifespan``, Starlette's ``on_shutdown``) is one of these hooks, in
+   ``cleanup``, registered when its startup completed: hooks registered
+   after start-up run before it, hooks registered at import after it.
+4. The coordinator ends the process as for any stop: a SIGTERM ends it by
+   SIGTERM (status 143) unless ``LASTCALL_EXIT_CODE`` is set, and each hook
+   runs once. Nothing is left for ``atexit`` to run twice.
+
+Working with the servers' signal handling
+-----------------------------------------
+Both servers stop accepting the moment they see SIGTERM, which leaves no
+pre-stop window, so at lifespan start-up (which both run on the main
+thread, after installing their handlers) the middleware steps in front:
+
+* **uvicorn** installs ``Server.handle_exit`` with ``signal.signal`` inside
+  ``Server.serve``. The middleware keeps that handler, puts lastcall's in
+  its place (``install()``, or ``reclaim_signals()`` if the app called
+  ``install()`` itself), and calls the kept handler when the drain begins,
+  which is all uvicorn's own SIGTERM would have done. uvicorn restores its
+  predecessors and re-raises the signal only after its own shutdown; the
+  coordinator ends the process first, after the hooks.
+* **hypercorn** in a single process (``--workers 0``, or ``hypercorn.
+  asyncio.serve`` without a ``shutdown_trigger``) registers its handler with
+  ``loop.add_signal_handler``; the middleware removes that registration
+  (which alone would still fire through the loop's wake-up fd), and runs the
+  removed callback when the drain begins. With ``serve(...,
+  shutdown_trigger=middleware.shutdown_trigger)`` nothing is taken: the
+  trigger simply returns when the drain begins.
+* **hypercorn's worker** (its default ``--workers 1`` runs a master and a
+  worker) gets no signal: the master sets a shared event that the worker
+  polls with a function it looks up once it has imported the app. The
+  middleware wraps that function, so the master's request begins lastcall's
+  stop and the worker stops accepting only when the drain begins. (The
+  master keeps its own copy of the listening socket open until the worker
+  has exited, so connections are still queued during the delay.)
+* A **worker whose master died** (SIGKILL, OOM) notices at once through
+  the parent's ``multiprocessing`` sentinel on the loop, and stops as if
+  told to (``trigger``), instead of serving as an orphan. Where the server
+  cannot be told to stop, the drain waits for the requests in flight.
+
+Whatever began the stop, a lifespan shutdown that arrives while the
+process is still running starts it too, so a server's own reasons to stop
+(``--limit-max-requests``, a reload) run the hooks as well.
+
+Long-lived responses
+--------------------
+An SSE generator or a WebSocket loop should end on its own when the stop
+begins, rather than be cancelled at the end of the drain::
+
+    async def events():
+        while not await lastcall.stopping.wait_async(1.0):
+            yield "data: tick\n\n"
+
+The token is also in the lifespan state, so per request it is
+``request.state.lastcall_stopping`` (Starlette, FastAPI) or
+``scope["state"]["lastcall_stopping"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import lastcall
+from lastcall import systemd
+from lastcall._hooks import is_coroutine_function
+from lastcall._report import logger
+from lastcall._signals import SignalHandlers
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
+    from lastcall import Coordinator
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ("LastCallMiddleware",)
+
+_ALIVE = json.dumps({"status": "alive"}).encode()
+_READY = json.dumps({"status": "ready"}).encode()
+# Of the grace period, what the drain leaves for the hooks after it.
+_HOOK_RESERVE_SHARE = 0.2
+_HOOK_RESERVE_MAX = 2.0
+# After cancelling what overran the drain, how long to let the server notice.
+_AFTER_CANCEL = 1.0
+_SERVER_STARTED_POLL = 0.02
+_SERVER_STARTED_WAIT = 10.0
+
+
+class LastCallMiddleware:
+    """Wrap an ASGI app: health endpoints, requests in flight, and the stop in order.
+
+    ``coordinator`` defaults to ``lastcall.default``. A path of ``None``
+    switches that endpoint off. ``drain_timeout`` caps the drain; by default
+    it is what the grace period leaves after the pre-stop delay, less a
+    reserve for the hooks (a fifth of the grace, at most 2 s).
+    ``take_signals=False`` leaves the server's signal handling alone (no
+    pre-stop window; the stop begins with the lifespan shutdown).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        coordinator: Coordinator | None = None,
+        livez_path: str | None = "/livez",
+        readyz_path: str | None = "/readyz",
+        drain_timeout: float | None = None,
+        take_signals: bool = True,
+    ) -> None:
+        if not callable(app) or not is_coroutine_function(app):
+            hint = " (a WSGI app? use lastcall.wsgi.LastCallMiddleware)" if callable(app) else ""
+            raise TypeError(
+                "LastCallMiddleware needs an ASGI 3 app, an async callable taking "
+                f"(scope, receive, send); got {app!r}{hint}"
+            )
+        if coordinator is None:
+            coordinator = lastcall.default
+        elif not isinstance(coordinator, lastcall.Coordinator):
+            raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
+        for name, path in (("livez_path", livez_path), ("readyz_path", readyz_path)):
+            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+                raise ValueError(f"{name} must be a path starting with '/', or None; got {path!r}")
+        if livez_path is not None and livez_path == readyz_path:
+            raise ValueError(f"livez_path and readyz_path must differ; both are {livez_path!r}")
+        if drain_timeout is not None and (
+            isinstance(drain_timeout, bool)
+            or not isinstance(drain_timeout, (int, float))
+            or not drain_timeout > 0
+        ):
+            raise ValueError(
+                f"drain_timeout must be a positive number of seconds; got {drain_timeout!r}"
+            )
+        self._app = app
+        self._coordinator = coordinator
+        self._stopping = coordinator.stopping
+        self._livez_path = livez_path
+        self._readyz_path = readyz_path
+        self._drain_timeout = drain_timeout
+        self._take_signals = take_signals
+        self._live: set[asyncio.Task[Any]] = set()  # touched on the loop's thread only
+        self._idle = threading.Event()  # set while nothing is in flight; waited on by the drain
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server_stop: Callable[[], object] | None = None
+        self._server: object = None  # uvicorn's Server, when its handler was found
+        self._drain_began = threading.Event()  # for shutdown_trigger
+        self._server_drained = threading.Event()  # the server sent the lifespan shutdown
+        self._stop_began: float | None = None
+        self._started = False
+        _hold_hypercorn_worker_trigger(self)
+
+    @property
+    def livez_path(self) -> str | None:
+        """Where liveness is answered, or None if the app gets that path."""
+        return self._livez_path
+
+    @property
+    def readyz_path(self) -> str | None:
+        """Where readiness is answered, or None if the app gets that path."""
+        return self._readyz_path
+
+    @property
+    def in_flight(self) -> int:
+        """Requests and WebSockets entered whose app call has not returned."""
+        return len(self._live)
+
+    async def shutdown_trigger(self) -> None:
+        """Returns when the drain begins: ``hypercorn.asyncio.serve(..., shutdown_trigger=)``."""
+        if self._drain_began.is_set():
+            return
+        began: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._server_stop = functools.partial(_resolve, began)
+        await began
+
+    # ------------------------------------------------------------ requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Health paths first, then the app, counted; the lifespan is ours to run."""
+        kind = scope["type"]
+        if kind == "http":
+            path = scope.get("path", "")
+            if path == self._readyz_path:
+                await self._readyz(scope, send)
+                return
+            if path == self._livez_path:
+                await _json(scope, send, 200, _ALIVE)
+                return
+            await self._counted(scope, receive, self._closing_send(send))
+        elif kind == "websocket":
+            await self._counted(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        live = self._live
+        if task is None:  # not inside a task: nothing to count or cancel
+            await self._app(scope, receive, send)
+            return
+        live.add(task)
+        self._idle.clear()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            live.discard(task)
+            if not live:
+                self._idle.set()
+
+    def _closing_send(self, send: Send) -> Send:
+        stopping = self._stopping
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and stopping.is_set():
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"
+                ]
+                headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return closing_send
+
+    async def _readyz(self, scope: Scope, send: Send) -> None:
+        if not self._stopping.is_set():
+            await _json(scope, send, 200, _READY)
+            return
+        body = json.dumps({"status": "stopping", "in_flight": len(self._live)}).encode()
+        await _json(scope, send, 503, body)
+
+    # ------------------------------------------------------------ lifespan
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app's lifespan as a sub-protocol, with ours around it."""
+        loop = asyncio.get_running_loop()
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            raise RuntimeError(f"expected lifespan.startup from the server, got {message['type']}")
+        if isinstance(scope.get("state"), dict):
+            scope["state"]["lastcall_stopping"] = self._stopping
+        app = _AppLifespan(self._app, scope)
+        answer = await app.exchange(message)
+        if answer is not None and answer["type"] == "lifespan.startup.failed":
+            await send(answer)
+            return
+        if answer is not None:  # the app runs a lifespan of its own: its shutdown is a hook
+            self._coordinator.on_shutdown(phase="final", name="the app's lifespan shutdown")(
+                app.shut_down
+            )
+        self._start(loop)
+        await send({"type": "lifespan.startup.complete"})
+        ready = loop.create_task(self._notify_ready())
+
+        await receive()  # lifespan.shutdown: the server has drained
+        self._server_drained.set()
+        if not self._stopping.is_set():
+            self._coordinator.trigger("the server began its own shutdown")
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def done(_report: object) -> None:
+            loop.call_soon_threadsafe(_resolve, finished)
+
+        self._coordinator.when_done(done)
+        if self._coordinator.report is None:
+            await finished  # the coordinator usually ends the process before this returns
+        ready.cancel()
+        app.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once the app has started: hooks, signals, parent watch, one warning if misconfigured."""
+        if self._started:
+            return
+        self._started = True
+        self._loop = loop
+        coordinator = self._coordinator
+        coordinator.use_loop(loop)
+        coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
+        coordinator.on_shutdown(phase="pre_stop", name="asgi stop began")(self._mark_stop)
+        systemd.attach(coordinator)
+        if self._take_signals and threading.current_thread() is threading.main_thread():
+            self._take_server_signals(loop)
+        self._watch_parent(loop)
+        settings = coordinator.settings
+        if settings.prestop_delay >= settings.grace:
+            logger.error(
+                "LASTCALL_PRESTOP_DELAY (%.3g s) is not shorter than LASTCALL_GRACE (%.3g s): "
+                "nothing would be left to drain requests; lower LASTCALL_PRESTOP_DELAY",
+                settings.prestop_delay,
+                settings.grace,
+            )
+
+    def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep the server's stop signal handler for the drain; put lastcall's in front."""
+        coordinator = self._coordinator
+        loop_handlers: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
+        for sig in coordinator.settings.signals:
+            current = signal.getsignal(sig)
+            owner = getattr(current, "__self__", None)
+            if isinstance(owner, SignalHandlers):
+                continue  # already lastcall's
+            handle = loop_handlers.get(sig)
+            if handle is not None:  # loop.add_signal_handler (hypercorn)
+                loop.remove_signal_handler(sig)
+                self._server_stop = self._server_stop or _handle_runner(handle)
+            elif callable(current) and current is not signal.default_int_handler:
+                signal.signal(sig, signal.SIG_DFL)  # so that lastcall does not chain to it
+                if self._server_stop is None:
+                    self._server_stop = functools.partial(current, sig, None)
+                    self._server = getattr(current, "__self__", None)
+        if coordinator.installed:
+            coordinator.reclaim_signals()
+        else:
+            coordinator.install()
+        logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
+
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+        parent = multiprocessing.parent_process()
+        sentinel = getattr(parent, "sentinel", None)
+        if parent is None or not isinstance(sentinel, int):
+            return
+
+        def parent_died() -> None:
+            loop.remove_reader(sentinel)
+            logger.warning("the server's master process %s died; stopping", parent.pid)
+            self._coordinator.trigger("the server's master process died")
+
+        loop.add_reader(sentinel, parent_died)
+
+    async def _notify_ready(self) -> None:
+        """``READY=1`` to systemd once the server listens (uvicorn says when; others soon after)."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        server = self._server
+        deadline = time.monotonic() + _SERVER_STARTED_WAIT
+        while server is not None and not getattr(server, "started", True):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(_SERVER_STARTED_POLL)
+        if not self._stopping.is_set():
+            systemd.ready()
+
+    # ------------------------------------------------------------ the stop (dispatcher side)
+
+    def _mark_stop(self) -> None:
+        self._stop_began = time.monotonic()
+
+    def _drain(self) -> None:
+        """Tell the server to stop accepting, then wait for it to drain, within the budget."""
+        settings = self._coordinator.settings
+        began = self._stop_began if self._stop_began is not None else time.monotonic()
+        reserve = min(settings.grace * _HOOK_RESERVE_SHARE, _HOOK_RESERVE_MAX)
+        deadline = began + settings.grace - reserve
+        if self._drain_timeout is not None:
+            deadline = min(deadline, time.monotonic() + self._drain_timeout)
+        self._drain_began.set()
+        loop = self._loop
+        told = False
+        if self._server_stop is not None and loop is not None and not self._server_drained.is_set():
+            loop.call_soon_threadsafe(self._server_stop)
+            told = True
+        # A server that was told (or stopped by itself) sends the lifespan shutdown
+        # once it has drained; one that cannot be told leaves us to watch our count.
+        done = self._server_drained if told or self._server_drained.is_set() else self._idle
+        if done.wait(max(0.0, deadline - time.monotonic())):
+            return
+        if loop is None or loop.is_closed():
+            return
+        logger.warning(
+            "drain budget spent: cancelling %d request(s) still in flight", len(self._live)
+        )
+        loop.call_soon_threadsafe(self._cancel_in_flight)
+        done.wait(_AFTER_CANCEL)
+
+    def _cancel_in_flight(self) -> None:
+        for task in list(self._live):
+            task.cancel("lastcall: drain budget spent")
+
+
+class _AppLifespan:
+    """The wrapped app's lifespan call, fed and read through queues of our own."""
+
+    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Future[None] = asyncio.ensure_future(
+            app(scope, self._to_app.get, self._from_app.put)
+        )
+
+    async def exchange(self, message: Message) -> Message | None:
+        """Give the app ``message``; its answer, or None once its lifespan call ended."""
+        await self._to_app.put(message)
+        getter = asyncio.ensure_future(self._from_app.get())
+        either: set[asyncio.Future[Any]] = {getter, self._task}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        if not self._task.cancelled() and self._task.exception() is not None:
+            logger.debug("the app does not handle the lifespan: %r", self._task.exception())
+        return None
+
+    async def shut_down(self) -> None:
+        answer = await self.exchange({"type": "lifespan.shutdown"})
+        if answer is not None and answer["type"] == "lifespan.shutdown.failed":
+            raise RuntimeError(answer.get("message") or "the app sent lifespan.shutdown.failed")
+
+    def close(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+
+def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
+    """In hypercorn's worker, hold its stop until the drain, as signals are held elsewhere.
+
+    The worker learns of the stop by polling an event its master sets; it
+    looks the polling function up when it starts serving, which is after it
+    imported the app. Wrapped, the master's request begins lastcall's stop
+    (readiness red, pre-stop delay) and the worker stops accepting when the
+    drain begins; and a stop begun here (a signal to the worker, its master's
+    death) stops the worker's server too. Does nothing outside hypercorn.
+    """
+    module = sys.modules.get("hypercorn.asyncio.run")
+    original = getattr(module, "check_multiprocess_shutdown_event", None)
+    if module is None or original is None or getattr(original, "__lastcall__", False):
+        return
+    coordinator = middleware._coordinator  # noqa: SLF001  # our own class
+
+    async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        master = asyncio.ensure_future(original(shutdown_event, sleep))
+        ours = asyncio.ensure_future(middleware.shutdown_trigger())
+        either: set[asyncio.Future[Any]] = {master, ours}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if master.done() and not ours.done():
+            if not coordinator.stopping.is_set():
+                coordinator.trigger("hypercorn's master asked its worker to stop")
+            await ours
+        master.cancel()
+
+    held.__lastcall__ = True  # type: ignore[attr-defined]
+    module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
+
+
+def _handle_runner(handle: asyncio.Handle) -> Callable[[], object]:
+    run: Callable[[], object] = handle._run  # noqa: SLF001  # the loop's own way to call it
+    return run
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _json(scope: Scope, send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send(
+        {"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body}
+    )

@@ -206,7 +206,10 @@ def child_exit(server: Gunicorn, worker: Gunicorn) -> None:
 
 def on_exit(server: Gunicorn) -> None:  # noqa: ARG001  # gunicorn passes the arbiter
     """Master, last: run the hooks registered in the master, once."""
-    lastcall.default.shutdown(reason="gunicorn master stopped")
+    coordinator = lastcall.default
+    # The workers are gone and nothing serves here: a pre-stop delay would only wait.
+    coordinator._settings = coordinator.settings._replace(prestop_delay=0.0)  # noqa: SLF001
+    coordinator.shutdown(reason="gunicorn master stopped")
     directory = _state["hook_dir"]
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
@@ -246,6 +249,7 @@ class _Listener:
         self._held: deque[tuple[socket.socket, Any]] = deque()
         self._closed = False
         self._on_exhausted = on_exhausted
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Gunicorn:
         return getattr(self._sock, name)
@@ -262,37 +266,46 @@ class _Listener:
 
     def accept(self) -> tuple[socket.socket, Any]:
         """What gunicorn's loop calls: held connections first, then the socket itself."""
-        with contextlib.suppress(IndexError):
-            return self._held.popleft()
-        if not self._closed:
-            try:
-                return self._sock.accept()  # type: ignore[no-any-return]
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._closed = True  # a sibling shut the shared socket
+        with self._lock:
+            if self._held:
+                return self._held.popleft()
+            if not self._closed:
+                try:
+                    return self._sock.accept()  # type: ignore[no-any-return]
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._closed = True  # a sibling shut the shared socket
         self._on_exhausted()
         raise BlockingIOError(errno.EAGAIN, "lastcall: no longer accepting")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._sock.close()
 
     def close_door(self, *, take_backlog: bool) -> int:
         """Stop accepting; with take_backlog, first take what is queued, then refuse new ones."""
         taken = 0
-        if take_backlog:
-            self._sock.setblocking(False)  # noqa: FBT003  # socket API
-            while True:
-                try:
-                    self._held.append(self._sock.accept())
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.ECONNABORTED:
+        with self._lock:
+            if self._closed:
+                return taken  # a sibling shut the shared socket first
+            self._closed = True
+            if not take_backlog:
+                return taken
+            try:
+                self._sock.setblocking(False)  # noqa: FBT003  # socket API
+                while True:
+                    try:
+                        self._held.append(self._sock.accept())
+                    except ConnectionAbortedError:
                         continue
-                    break  # EINVAL: a sibling already shut it
-                taken += 1
+                    taken += 1
+            except OSError:
+                pass  # EAGAIN: the backlog is empty; EINVAL: a sibling shut it meanwhile
             # Shared by every worker: from now the kernel refuses new connections.
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
-        self._closed = True
         return taken
 
 
@@ -363,25 +376,26 @@ class _Worker:
                 signal.signal(sig, handler)
 
     def _write_hook_file(self) -> None:
+        """Tell the master which hooks this worker has, in case it dies before running them."""
+        ours = {"gunicorn worker drain"}
+        names = [f"{h.name} ({h.phase})" for h in lastcall.default.hooks if h.name not in ours]
+        logger.info("worker %s ready; its shutdown hooks: %s", self.pid, ", ".join(names) or "none")
         path = _hook_file(self.pid)
         if path is None:
             return
-        ours = {"gunicorn worker drain"}
-        names = [f"{h.name} ({h.phase})" for h in lastcall.default.hooks if h.name not in ours]
         try:
             path.write_text("".join(f"{name}\n" for name in names), "utf-8")
         except OSError as exc:
             logger.warning("could not record this worker's hooks in %s: %s", path, exc)
             return
         lastcall.default.when_done(lambda _report: self._forget_hook_file(path))
-        logger.info("worker %s ready; its shutdown hooks: %s", self.pid, ", ".join(names) or "none")
 
-    @staticmethod
-    def _forget_hook_file(path: Path) -> None:
+    def _forget_hook_file(self, path: Path) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # the last worker out, if the master is gone
+        if os.getppid() != self.ppid:  # the master is gone: the last worker out tidies up
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
     def _watch_parent(self) -> None:
         while not lastcall.default.stopping.wait(_PARENT_POLL):

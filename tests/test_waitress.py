@@ -132,17 +132,19 @@ def test_prestop_delay_keeps_serving_while_readiness_is_red(spawn):
 def test_idle_keepalive_connections_are_closed_not_waited_for(spawn):
     child = start(spawn, env={"LASTCALL_EXIT_CODE": "0"})
     idle = http.client.HTTPConnection("127.0.0.1", child.port, timeout=WAIT)
-    idle.request("GET", "/")
-    response = idle.getresponse()
-    response.read()
-    assert response.status == 200
-    assert response.getheader("Connection") != "close"  # kept alive, now idle
-    began = time.monotonic()
-    child.send(signal.SIGTERM)
-    assert child.finish() == 0, child.output()
-    assert time.monotonic() - began < 3, child.output()
-    assert len(child.lines("hook:app")) == 1
-    idle.close()
+    try:
+        idle.request("GET", "/")
+        response = idle.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.getheader("Connection") != "close"  # kept alive, now idle
+        began = time.monotonic()
+        child.send(signal.SIGTERM)
+        assert child.finish() == 0, child.output()
+        assert time.monotonic() - began < 5, child.output()  # waitress alone waits 120 s
+        assert len(child.lines("hook:app")) == 1
+    finally:
+        idle.close()
 
 
 def test_bad_input_fails_before_serving(monkeypatch):

@@ -14,9 +14,10 @@ during a stop:
 
 While stopping, every response also carries ``Connection: close``, so a
 keep-alive client opens its next request elsewhere instead of reusing a
-connection that is about to go. (Werkzeug and waitress honour it; gunicorn
-drops hop-by-hop headers from the app and needs its own integration, and
-``wsgiref``'s validator rejects them.)
+connection that is about to go. (Werkzeug honours it; gunicorn drops
+hop-by-hop headers from the app, and waitress and ``wsgiref`` reject them
+outright, so ``lastcall.gunicorn`` and ``lastcall.waitress`` close those
+connections their servers' own way.)
 
 The in-flight count is what the ``drain`` phase waits on (``wait_idle``). A
 request counts from the moment it enters until the server closes its

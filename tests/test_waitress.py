@@ -1,0 +1,158 @@
+"""``lastcall.waitress.serve``: a real waitress server, real signals, real sockets."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from conftest import WAIT
+
+SCRIPT = """
+import logging, os, sys, time
+import lastcall
+from lastcall.waitress import serve
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+def out(*words):
+    sys.stdout.write(" ".join(map(str, words)) + "\\n")
+    sys.stdout.flush()
+
+@lastcall.on_shutdown
+def app_hook():
+    out("hook:app", os.getpid())
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        out("slow", os.getpid())
+        time.sleep(1)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"done"]
+
+out("ready")
+serve(app, listen="127.0.0.1:0", threads=4)
+"""
+
+
+def start(spawn, env=None):
+    child = spawn(SCRIPT, env=env)
+    line = child.wait_for("Serving on http://", stream="stderr")
+    child.port = int(re.search(r":(\d+)$", line).group(1))
+    return child
+
+
+def get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def wait_count(child, text: str, count: int, *, stream: str = "stdout") -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        with child._cond:
+            sink = child.stdout if stream == "stdout" else child.stderr
+            if sum(text in line for line in sink) >= count:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"wanted {count} lines with {text!r}\n{child.output()}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_every_request_in_flight_finish(spawn, sig):
+    """Steps: 6 requests of 1 s (4 on waitress's threads, 2 waiting for one);
+    the signal. All 6 get 200, a new connection during the drain is refused,
+    the hook runs once, the process ends by that signal.
+    """
+    child = start(spawn)
+    conns = []
+    for _ in range(6):
+        conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=WAIT)
+        conn.request("GET", "/slow")
+        conns.append(conn)
+    wait_count(child, "slow", 4)
+    child.send(sig)
+    results: list = [None] * 6
+
+    def read(i: int) -> None:
+        try:
+            response = conns[i].getresponse()
+            response.read()
+            results[i] = (response.status, response.getheader("Connection"))
+        except Exception as exc:
+            results[i] = repr(exc)
+        finally:
+            conns[i].close()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    child.wait_for("waitress stopped accepting", stream="stderr")
+    assert refused(child.port)
+    for thread in threads:
+        thread.join(WAIT)
+    assert child.finish() == -sig, child.output()
+    # answered after the stop began: each closes its connection (waitress's way, no 500)
+    assert results == [(200, "close")] * 6, child.output()
+    assert child.lines("hook:app") == [f"hook:app {child.pid}"]
+
+
+def test_prestop_delay_keeps_serving_while_readiness_is_red(spawn):
+    child = start(spawn, env={"LASTCALL_PRESTOP_DELAY": "2"})
+    assert get(child.port, "/readyz") == 200
+    child.send(signal.SIGTERM)
+    deadline = time.monotonic() + WAIT
+    while get(child.port, "/readyz") != 503:
+        assert time.monotonic() < deadline, child.output()
+        time.sleep(0.02)
+    assert get(child.port, "/") == 200
+    assert get(child.port, "/livez") == 200
+    child.wait_for("waitress stopped accepting", stream="stderr")
+    assert refused(child.port)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert len(child.lines("hook:app")) == 1
+
+
+def test_idle_keepalive_connections_are_closed_not_waited_for(spawn):
+    child = start(spawn, env={"LASTCALL_EXIT_CODE": "0"})
+    idle = http.client.HTTPConnection("127.0.0.1", child.port, timeout=WAIT)
+    try:
+        idle.request("GET", "/")
+        response = idle.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.getheader("Connection") != "close"  # kept alive, now idle
+        began = time.monotonic()
+        child.send(signal.SIGTERM)
+        assert child.finish() == 0, child.output()
+        assert time.monotonic() - began < 5, child.output()  # waitress alone waits 120 s
+        assert len(child.lines("hook:app")) == 1
+    finally:
+        idle.close()
+
+
+def test_bad_input_fails_before_serving(monkeypatch):
+    from lastcall.waitress import serve
+
+    with pytest.raises(TypeError, match="WSGI callable"):
+        serve(object(), listen="127.0.0.1:0")
+    monkeypatch.setenv("LASTCALL_GRACE", "5")
+    monkeypatch.setenv("LASTCALL_PRESTOP_DELAY", "5")
+    with pytest.raises(ValueError, match="LASTCALL_PRESTOP_DELAY=5 leaves no time"):
+        serve(lambda environ, start_response: [], listen="127.0.0.1:0")

@@ -1,6 +1,6 @@
 """One replica for the rolling-restart benchmark: a small app on the server named by SERVER.
 
-Environment: PORT, SERVER (werkzeug | waitress | gunicorn | uvicorn), LASTCALL
+Environment: PORT, SERVER (werkzeug | waitress), LASTCALL
 ("1": the lastcall integration; "0": the server as shipped, with a naive
 /readyz that always answers 200, as most apps have).
 """
@@ -52,6 +52,12 @@ if WITH_LASTCALL:
     app = LastCallMiddleware(wsgi_app)
 else:
     app = wsgi_app
+
+
+def asgi_with_lastcall():  # noqa: ANN201  # uvicorn --factory: built in the serving process
+    from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415
+
+    return LastCallMiddleware(asgi_app)
 
 
 def main() -> None:

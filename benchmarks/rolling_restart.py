@@ -56,10 +56,22 @@ def ensure_haproxy() -> str:
     return shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
-def replica_argv(server: str, port: int) -> list[str]:
-    """The command for one replica; add servers here as their integrations land."""
+def replica_argv(server: str, port: int, *, lastcall: bool) -> list[str]:
+    """The command for one replica: the server as shipped, or with lastcall's integration."""
+    bind = f"127.0.0.1:{port}"
     if server in ("werkzeug", "waitress"):
         return [sys.executable, str(HERE / "rolling_app.py")]
+    if server in ("gunicorn", "gunicorn-gthread"):
+        argv = [sys.executable, "-m", "gunicorn", "-b", bind, "-w", "2", "--chdir", str(HERE)]
+        if server == "gunicorn-gthread":
+            argv += ["-k", "gthread", "--threads", "4"]
+        if lastcall:
+            argv += ["-c", "python:lastcall.gunicorn"]
+        return [*argv, "rolling_app:wsgi_app"]  # lastcall.gunicorn wraps the app itself
+    if server == "uvicorn":
+        target = "rolling_app:asgi_with_lastcall" if lastcall else "rolling_app:asgi_app"
+        argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--port", str(port)]
+        return [*argv, *(["--factory"] if lastcall else []), "--log-level", "warning", target]
     raise SystemExit(f"unknown server {server!r}")
 
 
@@ -80,7 +92,7 @@ class Replica:
             "LASTCALL_GRACE": str(GRACE),
         }
         self.proc = subprocess.Popen(
-            replica_argv(self.server, self.port),
+            replica_argv(self.server, self.port, lastcall=self.lastcall),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -230,7 +242,7 @@ def measure(haproxy: str, server: str, *, lastcall: bool, retries: bool) -> Tall
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="werkzeug")
+    parser.add_argument("--servers", default="gunicorn-gthread,waitress,uvicorn,werkzeug")
     parser.add_argument("--retries", action="store_true", help="also run with HAProxy retries")
     args = parser.parse_args()
     haproxy = ensure_haproxy()

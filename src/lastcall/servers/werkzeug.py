@@ -203,6 +203,11 @@ def _patch() -> None:
         if self in _State.servers and isinstance(exc, SystemExit) and exc.code == RELOAD_EXIT_CODE:
             _reloading.set()
             _coordinator().shutdown(reason="reloader: code changed, restarting")
+        elif self in _State.servers and exc is not None:
+            # The process is ending on an exception or sys.exit: stop listening for
+            # every holder now (a reloader parent too), or connections queue and are reset.
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
         original_close(self)
 
     def process_request_thread(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import signal
+import textwrap
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ FATE_COLOURS = {
     "timed out": "#9467bd",
 }
 OTHER_COLOUR = "#8c564b"
+_LABEL_CHARS = 26  # a hook's name in the timeline's margin
 KINDS = ("before", "in flight", "late")
 KIND_WORDS = {
     "before": "acknowledged before the stop",
@@ -200,7 +202,7 @@ def _label(result: Result) -> str:
 
 def timeline(result: Result) -> str:
     """An SVG: one bar per request, a lane per hook, and lines for the stop, phases and exit."""
-    left, width, row, top = 170, 760, 12, 40
+    left, width, row, top = 260, 700, 12, 52
     requests, hooks = result.requests, result.hooks
     times = [0.0, result.ended, *(r.ended for r in requests), *(h.ended for h in hooks)]
     start, end = min(times + [r.started for r in requests]), max(times) * 1.02 + 0.05
@@ -241,7 +243,8 @@ def timeline(result: Result) -> str:
             )
     for j, h in enumerate(hooks):
         y = top + (len(requests) + j) * row
-        label = f"{short(h.name)} (pid {h.pid}, {h.role})"
+        name = short(h.name)
+        label = f"{textwrap.shorten(name, _LABEL_CHARS, placeholder='…')} (pid {h.pid}, {h.role})"
         parts.append(
             f'<line class="mark mark-hook" x1="{x(h.started):.1f}" x2="{x(h.started):.1f}" '
             f'y1="{top - 5}" y2="{y + row}"/><rect class="hook" data-pid="{h.pid}" '
@@ -256,7 +259,7 @@ def timeline(result: Result) -> str:
         parts.append(
             f'<line class="mark mark-{kind}" x1="{x(at):.1f}" x2="{x(at):.1f}" y1="{top - 5}" '
             f'y2="{height - 50}"/><text class="mark-label" x="{x(at) + 3:.1f}" '
-            f'y="{12 + 12 * (n % 2)}">{html.escape(text)}</text>'
+            f'y="{12 + 12 * (n % 3)}">{html.escape(text)}</text>'
         )
     parts.append(_legend(height - 18))
     parts.append("</svg>")
@@ -275,8 +278,8 @@ def _legend(y: float) -> str:
     return (
         '<g class="legend">'
         + "".join(
-            f'<rect x="{170 + 110 * i}" y="{y - 9}" width="12" height="9" fill="{colour}"/>'
-            f'<text x="{186 + 110 * i}" y="{y}">{html.escape(name)}</text>'
+            f'<rect x="{260 + 110 * i}" y="{y - 9}" width="12" height="9" fill="{colour}"/>'
+            f'<text x="{276 + 110 * i}" y="{y}">{html.escape(name)}</text>'
             for i, (name, colour) in enumerate(items)
         )
         + "</g>"

@@ -19,8 +19,9 @@ def main() -> None:
     try:
         from lastcall.cli.command import run  # noqa: PLC0415  # needs the optional extra
     except ImportError as exc:
-        if exc.name not in ("click", "rich", "httpx"):
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in ("click", "rich", "httpx"):
             raise
-        sys.stderr.write(f"lastcall: {_MISSING} ({exc.name} is missing)\n")
+        sys.stderr.write(f"lastcall: {_MISSING} ({missing} is missing)\n")
         sys.exit(2)
     sys.exit(run())

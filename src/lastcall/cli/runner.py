@@ -39,10 +39,19 @@ HOST = "127.0.0.1"
 CONTROL = "/_drill/"
 DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
+_RAISE_WAIT = 2.0
 
 
 class BadInputError(Exception):
     """Something about APP or the port that the user must fix; one line."""
+
+
+class UnhandledError(BaseException):
+    """The drill's unhandled exception.
+
+    A BaseException, so that no ``except Exception`` on its way up
+    (socketserver's request loop has one) can swallow it.
+    """
 
 
 class DrillControl:
@@ -63,10 +72,12 @@ class DrillControl:
         self._entered = 0
         self._lock = threading.Lock()
         self._pending: BaseException | None = None
+        self._raising = threading.Event()
         signal.signal(signal.SIGUSR1, self._raise_pending)
 
     def _raise_pending(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         if self._pending is not None:
+            self._raising.set()
             raise self._pending
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -86,13 +97,15 @@ class DrillControl:
             os._exit(0)
         if action in ("exception", "exit"):
             self._pending = (
-                RuntimeError("lastcall drill: an unhandled exception, as asked")
+                UnhandledError("lastcall drill: an unhandled exception, as asked")
                 if action == "exception"
                 else SystemExit(0)
             )
             main = threading.main_thread().ident
             if main is not None:
                 signal.pthread_kill(main, signal.SIGUSR1)
+                # Answer once it is raised, so the drill's clock starts with the stop itself.
+                self._raising.wait(_RAISE_WAIT)
         body = json.dumps({"pid": os.getpid(), "entered": self._entered}).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]

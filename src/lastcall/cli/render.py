@@ -88,17 +88,13 @@ def drill_tables(result: Result) -> list[Table]:
         processes.add_column(column)
     for process in result.processes:
         hooks = [h for h in result.hooks if h.pid == process.pid]
-        ended = (
-            "left behind (ended by the drill)"
-            if process.left_behind
-            else f"gone {seconds(process.gone - result.stop_sent)} after the stop"
-        )
-        status = (
-            f", exit {describe_status(process.exit_status)}"
-            if process.exit_status is not None
-            else ""
-        )
-        processes.add_row(str(process.pid), process.role, Text(ended + status, style="dim"))
+        if process.left_behind:
+            ended = "left behind (ended by the drill)"
+        else:
+            at = seconds(process.gone - result.stop_sent)
+            status = process.exit_status
+            ended = f"gone at {at}" if status is None else f"exit {describe_status(status)} at {at}"
+        processes.add_row(str(process.pid), process.role, "", "", "", "", Text(ended, style="dim"))
         for hook in hooks:
             processes.add_row(
                 "",

@@ -496,6 +496,7 @@ class Drill:
         assert proc is not None  # noqa: S101
         self._progress(f"pid {serving} serves on http://127.0.0.1:{port}")
         timeout = plan.request_seconds + plan.grace + 5
+        self._clock = time.time()  # the timeline starts with the first request
         load = Load(
             port,
             clock=self._clock,
@@ -506,8 +507,6 @@ class Drill:
         )
         watch = ProcessWatch(proc.pid, self._now)
         try:
-            self._clock = time.time()
-            load._clock = self._clock  # noqa: SLF001  # the timeline starts with the first request
             for future in [load.send("before") for _ in range(WRITES_BEFORE)]:
                 future.result(timeout)
             for _ in range(plan.requests):

@@ -199,10 +199,8 @@ def _patch() -> None:
     def server_close(self: BaseWSGIServer) -> None:
         # Also called from __init__ (before serving) and again from
         # serve_forever's finally; a code-change reload is the case to catch.
-        exc = sys.exc_info()[1]
-        if self in _State.servers and isinstance(exc, SystemExit) and exc.code == RELOAD_EXIT_CODE:
-            _reloading.set()
-            _coordinator().shutdown(reason="reloader: code changed, restarting")
+        if self in _State.servers:
+            _closing(self, sys.exc_info()[1])
         original_close(self)
 
     def process_request_thread(
@@ -234,6 +232,18 @@ def _patch() -> None:
     serving.ThreadedWSGIServer.process_request_thread = process_request_thread  # type: ignore[method-assign,assignment]
     _reloader.ReloaderLoop.__enter__ = __enter__  # type: ignore[method-assign]
     _reloader.ReloaderLoop.restart_with_reloader = restart_with_reloader  # type: ignore[method-assign]
+
+
+def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
+    """A served server closes: for a code-change reload, or as the process ends."""
+    if isinstance(exc, SystemExit) and exc.code == RELOAD_EXIT_CODE:
+        _reloading.set()
+        _coordinator().shutdown(reason="reloader: code changed, restarting")
+    elif exc is not None:
+        # Ending on an exception or sys.exit: stop listening for every holder now
+        # (a reloader parent too), or new connections queue and are reset at exit.
+        with contextlib.suppress(OSError):
+            server.socket.shutdown(socket.SHUT_RDWR)
 
 
 def _install() -> None:

@@ -1,0 +1,5 @@
+"""``python -m lastcall``: the ``lastcall`` command."""
+
+from lastcall.cli import main
+
+main()

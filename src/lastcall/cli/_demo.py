@@ -1,0 +1,102 @@
+"""What the two demo apps share: routes, a write-behind buffer, and the hooks' bodies.
+
+The write-up lastcall began with had a Flask app whose exit handlers
+printed, and a route that called ``os._exit``. Here the handlers do real
+work: ``/order`` acknowledges a write to the client at once and keeps it in
+memory (a write-behind buffer, as caches and batching clients do), and a
+shutdown hook flushes the buffer to SQLite. A write acknowledged but never
+flushed is a lost write, which ``lastcall drill`` counts.
+
+``demo_app`` registers the hooks with lastcall, ``demo_plain`` with
+``atexit``; everything else is this module. Environment:
+``LASTCALL_DEMO_DB`` (the SQLite file) and ``LASTCALL_DEMO_EVENTS`` (a file
+each hook appends one JSON line to, saying which process ran it and when:
+a plain ``atexit`` app writes no lastcall report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from flask import Flask, request
+
+DB_PATH = os.environ.get("LASTCALL_DEMO_DB") or str(
+    Path(tempfile.gettempdir()) / "lastcall-demo.db"
+)
+_buffer: list[int] = []
+_lock = threading.Lock()
+_db = sqlite3.connect(DB_PATH, check_same_thread=False)
+
+
+def say(*words: object) -> None:
+    """One line on stdout naming the process, so parent and child can be told apart."""
+    sys.stdout.write(" ".join(map(str, words)) + f" (pid {os.getpid()})\n")
+    sys.stdout.flush()
+
+
+def make_app() -> Flask:
+    """The routes: a write-behind ``/order``, a slow one, and the write-up's ``os._exit``."""
+    app = Flask("lastcall-demo")
+
+    @app.get("/")
+    def index() -> str:
+        return "Hi\n"
+
+    @app.post("/order")
+    def order() -> str:
+        order_id = int(request.args["id"])
+        with _lock:
+            _buffer.append(order_id)
+        return f"ok {order_id}\n"
+
+    @app.get("/slow")
+    def slow() -> str:
+        time.sleep(float(request.args.get("seconds", "2")))
+        return "done\n"
+
+    @app.get("/user/<name>")
+    def user(name: str) -> str:
+        if name == "Tom":
+            return f"Hello {name}\n"
+        say("I will use OS EXIT!!")
+        os._exit(0)  # no hook can run after this
+
+    return app
+
+
+def _record(hook: str, started: float) -> None:
+    events = os.environ.get("LASTCALL_DEMO_EVENTS")
+    if events:
+        line = json.dumps(
+            {"hook": hook, "pid": os.getpid(), "started": started, "ended": time.time()}
+        )
+        with Path(events).open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+
+def close_db() -> None:
+    """Registered first, so it runs last: after the flush, as ``atexit`` order promises."""
+    started = time.time()
+    _db.close()
+    say("hook: close_db")
+    _record("close_db", started)
+
+
+def flush_orders() -> None:
+    """Write the acknowledged orders to SQLite; whatever is not flushed is lost."""
+    started = time.time()
+    with _lock:
+        pending = list(_buffer)
+        _buffer.clear()
+    with _db:
+        _db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
+        _db.executemany("INSERT OR IGNORE INTO orders VALUES (?)", [(i,) for i in pending])
+    say(f"hook: flush_orders wrote {len(pending)} orders")
+    _record("flush_orders", started)

@@ -1,0 +1,670 @@
+"""One drill: start the app, put requests in flight, stop it one way, record what everyone saw.
+
+The app runs in a session of its own (``lastcall.cli.runner``), so every
+process it starts can be found again by session id and ended by PID. What
+is recorded comes from outside the app wherever possible (the clients'
+fates, the processes seen in ``/proc``, the rows in the demo's SQLite file)
+and, for which process ran which hook, from the apps' own JSON reports
+(``LASTCALL_REPORT``) or, for the plain ``atexit`` demo, the lines its hooks
+append to an events file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from lastcall import PHASES, Report
+from lastcall.cli.clients import Load, RequestRecord
+from lastcall.cli.servers import SERVERS, Launch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+DEMO = "lastcall.cli.demo_app:app"
+DEMO_PLAIN = "lastcall.cli.demo_plain:app"
+STOPS = ("TERM", "INT", "HUP", "KILL", "KILL-PARENT", "KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
+_SIGNALS = {
+    "TERM": signal.SIGTERM,
+    "INT": signal.SIGINT,
+    "HUP": signal.SIGHUP,
+    "KILL": signal.SIGKILL,
+    "KILL-PARENT": signal.SIGKILL,
+    "KILL-CHILD": signal.SIGKILL,
+}
+_IN_PROCESS = {"OS-EXIT": "os-exit", "EXCEPTION": "exception", "EXIT": "exit"}
+STOP_WORDS = {
+    "TERM": "SIGTERM",
+    "INT": "SIGINT",
+    "HUP": "SIGHUP",
+    "KILL": "SIGKILL",
+    "KILL-PARENT": "SIGKILL to the reloader parent",
+    "KILL-CHILD": "SIGKILL to the serving process",
+    "OS-EXIT": "os._exit in a request",
+    "EXCEPTION": "unhandled exception",
+    "EXIT": "normal exit",
+}
+WRITES_BEFORE = 4  # demo orders acknowledged before the stop: what a lost flush loses
+_POLL = 0.02
+_PROBE_INTERVAL = 0.1
+_MAX_PROBES = 40
+_EXIT_MARGIN = 1.0  # beyond the grace, before a process still running counts as left behind
+_PORT_TRIES = 3
+
+
+class DrillError(Exception):
+    """Bad input: one line saying what is wrong and how to fix it (exit status 2)."""
+
+
+class CancelledError(Exception):
+    """The drill was asked to stop (Ctrl-C in a matrix run)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to drill. ``app`` None means the demo app (its plain twin if ``plain``)."""
+
+    app: str | None = None
+    server: str = "werkzeug"
+    stop: str = "TERM"
+    requests: int = 16
+    request_seconds: float = 1.0
+    stop_after: float = 0.25
+    grace: float = 10.0
+    prestop_delay: float = 0.0
+    plain: bool = False
+    port: int | None = None
+    path: str = "/"
+    start_timeout: float = 15.0
+
+    @property
+    def demo(self) -> bool:
+        """Whether the drill runs the built-in demo app."""
+        return self.app is None
+
+    @property
+    def variant(self) -> str:
+        """``plain`` or ``lastcall``, for tables."""
+        return "plain" if self.plain else "lastcall"
+
+    @property
+    def abrupt(self) -> bool:
+        """The serving process dies where no code of its own can run."""
+        serving_is_leader = not SERVERS[self.server].reloader
+        return self.stop in ("KILL-CHILD", "OS-EXIT") or (self.stop == "KILL" and serving_is_leader)
+
+    def check(self) -> None:
+        """Refuse, in one line, what cannot be drilled."""
+        server = SERVERS.get(self.server)
+        if server is None:
+            raise DrillError(f"unknown server {self.server!r}; choose one of {', '.join(SERVERS)}")
+        if self.stop not in STOPS:
+            raise DrillError(f"unknown stop {self.stop!r}; choose one of {', '.join(STOPS)}")
+        missing = server.missing()
+        if missing:
+            raise DrillError(missing)
+        if self.stop == "KILL-PARENT" and not server.reloader:
+            raise DrillError(
+                f"--stop KILL-PARENT needs a server with a parent process; {self.server} has "
+                "one process: use --server werkzeug-reload, or --stop KILL"
+            )
+        if self.requests < 1 or self.request_seconds < 0 or self.grace <= 0:
+            raise DrillError("--requests must be at least 1, --request-seconds >= 0, --grace > 0")
+
+
+@dataclass
+class HookRecord:
+    """One hook that ran: where, when (drill clock) and how it went."""
+
+    name: str
+    phase: str | None
+    pid: int
+    role: str
+    started: float
+    ended: float
+    outcome: str
+
+
+@dataclass
+class ProcessRecord:
+    """One process of the app's session, as seen in /proc."""
+
+    pid: int
+    ppid: int
+    role: str
+    first_seen: float
+    gone: float
+    exit_status: int | None = None
+    left_behind: bool = False
+
+
+@dataclass
+class Result:
+    """Everything one drill saw. Times are seconds on the drill's clock (0: first request)."""
+
+    plan: Plan
+    port: int
+    leader: int
+    serving: int
+    stop_sent: float
+    ended: float
+    exit_status: int | None
+    stop_seconds: float | None
+    requests: list[RequestRecord] = field(default_factory=list)
+    hooks: list[HookRecord] = field(default_factory=list)
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    acknowledged: int | None = None
+    stored: int | None = None
+
+    @property
+    def in_flight(self) -> list[RequestRecord]:
+        """The requests in flight when the stop was sent."""
+        return [r for r in self.requests if r.kind == "in flight"]
+
+    @property
+    def served(self) -> int:
+        """How many of those got a 200."""
+        return sum(r.served for r in self.in_flight)
+
+    @property
+    def dropped(self) -> int:
+        """Requests in flight at the stop that got no answer (reset or timed out)."""
+        return sum(r.fate in ("reset", "timed out") for r in self.in_flight)
+
+    @property
+    def lost(self) -> int | None:
+        """Writes acknowledged to clients but not in SQLite; None for a user's app."""
+        if self.acknowledged is None or self.stored is None:
+            return None
+        return max(0, self.acknowledged - self.stored)
+
+    @property
+    def left_behind(self) -> list[int]:
+        """Processes still running after the grace (ended by the drill)."""
+        return [p.pid for p in self.processes if p.left_behind]
+
+    @property
+    def serving_role(self) -> str:
+        """The role of the process that served: where hooks belong."""
+        return "server" if self.serving == self.leader else "child"
+
+    def hooks_where(self) -> str:
+        """``child``, ``parent``, ``child+parent``, ``server`` or ``none``."""
+        roles = sorted({h.role for h in self.hooks}, key=["server", "child", "parent"].index)
+        return "+".join(roles) or "none"
+
+    def failures(self) -> dict[str, str]:
+        """What went worse than this way of stopping allows, by column; empty when clean.
+
+        A process killed by SIGKILL or ``os._exit`` can run nothing: what it
+        held is lost with it, so only what happens around it counts then.
+        """
+        found: dict[str, str] = {}
+        abrupt = self.plan.abrupt
+        if self.dropped and not abrupt:
+            found["dropped"] = f"{self.dropped} requests in flight dropped"
+        late = [r for r in self.requests if r.kind == "late" and r.fate in ("reset", "timed out")]
+        if late and not abrupt:
+            found["late"] = f"{len(late)} new connections accepted and then lost"
+        hooks = self._hook_problems()
+        if hooks:
+            found["hooks"] = "; ".join(hooks)
+        if self.left_behind:
+            pids = ", ".join(map(str, self.left_behind))
+            found["orphans"] = f"left behind, still running: pid {pids} (ended by the drill)"
+        if self.lost and not abrupt:
+            found["lost"] = f"{self.lost} acknowledged writes lost"
+        if self.stop_seconds is not None and self.stop_seconds > self.plan.grace:
+            found["stop"] = f"took {self.stop_seconds:.1f} s, over the {self.plan.grace:g} s grace"
+        return found
+
+    def problems(self) -> list[str]:
+        """The failures, in words."""
+        return list(self.failures().values())
+
+    def _hook_problems(self) -> list[str]:
+        found = []
+        elsewhere = sorted({h.pid for h in self.hooks if h.role != self.serving_role})
+        if elsewhere:
+            found.append(
+                "hooks ran in pid "
+                + ", ".join(f"{pid} ({self._role(pid)})" for pid in elsewhere)
+                + ", which does not hold the app's work"
+            )
+        names = [h.name for h in self.hooks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            found.append(f"hooks ran more than once: {', '.join(twice)}")
+        knows_hooks = self.plan.demo or not self.plan.plain
+        if knows_hooks and not self.hooks and not self.plan.abrupt:
+            found.append("no shutdown hook ran")
+        return found
+
+    def _role(self, pid: int) -> str:
+        return next((p.role for p in self.processes if p.pid == pid), "other")
+
+    def verdict(self) -> str:
+        """The one line: ``clean stop: 16/16 requests served, 0 refused, ...``."""
+        problems = self.problems()
+        head = "clean stop" if not problems else "unclean stop"
+        if not problems and self.plan.abrupt:
+            head = "abrupt stop (nothing can run in a process ended this way)"
+        refused = sum(r.fate == "refused" for r in self.in_flight)
+        parts = [f"{self.served}/{len(self.in_flight)} requests served", f"{refused} refused"]
+        if self.dropped:
+            parts.append(f"{self.dropped} dropped")
+        if self.lost is not None:
+            parts.append(f"{self.lost} lost writes")
+        parts.append(self._hooks_phrase())
+        if self.left_behind:
+            parts.append(f"{len(self.left_behind)} processes left behind")
+        elif self.stop_seconds is not None:
+            parts.append(f"{self.stop_seconds:.2f} s")
+        line = f"{head}: {', '.join(parts)}"
+        return f"{line} ({'; '.join(problems)})" if problems else line
+
+    def _hooks_phrase(self) -> str:
+        pids = sorted({h.pid for h in self.hooks})
+        if not pids:
+            return "no hooks ran"
+        names = [h.name for h in self.hooks]
+        once = len(set(names)) == len(names)
+        if len(pids) == 1 and once:
+            role = self._role(pids[0])
+            where = "" if role in ("server", "child") else f", the {role}"
+            return f"hooks ran once in pid {pids[0]}{where}"
+        return "hooks ran in " + " and ".join(f"pid {pid} ({self._role(pid)})" for pid in pids)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: every field, plus the judgements."""
+        data = asdict(self)
+        data.update(
+            served=self.served,
+            dropped=self.dropped,
+            lost_writes=self.lost,
+            left_behind=self.left_behind,
+            hooks_where=self.hooks_where(),
+            problems=self.problems(),
+            verdict=self.verdict(),
+        )
+        return data
+
+
+# ---------------------------------------------------------------- processes
+
+
+def session_processes(sid: int) -> dict[int, int]:
+    """Live (not zombie) processes in session ``sid``: pid -> parent pid. Linux /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # comm, in parentheses, may hold spaces
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found[int(entry.name)] = int(fields[1])
+    return found
+
+
+def end_session(sid: int) -> list[int]:
+    """SIGKILL every live process of the session, by PID; return the PIDs."""
+    pids = list(session_processes(sid))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+class ProcessWatch:
+    """Samples the app's session every 20 ms: the process tree, and when each process went."""
+
+    def __init__(self, sid: int, now: Callable[[], float]) -> None:
+        self._sid = sid
+        self._now = now
+        self.seen: dict[int, list[float]] = {}  # pid -> [ppid, first seen, seen gone]
+        self.alive: set[int] = set()
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="drill-ps", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        current = session_processes(self._sid)
+        now = self._now()  # after the scan: a process gone from it was gone by now
+        for pid, ppid in current.items():
+            self.seen.setdefault(pid, [ppid, now, now])[2] = now + _POLL
+        for pid in self.alive - set(current):
+            self.seen[pid][2] = now
+        self.alive = set(current)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_POLL):
+            self._sample()
+
+    def close(self) -> None:
+        """Stop sampling, after one last look."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+# ---------------------------------------------------------------- the drill
+
+
+class Drill:
+    """One run of a plan. ``run()`` returns the result and leaves no process behind."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        progress: Callable[[str], None] = lambda _: None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        plan.check()
+        self.plan = plan
+        self._progress = progress
+        self._cancel = cancel or threading.Event()
+        self._dir = Path()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._leader = 0
+        self._clock = time.time()
+
+    def _now(self) -> float:
+        return time.time() - self._clock
+
+    def _wait(self, seconds: float) -> None:
+        if self._cancel.wait(max(0.0, seconds)):
+            raise CancelledError
+
+    def run(self) -> Result:
+        """Drill once; raises ``DrillError`` for bad input, always ends every process."""
+        self._dir = Path(tempfile.mkdtemp(prefix="lastcall-drill-"))
+        try:
+            port, serving = self._start()
+            return self._drill(port, serving)
+        finally:
+            self._end()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _end(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        end_session(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+    # ------------------------------------------------------------ start
+
+    def _start(self) -> tuple[int, int]:
+        """Start the app on a free port (another, if a free one was taken meanwhile)."""
+        plan = self.plan
+        for attempt in range(_PORT_TRIES):
+            port = plan.port or _free_port()
+            try:
+                return port, self._launch(port)
+            except DrillError as exc:
+                if plan.port or "will not open" not in str(exc) or attempt == _PORT_TRIES - 1:
+                    raise
+        raise AssertionError  # pragma: no cover  # the loop returns or raises
+
+    def _launch(self, port: int) -> int:
+        plan = self.plan
+        error_file = self._dir / "error.txt"
+        app = plan.app or (DEMO_PLAIN if plan.plain else DEMO)
+        command = SERVERS[plan.server].command
+        assert command is not None  # noqa: S101  # Plan.check() refused servers without one
+        argv = command(Launch(app, port, plan.plain, str(error_file)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+        env.update(
+            PYTHONUNBUFFERED="1",
+            LASTCALL_REPORT=str(self._dir / "report-{pid}.json"),
+            LASTCALL_GRACE=str(plan.grace),
+            LASTCALL_PRESTOP_DELAY=str(plan.prestop_delay),
+            LASTCALL_DEMO_DB=str(self._dir / "demo.db"),
+            LASTCALL_DEMO_EVENTS=str(self._dir / "hooks.jsonl"),
+        )
+        name = "the demo app" if plan.demo else plan.app
+        self._progress(f"starting {name} ({plan.variant}) on {plan.server}, port {port}")
+        with (self._dir / "app.log").open("wb") as log:
+            self._proc = subprocess.Popen(  # noqa: S603  # our own runner, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
+        self._leader = self._proc.pid
+        self._progress(f"started pid {self._leader} (its own session)")
+        return self._wait_until_answering(port, error_file)
+
+    def _wait_until_answering(self, port: int, error_file: Path) -> int:
+        proc = self._proc
+        assert proc is not None  # noqa: S101
+        deadline = time.monotonic() + self.plan.start_timeout
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1.0) as client:
+            while True:
+                status = proc.poll()
+                if status is not None:
+                    self._proc = None
+                    end_session(proc.pid)
+                    raise DrillError(self._why_it_ended(status, error_file))
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    response = client.get("/_drill/state")
+                    if response.status_code == 200:  # noqa: PLR2004
+                        return int(response.json()["pid"])
+                if time.monotonic() > deadline:
+                    raise DrillError(
+                        f"the app did not answer on http://127.0.0.1:{port} within "
+                        f"{self.plan.start_timeout:g} s; check that it starts on its own "
+                        "(python -c 'import ...'), or give it longer with --start-timeout"
+                    )
+                self._wait(0.05)
+
+    def _why_it_ended(self, status: int, error_file: Path) -> str:
+        if error_file.exists():
+            return error_file.read_text(encoding="utf-8").strip()
+        log = (self._dir / "app.log").read_text(encoding="utf-8", errors="replace").strip()
+        last = log.splitlines()[-1] if log else "no output"
+        return f"the app exited with status {status} before it answered; its last line: {last}"
+
+    # ------------------------------------------------------------ load and stop
+
+    def _drill(self, port: int, serving: int) -> Result:
+        plan = self.plan
+        proc = self._proc
+        assert proc is not None  # noqa: S101
+        self._progress(f"pid {serving} serves on http://127.0.0.1:{port}")
+        timeout = plan.request_seconds + plan.grace + 5
+        self._clock = time.time()  # the timeline starts with the first request
+        load = Load(
+            port,
+            clock=self._clock,
+            timeout=timeout,
+            workers=WRITES_BEFORE + plan.requests + _MAX_PROBES,
+            path=plan.path,
+            write=plan.demo,
+        )
+        watch = ProcessWatch(proc.pid, self._now)
+        try:
+            for future in [load.send("before") for _ in range(WRITES_BEFORE)]:
+                future.result(timeout)
+            for _ in range(plan.requests):
+                load.send("in flight", plan.request_seconds)
+            self._until_in_flight(load)
+            self._progress(f"{plan.requests} requests in flight")
+            self._wait(plan.stop_after)
+            stop_sent = self._now()
+            self._send_stop(load, proc.pid, serving)
+            self._progress(f"sent {STOP_WORDS[plan.stop]}; opening new connections meanwhile")
+            self._probe_until_gone(load, watch, stop_sent)
+            left = sorted(watch.alive)
+            if left:
+                self._progress(f"still running after the grace: pid {left}; ending them")
+                end_session(proc.pid)
+            status = proc.wait(timeout)
+            self._proc = None
+            watch.close()
+            records = load.results(timeout)
+        finally:
+            watch.close()
+            load.close()
+        return self._result(port, serving, stop_sent, status, left, records, watch)
+
+    def _until_in_flight(self, load: Load) -> None:
+        deadline = time.monotonic() + self.plan.start_timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if load.control("state", 1.0).json()["entered"] >= self.plan.requests:
+                    return
+            self._wait(_POLL)
+        raise DrillError(
+            f"the app did not take {self.plan.requests} requests at once within "
+            f"{self.plan.start_timeout:g} s; try fewer --requests"
+        )
+
+    def _send_stop(self, load: Load, leader: int, serving: int) -> None:
+        stop = self.plan.stop
+        if stop in _IN_PROCESS:
+            with contextlib.suppress(httpx.HTTPError):  # os._exit takes the connection with it
+                load.control(_IN_PROCESS[stop], 2.0)
+            return
+        pid = serving if stop == "KILL-CHILD" else leader
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, _SIGNALS[stop])
+
+    def _probe_until_gone(self, load: Load, watch: ProcessWatch, stop_sent: float) -> None:
+        """New connections through the drain, until every process is gone or the grace is up."""
+        until = stop_sent + self.plan.grace + _EXIT_MARGIN
+        probes = 0
+        # Not in the very instant of the stop: a connection made then races the signal
+        # itself (the server may see either first), which measures the race, not the drain.
+        next_probe = stop_sent + _PROBE_INTERVAL / 2
+        while watch.alive and self._now() < until:
+            if probes < _MAX_PROBES and self._now() >= next_probe:
+                load.send("late")
+                probes += 1
+                next_probe += _PROBE_INTERVAL
+            self._wait(_POLL)
+
+    # ------------------------------------------------------------ what happened
+
+    def _result(  # noqa: PLR0917  # what the drill gathered, handed over once
+        self,
+        port: int,
+        serving: int,
+        stop_sent: float,
+        status: int,
+        left: list[int],
+        records: list[RequestRecord],
+        watch: ProcessWatch,
+    ) -> Result:
+        plan = self.plan
+        leader = self._leader
+        roles = {leader: "parent", serving: "child"} if leader != serving else {leader: "server"}
+        exit_status = 128 - status if status < 0 else status
+        processes = [
+            ProcessRecord(
+                pid,
+                int(ppid),
+                roles.get(pid, "other"),
+                first,
+                last,
+                exit_status if pid == leader else None,
+                left_behind=pid in left,
+            )
+            for pid, (ppid, first, last) in sorted(watch.seen.items())
+        ]
+        ended = max([stop_sent, *(p.gone for p in processes)])
+        result = Result(
+            plan=plan,
+            port=port,
+            leader=leader,
+            serving=serving,
+            stop_sent=stop_sent,
+            ended=ended,
+            exit_status=exit_status,
+            stop_seconds=None if left else ended - stop_sent,
+            requests=records,
+            processes=processes,
+        )
+        self._read_hooks(result, roles)
+        if plan.demo:
+            result.acknowledged = sum(r.served for r in records)
+            result.stored = self._stored_rows()
+        return result
+
+    def _read_hooks(self, result: Result, roles: dict[int, str]) -> None:
+        """Hooks from each process's lastcall report; the plain demo's from its events file."""
+        reports = [
+            Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            for path in sorted(self._dir.glob("report-*.json"))
+        ]
+        for report in reports:
+            role = roles.get(report.pid, "other")
+            at = report.started_at - self._clock
+            phase_at = {PHASES[0]: at}  # the stop begins with pre_stop, hooks or not
+            for phase in PHASES:
+                for hook in (h for h in report.hooks if h.phase == phase):  # in the order run
+                    phase_at.setdefault(phase, at)
+                    ended = at + hook.duration
+                    result.hooks.append(
+                        HookRecord(hook.name, phase, report.pid, role, at, ended, hook.outcome)
+                    )
+                    at = ended
+                if phase == PHASES[0]:
+                    at += self.plan.prestop_delay
+            if report.pid == result.serving:
+                result.phases = sorted(phase_at.items(), key=lambda item: item[1])
+        reported = {report.pid for report in reports}
+        events = self._dir / "hooks.jsonl"
+        lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+        for event in map(json.loads, lines):
+            if event["pid"] not in reported:
+                result.hooks.append(
+                    HookRecord(
+                        event["hook"],
+                        None,
+                        event["pid"],
+                        roles.get(event["pid"], "other"),
+                        event["started"] - self._clock,
+                        event["ended"] - self._clock,
+                        "ok",
+                    )
+                )
+
+    def _stored_rows(self) -> int:
+        database = self._dir / "demo.db"
+        if not database.exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            try:
+                return int(db.execute("SELECT count(*) FROM orders").fetchone()[0])
+            except sqlite3.OperationalError:  # no flush ever created the table
+                return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

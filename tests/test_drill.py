@@ -1,0 +1,310 @@
+"""``lastcall drill``: real drills of real processes, through the command line.
+
+Each drill runs its app in a session of its own; every test checks that no
+process of those sessions is left (the pid comes from the JSON, or from the
+drill's "started pid N" progress line).
+"""
+
+from __future__ import annotations
+
+import html.parser
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, live_processes_in_session
+
+from lastcall.cli.servers import SERVERS
+
+DEMO_HOOKS = {"flush_orders", "close_db"}
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def drill(*args: str, cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "lastcall", "drill", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    for pid in started_pids(result.stderr):
+        assert live_processes_in_session(pid) == [], f"drill left processes of session {pid}"
+    return result
+
+
+def started_pids(progress: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"started pid (\d+)", progress)]
+
+
+def short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+@pytest.mark.parametrize("server", ["werkzeug", "werkzeug-reload"])
+def test_demo_drill_serves_everything_and_loses_nothing(tmp_path, server):
+    out = tmp_path / "drill.json"
+    result = drill("--server", server, "--requests", "8", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    in_flight = [r for r in data["requests"] if r["kind"] == "in flight"]
+    assert [r["fate"] for r in in_flight] == ["200"] * 8
+    assert {r["fate"] for r in data["requests"] if r["kind"] == "late"} <= {"refused", "200"}
+    assert data["lost_writes"] == 0
+    assert data["stored"] == data["acknowledged"] >= 12  # 4 before the stop and the 8
+    assert data["left_behind"] == []
+    assert data["exit_status"] == 128 + signal.SIGTERM
+    hooks = data["hooks"]
+    assert {h["pid"] for h in hooks} == {data["serving"]}
+    assert DEMO_HOOKS <= {short(h["name"]) for h in hooks}
+    assert len(hooks) == len({h["name"] for h in hooks}), "a hook ran twice"
+    assert data["hooks_where"] == ("server" if server == "werkzeug" else "child")
+    assert [p for p, _ in data["phases"]][:2] == ["pre_stop", "drain"]
+    assert data["stop_seconds"] < 3
+    assert data["verdict"].startswith("clean stop: 8/8 requests served, 0 refused, 0 lost writes")
+    assert data["verdict"] in result.stdout
+    assert "What the clients saw" in result.stdout
+    assert data["leader"] in started_pids(result.stderr)
+
+
+def test_a_users_plain_wsgi_app_is_wrapped_and_drilled(tmp_path):
+    app = tmp_path / "plainwsgi.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            def app(environ, start_response):
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"hello"]
+            """
+        )
+    )
+    out = tmp_path / "drill.json"
+    result = drill("plainwsgi:app", "--requests", "4", "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["served"] == 4
+    assert data["lost_writes"] is None
+    assert [short(h["name"]) for h in data["hooks"]] == [
+        "werkzeug: stop accepting, finish requests in flight"
+    ]
+
+
+def test_matrix_plain_column_fails_as_measured_and_lastcall_does_not(tmp_path):
+    out = tmp_path / "matrix.json"
+    started = time.monotonic()
+    result = drill("--matrix", "--json", str(out), timeout=120)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = {(r["plan"]["server"], r["plan"]["stop"], r["plan"]["plain"]): r for r in json.loads(out.read_text())}
+    assert len(results) == 30  # 8 stops x 2 variants x 2 servers, less KILL-PARENT without a parent
+
+    # DESIGN.md, plain Flask today:
+    term = results["werkzeug", "TERM", True]  # the request in flight dropped, no handler runs
+    assert term["dropped"] == 4 and term["hooks_where"] == "none"
+    kill_child = results["werkzeug-reload", "KILL-CHILD", True]  # handlers run in the parent
+    assert kill_child["hooks_where"] == "parent"
+    kill_parent = results["werkzeug-reload", "KILL-PARENT", True]  # the child serves on, orphaned
+    assert len(kill_parent["left_behind"]) == 1
+    assert {r["fate"] for r in kill_parent["requests"] if r["kind"] == "late"} == {"200"}
+    term_parent = results["werkzeug-reload", "TERM", True]  # parent's handlers, child killed
+    assert term_parent["hooks_where"] == "parent" and term_parent["dropped"] == 4
+    os_exit = results["werkzeug-reload", "OS-EXIT", True]  # the child's never run; the parent's do
+    assert os_exit["hooks_where"] == "parent"
+
+    for (server, stop, plain), r in results.items():
+        if plain:
+            continue
+        assert r["problems"] == [], (server, stop, r["verdict"])
+        assert r["left_behind"] == []
+        assert r["hooks_where"] in {"server", "child", "none"}
+        if stop not in ("KILL-CHILD", "OS-EXIT") and not (stop == "KILL" and server == "werkzeug"):
+            assert r["dropped"] == 0 and r["lost_writes"] == 0, (server, stop)
+    assert "✗" in result.stdout  # the failing plain cells are marked
+    assert took < 60
+
+
+def not_installed_server() -> str | None:
+    return next(
+        (s.name for s in SERVERS.values() if importlib.util.find_spec(s.package) is None), None
+    )
+
+
+def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp_path / "notwsgi.py").write_text("app = 42\n")
+    (tmp_path / "asgiapp.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no database configured')\n")
+    (tmp_path / "silent.py").write_text(
+        "import time\ntime.sleep(60)\n\ndef app(environ, start_response):\n    return []\n"
+    )
+    return {
+        "unimportable": (["no_such_module_here:app"], "cannot be imported"),
+        "failing import": (["broken.py"], "RuntimeError: no database configured"),
+        "missing file": (["missing.py"], "there is no file"),
+        "not an app": (["notwsgi.py:app"], "not a WSGI app"),
+        "asgi on werkzeug": (["asgiapp:app"], "is an ASGI app"),
+        "unknown server": (["--server", "nginx"], "'nginx' is not one of"),
+        "unknown stop": (["--stop", "NICELY"], "'NICELY' is not one of"),
+        "kill-parent without one": (["--stop", "KILL-PARENT"], "needs a server with a parent"),
+        "never answers": (["silent.py", "--start-timeout", "1"], "did not answer"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unimportable",
+        "failing import",
+        "missing file",
+        "not an app",
+        "asgi on werkzeug",
+        "unknown server",
+        "unknown stop",
+        "kill-parent without one",
+        "never answers",
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(tmp_path, case):
+    args, expected = bad_input_cases(tmp_path)[case]
+    result = drill(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lastcall: error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_that_will_not_open(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = drill("--port", str(port))
+    assert result.returncode == 2
+    assert f"port {port} will not open" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_is_not_installed_names_its_extra():
+    server = not_installed_server()
+    if server is None:
+        pytest.skip("every server the drill knows is installed here")
+    result = drill("--server", server)
+    assert result.returncode == 2
+    assert f"pip install 'lastcall[{SERVERS[server].extra}]'" in result.stderr
+
+
+def test_without_the_cli_extra_one_line_names_it():
+    code = "import sys; sys.modules['rich'] = None; from lastcall.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "drill"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lastcall: the lastcall command needs its extra: pip install 'lastcall[cli]' "
+        "(rich is missing)"
+    ]
+
+
+def test_ctrl_c_during_a_drill_ends_every_process_it_started(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lastcall", "drill", "--server", "werkzeug-reload", "--request-seconds", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = []
+        deadline = time.monotonic() + WAIT
+        while not any("requests in flight" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            lines.append(proc.stderr.readline())
+        os.kill(proc.pid, signal.SIGINT)
+        _, rest = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted" in rest
+    (app,) = started_pids("".join(lines))
+    assert live_processes_in_session(app) == []
+
+
+class _Dom(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.classes.extend((dict(attrs).get("class") or "").split())
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is missing, and .ci/run should have installed it")
+        pytest.skip("chromium is not installed here (.ci/run installs Debian's chromium)")
+    return found
+
+
+def test_html_report_shows_the_timeline_in_chromium(tmp_path):
+    browser = chromium()
+    page, out = tmp_path / "drill.html", tmp_path / "drill.json"
+    result = drill("--requests", "6", "--html", str(page), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"]
+    url = page.as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=60, check=True
+    )
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 1100  # the width asked for
+    assert len(png) > 10_000, "the screenshot is blank"
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    parsed = _Dom()
+    parsed.feed(dom)
+    assert parsed.classes.count("request") == len(data["requests"])
+    assert parsed.classes.count("fate-200") >= 4 + 6
+    assert parsed.classes.count("mark-signal") == 1
+    assert parsed.classes.count("mark-exit") == 1
+    assert parsed.classes.count("mark-phase") == len(data["phases"]) >= 2
+    assert parsed.classes.count("mark-hook") == len(data["hooks"]) >= 3
+    text = " ".join(parsed.text)
+    assert "SIGTERM" in text and "flush_orders" in text
+    assert data["verdict"] in text

@@ -134,6 +134,7 @@ def _drain() -> None:
 
 def _stop_accepting(server: BaseWSGIServer, served: _Served, *, final: bool) -> None:
     if final:
+        _serve_backlog(server)
         # Stops the socket listening for every process holding it, and wakes
         # the accept loop at once (closing our fd alone would do neither).
         with contextlib.suppress(OSError):
@@ -141,6 +142,24 @@ def _stop_accepting(server: BaseWSGIServer, served: _Served, *, final: bool) -> 
     serving = served.thread
     if serving is not None and serving is not threading.current_thread():
         server.shutdown()  # returns once serve_forever's loop has ended
+
+
+def _serve_backlog(server: BaseWSGIServer) -> None:
+    """Accept what already waits in the listen backlog, to serve it, not reset it.
+
+    Shutting the socket resets every connection still queued there. The
+    socket goes non-blocking (for the serving thread too, whose accept then
+    just finds nothing), so this never waits for a new one.
+    """
+    with contextlib.suppress(OSError):
+        server.socket.setblocking(False)  # noqa: FBT003  # positional only
+    while True:
+        try:
+            connection, address = server.socket.accept()
+        except OSError:  # BlockingIOError: the backlog is empty
+            return
+        connection.setblocking(True)  # noqa: FBT003
+        server.process_request(connection, address)
 
 
 class _Requests:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+from pathlib import Path
 
 from werkzeug.serving import make_server
 
@@ -40,21 +41,12 @@ def test_queued_connections_are_served_and_new_ones_refused():
     for t in clients:
         t.start()
     # Wait until the kernel holds all three in the backlog (established, unaccepted).
-    probe = socket.socket()
-    probe.settimeout(0)
-    try:
-        for _ in range(200):
-            with open("/proc/net/tcp") as table:
-                queued = sum(
-                    1
-                    for line in table.read().splitlines()[1:]
-                    if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "01"
-                )
-            if queued >= 3:
-                break
-            threading.Event().wait(0.02)
-    finally:
-        probe.close()
+    for _ in range(200):
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        local = f":{port:04X}"
+        if sum(1 for row in rows if row.split()[1].endswith(local) and row.split()[3] == "01") >= 3:
+            break
+        threading.Event().wait(0.02)
     try:
         _stop_accepting(server, _Served(), final=True)
         for t in clients:

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import multiprocessing
 import os
 import signal
@@ -95,6 +94,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall import systemd
+from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
 from lastcall._signals import SignalHandlers
@@ -112,8 +112,6 @@ if TYPE_CHECKING:
 
 __all__ = ("LastCallMiddleware",)
 
-_ALIVE = json.dumps({"status": "alive"}).encode()
-_READY = json.dumps({"status": "ready"}).encode()
 # Of the grace period, what the drain leaves for the hooks after it.
 _HOOK_RESERVE_SHARE = 0.2
 _HOOK_RESERVE_MAX = 2.0
@@ -123,7 +121,7 @@ _SERVER_STARTED_POLL = 0.02
 _SERVER_STARTED_WAIT = 10.0
 
 
-class LastCallMiddleware:
+class LastCallMiddleware(HealthPaths):
     """Wrap an ASGI app: health endpoints, requests in flight, and the stop in order.
 
     ``coordinator`` defaults to ``lastcall.default``. A path of ``None``
@@ -154,11 +152,7 @@ class LastCallMiddleware:
             coordinator = lastcall.default
         elif not isinstance(coordinator, lastcall.Coordinator):
             raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
-        for name, path in (("livez_path", livez_path), ("readyz_path", readyz_path)):
-            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-                raise ValueError(f"{name} must be a path starting with '/', or None; got {path!r}")
-        if livez_path is not None and livez_path == readyz_path:
-            raise ValueError(f"livez_path and readyz_path must differ; both are {livez_path!r}")
+        check_paths(livez_path, readyz_path)
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, (int, float))
@@ -186,21 +180,6 @@ class LastCallMiddleware:
         self._started = False
         _hold_hypercorn_worker_trigger(self)
 
-    @property
-    def livez_path(self) -> str | None:
-        """Where liveness is answered, or None if the app gets that path."""
-        return self._livez_path
-
-    @property
-    def readyz_path(self) -> str | None:
-        """Where readiness is answered, or None if the app gets that path."""
-        return self._readyz_path
-
-    @property
-    def in_flight(self) -> int:
-        """Requests and WebSockets entered whose app call has not returned."""
-        return len(self._live)
-
     async def shutdown_trigger(self) -> None:
         """Returns when the drain begins: ``hypercorn.asyncio.serve(..., shutdown_trigger=)``."""
         if self._drain_began.is_set():
@@ -220,7 +199,7 @@ class LastCallMiddleware:
                 await self._readyz(scope, send)
                 return
             if path == self._livez_path:
-                await _json(scope, send, 200, _ALIVE)
+                await _json(scope, send, 200, ALIVE)
                 return
             await self._counted(scope, receive, self._closing_send(send))
         elif kind == "websocket":
@@ -261,9 +240,9 @@ class LastCallMiddleware:
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
-            await _json(scope, send, 200, _READY)
+            await _json(scope, send, 200, READY)
             return
-        body = json.dumps({"status": "stopping", "in_flight": len(self._live)}).encode()
+        body = stopping_body(len(self._live))
         await _json(scope, send, 503, body)
 
     # ------------------------------------------------------------ lifespan
@@ -495,9 +474,8 @@ async def _json(scope: Scope, send: Send, status: int, body: bytes) -> None:
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                *((name.lower().encode(), value.encode()) for name, value in HEADERS),
                 (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
             ],
         }
     )

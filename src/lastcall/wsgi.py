@@ -28,11 +28,11 @@ counted: they never touch the app.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import TYPE_CHECKING
 
 import lastcall
+from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -44,11 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ("LastCallMiddleware",)
 
-_ALIVE = json.dumps({"status": "alive"}).encode()
-_READY = json.dumps({"status": "ready"}).encode()
 
-
-class LastCallMiddleware:
+class LastCallMiddleware(HealthPaths):
     """Wrap a WSGI app: count its requests in flight and answer ``/livez`` and ``/readyz``.
 
     ``coordinator`` defaults to ``lastcall.default``; a path of ``None``
@@ -71,11 +68,7 @@ class LastCallMiddleware:
             coordinator = lastcall.default
         elif not isinstance(coordinator, lastcall.Coordinator):
             raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
-        for name, path in (("livez_path", livez_path), ("readyz_path", readyz_path)):
-            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-                raise ValueError(f"{name} must be a path starting with '/', or None; got {path!r}")
-        if livez_path is not None and livez_path == readyz_path:
-            raise ValueError(f"livez_path and readyz_path must differ; both are {livez_path!r}")
+        check_paths(livez_path, readyz_path)
         self._app = app
         self._stopping = coordinator.stopping
         self._livez_path = livez_path
@@ -85,21 +78,6 @@ class LastCallMiddleware:
         self._live: set[_Response] = set()
         self._waiters = 0  # wait_idle() callers: only then does the last request out notify
         self._idle = threading.Condition(threading.Lock())
-
-    @property
-    def livez_path(self) -> str | None:
-        """Where liveness is answered, or None if the app gets that path."""
-        return self._livez_path
-
-    @property
-    def readyz_path(self) -> str | None:
-        """Where readiness is answered, or None if the app gets that path."""
-        return self._readyz_path
-
-    @property
-    def in_flight(self) -> int:
-        """Requests entered and not yet closed by the server."""
-        return len(self._live)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight (True) or ``timeout`` seconds pass (False)."""
@@ -116,7 +94,7 @@ class LastCallMiddleware:
         if path == self._readyz_path:
             return self._readyz(environ, start_response)
         if path == self._livez_path:
-            return _json(environ, start_response, "200 OK", _ALIVE)
+            return _json(environ, start_response, "200 OK", ALIVE)
         response = _Response(self, start_response)
         self._live.add(response)
         try:
@@ -128,8 +106,8 @@ class LastCallMiddleware:
 
     def _readyz(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._stopping.is_set():
-            return _json(environ, start_response, "200 OK", _READY)
-        body = json.dumps({"status": "stopping", "in_flight": len(self._live)}).encode()
+            return _json(environ, start_response, "200 OK", READY)
+        body = stopping_body(len(self._live))
         return _json(environ, start_response, "503 Service Unavailable", body)
 
     def _leave(self, response: _Response) -> None:
@@ -189,12 +167,5 @@ class _Response:
 def _json(
     environ: WSGIEnvironment, start_response: StartResponse, status: str, body: bytes
 ) -> list[bytes]:
-    start_response(
-        status,
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ],
-    )
+    start_response(status, [*HEADERS, ("Content-Length", str(len(body)))])
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,31 @@ def live_processes_in_session(sid: int) -> list[int]:
         if session == sid and state not in ("Z", "X"):
             found.append(int(entry.name))
     return found
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 a moment ago (the server binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refused(port: int) -> bool:
+    """Whether a new connection to 127.0.0.1:port is refused (not accepted, not reset)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def wait_session_empty(sid: int, timeout: float = WAIT) -> None:
+    """Wait, bounded, until no process of session ``sid`` is left."""
+    deadline = time.monotonic() + timeout
+    while live_processes_in_session(sid):
+        if time.monotonic() > deadline:
+            pytest.fail(f"processes still running: {live_processes_in_session(sid)}")
+        time.sleep(0.05)
 
 
 @dataclass

@@ -12,14 +12,13 @@ import asyncio
 import http.client
 import json
 import signal
-import socket
 import sys
 import threading
 import time
 
 import httpx
 import pytest
-from conftest import live_processes_in_session
+from conftest import free_port, live_processes_in_session
 
 import lastcall
 from lastcall import Coordinator
@@ -94,11 +93,6 @@ SERVERS = {
 # master exits 0 once its worker did (the worker's stop began by trigger: status 0).
 SIGTERM_STATUS = {"uvicorn": -signal.SIGTERM, "hypercorn": -signal.SIGTERM, "hypercorn-worker": 0}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:

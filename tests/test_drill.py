@@ -78,7 +78,7 @@ def test_demo_drill_serves_everything_and_loses_nothing(tmp_path, server):
     assert data["exit_status"] == 128 + signal.SIGTERM
     hooks = data["hooks"]
     assert {h["pid"] for h in hooks} == {data["serving"]}
-    assert DEMO_HOOKS <= {short(h["name"]) for h in hooks}
+    assert {short(h["name"]) for h in hooks} >= DEMO_HOOKS
     assert len(hooks) == len({h["name"] for h in hooks}), "a hook ran twice"
     assert data["hooks_where"] == ("server" if server == "werkzeug" else "child")
     assert [p for p, _ in data["phases"]][:2] == ["pre_stop", "drain"]

@@ -12,22 +12,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, live_processes_in_session
+from conftest import WAIT, free_port, live_processes_in_session, refused
 
 APP = Path(__file__).parent / "apps" / "devserver_app.py"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str, timeout: float = WAIT) -> tuple[int, str]:
@@ -100,13 +94,6 @@ def start(spawn, tmp_path, *, reload: bool, cli: bool = False, app: Path = APP, 
 def hook_lines(child) -> list[str]:
     return [line for line in child.stdout if line.startswith("hook:")]
 
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def put_slow_requests_in_flight(child, port: int, count: int) -> Requests:

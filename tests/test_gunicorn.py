@@ -11,14 +11,13 @@ import http.client
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, live_processes_in_session
+from conftest import WAIT, refused, wait_session_empty
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,20 +146,6 @@ def get(port: int, path: str) -> int:
         conn.close()
 
 
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
-def wait_session_empty(sid: int, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while live_processes_in_session(sid):
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes still running: {live_processes_in_session(sid)}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

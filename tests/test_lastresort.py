@@ -257,7 +257,7 @@ def test_a_killed_watcher_is_reported_once_and_replaced_on_the_next_registration
 ):
     child, app, watcher = scenario(
         "lastcall.install()\n"
-        + 'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
+         'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
         + READY
         + """
 go()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import http.client
 import re
 import signal
-import socket
 import threading
 import time
 
 import pytest
-from conftest import WAIT
+from conftest import WAIT, refused
 
 SCRIPT = """
 import logging, os, sys, time
@@ -53,13 +52,6 @@ def get(port: int, path: str) -> int:
     finally:
         conn.close()
 
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def wait_count(child, text: str, count: int, *, stream: str = "stdout") -> None:

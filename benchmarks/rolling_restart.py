@@ -253,12 +253,12 @@ def main() -> None:
             with_lastcall = measure(haproxy, server, lastcall=True, retries=retries)
             rows.append((server, retries, plain, with_lastcall))
     print(
-        f"{'server':<10}{'retries':<9}{'sent':>6}{'failed as shipped':>19}"
+        f"{'server':<18}{'retries':<9}{'sent':>6}{'failed as shipped':>19}"
         f"{'failed with lastcall':>22}  errors as shipped / with lastcall"
     )
     for server, retries, plain, ours in rows:
         print(
-            f"{server:<10}{'yes' if retries else 'no':<9}{plain.sent:>6}"
+            f"{server:<18}{'yes' if retries else 'no':<9}{plain.sent:>6}"
             f"{plain.failed:>12} ({plain.failed / max(plain.sent, 1):5.1%})"
             f"{ours.failed:>14} ({ours.failed / max(ours.sent, 1):5.1%})"
             f"  {plain.errors or '-'} / {ours.errors or '-'}"

@@ -94,7 +94,6 @@ SERVERS = {
 SIGTERM_STATUS = {"uvicorn": -signal.SIGTERM, "hypercorn": -signal.SIGTERM, "hypercorn-worker": 0}
 
 
-
 def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     try:

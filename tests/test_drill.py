@@ -39,7 +39,9 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def drill(*args: str, cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def drill(
+    *args: str, cwd: Path | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
     result = subprocess.run(
         [sys.executable, "-m", "lastcall", "drill", *args],
@@ -117,7 +119,10 @@ def test_matrix_plain_column_fails_as_measured_and_lastcall_does_not(tmp_path):
     result = drill("--matrix", "--json", str(out), timeout=120)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    results = {(r["plan"]["server"], r["plan"]["stop"], r["plan"]["plain"]): r for r in json.loads(out.read_text())}
+    results = {
+        (r["plan"]["server"], r["plan"]["stop"], r["plan"]["plain"]): r
+        for r in json.loads(out.read_text())
+    }
     assert len(results) == 30  # 8 stops x 2 variants x 2 servers, less KILL-PARENT without a parent
 
     # DESIGN.md, plain Flask today:
@@ -230,7 +235,16 @@ def test_without_the_cli_extra_one_line_names_it():
 def test_ctrl_c_during_a_drill_ends_every_process_it_started(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lastcall", "drill", "--server", "werkzeug-reload", "--request-seconds", "10"],
+        [
+            sys.executable,
+            "-m",
+            "lastcall",
+            "drill",
+            "--server",
+            "werkzeug-reload",
+            "--request-seconds",
+            "10",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

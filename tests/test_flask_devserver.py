@@ -23,7 +23,6 @@ from conftest import WAIT, free_port, live_processes_in_session, refused
 APP = Path(__file__).parent / "apps" / "devserver_app.py"
 
 
-
 def get(port: int, path: str, timeout: float = WAIT) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -73,13 +72,16 @@ class Requests:
         return self.results
 
 
-def start(spawn, tmp_path, *, reload: bool, cli: bool = False, app: Path = APP, slow: float = 2):
+def start(
+    spawn, tmp_path, *, reload: bool, cli: bool = False, app: Path = APP, slow: float = 2, env=None
+):
     port = free_port()
     env = {
         "PORT": str(port),
         "RELOAD": "1" if reload else "0",
         "SLOW": str(slow),
         "LASTCALL_REPORT": str(tmp_path / "report-{pid}.json"),
+        **(env or {}),
     }
     if cli:
         argv = [sys.executable, "-m", "flask", "--app", str(app), "run", "--port", str(port)]
@@ -93,7 +95,6 @@ def start(spawn, tmp_path, *, reload: bool, cli: bool = False, app: Path = APP, 
 
 def hook_lines(child) -> list[str]:
     return [line for line in child.stdout if line.startswith("hook:")]
-
 
 
 def put_slow_requests_in_flight(child, port: int, count: int) -> Requests:
@@ -222,3 +223,37 @@ def test_code_change_drains_the_old_child_before_the_new_one_serves(spawn, tmp_p
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM
     assert hook_lines(child)[-2:] == [f"hook:flush_cache pid={new}", f"hook:close_db pid={new}"]
+
+
+def test_two_apps_in_one_reloader_child(spawn):
+    """A second LastCall(app) in the serving child shares the first one's set-up."""
+    child = spawn(
+        """
+import os, sys
+read_end, write_end = os.pipe()
+os.environ.update(
+    WERKZEUG_RUN_MAIN="true",
+    LASTCALL_RELOADER_PARENT=str(os.getppid()),
+    LASTCALL_RELOADER_FD=str(write_end),
+)
+from flask import Flask
+from lastcall.flask import LastCall
+LastCall(Flask("first"))
+LastCall(Flask("second"))
+print("ready", flush=True)
+"""
+    )
+    assert child.finish() == 0, child.output()
+
+
+def test_reloader_parent_does_not_wait_for_what_the_child_forked(spawn, tmp_path):
+    """A process the serving child forked keeps the child's pipes open; the
+    parent still ends as soon as the child has.
+    """
+    child, port, serving = start(spawn, tmp_path, reload=True, env={"FORK_HELPER": "1"})
+    helper = int(child.wait_for("helper forked").split()[2])
+    try:
+        child.send(signal.SIGTERM)
+        assert child.finish(timeout=5) == -signal.SIGTERM, child.output()
+    finally:
+        os.kill(helper, signal.SIGKILL)

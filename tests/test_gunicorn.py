@@ -146,8 +146,6 @@ def get(port: int, path: str) -> int:
         conn.close()
 
 
-
-
 @pytest.mark.parametrize(
     ("worker", "conf"),
     [("sync", None), ("gthread", str(ROOT / "examples" / "gunicorn.conf.py"))],

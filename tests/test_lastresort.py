@@ -257,7 +257,7 @@ def test_a_killed_watcher_is_reported_once_and_replaced_on_the_next_registration
 ):
     child, app, watcher = scenario(
         "lastcall.install()\n"
-         'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
+        'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
         + READY
         + """
 go()
@@ -281,9 +281,7 @@ out("again", watcher())
     assert child.finish() == -signal.SIGKILL
 
 
-def test_forked_child_keeps_only_inherited_hooks_with_its_own_watcher(
-    scenario, watchers, tmp_path
-):
+def test_forked_child_keeps_only_inherited_hooks_with_its_own_watcher(scenario, watchers, tmp_path):
     """Steps: register one plain and one inherit=True hook; fork; the child adds
     its own. Killing the parent runs the parent's two at once, though the child
     lives on (it closed its copy of the channel); killing the child runs its own.
@@ -575,3 +573,27 @@ def process_ended(pid: int) -> bool:
 def test_the_package_exports_last_resort():
     assert "last_resort" in lastcall.__all__
     assert sys.modules["lastcall"].last_resort.__name__ == "last_resort"
+
+
+def test_a_hook_module_that_fails_to_import_is_an_error_not_a_timeout(scenario, tmp_path):
+    """A module whose top-level code raises (here: it sets lastcall up, as an app
+    module would, then fails) is reported at once as an error naming the exception.
+    """
+    (tmp_path / "broken_hooks.py").write_text(
+        "import lastcall\nlastcall.install()\nraise RuntimeError('no config file')\n"
+        "def cleanup(): pass\n"
+    )
+    child, app, _ = scenario(
+        'lastcall.last_resort("broken_hooks:cleanup", timeout=30)\n'
+        + READY
+        + "go()\nos._exit(0)\n",
+        env={"LASTCALL_REPORT": str(tmp_path / "report-{pid}.json")},
+    )
+    child.send(signal.SIGUSR1)
+    child.wait_for(finished_line(app), stream="stderr")
+    report = json.loads((tmp_path / f"report-{app}.lastresort.json").read_text())
+    [hook] = report["hooks"]
+    assert hook["outcome"] == "error"
+    assert "RuntimeError: no config file" in hook["error"]
+    assert hook["duration"] < 30
+    assert child.finish() == 0

@@ -53,7 +53,6 @@ def get(port: int, path: str) -> int:
         conn.close()
 
 
-
 def wait_count(child, text: str, count: int, *, stream: str = "stdout") -> None:
     deadline = time.monotonic() + WAIT
     while True:

@@ -161,6 +161,10 @@ class Coordinator:
             "force_signals": force_signals,
             "override_ignored": override_ignored,
         }
+        if getattr(sys.modules.get("__main__"), "LASTCALL_WATCHER", False):
+            # The last-resort watcher importing an app module to run a hook:
+            # the app's set-up must not take the watcher's signals.
+            return self
         settings = resolve(
             grace=grace,
             signals=signals,
@@ -196,6 +200,18 @@ class Coordinator:
         self._handlers.restore()
         self._handlers = None
         self.install(**self._install_options)
+
+    def ensure_installed(self, **options: Any) -> Coordinator:  # noqa: ANN401
+        """``install(**options)``, unless the app already called ``install()`` itself.
+
+        For server integrations, which take the signals when the server
+        starts: settings the app chose win over the integration's defaults,
+        and our handlers go back in front of any the server set meanwhile.
+        """
+        if self.installed:
+            self.reclaim_signals()
+            return self
+        return self.install(**options)
 
     def stand_aside(self, reason: str) -> None:
         """Make this process a supervisor that runs no hooks of its own.

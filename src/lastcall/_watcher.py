@@ -203,8 +203,8 @@ def run_function(target: str, args: list[Any], timeout: float) -> Done:
     def work() -> None:
         try:
             func = resolve(target)
-        except (ImportError, AttributeError, TypeError) as exc:
-            finished.append(("error", f"cannot import {target}: {exc}"))
+        except BaseException as exc:  # anything the module's own top-level code raises
+            finished.append(("error", f"cannot import {target}: {type(exc).__name__}: {exc}"))
             return
         try:
             result = func(*args)

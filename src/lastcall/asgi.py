@@ -325,10 +325,7 @@ class LastCallMiddleware(HealthPaths):
                 if self._server_stop is None:
                     self._server_stop = functools.partial(current, sig, None)
                     self._server = getattr(current, "__self__", None)
-        if coordinator.installed:
-            coordinator.reclaim_signals()
-        else:
-            coordinator.install()
+        coordinator.ensure_installed()
         logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
 
     def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:

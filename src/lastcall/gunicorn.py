@@ -364,6 +364,8 @@ class _Worker:
 
     def _take_sigterm(self, grace: float) -> None:
         """Let lastcall take SIGTERM alone; gunicorn keeps its other handlers."""
+        # If the app called lastcall.install() itself, give gunicorn its own back first.
+        lastcall.default.uninstall()
         kept = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
         saved = {sig: signal.getsignal(sig) for sig in kept}
         # Not chained: gunicorn's handler would stop the loop before the pre-stop delay.
@@ -436,7 +438,9 @@ class _Worker:
             self.worker.method_queue.defer(self._take_held)
         else:
             self._wake()
-        self.loop_done.wait()
+        # Bounded, so the hooks after this one keep their time if a request overruns.
+        if not self.loop_done.wait(lastcall.default.drain_budget()):
+            logger.warning("worker %s: requests still in flight; going on", self.pid)
 
     def _take_held(self) -> None:
         """gthread, on its loop thread: hand the held connections to the pool, then stop."""

@@ -53,7 +53,8 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     quiet = kw.pop("_quiet", False)
     kw.pop("_profile", None)
     middleware = LastCallMiddleware(app)  # refuses a non-callable app, in one line
-    settings = resolve()
+    coordinator = lastcall.default
+    settings = coordinator.settings if coordinator.installed else resolve()
     if settings.prestop_delay >= settings.grace:
         raise ValueError(
             f"LASTCALL_PRESTOP_DELAY={settings.prestop_delay:g} leaves no time to drain within "
@@ -63,8 +64,8 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
         logging.basicConfig()  # as waitress.serve does; idempotent
     server = make_server(_without_connection_header(middleware), **kw)
     _close_connections_while_stopping(server)
-    coordinator = lastcall.install()
-    coordinator.on_shutdown(phase="drain", name="waitress drain")(_Drain(server))
+    coordinator.ensure_installed()
+    coordinator.on_shutdown(phase="drain", name="waitress drain")(_Drain(server, coordinator))
     if not quiet:
         server.print_listen("Serving on http://{}:{}")
     server.run()
@@ -121,23 +122,26 @@ def _servers_of(server: Waitress) -> list[Waitress]:
 class _Drain:
     """The drain hook: runs on a lastcall thread, acts on waitress's loop thread."""
 
-    def __init__(self, server: Waitress) -> None:
+    def __init__(self, server: Waitress, coordinator: lastcall.Coordinator) -> None:
         self._servers = _servers_of(server)
+        self._coordinator = coordinator
 
     def __call__(self) -> None:
-        taken = self._on_loop(self._close_door)
+        # Bounded by drain_budget(), so the hooks after this one keep their time.
+        deadline = time.monotonic() + self._coordinator.drain_budget()
+        taken = self._on_loop(self._close_door, deadline)
         logger.info(
-            "waitress stopped accepting; serving %d connection(s) taken from the backlog", taken
+            "waitress stopped accepting; serving %s connection(s) taken from the backlog", taken
         )
-        while True:
-            left = self._on_loop(self._close_idle)
-            if left == 0:
-                break
+        while (left := self._on_loop(self._close_idle, deadline)) != 0:
+            if time.monotonic() >= deadline:
+                logger.warning("waitress: %s connection(s) still open; going on", left)
+                return
             time.sleep(_POLL)
         logger.info("waitress drained: no connection left")
 
-    def _on_loop(self, func: Callable[[], int]) -> int:
-        """Run ``func`` on waitress's loop thread (its trigger); return what it returns."""
+    def _on_loop(self, func: Callable[[], int], deadline: float) -> int | None:
+        """Run ``func`` on waitress's loop thread (its trigger); None if it did not run in time."""
         done = threading.Event()
         result: list[int] = []
 
@@ -148,9 +152,8 @@ class _Drain:
                 done.set()
 
         self._servers[0].trigger.pull_trigger(thunk)
-        while not done.wait(1.0):
-            pass  # the hook's own time limit bounds this
-        return result[0] if result else 0
+        done.wait(max(0.0, deadline - time.monotonic()))
+        return result[0] if result else None
 
     def _close_door(self) -> int:
         """Take what the backlog holds as channels, then close the listening sockets."""

@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -86,12 +87,13 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
     starts serving (on the main thread: without the reloader, where
     ``serve_forever`` runs; in a reloader child, where its file watcher runs).
     """
-    if _State.coordinator is None:
-        _State.coordinator = coordinator
-        _State.install_options = install_options or {}
-        coordinator.on_shutdown(
-            _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
-        )
+    if _State.coordinator is not None:
+        return  # a second app in this process: its server is drained the same way
+    _State.coordinator = coordinator
+    _State.install_options = install_options or {}
+    coordinator.on_shutdown(
+        _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
+    )
     if not _State.patched:
         _patch()
         _State.patched = True
@@ -121,9 +123,10 @@ def _drain() -> None:
     servers = list(_State.servers.items())
     for server, served in servers:
         _stop_accepting(server, served, final=final)
-    budget = coordinator.drain_budget()
+    deadline = time.monotonic() + coordinator.drain_budget()
     for _, served in servers:
         tracker = served.requests
+        budget = max(0.0, deadline - time.monotonic())
         if not tracker.wait_idle(budget):
             logger.warning(
                 "%d requests still in flight after %.3g s; going on with the shutdown",
@@ -266,12 +269,7 @@ def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
 
 
 def _install() -> None:
-    """Take the signals; settings the app gave ``lastcall.install()`` itself win."""
-    coordinator = _coordinator()
-    if coordinator.installed:
-        coordinator.reclaim_signals()
-    else:
-        coordinator.install(**_State.install_options)
+    _coordinator().ensure_installed(**_State.install_options)
 
 
 # ---------------------------------------------------------------- reloader parent
@@ -297,7 +295,7 @@ def _restart_with_reloader(loop: ReloaderLoop) -> int:
         stopping = threading.Event()
         _forward_signals(child, stopping)
         status = child.wait()
-        clean = _read_all(read_end) == _CLEAN
+        clean = _read_now(read_end) == _CLEAN
         if status == RELOAD_EXIT_CODE and not stopping.is_set():
             continue
         if not clean:
@@ -327,9 +325,15 @@ def _werkzeug_log(level: str, message: str) -> None:
     _log(level, message)
 
 
-def _read_all(fd: int) -> bytes:
-    with os.fdopen(fd, "rb") as pipe:
-        return pipe.read()
+def _read_now(fd: int) -> bytes:
+    """What the child wrote, without waiting: a process it forked may hold the pipe open."""
+    os.set_blocking(fd, False)  # positional only
+    try:
+        return os.read(fd, len(_CLEAN))
+    except BlockingIOError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _describe_status(status: int) -> str:

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from types import ModuleType
 
 import pytest
@@ -377,3 +378,15 @@ def test_public_names_are_exported() -> None:
     # Integrations are public submodules (lastcall.wsgi), imported on demand.
     modules = {"annotations"} | {n for n in public if isinstance(getattr(lastcall, n), ModuleType)}
     assert public - modules == set(lastcall.__all__)
+
+
+def test_shutdown_can_skip_the_prestop_delay() -> None:
+    """Where nothing serves any more (gunicorn's master), the delay would only wait."""
+    coordinator = Coordinator(run_at_exit=False)
+    coordinator._settings = resolve(prestop_delay=5)
+    seen: list[float] = []
+    coordinator.on_shutdown(lambda: seen.append(time.monotonic()), phase="pre_stop", name="a")
+    coordinator.on_shutdown(lambda: seen.append(time.monotonic()), phase="drain", name="b")
+    coordinator.shutdown(prestop_delay=0)
+    assert len(seen) == 2
+    assert seen[1] - seen[0] < 4  # not the configured 5 s

@@ -326,13 +326,17 @@ class Coordinator:
         self._start_dispatcher()
         self._events.put(reason)
 
-    def shutdown(self, reason: str = "shutdown() called") -> Report:
+    def shutdown(
+        self, reason: str = "shutdown() called", *, prestop_delay: float | None = None
+    ) -> Report:
         """Run the stop now on this thread and return its report; the process lives on.
 
         If a stop already began elsewhere, wait for it and return its report.
+        ``prestop_delay`` replaces the setting for this stop (0 where nothing
+        serves any more, so there is nothing to keep serving for).
         """
         if self._begin():
-            return self._run("manual", reason, exit_status=None)
+            return self._run("manual", reason, exit_status=None, prestop_delay=prestop_delay)
         return self._wait_report()
 
     def when_done(self, callback: Callable[[Report], None]) -> None:
@@ -381,9 +385,18 @@ class Coordinator:
             raise RuntimeError("the shutdown in progress did not finish within its grace period")
         return self._report
 
-    def _run(self, trigger: str, reason: str, *, exit_status: int | None) -> Report:
+    def _run(
+        self,
+        trigger: str,
+        reason: str,
+        *,
+        exit_status: int | None,
+        prestop_delay: float | None = None,
+    ) -> Report:
         """The stop sequence: every phase in order, each hook within its time."""
         settings = self._settings
+        if prestop_delay is not None:
+            settings = settings._replace(prestop_delay=prestop_delay)
         start = self._clock()
         deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())

@@ -208,8 +208,7 @@ def on_exit(server: Gunicorn) -> None:  # noqa: ARG001  # gunicorn passes the ar
     """Master, last: run the hooks registered in the master, once."""
     coordinator = lastcall.default
     # The workers are gone and nothing serves here: a pre-stop delay would only wait.
-    coordinator._settings = coordinator.settings._replace(prestop_delay=0.0)  # noqa: SLF001
-    coordinator.shutdown(reason="gunicorn master stopped")
+    coordinator.shutdown(reason="gunicorn master stopped", prestop_delay=0)
     directory = _state["hook_dir"]
     if directory:
         shutil.rmtree(directory, ignore_errors=True)

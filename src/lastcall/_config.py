@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import os
 import signal
-from typing import TYPE_CHECKING, NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -33,14 +34,33 @@ ALLOWED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2
 SignalSpec = str | int | signal.Signals
 
 
-class Settings(NamedTuple):
-    """The resolved settings one coordinator runs with."""
+class Settings:
+    """The resolved settings one coordinator runs with; read-only once made."""
 
-    grace: float = DEFAULT_GRACE
-    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    exit_code: int | None = None
-    report: str | None = None
-    prestop_delay: float = 0.0
+    __slots__ = ("exit_code", "grace", "prestop_delay", "report", "signals")
+
+    def __init__(
+        self,
+        grace: float = DEFAULT_GRACE,
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+        exit_code: int | None = None,
+        report: str | None = None,
+        prestop_delay: float = 0.0,
+    ) -> None:
+        self.grace = grace
+        self.signals = signals
+        self.exit_code = exit_code
+        self.report = report
+        self.prestop_delay = prestop_delay
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some settings changed (as ``NamedTuple._replace``)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return Settings(**{**fields, **changes})
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Settings({fields})"
 
 
 def resolve(

@@ -27,22 +27,26 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from lastcall._config import Settings, SignalSpec, parse_signals, resolve
-from lastcall._hooks import PHASES, Finished, Hook, HookFunc, Runner, make_hook
+from lastcall._config import Settings, parse_signals, resolve
+from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook
 from lastcall._report import HookResult, Report, logger
 from lastcall._signals import SignalHandlers
 from lastcall._stoptoken import StopToken
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable, Iterable
     from types import TracebackType
+    from typing import Any, Literal, TypeAlias, TypeVar, overload
 
-F = TypeVar("F", bound=HookFunc)
-State = Literal["running", "stopping", "done"]
-Clock = Callable[[], float]
+    from lastcall._config import SignalSpec
+    from lastcall._hooks import HookFunc
+
+    F = TypeVar("F", bound=HookFunc)
+    State: TypeAlias = Literal["running", "stopping", "done"]
+    Clock: TypeAlias = Callable[[], float]
 
 # Once the stop is over, how long the dispatcher lets the main thread end the
 # process before ending it itself (the main thread may be stuck in C code).
@@ -67,8 +71,8 @@ class Coordinator:
         report = coordinator.shutdown()
     """
 
-    def __init__(self, *, clock: Clock = time.monotonic, run_at_exit: bool = True) -> None:
-        self._clock = clock
+    def __init__(self, *, clock: Clock | None = None, run_at_exit: bool = True) -> None:
+        self._clock = clock or time.monotonic
         self._run_at_exit = run_at_exit
         try:
             self._settings = resolve()
@@ -251,29 +255,31 @@ class Coordinator:
 
     # ------------------------------------------------------------ hooks
 
-    @overload
-    def on_shutdown(
-        self,
-        func: F,
-        /,
-        *,
-        phase: str = "cleanup",
-        timeout: float | None = None,
-        name: str | None = None,
-        inherit: bool = False,
-    ) -> F: ...
+    if TYPE_CHECKING:
 
-    @overload
-    def on_shutdown(
-        self,
-        func: None = None,
-        /,
-        *,
-        phase: str = "cleanup",
-        timeout: float | None = None,
-        name: str | None = None,
-        inherit: bool = False,
-    ) -> Callable[[F], F]: ...
+        @overload
+        def on_shutdown(
+            self,
+            func: F,
+            /,
+            *,
+            phase: str = "cleanup",
+            timeout: float | None = None,
+            name: str | None = None,
+            inherit: bool = False,
+        ) -> F: ...
+
+        @overload
+        def on_shutdown(
+            self,
+            func: None = None,
+            /,
+            *,
+            phase: str = "cleanup",
+            timeout: float | None = None,
+            name: str | None = None,
+            inherit: bool = False,
+        ) -> Callable[[F], F]: ...
 
     def on_shutdown(
         self,
@@ -396,7 +402,7 @@ class Coordinator:
         """The stop sequence: every phase in order, each hook within its time."""
         settings = self._settings
         if prestop_delay is not None:
-            settings = settings._replace(prestop_delay=prestop_delay)
+            settings = settings.replace(prestop_delay=prestop_delay)
         start = self._clock()
         deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())

@@ -52,15 +52,16 @@ import os
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lastcall._hooks import check_timeout
 from lastcall._report import logger
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     import socket
     import subprocess
     from collections.abc import Callable, Sequence
+    from typing import Any
 
     from lastcall._coordinator import Coordinator
     from lastcall._report import Report
@@ -73,14 +74,24 @@ PROTOCOL = 1
 _JSON_TYPES = "str, int, float, bool, None, and lists and dicts of those (with str keys)"
 
 
-class LastResortHook(NamedTuple):
+class LastResortHook:
     """One registered last-resort hook, as the watcher will receive it."""
 
-    name: str
-    target: str | tuple[str, ...]  # "package.module:function" or a command
-    args: tuple[Any, ...]
-    timeout: float
-    inherit: bool
+    __slots__ = ("args", "inherit", "name", "target", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        target: str | tuple[str, ...],  # "package.module:function" or a command
+        args: tuple[Any, ...],
+        timeout: float,
+        inherit: bool,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.args = args
+        self.timeout = timeout
+        self.inherit = inherit
 
     def message(self) -> dict[str, Any]:
         target = self.target if isinstance(self.target, str) else list(self.target)

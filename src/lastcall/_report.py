@@ -12,24 +12,48 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
     from lastcall._hooks import Outcome, Phase
 
 logger = logging.getLogger("lastcall")
 
 
-class HookResult(NamedTuple):
+class HookResult:
     """How one hook went."""
 
-    name: str
-    phase: Phase
-    outcome: Outcome
-    duration: float = 0.0
-    error: str | None = None
+    __slots__ = ("duration", "error", "name", "outcome", "phase")
+
+    def __init__(  # one argument per field of the JSON form
+        self,
+        name: str,
+        phase: Phase,
+        outcome: Outcome,
+        duration: float = 0.0,
+        error: str | None = None,
+    ) -> None:
+        self.name = name
+        self.phase: Phase = phase
+        self.outcome: Outcome = outcome
+        self.duration = duration
+        self.error = error
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = ("name", "phase", "outcome", "duration", "error")
+        return {name: getattr(self, name) for name in fields}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HookResult) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.phase, self.outcome, self.duration, self.error))
+
+    def __repr__(self) -> str:
+        return f"HookResult({self.name!r}, {self.phase!r}, {self.outcome!r}, {self.duration:.3f})"
 
 
 class Report:
@@ -93,7 +117,7 @@ class Report:
             "reason": self.reason,
             "pid": self.pid,
             "started_at": self.started_at,
-            "hooks": [h._asdict() for h in self.hooks],
+            "hooks": [h.to_dict() for h in self.hooks],
             "duration": self.duration,
             "exit_status": self.exit_status,
             "forced": self.forced,

@@ -9,11 +9,12 @@ usually begins on another thread than the event loop's.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Generator
+    from typing import Any
 
 
 class StopToken:

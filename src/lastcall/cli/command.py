@@ -40,7 +40,8 @@ def cli() -> None:
 @click.option(
     "--stop",
     type=click.Choice(STOPS, case_sensitive=False),
-    help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: under a reloader), "
+    help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: to the reloader or "
+    "master, or to the serving child), "
     "os._exit in a request, an unhandled exception, a normal exit.  [default: TERM]",
 )
 @click.option(
@@ -147,7 +148,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
         base = replace(base, requests=requests or 4, grace=grace or 3.0)
         for each in servers:
             replace(base, server=each).check()
-        results, rows = _matrix(console, plans(base, servers, stops))
+        results, rows = _matrix(console, plans(base, servers, stops), servers, stops)
         out.print(render.matrix_table(rows))
         failed = [r for r in results if not r.plan.plain and r.problems()]
         code = 1 if failed else 0
@@ -178,7 +179,9 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     return code
 
 
-def _matrix(console: Console, all_plans: list[Plan]) -> tuple[list[Result], list[Row]]:
+def _matrix(
+    console: Console, all_plans: list[Plan], servers: list[str], stops: list[str]
+) -> tuple[list[Result], list[Row]]:
     results: list[Result] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("drills", total=len(all_plans))
@@ -188,7 +191,7 @@ def _matrix(console: Console, all_plans: list[Plan]) -> tuple[list[Result], list
             progress.advance(task)
             console.print(f"[dim]{plan.server} {plan.stop} {plan.variant}: {result.verdict()}[/]")
 
-        rows = run_matrix(all_plans, done)
+        rows = run_matrix(all_plans, done, servers, stops)
     return results, rows
 
 

@@ -128,6 +128,9 @@ def matrix_table(rows: list[Row]) -> Table:
             table.add_column(f"{variant}\n{name}", justify="right")
     for row in rows:
         cells: list[Text | str] = [row.server, STOP_WORDS[row.stop]]
+        if row.not_applicable:
+            table.add_row(*cells, Text(f"n/a: {row.not_applicable}", style="dim"))
+            continue
         for result in (row.plain, row.lastcall):
             if result is None:
                 cells.extend(["n/a"] * 5)
@@ -148,7 +151,8 @@ def matrix_table(rows: list[Row]) -> Table:
         table.add_row(*cells)
     table.caption = (
         "✗: worse than this way of stopping allows. hooks: the process that ran the app's "
-        "shutdown hooks (server: the only process; child: the reloader's serving child)"
+        "shutdown hooks (server: the only process; child: the serving child of a reloader or "
+        "master; parent: that reloader or master). n/a: that stop does not apply there"
     )
     return table
 

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, MutableMapping
 
     from flask import Flask
 
-    Receive = Callable[[], Awaitable[dict[str, Any]]]
-    Send = Callable[[dict[str, Any]], Awaitable[None]]
+    Scope = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+    Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 DB_PATH = os.environ.get("LASTCALL_DEMO_DB") or str(
     Path(tempfile.gettempdir()) / "lastcall-demo.db"
@@ -88,10 +89,10 @@ def make_app() -> Flask:
     return app
 
 
-def make_asgi_app() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
+def make_asgi_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The same routes as plain ASGI (no framework to install), for uvicorn and hypercorn."""
 
-    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # nothing to start; the hooks are the stop
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})

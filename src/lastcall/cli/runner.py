@@ -19,10 +19,10 @@ drill's extra (click, rich, httpx) is not installed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import inspect
-import asyncio
 import json
 import os
 import signal
@@ -272,7 +272,7 @@ def with_control(app: WSGIApplication) -> WSGIApplication:
     """Put :class:`DrillControl` in front; inside a Flask app, so it stays a Flask app."""
     flask = sys.modules.get("flask")
     if flask is not None and isinstance(app, flask.Flask):
-        app.wsgi_app = DrillControl(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = DrillControl(app.wsgi_app)
         return cast("WSGIApplication", app)
     return DrillControl(app)
 
@@ -371,11 +371,9 @@ def main(argv: list[str] | None = None) -> None:
 
         run_simple(HOST, args.port, app, use_reloader=args.reload, threaded=True)
         return
-    if args.plain:
-        from waitress import serve  # noqa: PLC0415
-    else:
-        from lastcall.waitress import serve  # type: ignore[assignment]  # noqa: PLC0415
-    serve(app, host=HOST, port=args.port, threads=args.threads)
+    # Plain: waitress.serve as shipped; else lastcall's, which takes the same arguments.
+    module = importlib.import_module("waitress" if args.plain else "lastcall.waitress")
+    module.serve(app, host=HOST, port=args.port, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def _hypercorn(launch: Launch) -> list[str]:
     return [*argv, "--graceful-timeout", f"{launch.grace:g}"]
 
 
+_IN_THE_WORKER = ("KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
 _WORKER_REPLACED = "gunicorn's master starts a new worker when one dies: nothing stops"
 _HYPERCORN_REPLACED = (
     "hypercorn's master starts a new worker when one exits with status 0: nothing stops"
@@ -150,12 +151,14 @@ SERVERS: dict[str, Server] = {
                 command=_gunicorn(gthread=name.endswith("gthread")),
                 not_a_stop={
                     "HUP": "gunicorn reloads on SIGHUP (new workers): nothing stops",
-                    **dict.fromkeys(("KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT"), _WORKER_REPLACED),
+                    **dict.fromkeys(_IN_THE_WORKER, _WORKER_REPLACED),
                 },
             )
             for name in ("gunicorn", "gunicorn-gthread")
         ),
-        Server("waitress", "waitress", "waitress", "lastcall.waitress", command=_runner("waitress")),
+        Server(
+            "waitress", "waitress", "waitress", "lastcall.waitress", command=_runner("waitress")
+        ),
         Server("uvicorn", "uvicorn", "uvicorn", "lastcall.asgi", asgi=True, command=_uvicorn),
         Server(
             "hypercorn",

@@ -7,8 +7,10 @@ memory (a write-behind buffer, as caches and batching clients do), and a
 shutdown hook flushes the buffer to SQLite. A write acknowledged but never
 flushed is a lost write, which ``lastcall drill`` counts.
 
-``demo_app`` registers the hooks with lastcall, ``demo_plain`` with
-``atexit``; everything else is this module. Environment:
+``demo_app`` (Flask, WSGI) and ``demo_asgi`` (plain ASGI, for uvicorn and
+hypercorn) register the hooks with lastcall, ``demo_plain`` and
+``demo_asgi_plain`` with ``atexit``; everything else is this module, so the
+four differ only in how they stop. Environment:
 ``LASTCALL_DEMO_DB`` (the SQLite file) and ``LASTCALL_DEMO_EVENTS`` (a file
 each hook appends one JSON line to, saying which process ran it and when:
 a plain ``atexit`` app writes no lastcall report).
@@ -16,6 +18,7 @@ a plain ``atexit`` app writes no lastcall report).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -24,8 +27,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from flask import Flask, request
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
+    from flask import Flask
+
+    Scope = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+    Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 DB_PATH = os.environ.get("LASTCALL_DEMO_DB") or str(
     Path(tempfile.gettempdir()) / "lastcall-demo.db"
@@ -41,8 +53,15 @@ def say(*words: object) -> None:
     sys.stdout.flush()
 
 
+def _take_order(order_id: int) -> None:
+    with _lock:
+        _buffer.append(order_id)
+
+
 def make_app() -> Flask:
     """The routes: a write-behind ``/order``, a slow one, and the write-up's ``os._exit``."""
+    from flask import Flask, request  # noqa: PLC0415  # the ASGI demo runs without Flask
+
     app = Flask("lastcall-demo")
 
     @app.get("/")
@@ -52,8 +71,7 @@ def make_app() -> Flask:
     @app.post("/order")
     def order() -> str:
         order_id = int(request.args["id"])
-        with _lock:
-            _buffer.append(order_id)
+        _take_order(order_id)
         return f"ok {order_id}\n"
 
     @app.get("/slow")
@@ -67,6 +85,39 @@ def make_app() -> Flask:
             return f"Hello {name}\n"
         say("I will use OS EXIT!!")
         os._exit(0)  # no hook can run after this
+
+    return app
+
+
+def make_asgi_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The same routes as plain ASGI (no framework to install), for uvicorn and hypercorn."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # nothing to start; the hooks are the stop
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path, method = scope["path"], scope["method"]
+        query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        status, body = 404, "not found\n"
+        if path == "/" and method == "GET":
+            status, body = 200, "Hi\n"
+        elif path == "/order" and method == "POST":
+            _take_order(int(query["id"]))
+            status, body = 200, f"ok {query['id']}\n"
+        elif path == "/slow" and method == "GET":
+            await asyncio.sleep(float(query.get("seconds", "2")))
+            status, body = 200, "done\n"
+        elif path.startswith("/user/"):
+            name = path.removeprefix("/user/")
+            if name != "Tom":
+                say("I will use OS EXIT!!")
+                os._exit(0)  # no hook can run after this
+            status, body = 200, f"Hello {name}\n"
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body.encode()})
 
     return app
 

@@ -35,12 +35,15 @@ def cli() -> None:
 @click.option(
     "--server",
     type=click.Choice(list(SERVERS)),
-    help="How to serve the app.  [default: werkzeug; --matrix: every installed one]",
+    multiple=True,
+    help="How to serve the app; --matrix takes it more than once.  "
+    "[default: werkzeug; --matrix: every installed one]",
 )
 @click.option(
     "--stop",
     type=click.Choice(STOPS, case_sensitive=False),
-    help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: under a reloader), "
+    help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: to the reloader or "
+    "master, or to the serving child), "
     "os._exit in a request, an unhandled exception, a normal exit.  [default: TERM]",
 )
 @click.option(
@@ -51,9 +54,8 @@ def cli() -> None:
 @click.option(
     "--request-seconds",
     type=click.FloatRange(0, 60),
-    default=1.0,
-    show_default=True,
-    help="How long each takes.",
+    help="How long each takes.  [default: 1; --matrix: 0.5, so that one sync gunicorn "
+    "worker serves them within the grace]",
 )
 @click.option(
     "--stop-after",
@@ -105,10 +107,10 @@ def cli() -> None:
 )
 def drill(  # noqa: PLR0917  # click passes one parameter per option
     app: str | None,
-    server: str | None,
+    server: tuple[str, ...],
     stop: str | None,
     requests: int | None,
-    request_seconds: float,
+    request_seconds: float | None,
     stop_after: float,
     grace: float | None,
     prestop_delay: float,
@@ -127,7 +129,6 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     """
     base = Plan(
         app=app,
-        request_seconds=request_seconds,
         stop_after=stop_after,
         prestop_delay=prestop_delay,
         plain=plain,
@@ -142,21 +143,29 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
             raise DrillError(
                 "--matrix drills the demo app both ways; leave out APP, --plain, --port"
             )
-        servers = [server] if server else [s.name for s in installed()]
+        servers = list(dict.fromkeys(server)) or [s.name for s in installed()]
         stops = [stop.upper()] if stop else list(SCENARIOS)
-        base = replace(base, requests=requests or 4, grace=grace or 3.0)
+        base = replace(
+            base,
+            requests=requests or 4,
+            request_seconds=0.5 if request_seconds is None else request_seconds,
+            grace=grace or 3.0,
+        )
         for each in servers:
             replace(base, server=each).check()
-        results, rows = _matrix(console, plans(base, servers, stops))
+        results, rows = _matrix(console, plans(base, servers, stops), servers, stops)
         out.print(render.matrix_table(rows))
         failed = [r for r in results if not r.plan.plain and r.problems()]
         code = 1 if failed else 0
     else:
+        if len(server) > 1:
+            raise DrillError("one --server for a single drill; --matrix takes several")
         plan = replace(
             base,
-            server=server or "werkzeug",
+            server=server[0] if server else "werkzeug",
             stop=(stop or "TERM").upper(),
             requests=requests or 16,
+            request_seconds=1.0 if request_seconds is None else request_seconds,
             grace=grace or 10.0,
         )
         with console.status("drill") as status:
@@ -178,7 +187,9 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     return code
 
 
-def _matrix(console: Console, all_plans: list[Plan]) -> tuple[list[Result], list[Row]]:
+def _matrix(
+    console: Console, all_plans: list[Plan], servers: list[str], stops: list[str]
+) -> tuple[list[Result], list[Row]]:
     results: list[Result] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("drills", total=len(all_plans))
@@ -188,7 +199,7 @@ def _matrix(console: Console, all_plans: list[Plan]) -> tuple[list[Result], list
             progress.advance(task)
             console.print(f"[dim]{plan.server} {plan.stop} {plan.variant}: {result.verdict()}[/]")
 
-        rows = run_matrix(all_plans, done)
+        rows = run_matrix(all_plans, done, servers, stops)
     return results, rows
 
 

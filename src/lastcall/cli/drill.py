@@ -29,14 +29,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from lastcall import PHASES, Report
+from lastcall.cli import runner
 from lastcall.cli.clients import Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-DEMO = "lastcall.cli.demo_app:app"
-DEMO_PLAIN = "lastcall.cli.demo_plain:app"
+DEMOS = {  # (asgi, plain) -> the demo app
+    (False, False): "lastcall.cli.demo_app:app",
+    (False, True): "lastcall.cli.demo_plain:app",
+    (True, False): "lastcall.cli.demo_asgi:app",
+    (True, True): "lastcall.cli.demo_asgi_plain:app",
+}
 STOPS = ("TERM", "INT", "HUP", "KILL", "KILL-PARENT", "KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
 _SIGNALS = {
     "TERM": signal.SIGTERM,
@@ -52,7 +57,7 @@ STOP_WORDS = {
     "INT": "SIGINT",
     "HUP": "SIGHUP",
     "KILL": "SIGKILL",
-    "KILL-PARENT": "SIGKILL to the reloader parent",
+    "KILL-PARENT": "SIGKILL to the parent (reloader, master)",
     "KILL-CHILD": "SIGKILL to the serving process",
     "OS-EXIT": "os._exit in a request",
     "EXCEPTION": "unhandled exception",
@@ -104,7 +109,7 @@ class Plan:
     @property
     def abrupt(self) -> bool:
         """The serving process dies where no code of its own can run."""
-        serving_is_leader = not SERVERS[self.server].reloader
+        serving_is_leader = not SERVERS[self.server].parent
         return self.stop in ("KILL-CHILD", "OS-EXIT") or (self.stop == "KILL" and serving_is_leader)
 
     def check(self) -> None:
@@ -117,11 +122,15 @@ class Plan:
         missing = server.missing()
         if missing:
             raise DrillError(missing)
-        if self.stop == "KILL-PARENT" and not server.reloader:
+        why_not = server.why_not(self.stop)
+        if why_not and self.stop == "KILL-PARENT":
+            with_parent = ", ".join(name for name, s in SERVERS.items() if s.parent)
             raise DrillError(
-                f"--stop KILL-PARENT needs a server with a parent process; {self.server} has "
-                "one process: use --server werkzeug-reload, or --stop KILL"
+                f"--stop KILL-PARENT needs a server with a parent process; {why_not}: "
+                f"use --server with one of {with_parent}, or --stop KILL"
             )
+        if why_not:
+            raise DrillError(f"--stop {self.stop} is not a stop on {self.server}: {why_not}")
         if self.requests < 1 or self.request_seconds < 0 or self.grace <= 0:
             raise DrillError("--requests must be at least 1, --request-seconds >= 0, --grace > 0")
 
@@ -430,12 +439,24 @@ class Drill:
     def _launch(self, port: int) -> int:
         plan = self.plan
         error_file = self._dir / "error.txt"
-        app = plan.app or (DEMO_PLAIN if plan.plain else DEMO)
-        command = SERVERS[plan.server].command
-        assert command is not None  # noqa: S101  # Plan.check() refused servers without one
-        argv = command(Launch(app, port, plan.plain, str(error_file)))
+        server = SERVERS[plan.server]
+        app = plan.app or DEMOS[server.asgi, plan.plain]
+        assert server.command is not None  # noqa: S101  # Plan.check() refused servers without one
+        launch = Launch(app, port, plan.plain, str(error_file), plan.requests, plan.grace)
+        argv = server.command(launch)
+        try:
+            runner.check_port(port)  # a server's own failure to bind can take seconds
+        except runner.BadInputError as exc:
+            raise DrillError(str(exc)) from None
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
         env.update(
+            {
+                runner.ENV_APP: app,
+                runner.ENV_PLAIN: "1" if plan.plain else "0",
+                runner.ENV_ERROR_FILE: str(error_file),
+                runner.ENV_SERVER: plan.server,
+                runner.ENV_ENTERED: str(self._dir / "entered"),
+            },
             PYTHONUNBUFFERED="1",
             LASTCALL_REPORT=str(self._dir / "report-{pid}.json"),
             LASTCALL_GRACE=str(plan.grace),
@@ -511,7 +532,7 @@ class Drill:
                 future.result(timeout)
             for _ in range(plan.requests):
                 load.send("in flight", plan.request_seconds)
-            self._until_in_flight(load)
+            self._until_in_flight(port)
             self._progress(f"{plan.requests} requests in flight")
             self._wait(plan.stop_after)
             stop_sent = self._now()
@@ -531,12 +552,18 @@ class Drill:
             load.close()
         return self._result(port, serving, stop_sent, status, left, records, watch)
 
-    def _until_in_flight(self, load: Load) -> None:
+    def _until_in_flight(self, port: int) -> None:
+        """Until every request has entered the app or waits, accepted by the kernel, in the backlog.
+
+        A server with fewer threads than requests (a sync worker has one)
+        leaves the rest queued: in flight to the client, not yet to the app.
+        """
+        entered = self._dir / "entered"
         deadline = time.monotonic() + self.plan.start_timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if load.control("state", 1.0).json()["entered"] >= self.plan.requests:
-                    return
+            inside = entered.stat().st_size if entered.exists() else 0
+            if inside + listen_backlog(port) >= self.plan.requests:
+                return
             self._wait(_POLL)
         raise DrillError(
             f"the app did not take {self.plan.requests} requests at once within "
@@ -662,6 +689,19 @@ class Drill:
                 return int(db.execute("SELECT count(*) FROM orders").fetchone()[0])
             except sqlite3.OperationalError:  # no flush ever created the table
                 return 0
+
+
+def listen_backlog(port: int) -> int:
+    """Connections the kernel accepted on 127.0.0.1:port that no process has taken yet.
+
+    For a listening socket, /proc/net/tcp's rx_queue is its accept queue's length.
+    """
+    local = f"0100007F:{port:04X}"
+    for row in Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]:
+        fields = row.split()
+        if fields[1] == local and fields[3] == "0A":  # LISTEN
+            return int(fields[4].split(":")[1], 16)
+    return 0
 
 
 def _free_port() -> int:

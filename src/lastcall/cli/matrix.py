@@ -28,12 +28,13 @@ _MAX_AT_ONCE = 8
 
 @dataclass
 class Row:
-    """One scenario on one server: the plain result beside lastcall's (None: not applicable)."""
+    """One scenario on one server: the plain result beside lastcall's, or why it does not apply."""
 
     server: str
     stop: str
     plain: Result | None = None
     lastcall: Result | None = None
+    not_applicable: str | None = None
 
     @staticmethod
     def failures(result: Result) -> list[str]:
@@ -44,12 +45,12 @@ class Row:
 
 
 def plans(base: Plan, servers: list[str], stops: list[str]) -> list[Plan]:
-    """Every applicable (server, stop, variant); KILL-PARENT needs a reloader parent."""
+    """Every (server, stop, variant) that applies: see ``Server.why_not``."""
     return [
         replace(base, server=server, stop=stop, plain=plain)
         for server in servers
         for stop in stops
-        if stop != "KILL-PARENT" or SERVERS[server].reloader
+        if SERVERS[server].why_not(stop) is None
         for plain in (True, False)
     ]
 
@@ -57,11 +58,20 @@ def plans(base: Plan, servers: list[str], stops: list[str]) -> list[Plan]:
 def run_matrix(
     all_plans: list[Plan],
     done: Callable[[Plan, Result], None] = lambda _plan, _result: None,
+    servers: list[str] | None = None,
+    stops: list[str] | None = None,
 ) -> list[Row]:
-    """Run the plans side by side; Ctrl-C cancels them all and ends their processes."""
+    """Run the plans side by side; Ctrl-C cancels them all and ends their processes.
+
+    With ``servers`` and ``stops``, the pairs that do not apply are rows too, saying why.
+    """
     cancel = threading.Event()
     workers = min(_MAX_AT_ONCE, 2 * (os.cpu_count() or 1), len(all_plans))
-    rows: dict[tuple[str, str], Row] = {}
+    rows: dict[tuple[str, str], Row] = {
+        (server, stop): Row(server, stop, not_applicable=SERVERS[server].why_not(stop))
+        for server in servers or []
+        for stop in stops or []
+    }
     for plan in all_plans:
         rows.setdefault((plan.server, plan.stop), Row(plan.server, plan.stop))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill") as pool:

@@ -126,8 +126,13 @@ def matrix_table(rows: list[Row]) -> Table:
     for variant in ("plain", "lastcall"):
         for name in ("dropped", "hooks", "orphans", "lost", "stop"):
             table.add_column(f"{variant}\n{name}", justify="right")
+    reasons: dict[str, list[str]] = {}
     for row in rows:
         cells: list[Text | str] = [row.server, STOP_WORDS[row.stop]]
+        if row.not_applicable:
+            reasons.setdefault(row.not_applicable, []).append(f"{row.server} {row.stop}")
+            table.add_row(*cells, *[Text("n/a", style="dim")] * 10)
+            continue
         for result in (row.plain, row.lastcall):
             if result is None:
                 cells.extend(["n/a"] * 5)
@@ -146,10 +151,14 @@ def matrix_table(rows: list[Row]) -> Table:
                     Text(f"✗ {value}" if mark else value, style="bold red" if mark else "")
                 )
         table.add_row(*cells)
-    table.caption = (
+    caption = (
         "✗: worse than this way of stopping allows. hooks: the process that ran the app's "
-        "shutdown hooks (server: the only process; child: the reloader's serving child)"
+        "shutdown hooks (server: the only process; child: the serving child of a reloader or "
+        "master; parent: that reloader or master)"
     )
+    for reason, where in reasons.items():
+        caption += f"\nn/a ({', '.join(where)}): {reason}"
+    table.caption = caption
     return table
 
 

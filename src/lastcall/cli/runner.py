@@ -1,21 +1,25 @@
 """The process ``lastcall drill`` starts: the app, its server, and the drill's controls.
 
-Run as ``python -m lastcall.cli.runner APP --port N [--reload] [--plain]``
-(Werkzeug's reloader re-runs that same command for its child). It imports
-the app, applies lastcall to it unless ``--plain`` (``LastCall`` for a Flask
-app that lacks it, else ``LastCallMiddleware`` and the Werkzeug
-integration), and serves it on 127.0.0.1. In front of the app sits
-:class:`DrillControl`, the drill's own instruments, the same for both
-variants. Anything wrong with the input is one line in ``--error-file`` and
-exit status 2, before a socket is opened.
+Werkzeug and waitress are served from here: ``python -m lastcall.cli.runner
+APP --port N [--server waitress] [--reload] [--plain]`` (Werkzeug's reloader
+re-runs that same command for its child). gunicorn, uvicorn and hypercorn
+are started by their own command lines and import the app from here
+instead, through the factories :func:`wsgi` and :func:`asgi`, which read
+the same choices from ``LASTCALL_DRILL_*`` variables. Either way the app is
+imported, lastcall is applied the way a user would apply it on that server
+unless ``--plain``, and in front of it sits :class:`DrillControl` (or its
+ASGI twin), the drill's own instruments, the same for both variants.
+Anything wrong with the input is one line in the error file and exit status
+2, before the app serves.
 
-Standard library, Werkzeug and lastcall only: this must run where the
+Standard library, the servers and lastcall only: this must run where the
 drill's extra (click, rich, httpx) is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -27,19 +31,35 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable, MutableMapping
     from types import FrameType, ModuleType
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    Scope = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+    Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+    AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HOST = "127.0.0.1"
 CONTROL = "/_drill/"
 DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
 _RAISE_WAIT = 2.0
+# What the factories read (set by the drill); the first three mirror runner's arguments.
+ENV_APP = "LASTCALL_DRILL_APP"
+ENV_PLAIN = "LASTCALL_DRILL_PLAIN"
+ENV_ERROR_FILE = "LASTCALL_DRILL_ERROR_FILE"
+ENV_SERVER = "LASTCALL_DRILL_SERVER"
+# A file each delayed request appends a byte to as it enters: a count that every
+# process of the app adds to, readable while every worker is busy.
+ENV_ENTERED = "LASTCALL_DRILL_ENTERED"
+
+
+ASGI_DELAY_HEADER = b"x-lastcall-drill-delay"
 
 
 class BadInputError(Exception):
@@ -54,23 +74,11 @@ class UnhandledError(BaseException):
     """
 
 
-class DrillControl:
-    """The drill's instruments, outermost: state, the in-process stops, slow requests.
+class _Controls:
+    """What the WSGI and ASGI instruments share: the in-process stops, and the count."""
 
-    * ``/_drill/state``: this process's pid and how many delayed requests
-      have entered, so the drill knows when all are in flight.
-    * ``/_drill/os-exit``: ``os._exit(0)`` inside a request.
-    * ``/_drill/exception`` and ``/_drill/exit``: an unhandled exception, or
-      ``sys.exit(0)``, raised on the main thread (where a server's own loop
-      runs) by a signal aimed at that thread.
-    * A request carrying ``X-Lastcall-Drill-Delay: S`` sleeps S seconds
-      before the app sees it, so any app can have requests in flight.
-    """
-
-    def __init__(self, app: WSGIApplication) -> None:
-        self._app = app
-        self._entered = 0
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self._entered_file = os.environ.get(ENV_ENTERED)
         self._pending: BaseException | None = None
         self._raising = threading.Event()
         signal.signal(signal.SIGUSR1, self._raise_pending)
@@ -80,19 +88,13 @@ class DrillControl:
             self._raising.set()
             raise self._pending
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Controls first, then the app, delayed if asked."""
-        path: str = environ.get("PATH_INFO", "")
-        if path.startswith(CONTROL):
-            return self._control(path.removeprefix(CONTROL), start_response)
-        delay = environ.get(DELAY_HEADER)
-        if delay:
-            with self._lock:
-                self._entered += 1
-            time.sleep(float(delay))
-        return self._app(environ, start_response)
+    def _entered(self) -> None:
+        if self._entered_file:
+            with Path(self._entered_file).open("ab") as out:
+                out.write(b".")
 
-    def _control(self, action: str, start_response: StartResponse) -> list[bytes]:
+    def _act(self, action: str) -> bytes:
+        """Do what ``/_drill/<action>`` asks, on whichever thread serves it; the answer's body."""
         if action == "os-exit":
             os._exit(0)
         if action in ("exception", "exit"):
@@ -106,9 +108,62 @@ class DrillControl:
                 signal.pthread_kill(main, signal.SIGUSR1)
                 # Answer once it is raised, so the drill's clock starts with the stop itself.
                 self._raising.wait(_RAISE_WAIT)
-        body = json.dumps({"pid": os.getpid(), "entered": self._entered}).encode()
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [body]
+        return json.dumps({"pid": os.getpid()}).encode()
+
+
+class DrillControl(_Controls):
+    """The drill's instruments, outermost: state, the in-process stops, slow requests.
+
+    * ``/_drill/state``: this process's pid.
+    * ``/_drill/os-exit``: ``os._exit(0)`` inside a request.
+    * ``/_drill/exception`` and ``/_drill/exit``: an unhandled exception, or
+      ``sys.exit(0)``, raised on the main thread (where a server's own loop
+      runs) by a signal aimed at that thread.
+    * A request carrying ``X-Lastcall-Drill-Delay: S`` counts itself in the
+      entered file and sleeps S seconds before the app sees it, so any app
+      can have requests in flight.
+    """
+
+    def __init__(self, app: WSGIApplication) -> None:
+        super().__init__()
+        self._app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Controls first, then the app, delayed if asked."""
+        path: str = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL):
+            body = self._act(path.removeprefix(CONTROL))
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        delay = environ.get(DELAY_HEADER)
+        if delay:
+            self._entered()
+            time.sleep(float(delay))
+        return self._app(environ, start_response)
+
+
+class AsgiDrillControl(_Controls):
+    """:class:`DrillControl` for an ASGI app; the lifespan passes through to the app."""
+
+    def __init__(self, app: AsgiApp) -> None:
+        super().__init__()
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Controls first, then the app, delayed if asked."""
+        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(CONTROL):
+            # A thread, as a WSGI server's would be: the raise is aimed at the loop's thread.
+            body = await asyncio.to_thread(self._act, path.removeprefix(CONTROL))
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        delay = dict(scope.get("headers", ())).get(ASGI_DELAY_HEADER)
+        if delay:
+            self._entered()
+            await asyncio.sleep(float(delay))
+        await self._app(scope, receive, send)
 
 
 def load(spec: str) -> object:
@@ -157,12 +212,16 @@ def _import_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def check_wsgi(spec: str, app: object) -> WSGIApplication:
-    """Refuse what Werkzeug cannot serve, saying what it is instead."""
+def _is_asgi(app: object) -> bool:
     call = getattr(app, "__call__", None)  # noqa: B004  # the method, to see if it is async
-    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
+
+
+def check_wsgi(spec: str, app: object, server: str = "Werkzeug") -> WSGIApplication:
+    """Refuse what a WSGI server cannot serve, saying what it is instead."""
+    if _is_asgi(app):
         raise BadInputError(
-            f"APP {spec!r} is an ASGI app; Werkzeug serves WSGI apps: use --server uvicorn "
+            f"APP {spec!r} is an ASGI app; {server} serves WSGI apps: use --server uvicorn "
             "or --server hypercorn"
         )
     try:
@@ -175,8 +234,23 @@ def check_wsgi(spec: str, app: object) -> WSGIApplication:
     return app  # type: ignore[return-value]
 
 
-def with_lastcall(app: WSGIApplication) -> WSGIApplication:
-    """Apply lastcall the way a user would: the Flask extension, else the middleware."""
+def check_asgi(spec: str, app: object, server: str) -> AsgiApp:
+    """Refuse what an ASGI server cannot serve, saying what it is instead."""
+    if _is_asgi(app):
+        return app  # type: ignore[return-value]
+    kind = "a WSGI app" if callable(app) else f"{type(app).__name__!r}, not an ASGI app"
+    raise BadInputError(
+        f"APP {spec!r} is {kind}; {server} serves ASGI apps (async callables taking scope, "
+        "receive and send): use --server werkzeug, gunicorn or waitress for a WSGI app"
+    )
+
+
+def with_lastcall(app: WSGIApplication, *, werkzeug: bool = True) -> WSGIApplication:
+    """Apply lastcall the way a user would: the Flask extension, else the middleware.
+
+    On gunicorn and waitress (``werkzeug`` false) the integration wraps a
+    plain WSGI app in the middleware itself.
+    """
     import lastcall  # noqa: PLC0415  # not in --plain runs
     from lastcall.servers import werkzeug as werkzeug_server  # noqa: PLC0415
     from lastcall.wsgi import LastCallMiddleware  # noqa: PLC0415
@@ -188,12 +262,23 @@ def with_lastcall(app: WSGIApplication) -> WSGIApplication:
 
             LastCall(app)
         return cast("WSGIApplication", app)
+    if not werkzeug:
+        return app
     werkzeug_server.enable(lastcall.default)
     return LastCallMiddleware(app)
 
 
+def with_control(app: WSGIApplication) -> WSGIApplication:
+    """Put :class:`DrillControl` in front; inside a Flask app, so it stays a Flask app."""
+    flask = sys.modules.get("flask")
+    if flask is not None and isinstance(app, flask.Flask):
+        app.wsgi_app = DrillControl(app.wsgi_app)
+        return cast("WSGIApplication", app)
+    return DrillControl(app)
+
+
 def check_port(port: int) -> None:
-    """Fail with the fix before serving, rather than with Werkzeug's exit 1."""
+    """Fail with the fix before serving, rather than with the server's own exit."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -213,31 +298,82 @@ def fail(error_file: str | None, message: str) -> NoReturn:
     sys.exit(BAD_INPUT)
 
 
+# ---------------------------------------------------------------- servers that import the app
+
+
+def wsgi() -> WSGIApplication:
+    """The app for gunicorn (``'lastcall.cli.runner:wsgi()'``), as ``LASTCALL_DRILL_*`` say.
+
+    With lastcall, gunicorn's integration (``-c python:lastcall.gunicorn``)
+    does the rest; plain, gunicorn serves the app as it is.
+    """
+    spec, plain, error_file, server = _from_environment()
+    try:
+        app = check_wsgi(spec, load(spec), server)
+        if not plain:
+            app = with_lastcall(app, werkzeug=False)
+    except BadInputError as exc:
+        fail(error_file, str(exc))
+    return with_control(app)
+
+
+def asgi() -> AsgiApp:
+    """The app for uvicorn (``--factory``) and hypercorn (``'...:asgi()'``).
+
+    With lastcall, the app is wrapped in ``lastcall.asgi.LastCallMiddleware``
+    unless it already is; plain, it is served as it is.
+    """
+    spec, plain, error_file, server = _from_environment()
+    try:
+        app = check_asgi(spec, load(spec), server)
+        if not plain:
+            from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415  # not in --plain runs
+
+            if not isinstance(app, LastCallMiddleware):
+                app = LastCallMiddleware(app)
+    except BadInputError as exc:
+        fail(error_file, str(exc))
+    return AsgiDrillControl(app)
+
+
+def _from_environment() -> tuple[str, bool, str | None, str]:
+    environ = os.environ
+    plain = environ.get(ENV_PLAIN) == "1"
+    return environ[ENV_APP], plain, environ.get(ENV_ERROR_FILE), environ.get(ENV_SERVER, "")
+
+
+# ---------------------------------------------------------------- Werkzeug and waitress
+
+
 def main(argv: list[str] | None = None) -> None:
     """Check the input, apply lastcall unless ``--plain``, serve until stopped."""
     parser = argparse.ArgumentParser(prog="python -m lastcall.cli.runner")
     parser.add_argument("app")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server", choices=("werkzeug", "waitress"), default="werkzeug")
+    parser.add_argument("--threads", type=int, default=8, help="waitress's threads")
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--plain", action="store_true", help="serve the app without lastcall")
     parser.add_argument("--error-file")
     args = parser.parse_args(argv)
+    werkzeug = args.server == "werkzeug"
     try:
-        app = check_wsgi(args.app, load(args.app))
+        app = check_wsgi(args.app, load(args.app), "Werkzeug" if werkzeug else "waitress")
         if not args.plain:
-            app = with_lastcall(app)
+            app = with_lastcall(app, werkzeug=werkzeug)
         if os.environ.get("WERKZEUG_RUN_MAIN") != "true":  # the reloader child inherits it
             check_port(args.port)
     except BadInputError as exc:
         fail(args.error_file, str(exc))
-    from werkzeug.serving import run_simple  # noqa: PLC0415
+    app = with_control(app)
+    if werkzeug:
+        from werkzeug.serving import run_simple  # noqa: PLC0415
 
-    flask = sys.modules.get("flask")
-    if flask is not None and isinstance(app, flask.Flask):
-        app.wsgi_app = DrillControl(app.wsgi_app)
-    else:
-        app = DrillControl(app)
-    run_simple(HOST, args.port, app, use_reloader=args.reload, threaded=True)
+        run_simple(HOST, args.port, app, use_reloader=args.reload, threaded=True)
+        return
+    # Plain: waitress.serve as shipped; else lastcall's, which takes the same arguments.
+    module = importlib.import_module("waitress" if args.plain else "lastcall.waitress")
+    module.serve(app, host=HOST, port=args.port, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,25 @@
 
 Adding a server is one entry here: the package that must be importable, the
 extra that installs it, the lastcall integration module it needs, and how
-to start it (``command``). An entry without a command is known by name, so
-``--server`` can say what is missing instead of "no such server".
+to start it (``command``), plain or with lastcall. An entry without a
+command is known by name, so ``--server`` can say what is missing instead
+of "no such server". Each server is started as its users start it, with one
+worker where it has workers (so "the serving process" is one process), and
+its own graceful timeout set to the drill's grace, as an operator would.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+HOST = "127.0.0.1"
+_SPARE_THREADS = 4  # beyond the requests in flight: the drill's control and probe requests
 
 
 @dataclass(frozen=True)
@@ -25,31 +31,79 @@ class Launch:
     port: int
     plain: bool
     error_file: str
+    requests: int = 16
+    grace: float = 10.0
+
+    @property
+    def threads(self) -> int:
+        """Threads for a threaded server: every request in flight, and the drill's own."""
+        return self.requests + _SPARE_THREADS
 
 
-def _werkzeug(*, reload: bool) -> Callable[[Launch], list[str]]:
+def _runner(server: str, *, reload: bool = False) -> Callable[[Launch], list[str]]:
+    """Werkzeug and waitress: ``lastcall.cli.runner`` serves the app itself."""
+
     def command(launch: Launch) -> list[str]:
         argv = [sys.executable, "-m", "lastcall.cli.runner", launch.app, "--port", str(launch.port)]
-        argv += ["--error-file", launch.error_file]
+        argv += ["--server", server, "--error-file", launch.error_file]
+        if server == "waitress":
+            argv += ["--threads", str(launch.threads)]
         return argv + ["--reload"] * reload + ["--plain"] * launch.plain
 
     return command
+
+
+def _gunicorn(*, gthread: bool) -> Callable[[Launch], list[str]]:
+    def command(launch: Launch) -> list[str]:
+        argv = [sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{launch.port}", "-w", "1"]
+        if gthread:
+            argv += ["-k", "gthread", "--threads", str(launch.threads)]
+        # lastcall.gunicorn keeps 1 s of graceful_timeout back for the worker to exit.
+        argv += ["--graceful-timeout", f"{launch.grace + 1:g}"]
+        if not launch.plain:
+            argv += ["-c", "python:lastcall.gunicorn"]
+        return [*argv, "lastcall.cli.runner:wsgi()"]
+
+    return command
+
+
+def _uvicorn(launch: Launch) -> list[str]:
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "lastcall.cli.runner:asgi"]
+    argv += ["--host", HOST, "--port", str(launch.port)]
+    return [*argv, "--timeout-graceful-shutdown", f"{launch.grace:g}"]
+
+
+def _hypercorn(launch: Launch) -> list[str]:
+    argv = [sys.executable, "-m", "hypercorn", "lastcall.cli.runner:asgi()"]
+    argv += ["-b", f"{HOST}:{launch.port}", "--workers", "1"]
+    return [*argv, "--graceful-timeout", f"{launch.grace:g}"]
+
+
+_IN_THE_WORKER = ("KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
+_WORKER_REPLACED = "gunicorn's master starts a new worker when one dies: nothing stops"
+_HYPERCORN_REPLACED = (
+    "hypercorn's master starts a new worker when one exits with status 0: nothing stops"
+)
 
 
 @dataclass(frozen=True)
 class Server:
     """One way to serve the app.
 
-    ``reloader``: a watcher parent whose child serves, so the parent and the
-    child can be stopped separately.
+    ``parent``: a parent process (a reloader, a master) stays while a child
+    serves, so the parent and the child can be stopped separately.
+    ``asgi``: it serves ASGI apps (the demo's ASGI twin), not WSGI ones.
+    ``not_a_stop``: the stops that do not end this server, and why.
     """
 
     name: str
     package: str
     extra: str
     integration: str
-    reloader: bool = False
+    parent: bool = False
+    asgi: bool = False
     command: Callable[[Launch], list[str]] | None = None
+    not_a_stop: dict[str, str] = field(default_factory=dict)
 
     def missing(self) -> str | None:
         """Why this server cannot be drilled here, in one line with the fix; None if it can."""
@@ -62,6 +116,12 @@ class Server:
             )
         return None
 
+    def why_not(self, stop: str) -> str | None:
+        """Why ``stop`` cannot be drilled on this server; None if it can."""
+        if stop == "KILL-PARENT" and not self.parent:
+            return f"{self.name} runs in one process, with no parent to kill"
+        return self.not_a_stop.get(stop)
+
 
 SERVERS: dict[str, Server] = {
     server.name: server
@@ -71,20 +131,48 @@ SERVERS: dict[str, Server] = {
             "flask",
             "flask",
             "lastcall.servers.werkzeug",
-            command=_werkzeug(reload=False),
+            command=_runner("werkzeug"),
         ),
         Server(
             "werkzeug-reload",
             "flask",
             "flask",
             "lastcall.servers.werkzeug",
-            reloader=True,
-            command=_werkzeug(reload=True),
+            parent=True,
+            command=_runner("werkzeug", reload=True),
         ),
-        Server("gunicorn", "gunicorn", "gunicorn", "lastcall.gunicorn"),
-        Server("waitress", "waitress", "waitress", "lastcall.waitress"),
-        Server("uvicorn", "uvicorn", "uvicorn", "lastcall.asgi"),
-        Server("hypercorn", "hypercorn", "hypercorn", "lastcall.asgi"),
+        *(
+            Server(
+                name,
+                "gunicorn",
+                "gunicorn",
+                "lastcall.gunicorn",
+                parent=True,
+                command=_gunicorn(gthread=name.endswith("gthread")),
+                not_a_stop={
+                    "HUP": "gunicorn reloads on SIGHUP (new workers): nothing stops",
+                    **dict.fromkeys(_IN_THE_WORKER, _WORKER_REPLACED),
+                },
+            )
+            for name in ("gunicorn", "gunicorn-gthread")
+        ),
+        Server(
+            "waitress", "waitress", "waitress", "lastcall.waitress", command=_runner("waitress")
+        ),
+        Server("uvicorn", "uvicorn", "uvicorn", "lastcall.asgi", asgi=True, command=_uvicorn),
+        Server(
+            "hypercorn",
+            "hypercorn",
+            "hypercorn",
+            "lastcall.asgi",
+            parent=True,
+            asgi=True,
+            command=_hypercorn,
+            not_a_stop={
+                "HUP": "hypercorn restarts its workers on SIGHUP: nothing stops",
+                **dict.fromkeys(("OS-EXIT", "EXIT"), _HYPERCORN_REPLACED),
+            },
+        ),
     )
 }
 

@@ -65,10 +65,14 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     server = make_server(_without_connection_header(middleware), **kw)
     _close_connections_while_stopping(server)
     coordinator.ensure_installed()
-    coordinator.on_shutdown(phase="drain", name="waitress drain")(_Drain(server, coordinator))
+    drain = _Drain(server, coordinator)
+    coordinator.on_shutdown(phase="drain", name="waitress drain")(drain)
     if not quiet:
         server.print_listen("Serving on http://{}:{}")
-    server.run()
+    try:
+        server.run()
+    finally:
+        drain.loop_ended.set()
 
 
 def _without_connection_header(app: WSGIApplication) -> WSGIApplication:
@@ -125,6 +129,9 @@ class _Drain:
     def __init__(self, server: Waitress, coordinator: lastcall.Coordinator) -> None:
         self._servers = _servers_of(server)
         self._coordinator = coordinator
+        # Set once server.run() has returned (an exception or exit on the main
+        # thread): no loop is left to hand work to, so it is done right here.
+        self.loop_ended = threading.Event()
 
     def __call__(self) -> None:
         # Bounded by drain_budget(), so the hooks after this one keep their time.
@@ -142,6 +149,8 @@ class _Drain:
 
     def _on_loop(self, func: Callable[[], int], deadline: float) -> int | None:
         """Run ``func`` on waitress's loop thread (its trigger); None if it did not run in time."""
+        if self.loop_ended.is_set():
+            return func()
         done = threading.Event()
         result: list[int] = []
 

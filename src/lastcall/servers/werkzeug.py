@@ -75,6 +75,7 @@ class _State:
     coordinator: Coordinator | None = None
     install_options: ClassVar[dict[str, Any]] = {}
     patched = False
+    drain_registered = False
     servers: ClassVar[weakref.WeakKeyDictionary[BaseWSGIServer, _Served]] = (
         weakref.WeakKeyDictionary()
     )
@@ -91,9 +92,6 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         return  # a second app in this process: its server is drained the same way
     _State.coordinator = coordinator
     _State.install_options = install_options or {}
-    coordinator.on_shutdown(
-        _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
-    )
     if not _State.patched:
         _patch()
         _State.patched = True
@@ -194,7 +192,7 @@ class _Requests:
 # ---------------------------------------------------------------- patches
 
 
-def _patch() -> None:
+def _patch() -> None:  # noqa: C901  # one wrapper per patched method, kept together
     """Wrap the few Werkzeug methods every path goes through.
 
     ``flask run`` binds ``run_simple`` at import, so the server classes,
@@ -212,6 +210,11 @@ def _patch() -> None:
     def serve_forever(self: BaseWSGIServer, poll_interval: float = 0.5) -> None:
         if threading.current_thread() is threading.main_thread():
             _install()
+        if not _State.drain_registered:  # once a server runs here: under gunicorn, never
+            _State.drain_registered = True
+            _coordinator().on_shutdown(
+                _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
+            )
         served = _State.servers[self] = _Served()
         try:
             original_serve(self, poll_interval)

@@ -390,3 +390,23 @@ def test_shutdown_can_skip_the_prestop_delay() -> None:
     coordinator.shutdown(prestop_delay=0)
     assert len(seen) == 2
     assert seen[1] - seen[0] < 4  # not the configured 5 s
+
+
+def test_a_short_timeout_after_a_long_running_hook_is_still_kept() -> None:
+    """The watcher sleeps until the running hook's time is up (here, the grace);
+    a later hook with a shorter timeout must wake it, not wait for the grace.
+    """
+    coordinator = Coordinator(run_at_exit=False)
+    coordinator._settings = resolve(grace=20)
+    release = threading.Event()
+    coordinator.on_shutdown(lambda: release.wait(30), name="hangs", timeout=0.3)
+    coordinator.on_shutdown(lambda: time.sleep(0.2), name="slow but fine")  # runs first
+    began = time.monotonic()
+    report = coordinator.shutdown()
+    took = time.monotonic() - began
+    release.set()
+    assert [(h.name, h.outcome) for h in report.hooks] == [
+        ("slow but fine", "ok"),
+        ("hangs", "timeout"),
+    ]
+    assert took < 5, f"waited {took:.1f} s: the 0.3 s timeout was not watched"

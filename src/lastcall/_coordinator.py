@@ -55,9 +55,6 @@ _WAKE_INTERVAL = 0.02
 # The part of the grace a drain leaves to the phases after it (drain_budget).
 _CLEANUP_RESERVE_SHARE = 0.1
 _CLEANUP_RESERVE_MAX = 2.0
-# Async hooks are cancelled a little before the coordinator gives up on them,
-# so the cancellation is what gets recorded.
-_ASYNC_CANCEL_MARGIN = 0.05
 
 
 class Coordinator:
@@ -102,7 +99,7 @@ class Coordinator:
         self._report: Report | None = None
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
-        self._current: tuple[Hook, float] | None = None
+        self._runner: Runner | None = None  # running the hooks of the current phase
         self._in_progress: Report | None = None
         self._deadline: float | None = None
         self._exception: str | None = None
@@ -408,33 +405,31 @@ class Coordinator:
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
         self._in_progress = report
         logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)
-        runner: Runner | None = None
-        finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         loop = self._hook_loop()
+
+        def budget(hook: Hook) -> float:
+            remaining = deadline - self._clock()
+            return min(hook.timeout or remaining, remaining)
+
         for phase in PHASES:
             with self._lock:
                 hooks = [h for h in reversed(self._hooks) if h.phase == phase]
-            for hook in hooks:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    report.hooks.append(HookResult(hook.name, hook.phase, "skipped"))
-                    continue
-                budget = min(hook.timeout or remaining, remaining)
-                if runner is None:
-                    finished = queue.SimpleQueue()
-                    runner = Runner(finished.put, loop)
-                result = self._run_one(hook, budget, runner, finished)
-                if result.outcome == "timeout" and (loop is not None or not hook.is_async):
-                    # Abandoned with its hook (a sync one, or one stuck waiting
-                    # on a blocked server loop): the next one gets a new thread.
-                    runner = None
-                report.hooks.append(result)
+            while hooks:
+                runner = self._runner = Runner(hooks, budget, self._clock, loop)
+                overran = runner.watch()
+                report.hooks.extend(self._record(done, took) for done, took in runner.results)
+                if overran is None:
+                    break
+                hook = hooks[overran]
+                _, _, allowed = runner.current or (0, 0.0, 0.0)
+                error = f"still running after {allowed:.3g} s; abandoned"
+                report.hooks.append(self._record(Finished(hook, "timeout", error), allowed))
+                hooks = hooks[overran + 1 :]  # a new runner for the rest
             if phase == "pre_stop" and settings.prestop_delay:
                 delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
                 logger.info("pre-stop delay: still serving for %.3g s", delay)
                 self._done.wait(delay)
-        if runner is not None:
-            runner.close()
+        self._runner = None
         report.duration = self._clock() - start
         report.exit_status = exit_status
         self._finish(report)
@@ -453,26 +448,11 @@ class Coordinator:
             return loop
         return None if current is loop else loop
 
-    def _run_one(
-        self,
-        hook: Hook,
-        budget: float,
-        runner: Runner,
-        finished: queue.SimpleQueue[Finished],
-    ) -> HookResult:
-        began = self._clock()
-        self._current = (hook, began)
-        inner = max(budget - _ASYNC_CANCEL_MARGIN, 0.001) if hook.is_async else budget
-        runner.submit(hook, inner)
-        try:
-            done = finished.get(timeout=budget)
-        except queue.Empty:
-            done = Finished(hook, "timeout", f"still running after {budget:.3g} s; abandoned")
-        self._current = None
-        result = HookResult(hook.name, hook.phase, done.outcome, self._clock() - began, done.error)
-        if result.outcome in ("error", "timeout"):
-            logger.error("hook %s (%s) %s: %s", hook.name, hook.phase, result.outcome, done.error)
-        return result
+    def _record(self, done: Finished, took: float) -> HookResult:
+        if done.outcome in ("error", "timeout"):
+            hook = done.hook
+            logger.error("hook %s (%s) %s: %s", hook.name, hook.phase, done.outcome, done.error)
+        return HookResult(done.hook.name, done.hook.phase, done.outcome, took, done.error)
 
     def _finish(self, report: Report) -> None:
         """Record, log and write the report, then release anyone waiting."""
@@ -574,12 +554,14 @@ class Coordinator:
 
     def _force(self, signum: int) -> None:
         """A second Ctrl-C: say what is still running, write what we know, end now."""
-        running = self._current
+        runner = self._runner
+        running = runner.current if runner is not None else None
         report = self._in_progress
         detail = "nothing"
-        if running is not None:
-            hook, began = running
-            detail = f"{hook.name} ({hook.phase}, {self._clock() - began:.1f} s)"
+        if runner is not None and running is not None:
+            index, began, _ = running
+            hook = runner.hooks[index]
+            detail = f"{hook.name} ({hook.phase}, {time.monotonic() - began:.1f} s)"
         logger.error(
             "%s again during shutdown: exiting now; still running: %s",
             signal.Signals(signum).name,

@@ -141,6 +141,10 @@ class _Drain:
             "waitress stopped accepting; serving %s connection(s) taken from the backlog", taken
         )
         while (left := self._on_loop(self._close_idle, deadline)) != 0:
+            if self.loop_ended.is_set():
+                # Responses are sent by the loop; with it gone, waiting cannot help.
+                logger.warning("waitress: its loop has ended; %s connection(s) cut", left)
+                return
             if time.monotonic() >= deadline:
                 logger.warning("waitress: %s connection(s) still open; going on", left)
                 return

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
+from lastcall.cli.drill import session_processes
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -38,20 +40,7 @@ LAUNCH = (
 
 def live_processes_in_session(sid: int) -> list[int]:
     """PIDs of processes (not zombies) whose session id is ``sid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ... ; comm may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    return list(session_processes(sid))
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ def wsgi_app(environ: dict, start_response):  # noqa: ANN001, ANN201
 
 
 async def asgi_app(scope, receive, send):  # noqa: ANN001, ANN201
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
     if scope["type"] == "lifespan":
         while True:
@@ -55,7 +55,7 @@ else:
 
 
 def asgi_with_lastcall():  # noqa: ANN201  # uvicorn --factory: built in the serving process
-    from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415
+    from lastcall.asgi import LastCallMiddleware
 
     return LastCallMiddleware(asgi_app)
 
@@ -67,8 +67,8 @@ def main() -> None:
         from werkzeug.serving import run_simple
 
         if WITH_LASTCALL:
-            from lastcall.servers import werkzeug as lastcall_werkzeug
             import lastcall
+            from lastcall.servers import werkzeug as lastcall_werkzeug
 
             lastcall_werkzeug.enable(lastcall.default)
         run_simple("127.0.0.1", port, app, threaded=True)

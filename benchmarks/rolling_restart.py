@@ -121,7 +121,7 @@ def wait_ready(port: int, timeout: float = 20.0) -> None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:  # noqa: PLR2004
+            if conn.getresponse().status == 200:
                 conn.close()
                 return
             conn.close()
@@ -177,7 +177,7 @@ def one_request(port: int, tally: Tally) -> None:
         response = conn.getresponse()
         response.read()
         conn.close()
-        tally.record(None if response.status == 200 else f"HTTP {response.status}")  # noqa: PLR2004
+        tally.record(None if response.status == 200 else f"HTTP {response.status}")
     except OSError as exc:
         tally.record(type(exc).__name__)
 

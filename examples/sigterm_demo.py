@@ -78,9 +78,8 @@ def main() -> int:
     status = child.wait()
     took = time.monotonic() - sent
     name = signal.Signals(-status).name if status < 0 else f"status {status}"
-    print(
-        f"service ended by {name} after {took:.2f} s (a shell would show {128 - status if status < 0 else status})"
-    )
+    shown = 128 - status if status < 0 else status
+    print(f"service ended by {name} after {took:.2f} s (a shell would show {shown})")
     data = json.loads(report.read_text())
     print(f"report ({report}):")
     for hook in data["hooks"]:

@@ -17,7 +17,6 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import pytest
@@ -26,6 +25,7 @@ from lastcall.cli.drill import session_processes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
 

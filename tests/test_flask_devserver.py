@@ -250,7 +250,7 @@ def test_reloader_parent_does_not_wait_for_what_the_child_forked(spawn, tmp_path
     """A process the serving child forked keeps the child's pipes open; the
     parent still ends as soon as the child has.
     """
-    child, port, serving = start(spawn, tmp_path, reload=True, env={"FORK_HELPER": "1"})
+    child, _port, _serving = start(spawn, tmp_path, reload=True, env={"FORK_HELPER": "1"})
     helper = int(child.wait_for("helper forked").split()[2])
     try:
         child.send(signal.SIGTERM)

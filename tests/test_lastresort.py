@@ -417,7 +417,7 @@ def test_a_hook_that_registers_last_resort_hooks_starts_no_watcher(scenario, wat
 
 def test_a_process_that_stands_aside_stands_its_watcher_down(scenario, watchers, tmp_path):
     """A supervisor (the Werkzeug reloader's parent) leaves last-resort hooks to its child."""
-    child, app, watcher = scenario(
+    child, _app, watcher = scenario(
         THREE_HOOKS
         + READY
         + """

@@ -113,8 +113,6 @@ if TYPE_CHECKING:
 __all__ = ("LastCallMiddleware",)
 
 # Of the grace period, what the drain leaves for the hooks after it.
-_HOOK_RESERVE_SHARE = 0.2
-_HOOK_RESERVE_MAX = 2.0
 # After cancelling what overran the drain, how long to let the server notice.
 _AFTER_CANCEL = 1.0
 _SERVER_STARTED_POLL = 0.02
@@ -127,7 +125,7 @@ class LastCallMiddleware(HealthPaths):
     ``coordinator`` defaults to ``lastcall.default``. A path of ``None``
     switches that endpoint off. ``drain_timeout`` caps the drain; by default
     it is what the grace period leaves after the pre-stop delay, less a
-    reserve for the hooks (a fifth of the grace, at most 2 s).
+    reserve for the hooks (``Coordinator.drain_budget``).
     ``take_signals=False`` leaves the server's signal handling alone (no
     pre-stop window; the stop begins with the lifespan shutdown).
     """
@@ -176,7 +174,6 @@ class LastCallMiddleware(HealthPaths):
         self._server: object = None  # uvicorn's Server, when its handler was found
         self._drain_began = threading.Event()  # for shutdown_trigger
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
-        self._stop_began: float | None = None
         self._started = False
         _hold_hypercorn_worker_trigger(self)
 
@@ -293,7 +290,6 @@ class LastCallMiddleware(HealthPaths):
         coordinator = self._coordinator
         coordinator.use_loop(loop)
         coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
-        coordinator.on_shutdown(phase="pre_stop", name="asgi stop began")(self._mark_stop)
         systemd.attach(coordinator)
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
@@ -356,15 +352,9 @@ class LastCallMiddleware(HealthPaths):
 
     # ------------------------------------------------------------ the stop (dispatcher side)
 
-    def _mark_stop(self) -> None:
-        self._stop_began = time.monotonic()
-
     def _drain(self) -> None:
         """Tell the server to stop accepting, then wait for it to drain, within the budget."""
-        settings = self._coordinator.settings
-        began = self._stop_began if self._stop_began is not None else time.monotonic()
-        reserve = min(settings.grace * _HOOK_RESERVE_SHARE, _HOOK_RESERVE_MAX)
-        deadline = began + settings.grace - reserve
+        deadline = time.monotonic() + self._coordinator.drain_budget()
         if self._drain_timeout is not None:
             deadline = min(deadline, time.monotonic() + self._drain_timeout)
         self._drain_began.set()

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 # process before ending it itself (the main thread may be stuck in C code).
 _MAIN_THREAD_GRACE = 1.0
 _WAKE_INTERVAL = 0.02
+_PARENT_POLL = 0.2  # seconds between checks that a parent lives (stop_when_parent_dies)
 # The part of the grace a drain leaves to the phases after it (drain_budget).
 _CLEANUP_RESERVE_SHARE = 0.1
 _CLEANUP_RESERVE_MAX = 2.0
@@ -213,6 +214,24 @@ class Coordinator:
             self.reclaim_signals()
             return self
         return self.install(**options)
+
+    def stop_when_parent_dies(self, parent: int, reason: str) -> None:
+        """Begin the stop, as ``trigger(reason)`` does, once ``parent`` is no longer our parent.
+
+        A reloader or pre-forking master that is SIGKILLed cannot tell its
+        children, which would serve on as orphans. Polling ``getppid()``
+        needs nothing from the parent; it is compared with ``parent``, not
+        with 1, because a subreaper may adopt the orphan.
+        """
+
+        def watch() -> None:
+            while not self.stopping.wait(_PARENT_POLL):
+                if os.getppid() != parent:
+                    logger.warning("%s: stopping", reason)
+                    self.trigger(reason=reason)
+                    return
+
+        threading.Thread(target=watch, name="lastcall-parent-watch", daemon=True).start()
 
     def stand_aside(self, reason: str) -> None:
         """Make this process a supervisor that runs no hooks of its own.

@@ -76,7 +76,6 @@ __all__ = (
 Gunicorn: TypeAlias = Any
 
 _MARGIN = 1.0  # seconds a worker keeps back from graceful_timeout, to exit
-_PARENT_POLL = 0.2  # seconds between checks that the master is alive
 
 
 class _Shared:
@@ -316,7 +315,6 @@ class _Worker:
         self.pid = os.getpid()
         self.ppid = worker.ppid
         self.loop_done = threading.Event()
-        self.parent_died = False
         if hasattr(worker, "method_queue") and hasattr(worker, "enqueue_req"):
             self.kind = "gthread"
         elif hasattr(worker, "run_for_one"):
@@ -346,7 +344,7 @@ class _Worker:
         self.listeners = [_Listener(s, self._finish_loop) for s in worker.sockets]
         worker.sockets = self.listeners
         worker.wait_fds = [*self.listeners, worker.PIPE[0]]
-        worker.is_parent_alive = lambda: True  # ours answers within 0.2 s; see _watch_parent
+        worker.is_parent_alive = lambda: True  # ours answers within 0.2 s: stop_when_parent_dies
         run = worker.run
 
         def run_then_note() -> None:
@@ -359,7 +357,7 @@ class _Worker:
         self._take_sigterm(grace)
         coordinator.on_shutdown(phase="drain", name="gunicorn worker drain")(self._drain)
         self._write_hook_file()
-        threading.Thread(target=self._watch_parent, name="lastcall-parent", daemon=True).start()
+        coordinator.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 
     def _take_sigterm(self, grace: float) -> None:
         """Let lastcall take SIGTERM alone; gunicorn keeps its other handlers."""
@@ -398,21 +396,12 @@ class _Worker:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
 
-    def _watch_parent(self) -> None:
-        while not lastcall.default.stopping.wait(_PARENT_POLL):
-            if os.getppid() != self.ppid:
-                self.parent_died = True
-                logger.warning(
-                    "gunicorn master (pid %s) is gone: worker %s stops", self.ppid, self.pid
-                )
-                lastcall.default.trigger(reason=f"gunicorn master {self.ppid} died")
-                return
-
     def _full_stop(self) -> bool:
         """Whether every worker of this master is stopping, so that nobody else will accept."""
         if _shared.get(_Shared._STOP):  # noqa: SLF001
             return True
-        return self.parent_died and not _shared.get(_Shared._KEEP)  # noqa: SLF001
+        parent_died = os.getppid() != self.ppid
+        return parent_died and not _shared.get(_Shared._KEEP)  # noqa: SLF001
 
     def _drain(self) -> None:
         """The drain hook: pre-stop delay, take the backlog, close, wait for the loop to end."""

@@ -53,7 +53,6 @@ __all__ = ("enable",)
 logger = logging.getLogger("lastcall.werkzeug")
 
 RELOAD_EXIT_CODE = 3  # Werkzeug's reloader: "restart me"
-PARENT_POLL_INTERVAL = 0.2  # how often a reloader child checks that its parent lives
 _PARENT_ENV = "LASTCALL_RELOADER_PARENT"  # the parent's pid, as the child should see it
 _CLEAN_FD_ENV = "LASTCALL_RELOADER_FD"  # where the child reports a completed shutdown
 _CLEAN = b"clean\n"
@@ -96,7 +95,9 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         _patch()
         _State.patched = True
     if os.environ.get("WERKZEUG_RUN_MAIN") == "true" and os.environ.get(_PARENT_ENV):
-        _watch_parent(coordinator, int(os.environ[_PARENT_ENV]))
+        coordinator.stop_when_parent_dies(
+            int(os.environ[_PARENT_ENV]), "the reloader parent died"
+        )
         _report_clean_exit(coordinator)
 
 
@@ -355,19 +356,6 @@ def _end_like(status: int) -> None:
 
 
 # ---------------------------------------------------------------- reloader child
-
-
-def _watch_parent(coordinator: Coordinator, parent: int) -> None:
-    """Stop gracefully when the reloader parent dies (SIGKILL), instead of serving on."""
-
-    def watch() -> None:
-        while not coordinator.stopping.wait(PARENT_POLL_INTERVAL):
-            if os.getppid() != parent:
-                logger.warning(" * lastcall: the reloader parent %d is gone; stopping", parent)
-                coordinator.trigger(reason="the reloader parent died")
-                return
-
-    threading.Thread(target=watch, name="lastcall-parent-watch", daemon=True).start()
 
 
 def _report_clean_exit(coordinator: Coordinator) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 
-from lastcall._config import Settings, parse_signals, resolve
+from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook
 from lastcall._report import HookResult, Report, logger
 from lastcall._signals import SignalHandlers
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 _MAIN_THREAD_GRACE = 1.0
 _WAKE_INTERVAL = 0.02
 _PARENT_POLL = 0.2  # seconds between checks that a parent lives (stop_when_parent_dies)
-# The part of the grace a drain leaves to the phases after it (drain_budget).
-_CLEANUP_RESERVE_SHARE = 0.1
-_CLEANUP_RESERVE_MAX = 2.0
 
 
 class Coordinator:
@@ -384,7 +381,7 @@ class Coordinator:
         most 2 s) so the ``workers``, ``cleanup`` and ``final`` phases still
         get their turn when a request runs too long.
         """
-        reserve = min(_CLEANUP_RESERVE_MAX, self._settings.grace * _CLEANUP_RESERVE_SHARE)
+        reserve = drain_reserve(self._settings.grace)
         left = self.time_left()
         return max(0.0, (self._settings.grace if left is None else left) - reserve)
 

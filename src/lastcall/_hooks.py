@@ -17,10 +17,11 @@ imports ``typing`` at run time (4 ms with the ``re`` it needs): each names
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import time
 import traceback
+
+from lastcall._config import check_seconds
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see above
 if TYPE_CHECKING:
@@ -85,10 +86,7 @@ def check_timeout(value: object, what: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if math.isnan(seconds) or seconds <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return seconds
+    return check_seconds(float(value), what)
 
 
 def make_hook(

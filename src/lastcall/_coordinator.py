@@ -191,6 +191,7 @@ class Coordinator:
             prestop_delay=prestop_delay,
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
+        self._renew_if_gevent_patched()
         handlers = self._handlers or SignalHandlers(self._on_signal)
         handlers.install(settings.signals, override_ignored=override_ignored)  # no gap
         self._settings = settings
@@ -204,6 +205,20 @@ class Coordinator:
         self._want_exit_stop()
         self._start_dispatcher()
         return self
+
+    def _renew_if_gevent_patched(self) -> None:
+        """Remake what greenlets wait on if gevent patched ``threading`` after we made it.
+
+        ``monkey.patch_all()`` after ``import lastcall``: a greenlet waiting on
+        one of the original Events or queues would block the whole hub.
+        """
+        if sys.modules.get("gevent.monkey") is None or isinstance(self._done, threading.Event):
+            return
+        if self._state == "running":
+            self._done = threading.Event()
+            self._events = queue.SimpleQueue()
+            self.stopping._renew()  # noqa: SLF001  # the token's owner renews it
+        log.renew()
 
     def reclaim_signals(self) -> None:
         """Install our handlers again, after a framework replaced them.
@@ -358,6 +373,7 @@ class Coordinator:
         """Remove every registration of ``func``; True if there was one."""
         with self._lock:
             try:
+                hash(func)  # dict.pop() on an empty dict does not hash: ask first
                 serials = self._by_func.pop(func, [])
             except TypeError:
                 serials = [n for n, h in self._hooks.items() if h.func is func or h.func == func]
@@ -705,7 +721,7 @@ class Coordinator:
                 hook.func, phase=hook.phase, timeout=hook.timeout, name=hook.name, inherit=True
             )
         self._loop = None  # the parent's loop is not running here
-        self.stopping._reset_after_fork()  # noqa: SLF001
+        self.stopping._renew()  # noqa: SLF001
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             self._start_dispatcher()

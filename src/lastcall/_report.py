@@ -60,6 +60,13 @@ class LogHandoff:
         self._queue.put(flushed)
         return flushed.wait(timeout)
 
+    def renew(self) -> None:
+        """Remake the queue if gevent patched ``threading`` and no thread reads it yet."""
+        with self._lock:
+            if self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._lock = threading.Lock()
+
     def _started(self) -> bool:
         if self._pid != os.getpid():  # a forked child has the queue, not the thread
             self._reset()

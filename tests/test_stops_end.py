@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import LAUNCH, WAIT, live_processes_in_session
@@ -23,6 +23,9 @@ from test_process_triggers import PRELUDE, hooks_seen
 
 from lastcall import Coordinator
 from lastcall._config import resolve
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 needs_gevent = pytest.mark.skipif(
     importlib.util.find_spec("gevent") is None, reason="gevent is not installed here"
@@ -446,11 +449,13 @@ def test_as_pid_1_a_stop_ends_at_once(tmp_path):
     script.write_text(
         PRELUDE + "lastcall.install()\nout('ready', os.getpid())\n" + "time.sleep(60)\n"
     )
-    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, check=False)
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    probe = subprocess.run([unshare, "--pid", "--fork", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a PID namespace here: {probe.stderr.decode().strip()}")
     proc = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, str(script)],
+        [unshare, "--pid", "--fork", "--kill-child", sys.executable, str(script)],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )

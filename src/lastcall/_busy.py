@@ -103,7 +103,7 @@ class Busy:
         self.name = name
         self._keys: list[int] = []
 
-    def __enter__(self) -> Busy:
+    def __enter__(self) -> Busy:  # noqa: PYI034  # no subclasses: Self would need typing
         self._keys.append(self._work.enter(self.name))
         return self
 
@@ -115,7 +115,7 @@ class Busy:
     ) -> None:
         self._work.leave(self._keys.pop())
 
-    async def __aenter__(self) -> Busy:
+    async def __aenter__(self) -> Busy:  # noqa: PYI034
         import asyncio  # noqa: PLC0415  # already imported: we are in a coroutine
 
         self._keys.append(self._work.enter(self.name, asyncio.current_task()))

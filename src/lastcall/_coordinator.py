@@ -528,6 +528,7 @@ class Coordinator:
                 hooks = [h for h in reversed(self._hooks.values()) if h.phase == phase]
             while hooks:
                 runner = self._runner = Runner(hooks, budget, self._clock, loop)
+                runner.start()
                 overran = runner.watch()
                 report.hooks.extend(self._record(done, took) for done, took in runner.results)
                 if overran is None:

@@ -215,6 +215,13 @@ class Runner:
         self._watch_until = 0.0  # when the watcher next looks (monotonic)
         self._pid = os.getpid()
         self._ident: int | None = None  # the thread running the hooks
+
+    def start(self) -> None:
+        """Start running the hooks.
+
+        Not in ``__init__``: the coordinator makes this its current runner
+        first, so a second Ctrl-C that lands once a hook has begun finds it.
+        """
         thread = threading.Thread(target=self._run, name="lastcall-hooks", daemon=True)
         try:
             thread.start()

@@ -38,6 +38,7 @@ __all__ = (
     "trigger",
     "uninstall",
     "unregister",
+    "use_loop",
 )
 
 default: Coordinator = Coordinator()
@@ -47,6 +48,7 @@ install = default.install
 uninstall = default.uninstall
 on_shutdown = default.on_shutdown
 unregister = default.unregister
+use_loop = default.use_loop
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping

@@ -128,9 +128,15 @@ class Coordinator:
         then run on another thread than the loop's, as it does when a signal or
         ``trigger()`` begins it; while the loop is not running (or the stop
         runs on its thread) async hooks fall back to a loop of their own.
-        ``None`` goes back to that.
+        ``None`` goes back to that. While a loop is in use, a guard task on it
+        keeps ``asyncio.run()`` from closing it before the hooks have run, and
+        runs the stop there if the loop ends first (see ``_asyncio``).
         """
         self._loop = loop
+        if loop is not None or sys.modules.get("lastcall._asyncio") is not None:
+            from lastcall._asyncio import guard_loop  # noqa: PLC0415  # imports asyncio
+
+            guard_loop(self, loop)
 
     def install(
         self,
@@ -142,6 +148,7 @@ class Coordinator:
         prestop_delay: float | None = None,
         force_signals: Iterable[SignalSpec] = ("SIGINT",),
         override_ignored: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Coordinator:
         """Take over the stop signals and normal exit; safe to call again.
 
@@ -149,7 +156,8 @@ class Coordinator:
         over the defaults (see ``lastcall._config``). ``force_signals``
         received during a stop end the process at once (a second Ctrl-C);
         other repeats are absorbed. A signal found ignored stays ignored
-        unless ``override_ignored``.
+        unless ``override_ignored``. Async hooks run on ``loop`` (see
+        ``use_loop``), by default on the loop running ``install()`` if any.
         """
         options = {
             "grace": grace,
@@ -185,6 +193,12 @@ class Coordinator:
             sys.excepthook = self._excepthook
         self._register_atexit()
         self._start_dispatcher()
+        if loop is None and sys.modules.get("asyncio") is not None:
+            from lastcall._asyncio import running_loop  # noqa: PLC0415  # asyncio is imported
+
+            loop = running_loop()
+        if loop is not None:
+            self.use_loop(loop)
         return self
 
     def reclaim_signals(self) -> None:

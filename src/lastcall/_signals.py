@@ -65,6 +65,14 @@ class SignalHandlers:
             return
         previous = self._previous.get(signal.Signals(signum))
         # Python's own SIGINT handler would raise KeyboardInterrupt in the
-        # middle of the drain: that is exactly what lastcall replaces.
+        # middle of the drain: that is exactly what lastcall replaces. So is
+        # asyncio.run's, which cancels the main task and closes the loop.
         if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
+            if not _is_asyncio_interrupt(previous):
+                previous(signum, frame)
+
+
+def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:
+    """Whether ``handler`` is the SIGINT handler ``asyncio.Runner.run`` installs."""
+    func = getattr(handler, "func", None)  # a functools.partial of Runner._on_sigint
+    return getattr(func, "__qualname__", None) == "Runner._on_sigint"

@@ -1,0 +1,247 @@
+"""asyncio apps: async hooks on the app's own loop, and that loop kept alive for them.
+
+Imported only where a loop is already in play (``use_loop``, an async hook
+sent to a loop), so ``import lastcall`` never imports asyncio.
+
+An async hook that closes a connection made on the app's loop must run on
+that loop, and the stop usually runs on another thread (the dispatcher).
+The hard case is ``asyncio.run()`` (``uvloop.run()``, ``asyncio.Runner``):
+when the main coroutine returns (often right after ``await
+lastcall.stopping``), the runner cancels every task, runs the loop until
+they have finished, and closes it, while the hooks still want to run on it.
+
+What is chosen, and why:
+
+* **A guard task** on the loop (:class:`_Guard`). The runner's teardown
+  (``_cancel_all_tasks``) calls ``cancel()`` on every task while the loop
+  is stopped, then runs the loop until each has finished. The guard refuses
+  that cancellation while a stop runs, so the teardown keeps the loop
+  running until the stop is done (bounded: what is left of the grace plus
+  a second). If no stop has begun, the loop ending is the app ending
+  normally: the guard begins the stop there, on a thread of its own, as a
+  normal exit would, so async hooks still run on the app's loop before it
+  closes; the process then exits as it would have (status 0). A
+  cancellation while the loop runs is the app cancelling its own tasks,
+  not the loop ending: the guard accepts it (unless a stop runs).
+  Other designs were weighed: an async generator finalised by
+  ``shutdown_asyncgens`` comes after the cancel sweep, too late for hooks
+  in flight; wrapping the main coroutine needs the app's co-operation.
+* **Hook tasks that the teardown cannot cancel** (:class:`_HookTask`): a
+  hook in flight when the runner cancels every task would be cancelled in
+  the middle of closing its connection. Only the hook's own timeout
+  cancels it; the teardown then waits for it, as it waits for the guard.
+  Tasks a hook starts itself are ordinary tasks (see the README).
+* A hook is sent to the loop while it runs, or while the guard lives (the
+  runner stops the loop for a moment between the main coroutine and the
+  cancel sweep). If the loop is closed, or stays stopped, before the hook
+  began there, it runs on a loop of its own instead, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
+    from typing import Any
+
+    from lastcall._coordinator import Coordinator
+
+_TEARDOWN_MARGIN = 1.0  # seconds the guard holds the loop past the grace at most
+_POLL = 0.05  # how often a thread waiting for a hook checks that the loop still runs
+_STOPPED_POLLS = 2  # polls in a row the loop may be stopped before the hook goes elsewhere
+
+_guards: dict[int, _Guard] = {}  # id(loop) -> its guard, while it lives (it holds the loop)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running on this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def guard_loop(coordinator: Coordinator, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Keep a guard on ``loop`` (once per loop); release guards on any other loop."""
+    for other_id, guard in list(_guards.items()):
+        if guard.get_loop() is not loop and guard.coordinator is coordinator:
+            del _guards[other_id]
+            guard.release()
+    if loop is None or loop.is_closed() or id(loop) in _guards:
+        return
+    if running_loop() is loop:
+        _start_guard(coordinator, loop)
+    else:  # another thread's loop, or one not running yet: start it when the loop runs
+        loop.call_soon_threadsafe(_start_guard, coordinator, loop)
+
+
+def _start_guard(coordinator: Coordinator, loop: asyncio.AbstractEventLoop) -> None:
+    if id(loop) in _guards:
+        return
+    finished: asyncio.Future[None] = loop.create_future()
+    guard = _Guard(_hold(finished), loop, coordinator, finished)
+    _guards[id(loop)] = guard
+    guard.add_done_callback(lambda _: _forget(loop, guard))
+
+
+def _forget(loop: asyncio.AbstractEventLoop, guard: _Guard) -> None:
+    if _guards.get(id(loop)) is guard:
+        del _guards[id(loop)]
+
+
+async def _hold(finished: asyncio.Future[None]) -> None:
+    await finished
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Guard(asyncio.Task[None]):
+    """Pending while the app runs; holds the loop open through the runner's teardown."""
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, None],
+        loop: asyncio.AbstractEventLoop,
+        coordinator: Coordinator,
+        finished: asyncio.Future[None],
+    ) -> None:
+        self.coordinator = coordinator
+        self._finished = finished
+        self._released = False
+        self._holding = False
+        super().__init__(coro, loop=loop)
+        # A loop closed without asyncio.run's teardown drops the guard: say nothing.
+        self._log_destroy_pending = False
+
+    def release(self) -> None:
+        """The loop is no longer the coordinator's: let the guard end (any thread)."""
+        self._released = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.get_loop().call_soon_threadsafe(_resolve, self._finished)
+
+    def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401  # as asyncio.Task
+        coordinator = self.coordinator
+        if self._released or coordinator.state == "done":
+            return super().cancel(msg)
+        loop = self.get_loop()
+        if coordinator.state == "running":
+            if loop.is_running() or not _stops_at_exit(coordinator):
+                return super().cancel(msg)  # the app cancelling tasks, not the loop ending
+            threading.Thread(
+                target=_stop_at_loop_end, args=(coordinator,), name="lastcall-loop-end", daemon=True
+            ).start()
+        if not self._holding:  # refused: end once the stop is done, or in time regardless
+            self._holding = True
+            coordinator.when_done(lambda _: self.release())
+            if coordinator.state == "done":  # it finished before the callback was in place
+                self.release()
+            left = coordinator.time_left()
+            bound = (coordinator.settings.grace if left is None else left) + _TEARDOWN_MARGIN
+            loop.call_later(bound, _resolve, self._finished)
+        return False
+
+
+def _stops_at_exit(coordinator: Coordinator) -> bool:
+    """Whether a normal interpreter exit would run this coordinator's stop."""
+    return bool(coordinator._atexit_registered and not coordinator.stood_aside)  # noqa: SLF001
+
+
+def _stop_at_loop_end(coordinator: Coordinator) -> None:
+    """The app's loop is ending with no stop begun: run the stop a normal exit would run."""
+    if coordinator._begin():  # noqa: SLF001  # the same steps as Coordinator._at_exit
+        coordinator._run("exit", "the event loop is ending", exit_status=None)  # noqa: SLF001
+
+
+class _HookTask(asyncio.Task[None]):
+    """An async hook on the app's loop: only its own timeout may cancel it."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+        self.timed_out = False
+        super().__init__(coro, loop=loop)
+
+    def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401, ARG002  # as asyncio.Task
+        return False  # the runner's teardown, or the app cancelling every task
+
+    def time_out(self) -> None:
+        if not self.done():
+            self.timed_out = True
+            super().cancel()
+
+
+def loop_usable(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether an async hook should be sent to ``loop`` (see the module's note)."""
+    guard = _guards.get(id(loop))
+    guarded = guard is not None and guard.get_loop() is loop and not guard.done()
+    return not loop.is_closed() and (loop.is_running() or guarded)
+
+
+def run_on_loop(
+    func: Callable[[], Awaitable[object]], timeout: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Run the async hook ``func`` on ``loop`` from another thread, within ``timeout``.
+
+    Raises ``asyncio.TimeoutError`` if it was cancelled for time, or what the
+    hook raised.
+    """
+    if not loop_usable(loop):
+        asyncio.run(asyncio.wait_for(_call(func), timeout))
+        return
+    result: concurrent.futures.Future[None] = concurrent.futures.Future()
+    claim = threading.Lock()  # held by whoever runs the hook: the loop, or this thread
+
+    def start() -> None:
+        if not claim.acquire(blocking=False):
+            return  # the waiting thread gave up on this loop and runs the hook itself
+        task = _HookTask(_call(func), loop)
+        timer = loop.call_later(timeout, task.time_out)
+        task.add_done_callback(lambda done: _settle(done, timer, result))
+
+    began = time.monotonic()
+    deadline = began + timeout + _TEARDOWN_MARGIN
+    mine = False
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # closed meanwhile
+        mine = claim.acquire(blocking=False)
+    stopped = 0
+    while not mine and not result.done():
+        concurrent.futures.wait([result], _POLL)
+        if result.done():
+            break
+        if claim.locked():  # begun on the loop: its timeout cancels it there
+            if time.monotonic() > deadline:
+                raise asyncio.TimeoutError  # the loop stopped with the hook on it
+            continue
+        stopped = 0 if loop.is_running() else stopped + 1
+        if loop.is_closed() or stopped >= _STOPPED_POLLS or time.monotonic() > deadline:
+            mine = claim.acquire(blocking=False)  # the loop never began it: run it here
+    if mine:
+        left = max(began + timeout - time.monotonic(), 0.001)
+        asyncio.run(asyncio.wait_for(_call(func), left))
+        return
+    result.result()
+
+
+def _settle(
+    task: _HookTask, timer: asyncio.TimerHandle, result: concurrent.futures.Future[None]
+) -> None:
+    timer.cancel()
+    if task.cancelled():
+        result.set_exception(asyncio.TimeoutError() if task.timed_out else asyncio.CancelledError())
+    elif (error := task.exception()) is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(None)
+
+
+async def _call(func: Callable[[], Awaitable[object]]) -> None:
+    await func()

@@ -1,0 +1,167 @@
+"""asyncio apps: async hooks on the app's own loop, signals inside ``asyncio.run()``.
+
+Real processes and real signals. Each app makes a server and a client
+connection on its loop; its async hooks write on that connection and close
+it (a loop-bound stream: on any other loop this fails with "attached to a
+different loop"), and say which loop they ran on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import Child
+
+APP = """
+import asyncio
+import sys
+
+import lastcall
+
+RUNNER, MODE, END = {runner!r}, {mode!r}, {end!r}
+state = {{}}
+
+
+def out(*words):
+    print(*words, flush=True)
+
+
+if MODE == "top":
+    lastcall.install(grace=8)
+
+
+async def serve(reader, writer):
+    state["peer"] = writer  # no task left waiting: asyncio.run's teardown would cancel it
+
+
+@lastcall.on_shutdown(phase="pre_stop")
+async def pre_stop():
+    await asyncio.sleep(0.3)  # still running when asyncio.run begins its teardown
+    out("pre_stop ok", asyncio.get_running_loop() is state["loop"])
+
+
+@lastcall.on_shutdown
+async def close_connection():
+    writer = state["writer"]
+    writer.write(b"bye\\n")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    state["server"].close()
+    await state["server"].wait_closed()
+    out("hook ok", asyncio.get_running_loop() is state["loop"])
+
+
+async def main():
+    state["loop"] = asyncio.get_running_loop()
+    if MODE == "inside":
+        lastcall.install(grace=8)
+    elif MODE == "top":
+        lastcall.use_loop(asyncio.get_running_loop())
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state["server"] = server
+    state["reader"], state["writer"] = await asyncio.open_connection("127.0.0.1", port)
+    out("ready")
+    if END == "forever":
+        await asyncio.Event().wait()
+    elif END == "on_stopping":
+        await lastcall.stopping
+        out("main returns")
+
+
+if RUNNER == "uvloop":
+    import uvloop
+
+    factory = uvloop.new_event_loop
+else:
+    factory = asyncio.new_event_loop
+if MODE == "loop_arg":
+    with asyncio.Runner(loop_factory=factory) as runner:
+        lastcall.install(grace=8, loop=runner.get_loop())
+        runner.run(main())
+elif RUNNER == "uvloop":
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+out("asyncio.run returned")
+"""
+
+RUNNERS = ["asyncio", "uvloop"]
+SIGNALS = [signal.SIGTERM, signal.SIGINT]
+
+
+def start_app(spawn: Callable[..., Child], runner: str, mode: str, end: str) -> Child:
+    if runner == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed (pip install uvloop)")
+    if mode == "loop_arg" and sys.version_info < (3, 11):
+        pytest.skip("asyncio.Runner is new in Python 3.11")
+    return spawn(APP.format(runner=runner, mode=mode, end=end), wait_ready=end != "normal")
+
+
+def check_hooks_ran_on_the_app_loop(child: Child) -> None:
+    output = child.output()
+    assert child.lines("pre_stop ok") == ["pre_stop ok True"], output
+    assert child.lines("hook ok") == ["hook ok True"], output
+    assert "different loop" not in output, output
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_install_inside_main_hooks_on_the_app_loop(
+    spawn: Callable[..., Child], runner: str, sig: signal.Signals
+) -> None:
+    """install() inside asyncio.run's coroutine: a signal runs the hooks on that loop."""
+    child = start_app(spawn, runner, "inside", "forever")
+    child.send(sig)
+    assert child.finish() == -sig, child.output()
+    check_hooks_ran_on_the_app_loop(child)
+    assert "KeyboardInterrupt" not in child.output()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("mode", ["top", "loop_arg"])
+def test_install_at_top_with_the_loop_given(
+    spawn: Callable[..., Child], runner: str, mode: str
+) -> None:
+    """install() at module top, then use_loop() inside main, or install(loop=...)."""
+    child = start_app(spawn, runner, mode, "forever")
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    check_hooks_ran_on_the_app_loop(child)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("mode", ["inside", "top"])
+def test_main_returning_on_stopping_keeps_the_loop_for_the_hooks(
+    spawn: Callable[..., Child], runner: str, sig: signal.Signals, mode: str
+) -> None:
+    """The main coroutine returns as soon as the stop begins; asyncio.run waits for the hooks."""
+    child = start_app(spawn, runner, mode, "on_stopping")
+    child.send(sig)
+    assert child.finish() == -sig, child.output()
+    check_hooks_ran_on_the_app_loop(child)
+    assert child.lines("main returns") == ["main returns"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("mode", ["inside", "top", "loop_arg"])
+def test_normal_end_runs_the_hooks_on_the_app_loop(
+    spawn: Callable[..., Child], runner: str, mode: str
+) -> None:
+    """asyncio.run returns with no stop begun: the hooks run on its loop before it closes."""
+    child = start_app(spawn, runner, mode, "normal")
+    assert child.finish() == 0, child.output()
+    check_hooks_ran_on_the_app_loop(child)
+    # The hooks ran before asyncio.run returned, not at interpreter exit.
+    assert child.stdout[-1] == "asyncio.run returned", child.output()

@@ -9,6 +9,7 @@ different loop"), and say which loop they ran on.
 from __future__ import annotations
 
 import importlib.util
+import json
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -104,11 +105,19 @@ def start_app(spawn: Callable[..., Child], runner: str, mode: str, end: str) -> 
         pytest.skip("uvloop is not installed (pip install uvloop)")
     if mode == "loop_arg" and sys.version_info < (3, 11):
         pytest.skip("asyncio.Runner is new in Python 3.11")
-    return spawn(APP.format(runner=runner, mode=mode, end=end), wait_ready=end != "normal")
+    report = spawn.script_dir / "report.json"  # type: ignore[attr-defined]
+    source = APP.format(runner=runner, mode=mode, end=end)
+    return spawn(source, env={"LASTCALL_REPORT": str(report)}, wait_ready=end != "normal")
 
 
-def check_hooks_ran_on_the_app_loop(child: Child) -> None:
+def check_hooks_ran_on_the_app_loop(
+    child: Child, spawn: Callable[..., Child], trigger: str
+) -> None:
     output = child.output()
+    report = json.loads((spawn.script_dir / "report.json").read_text())  # type: ignore[attr-defined]
+    assert report["trigger"] == trigger, report
+    outcomes = [(h["name"], h["outcome"]) for h in report["hooks"]]
+    assert outcomes == [("pre_stop", "ok"), ("close_connection", "ok")], report
     assert child.lines("pre_stop ok") == ["pre_stop ok True"], output
     assert child.lines("hook ok") == ["hook ok True"], output
     assert "different loop" not in output, output
@@ -124,7 +133,7 @@ def test_install_inside_main_hooks_on_the_app_loop(
     child = start_app(spawn, runner, "inside", "forever")
     child.send(sig)
     assert child.finish() == -sig, child.output()
-    check_hooks_ran_on_the_app_loop(child)
+    check_hooks_ran_on_the_app_loop(child, spawn, sig.name)
     assert "KeyboardInterrupt" not in child.output()
 
 
@@ -137,7 +146,7 @@ def test_install_at_top_with_the_loop_given(
     child = start_app(spawn, runner, mode, "forever")
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM, child.output()
-    check_hooks_ran_on_the_app_loop(child)
+    check_hooks_ran_on_the_app_loop(child, spawn, "SIGTERM")
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -150,7 +159,7 @@ def test_main_returning_on_stopping_keeps_the_loop_for_the_hooks(
     child = start_app(spawn, runner, mode, "on_stopping")
     child.send(sig)
     assert child.finish() == -sig, child.output()
-    check_hooks_ran_on_the_app_loop(child)
+    check_hooks_ran_on_the_app_loop(child, spawn, sig.name)
     assert child.lines("main returns") == ["main returns"]
 
 
@@ -162,6 +171,6 @@ def test_normal_end_runs_the_hooks_on_the_app_loop(
     """asyncio.run returns with no stop begun: the hooks run on its loop before it closes."""
     child = start_app(spawn, runner, mode, "normal")
     assert child.finish() == 0, child.output()
-    check_hooks_ran_on_the_app_loop(child)
+    check_hooks_ran_on_the_app_loop(child, spawn, "exit")
     # The hooks ran before asyncio.run returned, not at interpreter exit.
     assert child.stdout[-1] == "asyncio.run returned", child.output()

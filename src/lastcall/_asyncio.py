@@ -130,10 +130,11 @@ class _Guard(asyncio.Task[None]):
 
     def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401  # as asyncio.Task
         coordinator = self.coordinator
-        if self._released or coordinator.state == "done":
+        state = coordinator.state
+        if self._released or state == "done":
             return super().cancel(msg)
         loop = self.get_loop()
-        if coordinator.state == "running":
+        if state == "running":
             if loop.is_running() or not _stops_at_exit(coordinator):
                 return super().cancel(msg)  # the app cancelling tasks, not the loop ending
             threading.Thread(
@@ -142,7 +143,7 @@ class _Guard(asyncio.Task[None]):
         if not self._holding:  # refused: end once the stop is done, or in time regardless
             self._holding = True
             coordinator.when_done(lambda _: self.release())
-            if coordinator.state == "done":  # it finished before the callback was in place
+            if coordinator.report is not None:  # done before the callback was in place
                 self.release()
             left = coordinator.time_left()
             bound = (coordinator.settings.grace if left is None else left) + _TEARDOWN_MARGIN
@@ -206,29 +207,34 @@ def run_on_loop(
         task.add_done_callback(lambda done: _settle(done, timer, result))
 
     began = time.monotonic()
-    deadline = began + timeout + _TEARDOWN_MARGIN
-    mine = False
-    try:
+    with contextlib.suppress(RuntimeError):  # closed meanwhile: _wait sees it
         loop.call_soon_threadsafe(start)
-    except RuntimeError:  # closed meanwhile
-        mine = claim.acquire(blocking=False)
-    stopped = 0
-    while not mine and not result.done():
-        concurrent.futures.wait([result], _POLL)
-        if result.done():
-            break
-        if claim.locked():  # begun on the loop: its timeout cancels it there
-            if time.monotonic() > deadline:
-                raise asyncio.TimeoutError  # the loop stopped with the hook on it
-            continue
-        stopped = 0 if loop.is_running() else stopped + 1
-        if loop.is_closed() or stopped >= _STOPPED_POLLS or time.monotonic() > deadline:
-            mine = claim.acquire(blocking=False)  # the loop never began it: run it here
-    if mine:
+    if _wait(result, claim, loop, began + timeout + _TEARDOWN_MARGIN):
+        result.result()
+    else:
         left = max(began + timeout - time.monotonic(), 0.001)
         asyncio.run(asyncio.wait_for(_call(func), left))
-        return
-    result.result()
+
+
+def _wait(
+    result: concurrent.futures.Future[None],
+    claim: threading.Lock,
+    loop: asyncio.AbstractEventLoop,
+    deadline: float,
+) -> bool:
+    """Wait for the hook sent to ``loop``: True once it ended there, False to run it here."""
+    stopped = 0
+    while not result.done():
+        if claim.locked():  # begun on the loop: its own timeout cancels it there
+            if time.monotonic() > deadline:
+                raise asyncio.TimeoutError  # the loop stopped with the hook on it
+        else:
+            stopped = 0 if loop.is_running() else stopped + 1
+            given_up = loop.is_closed() or stopped >= _STOPPED_POLLS
+            if (given_up or time.monotonic() > deadline) and claim.acquire(blocking=False):
+                return False  # the loop never began it
+        concurrent.futures.wait([result], _POLL)
+    return True
 
 
 def _settle(

@@ -67,9 +67,12 @@ class SignalHandlers:
         # Python's own SIGINT handler would raise KeyboardInterrupt in the
         # middle of the drain: that is exactly what lastcall replaces. So is
         # asyncio.run's, which cancels the main task and closes the loop.
-        if callable(previous) and previous is not signal.default_int_handler:
-            if not _is_asyncio_interrupt(previous):
-                previous(signum, frame)
+        if (
+            callable(previous)
+            and previous is not signal.default_int_handler
+            and not _is_asyncio_interrupt(previous)
+        ):
+            previous(signum, frame)
 
 
 def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:

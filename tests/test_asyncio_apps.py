@@ -56,6 +56,7 @@ async def close_connection():
     await writer.drain()
     writer.close()
     await writer.wait_closed()
+    state["peer"].close()  # since 3.12, wait_closed() waits for the server's connections too
     state["server"].close()
     await state["server"].wait_closed()
     out("hook ok", asyncio.get_running_loop() is state["loop"])

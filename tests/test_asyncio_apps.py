@@ -8,6 +8,7 @@ different loop"), and say which loop they ran on.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import signal
@@ -15,6 +16,8 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
+
+from lastcall import Coordinator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,6 +81,8 @@ async def main():
     elif END == "on_stopping":
         await lastcall.stopping
         out("main returns")
+    elif END == "raise":
+        raise RuntimeError("boom")
 
 
 if RUNNER == "uvloop":
@@ -108,7 +113,8 @@ def start_app(spawn: Callable[..., Child], runner: str, mode: str, end: str) -> 
         pytest.skip("asyncio.Runner is new in Python 3.11")
     report = spawn.script_dir / "report.json"  # type: ignore[attr-defined]
     source = APP.format(runner=runner, mode=mode, end=end)
-    return spawn(source, env={"LASTCALL_REPORT": str(report)}, wait_ready=end != "normal")
+    ready = end in ("forever", "on_stopping")
+    return spawn(source, env={"LASTCALL_REPORT": str(report)}, wait_ready=ready)
 
 
 def check_hooks_ran_on_the_app_loop(
@@ -122,7 +128,7 @@ def check_hooks_ran_on_the_app_loop(
     assert child.lines("pre_stop ok") == ["pre_stop ok True"], output
     assert child.lines("hook ok") == ["hook ok True"], output
     assert "different loop" not in output, output
-    assert "Traceback" not in output, output
+    assert output.count("Traceback") == (trigger == "exception"), output  # the app's own, if any
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -175,3 +181,49 @@ def test_normal_end_runs_the_hooks_on_the_app_loop(
     check_hooks_ran_on_the_app_loop(child, spawn, "exit")
     # The hooks ran before asyncio.run returned, not at interpreter exit.
     assert child.stdout[-1] == "asyncio.run returned", child.output()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_error_ending_main_runs_the_hooks_on_the_app_loop(
+    spawn: Callable[..., Child], runner: str
+) -> None:
+    """The main coroutine raises: the hooks run on its loop, the stop says why, status 1."""
+    child = start_app(spawn, runner, "inside", "raise")
+    assert child.finish() == 1, child.output()
+    check_hooks_ran_on_the_app_loop(child, spawn, "exception")
+    assert "RuntimeError: boom" in child.output()
+
+
+def test_hooks_on_the_app_loop_outlast_the_app_cancelling_tasks_but_not_their_timeout() -> None:
+    """An app cancelling every task (its own shutdown) does not cancel lastcall's hooks."""
+    coordinator = Coordinator(run_at_exit=False)
+    seen: list[str] = []
+
+    @coordinator.on_shutdown(timeout=0.5)
+    async def too_slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("too_slow cancelled")
+            raise
+
+    @coordinator.on_shutdown
+    async def quick() -> None:  # runs first: the last registered
+        await asyncio.sleep(0.2)
+        seen.append("quick done")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        coordinator.use_loop(loop)
+        stop = loop.run_in_executor(None, coordinator.shutdown)
+        await coordinator.stopping
+        while not stop.done():  # the app's shutdown: cancel everything, again and again
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+            await asyncio.sleep(0.01)
+        report = await stop
+        outcomes = [(h.name.rsplit(".", 1)[-1], h.outcome) for h in report.hooks]
+        assert outcomes == [("quick", "ok"), ("too_slow", "timeout")], report.hooks
+
+    asyncio.run(scenario())
+    assert seen == ["quick done", "too_slow cancelled"]

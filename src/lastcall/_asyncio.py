@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sys
 import threading
 import time
 
@@ -137,8 +138,14 @@ class _Guard(asyncio.Task[None]):
         if state == "running":
             if loop.is_running() or not _stops_at_exit(coordinator):
                 return super().cancel(msg)  # the app cancelling tasks, not the loop ending
+            # The teardown runs in asyncio.run's finally: an error from the main
+            # coroutine is the exception being handled (as _excepthook would see it).
+            error = sys.exc_info()[1]
             threading.Thread(
-                target=_stop_at_loop_end, args=(coordinator,), name="lastcall-loop-end", daemon=True
+                target=_stop_at_loop_end,
+                args=(coordinator, error),
+                name="lastcall-loop-end",
+                daemon=True,
             ).start()
         if not self._holding:  # refused: end once the stop is done, or in time regardless
             self._holding = True
@@ -156,10 +163,15 @@ def _stops_at_exit(coordinator: Coordinator) -> bool:
     return bool(coordinator._atexit_registered and not coordinator.stood_aside)  # noqa: SLF001
 
 
-def _stop_at_loop_end(coordinator: Coordinator) -> None:
+def _stop_at_loop_end(coordinator: Coordinator, error: BaseException | None) -> None:
     """The app's loop is ending with no stop begun: run the stop a normal exit would run."""
-    if coordinator._begin():  # noqa: SLF001  # the same steps as Coordinator._at_exit
+    if not coordinator._begin():  # noqa: SLF001  # the same steps as Coordinator._at_exit
+        return
+    if error is None or isinstance(error, SystemExit):
         coordinator._run("exit", "the event loop is ending", exit_status=None)  # noqa: SLF001
+    else:
+        reason = f"{type(error).__name__}: {error}"
+        coordinator._run("exception", reason, exit_status=1)  # noqa: SLF001
 
 
 class _HookTask(asyncio.Task[None]):

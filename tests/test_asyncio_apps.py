@@ -227,3 +227,27 @@ def test_hooks_on_the_app_loop_outlast_the_app_cancelling_tasks_but_not_their_ti
 
     asyncio.run(scenario())
     assert seen == ["quick done", "too_slow cancelled"]
+
+
+def test_use_loop_none_leaves_the_stop_to_the_interpreter_exit(spawn: Callable[..., Child]) -> None:
+    """A program that goes on after asyncio.run: use_loop(None) lets the loop end alone."""
+    child = spawn(
+        """
+        import asyncio
+        import lastcall
+
+        @lastcall.on_shutdown
+        async def hook():
+            print("hook ran", flush=True)
+
+        async def main():
+            lastcall.install(grace=5)
+            lastcall.use_loop(None)
+
+        asyncio.run(main())
+        print("asyncio.run returned", lastcall.stopping.is_set(), flush=True)
+        """,
+        wait_ready=False,
+    )
+    assert child.finish() == 0, child.output()
+    assert child.stdout == ["asyncio.run returned False", "hook ran"], child.output()

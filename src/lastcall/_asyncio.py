@@ -28,9 +28,13 @@ What is chosen, and why:
   in flight; wrapping the main coroutine needs the app's co-operation.
 * **Hook tasks that the teardown cannot cancel** (:class:`_HookTask`): a
   hook in flight when the runner cancels every task would be cancelled in
-  the middle of closing its connection. Only the hook's own timeout
-  cancels it; the teardown then waits for it, as it waits for the guard.
-  Tasks a hook starts itself are ordinary tasks (see the README).
+  the middle of closing its connection. The teardown's ``cancel()`` (loop
+  stopped) and other tasks' are refused; the hook's own timeout and what
+  the hook itself does (``asyncio.timeout``, a ``TaskGroup``) still cancel
+  it. The teardown then waits for it, as it waits for the guard. Tasks the
+  hook starts (``gather``, ``wait_for`` before 3.12) are hook tasks too,
+  through a task factory set on the loop when the app has none (an app's
+  own factory is left alone, and the tasks it makes are ordinary).
 * A hook is sent to the loop while it runs, or while the guard lives (the
   runner stops the loop for a moment between the main coroutine and the
   cancel sweep). If the loop is closed, or stays stopped, before the hook
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -174,20 +179,57 @@ def _stop_at_loop_end(coordinator: Coordinator, error: BaseException | None) -> 
         coordinator._run("exception", reason, exit_status=1)  # noqa: SLF001
 
 
-class _HookTask(asyncio.Task[None]):
-    """An async hook on the app's loop: only its own timeout may cancel it."""
+class _HookTask(asyncio.Task[object]):
+    """An async hook on the app's loop, or a task it started: the teardown spares it.
 
-    def __init__(self, coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+    Refused: a cancellation while the loop is stopped (``asyncio.run``'s
+    teardown) or from a task that is not a hook's (an app cancelling every
+    task). Allowed: the hook's timeout, and what the hook does itself:
+    ``asyncio.timeout`` and ``wait_for`` cancel from a timer callback or
+    from inside the hook, a ``TaskGroup`` from a done callback or inside.
+    """
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        loop: asyncio.AbstractEventLoop,
+        **options: Any,  # noqa: ANN401  # as loop.create_task passes them
+    ) -> None:
         self.timed_out = False
-        super().__init__(coro, loop=loop)
+        super().__init__(coro, loop=loop, **options)
 
-    def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401, ARG002  # as asyncio.Task
-        return False  # the runner's teardown, or the app cancelling every task
+    def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401  # as asyncio.Task
+        loop = self.get_loop()
+        if not loop.is_running():
+            return False  # the runner's teardown
+        current = asyncio.current_task(loop)
+        if current is not None and not isinstance(current, _HookTask):
+            return False  # another task cancelling every task
+        return super().cancel(msg)
 
     def time_out(self) -> None:
         if not self.done():
             self.timed_out = True
             super().cancel()
+
+
+def _task_factory(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    /,
+    **options: Any,  # noqa: ANN401  # as loop.create_task passes them
+) -> asyncio.Task[Any]:
+    """Tasks started from inside a hook are hook tasks too; others as without a factory."""
+    if isinstance(asyncio.current_task(loop), _HookTask):
+        return _HookTask(coro, loop, **options)
+    return asyncio.Task(coro, loop=loop, **options)
+
+
+def _after_fork_in_child() -> None:
+    _guards.clear()  # the parent's loops: not running here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def loop_usable(loop: asyncio.AbstractEventLoop) -> bool:
@@ -214,6 +256,8 @@ def run_on_loop(
     def start() -> None:
         if not claim.acquire(blocking=False):
             return  # the waiting thread gave up on this loop and runs the hook itself
+        if loop.get_task_factory() is None:  # the app set none: the hook's own tasks too
+            loop.set_task_factory(_task_factory)  # type: ignore[arg-type]  # typeshed's is generic
         task = _HookTask(_call(func), loop)
         timer = loop.call_later(timeout, task.time_out)
         task.add_done_callback(lambda done: _settle(done, timer, result))

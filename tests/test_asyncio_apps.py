@@ -48,7 +48,9 @@ async def serve(reader, writer):
 
 @lastcall.on_shutdown(phase="pre_stop")
 async def pre_stop():
-    await asyncio.sleep(0.3)  # still running when asyncio.run begins its teardown
+    state["pre_stop began"].set()
+    # Tasks of its own, still running when asyncio.run cancels every task (on_stopping).
+    await asyncio.gather(asyncio.sleep(0.3), asyncio.wait_for(asyncio.sleep(0.3), 5))
     out("pre_stop ok", asyncio.get_running_loop() is state["loop"])
 
 
@@ -67,6 +69,7 @@ async def close_connection():
 
 async def main():
     state["loop"] = asyncio.get_running_loop()
+    state["pre_stop began"] = asyncio.Event()
     if MODE == "inside":
         lastcall.install(grace=8)
     elif MODE == "top":
@@ -80,6 +83,7 @@ async def main():
         await asyncio.Event().wait()
     elif END == "on_stopping":
         await lastcall.stopping
+        await state["pre_stop began"].wait()  # return with a hook in flight
         out("main returns")
     elif END == "raise":
         raise RuntimeError("boom")

@@ -297,6 +297,9 @@ def _settle(
     task: _HookTask, timer: asyncio.TimerHandle, result: concurrent.futures.Future[None]
 ) -> None:
     timer.cancel()
+    loop = task.get_loop()
+    if loop.get_task_factory() is _task_factory:
+        loop.set_task_factory(None)  # the loop goes on as the app left it
     if task.cancelled():
         result.set_exception(asyncio.TimeoutError() if task.timed_out else asyncio.CancelledError())
     elif (error := task.exception()) is not None:

@@ -39,6 +39,7 @@ __all__ = (
     "trigger",
     "uninstall",
     "unregister",
+    "use_loop",
 )
 
 default: Coordinator = Coordinator()
@@ -49,6 +50,7 @@ busy = default.busy
 uninstall = default.uninstall
 on_shutdown = default.on_shutdown
 unregister = default.unregister
+use_loop = default.use_loop
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping

@@ -150,9 +150,15 @@ class Coordinator:
         then run on another thread than the loop's, as it does when a signal or
         ``trigger()`` begins it; while the loop is not running (or the stop
         runs on its thread) async hooks fall back to a loop of their own.
-        ``None`` goes back to that.
+        ``None`` goes back to that. While a loop is in use, a guard task on it
+        keeps ``asyncio.run()`` from closing it before the hooks have run, and
+        runs the stop there if the loop ends first (see ``_asyncio``).
         """
         self._loop = loop
+        if loop is not None or sys.modules.get("lastcall._asyncio") is not None:
+            from lastcall._asyncio import guard_loop  # noqa: PLC0415  # imports asyncio
+
+            guard_loop(self, loop)
 
     def install(
         self,
@@ -165,6 +171,7 @@ class Coordinator:
         force_signals: Iterable[SignalSpec] = ("SIGINT",),
         override_ignored: bool = False,
         stop_on_thread_crash: bool | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Coordinator:
         """Take over the stop signals and normal exit; safe to call again.
 
@@ -173,7 +180,9 @@ class Coordinator:
         received during a stop end the process at once (a second Ctrl-C);
         other repeats are absorbed. A signal found ignored stays ignored
         unless ``override_ignored``. ``stop_on_thread_crash``: an unhandled
-        exception in any thread begins the stop, exit status 1.
+        exception in any thread begins the stop, exit status 1. Async hooks
+        run on ``loop`` (see ``use_loop``), by default on the loop running
+        ``install()`` if any.
         """
         options = {
             "grace": grace,
@@ -216,6 +225,12 @@ class Coordinator:
             self._restore_thread_excepthook()
         self._want_exit_stop()
         self._start_dispatcher()
+        if loop is None and sys.modules.get("asyncio") is not None:
+            from lastcall._asyncio import running_loop  # noqa: PLC0415  # asyncio is imported
+
+            loop = running_loop()
+        if loop is not None:
+            self.use_loop(loop)
         return self
 
     def _renew_if_gevent_patched(self) -> None:

@@ -153,12 +153,13 @@ def call_hook(
         if hook.is_async:
             import asyncio  # noqa: PLC0415  # only when needed: it is slow to import
 
-            bounded = asyncio.wait_for(_await(hook.func), timeout)
             try:
-                if loop is not None and loop.is_running() and not loop.is_closed():
-                    asyncio.run_coroutine_threadsafe(bounded, loop).result()
+                if loop is not None:
+                    from lastcall._asyncio import run_on_loop  # noqa: PLC0415  # as asyncio
+
+                    run_on_loop(hook.func, timeout, loop)
                 else:
-                    asyncio.run(bounded)
+                    asyncio.run(asyncio.wait_for(_await(hook.func), timeout))
             except asyncio.TimeoutError:
                 return Finished(hook, "timeout", f"cancelled after {timeout:.3g} s")
         else:

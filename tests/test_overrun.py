@@ -67,7 +67,7 @@ def flush():
 
 out("ready")
 while True:
-    time.sleep(60)
+    time.sleep(0.05)  # see BUSY_MAIN in test_process_triggers
 """
     )
     child.send(signal.SIGINT)
@@ -78,7 +78,7 @@ while True:
     assert data["forced"] is True
     (entry,) = data["hooks"]
     assert entry["error"] == "still running when SIGINT forced the exit"
-    assert "in slow_flush" in entry["stack"]
+    assert "in flush" in entry["stack"]  # its helper's frame too, unless still in out()
 
 
 BUSY_APP = """

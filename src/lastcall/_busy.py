@@ -22,6 +22,9 @@ import traceback
 
 from lastcall._hooks import is_coroutine_function
 
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     import asyncio
@@ -37,38 +40,41 @@ class BusyWork:
 
     def __init__(self) -> None:
         # key -> (name, began (monotonic), thread ident, asyncio task or None)
-        self._blocks: dict[int, tuple[str, float, int, asyncio.Task[Any] | None]] = {}
-        self._keys = itertools.count()
+        self.blocks: dict[int, tuple[str, float, int, asyncio.Task[Any] | None]] = {}
+        self.keys = itertools.count()
         self._idle = threading.Condition()
-        self._waiting = False  # someone waits in wait_idle(): leaving must notify
+        self.waiting = False  # someone waits in wait_idle(): leaving must notify
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return len(self.blocks)
 
     def enter(self, name: str, task: asyncio.Task[Any] | None = None) -> int:
-        key = next(self._keys)
-        self._blocks[key] = (name, time.monotonic(), threading.get_ident(), task)
+        key = next(self.keys)
+        self.blocks[key] = (name, _monotonic(), _get_ident(), task)
         return key
 
     def leave(self, key: int) -> None:
-        del self._blocks[key]
-        if self._waiting and not self._blocks:
-            with self._idle:
-                self._idle.notify_all()
+        del self.blocks[key]
+        if self.waiting and not self.blocks:
+            self.notify_idle()
+
+    def notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no block is in progress, at most ``timeout`` seconds; True if none is."""
         deadline = time.monotonic() + timeout
         with self._idle:
-            self._waiting = True
+            self.waiting = True
             try:
-                while self._blocks:
+                while self.blocks:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
                     self._idle.wait(min(left, 0.1))  # a leave() racing our check is seen soon
             finally:
-                self._waiting = False
+                self.waiting = False
         return True
 
     def in_progress(self) -> list[dict[str, Any]]:
@@ -76,7 +82,7 @@ class BusyWork:
         frames = sys._current_frames()  # noqa: SLF001  # the documented way to see other threads
         now = time.monotonic()
         busy = []
-        for name, began, ident, task in list(self._blocks.values()):
+        for name, began, ident, task in list(self.blocks.values()):
             if task is not None:
                 stack = "".join(traceback.format_list(_task_frames(task)))
             elif ident in frames:
@@ -94,17 +100,20 @@ def _task_frames(task: asyncio.Task[Any]) -> traceback.StackSummary:
 class Busy:
     """``with``, ``async with`` or a decorator: the work inside holds the drain until it ends."""
 
-    __slots__ = ("_keys", "_work", "name")
+    __slots__ = ("_key", "_work", "name")
 
     def __init__(self, work: BusyWork, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"busy() needs a name for the work, like busy('import'), not {name!r}")
         self._work = work
         self.name = name
-        self._keys: list[int] = []
+        self._key = -1  # one block at a time per Busy: busy() makes a new one each call
 
     def __enter__(self) -> Busy:  # noqa: PYI034  # no subclasses: Self would need typing
-        self._keys.append(self._work.enter(self.name))
+        # BusyWork.enter inlined: this is the hot path (about 0.3 µs saved of 1).
+        work = self._work
+        self._key = key = next(work.keys)
+        work.blocks[key] = (self.name, _monotonic(), _get_ident(), None)
         return self
 
     def __exit__(
@@ -113,12 +122,15 @@ class Busy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._work.leave(self._keys.pop())
+        work = self._work  # BusyWork.leave inlined, as in __enter__
+        del work.blocks[self._key]
+        if work.waiting and not work.blocks:
+            work.notify_idle()
 
     async def __aenter__(self) -> Busy:  # noqa: PYI034
         import asyncio  # noqa: PLC0415  # already imported: we are in a coroutine
 
-        self._keys.append(self._work.enter(self.name, asyncio.current_task()))
+        self._key = self._work.enter(self.name, asyncio.current_task())
         return self
 
     async def __aexit__(
@@ -127,7 +139,7 @@ class Busy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._work.leave(self._keys.pop())
+        self._work.leave(self._key)
 
     def __call__(self, func: F) -> F:
         """As a decorator: each call of ``func`` is a busy block of its own."""

@@ -225,6 +225,8 @@ class Coordinator:
             self._restore_thread_excepthook()
         self._want_exit_stop()
         self._start_dispatcher()
+        log.start()  # now, so a stop does not pay for starting it
+        _watchdog.prepare()
         if loop is None and sys.modules.get("asyncio") is not None:
             from lastcall._asyncio import running_loop  # noqa: PLC0415  # asyncio is imported
 
@@ -627,7 +629,10 @@ class Coordinator:
                 callback(report)
             except Exception as exc:
                 log.log(logging.ERROR, "a when_done callback failed: %r", exc)
-        log.flush(_LOG_FLUSH_WAIT)
+        if self._plan is None and self._ending is None:
+            # No one ends the process after this (shutdown(), an exit the
+            # interpreter completes): the lines must be out before we return.
+            log.flush(_LOG_FLUSH_WAIT)
         self._done.set()
 
     def _write(self, report: Report) -> None:
@@ -742,12 +747,12 @@ class Coordinator:
             signal.Signals(signum).name,
             detail,
         )
+        self._ending = (128 + signum, signum)
         if report is not None and self._report is None:
             report.busy = self._busy.in_progress()
             report.forced = True
             report.exit_status = 128 + signum
             self._finish(report)
-        self._ending = (128 + signum, signum)
         self._end_on_main_thread()
 
     # ------------------------------------------------------------ interpreter exit

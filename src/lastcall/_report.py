@@ -46,6 +46,8 @@ class LogHandoff:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         """``logger.log(level, msg, *args)``, without waiting for the handlers."""
+        if not logger.isEnabledFor(level):
+            return
         if self._started():
             self._queue.put((level, msg, args))
         else:
@@ -66,6 +68,10 @@ class LogHandoff:
             if self._thread is None:
                 self._queue = queue.SimpleQueue()
                 self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread ahead of need (at ``install()``), so a stop does not wait for it."""
+        self._started()
 
     def _started(self) -> bool:
         if self._pid != os.getpid():  # a forked child has the queue, not the thread

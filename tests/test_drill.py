@@ -453,3 +453,81 @@ def test_html_report_shows_the_timeline_in_chromium(tmp_path):
     text = " ".join(parsed.text)
     assert "SIGTERM" in text and "flush_orders" in text
     assert data["verdict"] in text
+
+
+SHOP = '''
+import os
+import sqlite3
+
+from flask import Flask
+
+
+def create_app(database="shop.sqlite", *, greeting="hello"):
+    """A factory that makes its SQLite database, as Flask's tutorial app does."""
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    path = os.path.join(app.instance_path, database)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS item (name TEXT)")
+        db.execute("INSERT INTO item VALUES (?)", (greeting,))
+
+    @app.get("/")
+    def index():
+        with sqlite3.connect(path) as db:
+            (count,) = db.execute("SELECT count(*) FROM item").fetchone()
+        return f"{greeting} from {database}: {count}\\n"
+
+    return app
+'''
+
+
+def make_shop(tmp_path: Path) -> None:
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text(SHOP)
+    (tmp_path / "served.py").write_text(
+        "from shop import create_app\n\napplication = create_app('file.sqlite')\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "database"),
+    [
+        (["shop:create_app()"], "shop.sqlite"),
+        (["shop:create_app('other.sqlite', greeting='hi')"], "other.sqlite"),
+        (["shop:create_app", "--factory"], "shop.sqlite"),
+        (["shop:create_app"], "shop.sqlite"),  # takes no arguments: called, as flask --app does
+        (["shop"], "shop.sqlite"),  # a bare package: its create_app()
+        (["served.py"], "file.sqlite"),  # a .py file: its application
+    ],
+    ids=["factory()", "factory(args)", "--factory", "function", "package", "file.py"],
+)
+def test_app_forms(tmp_path, form, database):
+    make_shop(tmp_path)
+    out = tmp_path / "drill.json"
+    args = ["--requests", "2", "--request-seconds", "0.2", "--json", str(out)]
+    result = drill(*form, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["served"] == 2
+    assert (tmp_path / "instance" / database).exists()
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [
+        ("shop:make", "shop has no attribute make; it defines create_app: name the app"),
+        ("shop:create_app(os.sep)", "is neither a name nor a call with literal arguments"),
+        ("shop:create_app(1, 2, 3)", "the factory cannot be called so"),
+        ("served", "served has none of app, application, create_app(), make_app(); it defines"),
+        ("shop:os", "is 'module', not a WSGI app"),
+    ],
+)
+def test_app_form_errors_name_what_was_found(tmp_path, form, expected):
+    make_shop(tmp_path)
+    (tmp_path / "served.py").write_text("def build():\n    pass\n")
+    result = drill(form, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lastcall: error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert "Traceback" not in result.stderr

@@ -77,6 +77,12 @@ def cli() -> None:
     help="LASTCALL_PRESTOP_DELAY for the app.",
 )
 @click.option(
+    "--factory",
+    is_flag=True,
+    help="APP names a function that returns the app (called with no arguments), as uvicorn's "
+    "--factory.",
+)
+@click.option(
     "--plain", is_flag=True, help="Serve the app without lastcall (the demo: its atexit twin)."
 )
 @click.option(
@@ -114,6 +120,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     stop_after: float,
     grace: float | None,
     prestop_delay: float,
+    factory: bool,
     plain: bool,
     port: int | None,
     path: str,
@@ -124,11 +131,13 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
 ) -> int:
     """Start APP, put requests in flight, stop it, and show what every client and hook saw.
 
-    APP is module:attribute or a path to a .py file; without it, a built-in
-    demo app whose write-behind buffer is flushed to SQLite by a shutdown hook.
+    APP is module:app, module:create_app() (literal arguments allowed), a .py
+    file, or a module or package holding app, application, create_app or
+    make_app; without it, a built-in demo app whose write-behind buffer is
+    flushed to SQLite by a shutdown hook.
     """
     base = Plan(
-        app=app,
+        app=_app_spec(app, factory=factory),
         stop_after=stop_after,
         prestop_delay=prestop_delay,
         plain=plain,
@@ -185,6 +194,16 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     if html_path:
         render.write_html(html_path, results, "lastcall drill")
     return code
+
+
+def _app_spec(app: str | None, *, factory: bool) -> str | None:
+    """APP as the runner loads it: ``--factory`` turns ``module:name`` into ``module:name()``."""
+    if not factory:
+        return app
+    target, _, name = (app or "").partition(":")
+    if not name:
+        raise DrillError("--factory needs APP as module:function, the function that makes the app")
+    return app if name.rstrip().endswith(")") else f"{target}:{name}()"
 
 
 def _matrix(

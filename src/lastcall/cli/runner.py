@@ -19,6 +19,7 @@ drill's extra (click, rich, httpx) is not installed.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import importlib
 import importlib.util
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
@@ -166,14 +168,48 @@ class AsgiDrillControl(_Controls):
         await self._app(scope, receive, send)
 
 
+# What a bare module or package is searched for, in order, as ``flask --app`` does.
+APP_NAMES = ("app", "application")
+FACTORY_NAMES = ("create_app", "make_app")
+
+
 def load(spec: str) -> object:
-    """Import ``module:attribute`` or ``path/to/file.py[:attribute]`` (default: app)."""
+    """The app ``spec`` names, in any of the forms gunicorn and ``flask --app`` accept.
+
+    * ``module:attribute`` or ``path/to/file.py:attribute``: that object;
+    * ``module:factory()`` or ``module:factory('prod', debug=False)``: what the
+      factory returns (literal arguments only, as gunicorn accepts);
+    * ``module`` or ``path/to/file.py``: its ``app`` or ``application``, else
+      what its ``create_app()`` or ``make_app()`` returns.
+    """
     target, _, attribute = spec.partition(":")
+    module = _import(spec, target)
+    if attribute:
+        name, call = _parse_attribute(spec, attribute)
+        if not hasattr(module, name):
+            raise BadInputError(
+                f"APP {spec!r}: {target} has no attribute {name}; {_what_it_has(module)}"
+            )
+        found = getattr(module, name)
+        if call is None and _is_factory(found):
+            call = ((), {})  # a function that takes no arguments: called, as flask --app does
+        return _call_factory(spec, found, *call) if call else found
+    for name in APP_NAMES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    for name in FACTORY_NAMES:
+        if callable(getattr(module, name, None)):
+            return _call_factory(f"{target}:{name}()", getattr(module, name), (), {})
+    searched = ", ".join([*APP_NAMES, *(f"{name}()" for name in FACTORY_NAMES)])
+    raise BadInputError(f"APP {spec!r}: {target} has none of {searched}; {_what_it_has(module)}")
+
+
+def _import(spec: str, target: str) -> ModuleType:
     is_file = target.endswith(".py")
     if is_file and not Path(target).is_file():
         raise BadInputError(f"APP {spec!r}: there is no file {target}")
     try:
-        module = _import_file(Path(target)) if is_file else _import_module(target)
+        return _import_file(Path(target)) if is_file else _import_module(target)
     except ModuleNotFoundError as exc:
         raise BadInputError(
             f"APP {spec!r} cannot be imported ({exc}); run the drill from the directory "
@@ -183,14 +219,66 @@ def load(spec: str) -> object:
         raise BadInputError(
             f"APP {spec!r} failed while being imported: {type(exc).__name__}: {exc}"
         ) from None
-    names = [attribute] if attribute else ["app", "application"]
-    for name in names:
-        if hasattr(module, name):
-            return getattr(module, name)
+
+
+def _parse_attribute(
+    spec: str, attribute: str
+) -> tuple[str, tuple[tuple[Any, ...], dict[str, Any]] | None]:
+    """``name`` -> (name, None); ``name(1, x='a')`` -> (name, ((1,), {'x': 'a'}))."""
+    try:
+        expression = ast.parse(attribute.strip(), mode="eval").body
+        if isinstance(expression, ast.Name):
+            return expression.id, None
+        if isinstance(expression, ast.Call) and isinstance(expression.func, ast.Name):
+            args = tuple(ast.literal_eval(arg) for arg in expression.args)
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expression.keywords if kw.arg}
+            if len(kwargs) == len(expression.keywords):
+                return expression.func.id, (args, kwargs)
+    except (SyntaxError, ValueError):
+        pass
     raise BadInputError(
-        f"APP {spec!r}: {target} has no attribute {' or '.join(names)}; "
-        "name the app object as module:attribute"
+        f"APP {spec!r}: {attribute!r} is neither a name nor a call with literal arguments; "
+        "write module:app or module:create_app('arg', key=1)"
     )
+
+
+def _call_factory(
+    spec: str, factory: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> object:
+    if not callable(factory):
+        raise BadInputError(
+            f"APP {spec!r}: {spec.partition(':')[2]} calls a {type(factory).__name__!r}, "
+            "which is not a factory; name the object without parentheses"
+        )
+    try:
+        app = factory(*args, **kwargs)
+    except TypeError as exc:
+        raise BadInputError(f"APP {spec!r}: the factory cannot be called so: {exc}") from None
+    except Exception as exc:
+        raise BadInputError(
+            f"APP {spec!r}: the factory raised {type(exc).__name__}: {exc}"
+        ) from None
+    if app is None:
+        raise BadInputError(f"APP {spec!r}: the factory returned None; it must return the app")
+    return app
+
+
+def _what_it_has(module: ModuleType) -> str:
+    """What the module does define that could be an app: the fix is to name one."""
+    candidates = sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and callable(value)
+        and (
+            getattr(value, "__module__", None) == module.__name__  # its own functions, classes
+            or not isinstance(value, type | FunctionType)  # app objects made from imported types
+        )
+    )
+    if not candidates:
+        return "it defines no callable: point APP at the module that creates the app"
+    shown = ", ".join(candidates[:6]) + (", ..." if len(candidates) > 6 else "")  # noqa: PLR2004
+    return f"it defines {shown}: name the app as module:NAME, or a factory as module:NAME()"
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -229,15 +317,42 @@ def check_wsgi(spec: str, app: object, server: str = "Werkzeug") -> WSGIApplicat
     except (TypeError, ValueError):
         raise BadInputError(
             f"APP {spec!r} is {type(app).__name__!r}, not a WSGI app (a callable taking "
-            "environ and start_response); name the app object as module:attribute"
+            f"environ and start_response); "
+            f"{_factory_hint(spec, app) or 'name the app object as module:attribute'}"
         ) from None
     return app  # type: ignore[return-value]
+
+
+def _is_factory(found: object) -> bool:
+    """A plain function that can be called with no arguments (not an app: apps take some)."""
+    if not inspect.isfunction(found) or inspect.iscoroutinefunction(found):
+        return False
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        return False
+    return True
+
+
+def _factory_hint(spec: str, app: object) -> str | None:
+    """The fix when APP names a factory (or class) that needs arguments; None otherwise."""
+    target, _, attribute = spec.partition(":")
+    if (
+        attribute
+        and not attribute.endswith(")")
+        and (inspect.isfunction(app) or inspect.isclass(app))
+    ):
+        return f"if it makes the app, call it: '{target}:{attribute}(...)' with its arguments"
+    return None
 
 
 def check_asgi(spec: str, app: object, server: str) -> AsgiApp:
     """Refuse what an ASGI server cannot serve, saying what it is instead."""
     if _is_asgi(app):
         return app  # type: ignore[return-value]
+    hint = _factory_hint(spec, app)
+    if hint:
+        raise BadInputError(f"APP {spec!r} is {type(app).__name__!r}, not an ASGI app; {hint}")
     kind = "a WSGI app" if callable(app) else f"{type(app).__name__!r}, not an ASGI app"
     raise BadInputError(
         f"APP {spec!r} is {kind}; {server} serves ASGI apps (async callables taking scope, "

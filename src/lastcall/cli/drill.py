@@ -338,6 +338,11 @@ class Result:
         held is lost with it, so only what happens around it counts then.
         """
         found: dict[str, str] = {}
+        if not self.in_flight:
+            found["in flight"] = (
+                "no request was in flight at the stop: make them last longer (--request-seconds; "
+                "with --cmd, a slower --path) or stop sooner (--stop-after)"
+            )
         abrupt = self.abrupt
         lost = [f"{self.dropped} dropped"] if self.dropped else []
         lost += [f"{self.failed} answered otherwise"] if self.failed else []

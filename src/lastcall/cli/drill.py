@@ -417,7 +417,8 @@ class Result:
             parts.append(f"{self.lost} lost writes")
         parts.append(self._hooks_phrase())
         if self.left_behind:
-            parts.append(f"{len(self.left_behind)} processes left behind")
+            left = len(self.left_behind)
+            parts.append(f"{left} {'process' if left == 1 else 'processes'} left behind")
         elif self.stop_seconds is not None:
             parts.append(f"{self.stop_seconds:.2f} s")
         line = f"{head}: {', '.join(parts)}"

@@ -234,8 +234,9 @@ def write_html(path: Path, results: list[Result], title: str) -> None:
 
 def _label(result: Result) -> str:
     plan = result.plan
-    app = "the demo app" if plan.demo else plan.app
-    return f"{app} ({plan.variant}) on {plan.server}: {STOP_WORDS[plan.stop]}"
+    if plan.cmd is not None:
+        return f"{plan.cmd}: {STOP_WORDS[plan.stop]}"
+    return f"{plan.name} ({plan.variant}) on {plan.server}: {STOP_WORDS[plan.stop]}"
 
 
 def timeline(result: Result) -> str:

@@ -453,4 +453,3 @@ def test_html_report_shows_the_timeline_in_chromium(tmp_path):
     text = " ".join(parsed.text)
     assert "SIGTERM" in text and "flush_orders" in text
     assert data["verdict"] in text
-

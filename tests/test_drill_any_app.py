@@ -341,3 +341,27 @@ def test_a_users_own_test_suite_uses_the_fixture_and_drill(slow_app):
     assert "1 failed, 1 passed" in result.stdout
     assert "FAILED test_mine.py::test_plain_waitress_stops_clean" in result.stdout
     assert "unclean stop: 0/4 requests served, 0 refused, 4 dropped" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["demo_app", "demo_plain"])
+def test_cmd_kill_parent_of_a_reloader(tmp_path, module):
+    """``app.run(debug=True)`` under --cmd: SIGKILL to the reloader parent, the leader.
+
+    Plain, the serving child goes on as an orphan (found, reported, ended by the
+    drill); with lastcall it notices, drains and runs its hooks. Neither exits 0.
+    """
+    out = tmp_path / "drill.json"
+    command = f"env PORT={{port}} {{python}} -m lastcall.cli.{module}"
+    args = ["--cmd", command, "--stop", "KILL-PARENT", "--grace", "1", "--requests", "4"]
+    result = drill(*args, "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    (child,) = data["workers"]
+    assert child != data["leader"]
+    if module == "demo_plain":
+        assert data["left_behind"] == [child]
+        assert data["hooks_where"] == "unknown"
+    else:
+        assert data["problems"] == [] and data["left_behind"] == []
+        assert {h["pid"] for h in data["hooks"]} == {child}
+        assert data["verdict"].startswith("not a clean stop (no kill is one)")

@@ -398,8 +398,7 @@ class Result:
             head = (
                 "abrupt stop, not clean (nothing can run in a process ended this way)"
                 if self.abrupt
-                else f"not a clean stop ({STOP_WORDS[self.plan.stop]}), though what served "
-                "stopped cleanly"
+                else "not a clean stop (no kill is one), though what served stopped cleanly"
             )
         parts = [f"{self.served}/{len(self.in_flight)} requests served", f"{self.refused} refused"]
         if self.dropped:

@@ -190,6 +190,8 @@ def test_cmd_plain_waitress_serve_drops_requests_and_exits_1(slow_app):
         (["--cmd", "'x {port}"], "cannot be split into words"),
         (["--vs-cmd", "x {port}"], "--vs-cmd goes with --matrix --cmd"),
         (["slowapp:app", "--header", "no colon"], "is not 'Name: value'"),
+        (["slowapp:app", "--workers", "2"], "werkzeug has no workers to count; --workers goes"),
+        (["--cmd", "x {port}", "--workers", "2"], "write their number in COMMAND"),
         (
             ["--cmd", "{python} -c 'import sys; sys.exit(3)' {port}"],
             "exited with status 3 before it answered",
@@ -248,9 +250,8 @@ def test_defaults_that_cannot_be_clean_on_one_sync_worker_are_fitted(slow_app):
     out = slow_app / "drill.json"
     result = drill("slowapp:app", "--server", "gunicorn", "--json", str(out), cwd=slow_app)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "note: gunicorn's one sync worker serves one request at a time: the defaults " in (
-        result.stdout
-    )
+    note = "note: gunicorn's sync workers serve one request at a time each: the defaults changed"
+    assert note in result.stdout
     plan = json.loads(out.read_text())["plan"]
     assert (plan["requests"], plan["request_seconds"]) == (4, 0.5)
 
@@ -365,3 +366,14 @@ def test_cmd_kill_parent_of_a_reloader(tmp_path, module):
         assert data["problems"] == [] and data["left_behind"] == []
         assert {h["pid"] for h in data["hooks"]} == {child}
         assert data["verdict"].startswith("not a clean stop (no kill is one)")
+
+
+def test_workers_each_drain_and_run_their_hooks(slow_app):
+    out = slow_app / "drill.json"
+    args = ["--server", "gunicorn-gthread", "--workers", "2", "--requests", "6"]
+    result = drill("slowapp:app", *args, "--json", str(out), cwd=slow_app)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert len(data["workers"]) == 2 and data["leader"] not in data["workers"]
+    assert {h["pid"] for h in data["hooks"]} == set(data["workers"])
+    assert data["hooks_where"] == "child"

@@ -57,6 +57,13 @@ def cli() -> None:
     "[default: werkzeug; --matrix: every installed one]",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Worker processes, on servers that have them (gunicorn, hypercorn).",
+)
+@click.option(
     "--stop",
     type=click.Choice(STOPS, case_sensitive=False),
     help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: to the reloader or "
@@ -158,6 +165,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     cmd: str | None,
     vs_cmd: str | None,
     server: tuple[str, ...],
+    workers: int,
     stop: str | None,
     requests: int | None,
     request_seconds: float | None,
@@ -186,7 +194,9 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     buffer is flushed to SQLite by a shutdown hook.
     """
     if cmd is not None:
-        _check_cmd_options(plain=plain, server=server, request_seconds=request_seconds)
+        _check_cmd_options(
+            plain=plain, server=server, request_seconds=request_seconds, workers=workers
+        )
     if vs_cmd is not None and not (matrix and cmd):
         raise DrillError("--vs-cmd goes with --matrix --cmd: the two commands side by side")
     base = Plan(
@@ -195,6 +205,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
         stop=(stop or "TERM").upper(),
         stop_after=stop_after,
         prestop_delay=prestop_delay,
+        workers=workers,
         plain=plain,
         port=port,
         ask=Ask(method.upper(), path, _headers(headers), _body(data, data_file)),
@@ -237,9 +248,11 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
 
 
 def _check_cmd_options(
-    *, plain: bool, server: tuple[str, ...], request_seconds: float | None
+    *, plain: bool, server: tuple[str, ...], request_seconds: float | None, workers: int
 ) -> None:
     """Refuse what needs the drill to start the app itself."""
+    if workers > 1:
+        raise DrillError("--cmd starts its own workers: write their number in COMMAND")
     if plain or server:
         raise DrillError("--cmd starts the app its own way: leave out --plain and --server")
     if request_seconds is not None:

@@ -103,6 +103,7 @@ class Plan:
     stop_after: float = 0.25
     grace: float = 10.0
     prestop_delay: float = 0.0
+    workers: int = 1
     plain: bool = False
     port: int | None = None
     ask: Ask = field(default_factory=Ask)
@@ -164,6 +165,11 @@ class Plan:
             )
         if why_not:
             raise DrillError(f"--stop {self.stop} is not a stop on {self.server}: {why_not}")
+        if self.workers > 1 and not server.workers:
+            with_workers = ", ".join(name for name, s in SERVERS.items() if s.workers)
+            raise DrillError(
+                f"{self.server} has no workers to count; --workers goes with {with_workers}"
+            )
 
     def _check_cmd(self) -> None:
         if self.app is not None:
@@ -194,7 +200,7 @@ class Plan:
 
 
 # Servers that serve one request at a time, as the drill starts them, and why.
-_ONE_AT_A_TIME = {"gunicorn": "gunicorn's one sync worker serves one request at a time"}
+_ONE_AT_A_TIME = {"gunicorn": "gunicorn's sync workers serve one request at a time each"}
 _FITTED = (4, 0.5)  # requests, seconds each: 2 s in series
 
 
@@ -205,7 +211,7 @@ def fit(plan: Plan, *, given: bool) -> tuple[Plan, str | None]:
     they cannot all be served within the grace.
     """
     why = _ONE_AT_A_TIME.get(plan.server) if plan.cmd is None else None
-    in_series = plan.requests * plan.request_seconds
+    in_series = -(-plan.requests // plan.workers) * plan.request_seconds  # rounds up
     if why is None or in_series < plan.grace:
         return plan, None
     if given:
@@ -328,7 +334,9 @@ class Result:
         """``child``, ``parent``, ``child+parent``, ``server``, ``none`` or ``unknown``."""
         if not self.hooks_known:
             return "unknown"
-        roles = sorted({h.role for h in self.hooks}, key=["server", "child", "parent"].index)
+        roles = sorted(
+            {h.role for h in self.hooks}, key=["server", "child", "parent", "other"].index
+        )
         return "+".join(roles) or "none"
 
     def failures(self) -> dict[str, str]:
@@ -648,11 +656,14 @@ class Drill:
                 runner.ENV_ERROR_FILE: str(error_file),
                 runner.ENV_SERVER: plan.server,
                 runner.ENV_ENTERED: str(self._dir / "entered"),
+                runner.ENV_STOPPED: str(self._dir / "stopped"),
             },
             LASTCALL_DEMO_DB=str(self._dir / "demo.db"),
             LASTCALL_DEMO_EVENTS=str(self._dir / "hooks.jsonl"),
         )
-        launch = Launch(app, port, plan.plain, str(error_file), plan.requests, plan.grace)
+        launch = Launch(
+            app, port, plan.plain, str(error_file), plan.requests, plan.grace, plan.workers
+        )
         return server.command(launch)
 
     def _wait_until_answering(self, port: int, error_file: Path) -> int:
@@ -672,12 +683,10 @@ class Drill:
                     if plan.cmd is None:
                         response = client.get("/_drill/state")
                         if response.status_code == 200:  # noqa: PLR2004
-                            self._workers = [int(response.json()["pid"])]
-                            return self._workers[0]
+                            return int(response.json()["pid"])
                     else:
                         self._ask(client, max(1.0, deadline - time.monotonic()))
-                        self._workers = serving_processes(proc.pid, port)
-                        return self._workers[0]
+                        return serving_processes(proc.pid, port)[0]
                 if time.monotonic() > deadline:
                     where = f"http://{runner.HOST}:{port}{plan.ask.path if plan.cmd else ''}"
                     fix = (
@@ -756,9 +765,11 @@ class Drill:
                 else f"{plan.requests} clients asking {plan.ask} again as soon as answered"
             )
             self._wait(plan.stop_after)
+            self._workers = self._serving(port, serving)
             stopping.set()
             stop_sent = self._now()
             self._send_stop(load, proc.pid, serving)
+            (self._dir / "stopped").touch()  # delayed requests still held may now end
             self._progress(f"sent {STOP_WORDS[plan.stop]}; opening new connections meanwhile")
             self._probe_until_gone(load, watch, stop_sent)
             left = sorted(watch.alive)
@@ -774,6 +785,17 @@ class Drill:
             watch.close()
             load.close()
         return self._result(port, serving, stop_sent, status, left, records, watch)
+
+    def _serving(self, port: int, answered: int) -> list[int]:
+        """Every process serving now (workers boot one by one, so looked for at the stop).
+
+        The process that answered first; with it, the others found holding the
+        listening socket, if that search found it too (else it is not to be trusted).
+        """
+        found = serving_processes(self._leader, port)
+        if answered not in found:
+            return [answered]
+        return [answered, *(pid for pid in found if pid != answered)]
 
     def _until_in_flight(self, port: int, load: Load) -> None:
         """Until every request has entered the app or waits, accepted by the kernel, in the backlog.

@@ -59,6 +59,11 @@ ENV_SERVER = "LASTCALL_DRILL_SERVER"
 # A file each delayed request appends a byte to as it enters: a count that every
 # process of the app adds to, readable while every worker is busy.
 ENV_ENTERED = "LASTCALL_DRILL_ENTERED"
+# A file the drill creates once it sent the stop: a delayed request lasts its seconds and, on
+# a machine so busy that they were up first, until then, so that it is in flight at the stop.
+ENV_STOPPED = "LASTCALL_DRILL_STOPPED"
+_HOLD_POLL = 0.01
+_HOLD_MOST = 30.0  # seconds past its own: the drill has given up by then
 
 
 ASGI_DELAY_HEADER = b"x-lastcall-drill-delay"
@@ -81,6 +86,7 @@ class _Controls:
 
     def __init__(self) -> None:
         self._entered_file = os.environ.get(ENV_ENTERED)
+        self._stopped_file = os.environ.get(ENV_STOPPED)
         self._pending: BaseException | None = None
         self._raising = threading.Event()
         signal.signal(signal.SIGUSR1, self._raise_pending)
@@ -94,6 +100,11 @@ class _Controls:
         if self._entered_file:
             with Path(self._entered_file).open("ab") as out:
                 out.write(b".")
+
+    def _stop_pending(self, held_until: float) -> bool:
+        """Whether a delayed request, its own seconds up, still waits for the drill's stop."""
+        waiting = self._stopped_file is not None and not Path(self._stopped_file).exists()
+        return waiting and time.monotonic() < held_until
 
     def _act(self, action: str) -> bytes:
         """Do what ``/_drill/<action>`` asks, on whichever thread serves it; the answer's body."""
@@ -122,8 +133,9 @@ class DrillControl(_Controls):
       ``sys.exit(0)``, raised on the main thread (where a server's own loop
       runs) by a signal aimed at that thread.
     * A request carrying ``X-Lastcall-Drill-Delay: S`` counts itself in the
-      entered file and sleeps S seconds before the app sees it, so any app
-      can have requests in flight.
+      entered file and sleeps S seconds (and, if the drill has not sent its
+      stop by then, until it has) before the app sees it, so any app has
+      requests in flight at the stop.
     """
 
     def __init__(self, app: WSGIApplication) -> None:
@@ -141,6 +153,9 @@ class DrillControl(_Controls):
         if delay:
             self._entered()
             time.sleep(float(delay))
+            held_until = time.monotonic() + _HOLD_MOST
+            while self._stop_pending(held_until):
+                time.sleep(_HOLD_POLL)
         return self._app(environ, start_response)
 
 
@@ -165,6 +180,9 @@ class AsgiDrillControl(_Controls):
         if delay:
             self._entered()
             await asyncio.sleep(float(delay))
+            held_until = time.monotonic() + _HOLD_MOST
+            while self._stop_pending(held_until):  # noqa: ASYNC110  # a file, from another process
+                await asyncio.sleep(_HOLD_POLL)
         await self._app(scope, receive, send)
 
 

@@ -377,3 +377,20 @@ def test_workers_each_drain_and_run_their_hooks(slow_app):
     assert len(data["workers"]) == 2 and data["leader"] not in data["workers"]
     assert {h["pid"] for h in data["hooks"]} == set(data["workers"])
     assert data["hooks_where"] == "child"
+
+
+def test_a_drain_hook_that_says_ok_while_requests_were_lost_is_not_clean(slow_app):
+    """Six requests of 0.5 s queue for one sync worker; a 1 s grace cannot serve them all."""
+    out = slow_app / "drill.json"
+    args = ["--server", "gunicorn", "--requests", "6", "--request-seconds", "0.5", "--grace", "1"]
+    result = drill("slowapp:app", *args, "--json", str(out), cwd=slow_app)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "take 3 s, beyond the 1 s grace, so those still queued will be dropped" in (
+        result.stdout
+    )
+    data = json.loads(out.read_text())
+    assert data["dropped"] > 0 and data["verdict"].startswith("unclean stop: ")
+    drains = [h["outcome"] for h in data["hooks"] if h["phase"] == "drain"]
+    if "ok" in drains:  # the integration's own word: the drill puts the clients' beside it
+        assert "although the drain hook reported ok" in data["verdict"]
+        assert "ok by its own account;" in result.stdout

@@ -367,7 +367,11 @@ class Result:
             found["hooks"] = "; ".join(hooks)
         if self.left_behind:
             pids = ", ".join(map(str, self.left_behind))
-            found["orphans"] = f"left behind, still running: pid {pids} (ended by the drill)"
+            found["orphans"] = (
+                f"it did not stop: pid {pids} still running after the grace (ended by the drill)"
+                if self.leader in self.left_behind
+                else f"left behind, still running: pid {pids} (ended by the drill)"
+            )
         if self.lost and not abrupt:
             found["lost"] = f"{self.lost} acknowledged writes lost"
         if self.stop_seconds is not None and self.stop_seconds > self.plan.grace:

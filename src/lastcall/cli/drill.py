@@ -72,6 +72,7 @@ _PROBE_INTERVAL = 0.1
 _MAX_PROBES = 40
 _EXIT_MARGIN = 1.0  # beyond the grace, before a process still running counts as left behind
 _PORT_TRIES = 3
+_CONTROL_TIMEOUT = 10.0  # an in-process stop answers once raised (or found swallowed)
 _MOST_PER_CLIENT = 200  # a --cmd client's requests before the stop: traffic stays bounded
 
 
@@ -832,8 +833,13 @@ class Drill:
                 "apart from it; use --stop KILL"
             )
         if stop in IN_PROCESS:
-            with contextlib.suppress(httpx.HTTPError):  # os._exit takes the connection with it
-                load.control(IN_PROCESS[stop], 2.0)
+            with contextlib.suppress(httpx.HTTPError, ValueError):  # os._exit takes the connection
+                if load.control(IN_PROCESS[stop], _CONTROL_TIMEOUT).json().get("swallowed"):
+                    raise NotAStopError(
+                        f"--stop {stop} is not a stop for this app: its event loop caught the "
+                        "exception raised on the main thread, logged it and served on (uvloop "
+                        "runs signal handlers inside a callback); stop it with a signal"
+                    )
             return
         pid = serving if stop == "KILL-CHILD" else leader
         with contextlib.suppress(ProcessLookupError):

@@ -51,6 +51,8 @@ CONTROL = "/_drill/"
 DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
 _RAISE_WAIT = 2.0
+_RAISE_TRIES = 3  # uvloop runs signal handlers inside a callback: every try is swallowed
+_RAISE_SETTLE = 0.2  # seconds for a loop the raise ended to say it is no longer running
 # What the factories read (set by the drill); the first three mirror runner's arguments.
 ENV_APP = "LASTCALL_DRILL_APP"
 ENV_PLAIN = "LASTCALL_DRILL_PLAIN"
@@ -89,6 +91,7 @@ class _Controls:
         self._stopped_file = os.environ.get(ENV_STOPPED)
         self._pending: BaseException | None = None
         self._raising = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # an ASGI server's, on the main thread
         signal.signal(signal.SIGUSR1, self._raise_pending)
 
     def _raise_pending(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
@@ -110,6 +113,7 @@ class _Controls:
         """Do what ``/_drill/<action>`` asks, on whichever thread serves it; the answer's body."""
         if action == "os-exit":
             os._exit(0)
+        answer: dict[str, object] = {"pid": os.getpid()}
         if action in ("exception", "exit"):
             self._pending = (
                 UnhandledError("lastcall drill: an unhandled exception, as asked")
@@ -117,11 +121,32 @@ class _Controls:
                 else SystemExit(0)
             )
             main = threading.main_thread().ident
-            if main is not None:
+            for _ in range(_RAISE_TRIES):
+                if main is None:
+                    break
+                self._raising.clear()
                 signal.pthread_kill(main, signal.SIGUSR1)
                 # Answer once it is raised, so the drill's clock starts with the stop itself.
                 self._raising.wait(_RAISE_WAIT)
-        return json.dumps({"pid": os.getpid()}).encode()
+                answer["swallowed"] = self._swallowed()
+                if not answer["swallowed"]:
+                    break
+        return json.dumps(answer).encode()
+
+    def _swallowed(self) -> bool:
+        """Whether the raise landed inside an asyncio callback, which logs it and runs on.
+
+        Raised while the loop waits for I/O, it ends the loop (and the server);
+        raised while a callback runs, asyncio keeps everything but ``SystemExit``
+        and ``KeyboardInterrupt`` to itself. Then the loop is still running.
+        """
+        loop = self._loop
+        deadline = time.monotonic() + _RAISE_SETTLE
+        while loop is not None and loop.is_running():
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(_HOLD_POLL)
+        return False
 
 
 class DrillControl(_Controls):
@@ -171,6 +196,7 @@ class AsgiDrillControl(_Controls):
         path: str = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith(CONTROL):
             # A thread, as a WSGI server's would be: the raise is aimed at the loop's thread.
+            self._loop = asyncio.get_running_loop()
             body = await asyncio.to_thread(self._act, path.removeprefix(CONTROL))
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -457,6 +457,7 @@ class Result:
         data = asdict(self)
         body = self.plan.ask.body
         data["plan"]["ask"]["body"] = None if body is None else body.decode(errors="replace")
+        data["plan"]["path"] = self.plan.ask.path  # where it was before --method and the rest
         data.update(
             served=self.served,
             dropped=self.dropped,

@@ -36,7 +36,7 @@ from lastcall.cli.clients import Ask, Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 DEMOS = {  # (asgi, plain) -> the demo app
     (False, False): "lastcall.cli.demo_app:app",
@@ -68,6 +68,7 @@ STOP_WORDS = {
 }
 WRITES_BEFORE = 4  # demo orders acknowledged before the stop: what a lost flush loses
 _POLL = 0.02
+_FULL_SCAN_EVERY = 10  # samples: the known processes every _POLL, every process now and then
 _PROBE_INTERVAL = 0.1
 _MAX_PROBES = 40
 _EXIT_MARGIN = 1.0  # beyond the grace, before a process still running counts as left behind
@@ -477,19 +478,22 @@ class Result:
 # ---------------------------------------------------------------- processes
 
 
-def session_processes(sid: int) -> dict[int, int]:
-    """Live (not zombie) processes in session ``sid``: pid -> parent pid. Linux /proc."""
+def session_processes(sid: int, among: Iterable[int] | None = None) -> dict[int, int]:
+    """Live (not zombie) processes in session ``sid``: pid -> parent pid. Linux /proc.
+
+    ``among``: look at those pids only, not every process on the machine.
+    """
+    if among is None:
+        among = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in among:
         try:
-            stat = (entry / "stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # comm, in parentheses, may hold spaces
         if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found[int(entry.name)] = int(fields[1])
+            found[pid] = int(fields[1])
     return found
 
 
@@ -503,7 +507,12 @@ def end_session(sid: int) -> list[int]:
 
 
 class ProcessWatch:
-    """Samples the app's session every 20 ms: the process tree, and when each process went."""
+    """Samples the app's session: when each process went (every 20 ms), and new ones.
+
+    Reading every process's stat takes milliseconds, and a matrix runs eight
+    drills at once: the processes known are looked at every 20 ms, the whole
+    machine every 10th time, for processes the app has started since.
+    """
 
     def __init__(self, sid: int, now: Callable[[], float]) -> None:
         self._sid = sid
@@ -515,8 +524,8 @@ class ProcessWatch:
         self._thread = threading.Thread(target=self._run, name="drill-ps", daemon=True)
         self._thread.start()
 
-    def _sample(self) -> None:
-        current = session_processes(self._sid)
+    def _sample(self, *, known_only: bool = False) -> None:
+        current = session_processes(self._sid, self.alive if known_only else None)
         now = self._now()  # after the scan: a process gone from it was gone by now
         for pid, ppid in current.items():
             self.seen.setdefault(pid, [ppid, now, now])[2] = now + _POLL
@@ -525,8 +534,10 @@ class ProcessWatch:
         self.alive = set(current)
 
     def _run(self) -> None:
+        samples = 0
         while not self._stop.wait(_POLL):
-            self._sample()
+            samples += 1
+            self._sample(known_only=samples % _FULL_SCAN_EVERY != 0)
 
     def close(self) -> None:
         """Stop sampling, after one last look."""

@@ -29,6 +29,7 @@ __all__ = (
     "Report",
     "Settings",
     "StopToken",
+    "busy",
     "default",
     "install",
     "last_resort",
@@ -44,6 +45,7 @@ default: Coordinator = Coordinator()
 """The process's coordinator, used by the functions below."""
 
 install = default.install
+busy = default.busy
 uninstall = default.uninstall
 on_shutdown = default.on_shutdown
 unregister = default.unregister

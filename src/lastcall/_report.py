@@ -6,12 +6,20 @@ its traceback, when it failed) and, when
 written to a temporary name beside it and renamed, so a reader never sees
 half a report, and it is created mode 0600 because hook errors can carry
 secrets from tracebacks.
+
+The stop logs through ``log``, which hands each line to a thread of its own:
+a handler writing to a pipe nobody reads (a stalled log collector) blocks
+that thread, never the stop. Where no thread can be started (CPython 3.12.0
+and 3.12.1 at interpreter shutdown) lines are logged inline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import sys
+import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -23,10 +31,84 @@ if TYPE_CHECKING:
 logger = logging.getLogger("lastcall")
 
 
+class LogHandoff:
+    """Log lines emitted by a thread of their own, so a stalled handler cannot hold the stop."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | threading.Event]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """``logger.log(level, msg, *args)``, without waiting for the handlers."""
+        if self._started():
+            self._queue.put((level, msg, args))
+        else:
+            logger.log(level, msg, *args)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the lines so far, then flush handlers and std streams."""
+        if not self._started():
+            _flush_all()
+            return True
+        flushed = threading.Event()
+        self._queue.put(flushed)
+        return flushed.wait(timeout)
+
+    def renew(self) -> None:
+        """Remake the queue if gevent patched ``threading`` and no thread reads it yet."""
+        with self._lock:
+            if self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._lock = threading.Lock()
+
+    def _started(self) -> bool:
+        if self._pid != os.getpid():  # a forked child has the queue, not the thread
+            self._reset()
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._emit, name="lastcall-log", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    return False
+                self._thread = thread
+        return True
+
+    def _emit(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                _flush_all()
+                item.set()
+            else:
+                level, msg, args = item
+                logger.log(level, msg, *args)
+
+
+def _flush_all() -> None:
+    """What the interpreter would flush on a normal exit, since the stop may skip it."""
+    handlers = [*logging.getLogger().handlers, *logger.handlers]
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    for flushable in (*handlers, *streams):
+        try:
+            flushable.flush()
+        except Exception:  # noqa: S112  # a closed stream is nothing to flush
+            continue
+
+
+log = LogHandoff()
+
+
 class HookResult:
     """How one hook went."""
 
-    __slots__ = ("duration", "error", "name", "outcome", "phase")
+    __slots__ = ("duration", "error", "name", "outcome", "phase", "stack")
 
     def __init__(  # one argument per field of the JSON form
         self,
@@ -35,25 +117,30 @@ class HookResult:
         outcome: Outcome,
         duration: float = 0.0,
         error: str | None = None,
+        *,
+        stack: str | None = None,
     ) -> None:
         self.name = name
         self.phase: Phase = phase
         self.outcome: Outcome = outcome
         self.duration = duration
         self.error = error
+        self.stack = stack  # an overrun hook: where it was, innermost frame last
 
     def to_dict(self) -> dict[str, Any]:
-        fields = ("name", "phase", "outcome", "duration", "error")
-        return {name: getattr(self, name) for name in fields}
+        return {name: getattr(self, name) for name in _HOOK_FIELDS}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HookResult) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.name, self.phase, self.outcome, self.duration, self.error))
+        return hash(tuple(self.to_dict().values()))
 
     def __repr__(self) -> str:
         return f"HookResult({self.name!r}, {self.phase!r}, {self.outcome!r}, {self.duration:.3f})"
+
+
+_HOOK_FIELDS = ("name", "phase", "outcome", "duration", "error", "stack")
 
 
 class Report:
@@ -63,7 +150,8 @@ class Report:
     ended normally or by ``sys.exit``), ``"exception"``, or ``"manual"``
     (``trigger()`` or ``shutdown()``); ``reason`` adds detail in words.
     ``exit_status`` is what a shell will see (128+N after a signal), or
-    ``None`` when the interpreter decides it (a normal exit).
+    ``None`` when the interpreter decides it (a normal exit). ``busy`` names
+    the ``lastcall.busy`` blocks still running when the drain gave up on them.
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -77,6 +165,7 @@ class Report:
         duration: float = 0.0,
         exit_status: int | None = None,
         forced: bool = False,
+        busy: list[dict[str, Any]] | None = None,
     ) -> None:
         self.trigger = trigger
         self.reason = reason
@@ -86,6 +175,7 @@ class Report:
         self.duration = duration
         self.exit_status = exit_status
         self.forced = forced
+        self.busy: list[dict[str, Any]] = busy if busy is not None else []
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -121,6 +211,7 @@ class Report:
             "duration": self.duration,
             "exit_status": self.exit_status,
             "forced": self.forced,
+            "busy": self.busy,
         }
 
     @classmethod
@@ -131,7 +222,7 @@ class Report:
 
     def log(self) -> None:
         """The INFO summary; failed hooks were logged at ERROR as they failed."""
-        logger.info("%s", self.summary())
+        log.log(logging.INFO, "%s", self.summary())
 
     def write(self, path_template: str) -> Path:
         """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands."""

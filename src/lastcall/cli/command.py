@@ -304,7 +304,7 @@ def _drill_matrix(
                 )
 
         rows = run_matrix(base, all_plans, done, servers, stops)
-    _show(out, render.matrix_table(rows, base))
+    _show(out, render.matrix_table(rows, base, vs_cmd))
     failed = [r for r in results if not r.plan.plain and r.problems()]
     return results, 1 if failed else 0
 

@@ -130,8 +130,8 @@ def verdict(result: Result) -> Text:
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
 
-def matrix_table(rows: list[Row], base: Plan) -> Table:
-    """Plain beside lastcall (or ``--vs-cmd`` beside ``--cmd``); failing cells are marked."""
+def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Table:
+    """Plain beside lastcall (or ``vs_cmd`` beside ``--cmd``); failing cells are marked."""
     labels = ("--vs-cmd", "--cmd") if base.cmd is not None else ("plain", "lastcall")
     table = Table(title=f"lastcall drill --matrix: {_matrix_subject(base)}")
     table.add_column("server")
@@ -154,10 +154,8 @@ def matrix_table(rows: list[Row], base: Plan) -> Table:
         "shutdown hooks (server: the only process; child: the serving child of a reloader or "
         "master; parent: that reloader or master; unknown: no lastcall report to tell)"
     )
-    compared = {row.plain.plan.cmd for row in rows if row.plain is not None}
-    for label, command in zip(labels, (*compared, base.cmd), strict=False):
-        if command is not None:
-            caption += f"\n{label}: {command}"
+    if base.cmd is not None:
+        caption += f"\n--vs-cmd: {vs_cmd}\n--cmd: {base.cmd}"
     for reason, where in reasons.items():
         caption += f"\nn/a ({', '.join(where)}): {reason}"
     table.caption = caption

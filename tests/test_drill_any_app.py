@@ -11,14 +11,11 @@ import json
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 from conftest import live_processes_in_session
 from test_drill import drill, started_pids
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 SLOW_APP = '''
 import json
@@ -166,7 +163,8 @@ def test_cmd_gunicorn_with_lastcall_stops_clean_in_every_worker(slow_app):
 
 def test_cmd_plain_waitress_serve_drops_requests_and_exits_1(slow_app):
     out = slow_app / "drill.json"
-    command = "{python} -m waitress --listen=127.0.0.1:{port} slowapp:app"
+    waitress_serve = Path(sys.executable).parent / "waitress-serve"  # as its users start it
+    command = f"{waitress_serve} --listen=127.0.0.1:{{port}} slowapp:app"
     result = drill(
         "--cmd", command, "--path", "/slow", "--requests", "4", "--json", str(out), cwd=slow_app
     )

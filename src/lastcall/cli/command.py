@@ -269,7 +269,7 @@ def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
 
         def progress(message: str) -> None:
             status.update(message)
-            console.print(f"[dim]{message}[/]")
+            console.print(f"[dim]{message}[/]", soft_wrap=not console.is_terminal)
 
         result = Drill(plan, progress).run()
     for table in render.drill_tables(result):
@@ -300,7 +300,8 @@ def _drill_matrix(
             if result is not None:
                 results.append(result)
                 console.print(
-                    f"[dim]{plan.where} {plan.stop} {plan.variant}: {result.verdict()}[/]"
+                    f"[dim]{plan.where} {plan.stop} {plan.variant}: {result.verdict()}[/]",
+                    soft_wrap=not console.is_terminal,
                 )
 
         rows = run_matrix(base, all_plans, done, servers, stops)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
 
         def progress(message: str) -> None:
             status.update(message)
-            console.print(f"[dim]{message}[/]", soft_wrap=not console.is_terminal)
+            console.print(f"[dim]{escape(message)}[/]", soft_wrap=not console.is_terminal)
 
         result = Drill(plan, progress).run()
     for table in render.drill_tables(result):
@@ -300,7 +301,7 @@ def _drill_matrix(
             if result is not None:
                 results.append(result)
                 console.print(
-                    f"[dim]{plan.where} {plan.stop} {plan.variant}: {result.verdict()}[/]",
+                    f"[dim]{plan.where} {plan.stop} {plan.variant}: {escape(result.verdict())}[/]",
                     soft_wrap=not console.is_terminal,
                 )
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import live_processes_in_session
-from test_drill import drill, started_pids
+from conftest import free_port, live_processes_in_session
+from test_drill import drill, short, started_pids
 
 SLOW_APP = '''
 import json
@@ -392,3 +392,17 @@ def test_a_drain_hook_that_says_ok_while_requests_were_lost_is_not_clean(slow_ap
     if "ok" in drains:  # the integration's own word: the drill puts the clients' beside it
         assert "although the drain hook reported ok" in data["verdict"]
         assert "ok by its own account;" in result.stdout
+
+
+def test_cmd_on_a_fixed_port_given_as_port(tmp_path):
+    """No {port} in COMMAND: --port says where it listens, and PORT tells the app."""
+    port = free_port()
+    out = tmp_path / "drill.json"
+    command = "env NO_RELOAD=1 {python} -m lastcall.cli.demo_app"  # it reads PORT
+    args = ["--cmd", command, "--port", str(port), "--requests", "4", "--json", str(out)]
+    result = drill(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["port"] == port
+    assert data["hooks_where"] == "server"  # its lastcall report, through LASTCALL_REPORT
+    assert {short(h["name"]) for h in data["hooks"]} >= {"flush_orders", "close_db"}

@@ -32,6 +32,7 @@ FATE_COLOURS = {
 }
 OTHER_COLOUR = "#8c564b"
 _UNCUT = 10_000  # columns: wider than any table
+_BEFORE_SHOWN = 24  # requests answered before the stop, drawn in the timeline
 _LABEL_CHARS = 26  # a hook's name in the timeline's margin
 KINDS = ("before", "in flight", "late")
 KIND_WORDS = {
@@ -240,7 +241,10 @@ def _label(result: Result) -> str:
 def timeline(result: Result) -> str:
     """An SVG: one bar per request, a lane per hook, and lines for the stop, phases and exit."""
     left, width, row, top = 260, 700, 12, 52
-    requests, hooks = result.requests, result.hooks
+    before = [r for r in result.requests if r.kind == "before"]
+    # --cmd clients ask back to back: hundreds answered before the stop say no more than the last.
+    requests = before[-_BEFORE_SHOWN:] + [r for r in result.requests if r.kind != "before"]
+    hooks = result.hooks
     times = [0.0, result.ended, *(r.ended for r in requests), *(h.ended for h in hooks)]
     start, end = min(times + [r.started for r in requests]), max(times) * 1.02 + 0.05
     scale = width / (end - start)

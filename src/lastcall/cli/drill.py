@@ -919,10 +919,9 @@ class Drill:
             processes=processes,
         )
         self._read_hooks(result, roles)
-        if plan.cmd is not None:
+        if plan.cmd is not None or (plan.plain and not plan.demo):
+            # Unless it writes a lastcall report, an app's own atexit handlers are not seen.
             result.hooks_known = any(self._dir.glob("report-*.json"))
-        elif not plan.demo:
-            result.hooks_known = not plan.plain  # a plain app's atexit handlers are not seen
         if plan.demo:
             result.acknowledged = sum(plan.expected(r.fate) for r in records)
             result.stored = self._stored_rows()

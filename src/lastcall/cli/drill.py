@@ -68,6 +68,7 @@ STOP_WORDS = {
 }
 WRITES_BEFORE = 4  # demo orders acknowledged before the stop: what a lost flush loses
 _POLL = 0.02
+_WORKERS_STEADY = 0.3  # seconds a --cmd app's serving processes stay the same: all booted
 _FULL_SCAN_EVERY = 10  # samples: the known processes every _POLL, every process now and then
 _PROBE_INTERVAL = 0.1
 _MAX_PROBES = 40
@@ -616,6 +617,7 @@ class Drill:
                 if plan.port or "will not open" not in str(exc) or attempt == _PORT_TRIES - 1:
                     raise
             else:
+                self._until_workers_up(port)
                 self._check_answer(port)
                 return port, serving
         raise AssertionError  # pragma: no cover  # the loop returns or raises
@@ -802,6 +804,28 @@ class Drill:
             watch.close()
             load.close()
         return self._result(port, serving, stop_sent, status, left, records, watch)
+
+    def _until_workers_up(self, port: int) -> None:
+        """Until every worker holds the listening socket: they boot one by one.
+
+        With APP, as many as ``--workers``; with ``--cmd`` (which says how many
+        in its own words), until the serving processes have stayed the same a while.
+        """
+        plan = self.plan
+        if plan.cmd is None and plan.workers == 1:
+            return
+        deadline = time.monotonic() + plan.start_timeout
+        found = serving_processes(self._leader, port)
+        steady_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if plan.cmd is None and len(found) >= plan.workers:
+                return
+            if plan.cmd is not None and time.monotonic() - steady_since >= _WORKERS_STEADY:
+                return
+            self._wait(_POLL * 5)
+            now = serving_processes(self._leader, port)
+            if now != found:
+                found, steady_since = now, time.monotonic()
 
     def _serving(self, port: int, answered: int) -> list[int]:
         """Every process serving now (workers boot one by one, so looked for at the stop).

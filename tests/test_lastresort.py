@@ -16,6 +16,7 @@ import select
 import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -335,12 +336,18 @@ lastcall.install()
         + READY
         + BLOCK
     )
-    targets = {}
-    for entry in Path(f"/proc/{watcher}/fd").iterdir():
-        try:
-            targets[int(entry.name)] = os.readlink(entry)
-        except FileNotFoundError:
-            continue  # a descriptor that closed while we looked
+    deadline = time.monotonic() + WAIT
+    while True:  # until the watcher has finished importing: a module file may be open now
+        targets = {}
+        for entry in Path(f"/proc/{watcher}/fd").iterdir():
+            try:
+                targets[int(entry.name)] = os.readlink(entry)
+            except FileNotFoundError:
+                continue  # a descriptor that closed while we looked
+        importing = [t for t in targets.values() if t.endswith((".py", ".pyc"))]
+        if not importing or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     app_stderr = os.readlink(f"/proc/{app}/fd/2")
     assert targets.pop(0) == "/dev/null"
     assert targets.pop(1) == targets.pop(2) == app_stderr

@@ -14,11 +14,14 @@ CORE_TESTS = [
     "tests/test_coordinator.py",
     "tests/test_process_triggers.py",
     "tests/test_stops_end.py",
+    "tests/test_overrun.py",
+    "tests/test_health_port.py",
+    "tests/test_asyncio_apps.py",
     "tests/test_lastresort.py",
 ]
 REQUIREMENTS = [
     *("click>=8.1", "rich>=13", "httpx>=0.27"),  # conftest finds processes with the drill's code
-    *("pytest>=8", "pytest-timeout>=2.3", "gevent>=24.2"),
+    *("pytest>=8", "pytest-timeout>=2.3", "gevent>=24.2", "uvloop>=0.19"),
 ]
 
 

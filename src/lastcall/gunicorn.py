@@ -30,8 +30,9 @@ of it, if that is less), so it is done before the master's SIGKILL.
 ``LASTCALL_GRACE`` may shorten it; one longer than that, or a
 ``LASTCALL_PRESTOP_DELAY`` that leaves no time to drain, stops gunicorn at
 start-up with one line naming the setting to change. lastcall never
-changes ``graceful_timeout`` itself. SIGINT and SIGQUIT keep gunicorn's
-meaning (quick shutdown); the worker's hooks still run on the way out.
+changes ``graceful_timeout`` itself. The first SIGINT (Ctrl-C) stops as
+SIGTERM does; gunicorn's quick shutdown is the second SIGINT, or SIGQUIT,
+and the worker's hooks still run on the way out.
 
 Module-level names that match gunicorn settings are read by gunicorn, so
 this module defines only hooks at the top level.
@@ -173,6 +174,19 @@ def when_ready(server: Gunicorn) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+    interrupted = threading.Event()
+
+    def on_int(signum: int, frame: Gunicorn) -> None:  # noqa: ARG001  # a signal handler
+        # gunicorn's SIGINT is a quick shutdown (gunicorn/arbiter.py, handle_int);
+        # the first one is a graceful stop here, the second the quick one. The
+        # master is then inside its stop loop, which reads no queued signal.
+        if not interrupted.is_set():
+            interrupted.set()
+            on_term(signal.SIGTERM, frame)
+        else:
+            server.kill_workers(signal.SIGQUIT)
+
+    signal.signal(signal.SIGINT, on_int)
 
 
 def pre_exec(server: Gunicorn) -> None:  # noqa: ARG001  # gunicorn passes the arbiter
@@ -363,12 +377,15 @@ class _Worker:
         """Let lastcall take SIGTERM alone; gunicorn keeps its other handlers."""
         # If the app called lastcall.install() itself, give gunicorn its own back first.
         lastcall.default.uninstall()
-        kept = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
+        kept = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
         saved = {sig: signal.getsignal(sig) for sig in kept}
-        # Not chained: gunicorn's handler would stop the loop before the pre-stop delay.
+        # Not chained: gunicorn's handlers would stop the loop before the pre-stop
+        # delay (SIGTERM) or quit at once (SIGINT, a terminal's Ctrl-C): here the
+        # first SIGINT is graceful and a second one forces; SIGQUIT stays quick.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         lastcall.default.install(
-            signals=("SIGTERM",), grace=grace, prestop_delay=0, force_signals=()
+            signals=("SIGTERM", "SIGINT"), grace=grace, prestop_delay=0, force_signals=("SIGINT",)
         )
         for sig, handler in saved.items():
             if handler is not None:

@@ -70,9 +70,34 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     if not quiet:
         server.print_listen("Serving on http://{}:{}")
     try:
-        server.run()
-    finally:
-        drain.loop_ended.set()
+        _run(server)
+    except (SystemExit, KeyboardInterrupt):
+        drain.loop_died()
+        # waitress's run() returns on these too; the drain runs at interpreter exit.
+    except BaseException:
+        drain.loop_died()
+        raise
+    else:
+        drain.loop_died()
+
+
+def _run(server: Waitress) -> None:
+    """The ``run()`` of waitress (waitress/server.py), without its ``task_dispatcher.shutdown()``.
+
+    That waits up to 5 s for the request threads while the listening socket
+    still queues new connections; here the door closes first (``loop_died``).
+    """
+    server.asyncore.loop(
+        timeout=server.adj.asyncore_loop_timeout,
+        map=_socket_map(server),
+        use_poll=server.adj.asyncore_use_poll,
+    )
+
+
+def _socket_map(server: Waitress) -> dict[int, Waitress]:
+    """The dispatchers waitress's loop serves: ``map``, or a single server's ``_map``."""
+    socket_map: dict[int, Waitress] = getattr(server, "map", None) or server._map  # noqa: SLF001  # waitress/wasyncore.py dispatcher
+    return socket_map
 
 
 def _without_connection_header(app: WSGIApplication) -> WSGIApplication:
@@ -127,29 +152,55 @@ class _Drain:
     """The drain hook: runs on a lastcall thread, acts on waitress's loop thread."""
 
     def __init__(self, server: Waitress, coordinator: lastcall.Coordinator) -> None:
+        self._server = server
         self._servers = _servers_of(server)
         self._coordinator = coordinator
-        # Set once server.run() has returned (an exception or exit on the main
-        # thread): no loop is left to hand work to, so it is done right here.
+        # Set once waitress's loop has ended (an exception or exit on its thread):
+        # no loop is left to hand work to, so the drain turns the loop itself.
         self.loop_ended = threading.Event()
+        self._door_closed = False
+
+    def loop_died(self) -> None:
+        """On the loop's thread, as its loop ends: close the door now, not at exit.
+
+        Until the process is gone the socket would queue new connections that
+        nobody accepts, and they would be reset. What the backlog holds is taken
+        as channels, which the drain serves by turning the loop.
+        """
+        self.loop_ended.set()
+        if not self._door_closed:
+            taken = self._close_door()
+            logger.warning(
+                "waitress's loop ended; stopped accepting, %d connection(s) taken from the "
+                "backlog are served at exit",
+                taken,
+            )
 
     def __call__(self) -> None:
         # Bounded by drain_budget(), so the hooks after this one keep their time.
         deadline = time.monotonic() + self._coordinator.drain_budget()
-        taken = self._on_loop(self._close_door, deadline)
-        logger.info(
-            "waitress stopped accepting; serving %s connection(s) taken from the backlog", taken
-        )
+        if not self._door_closed:
+            taken = self._on_loop(self._close_door, deadline)
+            logger.info(
+                "waitress stopped accepting; serving %s connection(s) taken from the backlog",
+                taken,
+            )
         while (left := self._on_loop(self._close_idle, deadline)) != 0:
-            if self.loop_ended.is_set():
-                # Responses are sent by the loop; with it gone, waiting cannot help.
-                logger.warning("waitress: its loop has ended; %s connection(s) cut", left)
-                return
             if time.monotonic() >= deadline:
                 logger.warning("waitress: %s connection(s) still open; going on", left)
                 return
-            time.sleep(_POLL)
+            if self.loop_ended.is_set():
+                self._turn_loop()
+            else:
+                time.sleep(_POLL)
         logger.info("waitress drained: no connection left")
+
+    def _turn_loop(self) -> None:
+        """One turn of waitress's loop, for the loop that ended: the responses go out."""
+        server = self._server
+        server.asyncore.loop(
+            timeout=_POLL, map=_socket_map(server), use_poll=server.adj.asyncore_use_poll, count=1
+        )
 
     def _on_loop(self, func: Callable[[], int], deadline: float) -> int | None:
         """Run ``func`` on waitress's loop thread (its trigger); None if it did not run in time."""
@@ -170,6 +221,7 @@ class _Drain:
 
     def _close_door(self) -> int:
         """Take what the backlog holds as channels, then close the listening sockets."""
+        self._door_closed = True
         taken = 0
         for server in self._servers:
             while True:

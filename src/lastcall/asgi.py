@@ -54,9 +54,10 @@ thread, after installing their handlers) the middleware steps in front:
   worker) gets no signal: the master sets a shared event that the worker
   polls with a function it looks up once it has imported the app. The
   middleware wraps that function, so the master's request begins lastcall's
-  stop and the worker stops accepting only when the drain begins. (The
-  master keeps its own copy of the listening socket open until the worker
-  has exited, so connections are still queued during the delay.)
+  stop and the worker stops accepting only when the drain begins. The
+  master keeps its own copy of the listening socket until the worker has
+  exited; the drain shuts the socket itself (``lastcall._servers.
+  asyncio_door``), so new connections are refused for both processes.
 * A **worker whose master died** (SIGKILL, OOM) notices at once through
   the parent's ``multiprocessing`` sentinel on the loop, and stops as if
   told to (``trigger``), instead of serving as an orphan. Where the server
@@ -83,6 +84,8 @@ The token is also in the lifespan state, so per request it is
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -97,6 +100,7 @@ from lastcall import systemd
 from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
+from lastcall._servers.asyncio_door import AsyncioDoor
 from lastcall._signals import SignalHandlers
 
 if TYPE_CHECKING:
@@ -175,7 +179,8 @@ class LastCallMiddleware(HealthPaths):
         self._drain_began = threading.Event()  # for shutdown_trigger
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
         self._started = False
-        _hold_hypercorn_worker_trigger(self)
+        self._door: AsyncioDoor | None = None
+        self._hypercorn_worker = _hold_hypercorn_worker_trigger(self)
 
     async def shutdown_trigger(self) -> None:
         """Returns when the drain begins: ``hypercorn.asyncio.serve(..., shutdown_trigger=)``."""
@@ -287,6 +292,8 @@ class LastCallMiddleware(HealthPaths):
             return
         self._started = True
         self._loop = loop
+        self._door = AsyncioDoor(loop)
+        self._guard = loop.create_task(self._refuse_when_loop_dies(self._door))
         coordinator = self._coordinator
         coordinator.use_loop(loop)
         coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
@@ -337,6 +344,28 @@ class LastCallMiddleware(HealthPaths):
 
         loop.add_reader(sentinel, parent_died)
 
+    async def _refuse_when_loop_dies(self, door: AsyncioDoor) -> None:
+        """Wait for ever; cancelled as the loop winds down, refuse new connections."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError as cancelled:
+            # What ended the loop, if an exception did: a hypercorn worker that
+            # exits with status 0 is replaced, and its successor needs the socket.
+            ending = cancelled.__context__
+            replaced = isinstance(ending, SystemExit) and ending.code in (0, None)
+            if not (self._hypercorn_worker and replaced):
+                door.refuse_now()
+            raise
+
+    def _full_stop(self) -> bool:
+        """Whether no other process will accept on our listening sockets after us.
+
+        True in a single process, and in hypercorn's worker, whose master stops
+        when a worker ends by a stop of lastcall's; a uvicorn worker
+        (``--workers N``) may be one of several restarted in turn.
+        """
+        return self._hypercorn_worker or multiprocessing.parent_process() is None
+
     async def _notify_ready(self) -> None:
         """``READY=1`` to systemd once the server listens (uvicorn says when; others soon after)."""
         if not os.environ.get("NOTIFY_SOCKET"):
@@ -360,6 +389,15 @@ class LastCallMiddleware(HealthPaths):
         self._drain_began.set()
         loop = self._loop
         told = False
+        door = self._door
+        serving = loop is not None and loop.is_running() and not self._server_drained.is_set()
+        if door is not None and loop is not None and serving and not door.closed:
+            closing = asyncio.run_coroutine_threadsafe(door.close(refuse=self._full_stop()), loop)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                taken = closing.result(max(0.0, deadline - time.monotonic()))
+                logger.info(
+                    "stopped accepting; serving %d connection(s) taken from the backlog", taken
+                )
         if self._server_stop is not None and loop is not None and not self._server_drained.is_set():
             loop.call_soon_threadsafe(self._server_stop)
             told = True
@@ -368,7 +406,12 @@ class LastCallMiddleware(HealthPaths):
         done = self._server_drained if told or self._server_drained.is_set() else self._idle
         if done.wait(max(0.0, deadline - time.monotonic())):
             return
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or not loop.is_running():
+            if self._live:
+                logger.warning(
+                    "the server's event loop has ended: %d request(s) in flight cannot be finished",
+                    len(self._live),
+                )
             return
         logger.warning(
             "drain budget spent: cancelling %d request(s) still in flight", len(self._live)
@@ -414,7 +457,7 @@ class _AppLifespan:
             self._task.cancel()
 
 
-def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
+def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> bool:
     """In hypercorn's worker, hold its stop until the drain, as signals are held elsewhere.
 
     The worker learns of the stop by polling an event its master sets; it
@@ -422,12 +465,15 @@ def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
     imported the app. Wrapped, the master's request begins lastcall's stop
     (readiness red, pre-stop delay) and the worker stops accepting when the
     drain begins; and a stop begun here (a signal to the worker, its master's
-    death) stops the worker's server too. Does nothing outside hypercorn.
+    death) stops the worker's server too. Does nothing outside hypercorn's
+    worker; returns whether this is one.
     """
     module = sys.modules.get("hypercorn.asyncio.run")
     original = getattr(module, "check_multiprocess_shutdown_event", None)
-    if module is None or original is None or getattr(original, "__lastcall__", False):
-        return
+    if module is None or original is None or multiprocessing.parent_process() is None:
+        return False
+    if getattr(original, "__lastcall__", False):
+        return True
     coordinator = middleware._coordinator  # noqa: SLF001  # our own class
 
     async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
@@ -443,6 +489,7 @@ def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
 
     held.__lastcall__ = True  # type: ignore[attr-defined]
     module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
+    return True
 
 
 def _handle_runner(handle: asyncio.Handle) -> Callable[[], object]:

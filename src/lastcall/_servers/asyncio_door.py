@@ -1,0 +1,123 @@
+"""The listening sockets of an asyncio server (uvicorn, hypercorn), closed without a reset.
+
+Both servers listen through ``loop.create_server`` and stop with
+``Server.close()``, which closes the listening file descriptor at once:
+whatever the kernel had queued since the loop's last accept is reset, and
+where another process holds the same socket (hypercorn's master) it goes on
+queueing connections that nobody will accept. So the door is closed here
+instead, in one callback on the loop (asyncio cannot accept in between):
+
+1. keep the socket open through a duplicate, and let ``Server.close()``
+   stop asyncio's accepting;
+2. take every connection already queued, and hand each to the server's own
+   protocol (``loop.connect_accepted_socket``), so it is served;
+3. on a full stop, ``shutdown()`` the socket: it stops listening for every
+   process holding it, and the kernel refuses new connections from then on.
+
+The servers are found by wrapping ``create_server`` on the loop instance
+when the app's lifespan starts, which both servers run before they listen.
+A loop that allows no such wrapper (uvloop) keeps the servers' own close.
+
+When the loop dies instead (an unhandled exception or ``sys.exit`` on its
+thread), asyncio cancels every task as it winds down; a task of ours then
+closes the door, so new connections are refused rather than queued until
+the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ("AsyncioDoor",)
+
+_SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
+
+
+class AsyncioDoor:
+    """The listening sockets one event loop serves, and how to close them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._servers: list[asyncio.Server] = []
+        self.closed = False
+        create = loop.create_server
+
+        async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:  # noqa: ANN401
+            server = await create(*args, **kwargs)
+            self._servers.append(server)
+            return server
+
+        # An instance attribute: this loop only, gone with it.
+        with contextlib.suppress(AttributeError):  # uvloop's Loop has no instance dict
+            loop.create_server = create_server  # type: ignore[method-assign]
+
+    async def close(self, *, refuse: bool) -> int:
+        """Stop accepting, serve what was queued; with ``refuse``, refuse new connections.
+
+        Returns how many queued connections were taken. ``refuse`` is for a
+        full stop only: a worker recycled alone leaves the socket listening
+        for the worker that replaces it.
+        """
+        self.closed = True
+        handed = [
+            self._loop.create_task(self._loop.connect_accepted_socket(factory, conn, ssl=ssl))
+            for factory, ssl, conn in self._take(refuse=refuse)
+        ]
+        if handed:
+            await asyncio.wait(handed)
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
+        return len(handed)
+
+    def refuse_now(self) -> None:
+        """The loop is dying: nothing can be served, so stop listening at once."""
+        if self.closed:
+            return
+        self.closed = True
+        for server in self._servers:
+            for sock in server.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _take(self, *, refuse: bool) -> list[tuple[Callable[[], Any], Any, socket.socket]]:
+        taken: list[tuple[Callable[[], Any], Any, socket.socket]] = []
+        for server in self._servers:
+            # asyncio's Server keeps what it serves with in private attributes
+            # (Lib/asyncio/base_events.py, Server.__init__); without them, the
+            # server's own close() is all there is.
+            factory = getattr(server, "_protocol_factory", None)
+            ssl = getattr(server, "_ssl_context", None)
+            if factory is None:
+                server.close()
+                continue
+            kept = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+            server.close()
+            for sock in kept:
+                taken += [(factory, ssl, conn) for conn in _accept_queued(sock)]
+                if refuse:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        return taken
+
+
+def _accept_queued(sock: socket.socket) -> list[socket.socket]:
+    """Every connection the kernel has queued on ``sock``, without waiting for another."""
+    sock.setblocking(False)  # noqa: FBT003  # positional only
+    queued: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except ConnectionAbortedError:
+            continue
+        except OSError:  # BlockingIOError: the queue is empty
+            return queued
+        conn.setblocking(False)  # noqa: FBT003
+        queued.append(conn)

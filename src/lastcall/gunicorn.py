@@ -423,7 +423,10 @@ class _Worker:
     def _drain(self) -> None:
         """The drain hook: pre-stop delay, take the backlog, close, wait for the loop to end."""
         if self.loop_done.is_set():
-            return  # the loop ended on its own (max_requests, quick shutdown)
+            # The loop ended on its own: max_requests, a quick shutdown, or a
+            # sibling worker shut the shared socket first.
+            logger.info("worker %s stopped accepting; its loop had already ended", self.pid)
+            return
         full = self._full_stop()
         if full and self.prestop:
             logger.info(

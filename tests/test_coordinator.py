@@ -327,8 +327,8 @@ def test_bad_settings_are_refused_with_one_line(kwargs, error, message) -> None:
     [
         (("not callable",), {}, TypeError, "on_shutdown() needs a callable"),
         ((), {"phase": "teardown"}, ValueError, "unknown phase 'teardown'; choose one of pre_stop"),
-        ((), {"timeout": -1}, ValueError, "timeout must be a positive number of seconds"),
-        ((), {"timeout": math.nan}, ValueError, "timeout must be a positive number"),
+        ((), {"timeout": -1}, ValueError, "timeout must be a finite number of seconds, more"),
+        ((), {"timeout": math.nan}, ValueError, "timeout must be a finite number of seconds"),
         ((), {"timeout": "5"}, TypeError, "timeout must be a number of seconds"),
     ],
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 DEFAULT_GRACE = 25.0
+# The part of the grace a drain leaves to the phases after it: a tenth, at most 2 s.
+DRAIN_RESERVE_SHARE = 0.1
+DRAIN_RESERVE_MAX = 2.0
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 ALLOWED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
@@ -68,27 +72,93 @@ def resolve(
     grace: float | None = None,
     signals: Iterable[SignalSpec] | None = None,
     exit_code: int | None = None,
-    report: str | None = None,
+    report: str | os.PathLike[str] | None = None,
     prestop_delay: float | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
     """Merge arguments over environment over defaults, checking each value."""
     env_signals = environ.get("LASTCALL_SIGNALS")
     if signals is None and env_signals:
-        signals = [s for s in env_signals.split(",") if s.strip()]
+        signals = [_env_signal(s) for s in env_signals.split(",") if s.strip()]
+    grace_value = _seconds("grace", grace, environ.get("LASTCALL_GRACE"), DEFAULT_GRACE)
+    delay_value = _seconds(
+        "prestop_delay", prestop_delay, environ.get("LASTCALL_PRESTOP_DELAY"), 0.0, allow_zero=True
+    )
+    check_drain_time(
+        grace_value,
+        delay_value,
+        grace_name=_source("grace", grace, environ),
+        delay_name=_source("prestop_delay", prestop_delay, environ),
+    )
     return Settings(
-        grace=_seconds("grace", grace, environ.get("LASTCALL_GRACE"), DEFAULT_GRACE),
+        grace=grace_value,
         signals=parse_signals(DEFAULT_SIGNALS if signals is None else signals),
         exit_code=_exit_code(exit_code, environ.get("LASTCALL_EXIT_CODE")),
-        report=report if report is not None else (environ.get("LASTCALL_REPORT") or None),
-        prestop_delay=_seconds(
-            "prestop_delay",
-            prestop_delay,
-            environ.get("LASTCALL_PRESTOP_DELAY"),
-            0.0,
-            allow_zero=True,
-        ),
+        report=_report_path(report, environ.get("LASTCALL_REPORT")),
+        prestop_delay=delay_value,
     )
+
+
+def drain_reserve(grace: float) -> float:
+    """What a drain leaves of ``grace`` to the phases after it, so cleanup keeps its turn."""
+    return min(DRAIN_RESERVE_MAX, grace * DRAIN_RESERVE_SHARE)
+
+
+def check_drain_time(
+    grace: float,
+    prestop_delay: float,
+    *,
+    grace_name: str = "grace",
+    delay_name: str = "prestop_delay",
+) -> None:
+    """Refuse a pre-stop delay that leaves no time to drain; one line names both settings.
+
+    The one place this is decided, for the core and every server integration
+    (which pass their own names, e.g. gunicorn's ``graceful_timeout``).
+    """
+    room = grace - drain_reserve(grace)
+    if prestop_delay and prestop_delay >= room:
+        raise ValueError(
+            f"{delay_name}={prestop_delay:g} leaves no time to drain within "
+            f"{grace_name}={grace:g}: lower {delay_name} below {room:g} s or raise {grace_name}"
+        )
+
+
+def _source(name: str, value: object, environ: Mapping[str, str]) -> str:
+    """How the user named a setting: the argument, or the environment variable."""
+    variable = f"LASTCALL_{name.upper()}"
+    return variable if value is None and environ.get(variable, "").strip() else name
+
+
+def _env_signal(text: str) -> SignalSpec:
+    """``LASTCALL_SIGNALS`` items: names, or numbers as ``signals=15`` accepts them."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _report_path(value: object, env_value: str | None) -> str | None:
+    """A report path that can be written: checked now, not found out at stop time."""
+    source = "report"
+    if value is None:
+        if not (env_value and env_value.strip()):
+            return None
+        source, value = "LASTCALL_REPORT", env_value
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{source} must be a file path (str or os.PathLike), not {value!r}")
+    from pathlib import Path  # noqa: PLC0415  # only when a report is asked for: import time
+
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{source} must be a file path like /tmp/lastcall-{{pid}}.json")
+    ancestor = Path(path).absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{source}={path!r} cannot be written: {ancestor} is not a writable directory; "
+            "choose a path in one"
+        )
+    return path
 
 
 def parse_signal(spec: SignalSpec) -> signal.Signals:
@@ -139,11 +209,22 @@ def _seconds(
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{source} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
+    return check_seconds(float(value), source, allow_zero=allow_zero)
+
+
+def check_seconds(seconds: float, source: str, *, allow_zero: bool = False) -> float:
+    """A time limit the threading module can wait for: finite, not negative, not past its max.
+
+    ``threading.TIMEOUT_MAX`` (about 49 days on Linux) is the longest wait
+    a lock accepts; a longer one raises ``OverflowError`` deep in the stop.
+    """
     too_small = seconds < 0 if allow_zero else seconds <= 0
-    if math.isnan(seconds) or math.isinf(seconds) or too_small:
+    if math.isnan(seconds) or too_small or seconds > threading.TIMEOUT_MAX:
         least = "zero or more" if allow_zero else "more than zero"
-        raise ValueError(f"{source} must be a finite number of seconds, {least}; got {value!r}")
+        raise ValueError(
+            f"{source} must be a finite number of seconds, {least}, at most "
+            f"threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:.0f}); got {seconds!r}"
+        )
     return seconds
 
 

@@ -8,17 +8,28 @@ runs the stop depends on how it began:
   is done the dispatcher wakes the main thread (``pthread_kill``) and the
   main thread ends the process the way the signal asked;
 * normal interpreter exit, ``sys.exit`` or an unhandled exception: the
-  main thread, inside our ``atexit`` handler;
+  main thread, when the interpreter runs ``threading``'s exit callbacks:
+  before it waits for non-daemon threads, so a worker thread waiting on
+  ``stopping`` ends instead of holding the exit forever (plain ``atexit``
+  runs only after that wait). A forked ``multiprocessing`` child runs them
+  too before its ``os._exit``, so its stop completes there;
 * ``shutdown()``: the calling thread, and the process is left running.
 
 Signal handlers never take a lock: they put the signal number on a
-SimpleQueue that the dispatcher reads (see ``_signals``).
+SimpleQueue that the dispatcher reads (see ``_signals``). The stop logs
+through a hand-off thread (``_report.log``), and a stop that will end the
+process arms the watchdog (``_watchdog``): nothing it waits on can hold
+the process past the grace.
+
+One registry for all coordinators: a single fork callback and a single
+exit callback, whatever the number of coordinators made (tests make many).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -28,10 +39,11 @@ import threading
 import time
 import weakref
 
-from lastcall._config import Settings, parse_signals, resolve
-from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook
-from lastcall._report import HookResult, Report, logger
-from lastcall._signals import SignalHandlers
+from lastcall import _watchdog
+from lastcall._config import Settings, drain_reserve, parse_signals, resolve
+from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
+from lastcall._report import HookResult, Report, log, logger
+from lastcall._signals import SignalHandlers, main_thread_ident
 from lastcall._stoptoken import StopToken
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
@@ -52,10 +64,8 @@ if TYPE_CHECKING:
 # process before ending it itself (the main thread may be stuck in C code).
 _MAIN_THREAD_GRACE = 1.0
 _WAKE_INTERVAL = 0.02
+_LOG_FLUSH_WAIT = 0.5  # how long the end of a stop waits for its log lines to be written
 _PARENT_POLL = 0.2  # seconds between checks that a parent lives (stop_when_parent_dies)
-# The part of the grace a drain leaves to the phases after it (drain_budget).
-_CLEANUP_RESERVE_SHARE = 0.1
-_CLEANUP_RESERVE_MAX = 2.0
 
 
 class Coordinator:
@@ -82,19 +92,25 @@ class Coordinator:
         self.stopping = StopToken()
         self._reset_state()
         self._handlers: SignalHandlers | None = None
+        self._main_ident: int | None = None  # the main thread's pthread id, for waking it
         self._previous_excepthook: Callable[..., Any] | None = None
-        self._atexit_registered = False
+        self._exit_wanted = False  # run the stop at interpreter exit (a hook, install ...)
+        self._forked = False
         self._done_callbacks: list[Callable[[Report], None]] = []
         self._aside_callbacks: list[Callable[[str], None]] = []
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        reference = weakref.WeakMethod(self._after_fork_in_child)
-        os.register_at_fork(after_in_child=lambda: _call_weak(reference))
+        _coordinators.add(self)
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
-        self._hooks: list[Hook] = []
+        # Registration order, by serial; _by_func finds a function's serials at once,
+        # so unregistering is O(1) (functions that cannot be hashed are scanned for).
+        self._hooks: dict[int, Hook] = {}
+        self._by_func: dict[object, list[int]] = {}
+        self._serials = itertools.count()
+        self._phase: str | None = None  # the phase a stop is running
         self._state: State = "running"
         self._done = threading.Event()
         self._report: Report | None = None
@@ -107,7 +123,7 @@ class Coordinator:
         # How the dispatcher will end the process: (exit status, signal to die by).
         self._plan: tuple[int, int | None] | None = None
         self._ending: tuple[int, int | None] | None = None  # set once ending has begun
-        self._in_atexit = False
+        self._exit_funcs_ran = False  # atexit's functions: run once, by us or the interpreter
 
     # ------------------------------------------------------------ settings
 
@@ -175,18 +191,17 @@ class Coordinator:
             prestop_delay=prestop_delay,
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
-        if self._handlers is not None:
-            self._handlers.restore()
-        handlers = SignalHandlers(self._on_signal)
-        handlers.install(settings.signals, override_ignored=override_ignored)
+        handlers = self._handlers or SignalHandlers(self._on_signal)
+        handlers.install(settings.signals, override_ignored=override_ignored)  # no gap
         self._settings = settings
         self._force_signals = force or frozenset()
         self._handlers = handlers
+        self._main_ident = main_thread_ident()
         self._install_options = options
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
-        self._register_atexit()
+        self._want_exit_stop()
         self._start_dispatcher()
         return self
 
@@ -199,8 +214,6 @@ class Coordinator:
         """
         if self._handlers is None:
             return
-        self._handlers.restore()
-        self._handlers = None
         self.install(**self._install_options)
 
     def ensure_installed(self, **options: Any) -> Coordinator:  # noqa: ANN401
@@ -244,6 +257,7 @@ class Coordinator:
         self._stood_aside = reason
         with self._lock:
             self._hooks.clear()
+            self._by_func.clear()
         logger.debug("standing aside: %s", reason)
         for callback in self._aside_callbacks:
             callback(reason)
@@ -319,8 +333,20 @@ class Coordinator:
             if self._stood_aside:
                 return target
             with self._lock:
-                self._hooks.append(hook)
-            self._register_atexit()
+                serial = next(self._serials)
+                self._hooks[serial] = hook
+                with contextlib.suppress(TypeError):  # unhashable: unregister() scans for it
+                    self._by_func.setdefault(hook.func, []).append(serial)
+                running = self._phase
+            if running is not None and PHASES.index(hook.phase) <= PHASES.index(running):
+                logger.warning(
+                    "hook %s registered for the %s phase while the stop is in its %s phase: "
+                    "it will not run",
+                    hook.name,
+                    hook.phase,
+                    running,
+                )
+            self._want_exit_stop()
             return target
 
         # Validate options even when used as a decorator factory, so a typo
@@ -331,20 +357,29 @@ class Coordinator:
     def unregister(self, func: HookFunc) -> bool:
         """Remove every registration of ``func``; True if there was one."""
         with self._lock:
-            kept = [h for h in self._hooks if h.func is not func and h.func != func]
-            removed = len(kept) != len(self._hooks)
-            self._hooks = kept
-        return removed
+            try:
+                serials = self._by_func.pop(func, [])
+            except TypeError:
+                serials = [n for n, h in self._hooks.items() if h.func is func or h.func == func]
+            for serial in serials:
+                del self._hooks[serial]
+        return bool(serials)
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
         with self._lock:
-            return tuple(self._hooks)
+            return tuple(self._hooks.values())
 
     # ------------------------------------------------------------ stopping
 
     def trigger(self, reason: str = "trigger() called") -> None:
-        """Begin the stop from any thread; the process ends when it is done."""
+        """Begin the stop from any thread; the process ends when it is done.
+
+        From inside a hook the stop is already running: this returns at once.
+        """
+        if running_hook() is not None:
+            logger.debug("trigger() from inside hook %s: the stop is already running", reason)
+            return
         self._start_dispatcher()
         self._events.put(reason)
 
@@ -355,10 +390,14 @@ class Coordinator:
 
         If a stop already began elsewhere, wait for it and return its report.
         ``prestop_delay`` replaces the setting for this stop (0 where nothing
-        serves any more, so there is nothing to keep serving for).
+        serves any more, so there is nothing to keep serving for). From inside
+        a hook, returns the report so far at once instead of waiting on itself.
         """
         if self._begin():
             return self._run("manual", reason, exit_status=None, prestop_delay=prestop_delay)
+        if running_hook() is not None and self._in_progress is not None:
+            logger.debug("shutdown() from inside a hook: returning the report so far")
+            return self._in_progress
         return self._wait_report()
 
     def when_done(self, callback: Callable[[Report], None]) -> None:
@@ -369,7 +408,7 @@ class Coordinator:
         Like registering a hook, it makes a normal interpreter exit run the stop.
         """
         self._done_callbacks.append(callback)
-        self._register_atexit()
+        self._want_exit_stop()
 
     def time_left(self) -> float | None:
         """Seconds left of the grace period while a stop runs; None otherwise."""
@@ -384,7 +423,7 @@ class Coordinator:
         most 2 s) so the ``workers``, ``cleanup`` and ``final`` phases still
         get their turn when a request runs too long.
         """
-        reserve = min(_CLEANUP_RESERVE_MAX, self._settings.grace * _CLEANUP_RESERVE_SHARE)
+        reserve = drain_reserve(self._settings.grace)
         left = self.time_left()
         return max(0.0, (self._settings.grace if left is None else left) - reserve)
 
@@ -414,16 +453,25 @@ class Coordinator:
         *,
         exit_status: int | None,
         prestop_delay: float | None = None,
+        ends_process: bool = False,
     ) -> Report:
         """The stop sequence: every phase in order, each hook within its time."""
         settings = self._settings
         if prestop_delay is not None:
             settings = settings.replace(prestop_delay=prestop_delay)
+        if ends_process:
+            _watchdog.arm(settings.grace)
         start = self._clock()
         deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
         self._in_progress = report
-        logger.info("shutdown started by %s (%s); grace %.3g s", trigger, reason, settings.grace)
+        log.log(
+            logging.INFO,
+            "shutdown started by %s (%s); grace %.3g s",
+            trigger,
+            reason,
+            settings.grace,
+        )
         loop = self._hook_loop()
 
         def budget(hook: Hook) -> float:
@@ -432,7 +480,8 @@ class Coordinator:
 
         for phase in PHASES:
             with self._lock:
-                hooks = [h for h in reversed(self._hooks) if h.phase == phase]
+                self._phase = phase
+                hooks = [h for h in reversed(self._hooks.values()) if h.phase == phase]
             while hooks:
                 runner = self._runner = Runner(hooks, budget, self._clock, loop)
                 overran = runner.watch()
@@ -446,9 +495,10 @@ class Coordinator:
                 hooks = hooks[overran + 1 :]  # a new runner for the rest
             if phase == "pre_stop" and settings.prestop_delay:
                 delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
-                logger.info("pre-stop delay: still serving for %.3g s", delay)
+                log.log(logging.INFO, "pre-stop delay: still serving for %.3g s", delay)
                 self._done.wait(delay)
         self._runner = None
+        self._phase = None
         report.duration = self._clock() - start
         report.exit_status = exit_status
         self._finish(report)
@@ -470,31 +520,43 @@ class Coordinator:
     def _record(self, done: Finished, took: float) -> HookResult:
         if done.outcome in ("error", "timeout"):
             hook = done.hook
-            logger.error("hook %s (%s) %s: %s", hook.name, hook.phase, done.outcome, done.error)
+            log.log(
+                logging.ERROR,
+                "hook %s (%s) %s: %s",
+                hook.name,
+                hook.phase,
+                done.outcome,
+                done.error,
+            )
         return HookResult(done.hook.name, done.hook.phase, done.outcome, took, done.error)
 
     def _finish(self, report: Report) -> None:
-        """Record, log and write the report, then release anyone waiting."""
+        """Write, record and log the report, then release anyone waiting.
+
+        The file first: it is written whatever the log handlers are doing.
+        """
+        self._write(report)
         self._report = report
         self._state = "done"  # no lock: this may run in a signal handler (see _force)
         report.log()
-        self._write(report)
         for callback in self._done_callbacks:
             try:
                 callback(report)
-            except Exception:
-                logger.exception("a when_done callback failed")
+            except Exception as exc:
+                log.log(logging.ERROR, "a when_done callback failed: %r", exc)
+        log.flush(_LOG_FLUSH_WAIT)
         self._done.set()
 
     def _write(self, report: Report) -> None:
-        if not self._settings.report:
+        report_path = self._settings.report
+        if not report_path:
             return
         try:
-            path = report.write(self._settings.report)
+            path = report.write(report_path)
         except OSError as exc:
-            logger.error("could not write the report to %s: %s", self._settings.report, exc)
+            log.log(logging.ERROR, "could not write the report to %s: %s", report_path, exc)
         else:
-            logger.debug("report written to %s", path)
+            log.log(logging.DEBUG, "report written to %s", path)
 
     # ------------------------------------------------------------ the dispatcher
 
@@ -507,14 +569,13 @@ class Coordinator:
             )
             self._dispatcher.start()
 
-    def _on_signal(self, signum: int) -> bool:
+    def _on_signal(self, signum: int) -> None:
         """Runs in the signal handler, on the main thread: no locks, no logging."""
         if self._ending is not None:
             self._end_on_main_thread()
         if self._state == "stopping" and signum in self._force_signals:
             self._force(signum)
         self._events.put(signum)
-        return True
 
     def _dispatch(self) -> None:
         item = self._events.get()
@@ -529,7 +590,7 @@ class Coordinator:
         if self._begin():
             self._plan = (status, die_by)
             reason = "signal received" if signum is not None else str(item)
-            self._run(trigger, reason, exit_status=status)
+            self._run(trigger, reason, exit_status=status, ends_process=True)
         else:
             self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
             if self._report is not None and self._report.trigger in ("exit", "exception"):
@@ -541,35 +602,40 @@ class Coordinator:
         """From the dispatcher: have the main thread end the process, or do it here."""
         self._ending = plan
         handled = self._handlers.handled if self._handlers else ()
-        main = threading.main_thread().ident
+        main = self._main_ident
         if handled and main is not None:
             _, die_by = plan
             wake = die_by if die_by in handled else handled[0]
             # Repeat the wake-up: one that lands while the main thread is still
             # inside our handler for the first signal is only noticed at its
             # next bytecode, which a blocking call like sleep() can delay.
+            # (Under gevent this runs on the main thread itself: it wakes itself.)
             until = time.monotonic() + _MAIN_THREAD_GRACE
             while time.monotonic() < until:
                 signal.pthread_kill(main, wake)
                 time.sleep(_WAKE_INTERVAL)
-            logger.warning("the main thread did not end the process; ending it from here")
+            log.log(logging.WARNING, "the main thread did not end the process; ending it here")
         status, die_by = plan
-        _flush()
+        log.flush(_LOG_FLUSH_WAIT)
         os._exit(128 + die_by if die_by is not None else status)
 
     def _end_on_main_thread(self) -> None:
         assert self._ending is not None  # noqa: S101  # only called once it is set
         status, die_by = self._ending
-        if not self._in_atexit:
-            self._in_atexit = True
-            atexit._run_exitfuncs()  # noqa: SLF001  # other libraries' exit handlers still run
-        _flush()
-        if die_by is not None:
+        if not self._exit_funcs_ran:
+            self._exit_funcs_ran = True
+            # Other libraries' exit handlers still run, as they would have at a
+            # normal exit; not in a forked multiprocessing child, which ends
+            # with os._exit and never runs them.
+            if not (self._forked and _started_by_multiprocessing()):
+                atexit._run_exitfuncs()  # noqa: SLF001
+        log.flush(_LOG_FLUSH_WAIT)
+        if die_by is not None and os.getpid() != 1:  # PID 1 ignores its own default signals
             signal.signal(die_by, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [die_by])
             os.kill(os.getpid(), die_by)
             time.sleep(_MAIN_THREAD_GRACE)  # the signal is on its way
-        os._exit(status)
+        os._exit(128 + die_by if die_by is not None else status)
 
     def _force(self, signum: int) -> None:
         """A second Ctrl-C: say what is still running, write what we know, end now."""
@@ -581,7 +647,8 @@ class Coordinator:
             index, began, _ = running
             hook = runner.hooks[index]
             detail = f"{hook.name} ({hook.phase}, {time.monotonic() - began:.1f} s)"
-        logger.error(
+        log.log(
+            logging.ERROR,
             "%s again during shutdown: exiting now; still running: %s",
             signal.Signals(signum).name,
             detail,
@@ -595,20 +662,21 @@ class Coordinator:
 
     # ------------------------------------------------------------ interpreter exit
 
-    def _register_atexit(self) -> None:
-        if self._run_at_exit and not self._atexit_registered:
-            self._atexit_registered = True
-            reference = weakref.WeakMethod(self._at_exit)
-            atexit.register(_call_weak, reference)
+    def _want_exit_stop(self) -> None:
+        if self._run_at_exit and not self._exit_wanted:
+            self._exit_wanted = True
+            _register_exit_callbacks()
 
-    def _at_exit(self) -> None:
-        if self._ending is not None or self._stood_aside:
+    def _at_exit(self, in_atexit: bool) -> None:
+        """The interpreter is ending: run the stop, or wait for the one under way."""
+        if not self._exit_wanted or self._ending is not None or self._stood_aside:
             return  # _end_on_main_thread is running the exit handlers, or none are ours
-        self._in_atexit = True
+        self._exit_funcs_ran = self._exit_funcs_ran or in_atexit
         if self._begin():
             trigger = "exception" if self._exception else "exit"
             status = 1 if self._exception else None
-            self._run(trigger, self._exception or "interpreter exiting", exit_status=status)
+            reason = self._exception or "interpreter exiting"
+            self._run(trigger, reason, exit_status=status, ends_process=True)
             return
         self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
         if self._plan is not None:  # a signal or trigger() began it: end as it asked
@@ -629,25 +697,65 @@ class Coordinator:
 
     def _after_fork_in_child(self) -> None:
         """A forked child keeps only the hooks registered with ``inherit=True``."""
-        inherited = [h for h in self._hooks if h.inherit]
+        inherited = [h for h in self._hooks.values() if h.inherit]
         self._reset_state()
-        self._hooks = inherited
+        self._forked = True
+        for hook in inherited:
+            self.on_shutdown(
+                hook.func, phase=hook.phase, timeout=hook.timeout, name=hook.name, inherit=True
+            )
         self._loop = None  # the parent's loop is not running here
         self.stopping._reset_after_fork()  # noqa: SLF001
         if self._handlers is not None:
+            self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             self._start_dispatcher()
 
 
-def _call_weak(reference: weakref.WeakMethod[Callable[[], None]]) -> None:
-    method = reference()
-    if method is not None:
-        method()
+# ---------------------------------------------------------------- the registry
+
+_coordinators: weakref.WeakSet[Coordinator] = weakref.WeakSet()
+_exit_callbacks_registered = False
 
 
-def _flush() -> None:
-    """What the interpreter would flush on a normal exit, since we may skip it."""
-    handlers = [*logging.getLogger().handlers, *logger.handlers]
-    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
-    for flushable in (*handlers, *streams):
-        with contextlib.suppress(Exception):
-            flushable.flush()
+def _after_fork_in_child() -> None:
+    for coordinator in list(_coordinators):
+        coordinator._after_fork_in_child()  # noqa: SLF001  # the registry is the class's
+
+
+def _at_threading_exit() -> None:
+    for coordinator in list(_coordinators):
+        coordinator._at_exit(in_atexit=False)  # noqa: SLF001
+
+
+def _at_exit() -> None:
+    for coordinator in list(_coordinators):
+        coordinator._at_exit(in_atexit=True)  # noqa: SLF001
+
+
+def _register_exit_callbacks() -> None:
+    """Run stops at interpreter exit: first where threading ends, ``atexit`` as a backstop.
+
+    ``threading._register_atexit`` (what ``concurrent.futures`` uses) runs
+    before the interpreter joins non-daemon threads, and in a forked
+    ``multiprocessing`` child before its ``os._exit``; ``atexit`` alone runs
+    after the join, and never in such a child. Registered on first need, so
+    libraries imported earlier (``concurrent.futures``) still shut down after us.
+    """
+    global _exit_callbacks_registered  # noqa: PLW0603  # once per process
+    if _exit_callbacks_registered:
+        return
+    _exit_callbacks_registered = True
+    register_threading_exit = getattr(threading, "_register_atexit", None)
+    if register_threading_exit is not None:
+        # "can't register atexit after shutdown": atexit still runs
+        with contextlib.suppress(RuntimeError):
+            register_threading_exit(_at_threading_exit)
+    atexit.register(_at_exit)
+
+
+def _started_by_multiprocessing() -> bool:
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and process.parent_process() is not None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -17,10 +17,12 @@ imports ``typing`` at run time (4 ms with the ``re`` it needs): each names
 from __future__ import annotations
 
 import functools
-import math
+import os
 import threading
 import time
 import traceback
+
+from lastcall._config import check_seconds
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see above
 if TYPE_CHECKING:
@@ -85,10 +87,7 @@ def check_timeout(value: object, what: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if math.isnan(seconds) or seconds <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return seconds
+    return check_seconds(float(value), what)
 
 
 def make_hook(
@@ -141,6 +140,7 @@ def call_hook(
     ``loop`` when one is given and still running (a server's own loop, so
     they can close clients bound to it), else on an event loop of their own.
     """
+    _running.hook = hook
     try:
         if hook.is_async:
             import asyncio  # noqa: PLC0415  # only when needed: it is slow to import
@@ -159,7 +159,17 @@ def call_hook(
         return Finished(hook, "error", f"hook called sys.exit({exc.code!r}); the rest still ran")
     except BaseException:
         return Finished(hook, "error", traceback.format_exc().rstrip())
+    finally:
+        _running.hook = None
     return Finished(hook, "ok")
+
+
+_running = threading.local()  # .hook: the hook this thread is running, if any
+
+
+def running_hook() -> Hook | None:
+    """The hook the calling thread is running: a stop asked for from inside one is not waited on."""
+    return getattr(_running, "hook", None)
 
 
 async def _await(func: HookFunc) -> None:
@@ -195,7 +205,14 @@ class Runner:
         self._done = False
         self._abandoned = False
         self._watch_until = 0.0  # when the watcher next looks (monotonic)
-        threading.Thread(target=self._run, name="lastcall-hooks", daemon=True).start()
+        self._pid = os.getpid()
+        thread = threading.Thread(target=self._run, name="lastcall-hooks", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            # CPython 3.12.0/3.12.1 start no thread at interpreter shutdown: run
+            # the hooks here, unwatched; the watchdog still bounds the stop.
+            self._run()
 
     def _run(self) -> None:
         for index, hook in enumerate(self.hooks):
@@ -211,6 +228,10 @@ class Runner:
                         self._cond.notify_all()
                 inner = max(budget - ASYNC_CANCEL_MARGIN, 0.001) if hook.is_async else budget
                 finished = call_hook(hook, inner, self._event_loop)
+                if os.getpid() != self._pid:
+                    # The hook forked and its child returned here: the rest of the
+                    # phase belongs to the parent. End the child as fork() users expect.
+                    os._exit(0)
                 result = (finished, self._clock() - began)
             with self._cond:
                 if self._abandoned:

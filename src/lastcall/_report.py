@@ -6,12 +6,20 @@ its traceback, when it failed) and, when
 written to a temporary name beside it and renamed, so a reader never sees
 half a report, and it is created mode 0600 because hook errors can carry
 secrets from tracebacks.
+
+The stop logs through ``log``, which hands each line to a thread of its own:
+a handler writing to a pipe nobody reads (a stalled log collector) blocks
+that thread, never the stop. Where no thread can be started (CPython 3.12.0
+and 3.12.1 at interpreter shutdown) lines are logged inline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import sys
+import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -21,6 +29,73 @@ if TYPE_CHECKING:
     from lastcall._hooks import Outcome, Phase
 
 logger = logging.getLogger("lastcall")
+
+
+class LogHandoff:
+    """Log lines emitted by a thread of their own, so a stalled handler cannot hold the stop."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | threading.Event]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """``logger.log(level, msg, *args)``, without waiting for the handlers."""
+        if self._started():
+            self._queue.put((level, msg, args))
+        else:
+            logger.log(level, msg, *args)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the lines so far, then flush handlers and std streams."""
+        if not self._started():
+            _flush_all()
+            return True
+        flushed = threading.Event()
+        self._queue.put(flushed)
+        return flushed.wait(timeout)
+
+    def _started(self) -> bool:
+        if self._pid != os.getpid():  # a forked child has the queue, not the thread
+            self._reset()
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._emit, name="lastcall-log", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    return False
+                self._thread = thread
+        return True
+
+    def _emit(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                _flush_all()
+                item.set()
+            else:
+                level, msg, args = item
+                logger.log(level, msg, *args)
+
+
+def _flush_all() -> None:
+    """What the interpreter would flush on a normal exit, since the stop may skip it."""
+    handlers = [*logging.getLogger().handlers, *logger.handlers]
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    for flushable in (*handlers, *streams):
+        try:
+            flushable.flush()
+        except Exception:  # noqa: S112  # a closed stream is nothing to flush
+            continue
+
+
+log = LogHandoff()
 
 
 class HookResult:
@@ -131,7 +206,7 @@ class Report:
 
     def log(self) -> None:
         """The INFO summary; failed hooks were logged at ERROR as they failed."""
-        logger.info("%s", self.summary())
+        log.log(logging.INFO, "%s", self.summary())
 
     def write(self, path_template: str) -> Path:
         """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands."""

@@ -8,26 +8,47 @@ of our locks.
 
 What we find installed is respected: a signal that was ignored when we
 arrived (``nohup``, a shell's background job ignoring SIGINT) stays
-ignored unless the caller overrides it, and a Python-level handler a
-framework installed before us is still called after ours.
+ignored unless the caller overrides it (and a line says so), and a
+Python-level handler a framework installed before us is still called after
+ours.
+
+Installing again (new settings, or taking back handlers a framework
+replaced) never puts the old handler back first: a signal arriving in
+between would find the default action and kill the process with no stop.
 """
 
 from __future__ import annotations
 
+import _thread
+import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 
+from lastcall._report import logger
+
 Handler = Callable[[int, FrameType | None], object] | int | None
+
+
+def main_thread_ident() -> int:
+    """The calling thread's pthread id, for ``signal.pthread_kill``; call it on the main thread.
+
+    gevent's ``monkey.patch_all()`` makes ``threading`` report greenlet ids,
+    which ``pthread_kill`` rejects (ProcessLookupError): ask the original.
+    """
+    get_ident = _thread.get_ident
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("_thread"):
+        get_ident = monkey.get_original("_thread", "get_ident")
+    return int(get_ident())
 
 
 class SignalHandlers:
     """Our handlers for a set of signals, and what they replaced."""
 
-    def __init__(self, on_signal: Callable[[int], bool]) -> None:
-        # on_signal returns False when the previous handler must not be called
-        # (the delivery was lastcall's own wake-up, not a signal from outside).
+    def __init__(self, on_signal: Callable[[int], None]) -> None:
         self._on_signal = on_signal
         self._previous: dict[signal.Signals, Handler] = {}
         self.left_ignored: tuple[signal.Signals, ...] = ()
@@ -37,32 +58,49 @@ class SignalHandlers:
         return tuple(self._previous)
 
     def install(self, signals: Iterable[signal.Signals], *, override_ignored: bool) -> None:
+        """Handle ``signals``: ours stays where it is, others' are replaced, the rest given back."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "lastcall.install() must be called from the main thread, because Python "
                 "only lets the main thread set signal handlers; call it at start-up"
             )
+        wanted = tuple(signals)
+        for sig in [s for s in self._previous if s not in wanted]:
+            self._give_back(sig)
         ignored = []
-        for sig in signals:
+        for sig in wanted:
             current = signal.getsignal(sig)
             if current == self._handle:
                 continue
-            if current == signal.SIG_IGN and not override_ignored:
-                ignored.append(sig)
-                continue
-            self._previous[sig] = current
+            if sig not in self._previous:  # new to us (else a framework replaced ours)
+                if current == signal.SIG_IGN and not override_ignored:
+                    ignored.append(sig)
+                    continue
+                self._previous[sig] = current
             signal.signal(sig, self._handle)
+        for sig in ignored:
+            # A shell's background job ignores SIGINT as a matter of course; say so
+            # quietly there, and out loud for a signal an orchestrator sends.
+            level = logging.INFO if sig == signal.SIGINT else logging.WARNING
+            logger.log(
+                level,
+                "%s is ignored in this process (nohup, a background job); lastcall leaves it "
+                "ignored: pass override_ignored=True to handle it",
+                sig.name,
+            )
         self.left_ignored = tuple(ignored)
 
     def restore(self) -> None:
         """Put back what was there before; main thread only."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
+        for sig in list(self._previous):
+            self._give_back(sig)
+
+    def _give_back(self, sig: signal.Signals) -> None:
+        previous = self._previous.pop(sig)
+        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self._on_signal(signum):
-            return
+        self._on_signal(signum)
         previous = self._previous.get(signal.Signals(signum))
         # Python's own SIGINT handler would raise KeyboardInterrupt in the
         # middle of the drain: that is exactly what lastcall replaces.

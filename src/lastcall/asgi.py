@@ -97,9 +97,11 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall import systemd
+from lastcall._config import resolve
 from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
+from lastcall._servers import versions
 from lastcall._servers.asyncio_door import AsyncioDoor
 from lastcall._signals import SignalHandlers
 
@@ -155,6 +157,8 @@ class LastCallMiddleware(HealthPaths):
         elif not isinstance(coordinator, lastcall.Coordinator):
             raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
         check_paths(livez_path, readyz_path)
+        if not coordinator.installed:
+            resolve()  # a bad LASTCALL_* setting fails here, at start-up, in one line
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, (int, float))
@@ -301,14 +305,9 @@ class LastCallMiddleware(HealthPaths):
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
         self._watch_parent(loop)
-        settings = coordinator.settings
-        if settings.prestop_delay >= settings.grace:
-            logger.error(
-                "LASTCALL_PRESTOP_DELAY (%.3g s) is not shorter than LASTCALL_GRACE (%.3g s): "
-                "nothing would be left to drain requests; lower LASTCALL_PRESTOP_DELAY",
-                settings.prestop_delay,
-                settings.grace,
-            )
+        for server, tested in (("uvicorn", versions.UVICORN), ("hypercorn", versions.HYPERCORN)):
+            if server in sys.modules:
+                tested.check()
 
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""

@@ -55,8 +55,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
-from lastcall._config import resolve
+from lastcall._config import check_drain_time, resolve
 from lastcall._report import logger
+from lastcall._servers import versions
 from lastcall.wsgi import LastCallMiddleware
 
 if TYPE_CHECKING:
@@ -116,12 +117,12 @@ def _worker_grace(graceful_timeout: float) -> tuple[float, float]:
                 f"{settings.grace + _MARGIN:g}"
             )
         grace = settings.grace
-    if settings.prestop_delay >= grace:
-        raise ValueError(
-            f"LASTCALL_PRESTOP_DELAY={settings.prestop_delay:g} leaves no time to drain within "
-            f"the {grace:g} s grace period (from gunicorn's graceful_timeout="
-            f"{graceful_timeout:g}): lower LASTCALL_PRESTOP_DELAY or raise --graceful-timeout"
-        )
+    check_drain_time(
+        grace,
+        settings.prestop_delay,
+        grace_name="the worker's grace (--graceful-timeout less 1 s)",
+        delay_name="LASTCALL_PRESTOP_DELAY",
+    )
     return grace, settings.prestop_delay
 
 
@@ -151,6 +152,10 @@ def on_starting(server: Gunicorn) -> None:
         _worker_grace(float(server.cfg.graceful_timeout))
     except (TypeError, ValueError) as exc:
         raise RuntimeError(f"lastcall: {exc}") from None  # gunicorn prints it and exits 1
+    worker_class = getattr(server.cfg, "worker_class", None)
+    if getattr(worker_class, "__module__", "") == "gunicorn.workers.gthread":
+        versions.GUNICORN_GTHREAD.check()  # refuses below 24.0, where it cannot drain
+    versions.GUNICORN.check()
     _bridge_logging(server)
     if _state["hook_dir"] is None:
         _state["hook_dir"] = tempfile.mkdtemp(prefix="lastcall-gunicorn-")

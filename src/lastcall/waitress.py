@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import lastcall
 from lastcall._config import resolve
 from lastcall._report import logger
+from lastcall._servers import versions
 from lastcall.wsgi import LastCallMiddleware
 
 if TYPE_CHECKING:
@@ -54,12 +55,9 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     kw.pop("_profile", None)
     middleware = LastCallMiddleware(app)  # refuses a non-callable app, in one line
     coordinator = lastcall.default
-    settings = coordinator.settings if coordinator.installed else resolve()
-    if settings.prestop_delay >= settings.grace:
-        raise ValueError(
-            f"LASTCALL_PRESTOP_DELAY={settings.prestop_delay:g} leaves no time to drain within "
-            f"LASTCALL_GRACE={settings.grace:g}: lower the delay or raise the grace period"
-        )
+    if not coordinator.installed:
+        resolve()  # a bad LASTCALL_* setting (a pre-stop delay that leaves no drain) fails here
+    versions.WAITRESS.check()
     if not quiet:
         logging.basicConfig()  # as waitress.serve does; idempotent
     server = make_server(_without_connection_header(middleware), **kw)

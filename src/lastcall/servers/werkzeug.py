@@ -40,6 +40,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lastcall._servers import versions
+
 if TYPE_CHECKING:
     from types import FrameType
 
@@ -91,6 +93,7 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         return  # a second app in this process: its server is drained the same way
     _State.coordinator = coordinator
     _State.install_options = install_options or {}
+    versions.WERKZEUG.check()
     if not _State.patched:
         _patch()
         _State.patched = True

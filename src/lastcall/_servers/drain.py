@@ -67,9 +67,13 @@ class Adapter(Protocol):
         ...
 
 
-def drain(adapter: Adapter, coordinator: Coordinator) -> bool:
-    """Run the four steps on ``adapter`` within the drain budget; whether it ended idle."""
-    deadline = time.monotonic() + coordinator.drain_budget()
+def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = None) -> bool:
+    """Run the four steps on ``adapter`` within the drain budget; whether it ended idle.
+
+    ``budget`` caps ``Coordinator.drain_budget()`` (the ASGI middleware's ``drain_timeout``).
+    """
+    allowed = coordinator.drain_budget()
+    deadline = time.monotonic() + (allowed if budget is None else min(allowed, budget))
 
     delay = min(adapter.prestop_delay(), max(0.0, deadline - time.monotonic()))
     if delay > 0:

@@ -1,4 +1,11 @@
-"""The listening sockets of an asyncio server (uvicorn, hypercorn), closed without a reset.
+"""uvicorn and hypercorn: what both answer the drain the same way, on their event loop.
+
+``AsgiServer`` is the adapter the drain runs through; ``lastcall._servers.
+uvicorn`` and ``.hypercorn`` hold what differs (how each is told to stop).
+The door, below, is closed the same way for both.
+
+The listening sockets of an asyncio server, closed without a reset
+------------------------------------------------------------------
 
 Both servers listen through ``loop.create_server`` and stop with
 ``Server.close()``, which closes the listening file descriptor at once:
@@ -27,17 +34,108 @@ the process is gone.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from lastcall._report import logger
+
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
-__all__ = ("AsyncioDoor",)
+__all__ = ("AsgiServer", "AsyncioDoor")
 
 _SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
+_AFTER_CANCEL = 1.0  # after cancelling what overran, how long to let the server notice
+_DOOR_WAIT = 5.0  # at most, for the loop to close the door (it is one callback)
+
+
+class AsgiServer:
+    """The drain's questions, answered on the server's event loop.
+
+    ``stop_server()`` gives the server's own stop (uvicorn's ``handle_exit``,
+    hypercorn's trigger), called once the door is closed; ``drained`` is set
+    when the server sends the lifespan shutdown, which it does once it has
+    finished what it held. ``live`` and ``idle`` are the middleware's count.
+    """
+
+    def __init__(  # noqa: PLR0917  # the middleware's own state, handed over once
+        self,
+        loop: asyncio.AbstractEventLoop,
+        live: set[asyncio.Task[Any]],
+        idle: threading.Event,
+        drained: threading.Event,
+        stop_server: Callable[[], Callable[[], object] | None],
+        full_stop: Callable[[], bool],
+    ) -> None:
+        self.name = "the server"
+        self.door = AsyncioDoor(loop)
+        self._loop = loop
+        self._live = live
+        self._idle = idle
+        self._drained = drained
+        self._stop_server = stop_server
+        self._full_stop = full_stop
+        self._told = False
+
+    def prestop_delay(self) -> float:
+        """The core's pre_stop phase has kept serving already."""
+        return 0.0
+
+    def close_door(self) -> int:
+        """Close the door on the loop, then tell the server to finish what it holds."""
+        if not self._serving():
+            return 0
+        taken = 0
+        if not self.door.closed:
+            closing = asyncio.run_coroutine_threadsafe(
+                self.door.close(refuse=self._full_stop()), self._loop
+            )
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                taken = closing.result(_DOOR_WAIT)
+        stop_server = self._stop_server()
+        if stop_server is not None:
+            self._loop.call_soon_threadsafe(stop_server)
+            self._told = True
+        return taken
+
+    def in_flight(self) -> int:
+        """Requests (and WebSockets) the middleware counts."""
+        return len(self._live)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """A server that was told sends the lifespan shutdown once drained; else our count."""
+        if not self._loop.is_running():
+            if self._live:
+                logger.warning(
+                    "the server's event loop has ended: %d request(s) in flight cannot be finished",
+                    len(self._live),
+                )
+            return True
+        done = self._drained if self._told or self._drained.is_set() else self._idle
+        return done.wait(timeout)
+
+    def close_idle(self) -> None:
+        """Nothing: a server told to stop closes its idle keep-alive connections itself."""
+
+    def cancel(self) -> int:
+        """Cancel the requests still in flight, as uvicorn's own timeout would."""
+        count = len(self._live)
+        if not self._loop.is_running():
+            return count
+        self._loop.call_soon_threadsafe(self._cancel_in_flight)
+        (self._drained if self._told else self._idle).wait(_AFTER_CANCEL)
+        return count
+
+    def _serving(self) -> bool:
+        return self._loop.is_running() and not self._drained.is_set()
+
+    def _cancel_in_flight(self) -> None:
+        for task in list(self._live):
+            task.cancel("lastcall: drain budget spent")
 
 
 class AsyncioDoor:

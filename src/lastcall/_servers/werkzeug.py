@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -67,6 +68,9 @@ class _Served:
     def __init__(self) -> None:
         self.requests = _Requests()
         self.thread: threading.Thread | None = threading.current_thread()
+        # Each open connection, and whether a request on it is being answered
+        # (HTTP/1.1 keep-alive: between requests its thread waits to read).
+        self.connections: dict[socket.socket, bool] = {}
 
 
 class _State:
@@ -152,7 +156,12 @@ class WerkzeugAdapter:
         )
 
     def close_idle(self) -> None:
-        """Nothing to do: responses sent while stopping carry ``Connection: close``."""
+        """End keep-alive connections waiting for a next request: their threads read EOF."""
+        for _, served in self._servers:
+            for connection, busy in list(served.connections.items()):
+                if not busy and not _has_input(connection):
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RD)
 
     def cancel(self) -> int:
         """A request thread cannot be cancelled: it is left, a daemon, as Werkzeug leaves it."""
@@ -193,6 +202,15 @@ def _serve_backlog(server: BaseWSGIServer) -> int:
         taken += 1
 
 
+def _has_input(connection: socket.socket) -> bool:
+    """Bytes (or the client's close) waiting to be read: a request on its way."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
 class _Requests:
     """The request threads of one server, counted exactly."""
 
@@ -222,7 +240,7 @@ class _Requests:
 # ---------------------------------------------------------------- patches
 
 
-def _patch() -> None:  # noqa: C901  # one wrapper per patched method, kept together
+def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, kept together
     """Wrap the few Werkzeug methods every path goes through.
 
     ``flask run`` binds ``run_simple`` at import, so the server classes,
@@ -234,6 +252,7 @@ def _patch() -> None:  # noqa: C901  # one wrapper per patched method, kept toge
     original_serve = base.serve_forever
     original_close = base.server_close
     original_request = serving.ThreadedWSGIServer.process_request_thread
+    original_run_wsgi = serving.WSGIRequestHandler.run_wsgi
     original_enter = _reloader.ReloaderLoop.__enter__
     original_restart = _reloader.ReloaderLoop.restart_with_reloader
 
@@ -267,8 +286,23 @@ def _patch() -> None:  # noqa: C901  # one wrapper per patched method, kept toge
         if served is None:  # not started through serve_forever: nothing to drain
             original_request(self, request, client_address)
             return
-        with served.requests:
-            original_request(self, request, client_address)
+        served.connections[request] = False
+        try:
+            with served.requests:
+                original_request(self, request, client_address)
+        finally:
+            served.connections.pop(request, None)
+
+    def run_wsgi(self: serving.WSGIRequestHandler) -> None:
+        served = _State.servers.get(self.server)
+        if served is None or self.connection not in served.connections:
+            original_run_wsgi(self)
+            return
+        served.connections[self.connection] = True
+        try:
+            original_run_wsgi(self)
+        finally:
+            served.connections[self.connection] = False
 
     def __enter__(self: ReloaderLoop) -> ReloaderLoop:  # noqa: N807
         # The child's main thread, just after Werkzeug set SIGTERM -> sys.exit(0),
@@ -285,6 +319,7 @@ def _patch() -> None:  # noqa: C901  # one wrapper per patched method, kept toge
     base.serve_forever = serve_forever  # type: ignore[method-assign]
     base.server_close = server_close  # type: ignore[method-assign,assignment]
     serving.ThreadedWSGIServer.process_request_thread = process_request_thread  # type: ignore[method-assign,assignment]
+    serving.WSGIRequestHandler.run_wsgi = run_wsgi  # type: ignore[method-assign]
     _reloader.ReloaderLoop.__enter__ = __enter__  # type: ignore[method-assign]
     _reloader.ReloaderLoop.restart_with_reloader = restart_with_reloader  # type: ignore[method-assign]
 

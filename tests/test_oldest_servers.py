@@ -31,6 +31,7 @@ TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27", "pytest>=8", "pytest-timeout>=
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",
+    "tests/test_adapters.py",
     "tests/test_gunicorn.py",
     "tests/test_waitress.py",
     "tests/test_asgi.py",

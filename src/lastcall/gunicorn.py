@@ -59,6 +59,7 @@ __all__ = (
     "child_exit",
     "on_exit",
     "on_starting",
+    "post_request",
     "post_worker_init",
     "pre_exec",
     "pre_request",
@@ -198,9 +199,15 @@ def worker_abort(worker: Gunicorn) -> None:
 
 
 def pre_request(worker: Gunicorn, req: Gunicorn) -> None:  # noqa: ARG001  # gunicorn's signature
-    """A request begun while stopping closes its connection (gunicorn drops the app's header)."""
+    """One more request in flight; begun while stopping, it closes its connection."""
+    adapter.request_began(req)
     if lastcall.default.stopping.is_set():
-        req.must_close = True
+        req.must_close = True  # gunicorn drops a Connection header from the app
+
+
+def post_request(worker: Gunicorn, req: Gunicorn, environ: Any, resp: Any) -> None:  # noqa: ARG001, ANN401  # gunicorn's signature
+    """The response is written: one fewer in flight (the middleware wraps no response)."""
+    adapter.request_ended(req)
 
 
 # ---------------------------------------------------------------- the worker side

@@ -9,7 +9,7 @@ The same signature as ``waitress.serve``. On SIGTERM, SIGINT or SIGHUP
    still queued in the listen backlog, then closes the listening sockets,
    so new connections are refused rather than accepted and dropped;
 3. requests in flight, and those on the connections just taken, are
-   served (responses carry ``Connection: close``); connections that are
+   served (and their connections closed after them); connections that are
    idle are closed; the drain ends when no connection is left, or when
    the grace period (``LASTCALL_GRACE``) runs out;
 4. the other hooks run, and the process ends as the core's rules say
@@ -30,12 +30,10 @@ import lastcall
 from lastcall._config import resolve
 from lastcall._servers import waitress as adapter
 from lastcall._servers.drain import drain
-from lastcall.wsgi import LastCallMiddleware
+from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ("serve",)
 
@@ -53,10 +51,13 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     adapter.TESTED.check()
     if not quiet:
         logging.basicConfig()  # as waitress.serve does; idempotent
-    server = make_server(_without_connection_header(middleware), **kw)
+    server = make_server(middleware, **kw)
     adapter.close_connections_while_stopping(server, coordinator.stopping)
     coordinator.ensure_installed()
     waitress = adapter.WaitressAdapter(server)
+    health = (middleware.livez_path, middleware.readyz_path)
+    for layer in middlewares_in(middleware):
+        layer.count_with(functools.partial(waitress.requests_in_flight, health))
     coordinator.on_shutdown(phase="drain", name="waitress drain")(
         functools.partial(drain, waitress, coordinator)
     )
@@ -71,25 +72,3 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
         raise
     else:
         waitress.loop_died()
-
-
-def _without_connection_header(app: WSGIApplication) -> WSGIApplication:
-    """Drop the middleware's ``Connection: close``: waitress rejects hop-by-hop headers.
-
-    (It answers 500 instead.) The same request still closes its connection:
-    see ``lastcall._servers.waitress``.
-    """
-
-    def start_without(
-        start_response: StartResponse,
-    ) -> StartResponse:
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:  # noqa: ANN401
-            kept = [(k, v) for k, v in headers if k.lower() != "connection"]
-            return start_response(status, kept, exc_info)
-
-        return start
-
-    def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return app(environ, start_without(start_response))
-
-    return wrapped

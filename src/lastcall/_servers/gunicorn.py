@@ -29,12 +29,18 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._servers import versions
-from lastcall.wsgi import LastCallMiddleware
+from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ("GunicornWorker", "Listener", "watch_master")
+__all__ = (
+    "GunicornWorker",
+    "Listener",
+    "request_began",
+    "request_ended",
+    "watch_master",
+)
 
 # gunicorn objects (arbiter, worker, request, socket): untyped, reached by duck typing
 Gunicorn: TypeAlias = Any
@@ -60,6 +66,39 @@ class _Shared:
 
 
 _shared = _Shared()
+
+
+class _Requests:
+    """Requests between gunicorn's ``pre_request`` and ``post_request`` hooks (health ones aside).
+
+    gunicorn calls ``post_request`` once the response is written, in a
+    ``finally`` (``gunicorn/workers/sync.py``, ``gthread.py``), so this count
+    is exact without wrapping a response.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.health: tuple[str | None, ...] = ()
+
+    def add(self, path: str, step: int) -> None:
+        if path in self.health:
+            return
+        with self._lock:
+            self.count += step
+
+
+_requests = _Requests()
+
+
+def request_began(req: Gunicorn) -> None:
+    """One more in flight (gunicorn's ``pre_request``)."""
+    _requests.add(req.path, 1)
+
+
+def request_ended(req: Gunicorn) -> None:
+    """One fewer in flight (gunicorn's ``post_request``)."""
+    _requests.add(req.path, -1)
 
 
 def check_versions(server: Gunicorn) -> None:
@@ -196,12 +235,14 @@ class GunicornWorker:
         """``worker 1234``."""
         return f"worker {self.pid}"
 
-    def wrap_app(self) -> LastCallMiddleware:
-        """The worker's app in the middleware (health endpoints, requests counted)."""
+    def wrap_app(self) -> None:
+        """The worker's app in the middleware, for the health endpoints; we count requests."""
         if not isinstance(self.worker.wsgi, LastCallMiddleware):
             self.worker.wsgi = LastCallMiddleware(self.worker.wsgi, coordinator=lastcall.default)
-        middleware: LastCallMiddleware = self.worker.wsgi
-        return middleware
+        outer: LastCallMiddleware = self.worker.wsgi
+        _requests.health = (outer.livez_path, outer.readyz_path)
+        for middleware in middlewares_in(outer):
+            middleware.count_with(lambda: _requests.count)
 
     def attach(self) -> None:
         """Put our listeners in the loop's place and note when the loop ends."""
@@ -259,7 +300,7 @@ class GunicornWorker:
 
     def in_flight(self) -> int:
         """Requests the middleware counts in flight."""
-        return 0 if self.loop_done.is_set() else self.wrap_app().in_flight
+        return 0 if self.loop_done.is_set() else _requests.count
 
     def wait_idle(self, timeout: float) -> bool:
         """Until the worker's loop has ended, having served what it held."""

@@ -107,6 +107,19 @@ class WaitressAdapter:
         """Connections left at the last look."""
         return self._left
 
+    def requests_in_flight(self, health: tuple[str | None, ...] = ()) -> int:
+        """Requests being answered now, health checks aside (for ``/readyz``).
+
+        Read from another thread than the loop's: a moment's count, no more.
+        """
+        return sum(
+            1
+            for server in self._servers
+            for channel in list(server.active_channels.values())
+            for request in list(channel.requests)[:1]
+            if getattr(request, "path", None) not in health
+        )
+
     def wait_idle(self, timeout: float) -> bool:
         """Until no connection is left: turning the loop ourselves if it has ended."""
         deadline = time.monotonic() + timeout

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall._servers import versions
 from lastcall._servers.drain import drain
+from lastcall.wsgi import middlewares_in
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -68,9 +69,19 @@ class _Served:
     def __init__(self) -> None:
         self.requests = _Requests()
         self.thread: threading.Thread | None = threading.current_thread()
-        # Each open connection, and whether a request on it is being answered
-        # (HTTP/1.1 keep-alive: between requests its thread waits to read).
-        self.connections: dict[socket.socket, bool] = {}
+        # Each open connection, and the path of the request being answered on
+        # it (None between requests: HTTP/1.1 keep-alive, its thread waits to read).
+        self.connections: dict[socket.socket, str | None] = {}
+        self.health: tuple[str | None, ...] = ()
+
+    def requests_in_flight(self) -> int:
+        """Requests being answered now, health checks aside (for ``/readyz``)."""
+        health = self.health
+        return sum(
+            1
+            for path in list(self.connections.values())
+            if path is not None and path.partition("?")[0] not in health
+        )
 
 
 class _State:
@@ -158,8 +169,8 @@ class WerkzeugAdapter:
     def close_idle(self) -> None:
         """End keep-alive connections waiting for a next request: their threads read EOF."""
         for _, served in self._servers:
-            for connection, busy in list(served.connections.items()):
-                if not busy and not _has_input(connection):
+            for connection, path in list(served.connections.items()):
+                if path is None and not _has_input(connection):
                     with contextlib.suppress(OSError):
                         connection.shutdown(socket.SHUT_RD)
 
@@ -265,6 +276,9 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
                 _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
             )
         served = _State.servers[self] = _Served()
+        for middleware in middlewares_in(self.app):
+            served.health = (middleware.livez_path, middleware.readyz_path)
+            middleware.count_with(served.requests_in_flight)
         try:
             original_serve(self, poll_interval)
         finally:
@@ -286,7 +300,7 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
         if served is None:  # not started through serve_forever: nothing to drain
             original_request(self, request, client_address)
             return
-        served.connections[request] = False
+        served.connections[request] = None
         try:
             with served.requests:
                 original_request(self, request, client_address)
@@ -298,11 +312,11 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
         if served is None or self.connection not in served.connections:
             original_run_wsgi(self)
             return
-        served.connections[self.connection] = True
+        served.connections[self.connection] = self.path
         try:
             original_run_wsgi(self)
         finally:
-            served.connections[self.connection] = False
+            served.connections[self.connection] = None
 
     def __enter__(self: ReloaderLoop) -> ReloaderLoop:  # noqa: N807
         # The child's main thread, just after Werkzeug set SIGTERM -> sys.exit(0),

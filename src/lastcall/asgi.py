@@ -24,8 +24,8 @@ dispatcher thread, while the server's event loop keeps running:
    **server's own loop** (``Coordinator.use_loop``), so they can close
    clients bound to it. The app's own lifespan shutdown (FastAPI's
    ``lifespan``, Starlette's ``on_shutdown``) is one of these hooks, in
-   ``cleanup``, registered when its startup completed: hooks registered
-   after start-up run before it, hooks registered at import after it.
+   ``final``, so it runs after every ``cleanup`` hook, whenever that was
+   registered.
 4. The coordinator ends the process as for any stop: a SIGTERM ends it by
    SIGTERM (status 143) unless ``LASTCALL_EXIT_CODE`` is set, and each hook
    runs once. Nothing is left for ``atexit`` to run twice.
@@ -42,9 +42,9 @@ hypercorn's master too) in ``lastcall._servers.asgi``. With
 ``hypercorn.asyncio.serve(..., shutdown_trigger=middleware.shutdown_trigger)``
 nothing is taken: the trigger simply returns when the drain begins.
 
-A **worker whose master died** (SIGKILL, OOM) notices at once through
-the parent's ``multiprocessing`` sentinel on the loop, and stops as if
-told to (``trigger``), instead of serving as an orphan. Where the server
+A **worker whose master died** (SIGKILL, OOM) notices within 0.2 s
+(``Coordinator.stop_when_parent_dies``) and stops as if told to,
+instead of serving as an orphan. Where the server
 cannot be told to stop, the drain waits for the requests in flight.
 
 Whatever began the stop, a lifespan shutdown that arrives while the
@@ -87,6 +87,7 @@ from lastcall._servers import hypercorn, uvicorn
 from lastcall._servers.asgi import AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._signals import SignalHandlers
+from lastcall._stoptoken import _resolve
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -291,7 +292,7 @@ class LastCallMiddleware(HealthPaths):
         systemd.attach(coordinator)
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
-        self._watch_parent(loop)
+        self._watch_parent()
         for server, tested in (("uvicorn", uvicorn.TESTED), ("hypercorn", hypercorn.TESTED)):
             if server in sys.modules:
                 tested.check()
@@ -313,18 +314,13 @@ class LastCallMiddleware(HealthPaths):
         coordinator.ensure_installed()
         logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
 
-    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch_parent(self) -> None:
+        """A worker whose master died stops, instead of serving on as an orphan."""
         parent = multiprocessing.parent_process()
-        sentinel = getattr(parent, "sentinel", None)
-        if parent is None or not isinstance(sentinel, int):
-            return
-
-        def parent_died() -> None:
-            loop.remove_reader(sentinel)
-            logger.warning("the server's master process %s died; stopping", parent.pid)
-            self._coordinator.trigger("the server's master process died")
-
-        loop.add_reader(sentinel, parent_died)
+        if parent is not None and parent.pid is not None:
+            self._coordinator.stop_when_parent_dies(
+                parent.pid, f"the server's master process {parent.pid} died"
+            )
 
     async def _refuse_when_loop_dies(self, door: AsyncioDoor) -> None:
         """Wait for ever; cancelled as the loop winds down, refuse new connections."""
@@ -401,11 +397,6 @@ class _AppLifespan:
     def close(self) -> None:
         if not self._task.done():
             self._task.cancel()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 async def _json(scope: Scope, send: Send, status: int, body: bytes) -> None:

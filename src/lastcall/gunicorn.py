@@ -105,7 +105,7 @@ def _worker_grace(graceful_timeout: float) -> tuple[float, float]:
 def _bridge_logging(server: Gunicorn) -> None:
     """Send lastcall's log lines to gunicorn's error log, unless logging is set up."""
     ours = logging.getLogger("lastcall")
-    error_log = getattr(getattr(server, "log", None), "error_log", None)
+    error_log = adapter.error_log(server)
     if ours.handlers or logging.getLogger().handlers or error_log is None:
         return
     for handler in error_log.handlers:
@@ -160,7 +160,7 @@ def child_exit(server: Gunicorn, worker: Gunicorn) -> None:
         return
     how = (
         "killed after WORKER TIMEOUT (SIGABRT, then SIGKILL)"
-        if getattr(worker, "aborted", False)
+        if adapter.was_aborted(worker)
         else "killed (SIGKILL, or out of memory)"
     )
     server.log.error(

@@ -9,8 +9,8 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
 * ``gunicorn/arbiter.py``: ``Arbiter.kill_workers``, ``reexec_pid``,
   ``master_pid``, ``systemd``, and its SIGTERM/SIGINT handlers (wrapped).
 * ``gunicorn/workers/base.py``: ``Worker.wsgi``, ``sockets``, ``wait_fds``,
-  ``PIPE``, ``alive``, ``is_parent_alive``, ``run``, its SIGTERM/SIGINT
-  handlers (replaced).
+  ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, its
+  SIGTERM/SIGINT handlers (replaced); ``gunicorn/glogging.py``: ``error_log``.
 * ``gunicorn/workers/gthread.py``: ``method_queue``, ``enqueue_req``,
   ``accept(listener)``; ``gunicorn/workers/sync.py``: ``run_for_one``.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import mmap
 import os
 import signal
@@ -99,6 +100,17 @@ def request_began(req: Gunicorn) -> None:
 def request_ended(req: Gunicorn) -> None:
     """One fewer in flight (gunicorn's ``post_request``)."""
     _requests.add(req.path, -1)
+
+
+def error_log(server: Gunicorn) -> logging.Logger | None:
+    """The error logger of gunicorn (``gunicorn/glogging.py``, ``Logger.error_log``), if any."""
+    found = getattr(getattr(server, "log", None), "error_log", None)
+    return found if isinstance(found, logging.Logger) else None
+
+
+def was_aborted(worker: Gunicorn) -> bool:
+    """Whether the master aborted this worker after its timeout (``gunicorn/workers/base.py``)."""
+    return bool(getattr(worker, "aborted", False))
 
 
 def check_versions(server: Gunicorn) -> None:

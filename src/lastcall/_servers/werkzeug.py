@@ -255,7 +255,12 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
     """Wrap the few Werkzeug methods every path goes through.
 
     ``flask run`` binds ``run_simple`` at import, so the server classes,
-    not ``run_simple``, are what both entry points share.
+    not ``run_simple``, are what both entry points share. From
+    ``werkzeug/serving.py``: ``BaseWSGIServer.serve_forever`` and
+    ``server_close``, ``ThreadedWSGIServer.process_request_thread``,
+    ``WSGIRequestHandler.run_wsgi``; from the private ``werkzeug/_reloader.py``:
+    ``ReloaderLoop.__enter__`` and ``restart_with_reloader`` (and, elsewhere
+    here, ``_get_args_for_reloading`` and ``werkzeug/_internal.py``'s ``_log``).
     """
     from werkzeug import _reloader, serving  # noqa: PLC0415  # only with Werkzeug in use
 

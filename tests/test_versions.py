@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port
+from conftest import WAIT, free_port, wait_session_empty
 from test_matrix import ASGI, ASGI_APP, FLASK_MAIN, LAUNCH, PACKAGE, WAITRESS_MAIN, WSGI_APP
 
 from lastcall._servers import versions
@@ -72,6 +72,7 @@ def test_real_server_says_so_at_start_up(spawn, server: str) -> None:
     assert "99.0.0" in line
     child.send(signal.SIGTERM)
     child.finish(WAIT)
+    wait_session_empty(child.pid)  # hypercorn's multiprocessing helpers end after its master
 
 
 def test_gunicorn_gthread_below_24_refuses_to_start(spawn) -> None:
@@ -82,4 +83,5 @@ def test_gunicorn_gthread_below_24_refuses_to_start(spawn) -> None:
     env = {"PYTHONPATH": f"{fake}:{directory}"}
     child = spawn("", argv=LAUNCH["gunicorn-gthread"](free_port()), env=env, wait_ready=False)
     assert child.finish(WAIT) != 0
+    wait_session_empty(child.pid)
     assert "gunicorn>=24.0" in child.output()

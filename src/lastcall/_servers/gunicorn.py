@@ -12,7 +12,8 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
   ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, its
   SIGTERM/SIGINT handlers (replaced); ``gunicorn/glogging.py``: ``error_log``.
 * ``gunicorn/workers/gthread.py``: ``method_queue``, ``enqueue_req``,
-  ``accept(listener)``; ``gunicorn/workers/sync.py``: ``run_for_one``.
+  ``accept(listener)``, ``keepalived_conns`` and ``murder_keepalived``;
+  ``gunicorn/workers/sync.py``: ``run_for_one``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -319,7 +321,12 @@ class GunicornWorker:
         return self.loop_done.wait(timeout)
 
     def close_idle(self) -> None:
-        """Nothing: the worker closes keep-alive connections itself once its loop stops."""
+        """gthread: idle keep-alive connections time out now (sync workers keep none).
+
+        gunicorn 24-26 wait for them after the loop stops, up to their keep-alive timeout.
+        """
+        if self.kind == "gthread" and not self.loop_done.is_set():
+            self.worker.method_queue.defer(self._expire_keepalive)
 
     def cancel(self) -> int:
         """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
@@ -342,6 +349,13 @@ class GunicornWorker:
             while listener.held:
                 self.worker.accept(listener)
         self._finish_loop()
+
+    def _expire_keepalive(self) -> None:
+        """On gthread's loop thread: ``keepalived_conns`` and ``murder_keepalived`` (gthread.py)."""
+        now = time.monotonic()
+        for conn in list(getattr(self.worker, "keepalived_conns", ())):
+            conn.timeout = now
+        self.worker.murder_keepalived()
 
     def _finish_loop(self) -> None:
         self.worker.alive = False

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall._servers import versions
 from lastcall._servers.drain import drain
-from lastcall.wsgi import middlewares_in
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -72,16 +71,6 @@ class _Served:
         # Each open connection, and the path of the request being answered on
         # it (None between requests: HTTP/1.1 keep-alive, its thread waits to read).
         self.connections: dict[socket.socket, str | None] = {}
-        self.health: tuple[str | None, ...] = ()
-
-    def requests_in_flight(self) -> int:
-        """Requests being answered now, health checks aside (for ``/readyz``)."""
-        health = self.health
-        return sum(
-            1
-            for path in list(self.connections.values())
-            if path is not None and path.partition("?")[0] not in health
-        )
 
 
 class _State:
@@ -281,9 +270,6 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
                 _drain, phase="drain", name="werkzeug: stop accepting, finish requests in flight"
             )
         served = _State.servers[self] = _Served()
-        for middleware in middlewares_in(self.app):
-            served.health = (middleware.livez_path, middleware.readyz_path)
-            middleware.count_with(served.requests_in_flight)
         try:
             original_serve(self, poll_interval)
         finally:

@@ -122,8 +122,15 @@ class Child:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # SIGABRT: faulthandler (PYTHONFAULTHANDLER, set at spawn) prints where
+            # every thread of the child was, so the failure says why it hung.
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2)
             self.proc.kill()
             self.proc.wait()
+            for pump in self._pumps:
+                pump.join(WAIT)
             pytest.fail(f"child {self.pid} still running after {timeout} s\n{self.output()}")
         for pump in self._pumps:
             pump.join(WAIT)
@@ -149,7 +156,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         script = tmp_path / f"scenario_{len(children)}.py"
         script.write_text(textwrap.dedent(source))
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
-        full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**inherited, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
         proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCH, *(argv or [sys.executable, str(script)])],
             stdout=subprocess.PIPE,

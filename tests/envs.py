@@ -25,13 +25,17 @@ RUN_TIMEOUT = 600.0
 
 
 def find_python(version: str) -> Path | None:
-    """An interpreter for ``version`` ("3.10"): on PATH as python3.10, or under pyenv."""
+    """An interpreter for ``version`` ("3.10") that runs: under pyenv, or on PATH."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"))
     on_path = shutil.which(f"python{version}")
     if on_path:
-        return Path(on_path)
-    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    found = sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"))
-    return found[-1] if found else None
+        candidates.append(Path(on_path))  # a pyenv shim fails unless its version is selected
+    for python in candidates:
+        probe = subprocess.run([str(python), "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return python
+    return None
 
 
 def require_python(version: str) -> Path:

@@ -39,6 +39,16 @@ while True:
     time.sleep(60)
 """
 
+# A main thread that runs Python code every 50 ms, as a server's loop does. CPython
+# defers a signal that lands while the handler of the same signal still runs (the
+# GIL taken away mid-handler) until the main thread next runs Python code: in a
+# 60 s sleep, 60 s. Tests of a second signal use this, not BLOCK.
+BUSY_MAIN = """
+out("ready")
+while True:
+    time.sleep(0.05)
+"""
+
 HOOKS = """
 lastcall.on_shutdown(say("first"))
 lastcall.on_shutdown(say("second"))
@@ -209,7 +219,7 @@ def stuck():
     out("stuck started")
     time.sleep(30)
 """
-        + BLOCK
+        + BUSY_MAIN
     )
     child.send(signal.SIGINT)
     child.wait_for("stuck started")

@@ -16,7 +16,10 @@ CORE_TESTS = [
     "tests/test_stops_end.py",
     "tests/test_lastresort.py",
 ]
-REQUIREMENTS = ["click>=8.1", "rich>=13", "httpx>=0.27", "pytest>=8", "pytest-timeout>=2.3"]
+REQUIREMENTS = [
+    *("click>=8.1", "rich>=13", "httpx>=0.27"),  # conftest finds processes with the drill's code
+    *("pytest>=8", "pytest-timeout>=2.3", "gevent>=24.2"),
+]
 
 
 @pytest.mark.timeout(900)

@@ -29,6 +29,7 @@ __all__ = (
     "Report",
     "Settings",
     "StopToken",
+    "busy",
     "default",
     "install",
     "last_resort",
@@ -38,15 +39,18 @@ __all__ = (
     "trigger",
     "uninstall",
     "unregister",
+    "use_loop",
 )
 
 default: Coordinator = Coordinator()
 """The process's coordinator, used by the functions below."""
 
 install = default.install
+busy = default.busy
 uninstall = default.uninstall
 on_shutdown = default.on_shutdown
 unregister = default.unregister
+use_loop = default.use_loop
 trigger = default.trigger
 shutdown = default.shutdown
 stopping: StopToken = default.stopping

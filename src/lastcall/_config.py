@@ -5,15 +5,16 @@ passes it knows its own needs; an environment variable comes next, because
 that is where an operator tunes a deployed service; the defaults suit
 Kubernetes (30 s grace, so lastcall keeps 5 s back for itself).
 
-=======================  =====================  ===========================
-setting                  variable               default
-=======================  =====================  ===========================
-``grace``                LASTCALL_GRACE         25 (seconds)
-``signals``              LASTCALL_SIGNALS       SIGTERM,SIGINT,SIGHUP
-``exit_code``            LASTCALL_EXIT_CODE     unset: end as the signal did
-``report``               LASTCALL_REPORT        unset: no JSON file
-``prestop_delay``        LASTCALL_PRESTOP_DELAY 0 (seconds)
-=======================  =====================  ===========================
+========================  =============================  ===========================
+setting                   variable                       default
+========================  =============================  ===========================
+``grace``                 LASTCALL_GRACE                 25 (seconds)
+``signals``               LASTCALL_SIGNALS               SIGTERM,SIGINT,SIGHUP
+``exit_code``             LASTCALL_EXIT_CODE             unset: end as the signal did
+``report``                LASTCALL_REPORT                unset: no JSON file
+``prestop_delay``         LASTCALL_PRESTOP_DELAY         0 (seconds)
+``stop_on_thread_crash``  LASTCALL_STOP_ON_THREAD_CRASH  off
+========================  =============================  ===========================
 """
 
 from __future__ import annotations
@@ -41,21 +42,23 @@ SignalSpec = str | int | signal.Signals
 class Settings:
     """The resolved settings one coordinator runs with; read-only once made."""
 
-    __slots__ = ("exit_code", "grace", "prestop_delay", "report", "signals")
+    __slots__ = ("exit_code", "grace", "prestop_delay", "report", "signals", "stop_on_thread_crash")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # one argument per setting, as install() takes them
         self,
         grace: float = DEFAULT_GRACE,
         signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
         exit_code: int | None = None,
         report: str | None = None,
         prestop_delay: float = 0.0,
+        stop_on_thread_crash: bool = False,
     ) -> None:
         self.grace = grace
         self.signals = signals
         self.exit_code = exit_code
         self.report = report
         self.prestop_delay = prestop_delay
+        self.stop_on_thread_crash = stop_on_thread_crash
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some settings changed (as ``NamedTuple._replace``)."""
@@ -74,6 +77,7 @@ def resolve(
     exit_code: int | None = None,
     report: str | os.PathLike[str] | None = None,
     prestop_delay: float | None = None,
+    stop_on_thread_crash: bool | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
     """Merge arguments over environment over defaults, checking each value."""
@@ -96,7 +100,25 @@ def resolve(
         exit_code=_exit_code(exit_code, environ.get("LASTCALL_EXIT_CODE")),
         report=_report_path(report, environ.get("LASTCALL_REPORT")),
         prestop_delay=delay_value,
+        stop_on_thread_crash=_flag(
+            "stop_on_thread_crash",
+            stop_on_thread_crash,
+            environ.get("LASTCALL_STOP_ON_THREAD_CRASH"),
+        ),
     )
+
+
+def _flag(name: str, value: bool | None, env_value: str | None) -> bool:
+    if value is not None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
+        return value
+    text = (env_value or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"LASTCALL_{name.upper()}={env_value!r} is not a switch; set it to 1 or 0")
 
 
 def drain_reserve(grace: float) -> float:

@@ -40,6 +40,7 @@ import time
 import weakref
 
 from lastcall import _watchdog
+from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
 from lastcall._report import HookResult, Report, log, logger
@@ -94,6 +95,7 @@ class Coordinator:
         self._handlers: SignalHandlers | None = None
         self._main_ident: int | None = None  # the main thread's pthread id, for waking it
         self._previous_excepthook: Callable[..., Any] | None = None
+        self._previous_thread_excepthook: Callable[[threading.ExceptHookArgs], object] | None = None
         self._exit_wanted = False  # run the stop at interpreter exit (a hook, install ...)
         self._forked = False
         self._done_callbacks: list[Callable[[Report], None]] = []
@@ -111,10 +113,11 @@ class Coordinator:
         self._by_func: dict[object, list[int]] = {}
         self._serials = itertools.count()
         self._phase: str | None = None  # the phase a stop is running
+        self._busy = BusyWork()
         self._state: State = "running"
         self._done = threading.Event()
         self._report: Report | None = None
-        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[int | tuple[str, str, int]] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
         self._runner: Runner | None = None  # running the hooks of the current phase
         self._in_progress: Report | None = None
@@ -147,9 +150,15 @@ class Coordinator:
         then run on another thread than the loop's, as it does when a signal or
         ``trigger()`` begins it; while the loop is not running (or the stop
         runs on its thread) async hooks fall back to a loop of their own.
-        ``None`` goes back to that.
+        ``None`` goes back to that. While a loop is in use, a guard task on it
+        keeps ``asyncio.run()`` from closing it before the hooks have run, and
+        runs the stop there if the loop ends first (see ``_asyncio``).
         """
         self._loop = loop
+        if loop is not None or sys.modules.get("lastcall._asyncio") is not None:
+            from lastcall._asyncio import guard_loop  # noqa: PLC0415  # imports asyncio
+
+            guard_loop(self, loop)
 
     def install(
         self,
@@ -161,6 +170,8 @@ class Coordinator:
         prestop_delay: float | None = None,
         force_signals: Iterable[SignalSpec] = ("SIGINT",),
         override_ignored: bool = False,
+        stop_on_thread_crash: bool | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Coordinator:
         """Take over the stop signals and normal exit; safe to call again.
 
@@ -168,7 +179,10 @@ class Coordinator:
         over the defaults (see ``lastcall._config``). ``force_signals``
         received during a stop end the process at once (a second Ctrl-C);
         other repeats are absorbed. A signal found ignored stays ignored
-        unless ``override_ignored``.
+        unless ``override_ignored``. ``stop_on_thread_crash``: an unhandled
+        exception in any thread begins the stop, exit status 1. Async hooks
+        run on ``loop`` (see ``use_loop``), by default on the loop running
+        ``install()`` if any.
         """
         options = {
             "grace": grace,
@@ -178,6 +192,7 @@ class Coordinator:
             "prestop_delay": prestop_delay,
             "force_signals": force_signals,
             "override_ignored": override_ignored,
+            "stop_on_thread_crash": stop_on_thread_crash,
         }
         if getattr(sys.modules.get("__main__"), "LASTCALL_WATCHER", False):
             # The last-resort watcher importing an app module to run a hook:
@@ -189,8 +204,10 @@ class Coordinator:
             exit_code=exit_code,
             report=report,
             prestop_delay=prestop_delay,
+            stop_on_thread_crash=stop_on_thread_crash,
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
+        self._renew_if_gevent_patched()
         handlers = self._handlers or SignalHandlers(self._on_signal)
         handlers.install(settings.signals, override_ignored=override_ignored)  # no gap
         self._settings = settings
@@ -201,9 +218,36 @@ class Coordinator:
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
+        if settings.stop_on_thread_crash and self._previous_thread_excepthook is None:
+            self._previous_thread_excepthook = threading.excepthook
+            threading.excepthook = self._thread_excepthook
+        elif not settings.stop_on_thread_crash:
+            self._restore_thread_excepthook()
         self._want_exit_stop()
         self._start_dispatcher()
+        log.start()  # now, so a stop does not pay for starting it
+        _watchdog.prepare()
+        if loop is None and sys.modules.get("asyncio") is not None:
+            from lastcall._asyncio import running_loop  # noqa: PLC0415  # asyncio is imported
+
+            loop = running_loop()
+        if loop is not None:
+            self.use_loop(loop)
         return self
+
+    def _renew_if_gevent_patched(self) -> None:
+        """Remake what greenlets wait on if gevent patched ``threading`` after we made it.
+
+        ``monkey.patch_all()`` after ``import lastcall``: a greenlet waiting on
+        one of the original Events or queues would block the whole hub.
+        """
+        if sys.modules.get("gevent.monkey") is None or isinstance(self._done, threading.Event):
+            return
+        if self._state == "running":
+            self._done = threading.Event()
+            self._events = queue.SimpleQueue()
+            self.stopping._renew()  # noqa: SLF001  # the token's owner renews it
+        log.renew()
 
     def reclaim_signals(self) -> None:
         """Install our handlers again, after a framework replaced them.
@@ -282,6 +326,12 @@ class Coordinator:
         if self._previous_excepthook is not None:
             sys.excepthook = self._previous_excepthook
             self._previous_excepthook = None
+        self._restore_thread_excepthook()
+
+    def _restore_thread_excepthook(self) -> None:
+        if self._previous_thread_excepthook is not None:
+            threading.excepthook = self._previous_thread_excepthook
+            self._previous_thread_excepthook = None
 
     # ------------------------------------------------------------ hooks
 
@@ -354,10 +404,21 @@ class Coordinator:
         make_hook(lambda: None, phase=phase, timeout=timeout, name=name, inherit=inherit)
         return register if func is None else register(func)
 
+    def busy(self, name: str) -> Busy:
+        """Mark work in progress that the ``drain`` phase waits for, as it waits for requests.
+
+        ``with lastcall.busy("import"):``, ``async with ...``, or
+        ``@lastcall.busy("nightly")`` on a function. The work should still
+        watch ``stopping`` to wrap up; what is still busy when the drain's
+        budget runs out is named in the report, with its stack.
+        """
+        return Busy(self._busy, name)
+
     def unregister(self, func: HookFunc) -> bool:
         """Remove every registration of ``func``; True if there was one."""
         with self._lock:
             try:
+                hash(func)  # dict.pop() on an empty dict does not hash: ask first
                 serials = self._by_func.pop(func, [])
             except TypeError:
                 serials = [n for n, h in self._hooks.items() if h.func is func or h.func == func]
@@ -381,7 +442,7 @@ class Coordinator:
             logger.debug("trigger() from inside hook %s: the stop is already running", reason)
             return
         self._start_dispatcher()
-        self._events.put(reason)
+        self._events.put(("manual", reason, 0))
 
     def shutdown(
         self, reason: str = "shutdown() called", *, prestop_delay: float | None = None
@@ -484,6 +545,7 @@ class Coordinator:
                 hooks = [h for h in reversed(self._hooks.values()) if h.phase == phase]
             while hooks:
                 runner = self._runner = Runner(hooks, budget, self._clock, loop)
+                runner.start()
                 overran = runner.watch()
                 report.hooks.extend(self._record(done, took) for done, took in runner.results)
                 if overran is None:
@@ -491,8 +553,11 @@ class Coordinator:
                 hook = hooks[overran]
                 _, _, allowed = runner.current or (0, 0.0, 0.0)
                 error = f"still running after {allowed:.3g} s; abandoned"
-                report.hooks.append(self._record(Finished(hook, "timeout", error), allowed))
+                finished = Finished(hook, "timeout", error, runner.stack())
+                report.hooks.append(self._record(finished, allowed))
                 hooks = hooks[overran + 1 :]  # a new runner for the rest
+            if phase == "drain" and len(self._busy):
+                report.hooks.append(self._wait_busy(report))
             if phase == "pre_stop" and settings.prestop_delay:
                 delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
                 log.log(logging.INFO, "pre-stop delay: still serving for %.3g s", delay)
@@ -503,6 +568,25 @@ class Coordinator:
         report.exit_status = exit_status
         self._finish(report)
         return report
+
+    def _wait_busy(self, report: Report) -> HookResult:
+        """The drain's last step: wait for ``busy`` blocks within the drain budget."""
+        began = self._clock()
+        if self._busy.wait_idle(self.drain_budget()):
+            return HookResult(_BUSY_STEP, "drain", "ok", self._clock() - began)
+        report.busy = self._busy.in_progress()
+        names = ", ".join(f"{b['name']} ({b['seconds']:.1f} s)" for b in report.busy)
+        result = HookResult(
+            _BUSY_STEP, "drain", "timeout", self._clock() - began, f"still busy: {names}"
+        )
+        for block in report.busy:
+            log.log(
+                logging.ERROR,
+                "busy work %s still running after the drain budget, at:\n%s",
+                block["name"],
+                block["stack"] or "(its stack cannot be seen)",
+            )
+        return result
 
     def _hook_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop set with ``use_loop``, unless this thread is the one running it."""
@@ -518,17 +602,18 @@ class Coordinator:
         return None if current is loop else loop
 
     def _record(self, done: Finished, took: float) -> HookResult:
+        hook = done.hook
         if done.outcome in ("error", "timeout"):
-            hook = done.hook
             log.log(
                 logging.ERROR,
-                "hook %s (%s) %s: %s",
+                "hook %s (%s) %s: %s%s",
                 hook.name,
                 hook.phase,
                 done.outcome,
                 done.error,
+                f", at:\n{done.stack}" if done.stack else "",
             )
-        return HookResult(done.hook.name, done.hook.phase, done.outcome, took, done.error)
+        return HookResult(hook.name, hook.phase, done.outcome, took, done.error, stack=done.stack)
 
     def _finish(self, report: Report) -> None:
         """Write, record and log the report, then release anyone waiting.
@@ -544,7 +629,10 @@ class Coordinator:
                 callback(report)
             except Exception as exc:
                 log.log(logging.ERROR, "a when_done callback failed: %r", exc)
-        log.flush(_LOG_FLUSH_WAIT)
+        if self._plan is None and self._ending is None:
+            # No one ends the process after this (shutdown(), an exit the
+            # interpreter completes): the lines must be out before we return.
+            log.flush(_LOG_FLUSH_WAIT)
         self._done.set()
 
     def _write(self, report: Report) -> None:
@@ -578,18 +666,18 @@ class Coordinator:
         self._events.put(signum)
 
     def _dispatch(self) -> None:
+        # A signal number, or (trigger, reason, status) from trigger() or a thread's crash.
         item = self._events.get()
-        signum = item if isinstance(item, int) else None
-        trigger = signal.Signals(signum).name if signum is not None else "manual"
+        if isinstance(item, int):
+            trigger, reason = signal.Signals(item).name, "signal received"
+            status, die_by = 128 + item, item
+        else:
+            trigger, reason, status = item
+            die_by = None
         if self._settings.exit_code is not None:
             status, die_by = self._settings.exit_code, None
-        elif signum is not None:
-            status, die_by = 128 + signum, signum
-        else:
-            status, die_by = 0, None
         if self._begin():
             self._plan = (status, die_by)
-            reason = "signal received" if signum is not None else str(item)
             self._run(trigger, reason, exit_status=status, ends_process=True)
         else:
             self._done.wait(self._settings.grace + _MAIN_THREAD_GRACE)
@@ -646,18 +734,25 @@ class Coordinator:
         if runner is not None and running is not None:
             index, began, _ = running
             hook = runner.hooks[index]
-            detail = f"{hook.name} ({hook.phase}, {time.monotonic() - began:.1f} s)"
+            took = time.monotonic() - began
+            detail = f"{hook.name} ({hook.phase}, {took:.1f} s)"
+            if report is not None:
+                error = f"still running when {signal.Signals(signum).name} forced the exit"
+                report.hooks.append(
+                    self._record(Finished(hook, "timeout", error, runner.stack()), took)
+                )
         log.log(
             logging.ERROR,
             "%s again during shutdown: exiting now; still running: %s",
             signal.Signals(signum).name,
             detail,
         )
+        self._ending = (128 + signum, signum)
         if report is not None and self._report is None:
+            report.busy = self._busy.in_progress()
             report.forced = True
             report.exit_status = 128 + signum
             self._finish(report)
-        self._ending = (128 + signum, signum)
         self._end_on_main_thread()
 
     # ------------------------------------------------------------ interpreter exit
@@ -693,6 +788,21 @@ class Coordinator:
         previous = self._previous_excepthook or sys.__excepthook__
         previous(exc_type, exc, tb)
 
+    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """``stop_on_thread_crash``: a thread that dies of an exception stops the service.
+
+        A background thread that crashed leaves a service serving half-broken;
+        stopping lets the orchestrator start a whole one (as .NET's host does).
+        """
+        previous = self._previous_thread_excepthook or threading.__excepthook__
+        previous(args)  # the traceback, as without us
+        if args.exc_type is SystemExit or self._state != "running":
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        reason = f"thread {name} crashed: {args.exc_type.__name__}: {args.exc_value}"
+        self._start_dispatcher()
+        self._events.put(("exception", reason, 1))
+
     # ------------------------------------------------------------ fork
 
     def _after_fork_in_child(self) -> None:
@@ -705,10 +815,13 @@ class Coordinator:
                 hook.func, phase=hook.phase, timeout=hook.timeout, name=hook.name, inherit=True
             )
         self._loop = None  # the parent's loop is not running here
-        self.stopping._reset_after_fork()  # noqa: SLF001
+        self.stopping._renew()  # noqa: SLF001
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             self._start_dispatcher()
+
+
+_BUSY_STEP = "lastcall: wait for busy work"
 
 
 # ---------------------------------------------------------------- the registry

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import traceback
@@ -122,12 +123,19 @@ def describe(func: object) -> str:
 class Finished:
     """What a runner reports back once a hook returns, raises or is cancelled."""
 
-    __slots__ = ("error", "hook", "outcome")
+    __slots__ = ("error", "hook", "outcome", "stack")
 
-    def __init__(self, hook: Hook, outcome: Outcome, error: str | None = None) -> None:
+    def __init__(
+        self,
+        hook: Hook,
+        outcome: Outcome,
+        error: str | None = None,
+        stack: str | None = None,
+    ) -> None:
         self.hook = hook
         self.outcome: Outcome = outcome
         self.error = error
+        self.stack = stack  # where an overrunning hook was, innermost frame last
 
 
 def call_hook(
@@ -145,12 +153,13 @@ def call_hook(
         if hook.is_async:
             import asyncio  # noqa: PLC0415  # only when needed: it is slow to import
 
-            bounded = asyncio.wait_for(_await(hook.func), timeout)
             try:
-                if loop is not None and loop.is_running() and not loop.is_closed():
-                    asyncio.run_coroutine_threadsafe(bounded, loop).result()
+                if loop is not None:
+                    from lastcall._asyncio import run_on_loop  # noqa: PLC0415  # as asyncio
+
+                    run_on_loop(hook.func, timeout, loop)
                 else:
-                    asyncio.run(bounded)
+                    asyncio.run(asyncio.wait_for(_await(hook.func), timeout))
             except asyncio.TimeoutError:
                 return Finished(hook, "timeout", f"cancelled after {timeout:.3g} s")
         else:
@@ -206,6 +215,14 @@ class Runner:
         self._abandoned = False
         self._watch_until = 0.0  # when the watcher next looks (monotonic)
         self._pid = os.getpid()
+        self._ident: int | None = None  # the thread running the hooks
+
+    def start(self) -> None:
+        """Start running the hooks.
+
+        Not in ``__init__``: the coordinator makes this its current runner
+        first, so a second Ctrl-C that lands once a hook has begun finds it.
+        """
         thread = threading.Thread(target=self._run, name="lastcall-hooks", daemon=True)
         try:
             thread.start()
@@ -214,7 +231,17 @@ class Runner:
             # the hooks here, unwatched; the watchdog still bounds the stop.
             self._run()
 
+    def stack(self) -> str | None:
+        """Where the runner's thread is now, as a traceback prints it; None if it cannot be seen.
+
+        Only asked for once a hook overran, so a stop that goes well costs nothing.
+        (A gevent greenlet is not an OS thread: its frames are not in the list.)
+        """
+        frame = sys._current_frames().get(self._ident or 0)  # noqa: SLF001  # other threads' frames
+        return "".join(traceback.format_stack(frame)) if frame is not None else None
+
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         for index, hook in enumerate(self.hooks):
             budget = self._budget(hook)
             if budget <= 0:

@@ -46,6 +46,8 @@ class LogHandoff:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         """``logger.log(level, msg, *args)``, without waiting for the handlers."""
+        if not logger.isEnabledFor(level):
+            return
         if self._started():
             self._queue.put((level, msg, args))
         else:
@@ -59,6 +61,17 @@ class LogHandoff:
         flushed = threading.Event()
         self._queue.put(flushed)
         return flushed.wait(timeout)
+
+    def renew(self) -> None:
+        """Remake the queue if gevent patched ``threading`` and no thread reads it yet."""
+        with self._lock:
+            if self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread ahead of need (at ``install()``), so a stop does not wait for it."""
+        self._started()
 
     def _started(self) -> bool:
         if self._pid != os.getpid():  # a forked child has the queue, not the thread
@@ -101,7 +114,7 @@ log = LogHandoff()
 class HookResult:
     """How one hook went."""
 
-    __slots__ = ("duration", "error", "name", "outcome", "phase")
+    __slots__ = ("duration", "error", "name", "outcome", "phase", "stack")
 
     def __init__(  # one argument per field of the JSON form
         self,
@@ -110,25 +123,30 @@ class HookResult:
         outcome: Outcome,
         duration: float = 0.0,
         error: str | None = None,
+        *,
+        stack: str | None = None,
     ) -> None:
         self.name = name
         self.phase: Phase = phase
         self.outcome: Outcome = outcome
         self.duration = duration
         self.error = error
+        self.stack = stack  # an overrun hook: where it was, innermost frame last
 
     def to_dict(self) -> dict[str, Any]:
-        fields = ("name", "phase", "outcome", "duration", "error")
-        return {name: getattr(self, name) for name in fields}
+        return {name: getattr(self, name) for name in _HOOK_FIELDS}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HookResult) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.name, self.phase, self.outcome, self.duration, self.error))
+        return hash(tuple(self.to_dict().values()))
 
     def __repr__(self) -> str:
         return f"HookResult({self.name!r}, {self.phase!r}, {self.outcome!r}, {self.duration:.3f})"
+
+
+_HOOK_FIELDS = ("name", "phase", "outcome", "duration", "error", "stack")
 
 
 class Report:
@@ -138,7 +156,8 @@ class Report:
     ended normally or by ``sys.exit``), ``"exception"``, or ``"manual"``
     (``trigger()`` or ``shutdown()``); ``reason`` adds detail in words.
     ``exit_status`` is what a shell will see (128+N after a signal), or
-    ``None`` when the interpreter decides it (a normal exit).
+    ``None`` when the interpreter decides it (a normal exit). ``busy`` names
+    the ``lastcall.busy`` blocks still running when the drain gave up on them.
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -152,6 +171,7 @@ class Report:
         duration: float = 0.0,
         exit_status: int | None = None,
         forced: bool = False,
+        busy: list[dict[str, Any]] | None = None,
     ) -> None:
         self.trigger = trigger
         self.reason = reason
@@ -161,6 +181,7 @@ class Report:
         self.duration = duration
         self.exit_status = exit_status
         self.forced = forced
+        self.busy: list[dict[str, Any]] = busy if busy is not None else []
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -196,6 +217,7 @@ class Report:
             "duration": self.duration,
             "exit_status": self.exit_status,
             "forced": self.forced,
+            "busy": self.busy,
         }
 
     @classmethod

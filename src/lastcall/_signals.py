@@ -103,6 +103,17 @@ class SignalHandlers:
         self._on_signal(signum)
         previous = self._previous.get(signal.Signals(signum))
         # Python's own SIGINT handler would raise KeyboardInterrupt in the
-        # middle of the drain: that is exactly what lastcall replaces.
-        if callable(previous) and previous is not signal.default_int_handler:
+        # middle of the drain: that is exactly what lastcall replaces. So is
+        # asyncio.run's, which cancels the main task and closes the loop.
+        if (
+            callable(previous)
+            and previous is not signal.default_int_handler
+            and not _is_asyncio_interrupt(previous)
+        ):
             previous(signum, frame)
+
+
+def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:
+    """Whether ``handler`` is the SIGINT handler ``asyncio.Runner.run`` installs."""
+    func = getattr(handler, "func", None)  # a functools.partial of Runner._on_sigint
+    return getattr(func, "__qualname__", None) == "Runner._on_sigint"

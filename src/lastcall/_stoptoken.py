@@ -25,9 +25,10 @@ class StopToken:
     """
 
     def __init__(self) -> None:
-        self._reset_after_fork()
+        self._renew()
 
-    def _reset_after_fork(self) -> None:
+    def _renew(self) -> None:
+        """Fresh primitives: after a fork, or once gevent has patched ``threading``."""
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._futures: set[asyncio.Future[None]] = set()

@@ -37,11 +37,17 @@ ending (waking the main thread, at most 1 s) comes first."""
 _devnull: int | None = None
 
 
-def arm(grace: float) -> None:
-    """End the process with status 1 if it is still alive ``grace + MARGIN`` seconds from now."""
+def prepare() -> int:
+    """Open the dump's ``/dev/null`` ahead of need (at ``install()``), once per process."""
     global _devnull  # noqa: PLW0603  # one descriptor for the life of the process
     if _devnull is None:
         _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    return _devnull
+
+
+def arm(grace: float) -> None:
+    """End the process with status 1 if it is still alive ``grace + MARGIN`` seconds from now."""
+    devnull = prepare()
     # A grace of centuries: faulthandler cannot count that far, nor need it.
     with contextlib.suppress(OverflowError):
-        faulthandler.dump_traceback_later(grace + MARGIN, exit=True, file=_devnull)
+        faulthandler.dump_traceback_later(grace + MARGIN, exit=True, file=devnull)

@@ -101,9 +101,7 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         _patch()
         _State.patched = True
     if os.environ.get("WERKZEUG_RUN_MAIN") == "true" and os.environ.get(_PARENT_ENV):
-        coordinator.stop_when_parent_dies(
-            int(os.environ[_PARENT_ENV]), "the reloader parent died"
-        )
+        coordinator.stop_when_parent_dies(int(os.environ[_PARENT_ENV]), "the reloader parent died")
         _report_clean_exit(coordinator)
 
 

@@ -1,0 +1,161 @@
+"""Work in progress that the drain waits for: ``lastcall.busy(name)``.
+
+A request is not the only work a stop must not cut off: a thread importing a
+file, a queue consumer, a batch job. Marked with ``busy``, the ``drain``
+phase waits for them as it waits for requests, within the same budget, and
+names what is still busy at the end, with where it was (its stack).
+
+Entering and leaving costs a dict store and a dict delete (well under a
+microsecond): no lock, because each block has its own key and CPython's
+dict operations are atomic. Nothing is collected unless the drain ends with
+work still busy.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import sys
+import threading
+import time
+import traceback
+
+from lastcall._hooks import is_coroutine_function
+
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BusyWork:
+    """The blocks in progress, and a way to wait until there are none."""
+
+    def __init__(self) -> None:
+        # key -> (name, began (monotonic), thread ident, asyncio task or None)
+        self.blocks: dict[int, tuple[str, float, int, asyncio.Task[Any] | None]] = {}
+        self.keys = itertools.count()
+        self._idle = threading.Condition()
+        self.waiting = False  # someone waits in wait_idle(): leaving must notify
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def enter(self, name: str, task: asyncio.Task[Any] | None = None) -> int:
+        key = next(self.keys)
+        self.blocks[key] = (name, _monotonic(), _get_ident(), task)
+        return key
+
+    def leave(self, key: int) -> None:
+        del self.blocks[key]
+        if self.waiting and not self.blocks:
+            self.notify_idle()
+
+    def notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no block is in progress, at most ``timeout`` seconds; True if none is."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            self.waiting = True
+            try:
+                while self.blocks:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._idle.wait(min(left, 0.1))  # a leave() racing our check is seen soon
+            finally:
+                self.waiting = False
+        return True
+
+    def in_progress(self) -> list[dict[str, Any]]:
+        """What is still busy: name, seconds so far, and the stack where it is, innermost last."""
+        frames = sys._current_frames()  # noqa: SLF001  # the documented way to see other threads
+        now = time.monotonic()
+        busy = []
+        for name, began, ident, task in list(self.blocks.values()):
+            if task is not None:
+                stack = "".join(traceback.format_list(_task_frames(task)))
+            elif ident in frames:
+                stack = "".join(traceback.format_stack(frames[ident]))
+            else:
+                stack = None
+            busy.append({"name": name, "seconds": round(now - began, 3), "stack": stack})
+        return busy
+
+
+def _task_frames(task: asyncio.Task[Any]) -> traceback.StackSummary:
+    return traceback.StackSummary.extract((f, f.f_lineno) for f in task.get_stack())
+
+
+class Busy:
+    """``with``, ``async with`` or a decorator: the work inside holds the drain until it ends."""
+
+    __slots__ = ("_key", "_work", "name")
+
+    def __init__(self, work: BusyWork, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"busy() needs a name for the work, like busy('import'), not {name!r}")
+        self._work = work
+        self.name = name
+        self._key = -1  # one block at a time per Busy: busy() makes a new one each call
+
+    def __enter__(self) -> Busy:  # noqa: PYI034  # no subclasses: Self would need typing
+        # BusyWork.enter inlined: this is the hot path (about 0.3 µs saved of 1).
+        work = self._work
+        self._key = key = next(work.keys)
+        work.blocks[key] = (self.name, _monotonic(), _get_ident(), None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        work = self._work  # BusyWork.leave inlined, as in __enter__
+        del work.blocks[self._key]
+        if work.waiting and not work.blocks:
+            work.notify_idle()
+
+    async def __aenter__(self) -> Busy:  # noqa: PYI034
+        import asyncio  # noqa: PLC0415  # already imported: we are in a coroutine
+
+        self._key = self._work.enter(self.name, asyncio.current_task())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._work.leave(self._key)
+
+    def __call__(self, func: F) -> F:
+        """As a decorator: each call of ``func`` is a busy block of its own."""
+        work, name = self._work, self.name
+        if is_coroutine_function(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+                async with Busy(work, name):
+                    return await func(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            with Busy(work, name):
+                return func(*args, **kwargs)
+
+        return run  # type: ignore[return-value]

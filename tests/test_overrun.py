@@ -1,0 +1,239 @@
+"""What a late stop says, and what holds the drain: stacks in the report, ``lastcall.busy``,
+and a crashed thread that stops the service (issue "Beyond the peers", core part)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+
+import pytest
+from test_process_triggers import PRELUDE, hooks_seen
+
+from lastcall import Coordinator
+from lastcall._config import resolve
+
+
+def test_an_overrun_hook_has_its_stack_in_the_report(spawn, tmp_path):
+    """Steps: a hook stuck in a helper (sleep 60) with timeout=0.5; SIGTERM; the process
+    dies by SIGTERM well within the grace; the report's entry is a timeout whose stack
+    names the helper, logged at ERROR; the hook after it ran."""
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + f"""
+lastcall.install(grace=10, report={str(report)!r})
+lastcall.on_shutdown(say("after"))
+
+def wait_for_the_lock():
+    time.sleep(60)
+
+@lastcall.on_shutdown(timeout=0.5)
+def stuck():
+    wait_for_the_lock()
+
+out("ready")
+while True:
+    time.sleep(60)
+"""
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish(timeout=5) == -signal.SIGTERM
+    assert hooks_seen(child) == ["after"]
+    entry = next(h for h in json.loads(report.read_text())["hooks"] if h["name"] == "stuck")
+    assert entry["outcome"] == "timeout"
+    assert "in wait_for_the_lock" in entry["stack"].splitlines()[-2]  # innermost last
+    assert "time.sleep(60)" in entry["stack"]
+    assert "wait_for_the_lock" in child.wait_for("stuck (cleanup) timeout", stream="stderr") + (
+        "\n".join(child.stderr)
+    )
+
+
+def test_a_second_ctrl_c_records_where_the_running_hook_was(spawn, tmp_path):
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + f"""
+lastcall.install(grace=10, report={str(report)!r})
+
+def slow_flush():
+    time.sleep(60)
+
+@lastcall.on_shutdown
+def flush():
+    out("flushing")
+    slow_flush()
+
+out("ready")
+while True:
+    time.sleep(0.05)  # see BUSY_MAIN in test_process_triggers
+"""
+    )
+    child.send(signal.SIGINT)
+    child.wait_for("flushing")
+    child.send(signal.SIGINT)
+    assert child.finish() == -signal.SIGINT
+    data = json.loads(report.read_text())
+    assert data["forced"] is True
+    (entry,) = data["hooks"]
+    assert entry["error"] == "still running when SIGINT forced the exit"
+    assert "in flush" in entry["stack"]  # its helper's frame too, unless still in out()
+
+
+BUSY_APP = """
+lastcall.install(grace=6, report={report!r})
+lastcall.on_shutdown(say("cleanup"))
+
+def job():
+    with lastcall.busy("import"):
+        out("job started")
+        time.sleep({seconds})
+        out("hook:job-done")
+
+threading.Thread(target=job, daemon=True).start()
+out("ready")
+while True:
+    time.sleep(60)
+"""
+
+
+def test_the_drain_waits_for_busy_work_before_cleanup(spawn, tmp_path):
+    """Steps: a thread inside ``busy("import")`` for 1 s; SIGTERM at once; the
+    cleanup hook runs only after the job ended, and the process dies by SIGTERM."""
+    report = tmp_path / "report.json"
+    child = spawn(PRELUDE + BUSY_APP.format(report=str(report), seconds=1))
+    child.wait_for("job started")
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert hooks_seen(child) == ["job-done", "cleanup"]
+    data = json.loads(report.read_text())
+    assert data["busy"] == []
+    assert data["hooks"][0]["name"] == "lastcall: wait for busy work"
+    assert data["hooks"][0]["outcome"] == "ok"
+
+
+def test_busy_work_longer_than_the_budget_is_named_with_its_stack(spawn, tmp_path):
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE + BUSY_APP.format(report=str(report), seconds=60).replace("grace=6", "grace=2")
+    )
+    child.wait_for("job started")
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert hooks_seen(child) == ["cleanup"]  # the cleanup still got its turn
+    data = json.loads(report.read_text())
+    (busy,) = data["busy"]
+    assert busy["name"] == "import"
+    assert "in job" in busy["stack"]
+    assert data["hooks"][0]["outcome"] == "timeout"
+    assert "still busy: import" in data["hooks"][0]["error"]
+
+
+def test_busy_in_process_sync_async_and_decorated():
+    coordinator = Coordinator(run_at_exit=False)
+    release = threading.Event()
+    seen: list[str] = []
+
+    @coordinator.busy("decorated")
+    def work() -> None:
+        release.wait(5)
+        seen.append("work")
+
+    @coordinator.busy("async-decorated")
+    async def async_work() -> str:
+        async with coordinator.busy("inner"):
+            await asyncio.sleep(0)
+        return "done"
+
+    assert asyncio.run(async_work()) == "done"
+    assert async_work.__name__ == "async_work"
+    worker = threading.Thread(target=work)
+    worker.start()
+    threading.Timer(0.2, release.set).start()
+    report = coordinator.shutdown()
+    worker.join(5)
+    assert seen == ["work"]
+    assert [(h.name, h.outcome) for h in report.hooks] == [("lastcall: wait for busy work", "ok")]
+    with pytest.raises(TypeError, match="busy\\(\\) needs a name"):
+        coordinator.busy("")
+
+
+def test_an_async_busy_block_still_running_is_named_with_its_task_stack():
+    coordinator = Coordinator(run_at_exit=False)
+
+    async def consume() -> None:
+        async with coordinator.busy("consumer"):
+            await asyncio.sleep(30)
+
+    async def main() -> list[dict[str, object]]:
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        busy = coordinator._busy.in_progress()
+        task.cancel()
+        return busy
+
+    (busy,) = asyncio.run(main())
+    assert busy["name"] == "consumer"
+    assert "in consume" in str(busy["stack"])
+
+
+def test_a_thread_crash_stops_the_service_when_asked(spawn):
+    """Steps: install(stop_on_thread_crash=True); a background thread raises; the stop
+    begins with that reason, the hooks run once, and the process exits 1."""
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install(stop_on_thread_crash=True)
+lastcall.on_shutdown(say("close"))
+
+def poll():
+    raise ConnectionError("queue gone")
+
+out("ready")
+threading.Thread(target=poll, name="poller").start()
+while True:
+    time.sleep(60)
+"""
+    )
+    assert child.finish() == 1, child.output()
+    assert hooks_seen(child) == ["close"]
+    assert "thread poller crashed: ConnectionError: queue gone" in "\n".join(child.stderr)
+
+
+def test_a_thread_crash_is_only_logged_by_default(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install()
+threading.Thread(target=lambda: 1 / 0, name="poller").start()
+time.sleep(0.2)
+out("ready")
+out("still serving")
+"""
+    )
+    assert child.finish() == 0
+    assert "still serving" in child.stdout
+    assert "ZeroDivisionError" in "\n".join(child.stderr)
+
+
+def test_thread_crash_switch_from_the_environment(spawn):
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install()
+out("ready")
+threading.Thread(target=lambda: 1 / 0, name="worker-1").start()
+while True:
+    time.sleep(60)
+""",
+        env={"LASTCALL_STOP_ON_THREAD_CRASH": "1"},
+    )
+    assert child.finish() == 1
+
+
+def test_a_bad_switch_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="LASTCALL_STOP_ON_THREAD_CRASH='maybe' is not a switch"):
+        resolve(environ={"LASTCALL_STOP_ON_THREAD_CRASH": "maybe"})
+    with pytest.raises(TypeError, match="stop_on_thread_crash must be True or False"):
+        resolve(stop_on_thread_crash="yes")  # type: ignore[arg-type]

@@ -34,6 +34,8 @@ __all__ = (
     "install",
     "last_resort",
     "on_shutdown",
+    "set_not_ready",
+    "set_ready",
     "shutdown",
     "stopping",
     "trigger",
@@ -47,6 +49,8 @@ default: Coordinator = Coordinator()
 
 install = default.install
 busy = default.busy
+set_ready = default.set_ready
+set_not_ready = default.set_not_ready
 uninstall = default.uninstall
 on_shutdown = default.on_shutdown
 unregister = default.unregister

@@ -14,6 +14,8 @@ setting                   variable                       default
 ``report``                LASTCALL_REPORT                unset: no JSON file
 ``prestop_delay``         LASTCALL_PRESTOP_DELAY         0 (seconds)
 ``stop_on_thread_crash``  LASTCALL_STOP_ON_THREAD_CRASH  off
+``health_port``           LASTCALL_HEALTH_PORT           unset: no health listener
+``health_host``           LASTCALL_HEALTH_HOST           127.0.0.1
 ========================  =============================  ===========================
 """
 
@@ -42,7 +44,16 @@ SignalSpec = str | int | signal.Signals
 class Settings:
     """The resolved settings one coordinator runs with; read-only once made."""
 
-    __slots__ = ("exit_code", "grace", "prestop_delay", "report", "signals", "stop_on_thread_crash")
+    __slots__ = (
+        "exit_code",
+        "grace",
+        "health_host",
+        "health_port",
+        "prestop_delay",
+        "report",
+        "signals",
+        "stop_on_thread_crash",
+    )
 
     def __init__(  # noqa: PLR0917  # one argument per setting, as install() takes them
         self,
@@ -52,6 +63,8 @@ class Settings:
         report: str | None = None,
         prestop_delay: float = 0.0,
         stop_on_thread_crash: bool = False,
+        health_port: int | None = None,
+        health_host: str = "127.0.0.1",
     ) -> None:
         self.grace = grace
         self.signals = signals
@@ -59,6 +72,8 @@ class Settings:
         self.report = report
         self.prestop_delay = prestop_delay
         self.stop_on_thread_crash = stop_on_thread_crash
+        self.health_port = health_port
+        self.health_host = health_host
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some settings changed (as ``NamedTuple._replace``)."""
@@ -78,6 +93,8 @@ def resolve(
     report: str | os.PathLike[str] | None = None,
     prestop_delay: float | None = None,
     stop_on_thread_crash: bool | None = None,
+    health_port: int | None = None,
+    health_host: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
     """Merge arguments over environment over defaults, checking each value."""
@@ -105,7 +122,31 @@ def resolve(
             stop_on_thread_crash,
             environ.get("LASTCALL_STOP_ON_THREAD_CRASH"),
         ),
+        health_port=_port(health_port, environ.get("LASTCALL_HEALTH_PORT")),
+        health_host=_host(health_host, environ.get("LASTCALL_HEALTH_HOST")),
     )
+
+
+def _port(value: int | None, env_value: str | None) -> int | None:
+    source = "health_port"
+    if value is None and env_value is not None and env_value.strip():
+        source = f"LASTCALL_HEALTH_PORT={env_value!r}"
+        try:
+            value = int(env_value)
+        except ValueError:
+            raise ValueError(f"{source} is not a port number; set it to e.g. 8081") from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:  # noqa: PLR2004
+        raise ValueError(f"{source} must be a port number from 0 to 65535, got {value!r}")
+    return value
+
+
+def _host(value: str | None, env_value: str | None) -> str:
+    host = value if value is not None else (env_value or "").strip() or "127.0.0.1"
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"health_host must be an address like '127.0.0.1', not {host!r}")
+    return host
 
 
 def _flag(name: str, value: bool | None, env_value: str | None) -> bool:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from typing import Any, Literal, TypeAlias, TypeVar, overload
 
     from lastcall._config import SignalSpec
+    from lastcall._health_port import HealthServer
     from lastcall._hooks import HookFunc
 
     F = TypeVar("F", bound=HookFunc)
@@ -103,6 +104,9 @@ class Coordinator:
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._not_ready: str | None = None  # set_ready(False, reason)
+        self._starting = False  # an integration said it will call serving()
+        self._health: HealthServer | None = None
         _coordinators.add(self)
 
     def _reset_state(self) -> None:
@@ -171,6 +175,8 @@ class Coordinator:
         force_signals: Iterable[SignalSpec] = ("SIGINT",),
         override_ignored: bool = False,
         stop_on_thread_crash: bool | None = None,
+        health_port: int | None = None,
+        health_host: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> Coordinator:
         """Take over the stop signals and normal exit; safe to call again.
@@ -180,7 +186,8 @@ class Coordinator:
         received during a stop end the process at once (a second Ctrl-C);
         other repeats are absorbed. A signal found ignored stays ignored
         unless ``override_ignored``. ``stop_on_thread_crash``: an unhandled
-        exception in any thread begins the stop, exit status 1. Async hooks
+        exception in any thread begins the stop, exit status 1. ``health_port``:
+        ``/livez`` and ``/readyz`` on a listener of their own. Async hooks
         run on ``loop`` (see ``use_loop``), by default on the loop running
         ``install()`` if any.
         """
@@ -193,6 +200,8 @@ class Coordinator:
             "force_signals": force_signals,
             "override_ignored": override_ignored,
             "stop_on_thread_crash": stop_on_thread_crash,
+            "health_port": health_port,
+            "health_host": health_host,
         }
         if getattr(sys.modules.get("__main__"), "LASTCALL_WATCHER", False):
             # The last-resort watcher importing an app module to run a hook:
@@ -205,6 +214,8 @@ class Coordinator:
             report=report,
             prestop_delay=prestop_delay,
             stop_on_thread_crash=stop_on_thread_crash,
+            health_port=health_port,
+            health_host=health_host,
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
         self._renew_if_gevent_patched()
@@ -225,6 +236,7 @@ class Coordinator:
             self._restore_thread_excepthook()
         self._want_exit_stop()
         self._start_dispatcher()
+        self._start_health_listener(settings)
         log.start()  # now, so a stop does not pay for starting it
         _watchdog.prepare()
         if loop is None and sys.modules.get("asyncio") is not None:
@@ -234,6 +246,56 @@ class Coordinator:
         if loop is not None:
             self.use_loop(loop)
         return self
+
+    def _start_health_listener(self, settings: Settings) -> None:
+        if settings.health_port is None or self._health is not None:
+            return
+        from lastcall import _health_port  # noqa: PLC0415  # http.server only when asked for
+
+        self._health = _health_port.start(self, settings.health_host, settings.health_port)
+
+    @property
+    def health_address(self) -> tuple[str, int] | None:
+        """Where the health listener answers (``health_port=0`` picks a free port), or None."""
+        if self._health is None:
+            return None
+        host, port = self._health.server_address[:2]
+        return str(host), int(port)
+
+    # ------------------------------------------------------------ readiness
+
+    def set_not_ready(self, reason: str) -> None:
+        """Turn readiness off at run time; ``reason`` is shown in ``/readyz``.
+
+        For a service shedding load or waiting for a lost dependency: the load
+        balancer stops sending it traffic while it stays alive. A stop still
+        wins: once it begins, ``/readyz`` says ``stopping`` whatever this says.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise TypeError(f"set_not_ready() needs a reason, like 'shedding load', not {reason!r}")
+        self._not_ready = reason
+
+    def set_ready(self) -> None:
+        """Turn readiness back on after ``set_not_ready()``."""
+        self._not_ready = None
+
+    def expect_serving(self) -> None:
+        """For integrations: readiness is ``starting`` until ``serving()`` is called."""
+        self._starting = True
+
+    def serving(self) -> None:
+        """For integrations: the server accepts requests and the app's start-up is done."""
+        self._starting = False
+
+    def readiness(self) -> tuple[str, str | None]:
+        """``("ready" | "starting" | "not_ready" | "stopping", reason)``: what ``/readyz`` says."""
+        if self._state != "running":
+            return "stopping", None
+        if self._not_ready is not None:
+            return "not_ready", self._not_ready
+        if self._starting:
+            return "starting", None
+        return "ready", None
 
     def _renew_if_gevent_patched(self) -> None:
         """Remake what greenlets wait on if gevent patched ``threading`` after we made it.
@@ -816,6 +878,9 @@ class Coordinator:
             )
         self._loop = None  # the parent's loop is not running here
         self.stopping._renew()  # noqa: SLF001
+        if self._health is not None:  # the parent answers; its thread is not here
+            self._health.socket.close()
+            self._health = None
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             self._start_dispatcher()

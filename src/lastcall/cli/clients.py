@@ -12,12 +12,29 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from lastcall.cli.runner import HOST
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 DELAY_HEADER = "X-Lastcall-Drill-Delay"
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What each client asks a user's app: ``--method``, ``--path``, ``--header``, ``--data``."""
+
+    method: str = "GET"
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
 
 
 @dataclass
@@ -25,16 +42,11 @@ class RequestRecord:
     """One request: when it started and ended (seconds on the drill's clock) and how."""
 
     index: int
-    kind: str  # "before" the stop (acknowledged writes), "in flight" at the stop, "late"
+    kind: str  # "before" the stop, "in flight" at the stop, "late" (a new connection after it)
     started: float
     ended: float
     fate: str
     detail: str = ""
-
-    @property
-    def served(self) -> bool:
-        """Answered 200: the request was served."""
-        return self.fate == "200"
 
 
 def fate_of(exc: httpx.HTTPError) -> str:
@@ -56,14 +68,14 @@ class Load:
 
     ``write`` makes each request an order to the demo app (``POST
     /order?id=N``) so acknowledged writes can be checked against SQLite;
-    otherwise each is ``GET path``.
+    otherwise each asks what ``ask`` says.
     """
 
     def __init__(
-        self, port: int, *, clock: float, timeout: float, workers: int, path: str, write: bool
+        self, port: int, *, clock: float, timeout: float, workers: int, ask: Ask, write: bool
     ) -> None:
         self._clock = clock
-        self._path = path
+        self._ask = ask
         self._write = write
         self._client = httpx.Client(
             base_url=f"http://{HOST}:{port}",
@@ -73,31 +85,65 @@ class Load:
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill-client")
         self._lock = threading.Lock()
-        self._futures: list[Future[RequestRecord]] = []
+        self._futures: list[Future[None]] = []
+        self._records: list[RequestRecord] = []
+        self._sent = 0
 
     def now(self) -> float:
         """Seconds on the drill's clock."""
         return time.time() - self._clock
 
-    def send(self, kind: str, delay: float = 0.0) -> Future[RequestRecord]:
-        """Start one request now, on a new connection; ``delay`` makes it stay in flight."""
+    @property
+    def answered(self) -> int:
+        """How many requests have ended so far, whatever their fate."""
         with self._lock:
-            index = len(self._futures)
-            future = self._pool.submit(self._one, index, kind, delay)
+            return len(self._records)
+
+    def send(self, kind: str, delay: float = 0.0) -> Future[None]:
+        """Start one request now, on a new connection; ``delay`` makes it stay in flight."""
+        return self._submit(self._one, kind, delay)
+
+    def keep_sending(self, kind: str, until: threading.Event, most: int) -> Future[None]:
+        """One client asking again as soon as it is answered, until ``until`` is set.
+
+        For an app the drill cannot slow down (``--cmd``): whatever the app's
+        pace, a request is in flight on every client the moment the stop is sent.
+        """
+
+        def loop() -> None:
+            for _ in range(most):
+                if until.is_set():
+                    return
+                self._one(kind, 0.0)
+
+        return self._submit(loop)
+
+    def _submit(self, task: Callable[..., None], *args: object) -> Future[None]:
+        with self._lock:
+            future = self._pool.submit(task, *args)
             self._futures.append(future)
         return future
 
-    def _one(self, index: int, kind: str, delay: float) -> RequestRecord:
-        headers = {DELAY_HEADER: str(delay)} if delay else {}
+    def _one(self, kind: str, delay: float) -> None:
+        with self._lock:
+            index, self._sent = self._sent, self._sent + 1
+        headers = dict(self._ask.headers)
+        if delay:
+            headers[DELAY_HEADER] = str(delay)
         started = self.now()
         try:
             if self._write:
                 response = self._client.post("/order", params={"id": index}, headers=headers)
             else:
-                response = self._client.get(self._path, headers=headers)
+                response = self._client.request(
+                    self._ask.method, self._ask.path, headers=headers, content=self._ask.body
+                )
         except httpx.HTTPError as exc:
-            return RequestRecord(index, kind, started, self.now(), fate_of(exc), str(exc))
-        return RequestRecord(index, kind, started, self.now(), str(response.status_code))
+            record = RequestRecord(index, kind, started, self.now(), fate_of(exc), str(exc))
+        else:
+            record = RequestRecord(index, kind, started, self.now(), str(response.status_code))
+        with self._lock:
+            self._records.append(record)
 
     def control(self, action: str, timeout: float) -> httpx.Response:
         """A drill control request (``/_drill/...``); transport errors are the caller's."""
@@ -108,7 +154,10 @@ class Load:
         deadline = time.monotonic() + timeout
         with self._lock:
             futures = list(self._futures)
-        return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
+        for future in futures:
+            future.result(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            return sorted(self._records, key=lambda record: record.index)
 
     def close(self) -> None:
         """Let go of the pool and the client; requests still running end with their server."""

@@ -10,14 +10,20 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 from lastcall.cli import render
-from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result
-from lastcall.cli.matrix import SCENARIOS, Row, plans, run_matrix
+from lastcall.cli.clients import Ask
+from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result, fit
+from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
 from lastcall.cli.servers import SERVERS, installed
 
 BAD_INPUT = 2
@@ -33,11 +39,30 @@ def cli() -> None:
 @cli.command()
 @click.argument("app", required=False)
 @click.option(
+    "--cmd",
+    metavar="COMMAND",
+    help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
+    "one), {port} becomes the port, {python} this interpreter.  "
+    "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+)
+@click.option(
+    "--vs-cmd",
+    metavar="COMMAND",
+    help="With --matrix --cmd: the command to compare with (its column comes first).",
+)
+@click.option(
     "--server",
     type=click.Choice(list(SERVERS)),
     multiple=True,
-    help="How to serve the app; --matrix takes it more than once.  "
+    help="How to serve APP; --matrix takes it more than once.  "
     "[default: werkzeug; --matrix: every installed one]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Worker processes, on servers that have them (gunicorn, hypercorn).",
 )
 @click.option(
     "--stop",
@@ -49,13 +74,15 @@ def cli() -> None:
 @click.option(
     "--requests",
     type=click.IntRange(1, 200),
-    help="Requests in flight at the stop.  [default: 16; --matrix: 4]",
+    help="Requests in flight at the stop (with --cmd: clients asking back to back).  "
+    "[default: 16; on gunicorn's one sync worker and with --matrix: 4]",
 )
 @click.option(
     "--request-seconds",
     type=click.FloatRange(0, 60),
-    help="How long each takes.  [default: 1; --matrix: 0.5, so that one sync gunicorn "
-    "worker serves them within the grace]",
+    help="How long the drill holds each request in flight before the app sees it (not with "
+    "--cmd: point --path at a slow route instead).  [default: 1; on gunicorn's one sync "
+    "worker and with --matrix: 0.5]",
 )
 @click.option(
     "--stop-after",
@@ -77,12 +104,38 @@ def cli() -> None:
     help="LASTCALL_PRESTOP_DELAY for the app.",
 )
 @click.option(
-    "--plain", is_flag=True, help="Serve the app without lastcall (the demo: its atexit twin)."
+    "--factory",
+    is_flag=True,
+    help="APP names a function that returns the app (called with no arguments), as uvicorn's "
+    "--factory.",
+)
+@click.option(
+    "--plain", is_flag=True, help="Serve APP without lastcall (the demo: its atexit twin)."
 )
 @click.option(
     "--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1.  [default: a free one]"
 )
-@click.option("--path", default="/", show_default=True, help="What a user's app is asked for.")
+@click.option("--path", default="/", show_default=True, help="What each request asks for.")
+@click.option("--method", default="GET", show_default=True, help="Each request's method.")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="A header on each request; give it more than once for more.",
+)
+@click.option("--data", help="Each request's body.")
+@click.option(
+    "--data-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Each request's body, read from a file.",
+)
+@click.option(
+    "--expect",
+    type=click.IntRange(100, 599),
+    metavar="STATUS",
+    help="The status a served request gets.  [default: any 2xx]",
+)
 @click.option(
     "--start-timeout",
     type=click.FloatRange(0.1, 600),
@@ -91,7 +144,10 @@ def cli() -> None:
     help="Seconds for the app to answer.",
 )
 @click.option(
-    "--matrix", is_flag=True, help="Every stop, plain atexit beside lastcall, on the demo app."
+    "--matrix",
+    is_flag=True,
+    help="Every stop, plain beside lastcall (APP as shipped and with lastcall; the demo app's "
+    "atexit twin and itself; --vs-cmd and --cmd).",
 )
 @click.option(
     "--json",
@@ -107,79 +163,84 @@ def cli() -> None:
 )
 def drill(  # noqa: PLR0917  # click passes one parameter per option
     app: str | None,
+    cmd: str | None,
+    vs_cmd: str | None,
     server: tuple[str, ...],
+    workers: int,
     stop: str | None,
     requests: int | None,
     request_seconds: float | None,
     stop_after: float,
     grace: float | None,
     prestop_delay: float,
+    factory: bool,
     plain: bool,
     port: int | None,
     path: str,
+    method: str,
+    headers: tuple[str, ...],
+    data: str | None,
+    data_file: Path | None,
+    expect: int | None,
     start_timeout: float,
     matrix: bool,
     json_path: Path | None,
     html_path: Path | None,
 ) -> int:
-    """Start APP, put requests in flight, stop it, and show what every client and hook saw.
+    """Start APP (or --cmd), put requests in flight, stop it, show what every client and hook saw.
 
-    APP is module:attribute or a path to a .py file; without it, a built-in
-    demo app whose write-behind buffer is flushed to SQLite by a shutdown hook.
+    APP is module:app, module:create_app() (literal arguments allowed), a .py
+    file, or a module or package holding app, application, create_app or
+    make_app; without APP or --cmd, a built-in demo app whose write-behind
+    buffer is flushed to SQLite by a shutdown hook.
     """
+    if cmd is not None:
+        _check_cmd_options(
+            plain=plain, server=server, request_seconds=request_seconds, workers=workers
+        )
+    if vs_cmd is not None and not (matrix and cmd):
+        raise DrillError("--vs-cmd goes with --matrix --cmd: the two commands side by side")
     base = Plan(
-        app=app,
+        app=_app_spec(app, factory=factory),
+        cmd=cmd,
+        stop=(stop or "TERM").upper(),
         stop_after=stop_after,
         prestop_delay=prestop_delay,
+        workers=workers,
         plain=plain,
         port=port,
-        path=path,
+        ask=Ask(method.upper(), path, _headers(headers), _body(data, data_file)),
+        expect=expect,
         start_timeout=start_timeout,
     )
-    console = Console(stderr=True, highlight=False)
     out = Console(highlight=False)
     if matrix:
-        if app or plain or port:
-            raise DrillError(
-                "--matrix drills the demo app both ways; leave out APP, --plain, --port"
-            )
-        servers = list(dict.fromkeys(server)) or [s.name for s in installed()]
-        stops = [stop.upper()] if stop else list(SCENARIOS)
+        if plain or port:
+            raise DrillError("--matrix drills the app both ways; leave out --plain and --port")
+        if cmd and vs_cmd is None:
+            raise DrillError("--matrix --cmd compares two commands: add --vs-cmd 'COMMAND'")
         base = replace(
             base,
             requests=requests or 4,
             request_seconds=0.5 if request_seconds is None else request_seconds,
             grace=grace or 3.0,
         )
-        for each in servers:
-            replace(base, server=each).check()
-        results, rows = _matrix(console, plans(base, servers, stops), servers, stops)
-        out.print(render.matrix_table(rows))
-        failed = [r for r in results if not r.plan.plain and r.problems()]
-        code = 1 if failed else 0
+        stops = [base.stop] if stop else list(SCENARIOS)
+        results, code = _drill_matrix(out, base, list(dict.fromkeys(server)), stops, vs_cmd)
     else:
         if len(server) > 1:
             raise DrillError("one --server for a single drill; --matrix takes several")
         plan = replace(
             base,
             server=server[0] if server else "werkzeug",
-            stop=(stop or "TERM").upper(),
             requests=requests or 16,
             request_seconds=1.0 if request_seconds is None else request_seconds,
             grace=grace or 10.0,
         )
-        with console.status("drill") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                console.print(f"[dim]{message}[/]")
-
-            result = Drill(plan, progress).run()
-        results = [result]
-        for table in render.drill_tables(result):
-            out.print(table)
-        out.print(render.verdict(result))
-        code = 1 if result.problems() else 0
+        plan, note = fit(plan, given=requests is not None or request_seconds is not None)
+        if note:
+            out.print(f"note: {note}", soft_wrap=not out.is_terminal)
+        results, code = _drill_once(out, plan)
     if json_path:
         render.write_json(json_path, results)
     if html_path:
@@ -187,20 +248,102 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     return code
 
 
-def _matrix(
-    console: Console, all_plans: list[Plan], servers: list[str], stops: list[str]
-) -> tuple[list[Result], list[Row]]:
+def _check_cmd_options(
+    *, plain: bool, server: tuple[str, ...], request_seconds: float | None, workers: int
+) -> None:
+    """Refuse what needs the drill to start the app itself."""
+    if workers > 1:
+        raise DrillError("--cmd starts its own workers: write their number in COMMAND")
+    if plain or server:
+        raise DrillError("--cmd starts the app its own way: leave out --plain and --server")
+    if request_seconds is not None:
+        raise DrillError(
+            "--request-seconds needs the drill in front of the app, which --cmd cannot put "
+            "there: point --path at a route that takes that long"
+        )
+
+
+def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
+    """One drill, its progress on stderr; exit status 0 only for a clean stop."""
+    console = Console(stderr=True, highlight=False)
+    with console.status("drill") as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.print(f"[dim]{escape(message)}[/]", soft_wrap=not console.is_terminal)
+
+        result = Drill(plan, progress).run()
+    for table in render.drill_tables(result):
+        _show(out, table)
+    out.print(render.verdict(result), soft_wrap=not out.is_terminal)
+    return [result], 0 if result.clean else 1
+
+
+def _drill_matrix(
+    out: Console, base: Plan, servers: list[str], stops: list[str], vs_cmd: str | None
+) -> tuple[list[Result], int]:
+    """Every scenario both ways; exit status 0 when every lastcall (``--cmd``) drill is clean.
+
+    Stops that kill count as clean here when nothing worse happened than that
+    way of stopping allows: the matrix compares, it does not ask the impossible.
+    """
+    console = Console(stderr=True, highlight=False)
+    servers = servers or [s.name for s in installed()]
+    all_plans = plans(base, servers, stops, vs_cmd)
+    for each in all_plans:
+        each.check()
     results: list[Result] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("drills", total=len(all_plans))
 
-        def done(plan: Plan, result: Result) -> None:
-            results.append(result)
+        def done(plan: Plan, result: Result | None) -> None:
             progress.advance(task)
-            console.print(f"[dim]{plan.server} {plan.stop} {plan.variant}: {result.verdict()}[/]")
+            if result is not None:
+                results.append(result)
+                console.print(
+                    f"[dim]{plan.where} {plan.stop} {plan.variant}: {escape(result.verdict())}[/]",
+                    soft_wrap=not console.is_terminal,
+                )
 
-        rows = run_matrix(all_plans, done, servers, stops)
-    return results, rows
+        rows = run_matrix(base, all_plans, done, servers, stops)
+    _show(out, render.matrix_table(rows, base, vs_cmd))
+    failed = [r for r in results if not r.plan.plain and r.problems()]
+    return results, 1 if failed else 0
+
+
+def _show(out: Console, table: Table) -> None:
+    """A table at its full width when the output is a file or a pipe (a CI log): nothing cut."""
+    if not out.is_terminal:
+        out.width = max(out.width, render.natural_width(out, table))  # print() only narrows
+    out.print(table)
+
+
+def _app_spec(app: str | None, *, factory: bool) -> str | None:
+    """APP as the runner loads it: ``--factory`` turns ``module:name`` into ``module:name()``."""
+    if not factory:
+        return app
+    target, _, name = (app or "").partition(":")
+    if not name:
+        raise DrillError("--factory needs APP as module:function, the function that makes the app")
+    return app if name.rstrip().endswith(")") else f"{target}:{name}()"
+
+
+def _headers(given: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for header in given:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip():
+            raise DrillError(f"--header {header!r} is not 'Name: value'; write it as 'Name: value'")
+        pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def _body(data: str | None, data_file: Path | None) -> bytes | None:
+    if data is not None and data_file is not None:
+        raise DrillError("give --data or --data-file, not both")
+    if data_file is not None:
+        return data_file.read_bytes()
+    return None if data is None else data.encode()
 
 
 def run() -> int:

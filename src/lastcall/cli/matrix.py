@@ -1,7 +1,9 @@
 """``lastcall drill --matrix``: the write-up's experiment as a product.
 
-Every scenario against the demo app twice, written with plain ``atexit``
-and with lastcall, on every installed server; drills run side by side
+Every scenario against an app twice: the demo written with plain ``atexit``
+and with lastcall, a user's APP as shipped and with lastcall's integration,
+or two commands (``--vs-cmd`` and ``--cmd``); on every installed server
+(``--cmd``: the commands' own); drills run side by side
 (each has its own port, session and files), so the whole matrix takes
 about as long as its slowest few drills.
 """
@@ -14,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lastcall.cli.drill import Drill, Plan
+from lastcall.cli.drill import IN_PROCESS, Drill, NotAStopError, Plan
 from lastcall.cli.servers import SERVERS
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 SCENARIOS = ("TERM", "INT", "HUP", "KILL-PARENT", "KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
 _MAX_AT_ONCE = 8
+_NEEDS_ROUTES = "needs the drill's routes in front of the app, which --cmd cannot put there"
 
 
 @dataclass
@@ -44,44 +47,72 @@ class Row:
         return sorted({columns.get(name, name) for name in failed})
 
 
-def plans(base: Plan, servers: list[str], stops: list[str]) -> list[Plan]:
-    """Every (server, stop, variant) that applies: see ``Server.why_not``."""
+def plans(
+    base: Plan, servers: list[str], stops: list[str], vs_cmd: str | None = None
+) -> list[Plan]:
+    """Every (server, stop, variant) that applies: see :func:`why_not`.
+
+    With ``--cmd``, the plain variant is ``vs_cmd`` and servers do not apply.
+    """
+    if base.cmd is not None:
+        return [
+            replace(base, stop=stop, plain=plain, cmd=vs_cmd if plain else base.cmd)
+            for stop in stops
+            if why_not(base, base.server, stop) is None
+            for plain in (True, False)
+        ]
     return [
         replace(base, server=server, stop=stop, plain=plain)
         for server in servers
         for stop in stops
-        if SERVERS[server].why_not(stop) is None
+        if why_not(base, server, stop) is None
         for plain in (True, False)
     ]
 
 
+def why_not(base: Plan, server: str, stop: str) -> str | None:
+    """Why ``stop`` is no scenario for this plan on ``server``; None if it is."""
+    if base.cmd is not None:
+        return _NEEDS_ROUTES if stop in IN_PROCESS else None
+    return SERVERS[server].why_not(stop)
+
+
 def run_matrix(
+    base: Plan,
     all_plans: list[Plan],
-    done: Callable[[Plan, Result], None] = lambda _plan, _result: None,
+    done: Callable[[Plan, Result | None], None] = lambda _plan, _result: None,
     servers: list[str] | None = None,
     stops: list[str] | None = None,
 ) -> list[Row]:
     """Run the plans side by side; Ctrl-C cancels them all and ends their processes.
 
-    With ``servers`` and ``stops``, the pairs that do not apply are rows too, saying why.
+    With ``servers`` and ``stops``, the pairs that do not apply are rows too,
+    saying why; so is a stop found not to apply once the app runs.
     """
     cancel = threading.Event()
     workers = min(_MAX_AT_ONCE, 2 * (os.cpu_count() or 1), len(all_plans))
+    wheres = ["command"] if base.cmd is not None else servers or []
     rows: dict[tuple[str, str], Row] = {
-        (server, stop): Row(server, stop, not_applicable=SERVERS[server].why_not(stop))
-        for server in servers or []
+        (where, stop): Row(where, stop, not_applicable=why_not(base, where, stop))
+        for where in wheres
         for stop in stops or []
     }
     for plan in all_plans:
-        rows.setdefault((plan.server, plan.stop), Row(plan.server, plan.stop))
+        rows.setdefault((plan.where, plan.stop), Row(plan.where, plan.stop))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill") as pool:
         futures: dict[Future[Result], Plan] = {
             pool.submit(Drill(plan, cancel=cancel).run): plan for plan in all_plans
         }
         try:
             for future in as_completed(futures):
-                plan, result = futures[future], future.result()
-                row = rows[plan.server, plan.stop]
+                plan = futures[future]
+                row = rows[plan.where, plan.stop]
+                try:
+                    result = future.result()
+                except NotAStopError as exc:
+                    row.not_applicable = str(exc)
+                    done(plan, None)
+                    continue
                 if plan.plain:
                     row.plain = result
                 else:

@@ -9,6 +9,7 @@ import textwrap
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -17,7 +18,9 @@ from lastcall.cli.drill import STOP_WORDS
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lastcall.cli.drill import Result
+    from rich.console import Console
+
+    from lastcall.cli.drill import HookRecord, Plan, Result
     from lastcall.cli.matrix import Row
 
 FATE_COLOURS = {
@@ -28,10 +31,12 @@ FATE_COLOURS = {
     "timed out": "#9467bd",
 }
 OTHER_COLOUR = "#8c564b"
+_UNCUT = 10_000  # columns: wider than any table
+_BEFORE_SHOWN = 24  # requests answered before the stop, drawn in the timeline
 _LABEL_CHARS = 26  # a hook's name in the timeline's margin
 KINDS = ("before", "in flight", "late")
 KIND_WORDS = {
-    "before": "acknowledged before the stop",
+    "before": "answered before the stop",
     "in flight": "in flight at the stop",
     "late": "new connections after the stop",
 }
@@ -71,7 +76,7 @@ def drill_tables(result: Result) -> list[Table]:
         records = [r for r in result.requests if r.kind == kind]
         for fate, count in sorted(Counter(r.fate for r in records).items()):
             same = [r for r in records if r.fate == fate]
-            style = "green" if fate in ("200", "refused") else "red"
+            style = "green" if fate == "refused" or result.plan.expected(fate) else "red"
             if fate == "refused" and kind == "in flight":
                 style = "red"
             clients.add_row(
@@ -103,7 +108,7 @@ def drill_tables(result: Result) -> list[Table]:
                 hook.phase or "atexit",
                 seconds(hook.started - result.stop_sent),
                 seconds(hook.ended - hook.started),
-                hook.outcome,
+                _outcome(result, hook),
             )
     if result.acknowledged is not None:
         processes.caption = (
@@ -113,17 +118,26 @@ def drill_tables(result: Result) -> list[Table]:
     return [clients, processes]
 
 
+def _outcome(result: Result, hook: HookRecord) -> Text:
+    """A hook's own word, unless a drain that says ok lost requests: then the clients' too."""
+    lost = result.dropped + result.failed
+    if hook.phase == "drain" and hook.outcome == "ok" and lost:
+        return Text(f"ok by its own account; {lost} in flight lost", style="red")
+    return Text(hook.outcome)
+
+
 def verdict(result: Result) -> Text:
     """The one line, green when clean."""
-    return Text(result.verdict(), style="bold green" if not result.problems() else "bold red")
+    return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
 
-def matrix_table(rows: list[Row]) -> Table:
-    """Plain ``atexit`` beside lastcall; cells where a column fails are marked."""
-    table = Table(title="lastcall drill --matrix: the demo app, plain atexit | lastcall")
+def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Table:
+    """Plain beside lastcall (or ``vs_cmd`` beside ``--cmd``); failing cells are marked."""
+    labels = ("--vs-cmd", "--cmd") if base.cmd is not None else ("plain", "lastcall")
+    table = Table(title=f"lastcall drill --matrix: {_matrix_subject(base)}")
     table.add_column("server")
     table.add_column("stop")
-    for variant in ("plain", "lastcall"):
+    for variant in labels:
         for name in ("dropped", "hooks", "orphans", "lost", "stop"):
             table.add_column(f"{variant}\n{name}", justify="right")
     reasons: dict[str, list[str]] = {}
@@ -134,32 +148,50 @@ def matrix_table(rows: list[Row]) -> Table:
             table.add_row(*cells, *[Text("n/a", style="dim")] * 10)
             continue
         for result in (row.plain, row.lastcall):
-            if result is None:
-                cells.extend(["n/a"] * 5)
-                continue
-            failed = set(row.failures(result))
-            values = {
-                "dropped": str(result.dropped),
-                "hooks": result.hooks_where(),
-                "orphans": str(len(result.left_behind)),
-                "lost": "—" if result.lost is None else str(result.lost),
-                "stop": seconds(result.stop_seconds),
-            }
-            for name, value in values.items():
-                mark = name in failed
-                cells.append(
-                    Text(f"✗ {value}" if mark else value, style="bold red" if mark else "")
-                )
+            cells.extend(_matrix_cells(row, result))
         table.add_row(*cells)
     caption = (
         "✗: worse than this way of stopping allows. hooks: the process that ran the app's "
         "shutdown hooks (server: the only process; child: the serving child of a reloader or "
-        "master; parent: that reloader or master)"
+        "master; parent: that reloader or master; unknown: no lastcall report to tell)"
     )
+    if base.cmd is not None:
+        caption += f"\n--vs-cmd: {vs_cmd}\n--cmd: {base.cmd}"
     for reason, where in reasons.items():
         caption += f"\nn/a ({', '.join(where)}): {reason}"
     table.caption = caption
     return table
+
+
+def _matrix_subject(base: Plan) -> str:
+    if base.cmd is not None:
+        return "two commands"
+    if base.demo:
+        return "the demo app, plain atexit | lastcall"
+    return f"{base.app}, as shipped | with lastcall"
+
+
+def _matrix_cells(row: Row, result: Result | None) -> list[Text | str]:
+    if result is None:
+        return ["n/a"] * 5
+    failed = set(row.failures(result))
+    values = {
+        "dropped": str(result.dropped + result.failed),
+        "hooks": result.hooks_where(),
+        "orphans": str(len(result.left_behind)),
+        "lost": "—" if result.lost is None else str(result.lost),
+        "stop": seconds(result.stop_seconds),
+    }
+    return [
+        Text(f"✗ {value}", style="bold red") if name in failed else Text(value)
+        for name, value in values.items()
+    ]
+
+
+def natural_width(console: Console, renderable: Table) -> int:
+    """The width a table takes when nothing is cut or folded."""
+    options = console.options.update_width(_UNCUT)
+    return Measurement.get(console, options, renderable).maximum
 
 
 # ---------------------------------------------------------------- files
@@ -201,14 +233,18 @@ def write_html(path: Path, results: list[Result], title: str) -> None:
 
 def _label(result: Result) -> str:
     plan = result.plan
-    app = "the demo app" if plan.demo else plan.app
-    return f"{app} ({plan.variant}) on {plan.server}: {STOP_WORDS[plan.stop]}"
+    if plan.cmd is not None:
+        return f"{plan.cmd}: {STOP_WORDS[plan.stop]}"
+    return f"{plan.name} ({plan.variant}) on {plan.server}: {STOP_WORDS[plan.stop]}"
 
 
 def timeline(result: Result) -> str:
     """An SVG: one bar per request, a lane per hook, and lines for the stop, phases and exit."""
     left, width, row, top = 260, 700, 12, 52
-    requests, hooks = result.requests, result.hooks
+    before = [r for r in result.requests if r.kind == "before"]
+    # --cmd clients ask back to back: hundreds answered before the stop say no more than the last.
+    requests = before[-_BEFORE_SHOWN:] + [r for r in result.requests if r.kind != "before"]
+    hooks = result.hooks
     times = [0.0, result.ended, *(r.ended for r in requests), *(h.ended for h in hooks)]
     start, end = min(times + [r.started for r in requests]), max(times) * 1.02 + 0.05
     scale = width / (end - start)

@@ -19,6 +19,7 @@ drill's extra (click, rich, httpx) is not installed.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import importlib
 import importlib.util
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ CONTROL = "/_drill/"
 DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
 _RAISE_WAIT = 2.0
+_RAISE_TRIES = 3  # uvloop runs signal handlers inside a callback: every try is swallowed
+_RAISE_SETTLE = 0.2  # seconds for a loop the raise ended to say it is no longer running
 # What the factories read (set by the drill); the first three mirror runner's arguments.
 ENV_APP = "LASTCALL_DRILL_APP"
 ENV_PLAIN = "LASTCALL_DRILL_PLAIN"
@@ -57,6 +61,11 @@ ENV_SERVER = "LASTCALL_DRILL_SERVER"
 # A file each delayed request appends a byte to as it enters: a count that every
 # process of the app adds to, readable while every worker is busy.
 ENV_ENTERED = "LASTCALL_DRILL_ENTERED"
+# A file the drill creates once it sent the stop: a delayed request lasts its seconds and, on
+# a machine so busy that they were up first, until then, so that it is in flight at the stop.
+ENV_STOPPED = "LASTCALL_DRILL_STOPPED"
+_HOLD_POLL = 0.01
+_HOLD_MOST = 30.0  # seconds past its own: the drill has given up by then
 
 
 ASGI_DELAY_HEADER = b"x-lastcall-drill-delay"
@@ -79,8 +88,10 @@ class _Controls:
 
     def __init__(self) -> None:
         self._entered_file = os.environ.get(ENV_ENTERED)
+        self._stopped_file = os.environ.get(ENV_STOPPED)
         self._pending: BaseException | None = None
         self._raising = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # an ASGI server's, on the main thread
         signal.signal(signal.SIGUSR1, self._raise_pending)
 
     def _raise_pending(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
@@ -93,10 +104,16 @@ class _Controls:
             with Path(self._entered_file).open("ab") as out:
                 out.write(b".")
 
+    def _stop_pending(self, held_until: float) -> bool:
+        """Whether a delayed request, its own seconds up, still waits for the drill's stop."""
+        waiting = self._stopped_file is not None and not Path(self._stopped_file).exists()
+        return waiting and time.monotonic() < held_until
+
     def _act(self, action: str) -> bytes:
         """Do what ``/_drill/<action>`` asks, on whichever thread serves it; the answer's body."""
         if action == "os-exit":
             os._exit(0)
+        answer: dict[str, object] = {"pid": os.getpid()}
         if action in ("exception", "exit"):
             self._pending = (
                 UnhandledError("lastcall drill: an unhandled exception, as asked")
@@ -104,11 +121,32 @@ class _Controls:
                 else SystemExit(0)
             )
             main = threading.main_thread().ident
-            if main is not None:
+            for _ in range(_RAISE_TRIES):
+                if main is None:
+                    break
+                self._raising.clear()
                 signal.pthread_kill(main, signal.SIGUSR1)
                 # Answer once it is raised, so the drill's clock starts with the stop itself.
                 self._raising.wait(_RAISE_WAIT)
-        return json.dumps({"pid": os.getpid()}).encode()
+                answer["swallowed"] = self._swallowed()
+                if not answer["swallowed"]:
+                    break
+        return json.dumps(answer).encode()
+
+    def _swallowed(self) -> bool:
+        """Whether the raise landed inside an asyncio callback, which logs it and runs on.
+
+        Raised while the loop waits for I/O, it ends the loop (and the server);
+        raised while a callback runs, asyncio keeps everything but ``SystemExit``
+        and ``KeyboardInterrupt`` to itself. Then the loop is still running.
+        """
+        loop = self._loop
+        deadline = time.monotonic() + _RAISE_SETTLE
+        while loop is not None and loop.is_running():
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(_HOLD_POLL)
+        return False
 
 
 class DrillControl(_Controls):
@@ -120,8 +158,9 @@ class DrillControl(_Controls):
       ``sys.exit(0)``, raised on the main thread (where a server's own loop
       runs) by a signal aimed at that thread.
     * A request carrying ``X-Lastcall-Drill-Delay: S`` counts itself in the
-      entered file and sleeps S seconds before the app sees it, so any app
-      can have requests in flight.
+      entered file and sleeps S seconds (and, if the drill has not sent its
+      stop by then, until it has) before the app sees it, so any app has
+      requests in flight at the stop.
     """
 
     def __init__(self, app: WSGIApplication) -> None:
@@ -139,6 +178,9 @@ class DrillControl(_Controls):
         if delay:
             self._entered()
             time.sleep(float(delay))
+            held_until = time.monotonic() + _HOLD_MOST
+            while self._stop_pending(held_until):
+                time.sleep(_HOLD_POLL)
         return self._app(environ, start_response)
 
 
@@ -154,6 +196,7 @@ class AsgiDrillControl(_Controls):
         path: str = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith(CONTROL):
             # A thread, as a WSGI server's would be: the raise is aimed at the loop's thread.
+            self._loop = asyncio.get_running_loop()
             body = await asyncio.to_thread(self._act, path.removeprefix(CONTROL))
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -163,17 +206,54 @@ class AsgiDrillControl(_Controls):
         if delay:
             self._entered()
             await asyncio.sleep(float(delay))
+            held_until = time.monotonic() + _HOLD_MOST
+            while self._stop_pending(held_until):  # noqa: ASYNC110  # a file, from another process
+                await asyncio.sleep(_HOLD_POLL)
         await self._app(scope, receive, send)
 
 
+# What a bare module or package is searched for, in order, as ``flask --app`` does.
+APP_NAMES = ("app", "application")
+FACTORY_NAMES = ("create_app", "make_app")
+
+
 def load(spec: str) -> object:
-    """Import ``module:attribute`` or ``path/to/file.py[:attribute]`` (default: app)."""
+    """The app ``spec`` names, in any of the forms gunicorn and ``flask --app`` accept.
+
+    * ``module:attribute`` or ``path/to/file.py:attribute``: that object;
+    * ``module:factory()`` or ``module:factory('prod', debug=False)``: what the
+      factory returns (literal arguments only, as gunicorn accepts);
+    * ``module`` or ``path/to/file.py``: its ``app`` or ``application``, else
+      what its ``create_app()`` or ``make_app()`` returns.
+    """
     target, _, attribute = spec.partition(":")
+    module = _import(spec, target)
+    if attribute:
+        name, call = _parse_attribute(spec, attribute)
+        if not hasattr(module, name):
+            raise BadInputError(
+                f"APP {spec!r}: {target} has no attribute {name}; {_what_it_has(module)}"
+            )
+        found = getattr(module, name)
+        if call is None and _is_factory(found):
+            call = ((), {})  # a function that takes no arguments: called, as flask --app does
+        return _call_factory(spec, found, *call) if call else found
+    for name in APP_NAMES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    for name in FACTORY_NAMES:
+        if callable(getattr(module, name, None)):
+            return _call_factory(f"{target}:{name}()", getattr(module, name), (), {})
+    searched = ", ".join([*APP_NAMES, *(f"{name}()" for name in FACTORY_NAMES)])
+    raise BadInputError(f"APP {spec!r}: {target} has none of {searched}; {_what_it_has(module)}")
+
+
+def _import(spec: str, target: str) -> ModuleType:
     is_file = target.endswith(".py")
     if is_file and not Path(target).is_file():
         raise BadInputError(f"APP {spec!r}: there is no file {target}")
     try:
-        module = _import_file(Path(target)) if is_file else _import_module(target)
+        return _import_file(Path(target)) if is_file else _import_module(target)
     except ModuleNotFoundError as exc:
         raise BadInputError(
             f"APP {spec!r} cannot be imported ({exc}); run the drill from the directory "
@@ -183,14 +263,66 @@ def load(spec: str) -> object:
         raise BadInputError(
             f"APP {spec!r} failed while being imported: {type(exc).__name__}: {exc}"
         ) from None
-    names = [attribute] if attribute else ["app", "application"]
-    for name in names:
-        if hasattr(module, name):
-            return getattr(module, name)
+
+
+def _parse_attribute(
+    spec: str, attribute: str
+) -> tuple[str, tuple[tuple[Any, ...], dict[str, Any]] | None]:
+    """``name`` -> (name, None); ``name(1, x='a')`` -> (name, ((1,), {'x': 'a'}))."""
+    try:
+        expression = ast.parse(attribute.strip(), mode="eval").body
+        if isinstance(expression, ast.Name):
+            return expression.id, None
+        if isinstance(expression, ast.Call) and isinstance(expression.func, ast.Name):
+            args = tuple(ast.literal_eval(arg) for arg in expression.args)
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expression.keywords if kw.arg}
+            if len(kwargs) == len(expression.keywords):
+                return expression.func.id, (args, kwargs)
+    except (SyntaxError, ValueError):
+        pass
     raise BadInputError(
-        f"APP {spec!r}: {target} has no attribute {' or '.join(names)}; "
-        "name the app object as module:attribute"
+        f"APP {spec!r}: {attribute!r} is neither a name nor a call with literal arguments; "
+        "write module:app or module:create_app('arg', key=1)"
     )
+
+
+def _call_factory(
+    spec: str, factory: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> object:
+    if not callable(factory):
+        raise BadInputError(
+            f"APP {spec!r}: {spec.partition(':')[2]} calls a {type(factory).__name__!r}, "
+            "which is not a factory; name the object without parentheses"
+        )
+    try:
+        app = factory(*args, **kwargs)
+    except TypeError as exc:
+        raise BadInputError(f"APP {spec!r}: the factory cannot be called so: {exc}") from None
+    except Exception as exc:
+        raise BadInputError(
+            f"APP {spec!r}: the factory raised {type(exc).__name__}: {exc}"
+        ) from None
+    if app is None:
+        raise BadInputError(f"APP {spec!r}: the factory returned None; it must return the app")
+    return app
+
+
+def _what_it_has(module: ModuleType) -> str:
+    """What the module does define that could be an app: the fix is to name one."""
+    candidates = sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and callable(value)
+        and (
+            getattr(value, "__module__", None) == module.__name__  # its own functions, classes
+            or not isinstance(value, type | FunctionType)  # app objects made from imported types
+        )
+    )
+    if not candidates:
+        return "it defines no callable: point APP at the module that creates the app"
+    shown = ", ".join(candidates[:6]) + (", ..." if len(candidates) > 6 else "")  # noqa: PLR2004
+    return f"it defines {shown}: name the app as module:NAME, or a factory as module:NAME()"
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -229,15 +361,42 @@ def check_wsgi(spec: str, app: object, server: str = "Werkzeug") -> WSGIApplicat
     except (TypeError, ValueError):
         raise BadInputError(
             f"APP {spec!r} is {type(app).__name__!r}, not a WSGI app (a callable taking "
-            "environ and start_response); name the app object as module:attribute"
+            f"environ and start_response); "
+            f"{_factory_hint(spec, app) or 'name the app object as module:attribute'}"
         ) from None
     return app  # type: ignore[return-value]
+
+
+def _is_factory(found: object) -> bool:
+    """A plain function that can be called with no arguments (not an app: apps take some)."""
+    if not inspect.isfunction(found) or inspect.iscoroutinefunction(found):
+        return False
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        return False
+    return True
+
+
+def _factory_hint(spec: str, app: object) -> str | None:
+    """The fix when APP names a factory (or class) that needs arguments; None otherwise."""
+    target, _, attribute = spec.partition(":")
+    if (
+        attribute
+        and not attribute.endswith(")")
+        and (inspect.isfunction(app) or inspect.isclass(app))
+    ):
+        return f"if it makes the app, call it: '{target}:{attribute}(...)' with its arguments"
+    return None
 
 
 def check_asgi(spec: str, app: object, server: str) -> AsgiApp:
     """Refuse what an ASGI server cannot serve, saying what it is instead."""
     if _is_asgi(app):
         return app  # type: ignore[return-value]
+    hint = _factory_hint(spec, app)
+    if hint:
+        raise BadInputError(f"APP {spec!r} is {type(app).__name__!r}, not an ASGI app; {hint}")
     kind = "a WSGI app" if callable(app) else f"{type(app).__name__!r}, not an ASGI app"
     raise BadInputError(
         f"APP {spec!r} is {kind}; {server} serves ASGI apps (async callables taking scope, "

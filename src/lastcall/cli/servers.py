@@ -33,6 +33,7 @@ class Launch:
     error_file: str
     requests: int = 16
     grace: float = 10.0
+    workers: int = 1
 
     @property
     def threads(self) -> int:
@@ -55,7 +56,8 @@ def _runner(server: str, *, reload: bool = False) -> Callable[[Launch], list[str
 
 def _gunicorn(*, gthread: bool) -> Callable[[Launch], list[str]]:
     def command(launch: Launch) -> list[str]:
-        argv = [sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{launch.port}", "-w", "1"]
+        argv = [sys.executable, "-m", "gunicorn", "-b", f"{HOST}:{launch.port}"]
+        argv += ["-w", str(launch.workers)]
         if gthread:
             argv += ["-k", "gthread", "--threads", str(launch.threads)]
         # lastcall.gunicorn keeps 1 s of graceful_timeout back for the worker to exit.
@@ -75,7 +77,7 @@ def _uvicorn(launch: Launch) -> list[str]:
 
 def _hypercorn(launch: Launch) -> list[str]:
     argv = [sys.executable, "-m", "hypercorn", "lastcall.cli.runner:asgi()"]
-    argv += ["-b", f"{HOST}:{launch.port}", "--workers", "1"]
+    argv += ["-b", f"{HOST}:{launch.port}", "--workers", str(launch.workers)]
     return [*argv, "--graceful-timeout", f"{launch.grace:g}"]
 
 
@@ -93,6 +95,7 @@ class Server:
     ``parent``: a parent process (a reloader, a master) stays while a child
     serves, so the parent and the child can be stopped separately.
     ``asgi``: it serves ASGI apps (the demo's ASGI twin), not WSGI ones.
+    ``workers``: it takes ``--workers N`` (one by default).
     ``not_a_stop``: the stops that do not end this server, and why.
     """
 
@@ -102,6 +105,7 @@ class Server:
     integration: str
     parent: bool = False
     asgi: bool = False
+    workers: bool = False
     command: Callable[[Launch], list[str]] | None = None
     not_a_stop: dict[str, str] = field(default_factory=dict)
 
@@ -148,6 +152,7 @@ SERVERS: dict[str, Server] = {
                 "gunicorn",
                 "lastcall.gunicorn",
                 parent=True,
+                workers=True,
                 command=_gunicorn(gthread=name.endswith("gthread")),
                 not_a_stop={
                     "HUP": "gunicorn reloads on SIGHUP (new workers): nothing stops",
@@ -167,6 +172,7 @@ SERVERS: dict[str, Server] = {
             "lastcall.asgi",
             parent=True,
             asgi=True,
+            workers=True,
             command=_hypercorn,
             not_a_stop={
                 "HUP": "hypercorn restarts its workers on SIGHUP: nothing stops",

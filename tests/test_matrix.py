@@ -4,8 +4,8 @@
 for each server, a prober opens a new connection every 50 ms from the stop
 until the process is gone: each must be refused or get a complete response,
 never be accepted and then reset, nor get an empty reply; requests in
-flight at the stop get their 200 (except where the serving loop itself
-died). The apps and launch lines here are the tests' own, written the way
+flight at the stop get their 200, also when an exception or a normal exit
+ended the loop serving them. The apps and launch lines here are the tests' own, written the way
 a user starts each server.
 """
 
@@ -140,7 +140,19 @@ def _gthread(port: int) -> list[str]:
 
 def _uvicorn(port: int) -> list[str]:
     return [
-        *(sys.executable, "-m", "uvicorn", "webapp:asgi", "--host", "127.0.0.1"),
+        # asyncio's loop, not uvloop: the app's unhandled exception is raised from a signal
+        # handler while the loop waits in its selector, which uvloop has not (the drill's
+        # matrix covers uvicorn as installed).
+        *(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "webapp:asgi",
+            "--loop",
+            "asyncio",
+            "--host",
+            "127.0.0.1",
+        ),
         *("--port", str(port), "--timeout-graceful-shutdown", str(GRACE)),
     ]
 
@@ -198,7 +210,7 @@ def test_new_connections_refused_or_served(spawn, server: str, stop: str) -> Non
     """Steps: start the server; put requests in flight; stop it; probe every 50 ms until it is gone.
 
     Every probe is refused or answered in full; the requests in flight get
-    200 unless the loop serving them is what died (uvicorn, hypercorn).
+    200, also when an exception or exit ended the loop serving them.
     """
     pytest.importorskip(PACKAGE.get(server, server))
     directory = Path(spawn.script_dir)
@@ -227,10 +239,8 @@ def test_new_connections_refused_or_served(spawn, server: str, stop: str) -> Non
     bad = [fate for fate in prober.fates if fate not in ("refused", "complete")]
     assert prober.fates, "no probe was made"
     assert not bad, f"probes: {prober.fates}\n{child.output()}"
-    loop_died = server in ASGI and stop in ("exception", "exit")
-    if not loop_died:
-        statuses = [request.result(WAIT) for request in in_flight]
-        assert statuses == [200] * IN_FLIGHT, f"{statuses}\n{child.output()}"
+    statuses = [request.result(WAIT) for request in in_flight]
+    assert statuses == [200] * IN_FLIGHT, f"{statuses}\n{child.output()}"
 
 
 def test_second_sigint_is_immediate_on_gunicorn(spawn) -> None:

@@ -284,6 +284,7 @@ class LastCallMiddleware(HealthPaths):
             self._server_drained,
             stop_server=lambda: self._server_stop,
             full_stop=self._full_stop,
+            budget=self._coordinator.drain_budget,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator

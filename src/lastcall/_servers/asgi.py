@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from lastcall._report import logger
@@ -70,6 +71,7 @@ class AsgiServer:
         drained: threading.Event,
         stop_server: Callable[[], Callable[[], object] | None],
         full_stop: Callable[[], bool],
+        budget: Callable[[], float],
     ) -> None:
         self.name = "the server"
         self.door = AsyncioDoor(loop)
@@ -80,6 +82,8 @@ class AsgiServer:
         self._stop_server = stop_server
         self._full_stop = full_stop
         self._told = False
+        self._budget = budget
+        self._finish_in_flight_if_the_loop_dies()
 
     def prestop_delay(self) -> float:
         """The core's pre_stop phase has kept serving already."""
@@ -129,6 +133,42 @@ class AsgiServer:
         self._loop.call_soon_threadsafe(self._cancel_in_flight)
         (self._drained if self._told else self._idle).wait(_AFTER_CANCEL)
         return count
+
+    def _finish_in_flight_if_the_loop_dies(self) -> None:
+        """If an exception ends the loop on its thread, finish what is in flight first.
+
+        An unhandled exception or ``sys.exit`` raised on the loop's thread (by a
+        signal handler, say) leaves the loop, and ``asyncio.run`` then cancels
+        every request. Here the door is shut at once and the loop turns on until
+        nothing is in flight, within the drain budget; then the exception goes
+        on its way. asyncio's ``_run_once`` (``Lib/asyncio/base_events.py``, one
+        turn of ``run_forever``, looked up on each turn) is wrapped on this loop
+        instance only; uvloop's loop has neither.
+        """
+        loop = self._loop
+        run_once = getattr(loop, "_run_once", None)
+        if run_once is None:
+            return
+
+        def run_once_or_finish() -> None:
+            try:
+                run_once()
+            except BaseException:
+                loop._run_once = run_once  # type: ignore[attr-defined]  # noqa: SLF001  # once
+                if self._live:
+                    self.door.refuse_now()
+                    deadline = time.monotonic() + self._budget()
+                    while self._live and time.monotonic() < deadline:
+                        run_once()
+                    if self._live:
+                        logger.warning(
+                            "the event loop ended: %d request(s) in flight could not be finished",
+                            len(self._live),
+                        )
+                raise
+
+        with contextlib.suppress(AttributeError):
+            loop._run_once = run_once_or_finish  # type: ignore[attr-defined]  # noqa: SLF001
 
     def _serving(self) -> bool:
         return self._loop.is_running() and not self._drained.is_set()

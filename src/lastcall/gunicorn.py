@@ -219,7 +219,7 @@ class _Worker:
     def __init__(self, worker: Gunicorn) -> None:
         self.worker = worker
         self.pid = os.getpid()
-        self.ppid = worker.ppid
+        self.ppid = os.getppid()  # the master, which forked this worker
 
     def start(self) -> None:
         worker = self.worker

@@ -56,6 +56,15 @@ def slow_hook():
 """
 
 
+def _control_socket(directory) -> list[str]:
+    """gunicorn 25+ opens a control socket: in the test's directory, not the shared default."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if not any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
+        return []
+    return ["--control-socket", str(Path(directory, "gunicorn.ctl"))]
+
+
 def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=None):
     """Start gunicorn on an ephemeral port; wait until every worker is ready."""
     Path(spawn.script_dir, "webapp.py").write_text(app)
@@ -71,8 +80,7 @@ def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=No
         str(workers),
         "--graceful-timeout",
         "15",
-        "--control-socket",
-        str(Path(spawn.script_dir, "gunicorn.ctl")),
+        *_control_socket(spawn.script_dir),
         *args,
         "webapp:app",
     ]

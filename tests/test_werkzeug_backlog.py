@@ -9,7 +9,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from lastcall.servers.werkzeug import _Served, _stop_accepting
+from lastcall._servers.werkzeug import _Served, _stop_accepting
 
 
 def app(environ, start_response):

@@ -24,8 +24,8 @@ dispatcher thread, while the server's event loop keeps running:
    **server's own loop** (``Coordinator.use_loop``), so they can close
    clients bound to it. The app's own lifespan shutdown (FastAPI's
    ``lifespan``, Starlette's ``on_shutdown``) is one of these hooks, in
-   ``cleanup``, registered when its startup completed: hooks registered
-   after start-up run before it, hooks registered at import after it.
+   ``final``, so it runs after every ``cleanup`` hook, whenever that was
+   registered.
 4. The coordinator ends the process as for any stop: a SIGTERM ends it by
    SIGTERM (status 143) unless ``LASTCALL_EXIT_CODE`` is set, and each hook
    runs once. Nothing is left for ``atexit`` to run twice.
@@ -35,32 +35,17 @@ Working with the servers' signal handling
 Both servers stop accepting the moment they see SIGTERM, which leaves no
 pre-stop window, so at lifespan start-up (which both run on the main
 thread, after installing their handlers) the middleware steps in front:
+the server's own stop is kept and run when the drain begins. How, per
+server, is in ``lastcall._servers.uvicorn`` and ``lastcall._servers.
+hypercorn``; the door (backlog served, new connections refused, for
+hypercorn's master too) in ``lastcall._servers.asgi``. With
+``hypercorn.asyncio.serve(..., shutdown_trigger=middleware.shutdown_trigger)``
+nothing is taken: the trigger simply returns when the drain begins.
 
-* **uvicorn** installs ``Server.handle_exit`` with ``signal.signal`` inside
-  ``Server.serve``. The middleware keeps that handler, puts lastcall's in
-  its place (``install()``, or ``reclaim_signals()`` if the app called
-  ``install()`` itself), and calls the kept handler when the drain begins,
-  which is all uvicorn's own SIGTERM would have done. uvicorn restores its
-  predecessors and re-raises the signal only after its own shutdown; the
-  coordinator ends the process first, after the hooks.
-* **hypercorn** in a single process (``--workers 0``, or ``hypercorn.
-  asyncio.serve`` without a ``shutdown_trigger``) registers its handler with
-  ``loop.add_signal_handler``; the middleware removes that registration
-  (which alone would still fire through the loop's wake-up fd), and runs the
-  removed callback when the drain begins. With ``serve(...,
-  shutdown_trigger=middleware.shutdown_trigger)`` nothing is taken: the
-  trigger simply returns when the drain begins.
-* **hypercorn's worker** (its default ``--workers 1`` runs a master and a
-  worker) gets no signal: the master sets a shared event that the worker
-  polls with a function it looks up once it has imported the app. The
-  middleware wraps that function, so the master's request begins lastcall's
-  stop and the worker stops accepting only when the drain begins. (The
-  master keeps its own copy of the listening socket open until the worker
-  has exited, so connections are still queued during the delay.)
-* A **worker whose master died** (SIGKILL, OOM) notices at once through
-  the parent's ``multiprocessing`` sentinel on the loop, and stops as if
-  told to (``trigger``), instead of serving as an orphan. Where the server
-  cannot be told to stop, the drain waits for the requests in flight.
+A **worker whose master died** (SIGKILL, OOM) notices within 0.2 s
+(``Coordinator.stop_when_parent_dies``) and stops as if told to,
+instead of serving as an orphan. Where the server
+cannot be told to stop, the drain waits for the requests in flight.
 
 Whatever began the stop, a lifespan shutdown that arrives while the
 process is still running starts it too, so a server's own reasons to stop
@@ -94,10 +79,15 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall import systemd
+from lastcall._config import resolve
 from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
+from lastcall._servers import hypercorn, uvicorn
+from lastcall._servers.asgi import AsgiServer, AsyncioDoor
+from lastcall._servers.drain import drain
 from lastcall._signals import SignalHandlers
+from lastcall._stoptoken import _resolve
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -112,9 +102,6 @@ if TYPE_CHECKING:
 
 __all__ = ("LastCallMiddleware",)
 
-# Of the grace period, what the drain leaves for the hooks after it.
-# After cancelling what overran the drain, how long to let the server notice.
-_AFTER_CANCEL = 1.0
 _SERVER_STARTED_POLL = 0.02
 _SERVER_STARTED_WAIT = 10.0
 
@@ -151,6 +138,8 @@ class LastCallMiddleware(HealthPaths):
         elif not isinstance(coordinator, lastcall.Coordinator):
             raise TypeError(f"coordinator must be a lastcall.Coordinator; got {coordinator!r}")
         check_paths(livez_path, readyz_path)
+        if not coordinator.installed:
+            resolve()  # a bad LASTCALL_* setting fails here, at start-up, in one line
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, (int, float))
@@ -175,7 +164,8 @@ class LastCallMiddleware(HealthPaths):
         self._drain_began = threading.Event()  # for shutdown_trigger
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
         self._started = False
-        _hold_hypercorn_worker_trigger(self)
+        self._adapter: AsgiServer | None = None
+        self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
 
     async def shutdown_trigger(self) -> None:
         """Returns when the drain begins: ``hypercorn.asyncio.serve(..., shutdown_trigger=)``."""
@@ -287,55 +277,73 @@ class LastCallMiddleware(HealthPaths):
             return
         self._started = True
         self._loop = loop
+        self._adapter = AsgiServer(
+            loop,
+            self._live,
+            self._idle,
+            self._server_drained,
+            stop_server=lambda: self._server_stop,
+            full_stop=self._full_stop,
+            budget=self._coordinator.drain_budget,
+        )
+        self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
         coordinator.use_loop(loop)
         coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
         systemd.attach(coordinator)
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
-        self._watch_parent(loop)
-        settings = coordinator.settings
-        if settings.prestop_delay >= settings.grace:
-            logger.error(
-                "LASTCALL_PRESTOP_DELAY (%.3g s) is not shorter than LASTCALL_GRACE (%.3g s): "
-                "nothing would be left to drain requests; lower LASTCALL_PRESTOP_DELAY",
-                settings.prestop_delay,
-                settings.grace,
-            )
+        self._watch_parent()
+        for server, tested in (("uvicorn", uvicorn.TESTED), ("hypercorn", hypercorn.TESTED)):
+            if server in sys.modules:
+                tested.check()
 
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""
         coordinator = self._coordinator
-        loop_handlers: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
         for sig in coordinator.settings.signals:
-            current = signal.getsignal(sig)
-            owner = getattr(current, "__self__", None)
+            owner = getattr(signal.getsignal(sig), "__self__", None)
             if isinstance(owner, SignalHandlers):
                 continue  # already lastcall's
-            handle = loop_handlers.get(sig)
-            if handle is not None:  # loop.add_signal_handler (hypercorn)
-                loop.remove_signal_handler(sig)
-                self._server_stop = self._server_stop or _handle_runner(handle)
-            elif callable(current) and current is not signal.default_int_handler:
-                signal.signal(sig, signal.SIG_DFL)  # so that lastcall does not chain to it
-                if self._server_stop is None:
-                    self._server_stop = functools.partial(current, sig, None)
-                    self._server = getattr(current, "__self__", None)
+            run = hypercorn.take_loop_signal(loop, sig)
+            if run is not None:
+                self._server_stop = self._server_stop or run
+                continue
+            taken = uvicorn.take_signal(sig)
+            if taken is not None and self._server_stop is None:
+                self._server_stop, self._server = taken
         coordinator.ensure_installed()
         logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
 
-    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch_parent(self) -> None:
+        """A worker whose master died stops, instead of serving on as an orphan."""
         parent = multiprocessing.parent_process()
-        sentinel = getattr(parent, "sentinel", None)
-        if parent is None or not isinstance(sentinel, int):
-            return
+        if parent is not None and parent.pid is not None:
+            self._coordinator.stop_when_parent_dies(
+                parent.pid, f"the server's master process {parent.pid} died"
+            )
 
-        def parent_died() -> None:
-            loop.remove_reader(sentinel)
-            logger.warning("the server's master process %s died; stopping", parent.pid)
-            self._coordinator.trigger("the server's master process died")
+    async def _refuse_when_loop_dies(self, door: AsyncioDoor) -> None:
+        """Wait for ever; cancelled as the loop winds down, refuse new connections."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError as cancelled:
+            # What ended the loop, if an exception did: a hypercorn worker that
+            # exits with status 0 is replaced, and its successor needs the socket.
+            ending = cancelled.__context__
+            replaced = isinstance(ending, SystemExit) and ending.code in (0, None)
+            if not (self._hypercorn_worker and replaced):
+                door.refuse_now()
+            raise
 
-        loop.add_reader(sentinel, parent_died)
+    def _full_stop(self) -> bool:
+        """Whether no other process will accept on our listening sockets after us.
+
+        True in a single process, and in hypercorn's worker, whose master stops
+        when a worker ends by a stop of lastcall's; a uvicorn worker
+        (``--workers N``) may be one of several restarted in turn.
+        """
+        return self._hypercorn_worker or multiprocessing.parent_process() is None
 
     async def _notify_ready(self) -> None:
         """``READY=1`` to systemd once the server listens (uvicorn says when; others soon after)."""
@@ -343,7 +351,7 @@ class LastCallMiddleware(HealthPaths):
             return
         server = self._server
         deadline = time.monotonic() + _SERVER_STARTED_WAIT
-        while server is not None and not getattr(server, "started", True):
+        while server is not None and not uvicorn.started(server):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(_SERVER_STARTED_POLL)
@@ -353,32 +361,10 @@ class LastCallMiddleware(HealthPaths):
     # ------------------------------------------------------------ the stop (dispatcher side)
 
     def _drain(self) -> None:
-        """Tell the server to stop accepting, then wait for it to drain, within the budget."""
-        deadline = time.monotonic() + self._coordinator.drain_budget()
-        if self._drain_timeout is not None:
-            deadline = min(deadline, time.monotonic() + self._drain_timeout)
+        """The drain hook: the one drain sequence, on this server."""
         self._drain_began.set()
-        loop = self._loop
-        told = False
-        if self._server_stop is not None and loop is not None and not self._server_drained.is_set():
-            loop.call_soon_threadsafe(self._server_stop)
-            told = True
-        # A server that was told (or stopped by itself) sends the lifespan shutdown
-        # once it has drained; one that cannot be told leaves us to watch our count.
-        done = self._server_drained if told or self._server_drained.is_set() else self._idle
-        if done.wait(max(0.0, deadline - time.monotonic())):
-            return
-        if loop is None or loop.is_closed():
-            return
-        logger.warning(
-            "drain budget spent: cancelling %d request(s) still in flight", len(self._live)
-        )
-        loop.call_soon_threadsafe(self._cancel_in_flight)
-        done.wait(_AFTER_CANCEL)
-
-    def _cancel_in_flight(self) -> None:
-        for task in list(self._live):
-            task.cancel("lastcall: drain budget spent")
+        if self._adapter is not None:
+            drain(self._adapter, self._coordinator, budget=self._drain_timeout)
 
 
 class _AppLifespan:
@@ -412,47 +398,6 @@ class _AppLifespan:
     def close(self) -> None:
         if not self._task.done():
             self._task.cancel()
-
-
-def _hold_hypercorn_worker_trigger(middleware: LastCallMiddleware) -> None:
-    """In hypercorn's worker, hold its stop until the drain, as signals are held elsewhere.
-
-    The worker learns of the stop by polling an event its master sets; it
-    looks the polling function up when it starts serving, which is after it
-    imported the app. Wrapped, the master's request begins lastcall's stop
-    (readiness red, pre-stop delay) and the worker stops accepting when the
-    drain begins; and a stop begun here (a signal to the worker, its master's
-    death) stops the worker's server too. Does nothing outside hypercorn.
-    """
-    module = sys.modules.get("hypercorn.asyncio.run")
-    original = getattr(module, "check_multiprocess_shutdown_event", None)
-    if module is None or original is None or getattr(original, "__lastcall__", False):
-        return
-    coordinator = middleware._coordinator  # noqa: SLF001  # our own class
-
-    async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
-        master = asyncio.ensure_future(original(shutdown_event, sleep))
-        ours = asyncio.ensure_future(middleware.shutdown_trigger())
-        either: set[asyncio.Future[Any]] = {master, ours}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if master.done() and not ours.done():
-            if not coordinator.stopping.is_set():
-                coordinator.trigger("hypercorn's master asked its worker to stop")
-            await ours
-        master.cancel()
-
-    held.__lastcall__ = True  # type: ignore[attr-defined]
-    module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
-
-
-def _handle_runner(handle: asyncio.Handle) -> Callable[[], object]:
-    run: Callable[[], object] = handle._run  # noqa: SLF001  # the loop's own way to call it
-    return run
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 async def _json(scope: Scope, send: Send, status: int, body: bytes) -> None:

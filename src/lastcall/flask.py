@@ -11,7 +11,7 @@
 The extension wraps ``app.wsgi_app`` in :class:`lastcall.wsgi.LastCallMiddleware`
 and, when the app is served by Werkzeug's development server (``app.run()``,
 ``flask run``, with or without the reloader), makes that server stop the
-lastcall way (see :mod:`lastcall.servers.werkzeug`). Signal handlers are
+lastcall way (see :mod:`lastcall._servers.werkzeug`). Signal handlers are
 taken only when that server starts serving, never at import: under
 gunicorn or waitress the server's own integration owns the signals.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import resolve
-from lastcall.servers import werkzeug as werkzeug_server
+from lastcall._servers import werkzeug as werkzeug_server
 from lastcall.wsgi import LastCallMiddleware
 
 if TYPE_CHECKING:

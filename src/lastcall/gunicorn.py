@@ -30,8 +30,9 @@ of it, if that is less), so it is done before the master's SIGKILL.
 ``LASTCALL_GRACE`` may shorten it; one longer than that, or a
 ``LASTCALL_PRESTOP_DELAY`` that leaves no time to drain, stops gunicorn at
 start-up with one line naming the setting to change. lastcall never
-changes ``graceful_timeout`` itself. SIGINT and SIGQUIT keep gunicorn's
-meaning (quick shutdown); the worker's hooks still run on the way out.
+changes ``graceful_timeout`` itself. The first SIGINT (Ctrl-C) stops as
+SIGTERM does; gunicorn's quick shutdown is the second SIGINT, or SIGQUIT,
+and the worker's hooks still run on the way out.
 
 Module-level names that match gunicorn settings are read by gunicorn, so
 this module defines only hooks at the top level.
@@ -40,31 +41,25 @@ this module defines only hooks at the top level.
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import logging
-import mmap
 import os
 import shutil
-import signal
-import socket
 import tempfile
-import threading
-from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import lastcall
-from lastcall._config import resolve
+from lastcall._config import check_drain_time, resolve
 from lastcall._report import logger
-from lastcall.wsgi import LastCallMiddleware
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from lastcall._servers import gunicorn as adapter
+from lastcall._servers.drain import drain
 
 __all__ = (
     "child_exit",
     "on_exit",
     "on_starting",
+    "post_request",
     "post_worker_init",
     "pre_exec",
     "pre_request",
@@ -78,23 +73,6 @@ Gunicorn: TypeAlias = Any
 _MARGIN = 1.0  # seconds a worker keeps back from graceful_timeout, to exit
 
 
-class _Shared:
-    """Two flags in memory the master shares with every worker it forks."""
-
-    _STOP = 0  # the master began a full stop and holds the last copies of the listeners
-    _KEEP = 1  # another process (a re-exec'd master, systemd) shares the listeners
-
-    def __init__(self) -> None:
-        self._map = mmap.mmap(-1, 2)
-
-    def set(self, index: int) -> None:
-        self._map[index] = 1
-
-    def get(self, index: int) -> bool:
-        return self._map[index] == 1
-
-
-_shared = _Shared()
 _state: dict[str, Any] = {"hook_dir": None, "master_watched": False}
 
 
@@ -115,19 +93,19 @@ def _worker_grace(graceful_timeout: float) -> tuple[float, float]:
                 f"{settings.grace + _MARGIN:g}"
             )
         grace = settings.grace
-    if settings.prestop_delay >= grace:
-        raise ValueError(
-            f"LASTCALL_PRESTOP_DELAY={settings.prestop_delay:g} leaves no time to drain within "
-            f"the {grace:g} s grace period (from gunicorn's graceful_timeout="
-            f"{graceful_timeout:g}): lower LASTCALL_PRESTOP_DELAY or raise --graceful-timeout"
-        )
+    check_drain_time(
+        grace,
+        settings.prestop_delay,
+        grace_name="the worker's grace (--graceful-timeout less 1 s)",
+        delay_name="LASTCALL_PRESTOP_DELAY",
+    )
     return grace, settings.prestop_delay
 
 
 def _bridge_logging(server: Gunicorn) -> None:
     """Send lastcall's log lines to gunicorn's error log, unless logging is set up."""
     ours = logging.getLogger("lastcall")
-    error_log = getattr(getattr(server, "log", None), "error_log", None)
+    error_log = adapter.error_log(server)
     if ours.handlers or logging.getLogger().handlers or error_log is None:
         return
     for handler in error_log.handlers:
@@ -150,34 +128,24 @@ def on_starting(server: Gunicorn) -> None:
         _worker_grace(float(server.cfg.graceful_timeout))
     except (TypeError, ValueError) as exc:
         raise RuntimeError(f"lastcall: {exc}") from None  # gunicorn prints it and exits 1
+    adapter.check_versions(server)
     _bridge_logging(server)
     if _state["hook_dir"] is None:
         _state["hook_dir"] = tempfile.mkdtemp(prefix="lastcall-gunicorn-")
 
 
 def when_ready(server: Gunicorn) -> None:
-    """Master, listeners open: note a SIGTERM that makes this a full stop."""
-    if getattr(server, "systemd", False) or getattr(server, "master_pid", 0):
-        _shared.set(_Shared._KEEP)  # noqa: SLF001
+    """Master, listeners open: note a SIGTERM that makes this a full stop; SIGINT graceful."""
+    adapter.listeners_shared(server)
     if _state["master_watched"]:
         return
     _state["master_watched"] = True
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Gunicorn) -> None:
-        # The arbiter's own handler only queues the signal; before it does,
-        # say whether the workers are the last holders of the listeners.
-        if not getattr(server, "reexec_pid", 0) and not _shared.get(_Shared._KEEP):  # noqa: SLF001
-            _shared.set(_Shared._STOP)  # noqa: SLF001
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
+    adapter.watch_master(server)
 
 
-def pre_exec(server: Gunicorn) -> None:  # noqa: ARG001  # gunicorn passes the arbiter
+def pre_exec(server: Gunicorn) -> None:
     """A new master is about to exec (USR2): it will share the listeners."""
-    _shared.set(_Shared._KEEP)  # noqa: SLF001
+    adapter.listeners_shared(server, reexec=True)
 
 
 def child_exit(server: Gunicorn, worker: Gunicorn) -> None:
@@ -192,7 +160,7 @@ def child_exit(server: Gunicorn, worker: Gunicorn) -> None:
         return
     how = (
         "killed after WORKER TIMEOUT (SIGABRT, then SIGKILL)"
-        if getattr(worker, "aborted", False)
+        if adapter.was_aborted(worker)
         else "killed (SIGKILL, or out of memory)"
     )
     server.log.error(
@@ -231,109 +199,39 @@ def worker_abort(worker: Gunicorn) -> None:
 
 
 def pre_request(worker: Gunicorn, req: Gunicorn) -> None:  # noqa: ARG001  # gunicorn's signature
-    """A request begun while stopping closes its connection (gunicorn drops the app's header)."""
+    """One more request in flight; begun while stopping, it closes its connection."""
+    adapter.request_began(req)
     if lastcall.default.stopping.is_set():
-        req.must_close = True
+        req.must_close = True  # gunicorn drops a Connection header from the app
+
+
+def post_request(worker: Gunicorn, req: Gunicorn, environ: Any, resp: Any) -> None:  # noqa: ARG001, ANN401  # gunicorn's signature
+    """The response is written: one fewer in flight (the middleware wraps no response)."""
+    adapter.request_ended(req)
 
 
 # ---------------------------------------------------------------- the worker side
 
 
-class _Listener:
-    """A worker's listening socket, which can hand out connections taken from the backlog."""
-
-    def __init__(self, sock: Gunicorn, on_exhausted: Callable[[], None]) -> None:
-        self._sock = sock
-        self._held: deque[tuple[socket.socket, Any]] = deque()
-        self._closed = False
-        self._on_exhausted = on_exhausted
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Gunicorn:
-        return getattr(self._sock, name)
-
-    def __str__(self) -> str:
-        return str(self._sock)
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        """What gunicorn's loop calls: held connections first, then the socket itself."""
-        with self._lock:
-            if self._held:
-                return self._held.popleft()
-            if not self._closed:
-                try:
-                    return self._sock.accept()  # type: ignore[no-any-return]
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._closed = True  # a sibling shut the shared socket
-        self._on_exhausted()
-        raise BlockingIOError(errno.EAGAIN, "lastcall: no longer accepting")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._sock.close()
-
-    def close_door(self, *, take_backlog: bool) -> int:
-        """Stop accepting; with take_backlog, first take what is queued, then refuse new ones."""
-        taken = 0
-        with self._lock:
-            if self._closed:
-                return taken  # a sibling shut the shared socket first
-            self._closed = True
-            if not take_backlog:
-                return taken
-            try:
-                self._sock.setblocking(False)  # noqa: FBT003  # socket API
-                while True:
-                    try:
-                        self._held.append(self._sock.accept())
-                    except ConnectionAbortedError:
-                        continue
-                    taken += 1
-            except OSError:
-                pass  # EAGAIN: the backlog is empty; EINVAL: a sibling shut it meanwhile
-            # Shared by every worker: from now the kernel refuses new connections.
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RD)
-        return taken
-
-
 class _Worker:
-    """lastcall inside one gunicorn worker process."""
+    """lastcall inside one gunicorn worker process: settings, hooks, the drain hook."""
 
     def __init__(self, worker: Gunicorn) -> None:
         self.worker = worker
         self.pid = os.getpid()
-        self.ppid = worker.ppid
-        self.loop_done = threading.Event()
-        if hasattr(worker, "method_queue") and hasattr(worker, "enqueue_req"):
-            self.kind = "gthread"
-        elif hasattr(worker, "run_for_one"):
-            self.kind = "sync"
-        else:
-            self.kind = ""
-        self.listeners: list[_Listener] = []
+        self.ppid = os.getppid()  # the master, which forked this worker
 
     def start(self) -> None:
         worker = self.worker
         coordinator = lastcall.default
-        if not isinstance(worker.wsgi, LastCallMiddleware):
-            worker.wsgi = LastCallMiddleware(worker.wsgi, coordinator=coordinator)
         try:
-            grace, self.prestop = _worker_grace(float(worker.cfg.graceful_timeout))
+            grace, prestop = _worker_grace(float(worker.cfg.graceful_timeout))
         except (TypeError, ValueError) as exc:
             logger.error("%s; using the defaults", exc)
-            grace, self.prestop = float(worker.cfg.graceful_timeout) * 0.75, 0.0
-        if not self.kind:
+            grace, prestop = float(worker.cfg.graceful_timeout) * 0.75, 0.0
+        server = adapter.GunicornWorker(worker, prestop)
+        server.wrap_app()
+        if not server.kind:
             logger.warning(
                 "%s workers are not drained by lastcall (sync and gthread are); "
                 "hooks still run when the worker exits",
@@ -341,38 +239,13 @@ class _Worker:
             )
             self._write_hook_file()
             return
-        self.listeners = [_Listener(s, self._finish_loop) for s in worker.sockets]
-        worker.sockets = self.listeners
-        worker.wait_fds = [*self.listeners, worker.PIPE[0]]
-        worker.is_parent_alive = lambda: True  # ours answers within 0.2 s: stop_when_parent_dies
-        run = worker.run
-
-        def run_then_note() -> None:
-            try:
-                run()
-            finally:
-                self.loop_done.set()
-
-        worker.run = run_then_note
-        self._take_sigterm(grace)
-        coordinator.on_shutdown(phase="drain", name="gunicorn worker drain")(self._drain)
+        server.attach()
+        server.take_signals(grace)
+        coordinator.on_shutdown(phase="drain", name="gunicorn worker drain")(
+            functools.partial(drain, server, coordinator)
+        )
         self._write_hook_file()
         coordinator.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
-
-    def _take_sigterm(self, grace: float) -> None:
-        """Let lastcall take SIGTERM alone; gunicorn keeps its other handlers."""
-        # If the app called lastcall.install() itself, give gunicorn its own back first.
-        lastcall.default.uninstall()
-        kept = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
-        saved = {sig: signal.getsignal(sig) for sig in kept}
-        # Not chained: gunicorn's handler would stop the loop before the pre-stop delay.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        lastcall.default.install(
-            signals=("SIGTERM",), grace=grace, prestop_delay=0, force_signals=()
-        )
-        for sig, handler in saved.items():
-            if handler is not None:
-                signal.signal(sig, handler)
 
     def _write_hook_file(self) -> None:
         """Tell the master which hooks this worker has, in case it dies before running them."""
@@ -395,55 +268,3 @@ class _Worker:
         if os.getppid() != self.ppid:  # the master is gone: the last worker out tidies up
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
-
-    def _full_stop(self) -> bool:
-        """Whether every worker of this master is stopping, so that nobody else will accept."""
-        if _shared.get(_Shared._STOP):  # noqa: SLF001
-            return True
-        parent_died = os.getppid() != self.ppid
-        return parent_died and not _shared.get(_Shared._KEEP)  # noqa: SLF001
-
-    def _drain(self) -> None:
-        """The drain hook: pre-stop delay, take the backlog, close, wait for the loop to end."""
-        if self.loop_done.is_set():
-            return  # the loop ended on its own (max_requests, quick shutdown)
-        full = self._full_stop()
-        if full and self.prestop:
-            logger.info(
-                "pre-stop delay: worker %s still serving for %.3g s", self.pid, self.prestop
-            )
-            self.loop_done.wait(self.prestop)
-        reuse_port = bool(getattr(self.worker.cfg, "reuse_port", False))
-        taken = sum(
-            listener.close_door(take_backlog=full or reuse_port) for listener in self.listeners
-        )
-        logger.info(
-            "worker %s stopped accepting; serving %d connection(s) taken from the backlog",
-            self.pid,
-            taken,
-        )
-        if self.kind == "gthread":
-            self.worker.method_queue.defer(self._take_held)
-        else:
-            self._wake()
-        # Bounded, so the hooks after this one keep their time if a request overruns.
-        if not self.loop_done.wait(lastcall.default.drain_budget()):
-            logger.warning("worker %s: requests still in flight; going on", self.pid)
-
-    def _take_held(self) -> None:
-        """gthread, on its loop thread: hand the held connections to the pool, then stop."""
-        for listener in self.listeners:
-            while listener.held:
-                self.worker.accept(listener)
-        self._finish_loop()
-
-    def _finish_loop(self) -> None:
-        self.worker.alive = False
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.kind == "gthread":
-            self.worker.method_queue.defer(lambda: None)
-        else:
-            with contextlib.suppress(OSError):
-                os.write(self.worker.PIPE[1], b".")

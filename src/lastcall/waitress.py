@@ -9,7 +9,7 @@ The same signature as ``waitress.serve``. On SIGTERM, SIGINT or SIGHUP
    still queued in the listen backlog, then closes the listening sockets,
    so new connections are refused rather than accepted and dropped;
 3. requests in flight, and those on the connections just taken, are
-   served (responses carry ``Connection: close``); connections that are
+   served (and their connections closed after them); connections that are
    idle are closed; the drain ends when no connection is left, or when
    the grace period (``LASTCALL_GRACE``) runs out;
 4. the other hooks run, and the process ends as the core's rules say
@@ -21,29 +21,21 @@ calling thread, which must be the main thread (signal handlers live there).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-import select
-import threading
-import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import resolve
-from lastcall._report import logger
-from lastcall.wsgi import LastCallMiddleware
+from lastcall._servers import waitress as adapter
+from lastcall._servers.drain import drain
+from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ("serve",)
-
-# waitress objects (servers, channels): untyped, reached by duck typing
-Waitress: TypeAlias = Any
-
-_POLL = 0.05  # seconds between looks at the connections left
 
 
 def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress's options
@@ -54,168 +46,29 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     kw.pop("_profile", None)
     middleware = LastCallMiddleware(app)  # refuses a non-callable app, in one line
     coordinator = lastcall.default
-    settings = coordinator.settings if coordinator.installed else resolve()
-    if settings.prestop_delay >= settings.grace:
-        raise ValueError(
-            f"LASTCALL_PRESTOP_DELAY={settings.prestop_delay:g} leaves no time to drain within "
-            f"LASTCALL_GRACE={settings.grace:g}: lower the delay or raise the grace period"
-        )
+    if not coordinator.installed:
+        resolve()  # a bad LASTCALL_* setting (a pre-stop delay that leaves no drain) fails here
+    adapter.TESTED.check()
     if not quiet:
         logging.basicConfig()  # as waitress.serve does; idempotent
-    server = make_server(_without_connection_header(middleware), **kw)
-    _close_connections_while_stopping(server)
+    server = make_server(middleware, **kw)
+    adapter.close_connections_while_stopping(server, coordinator.stopping)
     coordinator.ensure_installed()
-    drain = _Drain(server, coordinator)
-    coordinator.on_shutdown(phase="drain", name="waitress drain")(drain)
+    waitress = adapter.WaitressAdapter(server)
+    health = (middleware.livez_path, middleware.readyz_path)
+    for layer in middlewares_in(middleware):
+        layer.count_with(functools.partial(waitress.requests_in_flight, health))
+    coordinator.on_shutdown(phase="drain", name="waitress drain")(
+        functools.partial(drain, waitress, coordinator)
+    )
     if not quiet:
         server.print_listen("Serving on http://{}:{}")
     try:
-        server.run()
-    finally:
-        drain.loop_ended.set()
-
-
-def _without_connection_header(app: WSGIApplication) -> WSGIApplication:
-    """Drop the middleware's ``Connection: close``: waitress rejects hop-by-hop headers.
-
-    (It answers 500 instead.) The same request still closes its connection:
-    see ``_close_connections_while_stopping``.
-    """
-
-    def start_without(
-        start_response: StartResponse,
-    ) -> StartResponse:
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:  # noqa: ANN401
-            kept = [(k, v) for k, v in headers if k.lower() != "connection"]
-            return start_response(status, kept, exc_info)
-
-        return start
-
-    def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return app(environ, start_without(start_response))
-
-    return wrapped
-
-
-def _close_connections_while_stopping(server: Waitress) -> None:
-    """A response that begins once the stop has begun closes its connection, waitress's way."""
-    stopping = lastcall.default.stopping
-    for each in _servers_of(server):
-        channel_class = each.channel_class
-        task_class = channel_class.task_class
-        build = task_class.build_response_header
-
-        def build_response_header(task: Waitress, build: Any = build) -> Any:  # noqa: ANN401
-            if stopping.is_set() and not task.close_on_finish:
-                task.set_close_on_finish()  # "Connection: close", then close after the response
-            return build(task)
-
-        closing_task = type(
-            "LastCallTask", (task_class,), {"build_response_header": build_response_header}
-        )
-        each.channel_class = type("LastCallChannel", (channel_class,), {"task_class": closing_task})
-
-
-def _servers_of(server: Waitress) -> list[Waitress]:
-    """One server, or the several a MultiSocketServer holds in its map."""
-    if hasattr(server, "accepting"):
-        return [server]
-    return [d for d in server.map.values() if hasattr(d, "active_channels")]
-
-
-class _Drain:
-    """The drain hook: runs on a lastcall thread, acts on waitress's loop thread."""
-
-    def __init__(self, server: Waitress, coordinator: lastcall.Coordinator) -> None:
-        self._servers = _servers_of(server)
-        self._coordinator = coordinator
-        # Set once server.run() has returned (an exception or exit on the main
-        # thread): no loop is left to hand work to, so it is done right here.
-        self.loop_ended = threading.Event()
-
-    def __call__(self) -> None:
-        # Bounded by drain_budget(), so the hooks after this one keep their time.
-        deadline = time.monotonic() + self._coordinator.drain_budget()
-        taken = self._on_loop(self._close_door, deadline)
-        logger.info(
-            "waitress stopped accepting; serving %s connection(s) taken from the backlog", taken
-        )
-        while (left := self._on_loop(self._close_idle, deadline)) != 0:
-            if self.loop_ended.is_set():
-                # Responses are sent by the loop; with it gone, waiting cannot help.
-                logger.warning("waitress: its loop has ended; %s connection(s) cut", left)
-                return
-            if time.monotonic() >= deadline:
-                logger.warning("waitress: %s connection(s) still open; going on", left)
-                return
-            time.sleep(_POLL)
-        logger.info("waitress drained: no connection left")
-
-    def _on_loop(self, func: Callable[[], int], deadline: float) -> int | None:
-        """Run ``func`` on waitress's loop thread (its trigger); None if it did not run in time."""
-        if self.loop_ended.is_set():
-            return func()
-        done = threading.Event()
-        result: list[int] = []
-
-        def thunk() -> None:
-            try:
-                result.append(func())
-            finally:
-                done.set()
-
-        self._servers[0].trigger.pull_trigger(thunk)
-        done.wait(max(0.0, deadline - time.monotonic()))
-        return result[0] if result else None
-
-    def _close_door(self) -> int:
-        """Take what the backlog holds as channels, then close the listening sockets."""
-        taken = 0
-        for server in self._servers:
-            while True:
-                try:
-                    pair = server.accept()
-                except OSError:
-                    break
-                if pair is None:
-                    break  # EAGAIN: the backlog is empty
-                conn, addr = pair
-                try:
-                    server.set_socket_options(conn)
-                except OSError:
-                    conn.close()
-                    continue
-                address = server.fix_addr(addr)
-                server.channel_class(server, conn, address, server.adj, map=server._map)  # noqa: SLF001
-                taken += 1
-            server.accepting = False
-            server.del_channel()
-            server.socket.close()  # not server.close(): that closes the trigger we still use
-        return taken
-
-    def _close_idle(self) -> int:
-        """Mark idle connections to close; return how many connections are left."""
-        left = 0
-        for server in self._servers:
-            for channel in list(server.active_channels.values()):
-                left += 1
-                busy = (
-                    channel.requests
-                    or channel.request is not None
-                    or channel.total_outbufs_len
-                    or channel.will_close
-                    or channel.close_when_flushed
-                    or _has_input(channel.socket)
-                )
-                if not busy:
-                    channel.will_close = True  # the loop closes it on its next turn
-        return left
-
-
-def _has_input(sock: Waitress) -> bool:
-    """Bytes (or the client's close) waiting to be read: a request on its way."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)
+        adapter.run(server)
+    except (SystemExit, KeyboardInterrupt):
+        waitress.loop_died()  # waitress's run() returns on these too; the drain runs at exit
+    except BaseException:
+        waitress.loop_died()
+        raise
+    else:
+        waitress.loop_died()

@@ -16,8 +16,10 @@ While stopping, every response also carries ``Connection: close``, so a
 keep-alive client opens its next request elsewhere instead of reusing a
 connection that is about to go. (Werkzeug honours it; gunicorn drops
 hop-by-hop headers from the app, and waitress and ``wsgiref`` reject them
-outright, so ``lastcall.gunicorn`` and ``lastcall.waitress`` close those
-connections their servers' own way.)
+outright, so it is not sent there.) Under a server adapter
+(``lastcall._servers``), which counts requests and closes connections its
+server's own way, the middleware only answers the health paths: see
+``count_with``.
 
 The in-flight count is what the ``drain`` phase waits on (``wait_idle``). A
 request counts from the moment it enters until the server closes its
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     from lastcall import Coordinator
 
 __all__ = ("LastCallMiddleware",)
+
+# Servers that refuse hop-by-hop headers from the app (PEP 3333) and close
+# connections their own way while stopping: waitress, wsgiref.
+_NO_CONNECTION_HEADER = ("waitress", "WSGIServer/")
 
 
 class LastCallMiddleware(HealthPaths):
@@ -78,6 +84,23 @@ class LastCallMiddleware(HealthPaths):
         self._live: set[_Response] = set()
         self._waiters = 0  # wait_idle() callers: only then does the last request out notify
         self._idle = threading.Condition(threading.Lock())
+        self._server_counts: Callable[[], int] | None = None
+
+    def count_with(self, in_flight: Callable[[], int]) -> None:
+        """Leave counting to the server: responses then pass through unwrapped.
+
+        For a server adapter that knows its requests in flight and closes its
+        connections itself while stopping (``lastcall._servers``): the
+        per-request cost drops to two string compares. ``in_flight()`` is what
+        ``/readyz`` and ``in_flight`` report from then on.
+        """
+        self._server_counts = in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Requests entered and not yet finished, as this middleware or the server counts them."""
+        server_counts = self._server_counts
+        return len(self._live) if server_counts is None else server_counts()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight (True) or ``timeout`` seconds pass (False)."""
@@ -95,7 +118,9 @@ class LastCallMiddleware(HealthPaths):
             return self._readyz(environ, start_response)
         if path == self._livez_path:
             return _json(environ, start_response, "200 OK", ALIVE)
-        response = _Response(self, start_response)
+        if self._server_counts is not None:
+            return self._app(environ, start_response)
+        response = _Response(self, start_response, environ.get("SERVER_SOFTWARE", ""))
         self._live.add(response)
         try:
             response.iterable = self._app(environ, response.start_response)
@@ -107,7 +132,7 @@ class LastCallMiddleware(HealthPaths):
     def _readyz(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._stopping.is_set():
             return _json(environ, start_response, "200 OK", READY)
-        body = stopping_body(len(self._live))
+        body = stopping_body(self.in_flight)
         return _json(environ, start_response, "503 Service Unavailable", body)
 
     def _leave(self, response: _Response) -> None:
@@ -127,11 +152,14 @@ class _Response:
     cost; ``close()`` closes the app's iterable, then leaves, once.
     """
 
-    __slots__ = ("_middleware", "_start_response", "iterable")
+    __slots__ = ("_middleware", "_server", "_start_response", "iterable")
 
-    def __init__(self, middleware: LastCallMiddleware, start_response: StartResponse) -> None:
+    def __init__(
+        self, middleware: LastCallMiddleware, start_response: StartResponse, server: str
+    ) -> None:
         self._middleware: LastCallMiddleware | None = middleware  # None once closed
         self._start_response = start_response
+        self._server = server
         self.iterable: Iterable[bytes] = ()
 
     def start_response(
@@ -143,7 +171,11 @@ class _Response:
     ) -> Callable[[bytes], object]:
         """Checked when the headers go out, so a request begun before the stop closes too."""
         middleware = self._middleware
-        if middleware is not None and middleware._stopping.is_set():  # noqa: SLF001
+        if (
+            middleware is not None
+            and middleware._stopping.is_set()  # noqa: SLF001
+            and not self._server.startswith(_NO_CONNECTION_HEADER)
+        ):
             headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             headers.append(("Connection", "close"))
         return self._start_response(status, headers, exc_info)
@@ -169,3 +201,20 @@ def _json(
 ) -> list[bytes]:
     start_response(status, [*HEADERS, ("Content-Length", str(len(body)))])
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def middlewares_in(app: object) -> list[LastCallMiddleware]:
+    """The ``LastCallMiddleware`` layers a server's app reaches, for ``count_with``.
+
+    Itself, a Flask app's ``wsgi_app``, and what each of ours wraps.
+    """
+    found: list[LastCallMiddleware] = []
+    seen: set[int] = set()
+    while app is not None and id(app) not in seen:
+        seen.add(id(app))
+        if isinstance(app, LastCallMiddleware):
+            found.append(app)
+            app = app._app  # noqa: SLF001  # our own class
+        else:
+            app = getattr(app, "wsgi_app", None)
+    return found

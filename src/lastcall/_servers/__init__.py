@@ -1,0 +1,1 @@
+"""Server adapters: everything lastcall knows about one server, one module each (private)."""

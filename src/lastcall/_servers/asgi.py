@@ -1,0 +1,261 @@
+"""uvicorn and hypercorn: what both answer the drain the same way, on their event loop.
+
+``AsgiServer`` is the adapter the drain runs through; ``lastcall._servers.
+uvicorn`` and ``.hypercorn`` hold what differs (how each is told to stop).
+The door, below, is closed the same way for both.
+
+The listening sockets of an asyncio server, closed without a reset
+------------------------------------------------------------------
+
+Both servers listen through ``loop.create_server`` and stop with
+``Server.close()``, which closes the listening file descriptor at once:
+whatever the kernel had queued since the loop's last accept is reset, and
+where another process holds the same socket (hypercorn's master) it goes on
+queueing connections that nobody will accept. So the door is closed here
+instead, in one callback on the loop (asyncio cannot accept in between):
+
+1. keep the socket open through a duplicate, and let ``Server.close()``
+   stop asyncio's accepting;
+2. take every connection already queued, and hand each to the server's own
+   protocol (``loop.connect_accepted_socket``), so it is served;
+3. on a full stop, ``shutdown()`` the socket: it stops listening for every
+   process holding it, and the kernel refuses new connections from then on.
+
+The servers are found by wrapping ``create_server`` on the loop instance
+when the app's lifespan starts, which both servers run before they listen.
+A loop that allows no such wrapper (uvloop) keeps the servers' own close.
+
+When the loop dies instead (an unhandled exception or ``sys.exit`` on its
+thread), asyncio cancels every task as it winds down; a task of ours then
+closes the door, so new connections are refused rather than queued until
+the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from lastcall._report import logger
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+__all__ = ("AsgiServer", "AsyncioDoor")
+
+_SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
+_AFTER_CANCEL = 1.0  # after cancelling what overran, how long to let the server notice
+_DOOR_WAIT = 5.0  # at most, for the loop to close the door (it is one callback)
+
+
+class AsgiServer:
+    """The drain's questions, answered on the server's event loop.
+
+    ``stop_server()`` gives the server's own stop (uvicorn's ``handle_exit``,
+    hypercorn's trigger), called once the door is closed; ``drained`` is set
+    when the server sends the lifespan shutdown, which it does once it has
+    finished what it held. ``live`` and ``idle`` are the middleware's count.
+    """
+
+    def __init__(  # noqa: PLR0917  # the middleware's own state, handed over once
+        self,
+        loop: asyncio.AbstractEventLoop,
+        live: set[asyncio.Task[Any]],
+        idle: threading.Event,
+        drained: threading.Event,
+        stop_server: Callable[[], Callable[[], object] | None],
+        full_stop: Callable[[], bool],
+        budget: Callable[[], float],
+    ) -> None:
+        self.name = "the server"
+        self.door = AsyncioDoor(loop)
+        self._loop = loop
+        self._live = live
+        self._idle = idle
+        self._drained = drained
+        self._stop_server = stop_server
+        self._full_stop = full_stop
+        self._told = False
+        self._budget = budget
+        self._finish_in_flight_if_the_loop_dies()
+
+    def prestop_delay(self) -> float:
+        """The core's pre_stop phase has kept serving already."""
+        return 0.0
+
+    def close_door(self) -> int:
+        """Close the door on the loop, then tell the server to finish what it holds."""
+        if not self._serving():
+            return 0
+        taken = 0
+        if not self.door.closed:
+            closing = asyncio.run_coroutine_threadsafe(
+                self.door.close(refuse=self._full_stop()), self._loop
+            )
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                taken = closing.result(_DOOR_WAIT)
+        stop_server = self._stop_server()
+        if stop_server is not None:
+            self._loop.call_soon_threadsafe(stop_server)
+            self._told = True
+        return taken
+
+    def in_flight(self) -> int:
+        """Requests (and WebSockets) the middleware counts."""
+        return len(self._live)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """A server that was told sends the lifespan shutdown once drained; else our count."""
+        if not self._loop.is_running():
+            if self._live:
+                logger.warning(
+                    "the server's event loop has ended: %d request(s) in flight cannot be finished",
+                    len(self._live),
+                )
+            return True
+        done = self._drained if self._told or self._drained.is_set() else self._idle
+        return done.wait(timeout)
+
+    def close_idle(self) -> None:
+        """Nothing: a server told to stop closes its idle keep-alive connections itself."""
+
+    def cancel(self) -> int:
+        """Cancel the requests still in flight, as uvicorn's own timeout would."""
+        count = len(self._live)
+        if not self._loop.is_running():
+            return count
+        self._loop.call_soon_threadsafe(self._cancel_in_flight)
+        (self._drained if self._told else self._idle).wait(_AFTER_CANCEL)
+        return count
+
+    def _finish_in_flight_if_the_loop_dies(self) -> None:
+        """If an exception ends the loop on its thread, finish what is in flight first.
+
+        An unhandled exception or ``sys.exit`` raised on the loop's thread (by a
+        signal handler, say) leaves the loop, and ``asyncio.run`` then cancels
+        every request. Here the door is shut at once and the loop turns on until
+        nothing is in flight, within the drain budget; then the exception goes
+        on its way. asyncio's ``_run_once`` (``Lib/asyncio/base_events.py``, one
+        turn of ``run_forever``, looked up on each turn) is wrapped on this loop
+        instance only; uvloop's loop has neither.
+        """
+        loop = self._loop
+        run_once = getattr(loop, "_run_once", None)
+        if run_once is None:
+            return
+
+        def run_once_or_finish() -> None:
+            try:
+                run_once()
+            except BaseException:
+                loop._run_once = run_once  # type: ignore[attr-defined]  # noqa: SLF001  # once
+                if self._live:
+                    self.door.refuse_now()
+                    deadline = time.monotonic() + self._budget()
+                    while self._live and time.monotonic() < deadline:
+                        run_once()
+                    if self._live:
+                        logger.warning(
+                            "the event loop ended: %d request(s) in flight could not be finished",
+                            len(self._live),
+                        )
+                raise
+
+        with contextlib.suppress(AttributeError):
+            loop._run_once = run_once_or_finish  # type: ignore[attr-defined]  # noqa: SLF001
+
+    def _serving(self) -> bool:
+        return self._loop.is_running() and not self._drained.is_set()
+
+    def _cancel_in_flight(self) -> None:
+        for task in list(self._live):
+            task.cancel("lastcall: drain budget spent")
+
+
+class AsyncioDoor:
+    """The listening sockets one event loop serves, and how to close them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._servers: list[asyncio.Server] = []
+        self.closed = False
+        create = loop.create_server
+
+        async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:  # noqa: ANN401
+            server = await create(*args, **kwargs)
+            self._servers.append(server)
+            return server
+
+        # An instance attribute: this loop only, gone with it.
+        with contextlib.suppress(AttributeError):  # uvloop's Loop has no instance dict
+            loop.create_server = create_server  # type: ignore[method-assign]
+
+    async def close(self, *, refuse: bool) -> int:
+        """Stop accepting, serve what was queued; with ``refuse``, refuse new connections.
+
+        Returns how many queued connections were taken. ``refuse`` is for a
+        full stop only: a worker recycled alone leaves the socket listening
+        for the worker that replaces it.
+        """
+        self.closed = True
+        handed = [
+            self._loop.create_task(self._loop.connect_accepted_socket(factory, conn, ssl=ssl))
+            for factory, ssl, conn in self._take(refuse=refuse)
+        ]
+        if handed:
+            await asyncio.wait(handed)
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
+        return len(handed)
+
+    def refuse_now(self) -> None:
+        """The loop is dying: nothing can be served, so stop listening at once."""
+        if self.closed:
+            return
+        self.closed = True
+        for server in self._servers:
+            for sock in server.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _take(self, *, refuse: bool) -> list[tuple[Callable[[], Any], Any, socket.socket]]:
+        taken: list[tuple[Callable[[], Any], Any, socket.socket]] = []
+        for server in self._servers:
+            # asyncio's Server keeps what it serves with in private attributes
+            # (Lib/asyncio/base_events.py, Server.__init__); without them, the
+            # server's own close() is all there is.
+            factory = getattr(server, "_protocol_factory", None)
+            ssl = getattr(server, "_ssl_context", None)
+            if factory is None:
+                server.close()
+                continue
+            kept = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+            server.close()
+            for sock in kept:
+                taken += [(factory, ssl, conn) for conn in _accept_queued(sock)]
+                if refuse:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        return taken
+
+
+def _accept_queued(sock: socket.socket) -> list[socket.socket]:
+    """Every connection the kernel has queued on ``sock``, without waiting for another."""
+    sock.setblocking(False)  # noqa: FBT003  # positional only
+    queued: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except ConnectionAbortedError:
+            continue
+        except OSError:  # BlockingIOError: the queue is empty
+            return queued
+        conn.setblocking(False)  # noqa: FBT003
+        queued.append(conn)

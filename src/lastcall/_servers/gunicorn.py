@@ -1,0 +1,369 @@
+"""gunicorn (sync and gthread workers): the adapter the drain runs through.
+
+``lastcall.gunicorn`` is the face (gunicorn's hooks, the settings, the
+master's bookkeeping); everything here reaches into gunicorn itself, and
+nothing else does. Tested with gunicorn 24.1 to 27.0 (``versions.
+GUNICORN``); gthread workers are refused below 24.0, which had no
+``method_queue``. The undocumented parts used, by the file they come from:
+
+* ``gunicorn/arbiter.py``: ``Arbiter.kill_workers``, ``reexec_pid``,
+  ``master_pid``, ``systemd``, and its SIGTERM/SIGINT handlers (wrapped).
+* ``gunicorn/workers/base.py``: ``Worker.wsgi``, ``sockets``, ``wait_fds``,
+  ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, its
+  SIGTERM/SIGINT handlers (replaced); ``gunicorn/glogging.py``: ``error_log``.
+* ``gunicorn/workers/gthread.py``: ``method_queue``, ``enqueue_req``,
+  ``accept(listener)``, ``keepalived_conns`` and ``murder_keepalived``;
+  ``gunicorn/workers/sync.py``: ``run_for_one``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import lastcall
+from lastcall._servers import versions
+from lastcall.wsgi import LastCallMiddleware, middlewares_in
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = (
+    "GunicornWorker",
+    "Listener",
+    "request_began",
+    "request_ended",
+    "watch_master",
+)
+
+# gunicorn objects (arbiter, worker, request, socket): untyped, reached by duck typing
+Gunicorn: TypeAlias = Any
+
+TESTED = versions.GUNICORN
+TESTED_GTHREAD = versions.GUNICORN_GTHREAD
+
+
+class _Shared:
+    """Two flags in memory the master shares with every worker it forks."""
+
+    STOP = 0  # the master began a full stop and holds the last copies of the listeners
+    KEEP = 1  # another process (a re-exec'd master, systemd) shares the listeners
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 2)
+
+    def set(self, index: int) -> None:
+        self._map[index] = 1
+
+    def get(self, index: int) -> bool:
+        return self._map[index] == 1
+
+
+_shared = _Shared()
+
+
+class _Requests:
+    """Requests between gunicorn's ``pre_request`` and ``post_request`` hooks (health ones aside).
+
+    gunicorn calls ``post_request`` once the response is written, in a
+    ``finally`` (``gunicorn/workers/sync.py``, ``gthread.py``), so this count
+    is exact without wrapping a response.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.health: tuple[str | None, ...] = ()
+
+    def add(self, path: str, step: int) -> None:
+        if path in self.health:
+            return
+        with self._lock:
+            self.count += step
+
+
+_requests = _Requests()
+
+
+def request_began(req: Gunicorn) -> None:
+    """One more in flight (gunicorn's ``pre_request``)."""
+    _requests.add(req.path, 1)
+
+
+def request_ended(req: Gunicorn) -> None:
+    """One fewer in flight (gunicorn's ``post_request``)."""
+    _requests.add(req.path, -1)
+
+
+def error_log(server: Gunicorn) -> logging.Logger | None:
+    """The error logger of gunicorn (``gunicorn/glogging.py``, ``Logger.error_log``), if any."""
+    found = getattr(getattr(server, "log", None), "error_log", None)
+    return found if isinstance(found, logging.Logger) else None
+
+
+def was_aborted(worker: Gunicorn) -> bool:
+    """Whether the master aborted this worker after its timeout (``gunicorn/workers/base.py``)."""
+    return bool(getattr(worker, "aborted", False))
+
+
+def check_versions(server: Gunicorn) -> None:
+    """At the master's start: one line outside the tested range; gthread refused below 24.0."""
+    worker_class = getattr(server.cfg, "worker_class", None)
+    if getattr(worker_class, "__module__", "") == "gunicorn.workers.gthread":
+        TESTED_GTHREAD.check()
+    TESTED.check()
+
+
+def listeners_shared(server: Gunicorn, *, reexec: bool = False) -> None:
+    """Note whether another process (systemd, a re-exec'd master) holds the listeners too."""
+    if reexec or getattr(server, "systemd", False) or getattr(server, "master_pid", 0):
+        _shared.set(_Shared.KEEP)
+
+
+def watch_master(server: Gunicorn) -> None:
+    """In the master: say when a stop is a full one; make the first SIGINT a graceful one."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Gunicorn) -> None:
+        # The arbiter's own handler only queues the signal; before it does,
+        # say whether the workers are the last holders of the listeners.
+        if not getattr(server, "reexec_pid", 0) and not _shared.get(_Shared.KEEP):
+            _shared.set(_Shared.STOP)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    interrupted = threading.Event()
+
+    def on_int(signum: int, frame: Gunicorn) -> None:  # noqa: ARG001  # a signal handler
+        # gunicorn's SIGINT is a quick shutdown (gunicorn/arbiter.py, handle_int);
+        # the first one is a graceful stop here, the second the quick one. The
+        # master is then inside its stop loop, which reads no queued signal.
+        if not interrupted.is_set():
+            interrupted.set()
+            on_term(signal.SIGTERM, frame)
+        else:
+            server.kill_workers(signal.SIGQUIT)
+
+    signal.signal(signal.SIGINT, on_int)
+
+
+class Listener:
+    """A worker's listening socket, which can hand out connections taken from the backlog."""
+
+    def __init__(self, sock: Gunicorn, on_exhausted: Callable[[], None]) -> None:
+        self._sock = sock
+        self._held: deque[tuple[socket.socket, Any]] = deque()
+        self._closed = False
+        self._on_exhausted = on_exhausted
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Gunicorn:
+        return getattr(self._sock, name)
+
+    def __str__(self) -> str:
+        return str(self._sock)
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """What gunicorn's loop calls: held connections first, then the socket itself."""
+        with self._lock:
+            if self._held:
+                return self._held.popleft()
+            if not self._closed:
+                try:
+                    return self._sock.accept()  # type: ignore[no-any-return]
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._closed = True  # a sibling shut the shared socket
+        self._on_exhausted()
+        raise BlockingIOError(errno.EAGAIN, "lastcall: no longer accepting")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._sock.close()
+
+    def close_door(self, *, take_backlog: bool) -> int:
+        """Stop accepting; with take_backlog, first take what is queued, then refuse new ones."""
+        taken = 0
+        with self._lock:
+            if self._closed:
+                return taken  # a sibling shut the shared socket first
+            self._closed = True
+            if not take_backlog:
+                return taken
+            try:
+                self._sock.setblocking(False)  # noqa: FBT003  # socket API
+                while True:
+                    try:
+                        self._held.append(self._sock.accept())
+                    except ConnectionAbortedError:
+                        continue
+                    taken += 1
+            except OSError:
+                pass  # EAGAIN: the backlog is empty; EINVAL: a sibling shut it meanwhile
+            # Shared by every worker: from now the kernel refuses new connections.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
+        return taken
+
+
+
+class GunicornWorker:
+    """One worker's answers to the drain: its listeners, its loop, its requests."""
+
+    def __init__(self, worker: Gunicorn, prestop: float) -> None:
+        self.worker = worker
+        self.pid = os.getpid()
+        self.ppid = worker.ppid
+        self.prestop = prestop
+        self.loop_done = threading.Event()
+        if hasattr(worker, "method_queue") and hasattr(worker, "enqueue_req"):
+            self.kind = "gthread"
+        elif hasattr(worker, "run_for_one"):
+            self.kind = "sync"
+        else:
+            self.kind = ""
+        self.listeners: list[Listener] = []
+        self._full: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """``worker 1234``."""
+        return f"worker {self.pid}"
+
+    def wrap_app(self) -> None:
+        """The worker's app in the middleware, for the health endpoints; we count requests."""
+        if not isinstance(self.worker.wsgi, LastCallMiddleware):
+            self.worker.wsgi = LastCallMiddleware(self.worker.wsgi, coordinator=lastcall.default)
+        outer: LastCallMiddleware = self.worker.wsgi
+        _requests.health = (outer.livez_path, outer.readyz_path)
+        for middleware in middlewares_in(outer):
+            middleware.count_with(lambda: _requests.count)
+
+    def attach(self) -> None:
+        """Put our listeners in the loop's place and note when the loop ends."""
+        worker = self.worker
+        self.listeners = [Listener(s, self._finish_loop) for s in worker.sockets]
+        worker.sockets = self.listeners
+        worker.wait_fds = [*self.listeners, worker.PIPE[0]]
+        worker.is_parent_alive = lambda: True  # ours answers within 0.2 s: stop_when_parent_dies
+        run = worker.run
+
+        def run_then_note() -> None:
+            try:
+                run()
+            finally:
+                self.loop_done.set()
+
+        worker.run = run_then_note
+
+    def take_signals(self, grace: float) -> None:
+        """Let lastcall take SIGTERM and SIGINT; gunicorn keeps its other handlers."""
+        # If the app called lastcall.install() itself, give gunicorn its own back first.
+        lastcall.default.uninstall()
+        kept = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
+        saved = {sig: signal.getsignal(sig) for sig in kept}
+        # Not chained: gunicorn's handlers would stop the loop before the pre-stop
+        # delay (SIGTERM) or quit at once (SIGINT, a terminal's Ctrl-C): here the
+        # first SIGINT is graceful and a second one forces; SIGQUIT stays quick.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        lastcall.default.install(
+            signals=("SIGTERM", "SIGINT"), grace=grace, prestop_delay=0, force_signals=("SIGINT",)
+        )
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+    # ------------------------------------------------------------ the drain's questions
+
+    def prestop_delay(self) -> float:
+        """On a full stop only: a worker recycled alone has siblings to take the traffic."""
+        return self.prestop if self._full_stop() and not self.loop_done.is_set() else 0.0
+
+    def close_door(self) -> int:
+        """Take the backlog (on a full stop), shut the shared socket, let the loop finish."""
+        if self.loop_done.is_set():
+            return 0  # the loop ended on its own: max_requests, a quick shutdown, a sibling
+        reuse_port = bool(getattr(self.worker.cfg, "reuse_port", False))
+        take = self._full_stop() or reuse_port
+        taken = sum(listener.close_door(take_backlog=take) for listener in self.listeners)
+        if self.kind == "gthread":
+            self.worker.method_queue.defer(self._take_held)
+        else:
+            self._wake()
+        return taken
+
+    def in_flight(self) -> int:
+        """Requests the middleware counts in flight."""
+        return 0 if self.loop_done.is_set() else _requests.count
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until the worker's loop has ended, having served what it held."""
+        return self.loop_done.wait(timeout)
+
+    def close_idle(self) -> None:
+        """gthread: idle keep-alive connections time out now (sync workers keep none).
+
+        gunicorn 24-26 wait for them after the loop stops, up to their keep-alive timeout.
+        """
+        if self.kind == "gthread" and not self.loop_done.is_set():
+            self.worker.method_queue.defer(self._expire_keepalive)
+
+    def cancel(self) -> int:
+        """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
+        return self.in_flight()
+
+    # ------------------------------------------------------------ inside
+
+    def _full_stop(self) -> bool:
+        """Whether every worker of this master is stopping, so that nobody else will accept."""
+        if self._full is None:
+            parent_died = os.getppid() != self.ppid
+            self._full = _shared.get(_Shared.STOP) or (
+                parent_died and not _shared.get(_Shared.KEEP)
+            )
+        return self._full
+
+    def _take_held(self) -> None:
+        """gthread, on its loop thread: hand the held connections to the pool, then stop."""
+        for listener in self.listeners:
+            while listener.held:
+                self.worker.accept(listener)
+        self._finish_loop()
+
+    def _expire_keepalive(self) -> None:
+        """On gthread's loop thread: ``keepalived_conns`` and ``murder_keepalived`` (gthread.py)."""
+        now = time.monotonic()
+        for conn in list(getattr(self.worker, "keepalived_conns", ())):
+            conn.timeout = now
+        self.worker.murder_keepalived()
+
+    def _finish_loop(self) -> None:
+        self.worker.alive = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.kind == "gthread":
+            self.worker.method_queue.defer(lambda: None)
+        else:
+            with contextlib.suppress(OSError):
+                os.write(self.worker.PIPE[1], b".")

@@ -1,0 +1,83 @@
+"""hypercorn: how it is told to stop once lastcall's drain begins.
+
+hypercorn stops accepting the moment it is asked to, leaving no pre-stop
+window. Two ways it is asked:
+
+* **A single process** (``--workers 0``, or ``hypercorn.asyncio.serve``
+  without a ``shutdown_trigger``) registers its handler with
+  ``loop.add_signal_handler``. It is removed (which alone would still fire
+  through the loop's wake-up fd) and run when the drain begins.
+* **The worker** (the default ``--workers 1`` runs a master and a worker)
+  gets no signal: the master sets a shared event that the worker polls with
+  ``check_multiprocess_shutdown_event``, looked up in ``hypercorn.asyncio.
+  run`` once the worker has imported the app. Wrapped, the master's request
+  begins lastcall's stop (readiness red, pre-stop delay) and the worker
+  stops accepting when the drain begins. The master keeps its own copy of
+  the listening socket until the worker exits; the drain shuts the socket
+  itself (``lastcall._servers.asgi``), refusing for both processes.
+
+Tested with hypercorn 0.16 to 0.18 (``versions.HYPERCORN``). Undocumented:
+``hypercorn/asyncio/run.py``'s module-level ``check_multiprocess_shutdown_event``
+(replaced), asyncio's ``loop._signal_handlers`` and ``Handle._run``
+(``Lib/asyncio/unix_events.py``, ``Lib/asyncio/events.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sys
+from typing import TYPE_CHECKING, Any
+
+from lastcall._servers import versions
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from lastcall._coordinator import Coordinator
+
+__all__ = ("TESTED", "hold_worker_trigger", "take_loop_signal")
+
+TESTED = versions.HYPERCORN
+
+
+def take_loop_signal(loop: asyncio.AbstractEventLoop, sig: int) -> Callable[[], object] | None:
+    """Remove the handler the server added with ``loop.add_signal_handler``; how to run it."""
+    handlers: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
+    handle = handlers.get(sig)
+    if handle is None:
+        return None
+    loop.remove_signal_handler(sig)
+    run: Callable[[], object] = handle._run  # noqa: SLF001  # the loop's own way to call it
+    return run
+
+
+def hold_worker_trigger(
+    coordinator: Coordinator, drain_began: Callable[[], Awaitable[None]]
+) -> bool:
+    """In hypercorn's worker, hold its stop until the drain begins; whether this is one.
+
+    ``drain_began`` returns once the drain begins. A stop begun here (a
+    signal to the worker, its master's death) stops the worker's server too.
+    """
+    module = sys.modules.get("hypercorn.asyncio.run")
+    original = getattr(module, "check_multiprocess_shutdown_event", None)
+    if module is None or original is None or multiprocessing.parent_process() is None:
+        return False
+    if getattr(original, "__lastcall__", False):
+        return True
+
+    async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        master = asyncio.ensure_future(original(shutdown_event, sleep))
+        ours = asyncio.ensure_future(drain_began())
+        either: set[asyncio.Future[Any]] = {master, ours}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if master.done() and not ours.done():
+            if not coordinator.stopping.is_set():
+                coordinator.trigger("hypercorn's master asked its worker to stop")
+            await ours
+        master.cancel()
+
+    held.__lastcall__ = True  # type: ignore[attr-defined]
+    module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
+    return True

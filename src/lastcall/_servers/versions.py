@@ -1,0 +1,119 @@
+"""The server versions each adapter is tested with, and what happens outside them.
+
+An adapter reaches into a few undocumented parts of its server (each named,
+with the server file it comes from, where it is touched). Those drift
+between releases, so every adapter states the range CI runs it against
+(the oldest and the newest release, two environments: ``tests/
+test_oldest_servers.py``) and checks the installed version once at
+start-up. Outside the range it says so in one line, naming the range and
+what may not be drained; where a version is known not to work it refuses
+to start instead (``Tested.refuse_below``).
+
+The installed version is read from the distribution's metadata, not from
+the server's module, so a test can fake it with a ``.dist-info`` of its
+own ahead on ``sys.path`` while the real server runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from dataclasses import dataclass
+
+from lastcall._report import logger
+
+__all__ = ("GUNICORN", "GUNICORN_GTHREAD", "HYPERCORN", "UVICORN", "WAITRESS", "WERKZEUG", "Tested")
+
+
+def _release(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string: ``"24.0.0"`` -> ``(24, 0)``."""
+    major, minor = [*(int(n) for n in re.findall(r"\d+", version)[:2]), 0, 0][:2]
+    return major, minor
+
+
+@dataclass(frozen=True)
+class Tested:
+    """One server's tested range (major.minor, both ends included) and what drifts outside it."""
+
+    distribution: str
+    oldest: str
+    newest: str
+    at_risk: str  # what may not be drained outside the range
+    refuse_below: str | None = None  # known broken below this: refuse, do not warn
+
+    @property
+    def range(self) -> str:
+        """``gunicorn 24.0 to 27.0``."""
+        return f"{self.distribution} {self.oldest} to {self.newest}"
+
+    def installed(self) -> str | None:
+        """The installed version, from its metadata; None if it is not installed."""
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def check(self, version: str | None = None) -> str | None:
+        """Log one line if ``version`` (default: the installed one) is outside the range.
+
+        Returns that line, or None when the version is in range. Raises
+        RuntimeError, naming the fix, below ``refuse_below``.
+        """
+        version = version or self.installed()
+        if version is None:
+            return None
+        release = _release(version)
+        if self.refuse_below is not None and release < _release(self.refuse_below):
+            raise RuntimeError(
+                f"lastcall: {self.distribution} {version} is not supported ({self.at_risk}); "
+                f"install {self.distribution}>={self.refuse_below}"
+            )
+        if _release(self.oldest) <= release <= _release(self.newest):
+            return None
+        line = (
+            f"{self.distribution} {version} is outside the versions lastcall is tested with "
+            f"({self.range}): {self.at_risk}"
+        )
+        logger.warning("%s", line)
+        return line
+
+
+WERKZEUG = Tested(
+    "werkzeug",
+    "2.3",
+    "3.1",
+    "the dev server's drain, reloader and backlog handling may not work",
+)
+# 24.0.0's master cannot replace a worker ("Unhandled signal: cld"), fixed in 24.1.
+GUNICORN = Tested(
+    "gunicorn",
+    "24.1",
+    "27.0",
+    "workers may not be drained; requests in flight may be cut at a stop",
+)
+# gthread workers only: before 24.0 they had no method_queue and another accept().
+GUNICORN_GTHREAD = Tested(
+    "gunicorn",
+    "24.1",
+    "27.0",
+    "gthread workers are drained from gunicorn 24.0 on; use sync workers or upgrade",
+    refuse_below="24.0",
+)
+WAITRESS = Tested(
+    "waitress",
+    "3.0",
+    "3.0",
+    "the drain, which takes the backlog and closes idle connections, may not work",
+)
+UVICORN = Tested(
+    "uvicorn",
+    "0.30",
+    "0.54",
+    "the stop signal may reach uvicorn before lastcall's pre-stop delay",
+)
+HYPERCORN = Tested(
+    "hypercorn",
+    "0.16",
+    "0.18",
+    "the worker may stop accepting before lastcall's pre-stop delay",
+)

@@ -1,0 +1,133 @@
+"""The adapter contract: every server goes through the one drain sequence the same way.
+
+``lastcall._servers.drain`` asks each adapter the same questions in the
+same order. Here every adapter is held to it from outside, on its real
+server: the drain's steps appear in order in the log; a request in flight
+is finished; an idle keep-alive connection is closed at once rather than
+waited for; a request that overruns the budget is cancelled (or given up)
+and said so, and the stop still ends within the grace.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, free_port, wait_session_empty
+from test_matrix import (
+    ASGI,
+    ASGI_APP,
+    FLASK_MAIN,
+    LAUNCH,
+    PACKAGE,
+    WAITRESS_MAIN,
+    WSGI_APP,
+    _Request,
+    _wait_answering,
+    _wait_in_flight,
+)
+
+from lastcall._servers import drain
+from lastcall._servers.asgi import AsgiServer
+from lastcall._servers.gunicorn import GunicornWorker
+from lastcall._servers.waitress import WaitressAdapter
+from lastcall._servers.werkzeug import WerkzeugAdapter
+
+ADAPTERS = [WerkzeugAdapter, GunicornWorker, WaitressAdapter, AsgiServer]
+LOGGING = """
+import logging, sys
+_handler = logging.StreamHandler(sys.stderr)
+_handler.setFormatter(logging.Formatter("lastcall-log %(message)s"))
+logging.getLogger("lastcall").addHandler(_handler)
+logging.getLogger("lastcall").setLevel(logging.INFO)
+"""
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda a: a.__name__)
+def test_every_adapter_answers_every_question(adapter: type) -> None:
+    questions = {name for name, _ in inspect.getmembers(drain.Adapter) if not name.startswith("_")}
+    assert questions == {
+        "name",
+        "prestop_delay",
+        "close_door",
+        "in_flight",
+        "wait_idle",
+        "close_idle",
+        "cancel",
+    }
+    missing = {q for q in questions if not hasattr(adapter, q) and q != "name"}
+    assert not missing, missing
+
+
+def _start(spawn, server: str, slow: float, grace: int):
+    pytest.importorskip(PACKAGE.get(server, server))
+    directory = Path(spawn.script_dir)
+    app = ASGI_APP if server in ASGI else WSGI_APP
+    (directory / "webapp.py").write_text(f"SLOW = {slow}\n{LOGGING}\n{app}")
+    (directory / "flask_main.py").write_text(FLASK_MAIN)
+    (directory / "waitress_main.py").write_text(WAITRESS_MAIN)
+    port = free_port()
+    env = {"LASTCALL_GRACE": str(grace), "PYTHONPATH": str(directory)}
+    argv = LAUNCH[server](port)
+    if server.startswith("gunicorn"):
+        argv[argv.index("--graceful-timeout") + 1] = str(grace + 1)
+    child = spawn("", argv=argv, env=env, wait_ready=False)
+    _wait_answering(child, port)
+    return child, port
+
+
+def _logged(child, text: str) -> int:
+    """The index of the first drain log line containing ``text``; fails if there is none."""
+    lines = [line for line in child.stderr if "lastcall-log" in line]
+    for index, line in enumerate(lines):
+        if text in line:
+            return index
+    pytest.fail(f"no log line with {text!r}\n{child.output()}")
+
+
+@pytest.mark.parametrize("server", list(LAUNCH))
+def test_drain_finishes_in_flight_and_closes_idle_at_once(spawn, server: str) -> None:
+    """Steps: a keep-alive connection left idle; a 1 s request in flight; SIGTERM.
+
+    The request gets 200; the stop ends soon after it, not at the end of the
+    9 s drain budget (the idle connection was closed); the drain's lines come
+    in the sequence's order.
+    """
+    grace, slow = 10, 1.0
+    child, port = _start(spawn, server, slow, grace)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    idle.request("GET", "/fast")
+    idle.getresponse().read()
+    in_flight = _Request(port, "/slow")
+    _wait_in_flight(child, port, 1)
+    began = time.monotonic()
+    child.send(signal.SIGTERM)
+    child.finish(grace + WAIT)
+    took = time.monotonic() - began
+    idle.close()
+    wait_session_empty(child.pid)
+    assert in_flight.result(WAIT) == 200, child.output()
+    assert took < slow + 2.5, f"{took:.1f} s\n{child.output()}"
+    door = _logged(child, "stopped accepting; serving")
+    assert _logged(child, "drained: nothing left in flight") > door
+
+
+@pytest.mark.parametrize("server", list(LAUNCH))
+def test_drain_cancels_what_overruns_and_says_so(spawn, server: str) -> None:
+    """Steps: a 30 s request in flight, a 3 s grace, SIGTERM: the stop ends within the grace."""
+    grace = 3
+    child, port = _start(spawn, server, 30, grace)
+    _Request(port, "/slow")
+    _wait_in_flight(child, port, 1)
+    began = time.monotonic()
+    child.send(signal.SIGTERM)
+    child.finish(grace + WAIT)
+    took = time.monotonic() - began
+    wait_session_empty(child.pid)
+    assert took < grace + 1.5, f"{took:.1f} s\n{child.output()}"
+    door = _logged(child, "stopped accepting; serving")
+    assert _logged(child, "drain budget spent with 1 still in flight; 1 cancelled") > door

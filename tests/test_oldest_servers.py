@@ -1,0 +1,59 @@
+"""The server tests again, against the oldest version of each server lastcall supports.
+
+The default environment has the newest releases; this leg builds one with
+the lower bounds of ``pyproject.toml`` (``tests/envs.py``) and runs the
+server test files there, so a bound that stops being true fails here with
+the inner run's output. The versions are the ``oldest`` ends of the ranges
+in ``lastcall._servers.versions``; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from envs import ROOT, assert_passed, environment, run_tests
+
+from lastcall._servers import versions
+
+OLDEST = {
+    "flask": "2.3.0",
+    "werkzeug": "2.3.0",
+    "gunicorn": "24.1.0",
+    "waitress": "3.0.0",
+    "uvicorn": "0.30.0",
+    "hypercorn": "0.16.0",
+    "starlette": "0.37.0",
+}
+TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27", "pytest>=8", "pytest-timeout>=2.3"]
+SERVER_TESTS = [
+    "tests/test_matrix.py",
+    "tests/test_versions.py",
+    "tests/test_adapters.py",
+    "tests/test_gunicorn.py",
+    "tests/test_waitress.py",
+    "tests/test_asgi.py",
+    "tests/test_flask_devserver.py",
+    "tests/test_werkzeug_backlog.py",
+]
+
+
+def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
+    """pyproject's lower bounds, this leg's pins and each adapter's tested range agree."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    for name, version in OLDEST.items():
+        for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
+            assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
+    for tested in (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN):
+        assert OLDEST[tested.distribution].startswith(tested.oldest), tested
+    assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
+
+
+@pytest.mark.timeout(900)
+def test_server_tests_on_the_oldest_versions() -> None:
+    pins = [f"{name}=={version}" for name, version in OLDEST.items()]
+    python = environment("oldest-servers", Path(sys.executable), [*pins, *TOOLS])
+    leg = "server tests on the oldest versions (" + ", ".join(pins) + ")"
+    assert_passed(run_tests(python, SERVER_TESTS, "-k", "not matrix_exits_0"), leg)

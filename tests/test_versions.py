@@ -1,0 +1,87 @@
+"""Version gates: each adapter names the server versions it is tested with.
+
+The version is faked, not the server: a ``.dist-info`` of our own ahead on
+``PYTHONPATH`` makes the installed server report another version to
+``importlib.metadata`` while the real server runs.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, free_port, wait_session_empty
+from test_matrix import ASGI, ASGI_APP, FLASK_MAIN, LAUNCH, PACKAGE, WAITRESS_MAIN, WSGI_APP
+
+from lastcall._servers import versions
+
+GATES = {
+    "werkzeug": versions.WERKZEUG,
+    "gunicorn": versions.GUNICORN,
+    "gunicorn-gthread": versions.GUNICORN,
+    "waitress": versions.WAITRESS,
+    "uvicorn": versions.UVICORN,
+    "hypercorn": versions.HYPERCORN,
+}
+
+
+@pytest.mark.parametrize(
+    "tested", [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD], ids=str
+)
+def test_gate_names_the_range_outside_it(tested: versions.Tested, caplog) -> None:
+    assert tested.check(tested.oldest) is None
+    assert tested.check(f"{tested.newest}.9") is None
+    line = tested.check("99.0.0")
+    assert line is not None
+    assert tested.range in line
+    assert tested.at_risk in line
+    assert [r.getMessage() for r in caplog.records] == [line]
+
+
+def test_gthread_below_24_is_refused() -> None:
+    with pytest.raises(RuntimeError, match=r"gunicorn 23\.0\.0 is not supported.*gunicorn>=24\.0"):
+        versions.GUNICORN_GTHREAD.check("23.0.0")
+
+
+def _fake_version(directory: Path, distribution: str, version: str) -> Path:
+    fake = directory / "fake-versions"
+    info = fake / f"{distribution}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n"
+    )
+    return fake
+
+
+@pytest.mark.parametrize("server", list(GATES))
+def test_real_server_says_so_at_start_up(spawn, server: str) -> None:
+    """Steps: start the real server with its version faked to 99.0; one line names the range."""
+    pytest.importorskip(PACKAGE.get(server, server))
+    directory = Path(spawn.script_dir)
+    (directory / "webapp.py").write_text(f"SLOW = 0\n{ASGI_APP if server in ASGI else WSGI_APP}")
+    (directory / "flask_main.py").write_text(FLASK_MAIN)
+    (directory / "waitress_main.py").write_text(WAITRESS_MAIN)
+    tested = GATES[server]
+    fake = _fake_version(directory, tested.distribution, "99.0.0")
+    env = {"PYTHONPATH": f"{fake}:{directory}"}
+    child = spawn("", argv=LAUNCH[server](free_port()), env=env, wait_ready=False)
+    line = child.wait_for(
+        f"is outside the versions lastcall is tested with ({tested.range})", stream="stderr"
+    )
+    assert "99.0.0" in line
+    child.send(signal.SIGTERM)
+    child.finish(WAIT)
+    wait_session_empty(child.pid)  # hypercorn's multiprocessing helpers end after its master
+
+
+def test_gunicorn_gthread_below_24_refuses_to_start(spawn) -> None:
+    pytest.importorskip("gunicorn")
+    directory = Path(spawn.script_dir)
+    (directory / "webapp.py").write_text(f"SLOW = 0\n{WSGI_APP}")
+    fake = _fake_version(directory, "gunicorn", "23.0.0")
+    env = {"PYTHONPATH": f"{fake}:{directory}"}
+    child = spawn("", argv=LAUNCH["gunicorn-gthread"](free_port()), env=env, wait_ready=False)
+    assert child.finish(WAIT) != 0
+    wait_session_empty(child.pid)
+    assert "gunicorn>=24.0" in child.output()

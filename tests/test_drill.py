@@ -70,14 +70,6 @@ def short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-HYPERCORN_LATE = pytest.mark.xfail(
-    strict=True,
-    reason="lastcall.asgi on hypercorn's master/worker: once the worker stops accepting, the "
-    "master's copy of the listening socket still queues new connections, and resets them "
-    "when it exits",
-)
-
-
 @pytest.mark.parametrize(
     "server",
     [
@@ -87,7 +79,7 @@ HYPERCORN_LATE = pytest.mark.xfail(
         "gunicorn-gthread",
         "waitress",
         "uvicorn",
-        pytest.param("hypercorn", marks=HYPERCORN_LATE),
+        "hypercorn",
     ],
 )
 def test_demo_drill_serves_everything_and_loses_nothing(tmp_path, server):

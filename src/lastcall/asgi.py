@@ -167,6 +167,10 @@ class LastCallMiddleware(HealthPaths):
         self._adapter: AsgiServer | None = None
         self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
 
+    def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
+        """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
+        self._app = wrapper(self._app)
+
     async def shutdown_trigger(self) -> None:
         """Returns when the drain begins: ``hypercorn.asyncio.serve(..., shutdown_trigger=)``."""
         if self._drain_began.is_set():

@@ -485,14 +485,18 @@ def asgi() -> AsgiApp:
     spec, plain, error_file, server = _from_environment()
     try:
         app = check_asgi(spec, load(spec), server)
-        if not plain:
-            from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415  # not in --plain runs
+        if plain:
+            return AsgiDrillControl(app)
+        from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415  # not in --plain runs
 
-            if not isinstance(app, LastCallMiddleware):
-                app = LastCallMiddleware(app)
+        if not isinstance(app, LastCallMiddleware):
+            return LastCallMiddleware(AsgiDrillControl(app))
     except BadInputError as exc:
         fail(error_file, str(exc))
-    return AsgiDrillControl(app)
+    # Inside the app's own middleware, so a delayed request is one lastcall counts in flight
+    # (the ASGI middleware counts requests itself; WSGI servers count theirs).
+    app.wrap_inner(AsgiDrillControl)
+    return app
 
 
 def _from_environment() -> tuple[str, bool, str | None, str]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sized
 
+    from lastcall import Coordinator
+
 ALIVE = json.dumps({"status": "alive"}).encode()
 READY = json.dumps({"status": "ready"}).encode()
 HEADERS = (
@@ -23,6 +25,16 @@ HEADERS = (
 def stopping_body(in_flight: int) -> bytes:
     """The 503 body of ``/readyz`` once the stop has begun."""
     return json.dumps({"status": "stopping", "in_flight": in_flight}).encode()
+
+
+def not_ready_body(coordinator: Coordinator) -> bytes | None:
+    """The 503 body while not stopping but not ready (``set_not_ready``, starting); else None."""
+    status, reason = coordinator.readiness()
+    if status in ("ready", "stopping"):
+        return None
+    return json.dumps(
+        {"status": status, "reason": reason} if reason else {"status": status}
+    ).encode()
 
 
 def check_paths(livez_path: str | None, readyz_path: str | None) -> None:

@@ -80,7 +80,15 @@ from typing import TYPE_CHECKING, Any
 import lastcall
 from lastcall import systemd
 from lastcall._config import resolve
-from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
+from lastcall._health import (
+    ALIVE,
+    HEADERS,
+    READY,
+    HealthPaths,
+    check_paths,
+    not_ready_body,
+    stopping_body,
+)
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
 from lastcall._servers import hypercorn, uvicorn
@@ -231,7 +239,8 @@ class LastCallMiddleware(HealthPaths):
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
-            await _json(scope, send, 200, READY)
+            not_ready = not_ready_body(self._coordinator)
+            await _json(scope, send, 200 if not_ready is None else 503, not_ready or READY)
             return
         body = stopping_body(len(self._live))
         await _json(scope, send, 503, body)

@@ -34,7 +34,15 @@ import threading
 from typing import TYPE_CHECKING
 
 import lastcall
-from lastcall._health import ALIVE, HEADERS, READY, HealthPaths, check_paths, stopping_body
+from lastcall._health import (
+    ALIVE,
+    HEADERS,
+    READY,
+    HealthPaths,
+    check_paths,
+    not_ready_body,
+    stopping_body,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -77,6 +85,7 @@ class LastCallMiddleware(HealthPaths):
         check_paths(livez_path, readyz_path)
         self._app = app
         self._stopping = coordinator.stopping
+        self._coordinator = coordinator
         self._livez_path = livez_path
         self._readyz_path = readyz_path
         # The responses in flight. set.add and set.discard are atomic, so the
@@ -131,7 +140,10 @@ class LastCallMiddleware(HealthPaths):
 
     def _readyz(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._stopping.is_set():
-            return _json(environ, start_response, "200 OK", READY)
+            not_ready = not_ready_body(self._coordinator)
+            if not_ready is None:
+                return _json(environ, start_response, "200 OK", READY)
+            return _json(environ, start_response, "503 Service Unavailable", not_ready)
         body = stopping_body(self.in_flight)
         return _json(environ, start_response, "503 Service Unavailable", body)
 

@@ -225,6 +225,7 @@ class Listener:
         return taken
 
 
+
 class GunicornWorker:
     """One worker's answers to the drain: its listeners, its loop, its requests."""
 

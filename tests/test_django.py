@@ -271,3 +271,40 @@ def test_health_answered_before_routing_and_reachable_with_a_socket(spawn, proje
     assert head.endswith(b"\r\n\r\n"), head
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM, child.output()
+
+
+def test_code_change_drains_the_old_child_before_the_new_one_serves(spawn, project, tmp_path):
+    """Django's own reload (exit status 3): the old child finishes its requests and
+    runs its hook, then a new child serves; the parent restarts it, runs no hook.
+    """
+    child, port, old = runserver(spawn, project, tmp_path, reload=True, env={"SLOW": "1.5"})
+    requests = put_slow_requests_in_flight(child, port, 2)
+    new = change_code_until_reloaded(child, port, old, project / "mysite" / "urls.py")
+    assert requests.join() == [(200, "slow done")] * 2
+    lines = child.stdout
+    assert lines.index(f"hook:settings pid={old}") < lines.index(f"imported pid={new}")
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hook_lines(child) == [f"hook:settings pid={old}", f"hook:settings pid={new}"]
+
+
+def change_code_until_reloaded(child, port: int, old: int, source: Path) -> int:
+    """Change ``source`` until another process answers /pid; return its pid.
+
+    The change is made again on each poll: Django's StatReloader only sees a
+    change after its first look at the file's mtime, which may come after
+    the server first answers.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        assert time.monotonic() < deadline, child.output()
+        if f"imported pid={old}" in child.stdout and "reloading" not in child.output():
+            source.write_text(source.read_text() + "\n# a code change\n")
+        try:
+            new = int(get(port, "/pid", timeout=WAIT)[1])
+        except OSError:
+            time.sleep(0.05)
+            continue
+        if new != old:
+            return new
+        time.sleep(0.05)

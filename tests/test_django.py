@@ -308,3 +308,19 @@ def change_code_until_reloaded(child, port: int, old: int, source: Path) -> int:
         if new != old:
             return new
         time.sleep(0.05)
+
+
+def test_health_under_uvicorn_with_the_projects_own_asgi(spawn, project):
+    """The project's unmodified asgi.py under uvicorn: the middleware answers
+    the health paths on Django's async path, before routing; / reaches the view.
+    """
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(project), "--port", str(port)]
+    child = spawn("", argv=[*argv, "mysite.asgi:application"], wait_ready=False)
+    child.wait_for("Uvicorn running", stream="stderr")
+    assert get(port, "/readyz") == (200, '{"status": "ready"}')
+    assert get(port, "/livez") == (200, '{"status": "alive"}')
+    assert get(port, "/") == (200, "index")
+    child.send(signal.SIGTERM)
+    child.finish()
+    assert live_processes_in_session(child.pid) == []

@@ -123,12 +123,12 @@ def test_signal_to_runserver_drains_and_runs_the_hook_once_in_the_serving_child(
 ):
     """Steps: 3 requests of 2 s in flight; the signal to the process the user
     started (Ctrl-C: SIGINT to its process group, as a terminal sends it);
-    during the 1 s pre-stop delay /readyz is 503 while / is 200;
+    during the 1.5 s pre-stop delay /readyz is 503 while / is 200;
     new connections afterwards are refused or served, never reset; every
     request in flight gets 200; the settings hook runs once, in the serving
     process; the process ends by the signal and leaves nothing behind.
     """
-    env = {"LASTCALL_PRESTOP_DELAY": "1"}
+    env = {"LASTCALL_PRESTOP_DELAY": "1.5"}
     child, port, serving = runserver(spawn, project, tmp_path, reload=reload, env=env)
     assert get(port, "/readyz") == (200, '{"status": "ready"}')
     requests = put_slow_requests_in_flight(child, port, 3)

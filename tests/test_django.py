@@ -324,3 +324,27 @@ def test_health_under_uvicorn_with_the_projects_own_asgi(spawn, project):
     child.send(signal.SIGTERM)
     child.finish()
     assert live_processes_in_session(child.pid) == []
+
+
+def test_nothreading_serves_the_backlog_and_refuses_new_connections(spawn, project, tmp_path):
+    """runserver --nothreading: one request served, two waiting in the listen
+    backlog at SIGTERM; all three get 200, and new connections meanwhile are
+    refused, not taken into the backlog behind them.
+    """
+    port = free_port()
+    argv = [sys.executable, str(project / "manage.py"), "runserver", str(port)]
+    argv += ["--noreload", "--nothreading"]
+    child = spawn("", argv=argv, env={"SLOW": "1"}, wait_ready=False)
+    serving = int(wait_until_serving(port, child))
+    conns = send_slow(port, 3)  # when this returns, each is served or in the backlog
+    child.wait_for("slow started")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    outcomes = new_connections_until_gone(child, port)
+    for thread in threads:
+        thread.join(WAIT)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 3, child.output()
+    assert "refused" in outcomes, outcomes
+    assert set(outcomes) <= {200, "refused"}, outcomes
+    assert hook_lines(child) == [f"hook:settings pid={serving}"]

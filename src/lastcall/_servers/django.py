@@ -180,8 +180,13 @@ class DjangoAdapter:
 
 
 def _stop_accepting(server: Any, served: _Served) -> int:  # noqa: ANN401  # basehttp.WSGIServer
-    """Accept what the backlog holds (served, not reset), then stop listening."""
-    taken = 0
+    """Take what the backlog holds, stop listening, then serve what was taken.
+
+    Served only once the socket is shut: with ``--nothreading`` each one is
+    answered here, one after another, and new connections meanwhile must be
+    refused rather than taken too.
+    """
+    backlog = []
     with contextlib.suppress(OSError):
         server.socket.setblocking(False)  # noqa: FBT003  # positional only
     while True:
@@ -190,14 +195,15 @@ def _stop_accepting(server: Any, served: _Served) -> int:  # noqa: ANN401  # bas
         except OSError:  # BlockingIOError: the backlog is empty
             break
         connection.setblocking(True)  # noqa: FBT003
-        server.process_request(connection, address)
-        taken += 1
+        backlog.append((connection, address))
     with contextlib.suppress(OSError):
         server.socket.shutdown(socket.SHUT_RDWR)  # refused from now on; wakes the accept loop
+    for connection, address in backlog:
+        server.process_request(connection, address)
     serving = served.thread
     if serving is not None and serving is not threading.current_thread():
         server.shutdown()  # returns once serve_forever's loop has ended
-    return taken
+    return len(backlog)
 
 
 # ---------------------------------------------------------------- patches

@@ -31,6 +31,10 @@ from lastcall._report import logger
 
 Handler = Callable[[int, FrameType | None], object] | int | None
 
+# What to do instead of install() on a thread a server runs the app on, by
+# the thread's name; filled in by the server adapters (the core names none).
+OFF_MAIN_HINTS: dict[str, str] = {}
+
 
 def main_thread_ident() -> int:
     """The calling thread's pthread id, for ``signal.pthread_kill``; call it on the main thread.
@@ -59,10 +63,12 @@ class SignalHandlers:
 
     def install(self, signals: Iterable[signal.Signals], *, override_ignored: bool) -> None:
         """Handle ``signals``: ours stays where it is, others' are replaced, the rest given back."""
-        if threading.current_thread() is not threading.main_thread():
+        thread = threading.current_thread()
+        if thread is not threading.main_thread():
+            hint = OFF_MAIN_HINTS.get(thread.name, "call it at start-up")
             raise RuntimeError(
                 "lastcall.install() must be called from the main thread, because Python "
-                "only lets the main thread set signal handlers; call it at start-up"
+                f"only lets the main thread set signal handlers (this is {thread.name!r}); {hint}"
             )
         wanted = tuple(signals)
         for sig in [s for s in self._previous if s not in wanted]:

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 
 from lastcall._report import logger
 
-__all__ = ("GUNICORN", "GUNICORN_GTHREAD", "HYPERCORN", "UVICORN", "WAITRESS", "WERKZEUG", "Tested")
+__all__ = (
+    "DJANGO",
+    "GUNICORN",
+    "GUNICORN_GTHREAD",
+    "HYPERCORN",
+    "UVICORN",
+    "WAITRESS",
+    "WERKZEUG",
+    "Tested",
+)
 
 
 def _release(version: str) -> tuple[int, int]:
@@ -116,4 +125,12 @@ HYPERCORN = Tested(
     "0.16",
     "0.18",
     "the worker may stop accepting before lastcall's pre-stop delay",
+)
+# What is read and patched: django/utils/autoreload.py, django/core/servers/basehttp.py
+# (tests/test_django.py passes on 4.2.30 and 5.2.19).
+DJANGO = Tested(
+    "django",
+    "4.2",
+    "5.2",
+    "runserver's drain and autoreloader handling may not work",
 )

@@ -1,0 +1,324 @@
+"""Django's development server (``manage.py runserver``), with and without the autoreloader.
+
+What Django does on its own, and what this module changes:
+
+* runserver's server (``django/core/servers/basehttp.py``, wsgiref's
+  ``WSGIServer`` with ``socketserver.ThreadingMixIn``) runs each connection
+  on a daemon thread nobody waits for: what is in flight when the process
+  ends is cut off. Here the ``drain`` phase serves the listen backlog,
+  stops listening (new connections refused), ends the accept loop and waits
+  for the connection threads, closing idle keep-alive connections.
+* The autoreloader (``django/utils/autoreload.py``) sets ``SIGTERM ->
+  sys.exit(0)`` in both processes, and its parent runs the child with
+  ``subprocess.run``, which SIGKILLs the child on any exception in the
+  parent: a SIGTERM or Ctrl-C to the process the user started killed the
+  process that holds the app's resources. Here the parent runs none of the
+  app's hooks (``Coordinator.stand_aside``: settings and ``AppConfig.ready()``
+  run in both processes), passes SIGTERM/SIGINT/SIGHUP on to the child as
+  SIGTERM, and ends with the child's status; the child takes the signals
+  on its main thread (the app runs on ``django-main-thread``) and stops if
+  its parent dies, instead of serving on as an orphan.
+* Unlike Werkzeug's, Django's reloader parent never binds the port: each
+  child binds it anew, so shutting the socket is right for a code-change
+  reload too.
+
+The reloader parent's plumbing (signals passed on, the child's "clean"
+message, ending like the child) is Werkzeug's, shared from
+``lastcall._servers.werkzeug``. Tested with ``versions.DJANGO``; each
+undocumented part of Django is named where it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lastcall import _signals
+from lastcall._report import logger
+from lastcall._servers import versions
+from lastcall._servers.drain import drain
+from lastcall._servers.werkzeug import (
+    _CLEAN,
+    _CLEAN_FD_ENV,
+    _PARENT_ENV,
+    RELOAD_EXIT_CODE,
+    _describe_status,
+    _end_like,
+    _forward_signals,
+    _has_input,
+    _read_now,
+    _report_clean_exit,
+    _Requests,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lastcall._coordinator import Coordinator
+
+__all__ = ("enable",)
+
+_THREAD = "django-main-thread"  # django/utils/autoreload.py: start_django's thread for the app
+_OFF_MAIN_HINT = (
+    "Django's runserver runs the project's code on 'django-main-thread'; add "
+    '"lastcall.django" to INSTALLED_APPS instead, which installs lastcall on the main '
+    "thread, and put its options in settings.LASTCALL_*"
+)
+
+
+class _Served:
+    """What this process knows of one runserver server."""
+
+    def __init__(self) -> None:
+        self.requests = _Requests()
+        self.thread: threading.Thread | None = threading.current_thread()
+        # Each open connection, and whether a request is being answered on it
+        # (False between requests: keep-alive, its thread waits to read).
+        self.connections: dict[socket.socket, bool] = {}
+
+
+class _State:
+    """The integration in this process: set by enable(), read by the patches."""
+
+    coordinator: Coordinator | None = None
+    install_options: ClassVar[dict[str, Any]] = {}
+    patched = False
+    drain_registered = False
+    servers: ClassVar[weakref.WeakKeyDictionary[Any, _Served]] = weakref.WeakKeyDictionary()
+
+
+def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = None) -> None:
+    """Make runserver in this process stop the lastcall way; idempotent.
+
+    Called from ``AppConfig.ready()`` in every process that sets Django up;
+    patching costs nothing where runserver never runs (gunicorn, uvicorn).
+    ``install_options`` go to ``coordinator.install()`` on the main thread
+    once runserver serves (or, in a reloader child, starts the app's thread).
+    """
+    if _State.coordinator is not None:
+        return
+    _State.coordinator = coordinator
+    _State.install_options = install_options or {}
+    versions.DJANGO.check()
+    _signals.OFF_MAIN_HINTS[_THREAD] = _OFF_MAIN_HINT
+    if not _State.patched:
+        _patch()
+        _State.patched = True
+    from django.utils import autoreload  # noqa: PLC0415  # only with Django in use
+
+    if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) == "true" and os.environ.get(_PARENT_ENV):
+        coordinator.stop_when_parent_dies(
+            int(os.environ[_PARENT_ENV]), "the autoreloader parent died"
+        )
+        _report_clean_exit(coordinator)
+
+
+def _coordinator() -> Coordinator:
+    coordinator = _State.coordinator
+    assert coordinator is not None  # noqa: S101  # enable() sets it before any patch runs
+    return coordinator
+
+
+def _install() -> None:
+    _coordinator().ensure_installed(**_State.install_options)
+
+
+# ---------------------------------------------------------------- the drain
+
+
+def _drain() -> None:
+    """The drain hook: every runserver server of this process, through the one drain sequence."""
+    drain(DjangoAdapter(list(_State.servers.items())), _coordinator())
+
+
+class DjangoAdapter:
+    """The drain's questions for runserver's servers in this process."""
+
+    name = "runserver"
+
+    def __init__(self, servers: list[tuple[Any, _Served]]) -> None:
+        self._servers = servers
+
+    def prestop_delay(self) -> float:
+        """The core's pre_stop phase has kept serving already."""
+        return 0.0
+
+    def close_door(self) -> int:
+        """Serve the backlog, stop listening, end the accept loops."""
+        return sum(_stop_accepting(server, served) for server, served in self._servers)
+
+    def in_flight(self) -> int:
+        """Connection threads still answering a request."""
+        return sum(served.requests.count for _, served in self._servers)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until every connection thread has finished."""
+        deadline = time.monotonic() + timeout
+        return all(
+            served.requests.wait_idle(max(0.0, deadline - time.monotonic()))
+            for _, served in self._servers
+        )
+
+    def close_idle(self) -> None:
+        """End keep-alive connections waiting for a next request: their threads read EOF."""
+        for _, served in self._servers:
+            for connection, answering in list(served.connections.items()):
+                if not answering and not _has_input(connection):
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RD)
+
+    def cancel(self) -> int:
+        """A connection thread cannot be cancelled: it is left, a daemon, as Django leaves it."""
+        return self.in_flight()
+
+
+def _stop_accepting(server: Any, served: _Served) -> int:  # noqa: ANN401  # basehttp.WSGIServer
+    """Take what the backlog holds, stop listening, then serve what was taken.
+
+    Served only once the socket is shut: with ``--nothreading`` each one is
+    answered here, one after another, and new connections meanwhile must be
+    refused rather than taken too.
+    """
+    backlog = []
+    with contextlib.suppress(OSError):
+        server.socket.setblocking(False)  # noqa: FBT003  # positional only
+    while True:
+        try:
+            connection, address = server.socket.accept()
+        except OSError:  # BlockingIOError: the backlog is empty
+            break
+        connection.setblocking(True)  # noqa: FBT003
+        backlog.append((connection, address))
+    with contextlib.suppress(OSError):
+        server.socket.shutdown(socket.SHUT_RDWR)  # refused from now on; wakes the accept loop
+    for connection, address in backlog:
+        server.process_request(connection, address)
+    serving = served.thread
+    if serving is not None and serving is not threading.current_thread():
+        server.shutdown()  # returns once serve_forever's loop has ended
+    return len(backlog)
+
+
+# ---------------------------------------------------------------- patches
+
+
+def _patch() -> None:  # noqa: PLR0915  # one wrapper per patched function, kept together
+    """Wrap the few Django functions and methods runserver goes through.
+
+    From ``django/core/servers/basehttp.py``: ``WSGIServer.serve_forever``
+    (socketserver's), ``WSGIServer.finish_request`` (one call per connection,
+    on its thread: ``run()`` builds its threaded class from
+    ``socketserver.ThreadingMixIn`` and ``WSGIServer``), ``ServerHandler.run``
+    (one call per request). From ``django/utils/autoreload.py``:
+    ``restart_with_reloader`` (the parent) and ``start_django`` (the child's
+    main thread), both looked up as module globals by ``run_with_reloader``.
+    """
+    from django.core.servers import basehttp  # noqa: PLC0415  # only with Django in use
+    from django.utils import autoreload  # noqa: PLC0415
+
+    server_cls = basehttp.WSGIServer
+    original_serve = server_cls.serve_forever
+    original_finish = server_cls.finish_request
+    original_run = basehttp.ServerHandler.run
+    original_start_django = autoreload.start_django
+
+    def serve_forever(self: basehttp.WSGIServer, poll_interval: float = 0.5) -> None:
+        if threading.current_thread() is threading.main_thread():
+            _install()  # --noreload: the server runs on the main thread
+        if not _State.drain_registered:
+            _State.drain_registered = True
+            _coordinator().on_shutdown(
+                _drain, phase="drain", name="runserver: stop accepting, finish requests in flight"
+            )
+        served = _State.servers[self] = _Served()
+        try:
+            original_serve(self, poll_interval)
+        finally:
+            served.thread = None
+
+    def finish_request(self: basehttp.WSGIServer, request: socket.socket, address: Any) -> None:  # noqa: ANN401
+        served = _State.servers.get(self)
+        if served is None:
+            original_finish(self, request, address)
+            return
+        served.connections[request] = False
+        try:
+            with served.requests:
+                original_finish(self, request, address)
+        finally:
+            served.connections.pop(request, None)
+
+    def run(self: basehttp.ServerHandler, application: Callable[..., Any]) -> None:
+        handler = getattr(self, "request_handler", None)  # set by WSGIRequestHandler
+        connection = getattr(handler, "connection", None)
+        served = _State.servers.get(getattr(handler, "server", None))
+        if served is None or connection not in served.connections:
+            original_run(self, application)
+            return
+        served.connections[connection] = True
+        try:
+            original_run(self, application)
+        finally:
+            served.connections[connection] = False
+
+    def start_django(
+        reloader: object, main_func: Callable[..., object], *args: object, **kwargs: object
+    ) -> None:
+        # The child's main thread: run_with_reloader set SIGTERM -> sys.exit(0),
+        # dropped here rather than chained, before the app's thread starts.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _install()
+        original_start_django(reloader, main_func, *args, **kwargs)
+
+    server_cls.serve_forever = serve_forever
+    server_cls.finish_request = finish_request
+    basehttp.ServerHandler.run = run
+    autoreload.start_django = start_django
+    autoreload.restart_with_reloader = _restart_with_reloader
+
+
+# ---------------------------------------------------------------- reloader parent
+
+
+def _restart_with_reloader() -> int:
+    """The reloader parent: start the serving child, pass signals on, end as it ended.
+
+    Replaces ``autoreload.restart_with_reloader``, whose ``subprocess.run``
+    SIGKILLs the child when the parent's SIGTERM handler raises SystemExit.
+    """
+    from django.utils import autoreload  # noqa: PLC0415
+
+    _coordinator().stand_aside("Django's autoreloader child runs the app's hooks")
+    args = autoreload.get_child_arguments()
+    while True:
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)  # noqa: FBT003  # positional only
+        env = {
+            **os.environ,
+            autoreload.DJANGO_AUTORELOAD_ENV: "true",
+            _PARENT_ENV: str(os.getpid()),
+            _CLEAN_FD_ENV: str(write_end),
+        }
+        child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603
+        os.close(write_end)
+        stopping = threading.Event()
+        _forward_signals(child, stopping)
+        status = child.wait()
+        clean = _read_now(read_end) == _CLEAN
+        if status == RELOAD_EXIT_CODE and not stopping.is_set():
+            continue  # a code change: Django's own reason to start a new child
+        if not clean:
+            logger.warning(
+                "the autoreloader child (pid %d) ended with %s without running its shutdown "
+                "hooks; cleanup that must survive this belongs in lastcall.last_resort()",
+                child.pid,
+                _describe_status(status),
+            )
+        _end_like(status)

@@ -1,6 +1,7 @@
 """A Flask app on Werkzeug's development server, for the dev-server tests.
 
-Environment: PORT, RELOAD ("1" for the reloader), SLOW (seconds for /slow).
+Environment: PORT, RELOAD ("1" for the reloader), RELOADER_TYPE (Werkzeug's, "auto" if unset),
+SLOW (seconds for /slow).
 Every line it prints names its pid, so the tests can tell parent from child.
 """
 
@@ -66,4 +67,9 @@ def pid() -> str:
 
 if __name__ == "__main__":
     reload = os.environ.get("RELOAD") == "1"
-    app.run(host="127.0.0.1", port=int(os.environ["PORT"]), use_reloader=reload)
+    app.run(
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        use_reloader=reload,
+        reloader_type=os.environ.get("RELOADER_TYPE", "auto"),
+    )

@@ -31,9 +31,8 @@ IN_FLIGHT = 4
 SLOW = 0.5  # seconds a request in flight takes
 GRACE = 5
 
-WSGI_APP = """
-import os, signal, sys, threading, time
-
+# What both apps share: a line printer, and an exception raised on the main thread.
+APP_TOOLS = """
 def out(*words):
     sys.stdout.write(" ".join(map(str, words)) + "\\n")
     sys.stdout.flush()
@@ -43,7 +42,14 @@ class Unhandled(BaseException):
     pass
 
 _pending = []
+"""
 
+WSGI_APP = (
+    """
+import os, signal, sys, threading, time
+"""
+    + APP_TOOLS
+    + """
 def _raise(signum, frame):
     raise _pending.pop()
 
@@ -60,20 +66,14 @@ def wsgi(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
 """
+)
 
-ASGI_APP = """
+ASGI_APP = (
+    """
 import asyncio, os, signal, sys, threading
-
-def out(*words):
-    sys.stdout.write(" ".join(map(str, words)) + "\\n")
-    sys.stdout.flush()
-
-class Unhandled(BaseException):
-    # Not an Exception, so that no server's "except Exception" swallows it.
-    pass
-
-_pending = []
-
+"""
+    + APP_TOOLS
+    + """
 def _raise(signum, frame):
     # Only where the loop waits in its selector: elsewhere it would land in a
     # request, which the server catches. Until then, the signal comes again.
@@ -105,6 +105,7 @@ async def plain(scope, receive, send):
 from lastcall.asgi import LastCallMiddleware
 asgi = LastCallMiddleware(plain)
 """
+)
 
 FLASK_MAIN = """
 import sys

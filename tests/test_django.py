@@ -31,11 +31,11 @@ import os
 import lastcall
 
 INSTALLED_APPS.append("lastcall.django")
-print(f"imported pid={os.getpid()}", flush=True)
+os.write(1, f"imported pid={os.getpid()}\\n".encode())  # one write(2): workers share the pipe
 
 @lastcall.on_shutdown
 def settings_hook():
-    print(f"hook:settings pid={os.getpid()}", flush=True)
+    os.write(1, f"hook:settings pid={os.getpid()}\\n".encode())
 
 LOGGING = {  # lastcall's lines on stderr, as a project would show them
     "version": 1,
@@ -50,14 +50,12 @@ if os.environ.get("BAD_SETTING"):
 
 URLS = """
 import os
-import sys
 import time
 from django.http import HttpResponse
 from django.urls import path
 
 def slow(request):
-    sys.stdout.write(f"slow started pid={os.getpid()}\\n")  # one write: threads share stdout
-    sys.stdout.flush()
+    os.write(1, f"slow started pid={os.getpid()}\\n".encode())
     time.sleep(float(os.environ.get("SLOW", "2")))
     return HttpResponse("slow done")
 

@@ -191,15 +191,23 @@ def slow():
 
 
 def test_signal_then_normal_exit_runs_hooks_once(spawn):
-    """SIGTERM starts the stop; the main thread then returns on its own."""
+    """SIGTERM starts the stop; the main thread then returns on its own, while the stop
+    still runs (a drain hook holds it until then: otherwise the stop may end the process
+    first, and there is no race to test)."""
     child = spawn(
         PRELUDE
         + "lastcall.install()\n"
+        + "returning = threading.Event()\n"
         + HOOKS
         + """
+@lastcall.on_shutdown(phase="drain")
+def wait_for_main():
+    returning.wait(10)
+
 out("ready")
 lastcall.stopping.wait(30)
 out("main thread returning")
+returning.set()
 """
     )
     child.send(signal.SIGTERM)

@@ -1038,11 +1038,18 @@ def serving_processes(leader: int, port: int) -> list[int]:
 
 
 def _holds_socket(pid: int, inodes: set[int]) -> bool:
+    wanted = {f"socket:[{inode}]" for inode in inodes}
     try:
-        links = [str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:  # gone, or not ours to read
         return False
-    return any(link in {f"socket:[{inode}]" for inode in inodes} for link in links)
+    for fd in fds:
+        try:
+            if str(fd.readlink()) in wanted:
+                return True
+        except OSError:  # closed since listed: a process still starting opens and closes files
+            continue
+    return False
 
 
 def listen_backlog(port: int) -> int:

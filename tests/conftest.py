@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
 
+# The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's addopts). A
+# matrix runs several drills at once itself: tests marked so share one worker
+# and run one after another, so two matrices never contend for the machine.
+MATRIX = pytest.mark.xdist_group("matrix")
+
 # Children start with SIGINT at its default, as from an interactive shell: a
 # test run launched in the background (``cmd &``) would otherwise pass on
 # SIGINT ignored, and Python keeps it ignored.

@@ -80,7 +80,8 @@ def run_tests(python: Path, paths: list[str], *args: str) -> subprocess.Complete
     """Run pytest on ``paths`` with the leg's ``python``; the output is kept for the failure."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "VIRTUAL_ENV")}
     return subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *paths],
+        # two at once: the outer run has its own tests going beside this one
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", *args, *paths],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, live_processes_in_session
+from conftest import MATRIX, WAIT, live_processes_in_session
 
 import lastcall
 from lastcall.cli.servers import SERVERS
@@ -138,6 +138,7 @@ def test_a_users_plain_wsgi_app_is_wrapped_and_drilled(tmp_path):
     ]
 
 
+@MATRIX
 def test_matrix_plain_column_fails_as_measured_and_lastcall_does_not(tmp_path):
     out = tmp_path / "matrix.json"
     started = time.monotonic()
@@ -197,6 +198,7 @@ def fates(result: dict, kind: str) -> list[str]:
     return [r["fate"] for r in result["requests"] if r["kind"] == kind]
 
 
+@MATRIX
 def test_matrix_on_production_servers_reproduces_design_md(tmp_path):
     """DESIGN.md's production-server table, as shipped, and the same stops with lastcall."""
     servers = ["--server", "gunicorn", "--server", "waitress", "--server", "uvicorn"]

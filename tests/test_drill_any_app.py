@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, live_processes_in_session
+from conftest import MATRIX, free_port, live_processes_in_session
 from test_drill import drill, short, started_pids
 
 SLOW_APP = '''
@@ -276,6 +276,7 @@ def test_a_table_written_to_a_file_is_not_cut(slow_app):
 # ---------------------------------------------------------------- --matrix on a user's app
 
 
+@MATRIX
 def test_matrix_on_a_users_app_plain_beside_lastcall(slow_app):
     out = slow_app / "matrix.json"
     args = ["--server", "werkzeug", "--server", "waitress", "--stop", "TERM"]
@@ -291,6 +292,7 @@ def test_matrix_on_a_users_app_plain_beside_lastcall(slow_app):
     assert "lastcall drill --matrix: slowapp:app, as shipped | with lastcall" in result.stdout
 
 
+@MATRIX
 def test_matrix_compares_two_commands(slow_app):
     out = slow_app / "matrix.json"
     plain = "{python} -m gunicorn -b 127.0.0.1:{port} -w 1 --graceful-timeout 5 slowapp:app"

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port, wait_session_empty
+from conftest import MATRIX, WAIT, free_port, wait_session_empty
 
 PROBE_EVERY = 0.05
 IN_FLIGHT = 4
@@ -200,6 +200,7 @@ CASES = [
 KNOWN_UNCLEAN = {("uvicorn", "EXIT"), ("hypercorn", "EXCEPTION")}
 
 
+@MATRIX
 def test_matrix_lastcall_cells_are_clean(tmp_path: Path) -> None:
     """Every scenario, plain beside lastcall, on every installed server: lastcall's cells clean
     (but for the known bugs above, which keep the matrix's exit status at 1)."""

@@ -27,7 +27,8 @@ OLDEST = {
     "hypercorn": "0.16.0",
     "starlette": "0.37.0",
 }
-TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27", "pytest>=8", "pytest-timeout>=2.3"]
+TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
+TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",

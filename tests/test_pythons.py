@@ -21,7 +21,7 @@ CORE_TESTS = [
 ]
 REQUIREMENTS = [
     *("click>=8.1", "rich>=13", "httpx>=0.27"),  # conftest finds processes with the drill's code
-    *("pytest>=8", "pytest-timeout>=2.3", "gevent>=24.2", "uvloop>=0.19"),
+    *("pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "gevent>=24.2", "uvloop>=0.19"),
 ]
 
 

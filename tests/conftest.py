@@ -8,6 +8,7 @@ test (which then fails).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
 
 # The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's addopts). A
-# matrix runs several drills at once itself: tests marked so share one worker
-# and run one after another, so two matrices never contend for the machine.
+# matrix runs several drills at once itself and measures timing-sensitive
+# stops, as a user runs it: on a machine not busy with other tests. Tests
+# marked so share one worker and run alone (``_alone_if_marked``).
 MATRIX = pytest.mark.xdist_group("matrix")
 
 # Children start with SIGINT at its default, as from an interactive shell: a
@@ -144,6 +146,21 @@ class Child:
     def lines(self, prefix: str) -> list[str]:
         with self._cond:
             return [line for line in self.stdout if line.startswith(prefix)]
+
+
+@pytest.fixture(autouse=True)
+def _alone_if_marked(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, a MATRIX test holds a lock the others share: it runs with none beside it."""
+    if not hasattr(request.config, "workerinput"):  # one test at a time anyway
+        yield
+        return
+    lock = tmp_path_factory.getbasetemp().parent / "alone.lock"  # the run's, shared by workers
+    alone = request.node.get_closest_marker("xdist_group") is not None
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture

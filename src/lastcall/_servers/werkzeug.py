@@ -333,8 +333,10 @@ def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
         _reloading.set()
         _coordinator().shutdown(reason="reloader: code changed, restarting")
     elif exc is not None:
-        # Ending on an exception or sys.exit: stop listening for every holder now
-        # (a reloader parent too), or new connections queue and are reset at exit.
+        # Ending on an exception or sys.exit: take what the backlog holds (the loop
+        # no longer accepts), then stop listening for every holder now (a reloader
+        # parent too), or new connections queue and are reset at exit.
+        _serve_backlog(server)
         with contextlib.suppress(OSError):
             server.socket.shutdown(socket.SHUT_RDWR)
 

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
+EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has ended
 
 # The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's addopts). A
 # matrix runs several drills at once itself and measures timing-sensitive
 # stops, as a user runs it: on a machine not busy with other tests. Tests
 # marked so share one worker and run alone (``_alone_if_marked``).
 MATRIX = pytest.mark.xdist_group("matrix")
+ALONE_WAIT = 600.0  # at most, for a turn to run alone or beside others (not a test's timeout)
 
 # Children start with SIGINT at its default, as from an interactive shell: a
 # test run launched in the background (``cmd &``) would otherwise pass on
@@ -158,8 +160,16 @@ def _alone_if_marked(
         return
     lock = tmp_path_factory.getbasetemp().parent / "alone.lock"  # the run's, shared by workers
     alone = request.node.get_closest_marker("xdist_group") is not None
+    deadline = time.monotonic() + ALONE_WAIT
     with lock.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        while True:
+            try:
+                fcntl.flock(held, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"waited {ALONE_WAIT:.0f} s for the tests beside this one to end")
+                time.sleep(0.1)
         yield
 
 
@@ -204,6 +214,11 @@ def spawn(tmp_path: Path) -> Iterator[object]:
             leftovers.append(child.pid)
         for pump in child._pumps:
             pump.join(WAIT)
+        # What outlives its parent by a moment (multiprocessing's resource tracker, say)
+        # is not left behind: what still runs after this is.
+        deadline = time.monotonic() + EXIT_WAIT
+        while live_processes_in_session(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for pid in live_processes_in_session(child.pid):
             leftovers.append(pid)
             with contextlib.suppress(ProcessLookupError):

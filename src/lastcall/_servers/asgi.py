@@ -26,9 +26,10 @@ when the app's lifespan starts, which both servers run before they listen.
 A loop that allows no such wrapper (uvloop) keeps the servers' own close.
 
 When the loop dies instead (an unhandled exception or ``sys.exit`` on its
-thread), asyncio cancels every task as it winds down; a task of ours then
-closes the door, so new connections are refused rather than queued until
-the process is gone.
+thread), the door is closed at once, so new connections are refused rather
+than queued until the process is gone, and the requests in flight are
+finished before ``asyncio.run``'s teardown may cancel them (see
+``AsgiServer._finish_in_flight_if_the_loop_dies``).
 """
 
 from __future__ import annotations
@@ -36,22 +37,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from lastcall._report import logger
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 __all__ = ("AsgiServer", "AsyncioDoor")
 
 _SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
 _AFTER_CANCEL = 1.0  # after cancelling what overran, how long to let the server notice
 _DOOR_WAIT = 5.0  # at most, for the loop to close the door (it is one callback)
+_DYING_POLL = 0.05  # how often a drain waiting for the server checks that its loop still lives
 
 
 class AsgiServer:
@@ -83,7 +86,13 @@ class AsgiServer:
         self._full_stop = full_stop
         self._told = False
         self._budget = budget
+        self._dying = threading.Event()
         self._finish_in_flight_if_the_loop_dies()
+
+    def loop_dying(self) -> None:
+        """The loop is ending under the server (any thread): nothing new is served."""
+        self._dying.set()
+        self.door.refuse_now()
 
     def prestop_delay(self) -> float:
         """The core's pre_stop phase has kept serving already."""
@@ -111,16 +120,19 @@ class AsgiServer:
         return len(self._live)
 
     def wait_idle(self, timeout: float) -> bool:
-        """A server that was told sends the lifespan shutdown once drained; else our count."""
-        if not self._loop.is_running():
-            if self._live:
-                logger.warning(
-                    "the server's event loop has ended: %d request(s) in flight cannot be finished",
-                    len(self._live),
-                )
-            return True
-        done = self._drained if self._told or self._drained.is_set() else self._idle
-        return done.wait(timeout)
+        """A server that was told sends the lifespan shutdown once drained; else our count.
+
+        If the loop dies meanwhile, the server will send nothing: our count then.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            told = self._told and not self._dying.is_set()
+            done = self._drained if told or self._drained.is_set() else self._idle
+            left = deadline - time.monotonic()
+            if done.wait(min(left, _DYING_POLL) if told else left):
+                return True
+            if left <= 0:
+                return False
 
     def close_idle(self) -> None:
         """Nothing: a server told to stop closes its idle keep-alive connections itself."""
@@ -139,15 +151,21 @@ class AsgiServer:
 
         An unhandled exception or ``sys.exit`` raised on the loop's thread (by a
         signal handler, say) leaves the loop, and ``asyncio.run`` then cancels
-        every request. Here the door is shut at once and the loop turns on until
-        nothing is in flight, within the drain budget; then the exception goes
-        on its way. asyncio's ``_run_once`` (``Lib/asyncio/base_events.py``, one
-        turn of ``run_forever``, looked up on each turn) is wrapped on this loop
-        instance only; uvloop's loop has neither.
+        every request. asyncio's loop: its ``_run_once`` (``Lib/asyncio/
+        base_events.py``, one turn of ``run_forever``, looked up on each turn)
+        is wrapped on this loop instance; when a turn raises, the door is shut
+        at once and the loop turns on until nothing is in flight, within the
+        drain budget; then the exception goes on its way. uvloop's loop has no
+        such turn to wrap: its tasks are made by a task factory (unless the app
+        has one) as :class:`_RequestTask`, which the teardown cannot cancel
+        while it is a request in flight, so the teardown runs the loop until
+        each has finished, within the drain budget.
         """
         loop = self._loop
         run_once = getattr(loop, "_run_once", None)
         if run_once is None:
+            if loop.get_task_factory() is None:
+                loop.set_task_factory(functools.partial(_RequestTask, server=self))
             return
 
         def run_once_or_finish() -> None:
@@ -156,7 +174,7 @@ class AsgiServer:
             except BaseException:
                 loop._run_once = run_once  # type: ignore[attr-defined]  # noqa: SLF001  # once
                 if self._live:
-                    self.door.refuse_now()
+                    self.loop_dying()
                     deadline = time.monotonic() + self._budget()
                     while self._live and time.monotonic() < deadline:
                         run_once()
@@ -176,6 +194,35 @@ class AsgiServer:
     def _cancel_in_flight(self) -> None:
         for task in list(self._live):
             task.cancel("lastcall: drain budget spent")
+
+
+class _RequestTask(asyncio.Task[Any]):
+    """A task on a loop without ``_run_once`` (uvloop): kept from the runner's teardown.
+
+    If it serves a request, a cancel while the loop is stopped (the teardown)
+    is refused, and the task left to finish, for the drain budget at most.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        /,
+        *,
+        server: AsgiServer,
+        **options: Any,  # noqa: ANN401  # as loop.create_task passes them
+    ) -> None:
+        super().__init__(coro, loop=loop, **options)
+        self._server = server
+
+    def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401  # as asyncio.Task
+        server = self._server
+        loop = self.get_loop()
+        if loop.is_running() or self not in server._live:  # noqa: SLF001  # the adapter's own
+            return super().cancel(msg)
+        server.loop_dying()
+        loop.call_later(server._budget(), super().cancel, "lastcall: drain budget spent")  # noqa: SLF001
+        return False
 
 
 class AsyncioDoor:
@@ -221,8 +268,13 @@ class AsyncioDoor:
         self.closed = True
         for server in self._servers:
             for sock in server.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                # A socket of our own on the same one: uvloop's stand-ins cannot shut it.
+                with (
+                    contextlib.suppress(OSError),
+                    socket.socket(fileno=os.dup(sock.fileno())) as own,
+                ):
+                    own.shutdown(socket.SHUT_RDWR)
+            server.close()  # else the loop, if it turns again, accepts on a shut socket
 
     def _take(self, *, refuse: bool) -> list[tuple[Callable[[], Any], Any, socket.socket]]:
         taken: list[tuple[Callable[[], Any], Any, socket.socket]] = []

@@ -52,7 +52,7 @@ DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
 _RAISE_WAIT = 2.0
 _RAISE_TRIES = 3  # uvloop runs signal handlers inside a callback: every try is swallowed
-_RAISE_SETTLE = 0.2  # seconds for a loop the raise ended to say it is no longer running
+_RAISE_SETTLE = 0.2  # seconds for the loop's exception handler to say it caught the raise
 # What the factories read (set by the drill); the first three mirror runner's arguments.
 ENV_APP = "LASTCALL_DRILL_APP"
 ENV_PLAIN = "LASTCALL_DRILL_PLAIN"
@@ -91,6 +91,7 @@ class _Controls:
         self._stopped_file = os.environ.get(ENV_STOPPED)
         self._pending: BaseException | None = None
         self._raising = threading.Event()
+        self._logged = threading.Event()  # the loop's exception handler saw the raise
         self._loop: asyncio.AbstractEventLoop | None = None  # an ASGI server's, on the main thread
         signal.signal(signal.SIGUSR1, self._raise_pending)
 
@@ -125,6 +126,7 @@ class _Controls:
                 if main is None:
                     break
                 self._raising.clear()
+                self._logged.clear()
                 signal.pthread_kill(main, signal.SIGUSR1)
                 # Answer once it is raised, so the drill's clock starts with the stop itself.
                 self._raising.wait(_RAISE_WAIT)
@@ -137,16 +139,31 @@ class _Controls:
         """Whether the raise landed inside an asyncio callback, which logs it and runs on.
 
         Raised while the loop waits for I/O, it ends the loop (and the server);
-        raised while a callback runs, asyncio keeps everything but ``SystemExit``
-        and ``KeyboardInterrupt`` to itself. Then the loop is still running.
+        raised while a callback runs, asyncio hands everything but ``SystemExit``
+        and ``KeyboardInterrupt`` to the loop's exception handler (ours, see
+        ``_watch_loop``) and runs on. Whether the loop still runs says nothing:
+        the loop a raise ended runs again in ``asyncio.run``'s teardown.
         """
-        loop = self._loop
-        deadline = time.monotonic() + _RAISE_SETTLE
-        while loop is not None and loop.is_running():
-            if time.monotonic() > deadline:
-                return True
-            time.sleep(_HOLD_POLL)
-        return False
+        return self._loop is not None and self._logged.wait(_RAISE_SETTLE)
+
+    def _watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put a handler before the loop's exception handler that notes our raise."""
+        if self._loop is loop:
+            return
+        self._loop = loop
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            try:
+                if previous is None:
+                    loop.default_exception_handler(context)
+                else:
+                    previous(loop, context)
+            finally:  # once it is logged, so that a next raise cannot land in the logging
+                if context.get("exception") is self._pending is not None:
+                    self._logged.set()
+
+        loop.set_exception_handler(handler)
 
 
 class DrillControl(_Controls):
@@ -196,7 +213,7 @@ class AsgiDrillControl(_Controls):
         path: str = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith(CONTROL):
             # A thread, as a WSGI server's would be: the raise is aimed at the loop's thread.
-            self._loop = asyncio.get_running_loop()
+            self._watch_loop(asyncio.get_running_loop())
             body = await asyncio.to_thread(self._act, path.removeprefix(CONTROL))
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -24,6 +24,7 @@ OLDEST = {
     "gunicorn": "24.1.0",
     "waitress": "3.0.0",
     "uvicorn": "0.30.0",
+    "uvicorn-worker": "0.2.0",
     "hypercorn": "0.16.0",
     "starlette": "0.37.0",
 }
@@ -34,6 +35,7 @@ SERVER_TESTS = [
     "tests/test_versions.py",
     "tests/test_adapters.py",
     "tests/test_gunicorn.py",
+    "tests/test_uvicorn_worker.py",
     "tests/test_waitress.py",
     "tests/test_asgi.py",
     "tests/test_flask_devserver.py",

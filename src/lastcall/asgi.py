@@ -174,6 +174,15 @@ class LastCallMiddleware(HealthPaths):
         self._started = False
         self._adapter: AsgiServer | None = None
         self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
+        self._master_stopping: Callable[[], bool] | None = None
+
+    def share_listeners(self, master_stopping: Callable[[], bool]) -> None:
+        """A master and sibling workers hold our listening sockets (gunicorn's UvicornWorker).
+
+        ``master_stopping()`` says whether they all stop too: only then is the
+        socket shut for everyone; a worker recycled alone leaves it to them.
+        """
+        self._master_stopping = master_stopping
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -356,6 +365,8 @@ class LastCallMiddleware(HealthPaths):
         when a worker ends by a stop of lastcall's; a uvicorn worker
         (``--workers N``) may be one of several restarted in turn.
         """
+        if self._master_stopping is not None:
+            return self._master_stopping()
         return self._hypercorn_worker or multiprocessing.parent_process() is None
 
     async def _notify_ready(self) -> None:

@@ -2,7 +2,10 @@
 
 Or, in an existing ``gunicorn.conf.py``, ``from lastcall.gunicorn import *``
 (a hook of your own with the same name must call ours, e.g.
-``lastcall.gunicorn.post_worker_init(worker)``). Sync and gthread workers.
+``lastcall.gunicorn.post_worker_init(worker)``). Sync and gthread workers,
+and uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``), whose
+ASGI app goes into ``lastcall.asgi.LastCallMiddleware`` and is drained on
+uvicorn's loop as under uvicorn.
 
 What it changes, process by process:
 
@@ -45,15 +48,18 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import lastcall
 from lastcall._config import check_drain_time, resolve
+from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
+from lastcall.asgi import LastCallMiddleware as AsgiMiddleware
 
 __all__ = (
     "child_exit",
@@ -71,6 +77,7 @@ __all__ = (
 Gunicorn: TypeAlias = Any
 
 _MARGIN = 1.0  # seconds a worker keeps back from graceful_timeout, to exit
+_WORKER_BOOT_ERROR = 3  # gunicorn/arbiter.py: the master halts rather than retry the worker
 
 
 _state: dict[str, Any] = {"hook_dir": None, "master_watched": False}
@@ -229,6 +236,9 @@ class _Worker:
         except (TypeError, ValueError) as exc:
             logger.error("%s; using the defaults", exc)
             grace, prestop = float(worker.cfg.graceful_timeout) * 0.75, 0.0
+        if adapter.serves_asgi(worker):
+            self._start_asgi(grace, prestop)
+            return
         server = adapter.GunicornWorker(worker, prestop)
         server.wrap_app()
         if not server.kind:
@@ -246,6 +256,35 @@ class _Worker:
         )
         self._write_hook_file()
         coordinator.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
+
+    def _start_asgi(self, grace: float, prestop: float) -> None:
+        """UvicornWorker: uvicorn's server runs the app here, drained as under uvicorn.
+
+        The app goes into ``lastcall.asgi.LastCallMiddleware`` (its lifespan, the
+        health paths, the drain on uvicorn's loop); the socket is shut for
+        everyone only when the master stops every worker.
+        """
+        worker = self.worker
+        app = worker.wsgi
+        if not isinstance(app, AsgiMiddleware):
+            if not is_coroutine_function(app):
+                logger.error(
+                    "gunicorn's %s serves ASGI apps, an async callable taking (scope, receive, "
+                    "send); %r is not one (a WSGI app runs with -k sync or -k gthread)",
+                    type(worker).__name__,
+                    app,
+                )
+                sys.exit(_WORKER_BOOT_ERROR)
+            app = worker.wsgi = AsgiMiddleware(app, coordinator=lastcall.default)
+        app.share_listeners(adapter.master_stopping)
+        lastcall.default.install(
+            signals=("SIGTERM", "SIGINT"),
+            grace=grace,
+            prestop_delay=prestop,
+            force_signals=("SIGINT",),
+        )
+        self._write_hook_file()
+        lastcall.default.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 
     def _write_hook_file(self) -> None:
         """Tell the master which hooks this worker has, in case it dies before running them."""

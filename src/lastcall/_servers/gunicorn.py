@@ -71,6 +71,20 @@ class _Shared:
 _shared = _Shared()
 
 
+def serves_asgi(worker: Gunicorn) -> bool:
+    """Whether ``worker`` runs uvicorn's server (an ASGI app), not a WSGI loop of gunicorn's.
+
+    ``uvicorn_worker.UvicornWorker``, the older ``uvicorn.workers.UvicornWorker``,
+    and their H11 variants.
+    """
+    return type(worker).__module__.split(".")[0] in ("uvicorn", "uvicorn_worker")
+
+
+def master_stopping() -> bool:
+    """In a worker: whether its master began a full stop (every worker stops)."""
+    return _shared.get(_Shared.STOP)
+
+
 class _Requests:
     """Requests between gunicorn's ``pre_request`` and ``post_request`` hooks (health ones aside).
 

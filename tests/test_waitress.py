@@ -5,16 +5,17 @@ from __future__ import annotations
 import http.client
 import re
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import WAIT, refused
+from conftest import WAIT, free_port, refused
 
-SCRIPT = """
+APP = """
 import logging, os, sys, time
 import lastcall
-from lastcall.waitress import serve
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
 def out(*words):
@@ -31,10 +32,22 @@ def app(environ, start_response):
         time.sleep(1)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
     return [b"done"]
-
+"""
+SCRIPT = (
+    APP
+    + """
+from lastcall.waitress import serve
 out("ready")
 serve(app, listen="127.0.0.1:0", threads=4)
 """
+)
+FACTORY = (
+    APP
+    + """
+def create_app():  # for python -m lastcall.waitress --call
+    return app
+"""
+)
 
 
 def start(spawn, env=None):
@@ -147,3 +160,39 @@ def test_bad_input_fails_before_serving(monkeypatch):
     monkeypatch.setenv("LASTCALL_PRESTOP_DELAY", "5")
     with pytest.raises(ValueError, match="LASTCALL_PRESTOP_DELAY=5 leaves no time"):
         serve(lambda environ, start_response: [], listen="127.0.0.1:0")
+
+
+def test_command_line_takes_waitress_serve_options_and_stops_the_same(spawn):
+    """``python -m lastcall.waitress`` with waitress-serve's options: requests in flight get
+    200 at SIGTERM, readiness goes red while / still answers, then new connections are
+    refused; the hook runs once and the process ends by the signal."""
+    Path(spawn.script_dir, "webapp.py").write_text(FACTORY)
+    port = free_port()
+    argv = [sys.executable, "-m", "lastcall.waitress", f"--listen=127.0.0.1:{port}"]
+    argv += ["--threads=4", "--call", "webapp:create_app"]
+    child = spawn("", argv=argv, env={"LASTCALL_PRESTOP_DELAY": "1"}, wait_ready=False)
+    child.wait_for("Serving on http://", stream="stderr")
+    conns = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        conn.request("GET", "/slow")
+        conns.append(conn)
+    wait_count(child, "slow", 3)
+    child.send(signal.SIGTERM)
+    child.wait_for("pre-stop delay", stream="stderr")
+    assert get(port, "/readyz") == 503
+    assert get(port, "/") == 200
+    for conn in conns:
+        assert conn.getresponse().status == 200
+        conn.close()
+    child.wait_for("waitress stopped accepting", stream="stderr")
+    assert refused(port)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert child.lines("hook:app") == [f"hook:app {child.pid}"]
+
+
+def test_command_line_refuses_an_unknown_option_as_waitress_serve_does(spawn):
+    argv = [sys.executable, "-m", "lastcall.waitress", "--no-such-option", "webapp:app"]
+    child = spawn("", argv=argv, wait_ready=False)
+    assert child.finish() == 1, child.output()
+    assert child.stderr[0] == "Error: option --no-such-option not recognized", child.output()

@@ -17,6 +17,11 @@ The same signature as ``waitress.serve``. On SIGTERM, SIGINT or SIGHUP
 
 A second SIGINT ends the process at once. waitress's loop runs on the
 calling thread, which must be the main thread (signal handlers live there).
+
+From the command line, ``python -m lastcall.waitress`` takes exactly
+``waitress-serve``'s options and serves through ``serve`` above::
+
+    python -m lastcall.waitress --listen=127.0.0.1:8080 --threads=8 --call flaskr:create_app
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 import lastcall
@@ -35,7 +41,7 @@ from lastcall.wsgi import LastCallMiddleware, middlewares_in
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ("serve",)
+__all__ = ("main", "serve")
 
 
 def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress's options
@@ -72,3 +78,20 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
         raise
     else:
         waitress.loop_died()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``waitress-serve``, serving through :func:`serve`: waitress's own parser, help and errors.
+
+    ``waitress.runner.run`` (waitress's ``waitress-serve`` entry point, the
+    same in every version ``versions.WAITRESS`` names) takes the function it
+    serves with as ``_serve``.
+    """
+    runner = importlib.import_module("waitress.runner")
+    args = sys.argv[1:] if argv is None else argv
+    status: int = runner.run(argv=["python -m lastcall.waitress", *args], _serve=serve)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

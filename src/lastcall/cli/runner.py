@@ -549,7 +549,13 @@ def main(argv: list[str] | None = None) -> None:
     if werkzeug:
         from werkzeug.serving import run_simple  # noqa: PLC0415
 
-        run_simple(HOST, args.port, app, use_reloader=args.reload, threaded=True)
+        # The stat reloader, not watchdog's (installed beside mkdocs, say): watchdog's
+        # inotify queue overflows while several drills run at once, its observer thread
+        # then takes seconds to stop, and the child's main thread ends by waiting for it.
+        # The drill measures the stop, not the reloader's choice of watcher.
+        run_simple(
+            HOST, args.port, app, use_reloader=args.reload, reloader_type="stat", threaded=True
+        )
         return
     # Plain: waitress.serve as shipped; else lastcall's, which takes the same arguments.
     module = importlib.import_module("waitress" if args.plain else "lastcall.waitress")

@@ -107,6 +107,8 @@ class Coordinator:
         self._not_ready: str | None = None  # set_ready(False, reason)
         self._starting = False  # an integration said it will call serving()
         self._health: HealthServer | None = None
+        # Who can list the requests in flight (the middlewares), asked only when a drain overruns.
+        self._request_listers: list[weakref.WeakMethod[Callable[[], list[dict[str, Any]]]]] = []
         _coordinators.add(self)
 
     def _reset_state(self) -> None:
@@ -476,6 +478,36 @@ class Coordinator:
         """
         return Busy(self._busy, name)
 
+    def list_requests_with(self, lister: Callable[[], list[dict[str, Any]]]) -> None:
+        """For integrations: ``lister()`` names the requests in flight (method, path, seconds).
+
+        A bound method, held weakly; it is asked only when the drain's budget
+        runs out with requests still in flight (``note_requests_in_flight``).
+        """
+        self._request_listers.append(weakref.WeakMethod(lister))
+
+    def note_requests_in_flight(self) -> None:
+        """The drain's budget ran out: put the requests still in flight in the report, at ERROR.
+
+        Called by the drain before it cancels them, so they are still there to list.
+        """
+        requests = self._requests_in_flight()
+        report = self._in_progress
+        if report is not None:
+            report.requests = requests
+        for request in requests:
+            log.log(
+                logging.ERROR,
+                "request %s %s still in flight after %.1f s when the drain budget ran out",
+                request["method"],
+                request["path"],
+                request["seconds"],
+            )
+
+    def _requests_in_flight(self) -> list[dict[str, Any]]:
+        listers = [ref() for ref in self._request_listers]
+        return [request for lister in listers if lister is not None for request in lister()]
+
     def unregister(self, func: HookFunc) -> bool:
         """Remove every registration of ``func``; True if there was one."""
         with self._lock:
@@ -812,6 +844,7 @@ class Coordinator:
         self._ending = (128 + signum, signum)
         if report is not None and self._report is None:
             report.busy = self._busy.in_progress()
+            report.requests = self._requests_in_flight()
             report.forced = True
             report.exit_status = 128 + signum
             self._finish(report)

@@ -157,7 +157,8 @@ class Report:
     (``trigger()`` or ``shutdown()``); ``reason`` adds detail in words.
     ``exit_status`` is what a shell will see (128+N after a signal), or
     ``None`` when the interpreter decides it (a normal exit). ``busy`` names
-    the ``lastcall.busy`` blocks still running when the drain gave up on them.
+    the ``lastcall.busy`` blocks still running when the drain gave up on them;
+    ``requests`` the HTTP requests still in flight then (method, path, seconds).
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -172,6 +173,7 @@ class Report:
         exit_status: int | None = None,
         forced: bool = False,
         busy: list[dict[str, Any]] | None = None,
+        requests: list[dict[str, Any]] | None = None,
     ) -> None:
         self.trigger = trigger
         self.reason = reason
@@ -182,6 +184,7 @@ class Report:
         self.exit_status = exit_status
         self.forced = forced
         self.busy: list[dict[str, Any]] = busy if busy is not None else []
+        self.requests: list[dict[str, Any]] = requests if requests is not None else []
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -218,6 +221,7 @@ class Report:
             "exit_status": self.exit_status,
             "forced": self.forced,
             "busy": self.busy,
+            "requests": self.requests,
         }
 
     @classmethod

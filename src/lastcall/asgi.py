@@ -63,6 +63,15 @@ begins, rather than be cancelled at the end of the drain::
 The token is also in the lifespan state, so per request it is
 ``request.state.lastcall_stopping`` (Starlette, FastAPI) or
 ``scope["state"]["lastcall_stopping"]``.
+
+What the drain budget cuts short still ends the way its client expects:
+as the task is cancelled, a WebSocket the app accepted and never closed is
+sent close code 1001 (going away), so its client reconnects elsewhere
+instead of seeing a dropped connection; a ``text/event-stream`` response
+(SSE) gets a clean end (its final empty body) after the last event sent.
+Other responses are left cut: a download ended cleanly would look
+complete. Only what is cancelled pays for this, and the HTTP requests
+among it are listed in the report (method, path, seconds in flight).
 """
 
 from __future__ import annotations
@@ -101,6 +110,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
 
     from lastcall import Coordinator
+    from lastcall._stoptoken import StopToken
 
     Scope = MutableMapping[str, Any]
     Message = MutableMapping[str, Any]
@@ -112,6 +122,9 @@ __all__ = ("LastCallMiddleware",)
 
 _SERVER_STARTED_POLL = 0.02
 _SERVER_STARTED_WAIT = 10.0
+_GOING_AWAY = 1001  # the WebSocket close code for a server going down (RFC 6455, 7.4.1)
+_LAST_WORD_WAIT = 1.0  # at most, for the server to send a cancelled exchange's last message
+_monotonic = time.monotonic
 
 
 class LastCallMiddleware(HealthPaths):
@@ -163,7 +176,8 @@ class LastCallMiddleware(HealthPaths):
         self._readyz_path = readyz_path
         self._drain_timeout = drain_timeout
         self._take_signals = take_signals
-        self._live: set[asyncio.Task[Any]] = set()  # touched on the loop's thread only
+        # What is in flight, by the task serving it; touched on the loop's thread only.
+        self._live: dict[asyncio.Task[Any], _Exchange] = {}
         self._idle = threading.Event()  # set while nothing is in flight; waited on by the drain
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,7 +223,7 @@ class LastCallMiddleware(HealthPaths):
             if path == self._livez_path:
                 await _json(scope, send, 200, ALIVE)
                 return
-            await self._counted(scope, receive, self._closing_send(send))
+            await self._counted(scope, receive, send)
         elif kind == "websocket":
             await self._counted(scope, receive, send)
         elif kind == "lifespan":
@@ -223,28 +237,34 @@ class LastCallMiddleware(HealthPaths):
         if task is None:  # not inside a task: nothing to count or cancel
             await self._app(scope, receive, send)
             return
-        live.add(task)
+        exchange = _Exchange(scope, send, self._stopping)
+        live[task] = exchange
         self._idle.clear()
         try:
-            await self._app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._app(scope, exchange.websocket_receive(receive), exchange.send)
+            else:
+                await self._app(scope, receive, exchange.send)
+        except asyncio.CancelledError:
+            await exchange.last_word()
+            raise
         finally:
-            live.discard(task)
+            live.pop(task, None)
             if not live:
                 self._idle.set()
 
-    def _closing_send(self, send: Send) -> Send:
-        stopping = self._stopping
-
-        async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and stopping.is_set():
-                headers = [
-                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"
-                ]
-                headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return closing_send
+    def requests_in_flight(self) -> list[dict[str, Any]]:
+        """The HTTP requests in flight: method, path, seconds so far (for the report)."""
+        now = _monotonic()
+        return [
+            {
+                "method": exchange.scope.get("method", ""),
+                "path": exchange.scope.get("path", ""),
+                "seconds": round(now - exchange.began, 3),
+            }
+            for exchange in list(self._live.values())
+            if exchange.scope["type"] == "http"
+        ]
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
@@ -312,6 +332,7 @@ class LastCallMiddleware(HealthPaths):
         coordinator = self._coordinator
         coordinator.use_loop(loop)
         coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
+        coordinator.list_requests_with(self.requests_in_flight)
         systemd.attach(coordinator)
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
@@ -389,6 +410,79 @@ class LastCallMiddleware(HealthPaths):
         self._drain_began.set()
         if self._adapter is not None:
             drain(self._adapter, self._coordinator, budget=self._drain_timeout)
+
+
+class _Exchange:
+    """One request or WebSocket in flight: what it is, since when, and what it left open.
+
+    ``send`` passes the app's messages on, adding ``Connection: close`` to a
+    response begun while stopping, and notes what is open (a response begun
+    and not ended, a WebSocket accepted and not closed) so that a cancelled
+    exchange can be ended the way its client expects (``last_word``).
+    """
+
+    __slots__ = ("_send", "_stopping", "began", "open", "scope")
+
+    def __init__(self, scope: Scope, send: Send, stopping: StopToken) -> None:
+        self.scope = scope
+        self._send = send
+        self._stopping = stopping
+        self.began = _monotonic()
+        self.open: Message | None = None  # http.response.start or websocket.accept, until ended
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not message.get("more_body", False):
+                self.open = None
+        elif kind == "http.response.start":
+            if self._stopping.is_set():
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"
+                ]
+                headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            self.open = message
+        elif kind == "websocket.accept":
+            self.open = message
+        elif kind == "websocket.close":
+            self.open = None
+        await self._send(message)
+
+    def websocket_receive(self, receive: Receive) -> Receive:
+        """``receive``, noting a client that closed (nothing is left to tell it)."""
+
+        async def noting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.open = None
+            return message
+
+        return noting_receive
+
+    async def last_word(self) -> None:
+        """Cancelled: 1001 to an open WebSocket, a clean end to an SSE stream; else nothing."""
+        opened = self.open
+        if opened is None:
+            return
+        if opened["type"] == "websocket.accept":
+            last: Message = {"type": "websocket.close", "code": _GOING_AWAY, "reason": ""}
+        elif _is_event_stream(opened):
+            last = {"type": "http.response.body", "body": b"", "more_body": False}
+        else:
+            return
+        self.open = None
+        try:
+            await asyncio.wait_for(self._send(last), _LAST_WORD_WAIT)
+        except Exception as exc:  # the client may be gone: nothing to tell
+            logger.debug("could not end a cancelled %s cleanly: %r", self.scope["type"], exc)
+
+
+def _is_event_stream(start: Message) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.lower().startswith(b"text/event-stream")
+        for name, value in start.get("headers", ())
+    )
 
 
 class _AppLifespan:

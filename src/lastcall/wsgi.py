@@ -25,13 +25,15 @@ The in-flight count is what the ``drain`` phase waits on (``wait_idle``). A
 request counts from the moment it enters until the server closes its
 response iterable, so a streamed response counts until its last chunk has
 been sent, not merely until the view returned. Health requests are not
-counted: they never touch the app.
+counted: they never touch the app. What is still in flight when the drain
+budget runs out is listed in the report (method, path, seconds in flight).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._health import (
@@ -57,6 +59,7 @@ __all__ = ("LastCallMiddleware",)
 # Servers that refuse hop-by-hop headers from the app (PEP 3333) and close
 # connections their own way while stopping: waitress, wsgiref.
 _NO_CONNECTION_HEADER = ("waitress", "WSGIServer/")
+_monotonic = time.monotonic
 
 
 class LastCallMiddleware(HealthPaths):
@@ -94,6 +97,7 @@ class LastCallMiddleware(HealthPaths):
         self._waiters = 0  # wait_idle() callers: only then does the last request out notify
         self._idle = threading.Condition(threading.Lock())
         self._server_counts: Callable[[], int] | None = None
+        coordinator.list_requests_with(self.requests_in_flight)
 
     def count_with(self, in_flight: Callable[[], int]) -> None:
         """Leave counting to the server: responses then pass through unwrapped.
@@ -110,6 +114,18 @@ class LastCallMiddleware(HealthPaths):
         """Requests entered and not yet finished, as this middleware or the server counts them."""
         server_counts = self._server_counts
         return len(self._live) if server_counts is None else server_counts()
+
+    def requests_in_flight(self) -> list[dict[str, Any]]:
+        """The requests this middleware counts in flight: method, path, seconds so far."""
+        now = _monotonic()
+        return [
+            {
+                "method": response.environ.get("REQUEST_METHOD", ""),
+                "path": response.environ.get("PATH_INFO", ""),
+                "seconds": round(now - response.began, 3),
+            }
+            for response in list(self._live)
+        ]
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight (True) or ``timeout`` seconds pass (False)."""
@@ -129,7 +145,7 @@ class LastCallMiddleware(HealthPaths):
             return _json(environ, start_response, "200 OK", ALIVE)
         if self._server_counts is not None:
             return self._app(environ, start_response)
-        response = _Response(self, start_response, environ.get("SERVER_SOFTWARE", ""))
+        response = _Response(self, start_response, environ)
         self._live.add(response)
         try:
             response.iterable = self._app(environ, response.start_response)
@@ -164,14 +180,19 @@ class _Response:
     cost; ``close()`` closes the app's iterable, then leaves, once.
     """
 
-    __slots__ = ("_middleware", "_server", "_start_response", "iterable")
+    __slots__ = ("_middleware", "_server", "_start_response", "began", "environ", "iterable")
 
     def __init__(
-        self, middleware: LastCallMiddleware, start_response: StartResponse, server: str
+        self,
+        middleware: LastCallMiddleware,
+        start_response: StartResponse,
+        environ: WSGIEnvironment,
     ) -> None:
         self._middleware: LastCallMiddleware | None = middleware  # None once closed
         self._start_response = start_response
-        self._server = server
+        self._server: str = environ.get("SERVER_SOFTWARE", "")
+        self.environ = environ  # method and path, should the report list it
+        self.began = _monotonic()
         self.iterable: Iterable[bytes] = ()
 
     def start_response(

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from lastcall._report import logger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Collection, Coroutine
 
 __all__ = ("AsgiServer", "AsyncioDoor")
 
@@ -69,7 +69,7 @@ class AsgiServer:
     def __init__(  # noqa: PLR0917  # the middleware's own state, handed over once
         self,
         loop: asyncio.AbstractEventLoop,
-        live: set[asyncio.Task[Any]],
+        live: Collection[asyncio.Task[Any]],
         idle: threading.Event,
         drained: threading.Event,
         stop_server: Callable[[], Callable[[], object] | None],

@@ -15,7 +15,8 @@ the budget and the log lines are decided here, once.
 3. **Wait until idle**, within ``Coordinator.drain_budget()`` (the hooks
    after the drain keep their share of the grace), closing keep-alive
    connections as they fall idle.
-4. **Cancel what overran**, and say so; the stop goes on to the hooks.
+4. **Cancel what overran**, and say so (the requests, by method and path,
+   in the report); the stop goes on to the hooks.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = 
         return True
 
     left = adapter.in_flight()
+    coordinator.note_requests_in_flight()  # while they are still there to list
     cancelled = adapter.cancel()
     logger.warning(
         "%s: drain budget spent with %d still in flight; %d cancelled, the stop goes on",

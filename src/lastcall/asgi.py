@@ -101,7 +101,7 @@ from lastcall._health import (
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
 from lastcall._servers import hypercorn, uvicorn
-from lastcall._servers.asgi import AsgiServer, AsyncioDoor
+from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._signals import SignalHandlers
 from lastcall._stoptoken import _resolve
@@ -245,8 +245,13 @@ class LastCallMiddleware(HealthPaths):
                 await self._app(scope, exchange.websocket_receive(receive), exchange.send)
             else:
                 await self._app(scope, receive, exchange.send)
-        except asyncio.CancelledError:
-            await exchange.last_word()
+        except asyncio.CancelledError as cancelled:
+            if await exchange.last_word() and cancelled.args == (DRAIN_BUDGET_SPENT,):
+                # Ended as its client expects, by the drain's own cancel: for the server,
+                # this exchange is over, not an error of the app to log with a traceback.
+                if sys.version_info >= (3, 11):
+                    task.uncancel()
+                return
             raise
         finally:
             live.pop(task, None)
@@ -460,22 +465,24 @@ class _Exchange:
 
         return noting_receive
 
-    async def last_word(self) -> None:
-        """Cancelled: 1001 to an open WebSocket, a clean end to an SSE stream; else nothing."""
+    async def last_word(self) -> bool:
+        """Cancelled: 1001 to an open WebSocket, a clean end to an SSE stream; whether sent."""
         opened = self.open
         if opened is None:
-            return
+            return False
         if opened["type"] == "websocket.accept":
             last: Message = {"type": "websocket.close", "code": _GOING_AWAY, "reason": ""}
         elif _is_event_stream(opened):
             last = {"type": "http.response.body", "body": b"", "more_body": False}
         else:
-            return
+            return False
         self.open = None
         try:
             await asyncio.wait_for(self._send(last), _LAST_WORD_WAIT)
         except Exception as exc:  # the client may be gone: nothing to tell
             logger.debug("could not end a cancelled %s cleanly: %r", self.scope["type"], exc)
+            return False
+        return True
 
 
 def _is_event_stream(start: Message) -> bool:

@@ -49,7 +49,9 @@ from lastcall._report import logger
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Coroutine
 
-__all__ = ("AsgiServer", "AsyncioDoor")
+__all__ = ("DRAIN_BUDGET_SPENT", "AsgiServer", "AsyncioDoor")
+
+DRAIN_BUDGET_SPENT = "lastcall: drain budget spent"  # the message of the drain's cancel
 
 _SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
 _AFTER_CANCEL = 1.0  # after cancelling what overran, how long to let the server notice
@@ -193,7 +195,7 @@ class AsgiServer:
 
     def _cancel_in_flight(self) -> None:
         for task in list(self._live):
-            task.cancel("lastcall: drain budget spent")
+            task.cancel(DRAIN_BUDGET_SPENT)
 
 
 class _RequestTask(asyncio.Task[Any]):

@@ -223,7 +223,7 @@ class _RequestTask(asyncio.Task[Any]):
         if loop.is_running() or self not in server._live:  # noqa: SLF001  # the adapter's own
             return super().cancel(msg)
         server.loop_dying()
-        loop.call_later(server._budget(), super().cancel, "lastcall: drain budget spent")  # noqa: SLF001
+        loop.call_later(server._budget(), super().cancel, DRAIN_BUDGET_SPENT)  # noqa: SLF001
         return False
 
 

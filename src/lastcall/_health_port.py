@@ -9,27 +9,40 @@ it answers whatever the workers do, until the process is gone.
 Why ``http.server``: the standard library, one thread per probe, nothing to
 install; probes are few and tiny. Loopback by default (kubelet probes a pod
 on its own address: set ``LASTCALL_HEALTH_HOST=0.0.0.0`` there).
+
+Under a master with workers (gunicorn's arbiter, ``uvicorn --workers``'s
+supervisor) one listener serves the whole service, in the master: it is
+up before any worker, knows when the stop begins, and outlives every
+worker. It takes ``LASTCALL_HEALTH_PORT`` out of the environment the
+workers inherit, so none of them tries to bind the port too
+(``serve_for_workers``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
-    from lastcall._coordinator import Coordinator
+    from collections.abc import Callable
+
+    from lastcall._config import Settings
+
+    # ("ready" | "starting" | "not_ready" | "stopping", reason): Coordinator.readiness
+    Readiness = Callable[[], tuple[str, str | None]]
 
 
 class HealthServer(ThreadingHTTPServer):
-    """``/livez`` (200 while the process lives) and ``/readyz`` (the coordinator's readiness)."""
+    """``/livez`` (200 while the process lives) and ``/readyz`` (what ``readiness()`` says)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, coordinator: Coordinator, host: str, port: int) -> None:
-        self.coordinator = coordinator
+    def __init__(self, readiness: Readiness, host: str, port: int) -> None:
+        self.readiness = readiness
         super().__init__((host, port), _Probe)
 
     def start(self) -> None:
@@ -43,7 +56,7 @@ class _Probe(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] == "/livez":
             self._answer(200, {"status": "alive"})
         elif self.path.split("?", 1)[0] == "/readyz":
-            status, reason = self.server.coordinator.readiness()
+            status, reason = self.server.readiness()
             body: dict[str, object] = {"status": status}
             if reason:
                 body["reason"] = reason
@@ -67,14 +80,27 @@ class _Probe(BaseHTTPRequestHandler):
         """Probes every few seconds would fill the log: say nothing."""
 
 
-def start(coordinator: Coordinator, host: str, port: int) -> HealthServer:
+def start(readiness: Readiness, host: str, port: int) -> HealthServer:
     """Bind now (an error names the port at start-up), then answer on a daemon thread."""
     try:
-        server = HealthServer(coordinator, host, port)
+        server = HealthServer(readiness, host, port)
     except OSError as exc:
         raise OSError(
             f"LASTCALL_HEALTH_PORT={port}: cannot listen on {host}:{port} ({exc.strerror}); "
             "choose a free port"
         ) from None
     server.start()
+    return server
+
+
+def serve_for_workers(readiness: Readiness, settings: Settings) -> HealthServer | None:
+    """In a master: the one listener for every worker; the workers it starts will not bind one.
+
+    None when ``LASTCALL_HEALTH_PORT`` is unset. Workers are started after
+    this (forked or spawned), so the environment they get lacks the port.
+    """
+    if settings.health_port is None:
+        return None
+    server = start(readiness, settings.health_host, settings.health_port)
+    os.environ.pop("LASTCALL_HEALTH_PORT", None)
     return server

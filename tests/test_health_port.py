@@ -26,8 +26,8 @@ def probe(port: int, path: str) -> tuple[int, dict[str, object]]:
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
+        except urllib.error.URLError as error:
+            if not isinstance(error.reason, ConnectionRefusedError) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 

@@ -103,4 +103,7 @@ def serve_for_workers(readiness: Readiness, settings: Settings) -> HealthServer 
         return None
     server = start(readiness, settings.health_host, settings.health_port)
     os.environ.pop("LASTCALL_HEALTH_PORT", None)
+    # A forked worker must not hold the port open: were the master killed, probes
+    # would queue there unanswered instead of being refused.
+    os.register_at_fork(after_in_child=server.socket.close)
     return server

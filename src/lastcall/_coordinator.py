@@ -253,7 +253,7 @@ class Coordinator:
     def _start_health_listener(self, settings: Settings) -> None:
         if settings.health_port is None or self._health is not None:
             return
-        from lastcall import _health_port  # noqa: PLC0415  # http.server only when asked for
+        from lastcall import _health_port  # noqa: PLC0415  # socketserver only when asked for
 
         host, port = settings.health_host, settings.health_port
         self._health = _health_port.start(self.readiness, host, port)

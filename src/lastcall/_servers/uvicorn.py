@@ -150,7 +150,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Before the first worker starts: settings, health port, signals."""
-        from lastcall import _health_port  # noqa: PLC0415  # http.server, in the supervisor only
+        from lastcall import _health_port  # noqa: PLC0415  # socketserver, in the supervisor only
 
         TESTED.check()
         settings = resolve()  # a bad LASTCALL_* setting stops here, in one line

@@ -164,12 +164,19 @@ class Supervisor:
         coordinator.when_done(lambda _report: shutil.rmtree(self.directory, ignore_errors=True))
         # After Multiprocess.__init__ took every signal: SIGTERM and SIGINT become
         # lastcall's; the workers do the pre-stop delay, so the supervisor has none.
-        coordinator.install(
-            signals=("SIGTERM", "SIGINT"),
-            grace=settings.grace + _MARGIN,
-            prestop_delay=0,
-            health_port=None,
-        )
+        # No report here: no hook of the app's runs here, and at a path without
+        # {pid} the supervisor, last out, would overwrite a worker's report.
+        report = os.environ.pop("LASTCALL_REPORT", None)
+        try:
+            coordinator.install(
+                signals=("SIGTERM", "SIGINT"),
+                grace=settings.grace + _MARGIN,
+                prestop_delay=0,
+                health_port=None,
+            )
+        finally:
+            if report is not None:
+                os.environ["LASTCALL_REPORT"] = report  # for the workers, spawned next
 
     def _workers_serving(self) -> bool:
         serving = sum(1 for path in self.directory.glob("serving-*"))

@@ -66,7 +66,7 @@ def _control_socket(directory) -> list[str]:
 
 
 def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=None, wait=True):
-    """Start gunicorn on an ephemeral port; wait until every worker is ready (unless not ``wait``)."""
+    """Start gunicorn on an ephemeral port; with ``wait``, wait until every worker is ready."""
     Path(spawn.script_dir, "webapp.py").write_text(app)
     argv = [
         sys.executable,

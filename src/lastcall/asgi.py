@@ -273,6 +273,7 @@ class LastCallMiddleware(HealthPaths):
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
+            self._coordinator.serving()  # a request answered here: the server serves
             not_ready = not_ready_body(self._coordinator)
             await _json(scope, send, 200 if not_ready is None else 503, not_ready or READY)
             return

@@ -92,6 +92,14 @@ def test_readiness_toggle_in_process():
     coordinator.expect_serving()
     assert coordinator.readiness() == ("starting", None)
     coordinator.serving()
+    booted: list[int] = []
+    coordinator.expect_serving(until=lambda: len(booted) >= 2)  # a master counting workers
+    booted.append(1)
+    assert coordinator.readiness() == ("starting", None)
+    booted.append(2)
+    assert coordinator.readiness() == ("ready", None)
+    booted.clear()
+    assert coordinator.readiness() == ("ready", None)  # once serving, not asked again
     coordinator.set_not_ready("shedding load")
     assert coordinator.readiness() == ("not_ready", "shedding load")
     coordinator.set_ready()

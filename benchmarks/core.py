@@ -7,7 +7,12 @@ Each figure is compared with a baseline measured in the same run:
 (c) ``import lastcall`` in a fresh interpreter, against starting that
     interpreter;
 (d) one ``with lastcall.busy(...)`` enter and exit, against ``with nullcontext()``;
-(e) unregistering 100,000 hooks one by one, against registering them.
+(e) unregistering 100,000 hooks one by one, against registering them;
+(f) the resident memory of an idle process with ``LASTCALL_HEALTH_PORT``'s
+    listener, against the same process without it;
+(g) a ``/readyz`` probe on that listener while the main thread computes
+    without pause (a sync worker busy with a request), against the same
+    probe while the process is idle.
 Run: python benchmarks/core.py [--runs N]
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import signal
 import statistics
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import lastcall
 
@@ -32,6 +39,76 @@ sys.stdout.write("ready\\n"); sys.stdout.flush()
 while True:
     time.sleep(60)
 """
+
+
+BUSY = """
+import sys
+{setup}
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+while True:
+    sum(range(10**5))  # the GIL is the listener's only way in
+"""
+
+
+# The health listener on a free port (0), which the process prints before "ready".
+WITH_LISTENER = (
+    "import lastcall; lastcall.install(health_port=0); "
+    "sys.stdout.write(f'{lastcall.default.health_address[1]} ')"
+)
+
+
+def start_ready(source: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -c source``; return it and its first line, once written."""
+    proc = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def rss(pid: int) -> float:
+    """Resident memory of ``pid``, in bytes (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc: this figure needs Linux")
+
+
+def health_rss(runs: int) -> tuple[float, float]:
+    """Median RSS of an idle installed process with the health listener, and without."""
+    with_listener, without = [], []
+    for _ in range(runs):
+        for sink, setup in (
+            (without, "import lastcall; lastcall.install()"),
+            (with_listener, WITH_LISTENER),
+        ):
+            proc, _ = start_ready(IDLE.format(setup=setup))
+            sink.append(rss(proc.pid))
+            end(proc)
+    return statistics.median(with_listener), statistics.median(without)
+
+
+def probe_latency(template: str, probes: int) -> float:
+    """Median seconds for a ``/readyz`` on the health listener of a process running ``template``."""
+    proc, line = start_ready(template.format(setup=WITH_LISTENER))
+    port = int(line.split()[0])
+    times = []
+    try:
+        for _ in range(probes):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            began = time.perf_counter()
+            conn.request("GET", "/readyz")
+            conn.getresponse().read()
+            times.append(time.perf_counter() - began)
+            conn.close()
+    finally:
+        end(proc)
+    return statistics.median(times)
 
 
 def stop_latency(setup: str) -> float:
@@ -141,6 +218,8 @@ def main() -> None:
     imported, started = import_time(runs)
     busy, null = busy_cost(runs)
     unregistered, registered = unregister_cost()
+    memory, memory_bare = health_rss(max(3, runs // 3))
+    busy_probe, idle_probe = probe_latency(BUSY, runs * 4), probe_latency(IDLE, runs * 4)
 
     rows = [
         (
@@ -155,6 +234,7 @@ def main() -> None:
         ("(c) import lastcall", imported, started, "python -c pass", imported, 0.015),
         ("(d) busy() enter+exit", busy, null, "nullcontext()", busy, 0.000001),
         ("(e) unregister 100k hooks", unregistered, registered, "registering", unregistered, 1.0),
+        ("(g) /readyz, main busy", busy_probe, idle_probe, "main idle", busy_probe, 0.050),
     ]
     print(
         f"{'figure':<28}{'lastcall':>11}{'baseline':>11}  {'(baseline is)':<16}{'ratio':>8}"
@@ -168,6 +248,12 @@ def main() -> None:
             f"{ratio:>7.2f}x{measure * 1000:>9.4f}ms{target * 1000:>7.3f}ms  {ok}"
         )
     print(f"(median of {runs} runs; (a) measure is lastcall minus bare, target at most 1 ms over)")
+    extra = memory - memory_bare
+    print(
+        f"(f) health listener RSS: {memory / 2**20:.1f} MiB against {memory_bare / 2**20:.1f} MiB "
+        f"without ({memory / memory_bare:.2f}x, +{extra / 2**10:.0f} KiB; target at most "
+        f"+2048 KiB: {'yes' if extra <= 2 * 2**20 else 'NO'})"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ def _control_socket(directory) -> list[str]:
     return ["--control-socket", str(Path(directory, "gunicorn.ctl"))]
 
 
-def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=None):
-    """Start gunicorn on an ephemeral port; wait until every worker is ready."""
+def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=None, wait=True):
+    """Start gunicorn on an ephemeral port; with ``wait``, wait until every worker is ready."""
     Path(spawn.script_dir, "webapp.py").write_text(app)
     argv = [
         sys.executable,
@@ -87,7 +87,8 @@ def start(spawn, *args: str, workers: int = 2, env=None, app: str = APP, conf=No
     child = spawn("", argv=argv, env=env, wait_ready=False)
     line = child.wait_for("Listening at:", stream="stderr")
     child.port = int(re.search(r":(\d+) \(", line).group(1))
-    wait_lines(child, "ready; its shutdown hooks", workers)
+    if wait:
+        wait_lines(child, "ready; its shutdown hooks", workers)
     return child
 
 

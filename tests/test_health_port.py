@@ -26,8 +26,8 @@ def probe(port: int, path: str) -> tuple[int, dict[str, object]]:
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
+        except urllib.error.URLError as error:
+            if not isinstance(error.reason, ConnectionRefusedError) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 
@@ -92,6 +92,14 @@ def test_readiness_toggle_in_process():
     coordinator.expect_serving()
     assert coordinator.readiness() == ("starting", None)
     coordinator.serving()
+    booted: list[int] = []
+    coordinator.expect_serving(until=lambda: len(booted) >= 2)  # a master counting workers
+    booted.append(1)
+    assert coordinator.readiness() == ("starting", None)
+    booted.append(2)
+    assert coordinator.readiness() == ("ready", None)
+    booted.clear()
+    assert coordinator.readiness() == ("ready", None)  # once serving, not asked again
     coordinator.set_not_ready("shedding load")
     assert coordinator.readiness() == ("not_ready", "shedding load")
     coordinator.set_ready()
@@ -123,3 +131,48 @@ out("ready")
         assert child.finish() == 0
         line = child.wait_for("refused:")
         assert f"LASTCALL_HEALTH_PORT={port}: cannot listen on 127.0.0.1:{port}" in line
+
+
+BUSY_APP = """
+import os, time
+
+time.sleep(0.5)  # the app takes a while to load: the master's /readyz says starting
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/busy":
+        os.write(1, b"busy\\n")
+        time.sleep(3)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+"""
+
+
+def test_gunicorn_master_serves_the_health_port_for_a_busy_worker(spawn):
+    """Steps: gunicorn, one sync worker, LASTCALL_HEALTH_PORT: the master answers /readyz
+    starting until the worker has loaded the app, then 200, in well under a second while the
+    only worker is busy for 3 s; after SIGTERM /readyz 503 stopping, /livez 200; the busy
+    request still gets its 200."""
+    from test_gunicorn import collect, send_slow, start, wait_lines
+
+    health = free_port()
+    child = start(
+        spawn, workers=1, app=BUSY_APP, env={"LASTCALL_HEALTH_PORT": str(health)}, wait=False
+    )
+    assert probe(health, "/readyz") == (503, {"status": "starting"})
+    wait_lines(child, "ready; its shutdown hooks", 1)
+    assert probe(health, "/readyz") == (200, {"status": "ready"})
+
+    busy, readers = collect(send_slow(child.port, 1, "/busy"))
+    child.wait_for("busy")
+    began = time.monotonic()
+    assert probe(health, "/readyz") == (200, {"status": "ready"})
+    assert time.monotonic() - began < 0.5
+    child.send(signal.SIGTERM)
+    deadline = time.monotonic() + WAIT
+    while probe(health, "/readyz")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert probe(health, "/readyz") == (503, {"status": "stopping"})
+    assert probe(health, "/livez") == (200, {"status": "alive"})
+    assert child.finish() == 0, child.output()
+    readers[0].join(WAIT)
+    assert busy == [(200, b"done")]

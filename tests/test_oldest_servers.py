@@ -36,6 +36,7 @@ SERVER_TESTS = [
     "tests/test_adapters.py",
     "tests/test_gunicorn.py",
     "tests/test_uvicorn_worker.py",
+    "tests/test_uvicorn_workers.py",
     "tests/test_waitress.py",
     "tests/test_asgi.py",
     "tests/test_flask_devserver.py",

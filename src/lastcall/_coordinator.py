@@ -105,7 +105,8 @@ class Coordinator:
         self._stood_aside: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._not_ready: str | None = None  # set_ready(False, reason)
-        self._starting = False  # an integration said it will call serving()
+        # An integration said it will call serving(), or gave a test that says when it serves.
+        self._starting: bool | Callable[[], bool] = False
         self._health: HealthServer | None = None
         # Who can list the requests in flight (the middlewares), asked only when a drain overruns.
         self._request_listers: list[weakref.WeakMethod[Callable[[], list[dict[str, Any]]]]] = []
@@ -252,9 +253,10 @@ class Coordinator:
     def _start_health_listener(self, settings: Settings) -> None:
         if settings.health_port is None or self._health is not None:
             return
-        from lastcall import _health_port  # noqa: PLC0415  # http.server only when asked for
+        from lastcall import _health_port  # noqa: PLC0415  # socketserver only when asked for
 
-        self._health = _health_port.start(self, settings.health_host, settings.health_port)
+        host, port = settings.health_host, settings.health_port
+        self._health = _health_port.start(self.readiness, host, port)
 
     @property
     def health_address(self) -> tuple[str, int] | None:
@@ -281,9 +283,13 @@ class Coordinator:
         """Turn readiness back on after ``set_not_ready()``."""
         self._not_ready = None
 
-    def expect_serving(self) -> None:
-        """For integrations: readiness is ``starting`` until ``serving()`` is called."""
-        self._starting = True
+    def expect_serving(self, until: Callable[[], bool] | None = None) -> None:
+        """For integrations: readiness is ``starting`` until ``serving()`` is called.
+
+        Or until ``until()`` says so (a master counting its workers): asked only
+        when readiness is, so nothing polls; once true, it is not asked again.
+        """
+        self._starting = until or True
 
     def serving(self) -> None:
         """For integrations: the server accepts requests and the app's start-up is done."""
@@ -295,8 +301,10 @@ class Coordinator:
             return "stopping", None
         if self._not_ready is not None:
             return "not_ready", self._not_ready
-        if self._starting:
+        starting = self._starting
+        if starting and (starting is True or not starting()):
             return "starting", None
+        self._starting = False
         return "ready", None
 
     def _renew_if_gevent_patched(self) -> None:
@@ -910,6 +918,7 @@ class Coordinator:
                 hook.func, phase=hook.phase, timeout=hook.timeout, name=hook.name, inherit=True
             )
         self._loop = None  # the parent's loop is not running here
+        self._starting = False  # the parent's start-up (a master's workers) is not this one's
         self.stopping._renew()  # noqa: SLF001
         if self._health is not None:  # the parent answers; its thread is not here
             self._health.socket.close()

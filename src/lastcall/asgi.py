@@ -273,6 +273,7 @@ class LastCallMiddleware(HealthPaths):
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
+            self._coordinator.serving()  # a request answered here: the server serves
             not_ready = not_ready_body(self._coordinator)
             await _json(scope, send, 200 if not_ready is None else 503, not_ready or READY)
             return
@@ -289,6 +290,7 @@ class LastCallMiddleware(HealthPaths):
             raise RuntimeError(f"expected lifespan.startup from the server, got {message['type']}")
         if isinstance(scope.get("state"), dict):
             scope["state"]["lastcall_stopping"] = self._stopping
+        self._coordinator.expect_serving()  # /readyz: starting, until _serving
         app = _AppLifespan(self._app, scope)
         answer = await app.exchange(message)
         if answer is not None and answer["type"] == "lifespan.startup.failed":
@@ -300,7 +302,7 @@ class LastCallMiddleware(HealthPaths):
             )
         self._start(loop)
         await send({"type": "lifespan.startup.complete"})
-        ready = loop.create_task(self._notify_ready())
+        ready = loop.create_task(self._serving())
 
         await receive()  # lifespan.shutdown: the server has drained
         self._server_drained.set()
@@ -342,6 +344,9 @@ class LastCallMiddleware(HealthPaths):
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
         self._watch_parent()
+        under_supervisor = uvicorn.supervisor_stopping()  # python -m lastcall.uvicorn --workers
+        if under_supervisor is not None:
+            self.share_listeners(under_supervisor)
         for server, tested in (("uvicorn", uvicorn.TESTED), ("hypercorn", hypercorn.TESTED)):
             if server in sys.modules:
                 tested.check()
@@ -395,17 +400,23 @@ class LastCallMiddleware(HealthPaths):
             return self._master_stopping()
         return self._hypercorn_worker or multiprocessing.parent_process() is None
 
-    async def _notify_ready(self) -> None:
-        """``READY=1`` to systemd once the server listens (uvicorn says when; others soon after)."""
-        if not os.environ.get("NOTIFY_SOCKET"):
-            return
+    async def _serving(self) -> None:
+        """Once the server listens (uvicorn says when; others soon after): ready, everywhere.
+
+        ``/readyz`` leaves ``starting``; systemd gets ``READY=1``; lastcall's
+        ``uvicorn --workers`` supervisor is told this worker serves.
+        """
         server = self._server
         deadline = time.monotonic() + _SERVER_STARTED_WAIT
         while server is not None and not uvicorn.started(server):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(_SERVER_STARTED_POLL)
-        if not self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        self._coordinator.serving()
+        uvicorn.note_serving()
+        if os.environ.get("NOTIFY_SOCKET"):
             systemd.ready()
 
     # ------------------------------------------------------------ the stop (dispatcher side)
@@ -414,6 +425,7 @@ class LastCallMiddleware(HealthPaths):
         """The drain hook: the one drain sequence, on this server."""
         self._drain_began.set()
         if self._adapter is not None:
+            self._adapter.door.adopt(uvicorn.listeners(self._server))  # what uvloop hid
             drain(self._adapter, self._coordinator, budget=self._drain_timeout)
 
 

@@ -21,6 +21,11 @@ What it changes, process by process:
 * **Parent death.** A thread in each worker checks for the master every
   0.2 s (gunicorn's own check can wait ``timeout / 2``); if it died, the
   worker stops as above.
+* **Health port.** With ``LASTCALL_HEALTH_PORT`` set, the master serves
+  ``/livez`` and ``/readyz`` on it for every worker (the workers bind
+  nothing): ``starting`` until every worker has booted, 503 ``stopping``
+  from the master's SIGTERM, SIGINT or SIGQUIT, and answered even while
+  every worker is busy.
 * **Master.** Hooks registered there (config file, or the app with
   ``--preload``) run once, when the master exits (``on_exit``); forked
   workers keep only hooks registered with ``inherit=True``. When a worker
@@ -48,12 +53,14 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import lastcall
+from lastcall import _health_port
 from lastcall._config import check_drain_time, resolve
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
@@ -80,7 +87,7 @@ _MARGIN = 1.0  # seconds a worker keeps back from graceful_timeout, to exit
 _WORKER_BOOT_ERROR = 3  # gunicorn/arbiter.py: the master halts rather than retry the worker
 
 
-_state: dict[str, Any] = {"hook_dir": None, "master_watched": False}
+_state: dict[str, Any] = {"hook_dir": None, "master_watched": False, "master_stopping": False}
 
 
 # ---------------------------------------------------------------- settings
@@ -139,6 +146,11 @@ def on_starting(server: Gunicorn) -> None:
     _bridge_logging(server)
     if _state["hook_dir"] is None:
         _state["hook_dir"] = tempfile.mkdtemp(prefix="lastcall-gunicorn-")
+    lastcall.default.expect_serving(until=functools.partial(_workers_booted, server))
+    try:
+        _state["health"] = _health_port.serve_for_workers(_master_readiness, resolve())
+    except OSError as exc:
+        raise RuntimeError(f"lastcall: {exc}") from None
 
 
 def when_ready(server: Gunicorn) -> None:
@@ -148,6 +160,38 @@ def when_ready(server: Gunicorn) -> None:
         return
     _state["master_watched"] = True
     adapter.watch_master(server)
+    if _state.get("health") is not None:
+        _red_when_stopping()
+
+
+def _workers_booted(server: Gunicorn) -> bool:
+    """Whether every worker has loaded the app: each writes its hook file then (``_Worker``)."""
+    directory = _state["hook_dir"]
+    try:
+        booted = sum(1 for _ in Path(directory).iterdir()) if directory else 0
+    except OSError:
+        return False
+    return booted >= int(server.num_workers)
+
+
+def _master_readiness() -> tuple[str, str | None]:
+    """What the master's health port says: stopping from its stop signal; else starting, ready."""
+    if _state["master_stopping"]:
+        return "stopping", None
+    return lastcall.default.readiness()
+
+
+def _red_when_stopping() -> None:
+    """Before gunicorn's own handlers (which only queue), turn the master's readiness red."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(sig)
+
+        def on_stop(signum: int, frame: Gunicorn, previous: Gunicorn = previous) -> None:
+            _state["master_stopping"] = True
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, on_stop)
 
 
 def pre_exec(server: Gunicorn) -> None:

@@ -245,6 +245,10 @@ class AsyncioDoor:
         with contextlib.suppress(AttributeError):  # uvloop's Loop has no instance dict
             loop.create_server = create_server  # type: ignore[method-assign]
 
+    def adopt(self, servers: list[Any]) -> None:
+        """Listeners made where ``create_server`` was not seen (uvloop's loop): closed too."""
+        self._servers += [server for server in servers if server not in self._servers]
+
     async def close(self, *, refuse: bool) -> int:
         """Stop accepting, serve what was queued; with ``refuse``, refuse new connections.
 
@@ -284,15 +288,14 @@ class AsyncioDoor:
             # asyncio's Server keeps what it serves with in private attributes
             # (Lib/asyncio/base_events.py, Server.__init__); without them, the
             # server's own close() is all there is.
+            # (uvloop's has neither: its backlog cannot be handed over, only refused.)
             factory = getattr(server, "_protocol_factory", None)
             ssl = getattr(server, "_ssl_context", None)
-            if factory is None:
-                server.close()
-                continue
             kept = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
             server.close()
             for sock in kept:
-                taken += [(factory, ssl, conn) for conn in _accept_queued(sock)]
+                if factory is not None:
+                    taken += [(factory, ssl, conn) for conn in _accept_queued(sock)]
                 if refuse:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,41 @@
+"""``uvicorn --workers N`` with a supervisor that stops in order: ``python -m lastcall.uvicorn``.
+
+uvicorn's own command line, options, help and errors, unchanged::
+
+    python -m lastcall.uvicorn myapp:app --host 0.0.0.0 --port 8000 --workers 4
+
+The app is wrapped in ``lastcall.asgi.LastCallMiddleware`` as under plain
+uvicorn; that is what drains each worker. What this adds is lastcall in
+uvicorn's supervisor, which plain ``uvicorn`` never lets it into (the
+supervisor does not import the app). There, on SIGTERM or the first
+SIGINT: its ``LASTCALL_HEALTH_PORT`` turns ``/readyz`` red, every worker
+is stopped together (each keeps serving for ``LASTCALL_PRESTOP_DELAY``,
+then finishes what it accepted), the listening socket is shut so new
+connections are refused rather than queued for nobody, no hook runs in
+the supervisor, and it ends by the signal (status 143 for SIGTERM), not 0.
+With one worker, or ``--reload``, it is plain uvicorn.
+
+How, and which parts of uvicorn it relies on: ``lastcall._servers.uvicorn``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lastcall._servers import uvicorn as adapter
+
+__all__ = ("main",)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run uvicorn's command line (``uvicorn.main:main``) with lastcall's supervisor."""
+    uvicorn_main = importlib.import_module("uvicorn.main")
+    adapter.supervise(uvicorn_main)
+    uvicorn_main.main.main(
+        args=sys.argv[1:] if argv is None else argv, prog_name="python -m lastcall.uvicorn"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""``uvicorn --workers N`` through ``python -m lastcall.uvicorn``: lastcall in the supervisor too.
+
+The supervisor serves ``LASTCALL_HEALTH_PORT`` for every worker (``starting``
+until each serves, ``stopping`` from the signal), stops the workers
+together, and ends by the signal; each worker drains as under uvicorn, and
+the shared listening socket is shut, so a connection is served or refused,
+never accepted and then reset.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, free_port
+from test_gunicorn import collect, send_slow, wait_lines
+from test_health_port import probe
+
+pytest.importorskip("uvicorn")
+
+APP = """
+import asyncio, os
+import lastcall
+from lastcall.asgi import LastCallMiddleware
+
+def out(*words):
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())  # one write: workers share stdout
+
+@lastcall.on_shutdown
+def app_hook():
+    out("hook:app", os.getpid())
+
+async def inner(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await asyncio.sleep(0.5)  # a start-up that takes time: /readyz says starting
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["path"] == "/slow":
+        out("slow", os.getpid())
+        await asyncio.sleep(1.0)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done"})
+
+app = LastCallMiddleware(inner)
+"""
+
+
+def knock(port: int) -> str:
+    """One new connection and request: ``200``, ``refused``, or what went wrong (a reset)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\n\r\n")
+            head = conn.recv(64)
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as exc:
+        return repr(exc)
+    return head.split(b" ")[1].decode() if head else "closed without an answer"
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker_in_order(spawn):
+    """Steps: two workers, health port on the supervisor: /readyz starting, then ready; four
+    slow requests in flight; SIGTERM to the supervisor: /readyz 503 stopping, /livez 200, /
+    still served during the pre-stop delay, then refused (never reset); every request in
+    flight 200; the hook once in each worker, none in the supervisor; exit by SIGTERM."""
+    port, health = free_port(), free_port()
+    Path(spawn.script_dir, "webapp.py").write_text(APP)
+    argv = [sys.executable, "-m", "lastcall.uvicorn", "webapp:app", "--port", str(port)]
+    child = spawn(
+        "",
+        argv=[*argv, "--workers", "2"],
+        env={"LASTCALL_HEALTH_PORT": str(health), "LASTCALL_PRESTOP_DELAY": "0.5"},
+        wait_ready=False,
+    )
+    assert probe(health, "/readyz") == (503, {"status": "starting"})
+    deadline = time.monotonic() + WAIT
+    while probe(health, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, child.output()
+        time.sleep(0.05)
+
+    slow, readers = collect(send_slow(port, 4))
+    wait_lines(child, "slow ", 4, stream="stdout")
+    knocks: list[str] = []
+
+    def knock_until_gone() -> None:
+        while child.proc.poll() is None:
+            knocks.append(knock(port))
+            time.sleep(0.02)
+
+    knocking = threading.Thread(target=knock_until_gone)
+    child.send(signal.SIGTERM)
+    knocking.start()
+    assert probe(health, "/readyz") == (503, {"status": "stopping"})
+    assert probe(health, "/livez") == (200, {"status": "alive"})
+
+    assert child.finish() == -signal.SIGTERM
+    knocking.join(WAIT)
+    for reader in readers:
+        reader.join(WAIT)
+    assert [status for status, _body in slow] == [200] * 4, slow
+    assert set(knocks) == {"200", "refused"}, knocks  # served, then refused; nothing else
+    hooks = [int(line.split()[1]) for line in child.lines("hook:app ")]
+    assert len(set(hooks)) == len(hooks) == 2, child.output()
+    assert child.pid not in hooks

@@ -152,6 +152,7 @@ def test_gunicorn_master_serves_the_health_port_for_a_busy_worker(spawn):
     starting until the worker has loaded the app, then 200, in well under a second while the
     only worker is busy for 3 s; after SIGTERM /readyz 503 stopping, /livez 200; the busy
     request still gets its 200."""
+    pytest.importorskip("gunicorn")  # the core's legs on other Pythons have no servers
     from test_gunicorn import collect, send_slow, start, wait_lines
 
     health = free_port()

@@ -36,7 +36,7 @@ EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has end
 # stops, as a user runs it: on a machine not busy with other tests. Tests
 # marked so share one worker and run alone (``_alone_if_marked``).
 MATRIX = pytest.mark.xdist_group("matrix")
-ALONE_WAIT = 600.0  # at most, for a turn to run alone or beside others (not a test's timeout)
+ALONE_WAIT = 1200.0  # at most, for a turn to run alone or beside others (not a test's timeout)
 
 # Children start with SIGINT at its default, as from an interactive shell: a
 # test run launched in the background (``cmd &``) would otherwise pass on

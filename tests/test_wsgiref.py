@@ -6,18 +6,14 @@ import signal
 
 import pytest
 from conftest import WAIT, refused, wait_session_empty
-from test_matrix import _get, _Prober, _Request, _wait_in_flight
+from test_matrix import WSGI_APP, _get, _Prober, _Request, _wait_in_flight
 
-SCRIPT = """
-import logging, os, socketserver, sys, threading, time
+SERVE = """
+import logging, socketserver
 from wsgiref.simple_server import WSGIServer
 import lastcall
 from lastcall.wsgiref import make_server
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-
-def out(*words):
-    sys.stdout.write(" ".join(map(str, words)) + "\\n")
-    sys.stdout.flush()
 
 @lastcall.on_shutdown
 def app_hook():
@@ -25,10 +21,8 @@ def app_hook():
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        out("slow", threading.current_thread().name)
-        time.sleep(SLOW)
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
+        out("thread", threading.current_thread().name)
+    return wsgi(environ, start_response)
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
@@ -42,7 +36,7 @@ with make_server("127.0.0.1", 0, app, server_class=server_class) as httpd:
 
 def start(spawn, *, slow: float, prestop: float, server: str = "single"):
     env = {"LASTCALL_GRACE": "5", "LASTCALL_PRESTOP_DELAY": str(prestop), "SERVER": server}
-    child = spawn(f"SLOW = {slow}\n{SCRIPT}", env=env, wait_ready=False)
+    child = spawn(f"SLOW = {slow}\n{WSGI_APP}{SERVE}", env=env, wait_ready=False)
     child.port = int(child.wait_for("ready").split()[1])
     return child
 
@@ -66,7 +60,7 @@ def test_single_threaded_server_answers_its_backlog_on_its_own_thread(spawn):
     wait_session_empty(child.pid)
 
     assert [request.result(WAIT) for request in in_flight] == [200] * 3, child.output()
-    assert child.lines("slow") == ["slow MainThread"] * 3, child.output()
+    assert child.lines("thread") == ["thread MainThread"] * 3, child.output()
     assert prober.fates, "no probe was made"
     assert set(prober.fates) <= {"refused", "complete"}, f"{prober.fates}\n{child.output()}"
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
@@ -74,13 +68,13 @@ def test_single_threaded_server_answers_its_backlog_on_its_own_thread(spawn):
 
 
 def test_prestop_serves_200s_while_readiness_is_red_then_the_door_closes(spawn):
-    """Steps: a ThreadingMixIn server, a 1 s pre-stop delay; 2 requests of 1.5 s; SIGTERM.
+    """Steps: a ThreadingMixIn server, a 2 s pre-stop delay; 2 requests of 2.5 s; SIGTERM.
 
     During the delay /readyz is 503 while / is 200 (no hop-by-hop header reached wsgiref,
     which would answer 500) and /livez 200; then new connections are refused; the 2
     requests in flight get 200; the hook runs once; the process ends by SIGTERM.
     """
-    child = start(spawn, slow=1.5, prestop=1, server="threading")
+    child = start(spawn, slow=2.5, prestop=2, server="threading")
     port = child.port
     in_flight = [_Request(port, "/slow") for _ in range(2)]
     _wait_in_flight(child, port, 2)

@@ -15,13 +15,15 @@ every server does under lastcall:
 4. the other hooks run, and the process ends as the core's rules say
    (death by the signal, or ``LASTCALL_EXIT_CODE``).
 
-``serve_forever`` installs lastcall's signal handlers when it runs on the
-main thread; serving from another thread, call ``lastcall.install()`` on
-the main thread yourself. A second SIGINT ends the process at once.
+``make_server`` installs lastcall's signal handlers when it runs on the
+main thread (as ``lastcall.install()`` with the ``LASTCALL_*`` settings,
+unless the app called it already); elsewhere, call ``lastcall.install()``
+on the main thread yourself. A second SIGINT ends the process at once.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -62,4 +64,7 @@ def make_server(
     )
     server = tracked((host, port), handler_class)
     server.set_app(app)
+    server.drain_on_stop()  # type: ignore[attr-defined]  # TrackedServer's
+    if threading.current_thread() is threading.main_thread():
+        lastcall.default.ensure_installed()  # the port is open: a SIGTERM from now on is a stop
     return server

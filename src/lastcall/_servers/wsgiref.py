@@ -72,20 +72,20 @@ class TrackedServer:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401  # socketserver's
         self.lastcall_served = _Served()
-        self._drain_registered = False
         super().__init__(*args, **kwargs)
+
+    def drain_on_stop(self) -> None:
+        """Register the drain of this server in the coordinator's ``drain`` phase."""
+        self.coordinator.on_shutdown(
+            functools.partial(drain, WsgirefAdapter(self), self.coordinator),
+            phase="drain",
+            name="wsgiref: stop accepting, finish requests in flight",
+        )
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until the drain ends the loop; then answer what it took from the backlog."""
         if threading.current_thread() is threading.main_thread():
-            self.coordinator.ensure_installed()  # elsewhere the app calls lastcall.install()
-        if not self._drain_registered:
-            self._drain_registered = True
-            self.coordinator.on_shutdown(
-                functools.partial(drain, WsgirefAdapter(self), self.coordinator),
-                phase="drain",
-                name="wsgiref: stop accepting, finish requests in flight",
-            )
+            self.coordinator.ensure_installed()  # our handlers back in front of any set since
         served = self.lastcall_served
         with served.lock:
             served.serving = True

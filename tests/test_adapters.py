@@ -36,8 +36,9 @@ from lastcall._servers.asgi import AsgiServer
 from lastcall._servers.gunicorn import GunicornWorker
 from lastcall._servers.waitress import WaitressAdapter
 from lastcall._servers.werkzeug import WerkzeugAdapter
+from lastcall._servers.wsgiref import WsgirefAdapter
 
-ADAPTERS = [WerkzeugAdapter, GunicornWorker, WaitressAdapter, AsgiServer]
+ADAPTERS = [WerkzeugAdapter, GunicornWorker, WaitressAdapter, AsgiServer, WsgirefAdapter]
 LOGGING = """
 import logging, sys
 _handler = logging.StreamHandler(sys.stderr)

@@ -2,8 +2,8 @@
 
 Or, in an existing ``gunicorn.conf.py``, ``from lastcall.gunicorn import *``
 (a hook of your own with the same name must call ours, e.g.
-``lastcall.gunicorn.post_worker_init(worker)``). Sync and gthread workers,
-and uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``), whose
+``lastcall.gunicorn.post_worker_init(worker)``). Sync, gthread and gevent
+workers, and uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``), whose
 ASGI app goes into ``lastcall.asgi.LastCallMiddleware`` and is drained on
 uvicorn's loop as under uvicorn.
 
@@ -283,18 +283,22 @@ class _Worker:
         if adapter.serves_asgi(worker):
             self._start_asgi(grace, prestop)
             return
-        server = adapter.GunicornWorker(worker, prestop)
-        server.wrap_app()
+        server: adapter.GunicornWorker | adapter.GeventWorker = (
+            adapter.GeventWorker(worker, prestop)
+            if adapter.serves_gevent(worker)
+            else adapter.GunicornWorker(worker, prestop)
+        )
+        adapter.wrap_app(worker)
         if not server.kind:
             logger.warning(
-                "%s workers are not drained by lastcall (sync and gthread are); "
-                "hooks still run when the worker exits",
+                "%s workers are not drained by lastcall (sync, gthread, gevent and "
+                "UvicornWorker are); hooks still run when the worker exits",
                 type(worker).__name__,
             )
             self._write_hook_file()
             return
         server.attach()
-        server.take_signals(grace)
+        adapter.take_signals(grace)
         coordinator.on_shutdown(phase="drain", name="gunicorn worker drain")(
             functools.partial(drain, server, coordinator)
         )

@@ -1,4 +1,4 @@
-"""gunicorn (sync and gthread workers): the adapter the drain runs through.
+"""gunicorn (sync, gthread and gevent workers): the adapters the drain runs through.
 
 ``lastcall.gunicorn`` is the face (gunicorn's hooks, the settings, the
 master's bookkeeping); everything here reaches into gunicorn itself, and
@@ -14,6 +14,11 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
 * ``gunicorn/workers/gthread.py``: ``method_queue``, ``enqueue_req``,
   ``accept(listener)``, ``keepalived_conns`` and ``murder_keepalived``;
   ``gunicorn/workers/sync.py``: ``run_for_one``.
+* ``gunicorn/workers/ggevent.py``: ``GeventWorker.server_class`` and the
+  module's ``StreamServer`` (each replaced, in the worker only, by a subclass
+  whose instances are noted); gevent's ``gevent/baseserver.py``:
+  ``BaseServer.socket``, ``pool``, ``do_read``, ``do_handle``,
+  ``start_accepting`` (``versions.GEVENT``).
 """
 
 from __future__ import annotations
@@ -27,22 +32,27 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._servers import versions
+from lastcall._servers.asgi import _accept_queued as accept_queued
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = (
+    "GeventWorker",
     "GunicornWorker",
     "Listener",
     "request_began",
     "request_ended",
+    "take_signals",
     "watch_master",
+    "wrap_app",
 )
 
 # gunicorn objects (arbiter, worker, request, socket): untyped, reached by duck typing
@@ -85,6 +95,49 @@ def master_stopping() -> bool:
     return _shared.get(_Shared.STOP)
 
 
+def serves_gevent(worker: Gunicorn) -> bool:
+    """Whether ``worker`` is gunicorn's ``-k gevent`` (or ``gevent_pywsgi``) worker."""
+    return any(
+        cls.__name__ == "GeventWorker" and cls.__module__ == "gunicorn.workers.ggevent"
+        for cls in type(worker).__mro__
+    )
+
+
+def _every_worker_stopping(ppid: int) -> bool:
+    """Whether every worker of master ``ppid`` is stopping, so that nobody else will accept."""
+    parent_died = os.getppid() != ppid
+    return _shared.get(_Shared.STOP) or (parent_died and not _shared.get(_Shared.KEEP))
+
+
+def wrap_app(worker: Gunicorn) -> None:
+    """The worker's app in the middleware, for the health endpoints; we count requests."""
+    if not isinstance(worker.wsgi, LastCallMiddleware):
+        worker.wsgi = LastCallMiddleware(worker.wsgi, coordinator=lastcall.default)
+    outer: LastCallMiddleware = worker.wsgi
+    _requests.health = (outer.livez_path, outer.readyz_path)
+    for middleware in middlewares_in(outer):
+        middleware.count_with(lambda: _requests.count)
+
+
+def take_signals(grace: float) -> None:
+    """Let lastcall take SIGTERM and SIGINT in a worker; gunicorn keeps its other handlers."""
+    # If the app called lastcall.install() itself, give gunicorn its own back first.
+    lastcall.default.uninstall()
+    kept = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
+    saved = {sig: signal.getsignal(sig) for sig in kept}
+    # Not chained: gunicorn's handlers would stop the loop before the pre-stop
+    # delay (SIGTERM) or quit at once (SIGINT, a terminal's Ctrl-C): here the
+    # first SIGINT is graceful and a second one forces; SIGQUIT stays quick.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    lastcall.default.install(
+        signals=("SIGTERM", "SIGINT"), grace=grace, prestop_delay=0, force_signals=("SIGINT",)
+    )
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 class _Requests:
     """Requests between gunicorn's ``pre_request`` and ``post_request`` hooks (health ones aside).
 
@@ -97,6 +150,7 @@ class _Requests:
         self._lock = threading.Lock()
         self.count = 0
         self.health: tuple[str | None, ...] = ()
+        self.gevent: GeventWorker | None = None  # a gevent worker also notes its greenlets
 
     def add(self, path: str, step: int) -> None:
         if path in self.health:
@@ -111,11 +165,15 @@ _requests = _Requests()
 def request_began(req: Gunicorn) -> None:
     """One more in flight (gunicorn's ``pre_request``)."""
     _requests.add(req.path, 1)
+    if _requests.gevent is not None:
+        _requests.gevent.request_began()
 
 
 def request_ended(req: Gunicorn) -> None:
     """One fewer in flight (gunicorn's ``post_request``)."""
     _requests.add(req.path, -1)
+    if _requests.gevent is not None:
+        _requests.gevent.request_ended()
 
 
 def error_log(server: Gunicorn) -> logging.Logger | None:
@@ -132,8 +190,11 @@ def was_aborted(worker: Gunicorn) -> bool:
 def check_versions(server: Gunicorn) -> None:
     """At the master's start: one line outside the tested range; gthread refused below 24.0."""
     worker_class = getattr(server.cfg, "worker_class", None)
-    if getattr(worker_class, "__module__", "") == "gunicorn.workers.gthread":
+    module = getattr(worker_class, "__module__", "")
+    if module == "gunicorn.workers.gthread":
         TESTED_GTHREAD.check()
+    elif module == "gunicorn.workers.ggevent":
+        versions.GEVENT.check()
     TESTED.check()
 
 
@@ -262,15 +323,6 @@ class GunicornWorker:
         """``worker 1234``."""
         return f"worker {self.pid}"
 
-    def wrap_app(self) -> None:
-        """The worker's app in the middleware, for the health endpoints; we count requests."""
-        if not isinstance(self.worker.wsgi, LastCallMiddleware):
-            self.worker.wsgi = LastCallMiddleware(self.worker.wsgi, coordinator=lastcall.default)
-        outer: LastCallMiddleware = self.worker.wsgi
-        _requests.health = (outer.livez_path, outer.readyz_path)
-        for middleware in middlewares_in(outer):
-            middleware.count_with(lambda: _requests.count)
-
     def attach(self) -> None:
         """Put our listeners in the loop's place and note when the loop ends."""
         worker = self.worker
@@ -287,24 +339,6 @@ class GunicornWorker:
                 self.loop_done.set()
 
         worker.run = run_then_note
-
-    def take_signals(self, grace: float) -> None:
-        """Let lastcall take SIGTERM and SIGINT; gunicorn keeps its other handlers."""
-        # If the app called lastcall.install() itself, give gunicorn its own back first.
-        lastcall.default.uninstall()
-        kept = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGABRT)
-        saved = {sig: signal.getsignal(sig) for sig in kept}
-        # Not chained: gunicorn's handlers would stop the loop before the pre-stop
-        # delay (SIGTERM) or quit at once (SIGINT, a terminal's Ctrl-C): here the
-        # first SIGINT is graceful and a second one forces; SIGQUIT stays quick.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        lastcall.default.install(
-            signals=("SIGTERM", "SIGINT"), grace=grace, prestop_delay=0, force_signals=("SIGINT",)
-        )
-        for sig, handler in saved.items():
-            if handler is not None:
-                signal.signal(sig, handler)
 
     # ------------------------------------------------------------ the drain's questions
 
@@ -350,10 +384,7 @@ class GunicornWorker:
     def _full_stop(self) -> bool:
         """Whether every worker of this master is stopping, so that nobody else will accept."""
         if self._full is None:
-            parent_died = os.getppid() != self.ppid
-            self._full = _shared.get(_Shared.STOP) or (
-                parent_died and not _shared.get(_Shared.KEEP)
-            )
+            self._full = _every_worker_stopping(self.ppid)
         return self._full
 
     def _take_held(self) -> None:
@@ -380,3 +411,148 @@ class GunicornWorker:
         else:
             with contextlib.suppress(OSError):
                 os.write(self.worker.PIPE[1], b".")
+
+
+class GeventWorker:
+    """A ``-k gevent`` worker's answers to the drain, given on its hub.
+
+    gunicorn's gevent worker serves each listener with a gevent server made in
+    ``run()``, and on SIGTERM closes it, which drops what the backlog holds and
+    leaves new connections queued until the last worker exits. Here the
+    servers are noted as they are made (a subclass of the class gunicorn
+    uses, in this worker only) so that the drain can close them its own way.
+    The drain runs in a greenlet (``threading`` is patched), so nothing runs
+    between the steps of ``close_door``.
+    """
+
+    def __init__(self, worker: Gunicorn, prestop: float) -> None:
+        self.worker = worker
+        self.pid = os.getpid()
+        self.ppid = worker.ppid
+        self.prestop = prestop
+        self.kind = "gevent"
+        self.servers: list[Gunicorn] = []
+        self._door_closed = False
+        # greenlets that have served a request and wait for the next one (idle keep-alive)
+        self._between: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._full: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """``worker 1234``."""
+        return f"worker {self.pid}"
+
+    def attach(self) -> None:
+        """Have the worker's gevent servers noted as ``run()`` makes them."""
+        import gevent  # noqa: PLC0415  # a gevent worker only
+        from gunicorn.workers import ggevent  # noqa: PLC0415
+
+        if self.worker.server_class is not None:  # gevent_pywsgi
+            self.worker.server_class = self._noted(self.worker.server_class)
+        else:  # gunicorn/workers/ggevent.py serves with the module's StreamServer
+            ggevent.StreamServer = self._noted(ggevent.StreamServer)
+        self._current = gevent.getcurrent
+        _requests.gevent = self
+
+    def request_began(self) -> None:
+        """From gunicorn's ``pre_request``, on the connection's greenlet."""
+        self._between.discard(self._current())
+
+    def request_ended(self) -> None:
+        """From gunicorn's ``post_request``: the connection may now idle, kept alive."""
+        self._between.add(self._current())
+
+    # ------------------------------------------------------------ the drain's questions
+
+    def prestop_delay(self) -> float:
+        """On a full stop only: a worker recycled alone has siblings to take the traffic."""
+        return self.prestop if self._full_stop() else 0.0
+
+    def close_door(self) -> int:
+        """Stop each server accepting, serve what the backlog holds; on a full stop, refuse.
+
+        The servers are not closed: their listening socket stays open in this
+        worker (gunicorn's handler reads its name for each connection, and a
+        sibling recycled alone still accepts on it), but they never accept again.
+        """
+        take = self._full_stop() or bool(getattr(self.worker.cfg, "reuse_port", False))
+        self._door_closed = True  # no server starts accepting again (Noted.start_accepting)
+        taken: list[tuple[Gunicorn, socket.socket]] = []
+        for server in self.servers:
+            server.stop_accepting()
+            if not take:
+                continue
+            with socket.socket(fileno=os.dup(server.socket.fileno())) as listening:
+                taken += [(server, conn) for conn in accept_queued(listening)]
+                # Shared by every worker: from now the kernel refuses new connections.
+                with contextlib.suppress(OSError):
+                    listening.shutdown(socket.SHUT_RD)
+        for server, conn in taken:
+            conn.setblocking(True)  # noqa: FBT003  # socket API
+            try:
+                address = conn.getpeername()
+            except OSError:  # the client has gone already
+                conn.close()
+                continue
+            server.do_handle(conn, address)  # in the server's pool (waits for a free place)
+        return len(taken)
+
+    def in_flight(self) -> int:
+        """Connections being served: each pool's greenlets but those idle between requests."""
+        count = 0
+        for server in self.servers:
+            pool = server.pool
+            greenlets = getattr(pool, "greenlets", ()) if pool is not None else ()
+            count += sum(1 for greenlet in greenlets if greenlet not in self._between)
+        return count
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether nothing is in flight, after up to ``timeout`` seconds (the hub serves)."""
+        if not self.in_flight():
+            return True
+        threading.Event().wait(timeout)  # patched: a greenlet's wait
+        return not self.in_flight()
+
+    def close_idle(self) -> None:
+        """Nothing: an idle keep-alive connection ends with the process, or its own timeout."""
+
+    def cancel(self) -> int:
+        """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
+        return self.in_flight()
+
+    # ------------------------------------------------------------ inside
+
+    def _full_stop(self) -> bool:
+        if self._full is None:
+            self._full = _every_worker_stopping(self.ppid)
+        return self._full
+
+    def _noted(self, server_class: type[Any]) -> type[Any]:
+        """``server_class``, whose instances this adapter notes and can keep from accepting."""
+        adapter = self
+
+        class Noted(server_class):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+                super().__init__(*args, **kwargs)
+                adapter.servers.append(self)
+
+            def start_accepting(self) -> None:
+                # gevent starts accepting again whenever its pool frees a place
+                # (gevent/baseserver.py, _start_accepting_if_started).
+                if not adapter._door_closed:  # the adapter's own flag
+                    super().start_accepting()
+
+            def do_read(self) -> Any:  # noqa: ANN401  # gevent/baseserver.py, _do_read
+                try:
+                    return super().do_read()
+                except OSError as exc:
+                    # A sibling shut the shared socket: stop accepting here too,
+                    # without gevent's "ERROR: ... failed with EINVAL" and traceback.
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    adapter._door_closed = True
+                    self.stop_accepting()
+                    return None
+
+        Noted.__name__ = Noted.__qualname__ = server_class.__name__
+        return Noted

@@ -24,6 +24,7 @@ from lastcall._report import logger
 
 __all__ = (
     "DJANGO",
+    "GEVENT",
     "GUNICORN",
     "GUNICORN_GTHREAD",
     "HYPERCORN",
@@ -111,6 +112,14 @@ GUNICORN_GTHREAD = Tested(
 # What is read and patched: waitress/server.py, waitress/channel.py, waitress/task.py;
 # python -m lastcall.waitress passes its serve() as waitress/runner.py run()'s _serve
 # (the same in 3.0.0 to 3.0.2 and on waitress's main branch, whose parse_args changed).
+# gunicorn -k gevent: gevent/baseserver.py's socket, pool, do_read, do_handle and
+# start_accepting (tests/test_gunicorn_gevent.py).
+GEVENT = Tested(
+    "gevent",
+    "26.9",
+    "26.9",
+    "gunicorn's gevent workers may not serve the backlog or refuse new connections at a stop",
+)
 WAITRESS = Tested(
     "waitress",
     "3.0",

@@ -80,3 +80,17 @@ def test_sigkill_to_the_master_leaves_no_worker_serving(spawn):
     wait_session_empty(child.pid)
     assert refused(child.port)
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+
+
+def test_hup_reload_leaves_the_socket_to_the_new_workers(spawn):
+    """A worker stopped alone (HUP reload) must not shut the socket its successors share."""
+    child = start(spawn, "-k", "gevent")
+    old = worker_pids(child)
+    child.send(signal.SIGHUP)
+    wait_lines(child, "ready; its shutdown hooks", 4)
+    for pid in old:
+        wait_lines(child, f"hook:app {pid}", 1, stream="stdout")
+    assert [get(child.port, "/") for _ in range(4)] == [200] * 4, child.output()
+    child.send(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))

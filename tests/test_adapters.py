@@ -33,12 +33,19 @@ from test_matrix import (
 
 from lastcall._servers import drain
 from lastcall._servers.asgi import AsgiServer
-from lastcall._servers.gunicorn import GunicornWorker
+from lastcall._servers.gunicorn import GeventWorker, GunicornWorker
 from lastcall._servers.waitress import WaitressAdapter
 from lastcall._servers.werkzeug import WerkzeugAdapter
 from lastcall._servers.wsgiref import WsgirefAdapter
 
-ADAPTERS = [WerkzeugAdapter, GunicornWorker, WaitressAdapter, AsgiServer, WsgirefAdapter]
+ADAPTERS = [
+    WerkzeugAdapter,
+    GunicornWorker,
+    GeventWorker,
+    WaitressAdapter,
+    AsgiServer,
+    WsgirefAdapter,
+]
 LOGGING = """
 import logging, sys
 _handler = logging.StreamHandler(sys.stderr)

@@ -426,11 +426,14 @@ class GeventWorker:
     """
 
     def __init__(self, worker: Gunicorn, prestop: float) -> None:
+        import gevent  # noqa: PLC0415  # a gevent worker only
+
         self.worker = worker
         self.pid = os.getpid()
         self.ppid = worker.ppid
         self.prestop = prestop
         self.kind = "gevent"
+        self._current = gevent.getcurrent
         self.servers: list[Gunicorn] = []
         self._door_closed = False
         # greenlets that have served a request and wait for the next one (idle keep-alive)
@@ -444,14 +447,12 @@ class GeventWorker:
 
     def attach(self) -> None:
         """Have the worker's gevent servers noted as ``run()`` makes them."""
-        import gevent  # noqa: PLC0415  # a gevent worker only
-        from gunicorn.workers import ggevent  # noqa: PLC0415
+        from gunicorn.workers import ggevent  # noqa: PLC0415  # a gevent worker only
 
         if self.worker.server_class is not None:  # gevent_pywsgi
             self.worker.server_class = self._noted(self.worker.server_class)
         else:  # gunicorn/workers/ggevent.py serves with the module's StreamServer
             ggevent.StreamServer = self._noted(ggevent.StreamServer)
-        self._current = gevent.getcurrent
         _requests.gevent = self
 
     def request_began(self) -> None:
@@ -499,12 +500,12 @@ class GeventWorker:
 
     def in_flight(self) -> int:
         """Connections being served: each pool's greenlets but those idle between requests."""
-        count = 0
-        for server in self.servers:
-            pool = server.pool
-            greenlets = getattr(pool, "greenlets", ()) if pool is not None else ()
-            count += sum(1 for greenlet in greenlets if greenlet not in self._between)
-        return count
+        return sum(
+            1
+            for server in self.servers  # gunicorn gives each a pool (gevent.pool.Pool)
+            for greenlet in server.pool.greenlets
+            if greenlet not in self._between
+        )
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether nothing is in flight, after up to ``timeout`` seconds (the hub serves)."""

@@ -109,9 +109,6 @@ GUNICORN_GTHREAD = Tested(
     "gthread workers are drained from gunicorn 24.0 on; use sync workers or upgrade",
     refuse_below="24.0",
 )
-# What is read and patched: waitress/server.py, waitress/channel.py, waitress/task.py;
-# python -m lastcall.waitress passes its serve() as waitress/runner.py run()'s _serve
-# (the same in 3.0.0 to 3.0.2 and on waitress's main branch, whose parse_args changed).
 # gunicorn -k gevent: gevent/baseserver.py's socket, pool, do_read, do_handle and
 # start_accepting (tests/test_gunicorn_gevent.py).
 GEVENT = Tested(
@@ -120,6 +117,9 @@ GEVENT = Tested(
     "26.9",
     "gunicorn's gevent workers may not serve the backlog or refuse new connections at a stop",
 )
+# What is read and patched: waitress/server.py, waitress/channel.py, waitress/task.py;
+# python -m lastcall.waitress passes its serve() as waitress/runner.py run()'s _serve
+# (the same in 3.0.0 to 3.0.2 and on waitress's main branch, whose parse_args changed).
 WAITRESS = Tested(
     "waitress",
     "3.0",

@@ -300,14 +300,40 @@ class Listener:
         return taken
 
 
-class GunicornWorker:
-    """One worker's answers to the drain: its listeners, its loop, its requests."""
+class _WorkerAdapter:
+    """What every worker kind answers alike: who it is, whether the stop is full, cancel."""
 
     def __init__(self, worker: Gunicorn, prestop: float) -> None:
         self.worker = worker
         self.pid = os.getpid()
         self.ppid = worker.ppid
         self.prestop = prestop
+        self._full: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """``worker 1234``."""
+        return f"worker {self.pid}"
+
+    def in_flight(self) -> int:
+        raise NotImplementedError
+
+    def cancel(self) -> int:
+        """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
+        return self.in_flight()
+
+    def _full_stop(self) -> bool:
+        """Whether every worker of this master is stopping, so that nobody else will accept."""
+        if self._full is None:
+            self._full = _every_worker_stopping(self.ppid)
+        return self._full
+
+
+class GunicornWorker(_WorkerAdapter):
+    """One worker's answers to the drain: its listeners, its loop, its requests."""
+
+    def __init__(self, worker: Gunicorn, prestop: float) -> None:
+        super().__init__(worker, prestop)
         self.loop_done = threading.Event()
         if hasattr(worker, "method_queue") and hasattr(worker, "enqueue_req"):
             self.kind = "gthread"
@@ -316,12 +342,6 @@ class GunicornWorker:
         else:
             self.kind = ""
         self.listeners: list[Listener] = []
-        self._full: bool | None = None
-
-    @property
-    def name(self) -> str:
-        """``worker 1234``."""
-        return f"worker {self.pid}"
 
     def attach(self) -> None:
         """Put our listeners in the loop's place and note when the loop ends."""
@@ -375,17 +395,7 @@ class GunicornWorker:
         if self.kind == "gthread" and not self.loop_done.is_set():
             self.worker.method_queue.defer(self._expire_keepalive)
 
-    def cancel(self) -> int:
-        """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
-        return self.in_flight()
-
     # ------------------------------------------------------------ inside
-
-    def _full_stop(self) -> bool:
-        """Whether every worker of this master is stopping, so that nobody else will accept."""
-        if self._full is None:
-            self._full = _every_worker_stopping(self.ppid)
-        return self._full
 
     def _take_held(self) -> None:
         """gthread, on its loop thread: hand the held connections to the pool, then stop."""
@@ -413,7 +423,7 @@ class GunicornWorker:
                 os.write(self.worker.PIPE[1], b".")
 
 
-class GeventWorker:
+class GeventWorker(_WorkerAdapter):
     """A ``-k gevent`` worker's answers to the drain, given on its hub.
 
     gunicorn's gevent worker serves each listener with a gevent server made in
@@ -428,22 +438,13 @@ class GeventWorker:
     def __init__(self, worker: Gunicorn, prestop: float) -> None:
         import gevent  # noqa: PLC0415  # a gevent worker only
 
-        self.worker = worker
-        self.pid = os.getpid()
-        self.ppid = worker.ppid
-        self.prestop = prestop
+        super().__init__(worker, prestop)
         self.kind = "gevent"
         self._current = gevent.getcurrent
         self.servers: list[Gunicorn] = []
         self._door_closed = False
         # greenlets that have served a request and wait for the next one (idle keep-alive)
         self._between: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._full: bool | None = None
-
-    @property
-    def name(self) -> str:
-        """``worker 1234``."""
-        return f"worker {self.pid}"
 
     def attach(self) -> None:
         """Have the worker's gevent servers noted as ``run()`` makes them."""
@@ -517,16 +518,7 @@ class GeventWorker:
     def close_idle(self) -> None:
         """Nothing: an idle keep-alive connection ends with the process, or its own timeout."""
 
-    def cancel(self) -> int:
-        """A request cannot be cancelled here; the master SIGKILLs at graceful_timeout."""
-        return self.in_flight()
-
     # ------------------------------------------------------------ inside
-
-    def _full_stop(self) -> bool:
-        if self._full is None:
-            self._full = _every_worker_stopping(self.ppid)
-        return self._full
 
     def _noted(self, server_class: type[Any]) -> type[Any]:
         """``server_class``, whose instances this adapter notes and can keep from accepting."""

@@ -99,6 +99,9 @@ def test_sigterm_to_the_supervisor_stops_every_worker_in_order(spawn):
     knocking = threading.Thread(target=knock_until_gone)
     child.send(signal.SIGTERM)
     knocking.start()
+    deadline = time.monotonic() + WAIT  # the supervisor's main thread takes the signal
+    while probe(health, "/readyz")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert probe(health, "/readyz") == (503, {"status": "stopping"})
     assert probe(health, "/livez") == (200, {"status": "alive"})
 

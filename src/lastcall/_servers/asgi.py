@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import os
 import socket
@@ -45,6 +46,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lastcall._report import logger
+from lastcall._servers.listener import stop_listening, take_backlog
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Coroutine
@@ -241,9 +243,26 @@ class AsyncioDoor:
             self._servers.append(server)
             return server
 
-        # An instance attribute: this loop only, gone with it.
+        # asyncio's accept callback (Lib/asyncio/selector_events.py, _accept_connection,
+        # Python 3.10 to 3.13), which create_server's listeners are read with: a
+        # listener another process shut (a sibling worker's full stop) fails
+        # with EINVAL on every turn, logged each time; it has nothing more to
+        # accept, so it is read no more.
+        accept_connection = getattr(loop, "_accept_connection", None)
+
+        def accept_connection_unless_shut(factory: Any, sock: socket.socket, *args: Any) -> None:  # noqa: ANN401
+            try:
+                accept_connection(factory, sock, *args)  # type: ignore[misc]
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                loop.remove_reader(sock.fileno())
+
+        # Instance attributes: this loop only, gone with it.
         with contextlib.suppress(AttributeError):  # uvloop's Loop has no instance dict
             loop.create_server = create_server  # type: ignore[method-assign]
+            if accept_connection is not None:
+                loop._accept_connection = accept_connection_unless_shut  # type: ignore[attr-defined]  # noqa: SLF001
 
     def adopt(self, servers: list[Any]) -> None:
         """Listeners made where ``create_server`` was not seen (uvloop's loop): closed too."""
@@ -257,6 +276,16 @@ class AsyncioDoor:
         for the worker that replaces it.
         """
         self.closed = True
+        # Connections asyncio accepted in this loop turn attach to their server on
+        # the next one; a server closed in between drops them silently, request
+        # unread, to be reset at the end (Server._attach, Lib/asyncio/base_events.py).
+        # So: accept nothing more, let those attach, then close.
+        for server in self._servers:
+            for sock in server.sockets:
+                with contextlib.suppress(Exception):  # uvloop accepts with libuv, not a reader
+                    self._loop.remove_reader(sock.fileno())
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
         handed = [
             self._loop.create_task(self._loop.connect_accepted_socket(factory, conn, ssl=ssl))
             for factory, ssl, conn in self._take(refuse=refuse)
@@ -275,11 +304,8 @@ class AsyncioDoor:
         for server in self._servers:
             for sock in server.sockets:
                 # A socket of our own on the same one: uvloop's stand-ins cannot shut it.
-                with (
-                    contextlib.suppress(OSError),
-                    socket.socket(fileno=os.dup(sock.fileno())) as own,
-                ):
-                    own.shutdown(socket.SHUT_RDWR)
+                with socket.socket(fileno=os.dup(sock.fileno())) as own:
+                    stop_listening(own)
             server.close()  # else the loop, if it turns again, accepts on a shut socket
 
     def _take(self, *, refuse: bool) -> list[tuple[Callable[[], Any], Any, socket.socket]]:
@@ -295,24 +321,10 @@ class AsyncioDoor:
             server.close()
             for sock in kept:
                 if factory is not None:
-                    taken += [(factory, ssl, conn) for conn in _accept_queued(sock)]
-                if refuse:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+                    for conn, _address in take_backlog(sock, refuse=refuse):
+                        conn.setblocking(False)  # noqa: FBT003  # as asyncio's own accept
+                        taken.append((factory, ssl, conn))
+                elif refuse:
+                    stop_listening(sock)
                 sock.close()
         return taken
-
-
-def _accept_queued(sock: socket.socket) -> list[socket.socket]:
-    """Every connection the kernel has queued on ``sock``, without waiting for another."""
-    sock.setblocking(False)  # noqa: FBT003  # positional only
-    queued: list[socket.socket] = []
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except ConnectionAbortedError:
-            continue
-        except OSError:  # BlockingIOError: the queue is empty
-            return queued
-        conn.setblocking(False)  # noqa: FBT003
-        queued.append(conn)

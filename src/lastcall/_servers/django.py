@@ -44,6 +44,7 @@ from lastcall import _signals
 from lastcall._report import logger
 from lastcall._servers import versions
 from lastcall._servers.drain import drain
+from lastcall._servers.listener import take_backlog
 from lastcall._servers.werkzeug import (
     _CLEAN,
     _CLEAN_FD_ENV,
@@ -186,18 +187,7 @@ def _stop_accepting(server: Any, served: _Served) -> int:  # noqa: ANN401  # bas
     answered here, one after another, and new connections meanwhile must be
     refused rather than taken too.
     """
-    backlog = []
-    with contextlib.suppress(OSError):
-        server.socket.setblocking(False)  # noqa: FBT003  # positional only
-    while True:
-        try:
-            connection, address = server.socket.accept()
-        except OSError:  # BlockingIOError: the backlog is empty
-            break
-        connection.setblocking(True)  # noqa: FBT003
-        backlog.append((connection, address))
-    with contextlib.suppress(OSError):
-        server.socket.shutdown(socket.SHUT_RDWR)  # refused from now on; wakes the accept loop
+    backlog = take_backlog(server.socket)  # refused from now on; wakes the accept loop
     for connection, address in backlog:
         server.process_request(connection, address)
     serving = served.thread

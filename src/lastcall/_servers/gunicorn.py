@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._servers import versions
-from lastcall._servers.asgi import _accept_queued as accept_queued
+from lastcall._servers.listener import take_backlog
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
@@ -275,29 +275,17 @@ class Listener:
             self._closed = True
             self._sock.close()
 
-    def close_door(self, *, take_backlog: bool) -> int:
-        """Stop accepting; with take_backlog, first take what is queued, then refuse new ones."""
-        taken = 0
+    def close_door(self, *, refuse: bool) -> int:
+        """Stop accepting; with refuse, first take what is queued, then refuse new ones."""
         with self._lock:
-            if self._closed:
-                return taken  # a sibling shut the shared socket first
+            if self._closed or not refuse:
+                self._closed = True
+                return 0  # a sibling may have shut the shared socket first
             self._closed = True
-            if not take_backlog:
-                return taken
-            try:
-                self._sock.setblocking(False)  # noqa: FBT003  # socket API
-                while True:
-                    try:
-                        self._held.append(self._sock.accept())
-                    except ConnectionAbortedError:
-                        continue
-                    taken += 1
-            except OSError:
-                pass  # EAGAIN: the backlog is empty; EINVAL: a sibling shut it meanwhile
             # Shared by every worker: from now the kernel refuses new connections.
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RD)
-        return taken
+            backlog = take_backlog(self._sock)
+            self._held.extend(backlog)
+        return len(backlog)
 
 
 class _WorkerAdapter:
@@ -372,7 +360,7 @@ class GunicornWorker(_WorkerAdapter):
             return 0  # the loop ended on its own: max_requests, a quick shutdown, a sibling
         reuse_port = bool(getattr(self.worker.cfg, "reuse_port", False))
         take = self._full_stop() or reuse_port
-        taken = sum(listener.close_door(take_backlog=take) for listener in self.listeners)
+        taken = sum(listener.close_door(refuse=take) for listener in self.listeners)
         if self.kind == "gthread":
             self.worker.method_queue.defer(self._take_held)
         else:
@@ -479,23 +467,15 @@ class GeventWorker(_WorkerAdapter):
         """
         take = self._full_stop() or bool(getattr(self.worker.cfg, "reuse_port", False))
         self._door_closed = True  # no server starts accepting again (Noted.start_accepting)
-        taken: list[tuple[Gunicorn, socket.socket]] = []
+        taken: list[tuple[Gunicorn, socket.socket, Any]] = []
         for server in self.servers:
             server.stop_accepting()
             if not take:
                 continue
             with socket.socket(fileno=os.dup(server.socket.fileno())) as listening:
-                taken += [(server, conn) for conn in accept_queued(listening)]
                 # Shared by every worker: from now the kernel refuses new connections.
-                with contextlib.suppress(OSError):
-                    listening.shutdown(socket.SHUT_RD)
-        for server, conn in taken:
-            conn.setblocking(True)  # noqa: FBT003  # socket API
-            try:
-                address = conn.getpeername()
-            except OSError:  # the client has gone already
-                conn.close()
-                continue
+                taken += [(server, conn, address) for conn, address in take_backlog(listening)]
+        for server, conn, address in taken:
             server.do_handle(conn, address)  # in the server's pool (waits for a free place)
         return len(taken)
 

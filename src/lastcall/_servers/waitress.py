@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lastcall._servers import versions
+from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -174,14 +175,7 @@ class WaitressAdapter:
         self._door_closed = True
         taken = 0
         for server in self._servers:
-            while True:
-                try:
-                    pair = server.accept()
-                except OSError:
-                    break
-                if pair is None:
-                    break  # EAGAIN: the backlog is empty
-                conn, addr = pair
+            for conn, addr in take_backlog(server.socket):
                 try:
                     server.set_socket_options(conn)
                 except OSError:

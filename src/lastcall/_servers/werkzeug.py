@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall._servers import versions
 from lastcall._servers.drain import drain
+from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -169,11 +170,9 @@ class WerkzeugAdapter:
 def _stop_accepting(server: BaseWSGIServer, served: _Served, *, final: bool) -> int:
     taken = 0
     if final:
-        taken = _serve_backlog(server)
         # Stops the socket listening for every process holding it, and wakes
         # the accept loop at once (closing our fd alone would do neither).
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)
+        taken = _serve_backlog(server)
     serving = served.thread
     if serving is not None and serving is not threading.current_thread():
         server.shutdown()  # returns once serve_forever's loop has ended
@@ -181,23 +180,11 @@ def _stop_accepting(server: BaseWSGIServer, served: _Served, *, final: bool) -> 
 
 
 def _serve_backlog(server: BaseWSGIServer) -> int:
-    """Accept what already waits in the listen backlog, to serve it, not reset it.
-
-    Shutting the socket resets every connection still queued there. The
-    socket goes non-blocking (for the serving thread too, whose accept then
-    just finds nothing), so this never waits for a new one.
-    """
-    with contextlib.suppress(OSError):
-        server.socket.setblocking(False)  # noqa: FBT003  # positional only
-    taken = 0
-    while True:
-        try:
-            connection, address = server.socket.accept()
-        except OSError:  # BlockingIOError: the backlog is empty
-            return taken
-        connection.setblocking(True)  # noqa: FBT003
+    """Take what already waits in the listen backlog, stop listening, serve what was taken."""
+    backlog = take_backlog(server.socket)
+    for connection, address in backlog:
         server.process_request(connection, address)
-        taken += 1
+    return len(backlog)
 
 
 def _has_input(connection: socket.socket) -> bool:
@@ -337,8 +324,6 @@ def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
         # no longer accepts), then stop listening for every holder now (a reloader
         # parent too), or new connections queue and are reset at exit.
         _serve_backlog(server)
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)
 
 
 def _install() -> None:

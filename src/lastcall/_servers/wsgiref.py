@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lastcall._servers.drain import drain
+from lastcall._servers.listener import take_backlog
 from lastcall._servers.werkzeug import _has_input, _Requests
 
 if TYPE_CHECKING:
@@ -150,9 +151,7 @@ class WsgirefAdapter:
     def close_door(self) -> int:
         """Take the backlog, stop listening, end the accept loop; the serving thread answers."""
         server, served = self._server, self._served
-        taken = _take_backlog(server.socket)
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)  # refused from now on; wakes the loop
+        taken = take_backlog(server.socket)  # refused from now on; wakes the loop
         with served.lock:
             serving = served.serving
             if serving:
@@ -186,21 +185,3 @@ class WsgirefAdapter:
     def cancel(self) -> int:
         """A request being answered cannot be cancelled: it is left, as wsgiref leaves it."""
         return self.in_flight()
-
-
-def _take_backlog(listener: socket.socket) -> list[tuple[socket.socket, Address]]:
-    """Accept what already waits in the listen backlog, without waiting for more.
-
-    The socket goes non-blocking (for the serving thread too, whose accept
-    then just finds nothing): shutting it would reset whatever is still queued.
-    """
-    with contextlib.suppress(OSError):
-        listener.setblocking(False)  # noqa: FBT003  # positional only
-    taken: list[tuple[socket.socket, Address]] = []
-    while True:
-        try:
-            connection, address = listener.accept()
-        except OSError:  # BlockingIOError: the backlog is empty
-            return taken
-        connection.setblocking(True)  # noqa: FBT003
-        taken.append((connection, address))

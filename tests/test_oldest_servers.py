@@ -27,6 +27,8 @@ OLDEST = {
     "uvicorn-worker": "0.2.0",
     "hypercorn": "0.16.0",
     "starlette": "0.37.0",
+    "gevent": "24.10.1",
+    "django": "4.2",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
@@ -41,6 +43,10 @@ SERVER_TESTS = [
     "tests/test_asgi.py",
     "tests/test_flask_devserver.py",
     "tests/test_werkzeug_backlog.py",
+    "tests/test_gunicorn_gevent.py",
+    "tests/test_django.py",
+    "tests/test_wsgiref.py",
+    "tests/test_listener.py",
 ]
 
 
@@ -50,7 +56,8 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
     for name, version in OLDEST.items():
         for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
-    for tested in (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN):
+    gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
+    for tested in (*gated, versions.GEVENT, versions.DJANGO):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

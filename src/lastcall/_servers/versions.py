@@ -140,7 +140,7 @@ HYPERCORN = Tested(
     "the worker may stop accepting before lastcall's pre-stop delay",
 )
 # What is read and patched: django/utils/autoreload.py, django/core/servers/basehttp.py
-# (tests/test_django.py passes on 4.2.30 and 5.2.19).
+# (tests/test_django.py passes on 4.2.0, in the oldest leg, and on 5.2.19).
 DJANGO = Tested(
     "django",
     "4.2",

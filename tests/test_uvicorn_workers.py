@@ -115,3 +115,25 @@ def test_sigterm_to_the_supervisor_stops_every_worker_in_order(spawn):
     assert len(set(hooks)) == len(hooks) == 2, child.output()
     assert child.pid not in hooks
     assert "Errno 22" not in child.output()  # no accept on the socket a sibling shut
+
+
+def test_plain_uvicorn_workers_with_a_health_port_keep_lastcall_in_every_worker(spawn):
+    """Steps: plain ``uvicorn --workers 2`` with LASTCALL_HEALTH_PORT: one worker serves the
+    port, the other says so in one line and starts anyway (an error there would make uvicorn
+    run the app without lastcall, silently); SIGTERM: the hook runs in both workers."""
+    port, health = free_port(), free_port()
+    Path(spawn.script_dir, "webapp.py").write_text(APP)
+    argv = [sys.executable, "-m", "uvicorn", "webapp:app", "--port", str(port), "--workers", "2"]
+    child = spawn("", argv=argv, env={"LASTCALL_HEALTH_PORT": str(health)}, wait_ready=False)
+    deadline = time.monotonic() + WAIT
+    while sum("Application startup complete" in line for line in child.stderr) < 2:
+        assert time.monotonic() < deadline, child.output()
+        time.sleep(0.05)
+    assert probe(health, "/readyz") == (200, {"status": "ready"})
+    taken = [line for line in child.stderr if "is taken, by a sibling worker" in line]
+    assert len(taken) == 1, child.output()
+    assert "unsupported" not in child.output()  # lastcall's lifespan ran in both
+    child.send(signal.SIGTERM)
+    child.finish()
+    hooks = [int(line.split()[1]) for line in child.lines("hook:app ")]
+    assert len(set(hooks)) == len(hooks) == 2, child.output()

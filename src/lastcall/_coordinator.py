@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -256,7 +257,19 @@ class Coordinator:
         from lastcall import _health_port  # noqa: PLC0415  # socketserver only when asked for
 
         host, port = settings.health_host, settings.health_port
-        self._health = _health_port.start(self.readiness, host, port)
+        try:
+            self._health = _health_port.start(self.readiness, host, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not _health_port.a_sibling_may_serve_it():
+                raise
+            logger.warning(
+                "LASTCALL_HEALTH_PORT=%d: %s:%d is taken, by a sibling worker most likely; this "
+                "one answers probes on the app's port only (with `uvicorn --workers`, start "
+                "`python -m lastcall.uvicorn` instead: its supervisor serves the port for all)",
+                port,
+                host,
+                port,
+            )
 
     @property
     def health_address(self) -> tuple[str, int] | None:

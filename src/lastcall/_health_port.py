@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socketserver
+import sys
 import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
@@ -100,12 +101,25 @@ def start(readiness: Readiness, host: str, port: int) -> HealthServer:
     try:
         server = HealthServer(readiness, host, port)
     except OSError as exc:
-        raise OSError(
+        error = OSError(
             f"LASTCALL_HEALTH_PORT={port}: cannot listen on {host}:{port} ({exc.strerror}); "
             "choose a free port"
-        ) from None
+        )
+        error.errno = exc.errno  # EADDRINUSE: maybe a sibling worker has it (the coordinator)
+        raise error from None
     server.start()
     return server
+
+
+def a_sibling_may_serve_it() -> bool:
+    """A worker of a multiprocessing supervisor lastcall is not in (plain ``uvicorn --workers``).
+
+    Each such worker tries the port; the first one serves it, the others must
+    still start (an error in the ASGI lifespan start-up makes uvicorn run the
+    app without it, silently).
+    """
+    multiprocessing = sys.modules.get("multiprocessing")
+    return multiprocessing is not None and multiprocessing.parent_process() is not None
 
 
 def serve_for_workers(readiness: Readiness, settings: Settings) -> HealthServer | None:

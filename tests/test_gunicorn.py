@@ -8,6 +8,7 @@ log lines reach gunicorn's error log (stderr).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -309,3 +310,21 @@ def test_the_config_module_defines_only_hooks():
     assert {name for name in vars(lastcall.gunicorn) if name in settings} == exported
     for name in exported:
         assert callable(getattr(lastcall.gunicorn, name))
+
+
+def test_a_request_still_in_flight_at_the_end_is_named_in_the_report(spawn, tmp_path):
+    """Steps: one sync worker, a 30 s request in flight, SIGTERM to the master, grace 2 s: the
+    worker's report names GET /hang and how long it had run, and the log says so at ERROR."""
+    report = tmp_path / "report-{pid}.json"
+    env = {"LASTCALL_GRACE": "2", "LASTCALL_REPORT": str(report)}
+    child = start(spawn, workers=1, env=env)
+    (worker,) = worker_pids(child)
+    _answers, readers = collect(send_slow(child.port, 1, "/hang"))
+    child.wait_for("hang")
+    child.send(signal.SIGTERM)
+    child.finish()
+    (request,) = json.loads((tmp_path / f"report-{worker}.json").read_text())["requests"]
+    assert (request["method"], request["path"]) == ("GET", "/hang")
+    assert 1.0 < request["seconds"] < 3.0
+    assert "request GET /hang still in flight after" in child.output()
+    readers[0].join(WAIT)

@@ -117,6 +117,7 @@ def wrap_app(worker: Gunicorn) -> None:
     _requests.health = (outer.livez_path, outer.readyz_path)
     for middleware in middlewares_in(outer):
         middleware.count_with(lambda: _requests.count)
+    lastcall.default.list_requests_with(_requests.listing)
 
 
 def take_signals(grace: float) -> None:
@@ -143,20 +144,34 @@ class _Requests:
 
     gunicorn calls ``post_request`` once the response is written, in a
     ``finally`` (``gunicorn/workers/sync.py``, ``gthread.py``), so this count
-    is exact without wrapping a response.
+    is exact without wrapping a response. Kept by the request object's id,
+    with its method, path and start, to be named in the report if the drain
+    runs out of time (one dict insert and pop per request; both atomic).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
+        self._live: dict[int, tuple[str, str, float]] = {}
         self.health: tuple[str | None, ...] = ()
         self.gevent: GeventWorker | None = None  # a gevent worker also notes its greenlets
 
-    def add(self, path: str, step: int) -> None:
-        if path in self.health:
-            return
-        with self._lock:
-            self.count += step
+    @property
+    def count(self) -> int:
+        return len(self._live)
+
+    def began(self, req: Gunicorn) -> None:
+        if req.path not in self.health:
+            self._live[id(req)] = (req.method, req.path, time.monotonic())
+
+    def ended(self, req: Gunicorn) -> None:
+        self._live.pop(id(req), None)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """The requests in flight: method, path, seconds so far (for the report)."""
+        now = time.monotonic()
+        return [
+            {"method": method, "path": path, "seconds": round(now - began, 3)}
+            for method, path, began in list(self._live.values())
+        ]
 
 
 _requests = _Requests()
@@ -164,14 +179,14 @@ _requests = _Requests()
 
 def request_began(req: Gunicorn) -> None:
     """One more in flight (gunicorn's ``pre_request``)."""
-    _requests.add(req.path, 1)
+    _requests.began(req)
     if _requests.gevent is not None:
         _requests.gevent.request_began()
 
 
 def request_ended(req: Gunicorn) -> None:
     """One fewer in flight (gunicorn's ``post_request``)."""
-    _requests.add(req.path, -1)
+    _requests.ended(req)
     if _requests.gevent is not None:
         _requests.gevent.request_ended()
 

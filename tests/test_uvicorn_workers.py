@@ -129,7 +129,9 @@ def test_plain_uvicorn_workers_with_a_health_port_keep_lastcall_in_every_worker(
     while sum("Application startup complete" in line for line in child.stderr) < 2:
         assert time.monotonic() < deadline, child.output()
         time.sleep(0.05)
-    assert probe(health, "/readyz") == (200, {"status": "ready"})
+    while probe(health, "/readyz") != (200, {"status": "ready"}):  # "starting" until it serves
+        assert time.monotonic() < deadline, child.output()
+        time.sleep(0.05)
     taken = [line for line in child.stderr if "is taken, by a sibling worker" in line]
     assert len(taken) == 1, child.output()
     assert "unsupported" not in child.output()  # lastcall's lifespan ran in both

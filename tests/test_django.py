@@ -335,6 +335,46 @@ def test_health_under_uvicorn_with_the_projects_own_asgi(spawn, project):
     assert live_processes_in_session(child.pid) == []
 
 
+def test_under_uvicorn_the_projects_own_asgi_drains_and_runs_the_hook(spawn, project):
+    """Steps: the unmodified asgi.py under uvicorn, settings.LASTCALL_PRESTOP_DELAY = 1; four
+    slow requests in flight; SIGTERM: /readyz 503 while / is still 200 (the setting reached
+    the ASGI middleware), every request 200, the hook once in the server, exit by SIGTERM."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(project), "--port", str(port)]
+    env = {"SLOW": "1", "BAD_SETTING": "LASTCALL_PRESTOP_DELAY = 1"}
+    child = spawn("", argv=[*argv, "mysite.asgi:application"], env=env, wait_ready=False)
+    child.wait_for("Uvicorn running", stream="stderr")
+    assert "lifespan' protocol appears unsupported" not in child.output()
+    conns = send_slow(port, 4)
+    wait_lines(child, "slow started", 4, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    child.wait_for("pre-stop delay", stream="stderr")
+    assert get(port, "/readyz")[0] == 503
+    assert get(port, "/") == (200, "index")
+    for thread in threads:
+        thread.join(WAIT)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 4, child.output()
+    assert hook_lines(child) == [f"hook:settings pid={child.pid}"], child.output()
+
+
+def test_an_asgi_app_wrapped_twice_is_one_line(spawn, project):
+    """The old way, asgi.py wrapping get_asgi_application() itself: one line at start-up."""
+    asgi = project / "mysite" / "asgi.py"
+    asgi.write_text(
+        asgi.read_text().replace(
+            "application = get_asgi_application()",
+            "from lastcall.asgi import LastCallMiddleware\n"
+            "application = LastCallMiddleware(get_asgi_application())",
+        )
+    )
+    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(project), "--port", str(free_port())]
+    child = spawn("", argv=[*argv, "mysite.asgi:application"], wait_ready=False)
+    assert child.finish() != 0
+    assert "this app is one already" in child.output()
+
+
 def test_nothreading_serves_the_backlog_and_refuses_new_connections(spawn, project, tmp_path):
     """runserver --nothreading: one request served, two waiting in the listen
     backlog at SIGTERM; all three get 200, and new connections meanwhile are

@@ -148,6 +148,11 @@ class LastCallMiddleware(HealthPaths):
         drain_timeout: float | None = None,
         take_signals: bool = True,
     ) -> None:
+        if isinstance(app, LastCallMiddleware):
+            raise TypeError(
+                "LastCallMiddleware: this app is one already (lastcall.django wraps what "
+                "get_asgi_application() returns); wrap an app once"
+            )
         if not callable(app) or not is_coroutine_function(app):
             hint = " (a WSGI app? use lastcall.wsgi.LastCallMiddleware)" if callable(app) else ""
             raise TypeError(
@@ -189,6 +194,11 @@ class LastCallMiddleware(HealthPaths):
         self._adapter: AsgiServer | None = None
         self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
         self._master_stopping: Callable[[], bool] | None = None
+        self._install_options: dict[str, Any] = {}
+
+    def install_with(self, options: dict[str, Any]) -> None:
+        """For integrations: the options ``install()`` gets at start-up (Django's settings)."""
+        self._install_options = options
 
     def share_listeners(self, master_stopping: Callable[[], bool]) -> None:
         """A master and sibling workers hold our listening sockets (gunicorn's UvicornWorker).
@@ -365,7 +375,7 @@ class LastCallMiddleware(HealthPaths):
             taken = uvicorn.take_signal(sig)
             if taken is not None and self._server_stop is None:
                 self._server_stop, self._server = taken
-        coordinator.ensure_installed()
+        coordinator.ensure_installed(**self._install_options)
         logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
 
     def _watch_parent(self) -> None:

@@ -121,6 +121,32 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         _report_clean_exit(coordinator)
 
 
+def wrap_asgi_handler(coordinator: Coordinator, install_options: dict[str, Any]) -> None:
+    """Have ``get_asgi_application()`` return Django's handler inside lastcall's ASGI middleware.
+
+    So the project's own ``asgi.py`` gets the lifespan, the drain and the hooks
+    under uvicorn, hypercorn or gunicorn's UvicornWorker, as a wrapped app does.
+    ``get_asgi_application()`` (``django/core/asgi.py``) runs ``django.setup()``,
+    which calls this from ``AppConfig.ready()``, and then builds the handler
+    by its module-level name ``ASGIHandler``: that name becomes a factory.
+    """
+    from django.core import asgi as core_asgi  # noqa: PLC0415  # only with Django in use
+
+    handler_class = core_asgi.ASGIHandler
+    if getattr(handler_class, "lastcall_wrapped", False):
+        return
+
+    def asgi_handler() -> Any:  # noqa: ANN401  # lastcall.asgi.LastCallMiddleware
+        from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415  # asyncio, for ASGI only
+
+        middleware = LastCallMiddleware(handler_class(), coordinator=coordinator)
+        middleware.install_with(install_options)
+        return middleware
+
+    asgi_handler.lastcall_wrapped = True  # type: ignore[attr-defined]
+    core_asgi.ASGIHandler = asgi_handler
+
+
 def _coordinator() -> Coordinator:
     coordinator = _State.coordinator
     assert coordinator is not None  # noqa: S101  # enable() sets it before any patch runs

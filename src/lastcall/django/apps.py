@@ -79,6 +79,7 @@ class LastCallConfig(AppConfig):  # type: ignore[misc]  # Django ships no types
                 _close_db_connections, phase="cleanup", name="django: close database connections"
             )
         django_server.enable(coordinator, checked.install)
+        django_server.wrap_asgi_handler(coordinator, checked.install)
 
 
 def _close_db_connections() -> None:

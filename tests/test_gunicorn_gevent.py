@@ -22,13 +22,14 @@ def statuses(results) -> list:
     return [r[0] if isinstance(r, tuple) else r for r in results]
 
 
-def test_sigterm_gives_readiness_red_then_refuses_and_finishes_in_flight(spawn):
-    """Steps: 2 gevent workers, 4 requests of 1 s in flight; SIGTERM to the master
-    with a 1 s pre-stop delay. Readiness red in every worker while ``/`` and
-    ``/livez`` still answer 200; then new connections are refused; all 4 get
-    200; each worker runs its hook once; the master exits 0.
+@pytest.mark.parametrize("worker_class", ["gevent", "gevent_pywsgi"])
+def test_sigterm_gives_readiness_red_then_refuses_and_finishes_in_flight(spawn, worker_class):
+    """Steps: 2 gevent workers (gunicorn's own or gevent's pywsgi server), 4 requests of
+    1 s in flight; SIGTERM to the master with a 1 s pre-stop delay. Readiness red in every
+    worker while ``/`` and ``/livez`` still answer 200; then new connections are refused;
+    all 4 get 200; each worker runs its hook once; the master exits 0.
     """
-    child = start(spawn, "-k", "gevent", env={"LASTCALL_PRESTOP_DELAY": "1"})
+    child = start(spawn, "-k", worker_class, env={"LASTCALL_PRESTOP_DELAY": "1"})
     assert get(child.port, "/readyz") == 200
     conns = send_slow(child.port, 4)
     wait_lines(child, "slow", 4, stream="stdout")

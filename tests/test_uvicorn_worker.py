@@ -114,3 +114,19 @@ def test_a_wsgi_app_is_refused_in_one_line(spawn):
     lines = [line for line in child.stderr if "serves ASGI apps" in line]
     assert len(lines) == 1, child.output()
     assert "a WSGI app runs with -k sync or -k gthread" in lines[0]
+
+
+def test_a_worker_recycled_alone_has_no_prestop_delay(spawn):
+    """Steps: LASTCALL_PRESTOP_DELAY=5; SIGHUP to the master replaces both workers one by
+    one: each old worker drains at once and runs its hook (no pre-stop delay: its siblings
+    serve, and a red /readyz from it would only make probes fail); SIGTERM then keeps it."""
+    child = start_asgi(spawn, WORKERS[0], LASTCALL_PRESTOP_DELAY="5")
+    old = worker_pids(child)
+    child.send(signal.SIGHUP)
+    wait_lines(child, "hook:app", 2, stream="stdout", timeout=4.0)  # well inside the 5 s
+    assert sorted(hooks(child, "app")) == sorted(old), child.output()
+    assert not [line for line in child.stderr if "pre-stop delay" in line], child.output()
+    wait_lines(child, "lifespan:startup", 4, stream="stdout")  # the new workers serve
+    child.send(signal.SIGTERM)
+    wait_lines(child, "pre-stop delay", 2)  # a full stop still has it
+    assert child.finish() == 0, child.output()

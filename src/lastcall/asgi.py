@@ -194,19 +194,22 @@ class LastCallMiddleware(HealthPaths):
         self._adapter: AsgiServer | None = None
         self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
         self._master_stopping: Callable[[], bool] | None = None
+        self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
 
     def install_with(self, options: dict[str, Any]) -> None:
         """For integrations: the options ``install()`` gets at start-up (Django's settings)."""
         self._install_options = options
 
-    def share_listeners(self, master_stopping: Callable[[], bool]) -> None:
+    def share_listeners(self, master_stopping: Callable[[], bool], prestop: float = 0.0) -> None:
         """A master and sibling workers hold our listening sockets (gunicorn's UvicornWorker).
 
         ``master_stopping()`` says whether they all stop too: only then is the
-        socket shut for everyone; a worker recycled alone leaves it to them.
+        socket shut for everyone, and only then does the worker keep serving
+        for ``prestop`` seconds first; a worker recycled alone does neither.
         """
         self._master_stopping = master_stopping
+        self._worker_prestop = prestop
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -345,6 +348,7 @@ class LastCallMiddleware(HealthPaths):
             full_stop=self._full_stop,
             budget=self._coordinator.drain_budget,
         )
+        self._adapter.worker_prestop = self._worker_prestop
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
         coordinator.use_loop(loop)

@@ -324,11 +324,11 @@ class _Worker:
                 )
                 sys.exit(_WORKER_BOOT_ERROR)
             app = worker.wsgi = AsgiMiddleware(app, coordinator=lastcall.default)
-        app.share_listeners(adapter.master_stopping)
+        app.share_listeners(adapter.master_stopping, prestop)  # the delay on a full stop only
         lastcall.default.install(
             signals=("SIGTERM", "SIGINT"),
             grace=grace,
-            prestop_delay=prestop,
+            prestop_delay=0,
             force_signals=("SIGINT",),
         )
         self._write_hook_file()

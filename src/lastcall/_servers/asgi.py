@@ -81,6 +81,9 @@ class AsgiServer:
         budget: Callable[[], float],
     ) -> None:
         self.name = "the server"
+        # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
+        # readiness red (its siblings serve); only a full stop has the pre-stop delay.
+        self.worker_prestop = 0.0
         self.door = AsyncioDoor(loop)
         self._loop = loop
         self._live = live
@@ -99,8 +102,8 @@ class AsgiServer:
         self.door.refuse_now()
 
     def prestop_delay(self) -> float:
-        """The core's pre_stop phase has kept serving already."""
-        return 0.0
+        """A worker's own delay, on a full stop only; else the core's pre_stop phase did it."""
+        return self.worker_prestop if self.worker_prestop and self._full_stop() else 0.0
 
     def close_door(self) -> int:
         """Close the door on the loop, then tell the server to finish what it holds."""

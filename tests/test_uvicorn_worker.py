@@ -24,11 +24,12 @@ from test_gunicorn import (
     wait_lines,
     worker_pids,
 )
+from test_uvicorn_workers import knock
 
 pytest.importorskip("uvicorn")
 
 APP = """
-import asyncio, os
+import asyncio, os, time
 import lastcall
 
 def out(*words):
@@ -37,6 +38,10 @@ def out(*words):
 @lastcall.on_shutdown
 def app_hook():
     out("hook:app", os.getpid())
+
+@lastcall.on_shutdown(phase="final")
+def linger():
+    time.sleep(float(os.environ.get("LINGER", "0")))  # the worker lives on a while
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -101,6 +106,19 @@ def test_sigkill_to_the_master_leaves_no_worker_serving(spawn):
     wait_session_empty(child.pid)
     assert refused(child.port)
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+
+
+def test_after_the_masters_sigkill_new_connections_are_refused_not_reset(spawn):
+    """Steps: SIGKILL to the master; each worker sees it and drains; while their last hook
+    still runs, a new connection is refused, not queued on a socket nobody accepts from and
+    reset at the workers' exit: uvicorn's server closes gunicorn's own socket object, so once
+    every worker's door is closed no copy of the listener is left."""
+    child = start_asgi(spawn, WORKERS[0], LINGER="2")
+    child.send(signal.SIGKILL)
+    wait_lines(child, "hook:app", 2, stream="stdout")
+    assert knock(child.port) == "refused"
+    assert child.finish() == -signal.SIGKILL
+    wait_session_empty(child.pid)
 
 
 def test_a_wsgi_app_is_refused_in_one_line(spawn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import signal
 import sys
@@ -29,7 +30,7 @@ def app_hook():
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
         out("slow", os.getpid())
-        time.sleep(1)
+        time.sleep(float(os.environ.get("SLOW", "1")))
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
     return [b"done"]
 """
@@ -115,6 +116,24 @@ def test_signal_lets_every_request_in_flight_finish(spawn, sig):
     # answered after the stop began: each closes its connection (waitress's way, no 500)
     assert results == [(200, "close")] * 6, child.output()
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
+
+
+def test_a_request_still_in_flight_at_the_end_is_named_in_the_report(spawn, tmp_path):
+    """Steps: a 30 s request in flight, SIGTERM, grace 2 s: the report names GET /slow and
+    how long it had run, and the log says so at ERROR; a /readyz probe is not listed."""
+    report = tmp_path / "report.json"
+    child = start(spawn, env={"SLOW": "30", "LASTCALL_GRACE": "2", "LASTCALL_REPORT": str(report)})
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=WAIT)
+    conn.request("GET", "/slow")
+    wait_count(child, "slow", 1)
+    assert get(child.port, "/readyz") == 200
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    (request,) = json.loads(report.read_text())["requests"]
+    assert (request["method"], request["path"]) == ("GET", "/slow")
+    assert 1.0 < request["seconds"] < 3.0
+    assert "request GET /slow still in flight after" in child.output()
+    conn.close()
 
 
 def test_prestop_delay_keeps_serving_while_readiness_is_red(spawn):

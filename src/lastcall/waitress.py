@@ -36,6 +36,7 @@ import lastcall
 from lastcall._config import resolve
 from lastcall._servers import waitress as adapter
 from lastcall._servers.drain import drain
+from lastcall._servers.inflight import RequestsInFlight
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
@@ -58,10 +59,12 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     if not quiet:
         logging.basicConfig()  # as waitress.serve does; idempotent
     server = make_server(middleware, **kw)
-    adapter.close_connections_while_stopping(server, coordinator.stopping)
+    health = (middleware.livez_path, middleware.readyz_path)
+    requests = RequestsInFlight()
+    adapter.adapt_tasks(server, coordinator.stopping, requests, health)
+    coordinator.list_requests_with(requests.listing)
     coordinator.ensure_installed()
     waitress = adapter.WaitressAdapter(server)
-    health = (middleware.livez_path, middleware.readyz_path)
     for layer in middlewares_in(middleware):
         layer.count_with(functools.partial(waitress.requests_in_flight, health))
     coordinator.on_shutdown(phase="drain", name="waitress drain")(

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._servers import versions
+from lastcall._servers.inflight import RequestsInFlight
 from lastcall._servers.listener import take_backlog
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
@@ -139,39 +140,26 @@ def take_signals(grace: float) -> None:
             signal.signal(sig, handler)
 
 
-class _Requests:
+class _Requests(RequestsInFlight):
     """Requests between gunicorn's ``pre_request`` and ``post_request`` hooks (health ones aside).
 
     gunicorn calls ``post_request`` once the response is written, in a
     ``finally`` (``gunicorn/workers/sync.py``, ``gthread.py``), so this count
-    is exact without wrapping a response. Kept by the request object's id,
-    with its method, path and start, to be named in the report if the drain
-    runs out of time (one dict insert and pop per request; both atomic).
+    is exact without wrapping a response.
     """
 
     def __init__(self) -> None:
-        self._live: dict[int, tuple[str, str, float]] = {}
+        super().__init__()
         self.health: tuple[str | None, ...] = ()
         self.gevent: GeventWorker | None = None  # a gevent worker also notes its greenlets
 
     @property
     def count(self) -> int:
-        return len(self._live)
+        return len(self)
 
-    def began(self, req: Gunicorn) -> None:
+    def request_began(self, req: Gunicorn) -> None:
         if req.path not in self.health:
-            self._live[id(req)] = (req.method, req.path, time.monotonic())
-
-    def ended(self, req: Gunicorn) -> None:
-        self._live.pop(id(req), None)
-
-    def listing(self) -> list[dict[str, Any]]:
-        """The requests in flight: method, path, seconds so far (for the report)."""
-        now = time.monotonic()
-        return [
-            {"method": method, "path": path, "seconds": round(now - began, 3)}
-            for method, path, began in list(self._live.values())
-        ]
+            self.began(id(req), req.method, req.path)
 
 
 _requests = _Requests()
@@ -179,14 +167,14 @@ _requests = _Requests()
 
 def request_began(req: Gunicorn) -> None:
     """One more in flight (gunicorn's ``pre_request``)."""
-    _requests.began(req)
+    _requests.request_began(req)
     if _requests.gevent is not None:
         _requests.gevent.request_began()
 
 
 def request_ended(req: Gunicorn) -> None:
     """One fewer in flight (gunicorn's ``post_request``)."""
-    _requests.ended(req)
+    _requests.ended(id(req))
     if _requests.gevent is not None:
         _requests.gevent.request_ended()
 

@@ -10,7 +10,8 @@ the responses still go out.
 
 Tested with waitress 3.0 (``versions.WAITRESS``). Undocumented parts used,
 all from ``waitress/server.py`` and ``waitress/channel.py``: a single
-server's ``_map``, ``task_class.build_response_header`` (subclassed),
+server's ``_map``, ``task_class.build_response_header`` and ``service`` (subclassed;
+``waitress/task.py``, with ``task.request.command`` and ``.path``),
 and the channel fields read by ``_close_idle``.
 """
 
@@ -27,6 +28,7 @@ from lastcall._servers.listener import take_backlog
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from lastcall._servers.inflight import RequestsInFlight
     from lastcall._stoptoken import StopToken
 
 __all__ = ("WaitressAdapter",)
@@ -52,22 +54,44 @@ def run(server: Waitress) -> None:
     )
 
 
-def close_connections_while_stopping(server: Waitress, stopping: StopToken) -> None:
-    """A response that begins once the stop has begun closes its connection, waitress's way."""
+def adapt_tasks(
+    server: Waitress,
+    stopping: StopToken,
+    requests: RequestsInFlight,
+    health: tuple[str | None, ...],
+) -> None:
+    """Tasks (one per request, waitress/task.py) that say what is in flight and when to close.
+
+    Each is kept in ``requests`` while it runs, health checks aside; a
+    response that begins once the stop has begun closes its connection.
+    """
     for each in _servers_of(server):
         channel_class = each.channel_class
         task_class = channel_class.task_class
-        build = task_class.build_response_header  # waitress/task.py
+        build = task_class.build_response_header
+        service = task_class.service
 
         def build_response_header(task: Waitress, build: Any = build) -> Any:  # noqa: ANN401
             if stopping.is_set() and not task.close_on_finish:
                 task.set_close_on_finish()  # "Connection: close", then close after the response
             return build(task)
 
-        closing_task = type(
-            "LastCallTask", (task_class,), {"build_response_header": build_response_header}
+        def tracked_service(task: Waitress, service: Any = service) -> Any:  # noqa: ANN401
+            request = task.request
+            if request.path in health:
+                return service(task)
+            requests.began(id(task), request.command, request.path)
+            try:
+                return service(task)
+            finally:
+                requests.ended(id(task))
+
+        task = type(
+            "LastCallTask",
+            (task_class,),
+            {"build_response_header": build_response_header, "service": tracked_service},
         )
-        each.channel_class = type("LastCallChannel", (channel_class,), {"task_class": closing_task})
+        each.channel_class = type("LastCallChannel", (channel_class,), {"task_class": task})
 
 
 class WaitressAdapter:

@@ -18,6 +18,7 @@ CORE_TESTS = [
     "tests/test_health_port.py",
     "tests/test_asyncio_apps.py",
     "tests/test_lastresort.py",
+    "tests/test_listener.py",
 ]
 REQUIREMENTS = [
     *("click>=8.1", "rich>=13", "httpx>=0.27"),  # conftest finds processes with the drill's code

@@ -173,6 +173,21 @@ def test_signal_to_runserver_drains_and_runs_the_hook_once_in_the_serving_child(
         assert "without running its shutdown hooks" not in child.output()
 
 
+def test_ctrl_c_reaching_the_child_a_moment_later_still_ends_it_by_sigint(
+    spawn, project, tmp_path
+):
+    """Steps: a terminal's Ctrl-C reaches the reloader parent, and the serving child 0.2 s
+    later (a busy machine schedules it late): the child's stop is still its own SIGINT's, not
+    the SIGTERM the parent passes on, so both end by SIGINT (130), as the user asked."""
+    child, _port, serving = runserver(spawn, project, tmp_path, reload=True)
+    child.send(signal.SIGINT)
+    time.sleep(0.2)  # the scenario: the child's copy of the Ctrl-C arrives this much later
+    os.kill(serving, signal.SIGINT)
+    assert child.finish() == -signal.SIGINT, child.output()
+    report = json.loads((tmp_path / f"report-{serving}.json").read_text())
+    assert report["exit_status"] == 128 + signal.SIGINT, child.output()
+
+
 def test_sigkill_to_the_reloader_parent_stops_the_child(spawn, project, tmp_path):
     """The orphaned child notices within a second, drains, runs its hook, frees the port."""
     child, port, serving = runserver(spawn, project, tmp_path, reload=True)

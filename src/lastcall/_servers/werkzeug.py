@@ -14,8 +14,9 @@ What Werkzeug 3.1 does on its own, and what this module changes:
 * The reloader parent imports the app too, yet the app's resources live in
   the serving child. The parent runs none of the app's hooks
   (``Coordinator.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
-  child as SIGTERM (a terminal's Ctrl-C has already reached the child; a
-  second SIGINT would mean "force"), and ends with the child's status.
+  child as SIGTERM (a terminal's Ctrl-C has already reached the child, so
+  for SIGINT after 0.5 s; a second SIGINT would mean "force"), and ends
+  with the child's status.
   It logs one line when the child died without running its shutdown.
 * Werkzeug's reloader sets ``SIGTERM -> sys.exit(0)`` in the child after
   the app was imported; the child takes its signals back once it serves
@@ -366,11 +367,26 @@ def _restart_with_reloader(loop: ReloaderLoop) -> int:
         _end_like(status)
 
 
+_CTRL_C_HEAD_START = 0.5  # seconds the child's own SIGINT has before our SIGTERM
+
+
 def _forward_signals(child: subprocess.Popen[bytes], stopping: threading.Event) -> None:
-    def forward(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        stopping.set()
+    def terminate() -> None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
+
+    def forward(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        stopping.set()
+        if signum != signal.SIGINT:
+            terminate()
+            return
+        # A terminal's Ctrl-C reached the child too: let it begin its stop by that
+        # SIGINT (and end by it), rather than race our SIGTERM to it; the SIGTERM
+        # follows for a SIGINT sent to this process alone. Once stopping, the
+        # child takes a SIGTERM as nothing new.
+        later = threading.Timer(_CTRL_C_HEAD_START, terminate)
+        later.daemon = True
+        later.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)

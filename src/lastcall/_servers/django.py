@@ -5,9 +5,10 @@ What Django does on its own, and what this module changes:
 * runserver's server (``django/core/servers/basehttp.py``, wsgiref's
   ``WSGIServer`` with ``socketserver.ThreadingMixIn``) runs each connection
   on a daemon thread nobody waits for: what is in flight when the process
-  ends is cut off. Here the ``drain`` phase serves the listen backlog,
-  stops listening (new connections refused), ends the accept loop and waits
-  for the connection threads, closing idle keep-alive connections.
+  ends is cut off. Here it runs under ``_servers.wsgiref.TrackedServer``,
+  whose drain serves the listen backlog, stops listening (new connections
+  refused), ends the accept loop and waits for the connection threads,
+  closing idle keep-alive connections, as under ``lastcall.wsgiref``.
 * The autoreloader (``django/utils/autoreload.py``) sets ``SIGTERM ->
   sys.exit(0)`` in both processes, and its parent runs the child with
   ``subprocess.run``, which SIGKILLs the child on any exception in the
@@ -30,21 +31,15 @@ undocumented part of Django is named where it is used.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
-import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall import _signals
 from lastcall._report import logger
 from lastcall._servers import versions
-from lastcall._servers.drain import drain
-from lastcall._servers.listener import take_backlog
 from lastcall._servers.werkzeug import (
     _CLEAN,
     _CLEAN_FD_ENV,
@@ -53,11 +48,10 @@ from lastcall._servers.werkzeug import (
     _describe_status,
     _end_like,
     _forward_signals,
-    _has_input,
     _read_now,
     _report_clean_exit,
-    _Requests,
 )
+from lastcall._servers.wsgiref import TrackedServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,25 +68,12 @@ _OFF_MAIN_HINT = (
 )
 
 
-class _Served:
-    """What this process knows of one runserver server."""
-
-    def __init__(self) -> None:
-        self.requests = _Requests()
-        self.thread: threading.Thread | None = threading.current_thread()
-        # Each open connection, and whether a request is being answered on it
-        # (False between requests: keep-alive, its thread waits to read).
-        self.connections: dict[socket.socket, bool] = {}
-
-
 class _State:
     """The integration in this process: set by enable(), read by the patches."""
 
     coordinator: Coordinator | None = None
     install_options: ClassVar[dict[str, Any]] = {}
     patched = False
-    drain_registered = False
-    servers: ClassVar[weakref.WeakKeyDictionary[Any, _Served]] = weakref.WeakKeyDictionary()
 
 
 def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = None) -> None:
@@ -157,124 +138,43 @@ def _install() -> None:
     _coordinator().ensure_installed(**_State.install_options)
 
 
-# ---------------------------------------------------------------- the drain
-
-
-def _drain() -> None:
-    """The drain hook: every runserver server of this process, through the one drain sequence."""
-    drain(DjangoAdapter(list(_State.servers.items())), _coordinator())
-
-
-class DjangoAdapter:
-    """The drain's questions for runserver's servers in this process."""
-
-    name = "runserver"
-
-    def __init__(self, servers: list[tuple[Any, _Served]]) -> None:
-        self._servers = servers
-
-    def prestop_delay(self) -> float:
-        """The core's pre_stop phase has kept serving already."""
-        return 0.0
-
-    def close_door(self) -> int:
-        """Serve the backlog, stop listening, end the accept loops."""
-        return sum(_stop_accepting(server, served) for server, served in self._servers)
-
-    def in_flight(self) -> int:
-        """Connection threads still answering a request."""
-        return sum(served.requests.count for _, served in self._servers)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Until every connection thread has finished."""
-        deadline = time.monotonic() + timeout
-        return all(
-            served.requests.wait_idle(max(0.0, deadline - time.monotonic()))
-            for _, served in self._servers
-        )
-
-    def close_idle(self) -> None:
-        """End keep-alive connections waiting for a next request: their threads read EOF."""
-        for _, served in self._servers:
-            for connection, answering in list(served.connections.items()):
-                if not answering and not _has_input(connection):
-                    with contextlib.suppress(OSError):
-                        connection.shutdown(socket.SHUT_RD)
-
-    def cancel(self) -> int:
-        """A connection thread cannot be cancelled: it is left, a daemon, as Django leaves it."""
-        return self.in_flight()
-
-
-def _stop_accepting(server: Any, served: _Served) -> int:  # noqa: ANN401  # basehttp.WSGIServer
-    """Take what the backlog holds, stop listening, then serve what was taken.
-
-    Served only once the socket is shut: with ``--nothreading`` each one is
-    answered here, one after another, and new connections meanwhile must be
-    refused rather than taken too.
-    """
-    backlog = take_backlog(server.socket)  # refused from now on; wakes the accept loop
-    for connection, address in backlog:
-        server.process_request(connection, address)
-    serving = served.thread
-    if serving is not None and serving is not threading.current_thread():
-        server.shutdown()  # returns once serve_forever's loop has ended
-    return len(backlog)
-
-
 # ---------------------------------------------------------------- patches
 
 
-def _patch() -> None:  # noqa: PLR0915  # one wrapper per patched function, kept together
-    """Wrap the few Django functions and methods runserver goes through.
+def _patch() -> None:
+    """Put lastcall's wsgiref server under runserver; wrap what its reloader goes through.
 
-    From ``django/core/servers/basehttp.py``: ``WSGIServer.serve_forever``
-    (socketserver's), ``WSGIServer.finish_request`` (one call per connection,
-    on its thread: ``run()`` builds its threaded class from
-    ``socketserver.ThreadingMixIn`` and ``WSGIServer``), ``ServerHandler.run``
-    (one call per request). From ``django/utils/autoreload.py``:
-    ``restart_with_reloader`` (the parent) and ``start_django`` (the child's
-    main thread), both looked up as module globals by ``run_with_reloader``.
+    From ``django/core/management/commands/runserver.py``: ``Command.server_cls``
+    (Django's ``WSGIServer``, a wsgiref one, which ``basehttp.run()`` mixes
+    ``socketserver.ThreadingMixIn`` into) becomes that class under
+    ``_servers.wsgiref.TrackedServer``, the same drain as ``lastcall.wsgiref``.
+    From ``django/core/servers/basehttp.py``: ``ServerHandler.run`` (one call
+    per request, so a keep-alive connection between requests counts as
+    idle). From ``django/utils/autoreload.py``: ``restart_with_reloader``
+    (the parent) and ``start_django`` (the child's main thread), both looked
+    up as module globals by ``run_with_reloader``.
     """
-    from django.core.servers import basehttp  # noqa: PLC0415  # only with Django in use
+    from django.core.management.commands import runserver  # noqa: PLC0415  # Django in use
+    from django.core.servers import basehttp  # noqa: PLC0415
     from django.utils import autoreload  # noqa: PLC0415
 
-    server_cls = basehttp.WSGIServer
-    original_serve = server_cls.serve_forever
-    original_finish = server_cls.finish_request
+    server_cls = runserver.Command.server_cls
+    runserver.Command.server_cls = type(
+        server_cls.__name__,
+        (TrackedServer, server_cls),
+        {
+            "coordinator": _coordinator(),
+            "install_options": _State.install_options,
+            "lastcall_name": "runserver",
+        },
+    )
     original_run = basehttp.ServerHandler.run
     original_start_django = autoreload.start_django
-
-    def serve_forever(self: basehttp.WSGIServer, poll_interval: float = 0.5) -> None:
-        if threading.current_thread() is threading.main_thread():
-            _install()  # --noreload: the server runs on the main thread
-        if not _State.drain_registered:
-            _State.drain_registered = True
-            _coordinator().on_shutdown(
-                _drain, phase="drain", name="runserver: stop accepting, finish requests in flight"
-            )
-        served = _State.servers[self] = _Served()
-        try:
-            original_serve(self, poll_interval)
-        finally:
-            served.thread = None
-
-    def finish_request(self: basehttp.WSGIServer, request: socket.socket, address: Any) -> None:  # noqa: ANN401
-        served = _State.servers.get(self)
-        if served is None:
-            original_finish(self, request, address)
-            return
-        served.connections[request] = False
-        try:
-            with served.requests:
-                original_finish(self, request, address)
-        finally:
-            served.connections.pop(request, None)
 
     def run(self: basehttp.ServerHandler, application: Callable[..., Any]) -> None:
         handler = getattr(self, "request_handler", None)  # set by WSGIRequestHandler
         connection = getattr(handler, "connection", None)
-        served = _State.servers.get(getattr(handler, "server", None))
+        served = getattr(getattr(handler, "server", None), "lastcall_served", None)
         if served is None or connection not in served.connections:
             original_run(self, application)
             return
@@ -293,8 +193,6 @@ def _patch() -> None:  # noqa: PLR0915  # one wrapper per patched function, kept
         _install()
         original_start_django(reloader, main_func, *args, **kwargs)
 
-    server_cls.serve_forever = serve_forever
-    server_cls.finish_request = finish_request
     basehttp.ServerHandler.run = run
     autoreload.start_django = start_django
     autoreload.restart_with_reloader = _restart_with_reloader

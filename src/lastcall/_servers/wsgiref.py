@@ -31,7 +31,7 @@ import functools
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall._servers.drain import drain
 from lastcall._servers.listener import take_backlog
@@ -70,23 +70,31 @@ class TrackedServer:
     """
 
     coordinator: Coordinator
+    install_options: ClassVar[dict[str, Any]] = {}  # for install(): lastcall.django's settings
+    lastcall_name: ClassVar[str] = "wsgiref"  # in the log and the report (Django: runserver)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401  # socketserver's
         self.lastcall_served = _Served()
+        self.lastcall_drains = False
         super().__init__(*args, **kwargs)
 
     def drain_on_stop(self) -> None:
-        """Register the drain of this server in the coordinator's ``drain`` phase."""
+        """Register the drain of this server in the coordinator's ``drain`` phase, once."""
+        if self.lastcall_drains:
+            return
+        self.lastcall_drains = True
         self.coordinator.on_shutdown(
             functools.partial(drain, WsgirefAdapter(self), self.coordinator),
             phase="drain",
-            name="wsgiref: stop accepting, finish requests in flight",
+            name=f"{self.lastcall_name}: stop accepting, finish requests in flight",
         )
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until the drain ends the loop; then answer what it took from the backlog."""
         if threading.current_thread() is threading.main_thread():
-            self.coordinator.ensure_installed()  # our handlers back in front of any set since
+            # Our handlers back in front of any set since (runserver --noreload: installed here).
+            self.coordinator.ensure_installed(**self.install_options)
+        self.drain_on_stop()
         served = self.lastcall_served
         with served.lock:
             served.serving = True
@@ -143,6 +151,7 @@ class WsgirefAdapter:
     def __init__(self, server: TrackedServer) -> None:
         self._server: Any = server  # a WSGIServer too
         self._served = server.lastcall_served
+        self.name = server.lastcall_name
 
     def prestop_delay(self) -> float:
         """The core's pre_stop phase has kept serving already."""

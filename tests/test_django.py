@@ -173,9 +173,7 @@ def test_signal_to_runserver_drains_and_runs_the_hook_once_in_the_serving_child(
         assert "without running its shutdown hooks" not in child.output()
 
 
-def test_ctrl_c_reaching_the_child_a_moment_later_still_ends_it_by_sigint(
-    spawn, project, tmp_path
-):
+def test_ctrl_c_reaching_the_child_a_moment_later_still_ends_it_by_sigint(spawn, project, tmp_path):
     """Steps: a terminal's Ctrl-C reaches the reloader parent, and the serving child 0.2 s
     later (a busy machine schedules it late): the child's stop is still its own SIGINT's, not
     the SIGTERM the parent passes on, so both end by SIGINT (130), as the user asked."""

@@ -140,7 +140,7 @@ HYPERCORN = Tested(
     "the worker may stop accepting before lastcall's pre-stop delay",
 )
 # What is read and patched: django/utils/autoreload.py, django/core/servers/basehttp.py,
-# django/core/management/commands/runserver.py (Command.server_cls), django/core/asgi.py
+# the server class of the runserver command, and the handler name in django/core/asgi.py
 # (tests/test_django.py passes on 4.2.0, in the oldest leg, and on 5.2.19).
 DJANGO = Tested(
     "django",

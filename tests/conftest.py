@@ -59,6 +59,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def knock(port: int) -> str:
+    """One new connection and request: ``200``, ``refused``, or what went wrong (a reset)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\n\r\n")
+            head = conn.recv(64)
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as exc:
+        return repr(exc)
+    return head.split(b" ")[1].decode() if head else "closed without an answer"
+
+
 def refused(port: int) -> bool:
     """Whether a new connection to 127.0.0.1:port is refused (not accepted, not reset)."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import WAIT, free_port, live_processes_in_session, refused
 from test_flask_devserver import get, hook_lines, put_slow_requests_in_flight, wait_until_serving
-from test_gunicorn import _control_socket, collect, send_slow, wait_lines, worker_pids
+from test_gunicorn import _control_socket, collect, send_slow, statuses, wait_lines, worker_pids
 
 pytest.importorskip("django")
 
@@ -246,7 +246,7 @@ def test_under_gunicorn_with_the_projects_own_wsgi(spawn, project):
     for thread in threads:
         thread.join(WAIT)
     assert child.finish() == 0, child.output()
-    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 6, child.output()
+    assert statuses(results) == [200] * 6, child.output()
     hooked = sorted(int(h.split("=")[1]) for h in hook_lines(child))
     assert hooked == sorted(worker_pids(child)), child.output()
 
@@ -368,7 +368,7 @@ def test_under_uvicorn_the_projects_own_asgi_drains_and_runs_the_hook(spawn, pro
     for thread in threads:
         thread.join(WAIT)
     assert child.finish() == -signal.SIGTERM, child.output()
-    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 4, child.output()
+    assert statuses(results) == [200] * 4, child.output()
     assert hook_lines(child) == [f"hook:settings pid={child.pid}"], child.output()
 
 
@@ -411,7 +411,7 @@ def test_nothreading_serves_the_backlog_and_refuses_new_connections(spawn, proje
     for thread in threads:
         thread.join(WAIT)
     assert child.finish() == -signal.SIGTERM, child.output()
-    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 3, child.output()
+    assert statuses(results) == [200] * 3, child.output()
     assert outcomes, child.output()
     assert set(outcomes) == {"refused"}, outcomes
     assert hook_lines(child) == [f"hook:settings pid={serving}"]

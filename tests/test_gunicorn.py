@@ -115,6 +115,32 @@ def worker_pids(child) -> list[int]:
     ]
 
 
+def statuses(results) -> list:
+    """Each client's status, or what went wrong for it (``collect``'s results)."""
+    return [r[0] if isinstance(r, tuple) else r for r in results]
+
+
+def assert_drained_in_order(child, results, threads, count: int) -> None:
+    """After SIGTERM to the master: both doors shut and new connections refused, every
+    request in flight 200, the master exits 0, and each worker ran its hook once."""
+    wait_lines(child, "stopped accepting", 2)
+    assert refused(child.port)
+    for thread in threads:
+        thread.join(WAIT)
+    assert child.finish() == 0, child.output()
+    assert statuses(results) == [200] * count, child.output()
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+
+
+def assert_no_worker_outlives_the_master(child) -> None:
+    """After SIGKILL to the master: each worker runs its hook, and none keeps serving."""
+    wait_lines(child, "hook:app", 2, stream="stdout")
+    assert child.finish() == -signal.SIGKILL
+    wait_session_empty(child.pid)
+    assert refused(child.port)  # no orphan keeps serving
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+
+
 def hooks(child, name: str) -> list[int]:
     return [int(line.split()[1]) for line in child.lines(f"hook:{name} ")]
 
@@ -172,13 +198,7 @@ def test_sigterm_serves_every_request_including_the_backlog(spawn, worker, conf)
     wait_lines(child, "slow", 2, stream="stdout")  # both workers busy
     child.send(signal.SIGTERM)
     results, threads = collect(conns)
-    wait_lines(child, "stopped accepting", 2)
-    assert refused(child.port)
-    for thread in threads:
-        thread.join(WAIT)
-    assert child.finish() == 0, child.output()
-    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 8, child.output()
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_drained_in_order(child, results, threads, 8)
 
 
 def test_prestop_delay_keeps_serving_while_readiness_is_red(spawn):
@@ -242,10 +262,7 @@ def test_sigkill_to_the_master_stops_the_workers_within_a_second(spawn):
     wait_lines(child, "hook:app", 2, stream="stdout")
     noticed = time.monotonic() - killed
     assert noticed < 1.5, f"workers took {noticed:.2f} s\n{child.output()}"
-    assert child.finish() == -signal.SIGKILL
-    wait_session_empty(child.pid)
-    assert refused(child.port)  # no orphan keeps serving
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_no_worker_outlives_the_master(child)
 
 
 def test_a_worker_killed_by_sigkill_is_reported_with_its_hooks(spawn):

@@ -12,14 +12,20 @@ import signal
 import time
 
 import pytest
-from conftest import WAIT, refused, wait_session_empty
-from test_gunicorn import collect, get, hooks, send_slow, start, wait_lines, worker_pids
+from conftest import WAIT
+from test_gunicorn import (
+    assert_drained_in_order,
+    assert_no_worker_outlives_the_master,
+    collect,
+    get,
+    hooks,
+    send_slow,
+    start,
+    wait_lines,
+    worker_pids,
+)
 
 pytest.importorskip("gevent")
-
-
-def statuses(results) -> list:
-    return [r[0] if isinstance(r, tuple) else r for r in results]
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gevent_pywsgi"])
@@ -43,13 +49,7 @@ def test_sigterm_gives_readiness_red_then_refuses_and_finishes_in_flight(spawn, 
     assert [get(child.port, "/readyz") for _ in range(4)] == [503] * 4, child.output()
     assert get(child.port, "/") == 200
     assert get(child.port, "/livez") == 200
-    wait_lines(child, "stopped accepting", 2)
-    assert refused(child.port)
-    for thread in threads:
-        thread.join(WAIT)
-    assert child.finish() == 0, child.output()
-    assert statuses(results) == [200] * 4, child.output()
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_drained_in_order(child, results, threads, 4)
 
 
 def test_sigterm_serves_what_the_backlog_holds(spawn):
@@ -63,24 +63,14 @@ def test_sigterm_serves_what_the_backlog_holds(spawn):
     wait_lines(child, "slow", 2, stream="stdout")  # both workers busy
     child.send(signal.SIGTERM)
     results, threads = collect(conns)
-    wait_lines(child, "stopped accepting", 2)
-    assert refused(child.port)
-    for thread in threads:
-        thread.join(WAIT)
-    assert child.finish() == 0, child.output()
-    assert statuses(results) == [200] * 4, child.output()
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_drained_in_order(child, results, threads, 4)
     assert not any("Traceback" in line or "EINVAL" in line for line in child.stderr)
 
 
 def test_sigkill_to_the_master_leaves_no_worker_serving(spawn):
     child = start(spawn, "-k", "gevent")
     child.send(signal.SIGKILL)
-    wait_lines(child, "hook:app", 2, stream="stdout")
-    assert child.finish() == -signal.SIGKILL
-    wait_session_empty(child.pid)
-    assert refused(child.port)
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_no_worker_outlives_the_master(child)
 
 
 def test_hup_reload_leaves_the_socket_to_the_new_workers(spawn):

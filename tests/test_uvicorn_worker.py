@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import refused, wait_session_empty
+from conftest import knock, refused, wait_session_empty
 from test_gunicorn import (
     _control_socket,
+    assert_no_worker_outlives_the_master,
     collect,
     get,
     hooks,
@@ -24,7 +25,6 @@ from test_gunicorn import (
     wait_lines,
     worker_pids,
 )
-from test_uvicorn_workers import knock
 
 pytest.importorskip("uvicorn")
 
@@ -48,6 +48,8 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             out("lifespan:" + message["type"].split(".")[1], os.getpid())
+            if message["type"] == "lifespan.startup":  # a start-up that may take time
+                await asyncio.sleep(float(os.environ.get("STARTUP_DELAY", "0")))
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
@@ -101,11 +103,7 @@ def test_sigterm_to_the_master_drains_every_worker(spawn, worker_class):
 def test_sigkill_to_the_master_leaves_no_worker_serving(spawn):
     child = start_asgi(spawn, WORKERS[0])
     child.send(signal.SIGKILL)
-    wait_lines(child, "hook:app", 2, stream="stdout")
-    assert child.finish() == -signal.SIGKILL
-    wait_session_empty(child.pid)
-    assert refused(child.port)
-    assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
+    assert_no_worker_outlives_the_master(child)
 
 
 def test_after_the_masters_sigkill_new_connections_are_refused_not_reset(spawn):

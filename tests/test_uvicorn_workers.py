@@ -10,61 +10,28 @@ never accepted and then reset.
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port
+from conftest import WAIT, free_port, knock
 from test_gunicorn import collect, send_slow, wait_lines
 from test_health_port import probe
+from test_uvicorn_worker import APP as ASGI_APP
 
 pytest.importorskip("uvicorn")
 
-APP = """
-import asyncio, os
-import lastcall
+# Under uvicorn the app is wrapped by hand, as lastcall's docs say.
+APP = (
+    ASGI_APP
+    + """
 from lastcall.asgi import LastCallMiddleware
-
-def out(*words):
-    os.write(1, (" ".join(map(str, words)) + "\\n").encode())  # one write: workers share stdout
-
-@lastcall.on_shutdown
-def app_hook():
-    out("hook:app", os.getpid())
-
-async def inner(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await asyncio.sleep(0.5)  # a start-up that takes time: /readyz says starting
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
-    if scope["path"] == "/slow":
-        out("slow", os.getpid())
-        await asyncio.sleep(1.0)
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"done"})
-
-app = LastCallMiddleware(inner)
+app = LastCallMiddleware(app)
 """
-
-
-def knock(port: int) -> str:
-    """One new connection and request: ``200``, ``refused``, or what went wrong (a reset)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\n\r\n")
-            head = conn.recv(64)
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError as exc:
-        return repr(exc)
-    return head.split(b" ")[1].decode() if head else "closed without an answer"
+)
+STARTUP = {"STARTUP_DELAY": "0.5"}  # a start-up that takes time: /readyz says starting
 
 
 def test_sigterm_to_the_supervisor_stops_every_worker_in_order(spawn):
@@ -78,7 +45,7 @@ def test_sigterm_to_the_supervisor_stops_every_worker_in_order(spawn):
     child = spawn(
         "",
         argv=[*argv, "--workers", "2"],
-        env={"LASTCALL_HEALTH_PORT": str(health), "LASTCALL_PRESTOP_DELAY": "0.5"},
+        env={"LASTCALL_HEALTH_PORT": str(health), "LASTCALL_PRESTOP_DELAY": "0.5", **STARTUP},
         wait_ready=False,
     )
     assert probe(health, "/readyz") == (503, {"status": "starting"})

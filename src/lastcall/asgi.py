@@ -103,6 +103,7 @@ from lastcall._report import logger
 from lastcall._servers import hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
+from lastcall._servers.inflight import in_report
 from lastcall._signals import SignalHandlers
 from lastcall._stoptoken import _resolve
 
@@ -275,11 +276,12 @@ class LastCallMiddleware(HealthPaths):
         """The HTTP requests in flight: method, path, seconds so far (for the report)."""
         now = _monotonic()
         return [
-            {
-                "method": exchange.scope.get("method", ""),
-                "path": exchange.scope.get("path", ""),
-                "seconds": round(now - exchange.began, 3),
-            }
+            in_report(
+                exchange.scope.get("method", ""),
+                exchange.scope.get("path", ""),
+                exchange.began,
+                now,
+            )
             for exchange in list(self._live.values())
             if exchange.scope["type"] == "http"
         ]
@@ -347,8 +349,8 @@ class LastCallMiddleware(HealthPaths):
             stop_server=lambda: self._server_stop,
             full_stop=self._full_stop,
             budget=self._coordinator.drain_budget,
+            worker_prestop=self._worker_prestop,
         )
-        self._adapter.worker_prestop = self._worker_prestop
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
         coordinator.use_loop(loop)

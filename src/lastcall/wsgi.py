@@ -45,6 +45,7 @@ from lastcall._health import (
     not_ready_body,
     stopping_body,
 )
+from lastcall._servers.inflight import in_report
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -119,11 +120,12 @@ class LastCallMiddleware(HealthPaths):
         """The requests this middleware counts in flight: method, path, seconds so far."""
         now = _monotonic()
         return [
-            {
-                "method": response.environ.get("REQUEST_METHOD", ""),
-                "path": response.environ.get("PATH_INFO", ""),
-                "seconds": round(now - response.began, 3),
-            }
+            in_report(
+                response.environ.get("REQUEST_METHOD", ""),
+                response.environ.get("PATH_INFO", ""),
+                response.began,
+                now,
+            )
             for response in list(self._live)
         ]
 

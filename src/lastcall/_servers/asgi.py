@@ -79,11 +79,12 @@ class AsgiServer:
         stop_server: Callable[[], Callable[[], object] | None],
         full_stop: Callable[[], bool],
         budget: Callable[[], float],
+        worker_prestop: float = 0.0,
     ) -> None:
         self.name = "the server"
         # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
         # readiness red (its siblings serve); only a full stop has the pre-stop delay.
-        self.worker_prestop = 0.0
+        self.worker_prestop = worker_prestop
         self.door = AsyncioDoor(loop)
         self._loop = loop
         self._live = live

@@ -281,10 +281,9 @@ class Listener:
     def close_door(self, *, refuse: bool) -> int:
         """Stop accepting; with refuse, first take what is queued, then refuse new ones."""
         with self._lock:
-            if self._closed or not refuse:
-                self._closed = True
-                return 0  # a sibling may have shut the shared socket first
-            self._closed = True
+            closed, self._closed = self._closed, True
+            if closed or not refuse:
+                return 0  # closed already: a sibling may have shut the shared socket first
             # Shared by every worker: from now the kernel refuses new connections.
             backlog = take_backlog(self._sock)
             self._held.extend(backlog)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ("RequestsInFlight",)
+__all__ = ("RequestsInFlight", "in_report")
+
+
+def in_report(method: str, path: str, began: float, now: float) -> dict[str, Any]:
+    """One request in flight as the report's ``requests`` lists it (times from ``monotonic``)."""
+    return {"method": method, "path": path, "seconds": round(now - began, 3)}
 
 
 class RequestsInFlight:
@@ -32,6 +37,5 @@ class RequestsInFlight:
         """The requests in flight: method, path, seconds so far (``list_requests_with``)."""
         now = time.monotonic()
         return [
-            {"method": method, "path": path, "seconds": round(now - began, 3)}
-            for method, path, began in list(self._live.values())
+            in_report(method, path, began, now) for method, path, began in list(self._live.values())
         ]

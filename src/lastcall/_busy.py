@@ -6,7 +6,7 @@ phase waits for them as it waits for requests, within the same budget, and
 names what is still busy at the end, with where it was (its stack).
 
 Entering and leaving costs a set add and a set remove, and two clock reads
-(about half a microsecond, a nullcontext's cost again: ``benchmarks/core.py``):
+(about 1.4 times a bare ``with nullcontext()``: ``benchmarks/core.py``):
 no lock, because each block is its own member and CPython's set operations
 are atomic; no counter, because the block is the key. Nothing is collected
 unless the drain ends with work still busy.

@@ -51,6 +51,8 @@ import sys
 import threading
 import time
 
+from lastcall._stoptoken import resolve_future
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -105,11 +107,6 @@ async def _hold(finished: asyncio.Future[None]) -> None:
     await finished
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class _Guard(asyncio.Task[None]):
     """Pending while the app runs; holds the loop open through the runner's teardown."""
 
@@ -132,7 +129,7 @@ class _Guard(asyncio.Task[None]):
         """The loop is no longer the coordinator's: let the guard end (any thread)."""
         self._released = True
         with contextlib.suppress(RuntimeError):  # the loop is closed already
-            self.get_loop().call_soon_threadsafe(_resolve, self._finished)
+            self.get_loop().call_soon_threadsafe(resolve_future, self._finished)
 
     def cancel(self, msg: Any | None = None) -> bool:  # noqa: ANN401  # as asyncio.Task
         coordinator = self.coordinator
@@ -159,7 +156,7 @@ class _Guard(asyncio.Task[None]):
                 self.release()
             left = coordinator.time_left()
             bound = (coordinator.settings.grace if left is None else left) + _TEARDOWN_MARGIN
-            loop.call_later(bound, _resolve, self._finished)
+            loop.call_later(bound, resolve_future, self._finished)
         return False
 
 

@@ -69,9 +69,10 @@ class StopToken:
             self._event.set()
             futures = list(self._futures)
         for future in futures:
-            future.get_loop().call_soon_threadsafe(_resolve, future)
+            future.get_loop().call_soon_threadsafe(resolve_future, future)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def resolve_future(future: asyncio.Future[None]) -> None:
+    """Set ``future``'s result unless it is done: for ``call_soon_threadsafe`` from any thread."""
     if not future.done():
         future.set_result(None)

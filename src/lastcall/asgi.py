@@ -105,7 +105,7 @@ from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import in_report
 from lastcall._signals import SignalHandlers
-from lastcall._stoptoken import _resolve
+from lastcall._stoptoken import resolve_future
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -221,7 +221,7 @@ class LastCallMiddleware(HealthPaths):
         if self._drain_began.is_set():
             return
         began: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._server_stop = functools.partial(_resolve, began)
+        self._server_stop = functools.partial(resolve_future, began)
         await began
 
     # ------------------------------------------------------------ requests
@@ -326,7 +326,7 @@ class LastCallMiddleware(HealthPaths):
         finished: asyncio.Future[None] = loop.create_future()
 
         def done(_report: object) -> None:
-            loop.call_soon_threadsafe(_resolve, finished)
+            loop.call_soon_threadsafe(resolve_future, finished)
 
         self._coordinator.when_done(done)
         if self._coordinator.report is None:

@@ -428,7 +428,7 @@ def with_lastcall(app: WSGIApplication, *, werkzeug: bool = True) -> WSGIApplica
     plain WSGI app in the middleware itself.
     """
     import lastcall  # noqa: PLC0415  # not in --plain runs
-    from lastcall.servers import werkzeug as werkzeug_server  # noqa: PLC0415
+    from lastcall._servers import werkzeug as werkzeug_server  # noqa: PLC0415
     from lastcall.wsgi import LastCallMiddleware  # noqa: PLC0415
 
     flask = sys.modules.get("flask")

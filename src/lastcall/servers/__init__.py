@@ -1,1 +1,0 @@
-"""Adapters that make each server stop the lastcall way; imported only when used."""

@@ -24,8 +24,8 @@ What Django does on its own, and what this module changes:
   reload too.
 
 The reloader parent's plumbing (signals passed on, the child's "clean"
-message, ending like the child) is Werkzeug's, shared from
-``lastcall._servers.werkzeug``. Tested with ``versions.DJANGO``; each
+message, ending like the child) is shared with Werkzeug's, in
+``lastcall._servers.reloader``. Tested with ``versions.DJANGO``; each
 undocumented part of Django is named where it is used.
 """
 
@@ -33,24 +33,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import threading
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from lastcall import _signals
 from lastcall._report import logger
-from lastcall._servers import versions
-from lastcall._servers.werkzeug import (
-    _CLEAN,
-    _CLEAN_FD_ENV,
-    _PARENT_ENV,
-    RELOAD_EXIT_CODE,
-    _describe_status,
-    _end_like,
-    _forward_signals,
-    _read_now,
-    _report_clean_exit,
-)
+from lastcall._servers import reloader, versions
 from lastcall._servers.wsgiref import TrackedServer
 
 if TYPE_CHECKING:
@@ -95,11 +82,8 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
         _State.patched = True
     from django.utils import autoreload  # noqa: PLC0415  # only with Django in use
 
-    if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) == "true" and os.environ.get(_PARENT_ENV):
-        coordinator.stop_when_parent_dies(
-            int(os.environ[_PARENT_ENV]), "the autoreloader parent died"
-        )
-        _report_clean_exit(coordinator)
+    if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) == "true":
+        reloader.in_child(coordinator, "the autoreloader parent died")
 
 
 def wrap_asgi_handler(coordinator: Coordinator, install_options: dict[str, Any]) -> None:
@@ -201,8 +185,8 @@ def _patch() -> None:
 # ---------------------------------------------------------------- reloader parent
 
 
-def _restart_with_reloader() -> int:
-    """The reloader parent: start the serving child, pass signals on, end as it ended.
+def _restart_with_reloader() -> NoReturn:
+    """The reloader parent: Django's child command line, lastcall's ``reloader.run_children``.
 
     Replaces ``autoreload.restart_with_reloader``, whose ``subprocess.run``
     SIGKILLs the child when the parent's SIGTERM handler raises SystemExit.
@@ -211,28 +195,8 @@ def _restart_with_reloader() -> int:
 
     _coordinator().stand_aside("Django's autoreloader child runs the app's hooks")
     args = autoreload.get_child_arguments()
-    while True:
-        read_end, write_end = os.pipe()
-        os.set_inheritable(write_end, True)  # noqa: FBT003  # positional only
-        env = {
-            **os.environ,
-            autoreload.DJANGO_AUTORELOAD_ENV: "true",
-            _PARENT_ENV: str(os.getpid()),
-            _CLEAN_FD_ENV: str(write_end),
-        }
-        child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603
-        os.close(write_end)
-        stopping = threading.Event()
-        _forward_signals(child, stopping)
-        status = child.wait()
-        clean = _read_now(read_end) == _CLEAN
-        if status == RELOAD_EXIT_CODE and not stopping.is_set():
-            continue  # a code change: Django's own reason to start a new child
-        if not clean:
-            logger.warning(
-                "the autoreloader child (pid %d) ended with %s without running its shutdown "
-                "hooks; cleanup that must survive this belongs in lastcall.last_resort()",
-                child.pid,
-                _describe_status(status),
-            )
-        _end_like(status)
+    reloader.run_children(
+        lambda: (args, {autoreload.DJANGO_AUTORELOAD_ENV: "true"}),
+        lambda line: logger.warning("%s", line),
+        name="autoreloader",
+    )

@@ -1,16 +1,26 @@
-"""The requests a server adapter sees in flight, to name them in the report if the drain runs out.
+"""The requests a server adapter sees in flight: counted, waited for, named in the report.
 
-For servers whose own hooks say when a request begins and ends (gunicorn's
-``pre_request``/``post_request``, waitress's task): one dict insert and one
-pop per request, each atomic in CPython, so no lock on the hot path.
+* ``RequestsInFlight``: for servers whose own hooks say when a request
+  begins and ends (gunicorn's ``pre_request``/``post_request``, waitress's
+  task), method, path and start, to name them if the drain runs out: one
+  dict insert and one pop per request, each atomic in CPython, so no lock
+  on the hot path.
+* ``CountedRequests``: the request threads of a ``socketserver`` server
+  (Werkzeug's, wsgiref's, runserver's), to wait until none is left.
+* ``has_input``: whether an idle keep-alive connection has a request on its way.
 """
 
 from __future__ import annotations
 
+import select
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("RequestsInFlight", "in_report")
+if TYPE_CHECKING:
+    import socket
+
+__all__ = ("CountedRequests", "RequestsInFlight", "has_input", "in_report")
 
 
 def in_report(method: str, path: str, began: float, now: float) -> dict[str, Any]:
@@ -39,3 +49,38 @@ class RequestsInFlight:
         return [
             in_report(method, path, began, now) for method, path, began in list(self._live.values())
         ]
+
+
+def has_input(connection: socket.socket) -> bool:
+    """Bytes (or the client's close) waiting to be read: a request on its way."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
+class CountedRequests:
+    """The request threads of one server, counted exactly, to wait until none is left."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._count -= 1
+            if not self._count:
+                self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._count, timeout)

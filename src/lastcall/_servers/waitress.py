@@ -17,12 +17,12 @@ and the channel fields read by ``_close_idle``.
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lastcall._servers import versions
+from lastcall._servers.inflight import has_input
 from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ class WaitressAdapter:
                     or channel.total_outbufs_len
                     or channel.will_close
                     or channel.close_when_flushed
-                    or _has_input(channel.socket)
+                    or has_input(channel.socket)
                 )
                 if not busy:
                     channel.will_close = True
@@ -243,12 +243,3 @@ def _socket_map(server: Waitress) -> dict[int, Waitress]:
     """The dispatchers waitress's loop serves: ``map``, or a single server's ``_map``."""
     socket_map: dict[int, Waitress] = getattr(server, "map", None) or server._map  # noqa: SLF001  # waitress/wasyncore.py dispatcher
     return socket_map
-
-
-def _has_input(sock: Waitress) -> bool:
-    """Bytes (or the client's close) waiting to be read: a request on its way."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)

@@ -16,8 +16,9 @@ What Werkzeug 3.1 does on its own, and what this module changes:
   (``Coordinator.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
   child as SIGTERM (a terminal's Ctrl-C has already reached the child, so
   for SIGINT after 0.5 s; a second SIGINT would mean "force"), and ends
-  with the child's status.
-  It logs one line when the child died without running its shutdown.
+  with the child's status (``lastcall._servers.reloader``, shared with
+  Django's runserver). It logs one line when the child died without
+  running its shutdown.
 * Werkzeug's reloader sets ``SIGTERM -> sys.exit(0)`` in the child after
   the app was imported; the child takes its signals back once it serves
   and watches its parent, stopping gracefully if
@@ -32,23 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from lastcall._servers import versions
+from lastcall._servers import reloader, versions
 from lastcall._servers.drain import drain
+from lastcall._servers.inflight import CountedRequests, has_input
 from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
-    from types import FrameType
-
     from werkzeug._reloader import ReloaderLoop
     from werkzeug.serving import BaseWSGIServer
 
@@ -56,10 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = ("enable",)
 
-RELOAD_EXIT_CODE = 3  # Werkzeug's reloader: "restart me"
-_PARENT_ENV = "LASTCALL_RELOADER_PARENT"  # the parent's pid, as the child should see it
-_CLEAN_FD_ENV = "LASTCALL_RELOADER_FD"  # where the child reports a completed shutdown
-_CLEAN = b"clean\n"
 
 _reloading = threading.Event()  # set in a child that is stopping for a code change
 
@@ -68,7 +62,7 @@ class _Served:
     """What this process knows of one server it runs."""
 
     def __init__(self) -> None:
-        self.requests = _Requests()
+        self.requests = CountedRequests()
         self.thread: threading.Thread | None = threading.current_thread()
         # Each open connection, and the path of the request being answered on
         # it (None between requests: HTTP/1.1 keep-alive, its thread waits to read).
@@ -102,9 +96,8 @@ def enable(coordinator: Coordinator, install_options: dict[str, Any] | None = No
     if not _State.patched:
         _patch()
         _State.patched = True
-    if os.environ.get("WERKZEUG_RUN_MAIN") == "true" and os.environ.get(_PARENT_ENV):
-        coordinator.stop_when_parent_dies(int(os.environ[_PARENT_ENV]), "the reloader parent died")
-        _report_clean_exit(coordinator)
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        reloader.in_child(coordinator, "the reloader parent died")
 
 
 def _coordinator() -> Coordinator:
@@ -159,7 +152,7 @@ class WerkzeugAdapter:
         """End keep-alive connections waiting for a next request: their threads read EOF."""
         for _, served in self._servers:
             for connection, path in list(served.connections.items()):
-                if path is None and not _has_input(connection):
+                if path is None and not has_input(connection):
                     with contextlib.suppress(OSError):
                         connection.shutdown(socket.SHUT_RD)
 
@@ -186,41 +179,6 @@ def _serve_backlog(server: BaseWSGIServer) -> int:
     for connection, address in backlog:
         server.process_request(connection, address)
     return len(backlog)
-
-
-def _has_input(connection: socket.socket) -> bool:
-    """Bytes (or the client's close) waiting to be read: a request on its way."""
-    try:
-        readable, _, _ = select.select([connection], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)
-
-
-class _Requests:
-    """The request threads of one server, counted exactly."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            self._count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._count -= 1
-            if not self._count:
-                self._cond.notify_all()
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def wait_idle(self, timeout: float | None) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._count, timeout)
 
 
 # ---------------------------------------------------------------- patches
@@ -317,7 +275,7 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
 
 def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
     """A served server closes: for a code-change reload, or as the process ends."""
-    if isinstance(exc, SystemExit) and exc.code == RELOAD_EXIT_CODE:
+    if isinstance(exc, SystemExit) and exc.code == reloader.RELOAD_EXIT_CODE:
         _reloading.set()
         _coordinator().shutdown(reason="reloader: code changed, restarting")
     elif exc is not None:
@@ -334,62 +292,19 @@ def _install() -> None:
 # ---------------------------------------------------------------- reloader parent
 
 
-def _restart_with_reloader(loop: ReloaderLoop) -> int:
-    """The reloader parent: start the serving child, pass signals on, end as it ended."""
+def _restart_with_reloader(loop: ReloaderLoop) -> NoReturn:
+    """The reloader parent: Werkzeug's child command line, lastcall's ``reloader.run_children``."""
     from werkzeug import _reloader  # noqa: PLC0415
 
     _coordinator().stand_aside("the Werkzeug reloader's children run the app's hooks")
-    while True:
+
+    def next_child() -> tuple[list[str], dict[str, str]]:
         _werkzeug_log("info", f" * Restarting with {loop.name}")
-        read_end, write_end = os.pipe()
-        os.set_inheritable(write_end, True)  # noqa: FBT003  # positional only
-        env = {
-            **os.environ,
-            "WERKZEUG_RUN_MAIN": "true",
-            _PARENT_ENV: str(os.getpid()),
-            _CLEAN_FD_ENV: str(write_end),
-        }
-        child = subprocess.Popen(_reloader._get_args_for_reloading(), env=env, close_fds=False)  # noqa: S603, SLF001
-        os.close(write_end)
-        stopping = threading.Event()
-        _forward_signals(child, stopping)
-        status = child.wait()
-        clean = _read_now(read_end) == _CLEAN
-        if status == RELOAD_EXIT_CODE and not stopping.is_set():
-            continue
-        if not clean:
-            _werkzeug_log(
-                "warning",
-                f" * lastcall: the reloader child (pid {child.pid}) ended with "
-                f"{_describe_status(status)} without running its shutdown hooks; cleanup that "
-                "must survive this belongs in lastcall.last_resort()",
-            )
-        _end_like(status)
+        # werkzeug/_reloader.py: the command line of the process, as Werkzeug restarts it
+        args: list[str] = _reloader._get_args_for_reloading()  # noqa: SLF001
+        return args, {"WERKZEUG_RUN_MAIN": "true"}
 
-
-_CTRL_C_HEAD_START = 0.5  # seconds the child's own SIGINT has before our SIGTERM
-
-
-def _forward_signals(child: subprocess.Popen[bytes], stopping: threading.Event) -> None:
-    def terminate() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
-
-    def forward(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        stopping.set()
-        if signum != signal.SIGINT:
-            terminate()
-            return
-        # A terminal's Ctrl-C reached the child too: let it begin its stop by that
-        # SIGINT (and end by it), rather than race our SIGTERM to it; the SIGTERM
-        # follows for a SIGINT sent to this process alone. Once stopping, the
-        # child takes a SIGTERM as nothing new.
-        later = threading.Timer(_CTRL_C_HEAD_START, terminate)
-        later.daemon = True
-        later.start()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    reloader.run_children(next_child, lambda line: _werkzeug_log("warning", f" * lastcall: {line}"))
 
 
 def _werkzeug_log(level: str, message: str) -> None:
@@ -397,44 +312,3 @@ def _werkzeug_log(level: str, message: str) -> None:
     from werkzeug._internal import _log  # noqa: PLC0415
 
     _log(level, message)
-
-
-def _read_now(fd: int) -> bytes:
-    """What the child wrote, without waiting: a process it forked may hold the pipe open."""
-    os.set_blocking(fd, False)  # positional only
-    try:
-        return os.read(fd, len(_CLEAN))
-    except BlockingIOError:
-        return b""
-    finally:
-        os.close(fd)
-
-
-def _describe_status(status: int) -> str:
-    return signal.Signals(-status).name if status < 0 else f"status {status}"
-
-
-def _end_like(status: int) -> None:
-    """End this process the way the child ended: by the same signal, or status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if status < 0:
-        with contextlib.suppress(OSError):  # SIGKILL's action cannot be set, nor needs to be
-            signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status if status >= 0 else 128 - status)
-
-
-# ---------------------------------------------------------------- reloader child
-
-
-def _report_clean_exit(coordinator: Coordinator) -> None:
-    """Tell the parent the shutdown ran, so it does not warn that it was skipped."""
-    fd = int(os.environ.pop(_CLEAN_FD_ENV))
-    os.set_inheritable(fd, False)  # noqa: FBT003  # positional only
-
-    def tell(_: object) -> None:
-        with contextlib.suppress(OSError):
-            os.write(fd, _CLEAN)
-
-    coordinator.when_done(tell)

@@ -34,8 +34,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lastcall._servers.drain import drain
+from lastcall._servers.inflight import CountedRequests, has_input
 from lastcall._servers.listener import take_backlog
-from lastcall._servers.werkzeug import _has_input, _Requests
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -51,7 +51,7 @@ class _Served:
     """What the drain needs to know of one server."""
 
     def __init__(self) -> None:
-        self.requests = _Requests()  # connections being handled, on any thread
+        self.requests = CountedRequests()  # connections being handled, on any thread
         # Each open connection, and whether its request is being answered
         # (False until the request line and headers are read).
         self.connections: dict[socket.socket, bool] = {}
@@ -187,7 +187,7 @@ class WsgirefAdapter:
     def close_idle(self) -> None:
         """Connections still waiting for their first byte: their handlers read EOF and end."""
         for connection, answering in list(self._served.connections.items()):
-            if not answering and not _has_input(connection):
+            if not answering and not has_input(connection):
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RD)
 

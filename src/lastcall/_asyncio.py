@@ -122,7 +122,8 @@ class _Guard(asyncio.Task[None]):
         self._released = False
         self._holding = False
         super().__init__(coro, loop=loop)
-        # A loop closed without asyncio.run's teardown drops the guard: say nothing.
+        # A loop closed without asyncio.run's teardown drops the guard: say nothing
+        # (Lib/asyncio/tasks.py: Task.__del__ logs a pending task unless this is false).
         self._log_destroy_pending = False
 
     def release(self) -> None:

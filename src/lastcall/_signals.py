@@ -121,5 +121,6 @@ class SignalHandlers:
 
 def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:
     """Whether ``handler`` is the SIGINT handler ``asyncio.Runner.run`` installs."""
-    func = getattr(handler, "func", None)  # a functools.partial of Runner._on_sigint
+    # Lib/asyncio/runners.py: Runner.run installs functools.partial(self._on_sigint, ...)
+    func = getattr(handler, "func", None)
     return getattr(func, "__qualname__", None) == "Runner._on_sigint"

@@ -62,11 +62,9 @@ from typing import Any, TypeAlias
 import lastcall
 from lastcall import _health_port
 from lastcall._config import check_drain_time, resolve
-from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
-from lastcall.asgi import LastCallMiddleware as AsgiMiddleware
 
 __all__ = (
     "child_exit",
@@ -171,7 +169,7 @@ def _workers_booted(server: Gunicorn) -> bool:
         booted = sum(1 for _ in Path(directory).iterdir()) if directory else 0
     except OSError:
         return False
-    return booted >= int(server.num_workers)
+    return booted >= adapter.workers_wanted(server)
 
 
 def _master_readiness() -> tuple[str, str | None]:
@@ -251,9 +249,7 @@ def worker_abort(worker: Gunicorn) -> None:
 
 def pre_request(worker: Gunicorn, req: Gunicorn) -> None:  # noqa: ARG001  # gunicorn's signature
     """One more request in flight; begun while stopping, it closes its connection."""
-    adapter.request_began(req)
-    if lastcall.default.stopping.is_set():
-        req.must_close = True  # gunicorn drops a Connection header from the app
+    adapter.request_began(req, closing=lastcall.default.stopping.is_set())
 
 
 def post_request(worker: Gunicorn, req: Gunicorn, environ: Any, resp: Any) -> None:  # noqa: ARG001, ANN401  # gunicorn's signature
@@ -312,18 +308,9 @@ class _Worker:
         health paths, the drain on uvicorn's loop); the socket is shut for
         everyone only when the master stops every worker.
         """
-        worker = self.worker
-        app = worker.wsgi
-        if not isinstance(app, AsgiMiddleware):
-            if not is_coroutine_function(app):
-                logger.error(
-                    "gunicorn's %s serves ASGI apps, an async callable taking (scope, receive, "
-                    "send); %r is not one (a WSGI app runs with -k sync or -k gthread)",
-                    type(worker).__name__,
-                    app,
-                )
-                sys.exit(_WORKER_BOOT_ERROR)
-            app = worker.wsgi = AsgiMiddleware(app, coordinator=lastcall.default)
+        app = adapter.wrap_asgi_app(self.worker)
+        if app is None:
+            sys.exit(_WORKER_BOOT_ERROR)
         app.share_listeners(adapter.master_stopping, prestop)  # the delay on a full stop only
         lastcall.default.install(
             signals=("SIGTERM", "SIGINT"),

@@ -84,16 +84,9 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``waitress-serve``, serving through :func:`serve`: waitress's own parser, help and errors.
-
-    ``waitress.runner.run`` (waitress's ``waitress-serve`` entry point, the
-    same in every version ``versions.WAITRESS`` names) takes the function it
-    serves with as ``_serve``.
-    """
-    runner = importlib.import_module("waitress.runner")
+    """``waitress-serve``, serving through :func:`serve`: waitress's own parser, help and errors."""
     args = sys.argv[1:] if argv is None else argv
-    status: int = runner.run(argv=["python -m lastcall.waitress", *args], _serve=serve)
-    return status
+    return adapter.run_cli(["python -m lastcall.waitress", *args], serve)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def _patch() -> None:
 
     def run(self: basehttp.ServerHandler, application: Callable[..., Any]) -> None:
         handler = getattr(self, "request_handler", None)  # set by WSGIRequestHandler
+        # Lib/socketserver.py, StreamRequestHandler.setup: the handler's socket
         connection = getattr(handler, "connection", None)
         served = getattr(getattr(handler, "server", None), "lastcall_served", None)
         if served is None or connection not in served.connections:

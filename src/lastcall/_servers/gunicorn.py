@@ -6,8 +6,9 @@ nothing else does. Tested with gunicorn 24.1 to 27.0 (``versions.
 GUNICORN``); gthread workers are refused below 24.0, which had no
 ``method_queue``. The undocumented parts used, by the file they come from:
 
-* ``gunicorn/arbiter.py``: ``Arbiter.kill_workers``, ``reexec_pid``,
-  ``master_pid``, ``systemd``, and its SIGTERM/SIGINT handlers (wrapped).
+* ``gunicorn/arbiter.py``: ``Arbiter.kill_workers``, ``num_workers``,
+  ``reexec_pid``, ``master_pid``, ``systemd``, and its SIGTERM/SIGINT
+  handlers (wrapped); ``gunicorn/http/message.py``: ``Request.must_close``.
 * ``gunicorn/workers/base.py``: ``Worker.wsgi``, ``sockets``, ``wait_fds``,
   ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, its
   SIGTERM/SIGINT handlers (replaced); ``gunicorn/glogging.py``: ``error_log``.
@@ -37,9 +38,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
+from lastcall._hooks import is_coroutine_function
+from lastcall._report import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import RequestsInFlight
 from lastcall._servers.listener import take_backlog
+from lastcall.asgi import LastCallMiddleware as AsgiMiddleware
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
 if TYPE_CHECKING:
@@ -121,6 +125,27 @@ def wrap_app(worker: Gunicorn) -> None:
     lastcall.default.list_requests_with(_requests.listing)
 
 
+def wrap_asgi_app(worker: Gunicorn) -> AsgiMiddleware | None:
+    """UvicornWorker: the worker's ASGI app in lastcall's ASGI middleware; None, said, if not one.
+
+    ``Worker.wsgi`` (``gunicorn/workers/base.py``) holds the app whatever
+    the worker kind; uvicorn's worker serves it as an ASGI app.
+    """
+    app = worker.wsgi
+    if isinstance(app, AsgiMiddleware):
+        return app
+    if not is_coroutine_function(app):
+        logger.error(
+            "gunicorn's %s serves ASGI apps, an async callable taking (scope, receive, "
+            "send); %r is not one (a WSGI app runs with -k sync or -k gthread)",
+            type(worker).__name__,
+            app,
+        )
+        return None
+    wrapped = worker.wsgi = AsgiMiddleware(app, coordinator=lastcall.default)
+    return wrapped
+
+
 def take_signals(grace: float) -> None:
     """Let lastcall take SIGTERM and SIGINT in a worker; gunicorn keeps its other handlers."""
     # If the app called lastcall.install() itself, give gunicorn its own back first.
@@ -165,9 +190,15 @@ class _Requests(RequestsInFlight):
 _requests = _Requests()
 
 
-def request_began(req: Gunicorn) -> None:
-    """One more in flight (gunicorn's ``pre_request``)."""
+def request_began(req: Gunicorn, *, closing: bool) -> None:
+    """One more in flight (gunicorn's ``pre_request``); ``closing``: its connection ends after it.
+
+    gunicorn drops a ``Connection`` header from the app; its request's
+    ``must_close`` (``gunicorn/http/message.py``) closes the connection instead.
+    """
     _requests.request_began(req)
+    if closing:
+        req.must_close = True
     if _requests.gevent is not None:
         _requests.gevent.request_began()
 
@@ -177,6 +208,11 @@ def request_ended(req: Gunicorn) -> None:
     _requests.ended(id(req))
     if _requests.gevent is not None:
         _requests.gevent.request_ended()
+
+
+def workers_wanted(server: Gunicorn) -> int:
+    """How many workers the master keeps: ``Arbiter.num_workers`` (``gunicorn/arbiter.py``)."""
+    return int(server.num_workers)
 
 
 def error_log(server: Gunicorn) -> logging.Logger | None:

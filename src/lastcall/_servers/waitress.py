@@ -12,11 +12,13 @@ Tested with waitress 3.0 (``versions.WAITRESS``). Undocumented parts used,
 all from ``waitress/server.py`` and ``waitress/channel.py``: a single
 server's ``_map``, ``task_class.build_response_header`` and ``service`` (subclassed;
 ``waitress/task.py``, with ``task.request.command`` and ``.path``),
-and the channel fields read by ``_close_idle``.
+the channel fields read by ``_close_idle``, and ``trigger.pull_trigger``
+(``waitress/trigger.py``), which wakes the loop to run a function on it.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -39,6 +41,18 @@ Waitress: TypeAlias = Any
 _POLL = 0.05  # seconds between looks at the connections left
 
 TESTED = versions.WAITRESS
+
+
+def run_cli(argv: list[str], serve: Callable[..., None]) -> int:
+    """``waitress-serve`` with ``argv``, serving through ``serve``: waitress's parser and help.
+
+    ``waitress/runner.py``'s ``run`` (the ``waitress-serve`` entry point, the
+    same in every version ``versions.WAITRESS`` names) takes the function it
+    serves with as ``_serve``.
+    """
+    runner = importlib.import_module("waitress.runner")
+    status: int = runner.run(argv=argv, _serve=serve)
+    return status
 
 
 def run(server: Waitress) -> None:

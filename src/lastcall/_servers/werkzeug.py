@@ -243,6 +243,7 @@ def _patch() -> None:  # noqa: C901, PLR0915  # one wrapper per patched method, 
             served.connections.pop(request, None)
 
     def run_wsgi(self: serving.WSGIRequestHandler) -> None:
+        # self.connection: Lib/socketserver.py, StreamRequestHandler.setup
         served = _State.servers.get(self.server)
         if served is None or self.connection not in served.connections:
             original_run_wsgi(self)

@@ -17,11 +17,14 @@ What wsgiref does on its own, and what this module changes:
   every response a 500): ``LastCallMiddleware`` sends it none
   (``lastcall.wsgi``).
 
-Nothing private is touched: the class ``make_server`` builds puts
-``TrackedServer`` in front of the user's server class and overrides only
-documented ``socketserver`` and ``wsgiref`` methods (``serve_forever``,
-``finish_request``, ``get_app``), so there is no version gate; the tests
-run on the Python versions CI runs.
+The class ``make_server`` builds puts ``TrackedServer`` in front of the
+user's server class and overrides only documented ``socketserver`` and
+``wsgiref`` methods (``serve_forever``, ``finish_request``, ``get_app``).
+Two undocumented names of ``Lib/socketserver.py`` are used, stable since
+Python 3.x began: ``BaseServer.shutdown_request`` (a connection taken from
+the backlog whose handling failed is closed as socketserver closes it) and
+``StreamRequestHandler.connection``. The stdlib has no version gate; the
+tests run on the Python versions CI runs.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def main() -> None:
 
         if WITH_LASTCALL:
             import lastcall
-            from lastcall.servers import werkzeug as lastcall_werkzeug
+            from lastcall._servers import werkzeug as lastcall_werkzeug  # as the drill runs it
 
             lastcall_werkzeug.enable(lastcall.default)
         run_simple("127.0.0.1", port, app, threaded=True)

@@ -20,8 +20,8 @@ What wsgiref does on its own, and what this module changes:
 The class ``make_server`` builds puts ``TrackedServer`` in front of the
 user's server class and overrides only documented ``socketserver`` and
 ``wsgiref`` methods (``serve_forever``, ``finish_request``, ``get_app``).
-Two undocumented names of ``Lib/socketserver.py`` are used, stable since
-Python 3.x began: ``BaseServer.shutdown_request`` (a connection taken from
+Two undocumented names of ``Lib/socketserver.py`` are used, the same on
+every Python lastcall supports: ``BaseServer.shutdown_request`` (a connection taken from
 the backlog whose handling failed is closed as socketserver closes it) and
 ``StreamRequestHandler.connection``. The stdlib has no version gate; the
 tests run on the Python versions CI runs.

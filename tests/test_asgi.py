@@ -88,10 +88,16 @@ SERVERS = {
     "uvicorn": ["-m", "uvicorn", "scenario_0:app", "--host", "127.0.0.1", "--port", "{port}"],
     "hypercorn": ["-m", "hypercorn", "scenario_0:app", "--workers", "0", "-b", "127.0.0.1:{port}"],
     "hypercorn-worker": ["-m", "hypercorn", "scenario_0:app", "-b", "127.0.0.1:{port}"],
+    "lastcall.hypercorn": ["-m", "lastcall.hypercorn", "scenario_0:app", "-b", "127.0.0.1:{port}"],
 }
-# How the leader ends after SIGTERM: uvicorn and hypercorn alone die by it; hypercorn's
-# master exits 0 once its worker did (the worker's stop began by trigger: status 0).
-SIGTERM_STATUS = {"uvicorn": -signal.SIGTERM, "hypercorn": -signal.SIGTERM, "hypercorn-worker": 0}
+# How the leader ends after SIGTERM: by it, but for plain hypercorn's master, which exits 0
+# once its worker did; python -m lastcall.hypercorn's master ends by it.
+SIGTERM_STATUS = {
+    "uvicorn": -signal.SIGTERM,
+    "hypercorn": -signal.SIGTERM,
+    "hypercorn-worker": 0,
+    "lastcall.hypercorn": -signal.SIGTERM,
+}
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:

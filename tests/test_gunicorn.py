@@ -122,12 +122,12 @@ def statuses(results) -> list:
 
 def assert_drained_in_order(child, results, threads, count: int) -> None:
     """After SIGTERM to the master: both doors shut and new connections refused, every
-    request in flight 200, the master exits 0, and each worker ran its hook once."""
+    request in flight 200, the master ends by SIGTERM, and each worker ran its hook once."""
     wait_lines(child, "stopped accepting", 2)
     assert refused(child.port)
     for thread in threads:
         thread.join(WAIT)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert statuses(results) == [200] * count, child.output()
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
 
@@ -190,7 +190,7 @@ def test_sigterm_serves_every_request_including_the_backlog(spawn, worker, conf)
     """Steps: 2 workers; 8 requests of 1 s sent (sync: 2 served, 6 queued in the
     listen backlog); SIGTERM to the master. Every request gets 200, a new
     connection during the drain is refused (not accepted and reset), each
-    worker runs its own hook once, the master exits 0.
+    worker runs its own hook once, the master ends by SIGTERM.
     """
     args = ["-k", worker, "--threads", "2"] if worker == "gthread" else ["-k", worker]
     child = start(spawn, *args, conf=conf)
@@ -213,7 +213,7 @@ def test_prestop_delay_keeps_serving_while_readiness_is_red(spawn):
     assert get(child.port, "/livez") == 200
     wait_lines(child, "stopped accepting", 2)
     assert refused(child.port)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
 
 
@@ -223,7 +223,7 @@ def test_preload_master_hooks_run_once_in_the_master(spawn):
     """
     child = start(spawn, "--preload")
     child.send(signal.SIGTERM)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert hooks(child, "app") == [child.pid]
     assert sorted(hooks(child, "shared")) == sorted([child.pid, *worker_pids(child)])
 
@@ -238,7 +238,7 @@ def test_max_requests_recycle_runs_the_worker_hooks_once(spawn):
     second = worker_pids(child)[1]
     assert get(child.port, "/") == 200
     child.send(signal.SIGTERM)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert hooks(child, "app") == [first, second]
 
 
@@ -251,7 +251,7 @@ def test_hup_reload_runs_each_old_worker_hook_once(spawn):
         wait_lines(child, f"hook:app {pid}", 1, stream="stdout")
     assert get(child.port, "/") == 200  # the port never closed
     child.send(signal.SIGTERM)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child))
 
 
@@ -274,7 +274,7 @@ def test_a_worker_killed_by_sigkill_is_reported_with_its_hooks(spawn):
     assert "webapp.shared_hook (cleanup)" in line
     wait_lines(child, "ready; its shutdown hooks", 2)
     child.send(signal.SIGTERM)
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert victim not in hooks(child, "app")
 
 
@@ -291,7 +291,7 @@ def test_a_worker_killed_after_its_timeout_is_reported(spawn):
     conn.close()
     wait_lines(child, "ready; its shutdown hooks", 2)
     child.send(signal.SIGTERM)
-    assert child.finish(timeout=30) == 0, child.output()
+    assert child.finish(timeout=30) == -signal.SIGTERM, child.output()
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,6 @@ def test_gunicorn_master_serves_the_health_port_for_a_busy_worker(spawn):
         time.sleep(0.02)
     assert probe(health, "/readyz") == (503, {"status": "stopping"})
     assert probe(health, "/livez") == (200, {"status": "alive"})
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     readers[0].join(WAIT)
     assert busy == [(200, b"done")]

@@ -95,7 +95,7 @@ def test_sigterm_to_the_master_drains_every_worker(spawn, worker_class):
     for thread in threads:
         thread.join()
     assert results == [(200, b"done")] * 6, child.output()
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
     assert sorted(hooks(child, "app")) == sorted(worker_pids(child)), child.output()
     assert len(child.lines("lifespan:shutdown")) == 2, child.output()
 
@@ -145,4 +145,4 @@ def test_a_worker_recycled_alone_has_no_prestop_delay(spawn):
     wait_lines(child, "lifespan:startup", 4, stream="stdout")  # the new workers serve
     child.send(signal.SIGTERM)
     wait_lines(child, "pre-stop delay", 2)  # a full stop still has it
-    assert child.finish() == 0, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()

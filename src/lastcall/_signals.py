@@ -20,12 +20,16 @@ between would find the default action and kill the process with no stop.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import NoReturn
 
 from lastcall._report import logger
 
@@ -124,3 +128,21 @@ def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:
     # Lib/asyncio/runners.py: Runner.run installs functools.partial(self._on_sigint, ...)
     func = getattr(handler, "func", None)
     return getattr(func, "__qualname__", None) == "Runner._on_sigint"
+
+
+def die_by(signum: int) -> NoReturn:
+    """End this process by ``signum``'s default action: what a shell shows as 128+N.
+
+    For a process that stopped gracefully on ``signum`` and must end the way
+    an unhandled one would (a reloader's parent, a pre-fork master). As PID 1
+    the kernel ignores a signal's default action, so it exits 128+N instead.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.getpid() != 1:
+        with contextlib.suppress(OSError):  # SIGKILL's action cannot be set, nor needs to be
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        time.sleep(1.0)  # the signal is on its way
+    os._exit(128 + signum)

@@ -221,13 +221,14 @@ def child_exit(server: Gunicorn, worker: Gunicorn) -> None:
 
 
 def on_exit(server: Gunicorn) -> None:  # noqa: ARG001  # gunicorn passes the arbiter
-    """Master, last: run the hooks registered in the master, once."""
+    """Master, last: run the hooks registered in the master, once; end by the stop signal."""
     coordinator = lastcall.default
     # The workers are gone and nothing serves here: a pre-stop delay would only wait.
     coordinator.shutdown(reason="gunicorn master stopped", prestop_delay=0)
     directory = _state["hook_dir"]
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
+    adapter.end_master_by_its_signal()
 
 
 # ---------------------------------------------------------------- worker hooks

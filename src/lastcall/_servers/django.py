@@ -16,7 +16,7 @@ What Django does on its own, and what this module changes:
   process that holds the app's resources. Here the parent runs none of the
   app's hooks (``Coordinator.stand_aside``: settings and ``AppConfig.ready()``
   run in both processes), passes SIGTERM/SIGINT/SIGHUP on to the child as
-  SIGTERM, and ends with the child's status; the child takes the signals
+  SIGTERM, and then ends by the signal it was sent; the child takes the signals
   on its main thread (the app runs on ``django-main-thread``) and stops if
   its parent dies, instead of serving on as an orphan.
 * Unlike Werkzeug's, Django's reloader parent never binds the port: each

@@ -43,6 +43,7 @@ from lastcall._report import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import RequestsInFlight
 from lastcall._servers.listener import take_backlog
+from lastcall._signals import die_by
 from lastcall.asgi import LastCallMiddleware as AsgiMiddleware
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
@@ -243,6 +244,20 @@ def listeners_shared(server: Gunicorn, *, reexec: bool = False) -> None:
         _shared.set(_Shared.KEEP)
 
 
+_master_stop: list[int] = []  # in the master: the signals that began its graceful stop
+
+
+def end_master_by_its_signal() -> None:
+    """In the master, last: end by the signal that stopped it, as an unhandled one would.
+
+    gunicorn's master exits 0 after a graceful stop (``Arbiter.halt``); a
+    service stopped by SIGTERM or SIGINT ends by it here, like any process
+    lastcall stops. Nothing to do when no such signal stopped it.
+    """
+    if _master_stop:
+        die_by(_master_stop[0])
+
+
 def watch_master(server: Gunicorn) -> None:
     """In the master: say when a stop is a full one; make the first SIGINT a graceful one."""
     previous = signal.getsignal(signal.SIGTERM)
@@ -252,6 +267,7 @@ def watch_master(server: Gunicorn) -> None:
         # say whether the workers are the last holders of the listeners.
         if not getattr(server, "reexec_pid", 0) and not _shared.get(_Shared.KEEP):
             _shared.set(_Shared.STOP)
+        _master_stop.append(signum)
         if callable(previous):
             previous(signum, frame)
 
@@ -264,6 +280,7 @@ def watch_master(server: Gunicorn) -> None:
         # master is then inside its stop loop, which reads no queued signal.
         if not interrupted.is_set():
             interrupted.set()
+            _master_stop.append(signal.SIGINT)
             on_term(signal.SIGTERM, frame)
         else:
             server.kill_workers(signal.SIGQUIT)

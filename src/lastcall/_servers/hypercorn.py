@@ -25,18 +25,21 @@ Tested with hypercorn 0.16 to 0.18 (``versions.HYPERCORN``). Undocumented:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from lastcall._servers import versions
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("TESTED", "hold_worker_trigger", "take_loop_signal")
+__all__ = ("TESTED", "hold_worker_trigger", "stop_signals_seen", "take_loop_signal")
 
 TESTED = versions.HYPERCORN
 
@@ -81,3 +84,28 @@ def hold_worker_trigger(
     held.__lastcall__ = True  # type: ignore[attr-defined]
     module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
     return True
+
+
+@contextlib.contextmanager
+def stop_signals_seen() -> Iterator[list[int]]:
+    """The SIGTERMs and SIGINTs this process took while inside, in order (filled in on leaving).
+
+    For hypercorn's master, which handles them itself (``hypercorn/run.py``)
+    and returns 0. Read through ``signal.set_wakeup_fd``, where the
+    interpreter writes each signal's number before any handler runs:
+    nothing of hypercorn's is touched.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # positional only
+    os.set_blocking(write_end, False)  # positional only
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    seen: list[int] = []
+    try:
+        yield seen
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError):
+            numbers = os.read(read_end, 4096)
+            seen += [n for n in numbers if n in (signal.SIGTERM, signal.SIGINT)]
+        os.close(read_end)
+        os.close(write_end)

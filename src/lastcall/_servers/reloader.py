@@ -6,9 +6,11 @@ with status 3 (a code change). lastcall's parent, in place of theirs:
 * runs none of the app's hooks (the caller stands it aside first);
 * passes SIGTERM, SIGINT and SIGHUP on to the child as SIGTERM, giving a
   terminal's Ctrl-C, which reached the child too, a head start;
-* ends the way the child ended, by the same signal or status, and says so
-  in one line if the child ended without running its shutdown hooks (the
-  child writes ``clean`` to a pipe once they ran: ``in_child``).
+* ends by the signal it was sent once the child has stopped (a stop by
+  SIGINT ends by SIGINT, though the child was passed SIGTERM); otherwise,
+  the way the child ended, by its signal or status. It says so in one line
+  if the child ended without running its shutdown hooks (the child writes
+  ``clean`` to a pipe once they ran: ``in_child``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
+
+from lastcall._signals import die_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,29 +63,28 @@ def run_children(
         }
         child = subprocess.Popen(args, env=env, close_fds=False)  # noqa: S603
         os.close(write_end)
-        stopping = threading.Event()
-        _forward_signals(child, stopping)
+        received: list[int] = []  # the signals this process was sent, passed on
+        _forward_signals(child, received)
         status = child.wait()
         clean = _read_now(read_end) == _CLEAN
-        if status == RELOAD_EXIT_CODE and not stopping.is_set():
+        if status == RELOAD_EXIT_CODE and not received:
             continue  # a code change
         if not clean:
             warn(
-                f"the {name} child (pid {child.pid}) ended with {describe_status(status)} "
+                f"the {name} child (pid {child.pid}) ended with {_describe_status(status)} "
                 "without running its shutdown hooks; cleanup that must survive this belongs "
                 "in lastcall.last_resort()"
             )
+        if received and status <= 0:
+            die_by(received[0])  # stopped as asked: by the signal this process was sent
         _end_like(status)
 
 
-def in_child(coordinator: Coordinator, reason: str) -> bool:
-    """In a child of ``run_children``: stop if the parent dies; tell it when the hooks ran.
-
-    Whether this process is such a child.
-    """
+def in_child(coordinator: Coordinator, reason: str) -> None:
+    """In a child of ``run_children``: stop if the parent dies; tell it when the hooks ran."""
     parent = os.environ.get(_PARENT_ENV)
     if not parent:
-        return False
+        return
     coordinator.stop_when_parent_dies(int(parent), reason)
     fd = int(os.environ.pop(_CLEAN_FD_ENV))
     os.set_inheritable(fd, False)  # noqa: FBT003  # positional only
@@ -91,21 +94,20 @@ def in_child(coordinator: Coordinator, reason: str) -> bool:
             os.write(fd, _CLEAN)
 
     coordinator.when_done(tell)
-    return True
 
 
-def describe_status(status: int) -> str:
+def _describe_status(status: int) -> str:
     """A ``Popen.returncode`` in words: ``SIGTERM`` or ``status 1``."""
     return signal.Signals(-status).name if status < 0 else f"status {status}"
 
 
-def _forward_signals(child: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+def _forward_signals(child: subprocess.Popen[bytes], received: list[int]) -> None:
     def terminate() -> None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
 
     def forward(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        stopping.set()
+        received.append(signum)
         if signum != signal.SIGINT:
             terminate()
             return
@@ -134,10 +136,8 @@ def _read_now(fd: int) -> bytes:
 
 def _end_like(status: int) -> NoReturn:
     """End this process the way the child ended: by the same signal, or status."""
+    if status < 0:
+        die_by(-status)
     sys.stdout.flush()
     sys.stderr.flush()
-    if status < 0:
-        with contextlib.suppress(OSError):  # SIGKILL's action cannot be set, nor needs to be
-            signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status if status >= 0 else 128 - status)
+    os._exit(status)

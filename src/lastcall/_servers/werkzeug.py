@@ -15,8 +15,8 @@ What Werkzeug 3.1 does on its own, and what this module changes:
   the serving child. The parent runs none of the app's hooks
   (``Coordinator.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
   child as SIGTERM (a terminal's Ctrl-C has already reached the child, so
-  for SIGINT after 0.5 s; a second SIGINT would mean "force"), and ends
-  with the child's status (``lastcall._servers.reloader``, shared with
+  for SIGINT after 0.5 s; a second SIGINT would mean "force"), and then
+  ends by the signal it was sent (``lastcall._servers.reloader``, shared with
   Django's runserver). It logs one line when the child died without
   running its shutdown.
 * Werkzeug's reloader sets ``SIGTERM -> sys.exit(0)`` in the child after

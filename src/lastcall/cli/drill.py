@@ -379,7 +379,21 @@ class Result:
             found["lost"] = f"{self.lost} acknowledged writes lost"
         if self.stop_seconds is not None and self.stop_seconds > self.plan.grace:
             found["stop"] = f"took {self.stop_seconds:.1f} s, over the {self.plan.grace:g} s grace"
+        ends_by = self.ends_by
+        if ends_by is not None and self.exit_status not in (None, 128 + ends_by):
+            name = signal.Signals(ends_by).name
+            found["exit"] = (
+                f"the process it started exited {self.exit_status}, not by {name} "
+                f"({128 + ends_by}): a supervisor cannot tell it stopped as asked"
+            )
         return found
+
+    @property
+    def ends_by(self) -> int | None:
+        """The signal the process the drill started should die by: a graceful stop's own."""
+        if self.plan.stop not in ("TERM", "INT", "HUP") or self.left_behind:
+            return None
+        return _SIGNALS[self.plan.stop]
 
     def problems(self) -> list[str]:
         """The failures, in words."""

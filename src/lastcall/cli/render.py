@@ -131,6 +131,9 @@ def verdict(result: Result) -> Text:
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
 
+_MATRIX_COLUMNS = ("dropped", "hooks", "orphans", "lost", "stop", "exit")
+
+
 def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Table:
     """Plain beside lastcall (or ``vs_cmd`` beside ``--cmd``); failing cells are marked."""
     labels = ("--vs-cmd", "--cmd") if base.cmd is not None else ("plain", "lastcall")
@@ -138,14 +141,14 @@ def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Tabl
     table.add_column("server")
     table.add_column("stop")
     for variant in labels:
-        for name in ("dropped", "hooks", "orphans", "lost", "stop"):
+        for name in _MATRIX_COLUMNS:
             table.add_column(f"{variant}\n{name}", justify="right")
     reasons: dict[str, list[str]] = {}
     for row in rows:
         cells: list[Text | str] = [row.server, STOP_WORDS[row.stop]]
         if row.not_applicable:
             reasons.setdefault(row.not_applicable, []).append(f"{row.server} {row.stop}")
-            table.add_row(*cells, *[Text("n/a", style="dim")] * 10)
+            table.add_row(*cells, *[Text("n/a", style="dim")] * (2 * len(_MATRIX_COLUMNS)))
             continue
         for result in (row.plain, row.lastcall):
             cells.extend(_matrix_cells(row, result))
@@ -173,7 +176,7 @@ def _matrix_subject(base: Plan) -> str:
 
 def _matrix_cells(row: Row, result: Result | None) -> list[Text | str]:
     if result is None:
-        return ["n/a"] * 5
+        return ["n/a"] * len(_MATRIX_COLUMNS)
     failed = set(row.failures(result))
     values = {
         "dropped": str(result.dropped + result.failed),
@@ -181,6 +184,7 @@ def _matrix_cells(row: Row, result: Result | None) -> list[Text | str]:
         "orphans": str(len(result.left_behind)),
         "lost": "—" if result.lost is None else str(result.lost),
         "stop": seconds(result.stop_seconds),
+        "exit": "—" if result.exit_status is None else str(result.exit_status),
     }
     return [
         Text(f"✗ {value}", style="bold red") if name in failed else Text(value)

@@ -76,7 +76,9 @@ def _uvicorn(launch: Launch) -> list[str]:
 
 
 def _hypercorn(launch: Launch) -> list[str]:
-    argv = [sys.executable, "-m", "hypercorn", "lastcall.cli.runner:asgi()"]
+    # lastcall's face for hypercorn: its master ends by the signal (plain hypercorn's exits 0)
+    module = "hypercorn" if launch.plain else "lastcall.hypercorn"
+    argv = [sys.executable, "-m", module, "lastcall.cli.runner:asgi()"]
     argv += ["-b", f"{HOST}:{launch.port}", "--workers", str(launch.workers)]
     return [*argv, "--graceful-timeout", f"{launch.grace:g}"]
 

@@ -1,0 +1,37 @@
+"""hypercorn whose master ends by the signal that stopped it: ``python -m lastcall.hypercorn``.
+
+hypercorn's own command line, options, help and errors, unchanged::
+
+    python -m lastcall.hypercorn myapp:app --bind 0.0.0.0:8000 --workers 4
+
+The app is wrapped in ``lastcall.asgi.LastCallMiddleware`` as under plain
+hypercorn; that is what drains each worker. What this adds is the master's
+end: plain hypercorn's master never imports the app, so lastcall has no say
+there, and after a graceful stop it exits 0. Started this way, it ends by
+the signal that stopped it (143 after SIGTERM, 130 after Ctrl-C), as every
+process lastcall stops does. An error keeps hypercorn's own status.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lastcall._servers import hypercorn as adapter
+from lastcall._signals import die_by
+
+__all__ = ("main",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run hypercorn's command line (``hypercorn.__main__:main``); end by its stop signal."""
+    hypercorn_main = importlib.import_module("hypercorn.__main__")
+    with adapter.stop_signals_seen() as seen:
+        status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)
+    if status == 0 and seen:
+        die_by(seen[0])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,3 +40,6 @@ def test_core_imports_only_the_standard_library() -> None:
         if name.split(".")[0] not in sys.stdlib_module_names and not name.startswith("lastcall")
     }
     assert outside == set()
+    # Nor the costly stdlib ones its import time depends on (benchmarks/core.py, figure c):
+    # each module reads typing's names under a TYPE_CHECKING of its own.
+    assert {"typing", "asyncio"} & set(loaded) == set()

@@ -29,9 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import NoReturn
 
 from lastcall._report import logger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 Handler = Callable[[int, FrameType | None], object] | int | None
 

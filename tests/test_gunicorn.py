@@ -228,6 +228,18 @@ def test_preload_master_hooks_run_once_in_the_master(spawn):
     assert sorted(hooks(child, "shared")) == sorted([child.pid, *worker_pids(child)])
 
 
+def test_the_master_ends_by_the_signal_after_its_exit_functions(spawn):
+    """gunicorn's master exits 0 after a graceful stop; under lastcall it ends by the
+    signal that stopped it (SIGINT: 130), once its own atexit functions have run, as at
+    a normal exit. The app, preloaded, registers one in the master."""
+    app = APP + 'import atexit\natexit.register(lambda: out("atexit", os.getpid()))\n'
+    child = start(spawn, "--preload", app=app)
+    child.send(signal.SIGINT)
+    assert child.finish() == -signal.SIGINT, child.output()
+    assert hooks(child, "app") == [child.pid]
+    assert f"atexit {child.pid}" in child.lines("atexit "), child.output()  # workers' too
+
+
 def test_max_requests_recycle_runs_the_worker_hooks_once(spawn):
     child = start(spawn, "--max-requests", "2", workers=1)
     first = worker_pids(child)[0]

@@ -20,6 +20,7 @@ between would find the default action and kill the process with no stop.
 from __future__ import annotations
 
 import _thread
+import atexit
 import contextlib
 import logging
 import os
@@ -133,13 +134,18 @@ def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:
     return getattr(func, "__qualname__", None) == "Runner._on_sigint"
 
 
-def die_by(signum: int) -> NoReturn:
+def die_by(signum: int, *, exit_functions: bool = False) -> NoReturn:
     """End this process by ``signum``'s default action: what a shell shows as 128+N.
 
     For a process that stopped gracefully on ``signum`` and must end the way
-    an unhandled one would (a reloader's parent, a pre-fork master). As PID 1
-    the kernel ignores a signal's default action, so it exits 128+N instead.
+    an unhandled one would (a reloader's parent, a pre-fork master). With
+    ``exit_functions``, the ``atexit`` functions run first, as at a normal
+    exit (a master's own; a reloader's parent holds only copies of the
+    app's). As PID 1 the kernel ignores a signal's default action, so it
+    exits 128+N instead.
     """
+    if exit_functions:
+        atexit._run_exitfuncs()  # noqa: SLF001  # what the interpreter runs at exit
     sys.stdout.flush()
     sys.stderr.flush()
     if os.getpid() != 1:

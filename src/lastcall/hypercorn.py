@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     with adapter.stop_signals_seen() as seen:
         status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)
     if status == 0 and seen:
-        die_by(seen[0])
+        die_by(seen[0], exit_functions=True)
     return status
 
 

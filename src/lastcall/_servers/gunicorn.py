@@ -255,7 +255,7 @@ def end_master_by_its_signal() -> None:
     lastcall stops. Nothing to do when no such signal stopped it.
     """
     if _master_stop:
-        die_by(_master_stop[0])
+        die_by(_master_stop[0], exit_functions=True)
 
 
 def watch_master(server: Gunicorn) -> None:

@@ -53,7 +53,6 @@ import functools
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -85,7 +84,7 @@ _MARGIN = 1.0  # seconds a worker keeps back from graceful_timeout, to exit
 _WORKER_BOOT_ERROR = 3  # gunicorn/arbiter.py: the master halts rather than retry the worker
 
 
-_state: dict[str, Any] = {"hook_dir": None, "master_watched": False, "master_stopping": False}
+_state: dict[str, Any] = {"hook_dir": None, "master_watched": False}
 
 
 # ---------------------------------------------------------------- settings
@@ -158,8 +157,6 @@ def when_ready(server: Gunicorn) -> None:
         return
     _state["master_watched"] = True
     adapter.watch_master(server)
-    if _state.get("health") is not None:
-        _red_when_stopping()
 
 
 def _workers_booted(server: Gunicorn) -> bool:
@@ -174,22 +171,9 @@ def _workers_booted(server: Gunicorn) -> bool:
 
 def _master_readiness() -> tuple[str, str | None]:
     """What the master's health port says: stopping from its stop signal; else starting, ready."""
-    if _state["master_stopping"]:
+    if adapter.master_signalled():
         return "stopping", None
     return lastcall.default.readiness()
-
-
-def _red_when_stopping() -> None:
-    """Before gunicorn's own handlers (which only queue), turn the master's readiness red."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        previous = signal.getsignal(sig)
-
-        def on_stop(signum: int, frame: Gunicorn, previous: Gunicorn = previous) -> None:
-            _state["master_stopping"] = True
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(sig, on_stop)
 
 
 def pre_exec(server: Gunicorn) -> None:

@@ -245,6 +245,12 @@ def listeners_shared(server: Gunicorn, *, reexec: bool = False) -> None:
 
 
 _master_stop: list[int] = []  # in the master: the signals that began its graceful stop
+_master_quit = threading.Event()  # in the master: SIGQUIT, gunicorn's quick shutdown
+
+
+def master_signalled() -> bool:
+    """In the master: whether SIGTERM, SIGINT or SIGQUIT began its stop (readiness red)."""
+    return bool(_master_stop) or _master_quit.is_set()
 
 
 def end_master_by_its_signal() -> None:
@@ -259,8 +265,13 @@ def end_master_by_its_signal() -> None:
 
 
 def watch_master(server: Gunicorn) -> None:
-    """In the master: say when a stop is a full one; make the first SIGINT a graceful one."""
+    """In the master: note its stop signal; say when a stop is a full one; first SIGINT graceful.
+
+    Each handler runs before the arbiter's own (``gunicorn/arbiter.py``),
+    which only queues the signal.
+    """
     previous = signal.getsignal(signal.SIGTERM)
+    previous_quit = signal.getsignal(signal.SIGQUIT)
 
     def on_term(signum: int, frame: Gunicorn) -> None:
         # The arbiter's own handler only queues the signal; before it does,
@@ -286,6 +297,13 @@ def watch_master(server: Gunicorn) -> None:
             server.kill_workers(signal.SIGQUIT)
 
     signal.signal(signal.SIGINT, on_int)
+
+    def on_quit(signum: int, frame: Gunicorn) -> None:
+        _master_quit.set()
+        if callable(previous_quit):
+            previous_quit(signum, frame)
+
+    signal.signal(signal.SIGQUIT, on_quit)
 
 
 class Listener:

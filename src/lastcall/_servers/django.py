@@ -156,7 +156,8 @@ def _patch() -> None:
     original_start_django = autoreload.start_django
 
     def run(self: basehttp.ServerHandler, application: Callable[..., Any]) -> None:
-        handler = getattr(self, "request_handler", None)  # set by WSGIRequestHandler
+        # django/core/servers/basehttp.py: WSGIRequestHandler.handle_one_request sets it
+        handler = getattr(self, "request_handler", None)
         # Lib/socketserver.py, StreamRequestHandler.setup: the handler's socket
         connection = getattr(handler, "connection", None)
         served = getattr(getattr(handler, "server", None), "lastcall_served", None)
@@ -195,6 +196,7 @@ def _restart_with_reloader() -> NoReturn:
     from django.utils import autoreload  # noqa: PLC0415
 
     _coordinator().stand_aside("Django's autoreloader child runs the app's hooks")
+    # django/utils/autoreload.py: the child's command line, and the variable that marks it
     args = autoreload.get_child_arguments()
     reloader.run_children(
         lambda: (args, {autoreload.DJANGO_AUTORELOAD_ENV: "true"}),

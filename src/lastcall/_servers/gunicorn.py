@@ -10,16 +10,18 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
   ``reexec_pid``, ``master_pid``, ``systemd``, and its SIGTERM/SIGINT
   handlers (wrapped); ``gunicorn/http/message.py``: ``Request.must_close``.
 * ``gunicorn/workers/base.py``: ``Worker.wsgi``, ``sockets``, ``wait_fds``,
-  ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, its
-  SIGTERM/SIGINT handlers (replaced); ``gunicorn/glogging.py``: ``error_log``.
-* ``gunicorn/workers/gthread.py``: ``method_queue``, ``enqueue_req``,
-  ``accept(listener)``, ``keepalived_conns`` and ``murder_keepalived``;
-  ``gunicorn/workers/sync.py``: ``run_for_one``.
+  ``PIPE``, ``alive``, ``aborted``, ``is_parent_alive``, ``run``, ``ppid``,
+  ``cfg`` (its settings are documented), its SIGTERM/SIGINT handlers
+  (replaced); ``gunicorn/glogging.py``: ``error_log``.
+* ``gunicorn/workers/gthread.py``: ``method_queue`` (its ``defer``),
+  ``enqueue_req``, ``accept(listener)``, ``keepalived_conns`` (each one's
+  ``timeout``, set) and ``murder_keepalived``; ``gunicorn/workers/sync.py``:
+  ``run_for_one``.
 * ``gunicorn/workers/ggevent.py``: ``GeventWorker.server_class`` and the
   module's ``StreamServer`` (each replaced, in the worker only, by a subclass
   whose instances are noted); gevent's ``gevent/baseserver.py``:
-  ``BaseServer.socket``, ``pool``, ``do_read``, ``do_handle``,
-  ``start_accepting`` (``versions.GEVENT``).
+  ``BaseServer.socket``, ``pool`` (its ``greenlets``), ``do_read``,
+  ``do_handle``, ``start_accepting``, ``stop_accepting`` (``versions.GEVENT``).
 """
 
 from __future__ import annotations

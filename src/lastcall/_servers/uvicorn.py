@@ -37,9 +37,10 @@ replaced alone: SIGHUP, SIGTTOU) it leaves the socket to its siblings.
 The supervisor registers no hook of the app's and ends by the signal.
 A worker writes ``serving-PID`` there once its server is serving, which
 is what the supervisor's ``/readyz`` waits for (``starting`` until then).
-What is used of ``Multiprocess``: ``should_exit``, ``processes`` (each
-with ``pid``), ``processes_num``, and ``uvicorn.main.Multiprocess``, the
-name ``uvicorn.main.run`` starts it by; the same from 0.30 to 0.54.
+What is used of ``Multiprocess``: ``run`` (subclassed), ``should_exit``,
+``processes`` (each with ``pid`` and its ``process``), ``processes_num``,
+and ``uvicorn.main.Multiprocess``, the name ``uvicorn.main.run`` starts it
+by; the same from 0.30 to 0.54.
 """
 
 from __future__ import annotations

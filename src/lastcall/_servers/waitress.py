@@ -8,12 +8,19 @@ ended (an exception or ``sys.exit`` on its thread): then the door is
 closed at once (``loop_died``), and the drain turns the loop itself so
 the responses still go out.
 
-Tested with waitress 3.0 (``versions.WAITRESS``). Undocumented parts used,
-all from ``waitress/server.py`` and ``waitress/channel.py``: a single
-server's ``_map``, ``task_class.build_response_header`` and ``service`` (subclassed;
-``waitress/task.py``, with ``task.request.command`` and ``.path``),
-the channel fields read by ``_close_idle``, and ``trigger.pull_trigger``
-(``waitress/trigger.py``), which wakes the loop to run a function on it.
+Tested with waitress 3.0 (``versions.WAITRESS``). Undocumented parts used:
+
+* ``waitress/server.py``: the server's ``map`` or a single server's
+  ``_map``, ``asyncore`` (its ``loop``), ``adj``, ``accepting``,
+  ``active_channels``, ``channel_class`` (replaced by a subclass),
+  ``set_socket_options``, ``fix_addr``, ``del_channel`` and ``trigger``
+  (its ``pull_trigger``, ``waitress/trigger.py``, which wakes the loop to
+  run a function on it);
+* ``waitress/channel.py``: ``task_class``, and the channel fields read by
+  ``_close_idle``;
+* ``waitress/task.py``: ``build_response_header`` and ``service``
+  (subclassed), ``close_on_finish``, ``set_close_on_finish``, and
+  ``task.request.command`` and ``.path``.
 """
 
 from __future__ import annotations

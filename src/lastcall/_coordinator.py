@@ -833,6 +833,8 @@ class Coordinator:
             if not (self._forked and _started_by_multiprocessing()):
                 atexit._run_exitfuncs()  # noqa: SLF001
         log.flush(_LOG_FLUSH_WAIT)
+        # Not _signals.die_by, which flushes sys.stdout and sys.stderr without a bound: here
+        # a stream may be a pipe nobody reads, and only the hand-off's bounded flush is safe.
         if die_by is not None and os.getpid() != 1:  # PID 1 ignores its own default signals
             signal.signal(die_by, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [die_by])

@@ -285,14 +285,12 @@ def watch_master(server: Gunicorn) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
-    interrupted = threading.Event()
 
     def on_int(signum: int, frame: Gunicorn) -> None:  # noqa: ARG001  # a signal handler
         # gunicorn's SIGINT is a quick shutdown (gunicorn/arbiter.py, handle_int);
         # the first one is a graceful stop here, the second the quick one. The
         # master is then inside its stop loop, which reads no queued signal.
-        if not interrupted.is_set():
-            interrupted.set()
+        if signal.SIGINT not in _master_stop:
             _master_stop.append(signal.SIGINT)
             on_term(signal.SIGTERM, frame)
         else:

@@ -10,10 +10,11 @@ import json
 import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import live_processes_in_session
+from conftest import WAIT, free_port, live_processes_in_session
 
 PRELUDE = """
 import logging, os, signal, sys, threading, time
@@ -451,3 +452,99 @@ if __name__ == "__main__":
     # "shared" as each worker ends (once in the one that shut down explicitly),
     # then the parent's own two at exit
     assert seen == ["shared", "shared", "shared", "parent-only"], child.output()
+
+
+# Each thread's blocked signals, as the kernel keeps them (SigBlk: a hex bit mask).
+THREAD_MASKS = """
+def blocked(native_id):
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        line = next(x for x in status if x.startswith("SigBlk:"))
+    bits = int(line.split()[1], 16)
+    return sorted(n for n in range(1, 65) if bits >> (n - 1) & 1)
+"""
+
+
+def _signals_named(line: str) -> set[int]:
+    return {int(n) for n in line.split(":", 1)[1].split()}
+
+
+def test_lastcalls_threads_take_no_signal(spawn):
+    """Steps: install() with a health port and a parent to watch; each of lastcall's
+    threads blocks SIGTERM, SIGINT and SIGHUP (a signal the kernel handed one of them
+    would not wake a main thread asleep in a blocking call), but not SIGSEGV."""
+    child = spawn(
+        PRELUDE
+        + THREAD_MASKS
+        + f"""
+lastcall.install(health_port={free_port()})
+lastcall.default.stop_when_parent_dies(os.getppid(), "parent gone")
+for thread in threading.enumerate():
+    if thread.name.startswith("lastcall-"):
+        out(thread.name + ":", *blocked(thread.native_id))
+"""
+        + BLOCK
+    )
+    names = {"lastcall-dispatcher", "lastcall-log", "lastcall-health", "lastcall-parent-watch"}
+    for name in names:
+        blocked = _signals_named(child.wait_for(name + ":"))
+        assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= blocked, name
+        assert signal.SIGSEGV not in blocked, name
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+
+
+def test_a_signal_waits_for_the_main_thread(spawn):
+    """Steps: the main thread blocks SIGTERM for a moment, as CPython's own code may, in
+    a call that no other thread's signal interrupts; SIGTERM sent then stays pending for
+    the process (no lastcall thread takes it: /proc's ShdPnd shows it); once the main
+    thread unblocks it, the stop runs and the process ends by SIGTERM."""
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install()
+lastcall.on_shutdown(say("cleanup"))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+out("ready")
+signal.sigwait({signal.SIGUSR1})
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+while True:
+    time.sleep(60)
+"""
+    )
+    child.send(signal.SIGTERM)
+    status = Path(f"/proc/{child.pid}/status")
+    deadline = time.monotonic() + WAIT
+    while True:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("ShdPnd:"))
+        if int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+            break
+        assert time.monotonic() < deadline, f"SIGTERM was taken off the main thread: {line}"
+        time.sleep(0.01)
+    child.send(signal.SIGUSR1)
+    assert child.finish() == -signal.SIGTERM
+    assert hooks_seen(child) == ["cleanup"]
+
+
+def test_hooks_run_with_the_apps_signal_mask(spawn):
+    """Steps: the app blocks SIGUSR2 on its main thread; the hook's thread, started by
+    lastcall's (which blocks every signal), blocks SIGUSR2 and nothing more, so a
+    process a hook starts can be signalled as it would from the app."""
+    child = spawn(
+        PRELUDE
+        + THREAD_MASKS
+        + """
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+out("app:", *blocked(threading.get_native_id()))
+lastcall.install()
+
+@lastcall.on_shutdown
+def report_mask():
+    out("hook mask:", *blocked(threading.get_native_id()))
+"""
+        + BLOCK
+    )
+    app = _signals_named(child.wait_for("app:"))
+    assert app == {signal.SIGUSR2}
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert _signals_named(child.wait_for("hook mask:")) == app

@@ -47,6 +47,7 @@ from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_h
 from lastcall._report import HookResult, Report, log, logger
 from lastcall._signals import SignalHandlers, main_thread_ident
 from lastcall._stoptoken import StopToken
+from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -373,7 +374,7 @@ class Coordinator:
                     self.trigger(reason=reason)
                     return
 
-        threading.Thread(target=watch, name="lastcall-parent-watch", daemon=True).start()
+        start_daemon(watch, "lastcall-parent-watch")
 
     def stand_aside(self, reason: str) -> None:
         """Make this process a supervisor that runs no hooks of its own.
@@ -767,10 +768,10 @@ class Coordinator:
         with self._lock:
             if self._dispatcher is not None and self._dispatcher.is_alive():
                 return
-            self._dispatcher = threading.Thread(
-                target=self._dispatch, name="lastcall-dispatcher", daemon=True
-            )
-            self._dispatcher.start()
+            # The stop runs the app's hooks on threads this one starts: they get
+            # the signal mask of the thread starting the dispatcher, not its own.
+            app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            self._dispatcher = start_daemon(self._dispatch, "lastcall-dispatcher", app_mask)
 
     def _on_signal(self, signum: int) -> None:
         """Runs in the signal handler, on the main thread: no locks, no logging."""
@@ -780,9 +781,10 @@ class Coordinator:
             self._force(signum)
         self._events.put(signum)
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, app_mask: set[signal.Signals]) -> None:
         # A signal number, or (trigger, reason, status) from trigger() or a thread's crash.
         item = self._events.get()
+        signal.pthread_sigmask(signal.SIG_SETMASK, app_mask)
         if isinstance(item, int):
             trigger, reason = signal.Signals(item).name, "signal received"
             status, die_by = 128 + item, item

@@ -27,7 +27,8 @@ import json
 import os
 import socketserver
 import sys
-import threading
+
+from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class HealthServer(socketserver.ThreadingTCPServer):
         super().__init__((host, port), _Probe)
 
     def start(self) -> None:
-        threading.Thread(target=self.serve_forever, name="lastcall-health", daemon=True).start()
+        start_daemon(self.serve_forever, "lastcall-health")
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A probe that hung up or sent nothing in time: nothing to say about it."""

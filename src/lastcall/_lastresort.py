@@ -55,6 +55,7 @@ import weakref
 
 from lastcall._hooks import check_timeout
 from lastcall._report import logger
+from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -252,10 +253,7 @@ class LastResort:
             watcher.send(greeting)
             for hook in self._hooks:
                 watcher.send({"hook": hook.message()})
-        monitor = threading.Thread(
-            target=self._monitor, args=(watcher,), name="lastcall-watcher-monitor", daemon=True
-        )
-        _start_without_signals(monitor)
+        start_daemon(self._monitor, "lastcall-watcher-monitor", watcher)
 
     def _monitor(self, watcher: _Watcher) -> None:
         """Wait for ``ready``, then for the watcher's end; reap it; warn if it was needed.
@@ -434,24 +432,6 @@ def _import_path_hint(func: object) -> str:
 def _in_watcher() -> bool:
     """True inside the watcher process, whose ``__main__`` is ``_watcher.py``."""
     return bool(getattr(sys.modules.get("__main__"), "LASTCALL_WATCHER", False))
-
-
-def _start_without_signals(thread: threading.Thread) -> None:
-    """Start ``thread`` with signals blocked, so none is ever delivered to it.
-
-    The kernel may hand a process-directed signal to any thread not blocking
-    it when the main thread cannot take it at that instant; Python runs its
-    handlers only on the main thread, which a signal landing on this one would
-    not wake from a long ``sleep()``. A helper thread should not be a target.
-    """
-    import signal  # noqa: PLC0415
-
-    synchronous = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - synchronous)
-    try:
-        thread.start()  # a new thread inherits the mask of the one starting it
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fd_is_open(fd: int) -> bool:

@@ -21,6 +21,8 @@ import queue
 import sys
 import threading
 
+from lastcall._threads import start_daemon
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     from pathlib import Path
@@ -78,12 +80,10 @@ class LogHandoff:
             self._reset()
         with self._lock:
             if self._thread is None:
-                thread = threading.Thread(target=self._emit, name="lastcall-log", daemon=True)
                 try:
-                    thread.start()
+                    self._thread = start_daemon(self._emit, "lastcall-log")
                 except RuntimeError:  # "can't create new thread at interpreter shutdown"
                     return False
-                self._thread = thread
         return True
 
     def _emit(self) -> None:

@@ -464,3 +464,25 @@ def test_as_pid_1_a_stop_ends_at_once(tmp_path):
     assert len(inner) == 1
     os.kill(inner[0], signal.SIGTERM)
     assert _end(proc, timeout=WAIT) == 128 + signal.SIGTERM
+
+
+def test_the_end_takes_no_lock_the_interrupted_main_thread_holds(spawn):
+    """Steps: the main thread holds the log hand-off's lock, as install() does for an
+    instant while it checks the log thread (a loop of install() calls hit it on Python
+    3.10); SIGTERM; the end, which runs in a signal handler on that thread, does not wait
+    for the lock: the hook runs and the process dies by SIGTERM, not by the watchdog."""
+    child = spawn(
+        PRELUDE
+        + """
+from lastcall._report import log
+lastcall.install(grace=5)
+lastcall.on_shutdown(say("close"))
+with log._lock:
+    out("ready")
+    while True:
+        time.sleep(0.05)
+"""
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ["close"]

@@ -78,6 +78,10 @@ class LogHandoff:
     def _started(self) -> bool:
         if self._pid != os.getpid():  # a forked child has the queue, not the thread
             self._reset()
+        if self._thread is not None:
+            # No lock: the coordinator's end runs in a signal handler, on a main
+            # thread that may hold it here (install() starting this thread).
+            return True
         with self._lock:
             if self._thread is None:
                 try:

@@ -97,6 +97,8 @@ class Coordinator:
         self._reset_state()
         self._handlers: SignalHandlers | None = None
         self._main_ident: int | None = None  # the main thread's pthread id, for waking it
+        # The main thread's signal mask, seen at install(): the stop's threads get it back.
+        self._app_mask: set[int | signal.Signals] | None = None
         self._previous_excepthook: Callable[..., Any] | None = None
         self._previous_thread_excepthook: Callable[[threading.ExceptHookArgs], object] | None = None
         self._exit_wanted = False  # run the stop at interpreter exit (a hook, install ...)
@@ -230,6 +232,7 @@ class Coordinator:
         self._force_signals = force or frozenset()
         self._handlers = handlers
         self._main_ident = main_thread_ident()
+        self._app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         self._install_options = options
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
@@ -768,9 +771,11 @@ class Coordinator:
         with self._lock:
             if self._dispatcher is not None and self._dispatcher.is_alive():
                 return
-            # The stop runs the app's hooks on threads this one starts: they get
-            # the signal mask of the thread starting the dispatcher, not its own.
-            app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            # The stop runs the app's hooks on threads the dispatcher starts: they
+            # get the app's signal mask back, not the dispatcher's (all blocked).
+            app_mask = self._app_mask
+            if app_mask is None:  # trigger() before install(): the caller's
+                app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             self._dispatcher = start_daemon(self._dispatch, "lastcall-dispatcher", app_mask)
 
     def _on_signal(self, signum: int) -> None:
@@ -781,7 +786,7 @@ class Coordinator:
             self._force(signum)
         self._events.put(signum)
 
-    def _dispatch(self, app_mask: set[signal.Signals]) -> None:
+    def _dispatch(self, app_mask: set[int | signal.Signals]) -> None:
         # A signal number, or (trigger, reason, status) from trigger() or a thread's crash.
         item = self._events.get()
         signal.pthread_sigmask(signal.SIG_SETMASK, app_mask)

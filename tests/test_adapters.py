@@ -13,11 +13,12 @@ from __future__ import annotations
 import http.client
 import inspect
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port, wait_session_empty
+from conftest import WAIT, free_port, refused, wait_session_empty
 from test_matrix import (
     ASGI,
     ASGI_APP,
@@ -139,3 +140,27 @@ def test_drain_cancels_what_overruns_and_says_so(spawn, server: str) -> None:
     assert took < grace + 1.5, f"{took:.1f} s\n{child.output()}"
     door = _logged(child, "stopped accepting; serving")
     assert _logged(child, "drain budget spent with 1 still in flight; 1 cancelled") > door
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        ["lastcall.waitress", "--listen", "127.0.0.1:{port}", "webapp:app"],
+        ["lastcall.uvicorn", "webapp:app", "--port", "{port}"],
+        ["lastcall.hypercorn", "webapp:app", "--bind", "127.0.0.1:{port}"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_bad_setting_stops_each_command_line_in_one_line(spawn, module: list[str]) -> None:
+    """Steps: ``python -m lastcall.<server>`` with LASTCALL_GRACE=soon: status 1, one line
+    that names the setting, no traceback, and nothing listening on the port."""
+    pytest.importorskip(module[0].split(".")[1])
+    port = free_port()
+    argv = [sys.executable, "-m", *(arg.format(port=port) for arg in module)]
+    child = spawn("", argv=argv, env={"LASTCALL_GRACE": "soon"}, wait_ready=False)
+    assert child.finish() == 1, child.output()
+    errors = [line for line in child.stderr if line.startswith("Error: lastcall:")]
+    assert len(errors) == 1, child.output()
+    assert "LASTCALL_GRACE='soon'" in errors[0]
+    assert "Traceback" not in child.output()
+    assert refused(port)

@@ -312,6 +312,8 @@ def test_a_worker_killed_after_its_timeout_is_reported(spawn):
         ({"LASTCALL_GRACE": "40"}, ["LASTCALL_GRACE=40", "--graceful-timeout"]),
         ({"LASTCALL_PRESTOP_DELAY": "20"}, ["LASTCALL_PRESTOP_DELAY=20", "--graceful-timeout"]),
         ({"LASTCALL_GRACE": "soon"}, ["LASTCALL_GRACE='soon'"]),
+        # The master and the worker would each write it, the master (no hooks) last.
+        ({"LASTCALL_REPORT": "/tmp/lc.json"}, ["LASTCALL_REPORT=/tmp/lc.json", "-{pid}.json"]),
     ],
 )
 def test_bad_settings_stop_gunicorn_at_start_up(spawn, env, names):

@@ -106,3 +106,20 @@ def test_plain_uvicorn_workers_with_a_health_port_keep_lastcall_in_every_worker(
     child.finish()
     hooks = [int(line.split()[1]) for line in child.lines("hook:app ")]
     assert len(set(hooks)) == len(hooks) == 2, child.output()
+
+
+def test_a_report_path_without_pid_stops_the_supervisor_at_start_up(spawn, tmp_path):
+    """Steps: ``--workers 2`` with LASTCALL_REPORT naming one file: one line says each
+    worker would write over the other and how to fix it; no worker starts; status 1."""
+    Path(spawn.script_dir, "webapp.py").write_text(APP)
+    report = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "lastcall.uvicorn", "webapp:app", "--port", str(free_port())]
+    argv += ["--workers", "2"]
+    child = spawn("", argv=argv, env={"LASTCALL_REPORT": str(report)}, wait_ready=False)
+    assert child.finish() == 1, child.output()
+    errors = [line for line in child.stderr if line.startswith("Error: lastcall:")]
+    assert len(errors) == 1, child.output()
+    assert f"LASTCALL_REPORT={report}" in errors[0]
+    assert str(tmp_path / "report-{pid}.json") in errors[0]
+    assert "Traceback" not in child.output()
+    assert not any("Started server process" in line for line in child.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
@@ -185,6 +186,31 @@ def check_drain_time(
             f"{delay_name}={prestop_delay:g} leaves no time to drain within "
             f"{grace_name}={grace:g}: lower {delay_name} below {room:g} s or raise {grace_name}"
         )
+
+
+def check_report_per_process(report: str | None, processes: str) -> None:
+    """Refuse a report path that several processes would write over one another.
+
+    Each process writes its own report when its stop ends; at one path the
+    last one out (often a master that ran no hook) leaves the only file.
+    """
+    if report and "{pid}" not in report:
+        from pathlib import Path  # noqa: PLC0415  # only for the message: import time
+
+        path = Path(report)
+        example = path.with_name(f"{path.stem}-{{pid}}{path.suffix or '.json'}")
+        raise ValueError(
+            f"LASTCALL_REPORT={report} would be written by {processes}, each over the last: "
+            f"put {{pid}} in it, e.g. LASTCALL_REPORT={example}"
+        )
+
+
+def exit_on_bad_settings() -> Settings:
+    """For lastcall's command lines: a bad ``LASTCALL_*`` variable ends them in one line."""
+    try:
+        return resolve()
+    except (TypeError, ValueError) as exc:
+        sys.exit(f"Error: lastcall: {exc}")
 
 
 def _source(name: str, value: object, environ: Mapping[str, str]) -> str:

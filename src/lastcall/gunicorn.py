@@ -60,7 +60,7 @@ from typing import Any, TypeAlias
 
 import lastcall
 from lastcall import _health_port
-from lastcall._config import check_drain_time, resolve
+from lastcall._config import check_drain_time, check_report_per_process, resolve
 from lastcall._report import logger
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
@@ -137,6 +137,7 @@ def on_starting(server: Gunicorn) -> None:
     """Master, before anything is bound: check the settings; set up logging and the hook list."""
     try:
         _worker_grace(float(server.cfg.graceful_timeout))
+        check_report_per_process(resolve().report, "gunicorn's master and each of its workers")
     except (TypeError, ValueError) as exc:
         raise RuntimeError(f"lastcall: {exc}") from None  # gunicorn prints it and exits 1
     adapter.check_versions(server)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from lastcall._config import exit_on_bad_settings
 from lastcall._servers import uvicorn as adapter
 
 __all__ = ("main",)
@@ -30,6 +31,7 @@ __all__ = ("main",)
 
 def main(argv: list[str] | None = None) -> None:
     """Run uvicorn's command line (``uvicorn.main:main``) with lastcall's supervisor."""
+    exit_on_bad_settings()  # before uvicorn starts, in one line
     uvicorn_main = importlib.import_module("uvicorn.main")
     adapter.supervise(uvicorn_main)
     uvicorn_main.main.main(

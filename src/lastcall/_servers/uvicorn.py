@@ -50,6 +50,7 @@ import functools
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from multiprocessing.connection import wait as wait_for_exits
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lastcall
-from lastcall._config import resolve
+from lastcall._config import check_report_per_process, resolve
 from lastcall._report import logger
 from lastcall._servers import versions
 
@@ -136,7 +137,10 @@ def supervise(main_module: ModuleType) -> None:
 
     class LastCallMultiprocess(multiprocess):  # type: ignore[misc]
         def run(self) -> None:
-            Supervisor(self).start()
+            try:
+                Supervisor(self).start()
+            except (TypeError, ValueError) as exc:  # a setting: one line, no worker started
+                sys.exit(f"Error: lastcall: {exc}")
             super().run()
 
     setattr(main_module, "Multiprocess", LastCallMultiprocess)  # noqa: B010
@@ -155,6 +159,8 @@ class Supervisor:
 
         TESTED.check()
         settings = resolve()  # a bad LASTCALL_* setting stops here, in one line
+        workers = int(self.multiprocess.processes_num)
+        check_report_per_process(settings.report, f"each of uvicorn's {workers} workers")
         coordinator = lastcall.default
         coordinator.expect_serving(until=self._workers_serving)
         self.health = _health_port.serve_for_workers(coordinator.readiness, settings)

@@ -205,10 +205,10 @@ def check_report_per_process(report: str | None, processes: str) -> None:
         )
 
 
-def exit_on_bad_settings() -> Settings:
+def exit_on_bad_settings() -> None:
     """For lastcall's command lines: a bad ``LASTCALL_*`` variable ends them in one line."""
     try:
-        return resolve()
+        resolve()
     except (TypeError, ValueError) as exc:
         sys.exit(f"Error: lastcall: {exc}")
 

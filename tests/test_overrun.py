@@ -94,7 +94,7 @@ def job():
 threading.Thread(target=job, daemon=True).start()
 out("ready")
 while True:
-    time.sleep(60)
+    time.sleep(0.05)  # the app has a thread of its own: see BUSY_MAIN in test_process_triggers
 """
 
 

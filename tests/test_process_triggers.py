@@ -41,9 +41,12 @@ while True:
 """
 
 # A main thread that runs Python code every 50 ms, as a server's loop does. CPython
-# defers a signal that lands while the handler of the same signal still runs (the
-# GIL taken away mid-handler) until the main thread next runs Python code: in a
-# 60 s sleep, 60 s. Tests of a second signal use this, not BLOCK.
+# runs a signal's handler only on the main thread, at its next Python code: a signal
+# that lands while the handler of the same signal still runs (the GIL taken away
+# mid-handler), or that the kernel hands to another thread of the app (lastcall's own
+# block every signal; the app's do not), waits for the main thread's next wake-up,
+# in a 60 s sleep 60 s. Tests of a second signal, and tests whose app has threads of
+# its own, use this, not BLOCK.
 BUSY_MAIN = """
 out("ready")
 while True:

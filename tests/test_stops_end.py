@@ -170,7 +170,7 @@ threading.Thread(target=fill, daemon=True).start()
 time.sleep(0.2)  # let it block; the test's bounds below do not depend on this
 out("ready")
 while True:
-    time.sleep(60)
+    time.sleep(0.05)  # the app has a thread of its own: see BUSY_MAIN in test_process_triggers
 """
 
 HOLD_HANDLER_LOCK = """

@@ -205,12 +205,19 @@ def check_report_per_process(report: str | None, processes: str) -> None:
         )
 
 
-def exit_on_bad_settings() -> None:
-    """For lastcall's command lines: a bad ``LASTCALL_*`` variable ends them in one line."""
+def settings_or_exit(*, report_shared_by: str | None = None) -> Settings:
+    """For lastcall's command lines: the settings, or an exit in one line naming what is wrong.
+
+    ``report_shared_by`` names the processes that would each write the
+    report (``check_report_per_process``).
+    """
     try:
-        resolve()
+        settings = resolve()
+        if report_shared_by is not None:
+            check_report_per_process(settings.report, report_shared_by)
     except (TypeError, ValueError) as exc:
         sys.exit(f"Error: lastcall: {exc}")
+    return settings
 
 
 def _source(name: str, value: object, environ: Mapping[str, str]) -> str:

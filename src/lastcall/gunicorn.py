@@ -137,7 +137,8 @@ def on_starting(server: Gunicorn) -> None:
     """Master, before anything is bound: check the settings; set up logging and the hook list."""
     try:
         _worker_grace(float(server.cfg.graceful_timeout))
-        check_report_per_process(resolve().report, "gunicorn's master and each of its workers")
+        settings = resolve()
+        check_report_per_process(settings.report, "gunicorn's master and each of its workers")
     except (TypeError, ValueError) as exc:
         raise RuntimeError(f"lastcall: {exc}") from None  # gunicorn prints it and exits 1
     adapter.check_versions(server)
@@ -146,7 +147,7 @@ def on_starting(server: Gunicorn) -> None:
         _state["hook_dir"] = tempfile.mkdtemp(prefix="lastcall-gunicorn-")
     lastcall.default.expect_serving(until=functools.partial(_workers_booted, server))
     try:
-        _state["health"] = _health_port.serve_for_workers(_master_readiness, resolve())
+        _state["health"] = _health_port.serve_for_workers(_master_readiness, settings)
     except OSError as exc:
         raise RuntimeError(f"lastcall: {exc}") from None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lastcall._config import exit_on_bad_settings
+from lastcall._config import settings_or_exit
 from lastcall._servers import hypercorn as adapter
 from lastcall._signals import die_by
 
@@ -26,7 +26,7 @@ __all__ = ("main",)
 
 def main(argv: list[str] | None = None) -> int:
     """Run hypercorn's command line (``hypercorn.__main__:main``); end by its stop signal."""
-    exit_on_bad_settings()  # before hypercorn starts, in one line
+    settings_or_exit()  # before hypercorn starts, in one line
     hypercorn_main = importlib.import_module("hypercorn.__main__")
     with adapter.stop_signals_seen() as seen:
         status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lastcall._config import exit_on_bad_settings
+from lastcall._config import settings_or_exit
 from lastcall._servers import uvicorn as adapter
 
 __all__ = ("main",)
@@ -31,7 +31,7 @@ __all__ = ("main",)
 
 def main(argv: list[str] | None = None) -> None:
     """Run uvicorn's command line (``uvicorn.main:main``) with lastcall's supervisor."""
-    exit_on_bad_settings()  # before uvicorn starts, in one line
+    settings_or_exit()  # before uvicorn starts, in one line
     uvicorn_main = importlib.import_module("uvicorn.main")
     adapter.supervise(uvicorn_main)
     uvicorn_main.main.main(

@@ -33,7 +33,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import lastcall
-from lastcall._config import exit_on_bad_settings, resolve
+from lastcall._config import resolve, settings_or_exit
 from lastcall._servers import waitress as adapter
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import RequestsInFlight
@@ -85,7 +85,7 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
 
 def main(argv: list[str] | None = None) -> int:
     """``waitress-serve``, serving through :func:`serve`: waitress's own parser, help and errors."""
-    exit_on_bad_settings()  # before waitress starts, in one line
+    settings_or_exit()  # before waitress starts, in one line
     args = sys.argv[1:] if argv is None else argv
     return adapter.run_cli(["python -m lastcall.waitress", *args], serve)
 

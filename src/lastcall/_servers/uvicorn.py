@@ -50,7 +50,6 @@ import functools
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from multiprocessing.connection import wait as wait_for_exits
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lastcall
-from lastcall._config import check_report_per_process, resolve
+from lastcall._config import settings_or_exit
 from lastcall._report import logger
 from lastcall._servers import versions
 
@@ -137,10 +136,7 @@ def supervise(main_module: ModuleType) -> None:
 
     class LastCallMultiprocess(multiprocess):  # type: ignore[misc]
         def run(self) -> None:
-            try:
-                Supervisor(self).start()
-            except (TypeError, ValueError) as exc:  # a setting: one line, no worker started
-                sys.exit(f"Error: lastcall: {exc}")
+            Supervisor(self).start()
             super().run()
 
     setattr(main_module, "Multiprocess", LastCallMultiprocess)  # noqa: B010
@@ -158,9 +154,9 @@ class Supervisor:
         from lastcall import _health_port  # noqa: PLC0415  # socketserver, in the supervisor only
 
         TESTED.check()
-        settings = resolve()  # a bad LASTCALL_* setting stops here, in one line
         workers = int(self.multiprocess.processes_num)
-        check_report_per_process(settings.report, f"each of uvicorn's {workers} workers")
+        # A bad LASTCALL_* setting stops here, in one line, before any worker starts.
+        settings = settings_or_exit(report_shared_by=f"each of uvicorn's {workers} workers")
         coordinator = lastcall.default
         coordinator.expect_serving(until=self._workers_serving)
         self.health = _health_port.serve_for_workers(coordinator.readiness, settings)

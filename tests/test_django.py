@@ -364,7 +364,7 @@ def test_under_uvicorn_the_projects_own_asgi_drains_and_runs_the_hook(spawn, pro
     wait_lines(child, "slow started", 4, stream="stdout")
     child.send(signal.SIGTERM)
     results, threads = collect(conns)
-    child.wait_for("pre-stop delay", stream="stderr")
+    child.wait_for("pre-stop delay: ", stream="stderr")
     assert get(port, "/readyz")[0] == 503
     assert get(port, "/") == (200, "index")
     for thread in threads:

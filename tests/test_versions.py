@@ -7,6 +7,7 @@ The version is faked, not the server: a ``.dist-info`` of our own ahead on
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 
@@ -26,17 +27,32 @@ GATES = {
 }
 
 
+def _older(tested: versions.Tested) -> str:
+    """A release just below the tested range: ``24.1`` -> ``24.0.0``, ``3.0`` -> ``2.99.0``."""
+    major, minor = (int(n) for n in tested.oldest.split("."))
+    return f"{major}.{minor - 1}.0" if minor else f"{major - 1}.99.0"
+
+
 @pytest.mark.parametrize(
     "tested", [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD], ids=str
 )
-def test_gate_names_the_range_outside_it(tested: versions.Tested, caplog) -> None:
+def test_gate_warns_below_the_range_and_informs_above_it(tested: versions.Tested, caplog) -> None:
+    """An older release may lack what the adapter uses: WARNING. A newer one is how every
+    release begins its life: one INFO line saying what to do if a stop misbehaves."""
+    caplog.set_level(logging.INFO, logger="lastcall")
     assert tested.check(tested.oldest) is None
     assert tested.check(f"{tested.newest}.9") is None
-    line = tested.check("99.0.0")
-    assert line is not None
-    assert tested.range in line
-    assert tested.at_risk in line
-    assert [r.getMessage() for r in caplog.records] == [line]
+    assert caplog.records == []
+    older = tested.check(_older(tested))
+    assert older is not None
+    assert tested.range in older
+    assert tested.at_risk in older
+    newer = tested.check("99.0.0")
+    assert newer is not None
+    assert tested.range in newer
+    assert f"'{tested.distribution}<99.0'" in newer
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert levels == [(logging.WARNING, older), (logging.INFO, newer)]
 
 
 def test_gthread_below_24_is_refused() -> None:
@@ -56,20 +72,23 @@ def _fake_version(directory: Path, distribution: str, version: str) -> Path:
 
 @pytest.mark.parametrize("server", list(GATES))
 def test_real_server_says_so_at_start_up(spawn, server: str) -> None:
-    """Steps: start the real server with its version faked to 99.0; one line names the range."""
+    """Steps: start the real server with its version faked just below the tested range;
+    one WARNING line names the range; the server still serves and stops by the signal."""
     pytest.importorskip(PACKAGE.get(server, server))
     directory = Path(spawn.script_dir)
     (directory / "webapp.py").write_text(f"SLOW = 0\n{ASGI_APP if server in ASGI else WSGI_APP}")
     (directory / "flask_main.py").write_text(FLASK_MAIN)
     (directory / "waitress_main.py").write_text(WAITRESS_MAIN)
     tested = GATES[server]
-    fake = _fake_version(directory, tested.distribution, "99.0.0")
+    older = _older(tested)
+    fake = _fake_version(directory, tested.distribution, older)
     env = {"PYTHONPATH": f"{fake}:{directory}"}
     child = spawn("", argv=LAUNCH[server](free_port()), env=env, wait_ready=False)
-    line = child.wait_for(
-        f"is outside the versions lastcall is tested with ({tested.range})", stream="stderr"
+    child.wait_for(
+        f"{tested.distribution} {older} is older than the versions lastcall is tested with "
+        f"({tested.range})",
+        stream="stderr",
     )
-    assert "99.0.0" in line
     child.send(signal.SIGTERM)
     child.finish(WAIT)
     wait_session_empty(child.pid)  # hypercorn's multiprocessing helpers end after its master

@@ -198,7 +198,7 @@ def test_command_line_takes_waitress_serve_options_and_stops_the_same(spawn):
         conns.append(conn)
     wait_count(child, "slow", 3)
     child.send(signal.SIGTERM)
-    child.wait_for("pre-stop delay", stream="stderr")
+    child.wait_for("pre-stop delay: ", stream="stderr")
     assert get(port, "/readyz") == 503
     assert get(port, "/") == 200
     for conn in conns:

@@ -79,7 +79,7 @@ def test_prestop_serves_200s_while_readiness_is_red_then_the_door_closes(spawn):
     in_flight = [_Request(port, "/slow") for _ in range(2)]
     _wait_in_flight(child, port, 2)
     child.send(signal.SIGTERM)
-    child.wait_for("pre-stop delay", stream="stderr")
+    child.wait_for("pre-stop delay: ", stream="stderr")
     assert _get(port, "/readyz") == 503
     assert _get(port, "/") == 200
     assert _get(port, "/livez") == 200

@@ -13,7 +13,7 @@ stop leaves them open instead: a WebSocket is in flight like a request
 until it ends or the drain budget does, and then the middleware sends it
 1001, going away (``lastcall.asgi``).
 
-Tested with uvicorn 0.30 to 0.54 (``versions.UVICORN``). Undocumented:
+Tested with uvicorn 0.30 to 0.55 (``versions.UVICORN``). Undocumented:
 ``Server.started`` (``uvicorn/server.py``), read for readiness and
 systemd's ``READY=1``; ``Server.servers``, the listeners, for the door;
 ``Server.server_state.connections`` (``uvicorn/server.py``) and the
@@ -40,7 +40,7 @@ is what the supervisor's ``/readyz`` waits for (``starting`` until then).
 What is used of ``Multiprocess``: ``run`` (subclassed), ``should_exit``,
 ``processes`` (each with ``pid`` and its ``process``), ``processes_num``,
 and ``uvicorn.main.Multiprocess``, the name ``uvicorn.main.run`` starts it
-by; the same from 0.30 to 0.54.
+by; the same from 0.30 to 0.55.
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ with the server file it comes from, where it is touched). Those drift
 between releases, so every adapter states the range CI runs it against
 (the oldest and the newest release, two environments: ``tests/
 test_oldest_servers.py``) and checks the installed version once at
-start-up. Outside the range it says so in one line, naming the range and
-what may not be drained; where a version is known not to work it refuses
-to start instead (``Tested.refuse_below``).
+start-up. A release older than the range gets one WARNING line naming the
+range and what may not be drained; a newer one, which is how every release
+of a server begins its life, gets one INFO line saying what to do if a stop
+misbehaves (README: "When a server release breaks an adapter"); where a
+version is known not to work lastcall refuses to start instead
+(``Tested.refuse_below``).
 
 The installed version is read from the distribution's metadata, not from
 the server's module, so a test can fake it with a ``.dist-info`` of its
@@ -66,8 +69,10 @@ class Tested:
     def check(self, version: str | None = None) -> str | None:
         """Log one line if ``version`` (default: the installed one) is outside the range.
 
-        Returns that line, or None when the version is in range. Raises
-        RuntimeError, naming the fix, below ``refuse_below``.
+        Older: WARNING, naming what may not be drained. Newer: INFO (a new release is
+        not a fault; lastcall expects it to work until shown otherwise). Returns that
+        line, or None when the version is in range. Raises RuntimeError, naming the
+        fix, below ``refuse_below``.
         """
         version = version or self.installed()
         if version is None:
@@ -78,14 +83,23 @@ class Tested:
                 f"lastcall: {self.distribution} {version} is not supported ({self.at_risk}); "
                 f"install {self.distribution}>={self.refuse_below}"
             )
-        if _release(self.oldest) <= release <= _release(self.newest):
-            return None
-        line = (
-            f"{self.distribution} {version} is outside the versions lastcall is tested with "
-            f"({self.range}): {self.at_risk}"
-        )
-        logger.warning("%s", line)
-        return line
+        if release < _release(self.oldest):
+            line = (
+                f"{self.distribution} {version} is older than the versions lastcall is tested "
+                f"with ({self.range}): {self.at_risk}; install {self.distribution}>={self.oldest}"
+            )
+            logger.warning("%s", line)
+            return line
+        if release > _release(self.newest):
+            major, minor = release
+            line = (
+                f"{self.distribution} {version} is newer than the versions lastcall is tested "
+                f"with ({self.range}); if a stop misbehaves, pin "
+                f"'{self.distribution}<{major}.{minor}' and tell the lastcall developers"
+            )
+            logger.info("%s", line)
+            return line
+        return None
 
 
 WERKZEUG = Tested(
@@ -130,7 +144,7 @@ WAITRESS = Tested(
 UVICORN = Tested(
     "uvicorn",
     "0.30",
-    "0.54",
+    "0.55",
     "the stop signal may reach uvicorn before lastcall's pre-stop delay",
 )
 HYPERCORN = Tested(

@@ -21,6 +21,29 @@ through a hand-off thread (``_report.log``), and a stop that will end the
 process arms the watchdog (``_watchdog``): nothing it waits on can hold
 the process past the grace.
 
+What the stop may wait on, and what it may not
+----------------------------------------------
+The stop runs when the process is at its worst: a container at its pids
+limit, stderr a pipe nobody reads, another thread inside logging with its
+lock held. So everything it needs is made at ``install()``, where a failure
+is one line the app can act on: the dispatcher, the log thread, the
+watchdog's ``/dev/null``, the report's checks (``_config``). During the stop:
+
+* no new thread is needed: the hooks' runner starts one if it can and runs
+  the hooks inline on the dispatcher if not (unwatched, each without its
+  own ``timeout``); the watchdog falls back from its C thread to SIGALRM.
+  What the stop went without is in the report's ``problems``;
+* no lock another thread may hold: not logging's (lines go through
+  ``log``, which takes none), not the log hand-off's, not a handler's; the
+  coordinator's own ``_lock`` is only held for a few bytecodes, and never
+  by a signal handler;
+* no write that can block: log lines are written by the log thread, and
+  waited for at most ``_LOG_FLUSH_WAIT``; the report is written to a
+  regular file checked at ``install()``;
+* what it cannot avoid waiting on (a hook, a drain, other libraries' atexit
+  functions) is bounded by a hook's timeout, the drain budget, or, for all
+  of it, the watchdog at grace + 2 s.
+
 One registry for all coordinators: a single fork callback and a single
 exit callback, whatever the number of coordinators made (tests make many).
 """
@@ -226,13 +249,24 @@ class Coordinator:
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
         self._renew_if_gevent_patched()
+        self._main_ident = main_thread_ident()
+        self._app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        # The threads the stop runs on, before the signals are ours: a stop begun
+        # later starts none of its own (see "What the stop may wait on" above).
+        try:
+            self._start_dispatcher()
+            log.start()
+        except RuntimeError as exc:  # "can't start new thread"
+            raise RuntimeError(
+                f"lastcall.install() could not start its threads ({exc}): the process is at "
+                "its thread limit (a container's pids.max, or ulimit -u); raise it"
+            ) from None
+        _watchdog.prepare()
         handlers = self._handlers or SignalHandlers(self._on_signal)
         handlers.install(settings.signals, override_ignored=override_ignored)  # no gap
         self._settings = settings
         self._force_signals = force or frozenset()
         self._handlers = handlers
-        self._main_ident = main_thread_ident()
-        self._app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         self._install_options = options
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
@@ -243,10 +277,7 @@ class Coordinator:
         elif not settings.stop_on_thread_crash:
             self._restore_thread_excepthook()
         self._want_exit_stop()
-        self._start_dispatcher()
         self._start_health_listener(settings)
-        log.start()  # now, so a stop does not pay for starting it
-        _watchdog.prepare()
         if loop is None and sys.modules.get("asyncio") is not None:
             from lastcall._asyncio import running_loop  # noqa: PLC0415  # asyncio is imported
 
@@ -373,7 +404,7 @@ class Coordinator:
         def watch() -> None:
             while not self.stopping.wait(_PARENT_POLL):
                 if os.getppid() != parent:
-                    logger.warning("%s: stopping", reason)
+                    log.log(logging.WARNING, "%s: stopping", reason)
                     self.trigger(reason=reason)
                     return
 
@@ -639,12 +670,14 @@ class Coordinator:
         settings = self._settings
         if prestop_delay is not None:
             settings = settings.replace(prestop_delay=prestop_delay)
-        if ends_process:
-            _watchdog.arm(settings.grace)
+        problem = _watchdog.arm(settings.grace) if ends_process else None
         start = self._clock()
         deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
         self._in_progress = report
+        if problem is not None:
+            report.problems.append(problem)
+            log.log(logging.ERROR, "%s", problem)
         log.log(
             logging.INFO,
             "shutdown started by %s (%s); grace %.3g s",
@@ -836,8 +869,16 @@ class Coordinator:
             self._exit_funcs_ran = True
             # Other libraries' exit handlers still run, as they would have at a
             # normal exit; not in a forked multiprocessing child, which ends
-            # with os._exit and never runs them.
-            if not (self._forked and _started_by_multiprocessing()):
+            # with os._exit and never runs them, nor while another thread holds
+            # logging's lock, which logging.shutdown() would wait on for ever.
+            if self._forked and _started_by_multiprocessing():
+                pass
+            elif _logging_lock_held_elsewhere():
+                log.log(
+                    logging.ERROR,
+                    "another thread holds logging's lock: exiting without atexit's functions",
+                )
+            else:
                 atexit._run_exitfuncs()  # noqa: SLF001
         log.flush(_LOG_FLUSH_WAIT)
         # Not _signals.die_by, which flushes sys.stdout and sys.stderr without a bound: here
@@ -947,7 +988,11 @@ class Coordinator:
             self._health = None
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
-            self._start_dispatcher()
+            try:
+                self._start_dispatcher()
+                log.start()
+            except RuntimeError as exc:  # no thread to be had: say so, the parent's stop is safe
+                log.log(logging.ERROR, "a forked child could not start lastcall's threads: %s", exc)
 
 
 _BUSY_STEP = "lastcall: wait for busy work"
@@ -993,6 +1038,15 @@ def _register_exit_callbacks() -> None:
         with contextlib.suppress(RuntimeError):
             register_threading_exit(_at_threading_exit)
     atexit.register(_at_exit)
+
+
+def _logging_lock_held_elsewhere() -> bool:
+    """Whether another thread holds ``logging``'s module lock (an RLock: ours is no bar)."""
+    lock = getattr(logging, "_lock", None)  # logging/__init__.py, 3.10 to 3.13
+    if lock is None or not lock.acquire(blocking=False):
+        return lock is not None
+    lock.release()
+    return False
 
 
 def _started_by_multiprocessing() -> bool:

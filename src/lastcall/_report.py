@@ -7,10 +7,13 @@ written to a temporary name beside it and renamed, so a reader never sees
 half a report, and it is created mode 0600 because hook errors can carry
 secrets from tracebacks.
 
-The stop logs through ``log``, which hands each line to a thread of its own:
-a handler writing to a pipe nobody reads (a stalled log collector) blocks
-that thread, never the stop. Where no thread can be started (CPython 3.12.0
-and 3.12.1 at interpreter shutdown) lines are logged inline.
+The stop logs through ``log``, which hands each line to a thread of its own,
+started at ``install()``: a handler writing to a pipe nobody reads (a stalled
+log collector) blocks that thread, never the stop, and the stop takes no lock
+to log, not even logging's own (``Logger.isEnabledFor`` takes the module lock
+on a cache miss, and a ``dictConfig`` reload holds it while it writes). Where
+no such thread runs (``shutdown()`` without ``install()``) lines are logged
+inline, on the caller's thread.
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ logger = logging.getLogger("lastcall")
 
 
 class LogHandoff:
-    """Log lines emitted by a thread of their own, so a stalled handler cannot hold the stop."""
+    """Log lines emitted by a thread of their own, so a stalled handler cannot hold the stop.
+
+    ``log`` and ``flush`` take no lock and start no thread: they run in the stop,
+    and the end of a stop runs in a signal handler on a main thread that may be
+    inside ``start`` (``install()``), holding ``_lock``.
+    """
 
     def __init__(self) -> None:
         self._reset()
@@ -43,21 +51,19 @@ class LogHandoff:
         self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | threading.Event]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # start() only
         self._pid = os.getpid()
 
     def log(self, level: int, msg: str, *args: object) -> None:
-        """``logger.log(level, msg, *args)``, without waiting for the handlers."""
-        if not logger.isEnabledFor(level):
-            return
-        if self._started():
-            self._queue.put((level, msg, args))
+        """``logger.log(level, msg, *args)``, without waiting for the handlers or their locks."""
+        if self._running():
+            self._queue.put((level, msg, args))  # the level is checked on the log thread
         else:
             logger.log(level, msg, *args)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the lines so far, then flush handlers and std streams."""
-        if not self._started():
+        if not self._running():
             _flush_all()
             return True
         flushed = threading.Event()
@@ -72,23 +78,19 @@ class LogHandoff:
                 self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the thread ahead of need (at ``install()``), so a stop does not wait for it."""
-        self._started()
+        """Start the thread (at ``install()``, and in a forked child that installed).
 
-    def _started(self) -> bool:
+        RuntimeError if no thread can be started (a container at its pids limit):
+        ``install()`` says so in one line, where the app can still act on it.
+        """
         if self._pid != os.getpid():  # a forked child has the queue, not the thread
             self._reset()
-        if self._thread is not None:
-            # No lock: the coordinator's end runs in a signal handler, on a main
-            # thread that may hold it here (install() starting this thread).
-            return True
         with self._lock:
             if self._thread is None:
-                try:
-                    self._thread = start_daemon(self._emit, "lastcall-log")
-                except RuntimeError:  # "can't create new thread at interpreter shutdown"
-                    return False
-        return True
+                self._thread = start_daemon(self._emit, "lastcall-log")
+
+    def _running(self) -> bool:
+        return self._thread is not None and self._pid == os.getpid()
 
     def _emit(self) -> None:
         while True:
@@ -163,6 +165,8 @@ class Report:
     ``None`` when the interpreter decides it (a normal exit). ``busy`` names
     the ``lastcall.busy`` blocks still running when the drain gave up on them;
     ``requests`` the HTTP requests still in flight then (method, path, seconds).
+    ``problems`` names what the stop went on without (a watchdog thread that could
+    not start, say), in words.
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -178,6 +182,7 @@ class Report:
         forced: bool = False,
         busy: list[dict[str, Any]] | None = None,
         requests: list[dict[str, Any]] | None = None,
+        problems: list[str] | None = None,
     ) -> None:
         self.trigger = trigger
         self.reason = reason
@@ -189,6 +194,7 @@ class Report:
         self.forced = forced
         self.busy: list[dict[str, Any]] = busy if busy is not None else []
         self.requests: list[dict[str, Any]] = requests if requests is not None else []
+        self.problems: list[str] = problems if problems is not None else []
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -226,6 +232,7 @@ class Report:
             "forced": self.forced,
             "busy": self.busy,
             "requests": self.requests,
+            "problems": self.problems,
         }
 
     @classmethod

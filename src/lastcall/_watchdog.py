@@ -22,6 +22,13 @@ What it is, and why:
   began the stop, and it replaces any ``dump_traceback_later`` the app set
   (there is one per process). It is armed only for stops that end the
   process, never for ``shutdown()``.
+* Arming starts that C thread, and a process at its pids limit (a full
+  container, or a flood of connections to a port with a thread each) has
+  none to give. The stop then goes on without it, and the bound falls back
+  to ``setitimer``: SIGALRM, left at its default action, ends the process
+  (status 142) with no thread, no GIL and no lock. Only if the app uses
+  SIGALRM or the real-time timer itself is the stop left to its own budgets.
+  Either way ``arm`` says what happened, for the report.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import signal
 
 MARGIN = 2.0
 """Seconds past the grace before the watchdog ends the process: the coordinator's own
@@ -45,9 +53,21 @@ def prepare() -> int:
     return _devnull
 
 
-def arm(grace: float) -> None:
-    """End the process with status 1 if it is still alive ``grace + MARGIN`` seconds from now."""
+def arm(grace: float) -> str | None:
+    """End the process if it is still alive ``grace + MARGIN`` seconds from now.
+
+    Returns None, or what the stop goes on without, in words, for the report.
+    """
     devnull = prepare()
-    # A grace of centuries: faulthandler cannot count that far, nor need it.
-    with contextlib.suppress(OverflowError):
-        faulthandler.dump_traceback_later(grace + MARGIN, exit=True, file=devnull)
+    try:
+        # A grace of centuries: faulthandler cannot count that far, nor need it.
+        with contextlib.suppress(OverflowError):
+            faulthandler.dump_traceback_later(grace + MARGIN, exit=True, file=devnull)
+    except RuntimeError as exc:  # "unable to start watchdog thread"
+        problem = f"the watchdog's thread could not start ({exc})"
+        free = signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+        if free and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+            signal.setitimer(signal.ITIMER_REAL, grace + MARGIN)
+            return f"{problem}: SIGALRM ends the process at grace + {MARGIN:g} s instead"
+        return f"{problem}, and the app uses SIGALRM: only the stop's budgets bound it"
+    return None

@@ -21,11 +21,12 @@ the budget and the log lines are decided here, once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from lastcall._report import logger
+from lastcall._report import log
 
 if TYPE_CHECKING:
     from lastcall._coordinator import Coordinator
@@ -78,12 +79,15 @@ def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = 
 
     delay = min(adapter.prestop_delay(), max(0.0, deadline - time.monotonic()))
     if delay > 0:
-        logger.info("pre-stop delay: %s still serving for %.3g s", adapter.name, delay)
+        log.log(logging.INFO, "pre-stop delay: %s still serving for %.3g s", adapter.name, delay)
         threading.Event().wait(delay)
 
     taken = adapter.close_door()
-    logger.info(
-        "%s stopped accepting; serving %d connection(s) taken from the backlog", adapter.name, taken
+    log.log(
+        logging.INFO,
+        "%s stopped accepting; serving %d connection(s) taken from the backlog",
+        adapter.name,
+        taken,
     )
 
     while not adapter.wait_idle(min(_IDLE_POLL, max(0.0, deadline - time.monotonic()))):
@@ -91,13 +95,14 @@ def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = 
         if time.monotonic() >= deadline:
             break
     else:
-        logger.info("%s drained: nothing left in flight", adapter.name)
+        log.log(logging.INFO, "%s drained: nothing left in flight", adapter.name)
         return True
 
     left = adapter.in_flight()
     coordinator.note_requests_in_flight()  # while they are still there to list
     cancelled = adapter.cancel()
-    logger.warning(
+    log.log(
+        logging.WARNING,
         "%s: drain budget spent with %d still in flight; %d cancelled, the stop goes on",
         adapter.name,
         left,

@@ -63,7 +63,8 @@ def test_a_process_at_its_pids_limit_still_stops(spawn, tmp_path):
     assert any("watchdog" in problem for problem in written["problems"]), written
 
 
-LOGGING_LOCK_HELD = """
+LOGGING_LOCK_HELD = (
+    """
 lastcall.install(grace=3)
 lastcall.on_shutdown(say("cleanup"))
 held = threading.Event()
@@ -79,7 +80,9 @@ def hold_logging():
 
 threading.Thread(target=hold_logging, daemon=True).start()
 held.wait()
-""" + BLOCK
+"""
+    + BLOCK
+)
 
 
 def test_logging_lock_held_by_another_thread(spawn, tmp_path):

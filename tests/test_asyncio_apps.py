@@ -266,3 +266,44 @@ def test_use_loop_none_leaves_the_stop_to_the_interpreter_exit(spawn: Callable[.
     )
     assert child.finish() == 0, child.output()
     assert child.stdout == ["asyncio.run returned False", "hook ran"], child.output()
+
+
+BUSY_CUT_OFF = """
+import asyncio, json, sys
+import lastcall
+
+async def job():
+    async with lastcall.busy("nightly-import"):
+        print("job started", flush=True)
+        await asyncio.sleep(30)
+
+async def main():
+    lastcall.install(grace=5)
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    print("ready", flush=True)
+    await lastcall.stopping  # the README's pattern: main returns, asyncio.run cancels the job
+
+asyncio.run(main())
+"""
+
+
+def test_busy_work_cut_off_by_asyncio_run_is_named_in_the_report(
+    spawn: Callable[..., Child], tmp_path
+) -> None:
+    """Steps: a task holds ``async with lastcall.busy("nightly-import")``; main awaits
+    ``lastcall.stopping`` and returns at SIGTERM, so asyncio.run cancels the task. The report
+    names the cancelled work and the busy step is not "ok" (on main: "wait for busy work: ok",
+    nothing named)."""
+    report = tmp_path / "report.json"
+    child = spawn(BUSY_CUT_OFF, env={"LASTCALL_REPORT": str(report)})
+    child.wait_for("job started")
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    written = json.loads(report.read_text())
+    assert [b["name"] for b in written["busy"]] == ["nightly-import"], written
+    assert written["busy"][0]["cancelled"] is True
+    assert "await asyncio.sleep(30)" in written["busy"][0]["stack"]
+    busy_steps = [h for h in written["hooks"] if h["name"] == "lastcall: wait for busy work"]
+    assert [h["outcome"] for h in busy_steps] == ["error"], written
+    assert "busy work nightly-import cancelled" in child.output()

@@ -10,6 +10,12 @@ Entering and leaving costs a set add and a set remove, and two clock reads
 no lock, because each block is its own member and CPython's set operations
 are atomic; no counter, because the block is the key. Nothing is collected
 unless the drain ends with work still busy.
+
+A block can also end because the stop cut it off: ``asyncio.run`` cancels
+every task left when ``main`` returns (the ``await lastcall.stopping``
+pattern), so a busy task is gone before the drain could wait for it. An
+``async with`` block that ends in ``CancelledError`` once the stop has
+begun is noted in ``cancelled``, and the report names it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class BusyWork:
         self.blocks: set[Busy] = set()
         self._idle = threading.Condition()
         self.waiting = False  # someone waits in wait_idle(): leaving must notify
+        self.stop_began = False  # set by the coordinator: a cancellation now is the stop's doing
+        # Blocks the stop cut off (name, seconds, where): list.append is atomic, no lock.
+        self.cancelled: list[dict[str, Any]] = []
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -131,6 +140,16 @@ class Busy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Noted before the block leaves, so a drain that sees it leave sees why.
+        if exc_type is not None and self._work.stop_began and exc_type.__name__ == "CancelledError":
+            self._work.cancelled.append(
+                {
+                    "name": self.name,
+                    "seconds": round(_monotonic() - self.began, 3),
+                    "stack": "".join(traceback.format_tb(tb)) or None,
+                    "cancelled": True,
+                }
+            )
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:

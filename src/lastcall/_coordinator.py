@@ -648,6 +648,7 @@ class Coordinator:
             if self._state != "running":
                 return False
             self._state = "stopping"
+        self._busy.stop_began = True
         self.stopping._set()  # noqa: SLF001  # the token's owner sets it
         return True
 
@@ -708,7 +709,7 @@ class Coordinator:
                 finished = Finished(hook, "timeout", error, runner.stack())
                 report.hooks.append(self._record(finished, allowed))
                 hooks = hooks[overran + 1 :]  # a new runner for the rest
-            if phase == "drain" and len(self._busy):
+            if phase == "drain" and (len(self._busy) or self._busy.cancelled):
                 report.hooks.append(self._wait_busy(report))
             if phase == "pre_stop" and settings.prestop_delay:
                 delay = min(settings.prestop_delay, max(0.0, deadline - self._clock()))
@@ -716,6 +717,7 @@ class Coordinator:
                 self._done.wait(delay)
         self._runner = None
         self._phase = None
+        self._note_cancelled_busy(report)  # cut off after the drain: asyncio.run's teardown
         report.duration = self._clock() - start
         report.exit_status = exit_status
         self._finish(report)
@@ -724,21 +726,41 @@ class Coordinator:
     def _wait_busy(self, report: Report) -> HookResult:
         """The drain's last step: wait for ``busy`` blocks within the drain budget."""
         began = self._clock()
-        if self._busy.wait_idle(self.drain_budget()):
-            return HookResult(_BUSY_STEP, "drain", "ok", self._clock() - began)
-        report.busy = self._busy.in_progress()
-        names = ", ".join(f"{b['name']} ({b['seconds']:.1f} s)" for b in report.busy)
-        result = HookResult(
-            _BUSY_STEP, "drain", "timeout", self._clock() - began, f"still busy: {names}"
-        )
-        for block in report.busy:
+        idle = self._busy.wait_idle(self.drain_budget())
+        took = self._clock() - began
+        cut_off = self._note_cancelled_busy(report)
+        if not idle:
+            still = self._busy.in_progress()
+            report.busy.extend(still)
+            names = ", ".join(f"{b['name']} ({b['seconds']:.1f} s)" for b in still)
+            for block in still:
+                log.log(
+                    logging.ERROR,
+                    "busy work %s still running after the drain budget, at:\n%s",
+                    block["name"],
+                    block["stack"] or "(its stack cannot be seen)",
+                )
+            return HookResult(_BUSY_STEP, "drain", "timeout", took, f"still busy: {names}")
+        if cut_off:
+            return HookResult(_BUSY_STEP, "drain", "error", took, f"cancelled: {cut_off}")
+        return HookResult(_BUSY_STEP, "drain", "ok", took)
+
+    def _note_cancelled_busy(self, report: Report) -> str:
+        """Put busy blocks the stop cancelled in the report, at ERROR; their names, or ''."""
+        cancelled = self._busy.cancelled
+        new = cancelled[: len(cancelled)]  # a copy: a task may still be cancelled meanwhile
+        del cancelled[: len(new)]
+        report.busy.extend(new)
+        for block in new:
             log.log(
                 logging.ERROR,
-                "busy work %s still running after the drain budget, at:\n%s",
+                "busy work %s cancelled after %.1f s, before it finished (asyncio.run ends the "
+                "tasks left when main returns: await them first), at:\n%s",
                 block["name"],
+                block["seconds"],
                 block["stack"] or "(its stack cannot be seen)",
             )
-        return result
+        return ", ".join(f"{b['name']} ({b['seconds']:.1f} s)" for b in new)
 
     def _hook_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop set with ``use_loop``, unless this thread is the one running it."""

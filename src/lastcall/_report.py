@@ -163,7 +163,8 @@ class Report:
     (``trigger()`` or ``shutdown()``); ``reason`` adds detail in words.
     ``exit_status`` is what a shell will see (128+N after a signal), or
     ``None`` when the interpreter decides it (a normal exit). ``busy`` names
-    the ``lastcall.busy`` blocks still running when the drain gave up on them;
+    the ``lastcall.busy`` blocks still running when the drain gave up on them, and
+    those the stop cancelled (``"cancelled": true``: ``asyncio.run``'s teardown);
     ``requests`` the HTTP requests still in flight then (method, path, seconds).
     ``problems`` names what the stop went on without (a watchdog thread that could
     not start, say), in words.

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import threading
+import types
 
 import pytest
 from test_process_triggers import PRELUDE, hooks_seen
@@ -237,3 +238,106 @@ def test_a_bad_switch_is_refused_in_one_line():
         resolve(environ={"LASTCALL_STOP_ON_THREAD_CRASH": "maybe"})
     with pytest.raises(TypeError, match="stop_on_thread_crash must be True or False"):
         resolve(stop_on_thread_crash="yes")  # type: ignore[arg-type]
+
+
+CRASH_WAYS = {
+    # The app sets its own threading.excepthook after install(): it still runs, and so do we.
+    "hook set after install": """
+def mine(args):
+    out("app hook:", args.exc_type.__name__)
+threading.excepthook = mine
+assert threading.excepthook is mine
+threading.Thread(target=poll, name="poller").start()
+""",
+    # The app's own hook raises: the stop still begins.
+    "app hook raises": """
+def broken(args):
+    raise RuntimeError("the app's hook is broken")
+threading.excepthook = broken
+threading.Thread(target=poll, name="poller").start()
+""",
+    # A thread started with _thread, which reports through sys.unraisablehook.
+    "_thread.start_new_thread": """
+import _thread
+_thread.start_new_thread(poll, ())
+""",
+}
+
+
+@pytest.mark.parametrize("way", list(CRASH_WAYS))
+def test_every_way_a_thread_crashes_stops_the_service(spawn, tmp_path, way):
+    """Steps: install(stop_on_thread_crash=True, exit_code=0); a thread crashes in one of
+    the ways above; the stop begins with that reason, the hook runs once, the process exits
+    1 whatever exit_code says (exit_code is for signals and trigger()), and the report
+    agrees (on main: the first two never stopped, the third was skipped, exit_code=0 gave 0)."""
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install(stop_on_thread_crash=True, exit_code=0)
+lastcall.on_shutdown(say("close"))
+
+def poll():
+    raise ConnectionError("queue gone")
+
+out("ready")
+"""
+        + CRASH_WAYS[way]
+        + """
+while True:
+    time.sleep(0.05)
+""",
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    assert child.finish() == 1, child.output()
+    assert hooks_seen(child) == ["close"]
+    written = json.loads(report.read_text())
+    assert written["trigger"] == "exception"
+    assert "crashed: ConnectionError: queue gone" in written["reason"]
+    assert written["exit_status"] == 1
+    if way == "hook set after install":
+        assert child.lines("app hook:") == ["app hook: ConnectionError"]
+
+
+def test_a_handled_error_shown_with_sys_excepthook_is_not_the_exit(spawn, tmp_path):
+    """Steps: the app shows an error it handled with sys.excepthook(...), then ends normally:
+    the report says trigger exit, status decided by the interpreter, and the process exits 0
+    (on main: trigger exception, exit_status 1, while the process exited 0)."""
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.install()
+lastcall.on_shutdown(say("close"))
+try:
+    raise KeyError("handled")
+except KeyError:
+    sys.excepthook(*sys.exc_info())
+out("ready")
+""",
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    assert child.finish() == 0, child.output()
+    written = json.loads(report.read_text())
+    assert (written["trigger"], written["exit_status"]) == ("exit", None), written
+
+
+def test_thread_excepthook_given_back_at_uninstall():
+    """install(stop_on_thread_crash=True) then uninstall(): threading is plain again, with
+    the hook the app set meanwhile."""
+    before = threading.excepthook
+    coordinator = Coordinator(run_at_exit=False)
+    coordinator.install(stop_on_thread_crash=True)
+    try:
+
+        def mine(args):
+            return None
+
+        threading.excepthook = mine
+        assert threading.excepthook is mine
+        assert threading.__dict__["excepthook"] is not mine  # ours, where threads look
+    finally:
+        coordinator.uninstall()
+    assert type(threading) is types.ModuleType
+    assert threading.excepthook is mine
+    threading.excepthook = before

@@ -63,7 +63,7 @@ import threading
 import time
 import weakref
 
-from lastcall import _watchdog
+from lastcall import _crashes, _watchdog
 from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
@@ -123,7 +123,7 @@ class Coordinator:
         # The main thread's signal mask, seen at install(): the stop's threads get it back.
         self._app_mask: set[int | signal.Signals] | None = None
         self._previous_excepthook: Callable[..., Any] | None = None
-        self._previous_thread_excepthook: Callable[[threading.ExceptHookArgs], object] | None = None
+        self._watching_crashes = False  # stop_on_thread_crash: _crashes calls _on_thread_crash
         self._exit_wanted = False  # run the stop at interpreter exit (a hook, install ...)
         self._forked = False
         self._done_callbacks: list[Callable[[Report], None]] = []
@@ -271,11 +271,11 @@ class Coordinator:
         if self._previous_excepthook is None:
             self._previous_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
-        if settings.stop_on_thread_crash and self._previous_thread_excepthook is None:
-            self._previous_thread_excepthook = threading.excepthook
-            threading.excepthook = self._thread_excepthook
-        elif not settings.stop_on_thread_crash:
-            self._restore_thread_excepthook()
+        if settings.stop_on_thread_crash:
+            _crashes.watch(self._on_thread_crash)
+            self._watching_crashes = True
+        else:
+            self._unwatch_crashes()
         self._want_exit_stop()
         self._start_health_listener(settings)
         if loop is None and sys.modules.get("asyncio") is not None:
@@ -446,12 +446,12 @@ class Coordinator:
         if self._previous_excepthook is not None:
             sys.excepthook = self._previous_excepthook
             self._previous_excepthook = None
-        self._restore_thread_excepthook()
+        self._unwatch_crashes()
 
-    def _restore_thread_excepthook(self) -> None:
-        if self._previous_thread_excepthook is not None:
-            threading.excepthook = self._previous_thread_excepthook
-            self._previous_thread_excepthook = None
+    def _unwatch_crashes(self) -> None:
+        if self._watching_crashes:
+            _crashes.unwatch()
+            self._watching_crashes = False
 
     # ------------------------------------------------------------ hooks
 
@@ -851,8 +851,8 @@ class Coordinator:
         else:
             trigger, reason, status = item
             die_by = None
-        if self._settings.exit_code is not None:
-            status, die_by = self._settings.exit_code, None
+        if self._settings.exit_code is not None and trigger != "exception":
+            status, die_by = self._settings.exit_code, None  # a crash keeps its 1
         if self._begin():
             self._plan = (status, die_by)
             self._run(trigger, reason, exit_status=status, ends_process=True)
@@ -972,22 +972,22 @@ class Coordinator:
         exc: BaseException,
         tb: TracebackType | None,
     ) -> None:
-        self._exception = f"{exc_type.__name__}: {exc}"
+        # The interpreter sets sys.last_value before it calls the hook for an exception that
+        # ends the program (pythonrun.c, _PyErr_PrintEx); an app calling sys.excepthook itself
+        # for one it handled does not, and its process does not end by it.
+        if getattr(sys, "last_value", None) is exc:
+            self._exception = f"{exc_type.__name__}: {exc}"
         previous = self._previous_excepthook or sys.__excepthook__
         previous(exc_type, exc, tb)
 
-    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
-        """``stop_on_thread_crash``: a thread that dies of an exception stops the service.
+    def _on_thread_crash(self, reason: str) -> None:
+        """``stop_on_thread_crash``: a thread that died of an exception stops the service.
 
         A background thread that crashed leaves a service serving half-broken;
         stopping lets the orchestrator start a whole one (as .NET's host does).
         """
-        previous = self._previous_thread_excepthook or threading.__excepthook__
-        previous(args)  # the traceback, as without us
-        if args.exc_type is SystemExit or self._state != "running":
+        if self._state != "running":
             return
-        name = args.thread.name if args.thread is not None else "?"
-        reason = f"thread {name} crashed: {args.exc_type.__name__}: {args.exc_value}"
         self._start_dispatcher()
         self._events.put(("exception", reason, 1))
 

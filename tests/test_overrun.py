@@ -341,3 +341,38 @@ def test_thread_excepthook_given_back_at_uninstall():
     assert type(threading) is types.ModuleType
     assert threading.excepthook is mine
     threading.excepthook = before
+
+
+def test_a_timed_out_hooks_child_process_is_named_and_ended(spawn, tmp_path):
+    """Steps: a hook starts a child that ignores SIGTERM and sleeps, then waits on it past
+    its 1 s timeout; SIGTERM. The hook is abandoned, and its child, still running at the
+    stop's end, is named in the report's problems and killed: nothing is left behind
+    (on main: the child outlived the service as an orphan, and nothing said so)."""
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE
+        + """
+import subprocess
+lastcall.install(grace=4)
+
+@lastcall.on_shutdown(timeout=1)
+def upload():
+    helper = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 45"])
+    out("helper", helper.pid)
+    helper.wait()
+
+out("ready")
+while True:
+    time.sleep(0.05)
+""",
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    child.send(signal.SIGTERM)
+    helper = int(child.wait_for("helper").split()[1])
+    assert child.finish() == -signal.SIGTERM, child.output()
+    written = json.loads(report.read_text())
+    assert [h["outcome"] for h in written["hooks"]] == ["timeout"]
+    (problem,) = written["problems"]
+    assert f"process {helper} (sh -c trap '' TERM; sleep 45) and 1 it started" in problem
+    assert problem.endswith("killed")
+    # The spawn fixture checks the session is empty: the helper was in the child's session.

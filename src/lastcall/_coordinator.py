@@ -63,7 +63,7 @@ import threading
 import time
 import weakref
 
-from lastcall import _crashes, _watchdog
+from lastcall import _children, _crashes, _watchdog
 from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
@@ -672,6 +672,7 @@ class Coordinator:
         if prestop_delay is not None:
             settings = settings.replace(prestop_delay=prestop_delay)
         problem = _watchdog.arm(settings.grace) if ends_process else None
+        began_since_boot = _children.clock()
         start = self._clock()
         deadline = self._deadline = start + settings.grace
         report = Report(trigger=trigger, reason=reason, pid=os.getpid(), started_at=time.time())
@@ -717,7 +718,7 @@ class Coordinator:
                 self._done.wait(delay)
         self._runner = None
         self._phase = None
-        self._note_cancelled_busy(report)  # cut off after the drain: asyncio.run's teardown
+        self._note_what_was_left(report, began_since_boot, ends_process=ends_process)
         report.duration = self._clock() - start
         report.exit_status = exit_status
         self._finish(report)
@@ -744,6 +745,14 @@ class Coordinator:
         if cut_off:
             return HookResult(_BUSY_STEP, "drain", "error", took, f"cancelled: {cut_off}")
         return HookResult(_BUSY_STEP, "drain", "ok", took)
+
+    def _note_what_was_left(self, report: Report, began: float, *, ends_process: bool) -> None:
+        """After the last phase: busy work cancelled late; the children of a hook that timed out."""
+        self._note_cancelled_busy(report)  # asyncio.run's teardown may come after the drain
+        if ends_process and any(h.outcome == "timeout" for h in report.hooks):
+            for line in _children.end_children_started_since(began):
+                report.problems.append(line)
+                log.log(logging.ERROR, "%s", line)
 
     def _note_cancelled_busy(self, report: Report) -> str:
         """Put busy blocks the stop cancelled in the report, at ERROR; their names, or ''."""

@@ -161,6 +161,7 @@ class Coordinator:
         self._plan: tuple[int, int | None] | None = None
         self._ending: tuple[int, int | None] | None = None  # set once ending has begun
         self._exit_funcs_ran = False  # atexit's functions: run once, by us or the interpreter
+        self._main_flushing = False  # the main thread's last flush before it ends the process
 
     # ------------------------------------------------------------ settings
 
@@ -248,6 +249,7 @@ class Coordinator:
             health_host=health_host,
         )
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
+        SignalHandlers.check_main_thread()  # before anything is started
         self._renew_if_gevent_patched()
         self._main_ident = main_thread_ident()
         self._app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
@@ -844,7 +846,7 @@ class Coordinator:
 
     def _on_signal(self, signum: int) -> None:
         """Runs in the signal handler, on the main thread: no locks, no logging."""
-        if self._ending is not None:
+        if self._ending is not None and not self._main_flushing:
             self._end_on_main_thread()
         if self._state == "stopping" and signum in self._force_signals:
             self._force(signum)
@@ -873,7 +875,13 @@ class Coordinator:
         self._end_process(self._plan)
 
     def _end_process(self, plan: tuple[int, int | None]) -> None:
-        """From the dispatcher: have the main thread end the process, or do it here."""
+        """From the dispatcher: have the main thread end the process, or do it here.
+
+        The stop's log lines are written first, from here: once woken, the main
+        thread may be inside a log handler it was interrupted in, holding the lock
+        the log thread would need to write them.
+        """
+        log.flush(_LOG_FLUSH_WAIT)
         self._ending = plan
         handled = self._handlers.handled if self._handlers else ()
         main = self._main_ident
@@ -911,6 +919,8 @@ class Coordinator:
                 )
             else:
                 atexit._run_exitfuncs()  # noqa: SLF001
+        # A wake-up that lands during this flush returns at once instead of nesting another.
+        self._main_flushing = True
         log.flush(_LOG_FLUSH_WAIT)
         # Not _signals.die_by, which flushes sys.stdout and sys.stderr without a bound: here
         # a stream may be a pipe nobody reads, and only the hand-off's bounded flush is safe.

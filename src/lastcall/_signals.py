@@ -69,8 +69,9 @@ class SignalHandlers:
     def handled(self) -> tuple[signal.Signals, ...]:
         return tuple(self._previous)
 
-    def install(self, signals: Iterable[signal.Signals], *, override_ignored: bool) -> None:
-        """Handle ``signals``: ours stays where it is, others' are replaced, the rest given back."""
+    @staticmethod
+    def check_main_thread() -> None:
+        """RuntimeError, naming what to do instead, unless this is the main thread."""
         thread = threading.current_thread()
         if thread is not threading.main_thread():
             hint = OFF_MAIN_HINTS.get(thread.name, "call it at start-up")
@@ -78,6 +79,10 @@ class SignalHandlers:
                 "lastcall.install() must be called from the main thread, because Python "
                 f"only lets the main thread set signal handlers (this is {thread.name!r}); {hint}"
             )
+
+    def install(self, signals: Iterable[signal.Signals], *, override_ignored: bool) -> None:
+        """Handle ``signals``: ours stays where it is, others' are replaced, the rest given back."""
+        self.check_main_thread()
         wanted = tuple(signals)
         for sig in [s for s in self._previous if s not in wanted]:
             self._give_back(sig)

@@ -10,7 +10,7 @@ report's ``problems`` and sent SIGKILL with everything they started in turn
 there is no time left to ask politely. A hook that means to leave a process running detaches
 it (a double fork), so it is no longer this process's child.
 
-Linux only: read from ``/proc`` (``/proc/PID/task/*/children`` needs a kernel
+Linux only (elsewhere nothing is done): read from ``/proc`` (``/proc/PID/task/*/children`` needs a kernel
 option that is often off, so every ``/proc/N/stat`` is read: a few
 milliseconds, paid only after a hook timed out). A child is killed through a
 pidfd opened before its parent is checked again, so a PID reused meanwhile is
@@ -25,9 +25,12 @@ import signal
 import time
 
 
+_LINUX = hasattr(time, "CLOCK_BOOTTIME") and hasattr(os, "pidfd_open")
+
+
 def clock() -> float:
     """Now, on the clock ``/proc/N/stat``'s start times count from (seconds since boot)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if _LINUX else 0.0
 
 
 def end_children_started_since(began: float) -> list[str]:
@@ -35,6 +38,8 @@ def end_children_started_since(began: float) -> list[str]:
 
     Returns one line for each child, naming it, for the log and the report.
     """
+    if not _LINUX:
+        return []  # elsewhere such a process is left as it was
     me = os.getpid()
     since = int(began * os.sysconf("SC_CLK_TCK"))
     table = _processes()

@@ -10,9 +10,10 @@ report's ``problems`` and sent SIGKILL with everything they started in turn
 there is no time left to ask politely. A hook that means to leave a process running detaches
 it (a double fork), so it is no longer this process's child.
 
-Linux only (elsewhere nothing is done): read from ``/proc`` (``/proc/PID/task/*/children`` needs a kernel
-option that is often off, so every ``/proc/N/stat`` is read: a few
-milliseconds, paid only after a hook timed out). A child is killed through a
+Linux only (elsewhere nothing is done): read from ``/proc``
+(``/proc/PID/task/*/children`` needs a kernel option that is often off, so
+every ``/proc/N/stat`` is read: a few milliseconds, paid only after a hook
+timed out). A child is killed through a
 pidfd opened before its parent is checked again, so a PID reused meanwhile is
 never signalled.
 """
@@ -23,7 +24,6 @@ import contextlib
 import os
 import signal
 import time
-
 
 _LINUX = hasattr(time, "CLOCK_BOOTTIME") and hasattr(os, "pidfd_open")
 

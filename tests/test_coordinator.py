@@ -410,3 +410,18 @@ def test_a_short_timeout_after_a_long_running_hook_is_still_kept() -> None:
         ("hangs", "timeout"),
     ]
     assert took < 5, f"waited {took:.1f} s: the 0.3 s timeout was not watched"
+
+
+def test_report_jobs_are_counted_in_the_summary_and_read_back():
+    """A worker's stop: the jobs it touched are in the JSON and counted in the summary line."""
+    from lastcall._report import Report
+
+    jobs = [
+        {"id": "a1", "name": "tasks.add", "outcome": "completed", "seconds": 1.2},
+        {"id": "b2", "name": "tasks.slow", "outcome": "requeued", "seconds": 9.0},
+        {"id": "c3", "name": "tasks.slow", "outcome": "requeued", "seconds": 9.0},
+    ]
+    report = Report("SIGTERM", "signal received", 7, 0.0, jobs=jobs)
+    assert "3 jobs (1 completed, 2 requeued)" in report.summary()
+    assert Report.from_dict(report.to_dict()).jobs == jobs
+    assert "jobs" not in Report("SIGTERM", "signal received", 7, 0.0).summary()

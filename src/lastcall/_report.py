@@ -167,7 +167,8 @@ class Report:
     those the stop cancelled (``"cancelled": true``: ``asyncio.run``'s teardown);
     ``requests`` the HTTP requests still in flight then (method, path, seconds).
     ``problems`` names what the stop went on without (a watchdog thread that could
-    not start, say), in words.
+    not start, say), in words. ``jobs``: for a queue worker, each job the stop
+    touched (``id``, ``name``, ``outcome``: ``completed`` or ``requeued``, ``seconds``).
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -184,6 +185,7 @@ class Report:
         busy: list[dict[str, Any]] | None = None,
         requests: list[dict[str, Any]] | None = None,
         problems: list[str] | None = None,
+        jobs: list[dict[str, Any]] | None = None,
     ) -> None:
         self.trigger = trigger
         self.reason = reason
@@ -196,6 +198,7 @@ class Report:
         self.busy: list[dict[str, Any]] = busy if busy is not None else []
         self.requests: list[dict[str, Any]] = requests if requests is not None else []
         self.problems: list[str] = problems if problems is not None else []
+        self.jobs: list[dict[str, Any]] = jobs if jobs is not None else []
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -216,9 +219,17 @@ class Report:
         )
         status = "decided by the interpreter" if self.exit_status is None else self.exit_status
         forced = " (forced)" if self.forced else ""
+        jobs = ""
+        if self.jobs:
+            outcomes = [job.get("outcome") for job in self.jobs]
+            by_outcome = ", ".join(
+                f"{outcomes.count(o)} {o}" for o in ("completed", "requeued") if o in outcomes
+            )
+            jobs = f", {len(self.jobs)} jobs ({by_outcome})"
         return (
             f"shutdown{forced} after {self.trigger} ({self.reason}) in pid {self.pid}: "
-            f"{len(self.hooks)} hooks, {counts}, {self.duration:.3f} s, exit status {status}"
+            f"{len(self.hooks)} hooks, {counts}{jobs}, {self.duration:.3f} s, "
+            f"exit status {status}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +245,7 @@ class Report:
             "busy": self.busy,
             "requests": self.requests,
             "problems": self.problems,
+            "jobs": self.jobs,
         }
 
     @classmethod

@@ -317,3 +317,21 @@ def test_async_hooks_run_on_the_loop_given_to_use_loop() -> None:
 
     asyncio.run(scenario())
     assert lastcall.default is not coordinator
+
+
+@pytest.mark.parametrize("attempt", range(4))
+def test_sigint_to_uvicorn_ends_by_sigint_with_a_request_in_flight(spawn, attempt):
+    """Steps: a 1 s request in flight; SIGINT. uvicorn puts back the handlers it found and
+    raises the signal it was told of again when its serve returns: that must not decide how
+    the process ends (it did whenever the main thread got there before lastcall's wake-up:
+    143, by the SIGTERM uvicorn raised, or 0 at the interpreter's exit; 3 runs in 4 once the
+    stop's log lines were flushed before the wake-up). Four runs: each must end by SIGINT,
+    with the request served and the hooks run once."""
+    child, port = start(spawn, "uvicorn", LASTCALL_GRACE="10")
+    thread, results = in_background(get, port, "/slow")
+    child.wait_for("entered")
+    child.send(signal.SIGINT)
+    thread.join(WAIT)
+    assert results and results[0][:1] == (200,), (results, child.output())
+    assert child.finish() == -signal.SIGINT, child.output()
+    assert hooks(child) == ["hook:app-lifespan", "hook:async", "hook:sync"], child.output()

@@ -161,7 +161,8 @@ class Coordinator:
         self._plan: tuple[int, int | None] | None = None
         self._ending: tuple[int, int | None] | None = None  # set once ending has begun
         self._exit_funcs_ran = False  # atexit's functions: run once, by us or the interpreter
-        self._main_flushing = False  # the main thread's last flush before it ends the process
+        self._main_ending = False  # the main thread is in _end_on_main_thread
+        self._main_flushing = False  # ... and in its last flush before it ends the process
 
     # ------------------------------------------------------------ settings
 
@@ -892,9 +893,14 @@ class Coordinator:
             # inside our handler for the first signal is only noticed at its
             # next bytecode, which a blocking call like sleep() can delay.
             # (Under gevent this runs on the main thread itself: it wakes itself.)
+            # Only while the handler is ours: one a server put back (SIG_DFL, Python's
+            # KeyboardInterrupt) would end or break the main thread's end; it ends the
+            # process itself when it reaches the interpreter's exit (_at_exit).
+            handlers = self._handlers
             until = time.monotonic() + _MAIN_THREAD_GRACE
             while time.monotonic() < until:
-                signal.pthread_kill(main, wake)
+                if handlers is not None and handlers.ours(wake):
+                    signal.pthread_kill(main, wake)
                 time.sleep(_WAKE_INTERVAL)
             log.log(logging.WARNING, "the main thread did not end the process; ending it here")
         status, die_by = plan
@@ -903,6 +909,7 @@ class Coordinator:
 
     def _end_on_main_thread(self) -> None:
         assert self._ending is not None  # noqa: S101  # only called once it is set
+        self._main_ending = True
         status, die_by = self._ending
         if not self._exit_funcs_ran:
             self._exit_funcs_ran = True
@@ -971,9 +978,13 @@ class Coordinator:
 
     def _at_exit(self, in_atexit: bool) -> None:
         """The interpreter is ending: run the stop, or wait for the one under way."""
-        if not self._exit_wanted or self._ending is not None or self._stood_aside:
+        if not self._exit_wanted or self._main_ending or self._stood_aside:
             return  # _end_on_main_thread is running the exit handlers, or none are ours
         self._exit_funcs_ran = self._exit_funcs_ran or in_atexit
+        if self._ending is not None:
+            # The dispatcher is ending the process and the main thread got here first
+            # (the server's loop returned): end it as the stop asked, not with status 0.
+            self._end_on_main_thread()
         if self._begin():
             trigger = "exception" if self._exception else "exit"
             status = 1 if self._exception else None

@@ -109,6 +109,13 @@ class SignalHandlers:
             )
         self.left_ignored = tuple(ignored)
 
+    def ours(self, sig: int) -> bool:
+        """Whether lastcall's handler is still the one for ``sig``.
+
+        A server may have put back what it found, as uvicorn does when ``serve`` returns.
+        """
+        return bool(signal.getsignal(sig) == self._handle)
+
     def restore(self) -> None:
         """Put back what was there before; main thread only."""
         for sig in list(self._previous):

@@ -16,7 +16,8 @@ until it ends or the drain budget does, and then the middleware sends it
 Tested with uvicorn 0.30 to 0.55 (``versions.UVICORN``). Undocumented:
 ``Server.started`` (``uvicorn/server.py``), read for readiness and
 systemd's ``READY=1``; ``Server.servers``, the listeners, for the door;
-``Server.server_state.connections`` (``uvicorn/server.py``) and the
+``Server.server_state.connections`` and ``Server._captured_signals``
+(``uvicorn/server.py``) and the
 ``shutdown()`` of its WebSocket protocols (``uvicorn/protocols/websockets/``
 ``websockets_impl.py``, ``websockets_sansio_impl.py``, ``wsproto_impl.py``).
 
@@ -96,12 +97,22 @@ def take_signal(sig: signal.Signals) -> tuple[Callable[[], object], Any] | None:
 def _stop_leaving_websockets_open(
     server: object, handle_exit: Callable[[int, Any], object], sig: signal.Signals
 ) -> None:
-    """The server's own stop (run on its loop), leaving out the WebSockets open now."""
+    """The server's own stop (run on its loop), leaving out the WebSockets open now.
+
+    uvicorn notes the signal its handler saw (``Server._captured_signals``,
+    ``uvicorn/server.py``, 0.29 on) and raises it again once ``serve`` returns,
+    after putting back the handlers it found, SIG_DFL for SIGTERM: that SIGTERM
+    would end the process by itself, before lastcall ends it by the signal it was
+    sent (a SIGINT stop ended 143). lastcall ends the process; uvicorn need not.
+    """
     connections = getattr(getattr(server, "server_state", None), "connections", ())
     for connection in list(connections):
         if type(connection).__module__.startswith(_WEBSOCKET_PROTOCOLS):
             connection.shutdown = _leave_open  # this connection only: an instance attribute
     handle_exit(sig, None)
+    captured = getattr(server, "_captured_signals", None)
+    if isinstance(captured, list):
+        captured.clear()
 
 
 _WEBSOCKET_PROTOCOLS = "uvicorn.protocols.websockets."

@@ -309,19 +309,22 @@ class _Worker:
         lastcall.default.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 
     def _write_hook_file(self) -> None:
-        """Tell the master which hooks this worker has, in case it dies before running them."""
+        """Tell the master which hooks this worker has, in case it dies before running them.
+
+        The file first, then the "ready" line: whoever reads the line (a test, an
+        operator's SIGKILL) finds the file written.
+        """
         ours = {"gunicorn worker drain"}
         names = [f"{h.name} ({h.phase})" for h in lastcall.default.hooks if h.name not in ours]
-        logger.info("worker %s ready; its shutdown hooks: %s", self.pid, ", ".join(names) or "none")
         path = _hook_file(self.pid)
-        if path is None:
-            return
-        try:
-            path.write_text("".join(f"{name}\n" for name in names), "utf-8")
-        except OSError as exc:
-            logger.warning("could not record this worker's hooks in %s: %s", path, exc)
-            return
-        lastcall.default.when_done(lambda _report: self._forget_hook_file(path))
+        if path is not None:
+            try:
+                path.write_text("".join(f"{name}\n" for name in names), "utf-8")
+            except OSError as exc:
+                logger.warning("could not record this worker's hooks in %s: %s", path, exc)
+            else:
+                lastcall.default.when_done(lambda _report: self._forget_hook_file(path))
+        logger.info("worker %s ready; its shutdown hooks: %s", self.pid, ", ".join(names) or "none")
 
     def _forget_hook_file(self, path: Path) -> None:
         with contextlib.suppress(OSError):

@@ -12,9 +12,14 @@ can reach the port hold hundreds of threads (a slow client kept one for as
 long as it trickled bytes), and in a container at its pids limit the stop then
 had no thread left to start. Here each connection has ``_REQUEST_SECONDS``
 from its accept to send its request, however it trickles, and at most
-``_MAX_OPEN`` wait at once: one more drops the oldest, the slowest to speak.
-A request already complete when it is accepted (a probe's usual case) is
-answered at once and never takes a place. The backlog is ``_BACKLOG`` (the
+``open_limit()`` wait at once (1024, less under a low descriptor limit, so
+that slow clients never take the app's descriptors). One more drops the
+oldest, the slowest to speak, once that one has had ``_PATIENCE`` to send
+its request; before then (a burst of clients slow to write after
+connecting) the next ones wait in the kernel's backlog until a place frees,
+so a burst of probes is delayed, not reset. A request already complete when
+it is accepted (a probe's usual case) is answered at once and takes no
+place. The backlog is ``_BACKLOG`` (the
 kernel caps it at ``net.core.somaxconn``): with a short one, a burst of
 probes waited out a 1 s SYN retry, the kubelet's default probe timeout.
 
@@ -58,7 +63,10 @@ if TYPE_CHECKING:
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _BACKLOG = 1024  # connections the kernel completes before we accept them
-_MAX_OPEN = 256  # connections waiting for their request at once; one more drops the oldest
+_MAX_OPEN = 1024  # connections waiting for their request at once, at most (open_limit)
+_MIN_OPEN = 64  # ... and at least, however low the descriptor limit
+_FD_SHARE = 8  # ... and no more than this fraction of the process's descriptor limit
+_PATIENCE = 0.25  # seconds the oldest may take to speak before a newer one may drop it
 _REQUEST_SECONDS = 2.0  # from accept to the end of the headers, however slowly they come
 _MAX_REQUEST = 16384  # bytes of request line and headers read; then answered on what came
 _ACCEPTS_PER_TURN = 64  # so the connections already open are served between bursts
@@ -69,11 +77,12 @@ _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 class _Connection:
     """One client: what it sent so far, what is left to send, when it must be done."""
 
-    __slots__ = ("deadline", "received", "sock", "unsent")
+    __slots__ = ("accepted", "deadline", "received", "sock", "unsent")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, accepted: float) -> None:
         self.sock = sock
-        self.deadline = deadline
+        self.accepted = accepted
+        self.deadline = accepted + _REQUEST_SECONDS
         self.received = b""
         self.unsent = b""
 
@@ -100,7 +109,9 @@ class HealthServer:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.socket, selectors.EVENT_READ)
         self._open: dict[socket.socket, _Connection] = {}  # oldest first: deadlines in order
-        self._accepting_at = 0.0  # monotonic time to accept again after running out of fds
+        self._limit = open_limit()
+        self._accepting_at = 0.0  # when to select the listener again; 0.0: it is selected
+        self._until_room = False  # paused for a full table: a place freed resumes it too
 
     def start(self) -> None:
         start_daemon(self.serve_forever, "lastcall-health")
@@ -113,8 +124,7 @@ class HealthServer:
             if self._accepting_at > now:
                 wake.append(self._accepting_at)
             elif self._accepting_at:
-                self._accepting_at = 0.0
-                self._selector.register(self.socket, selectors.EVENT_READ)
+                self._resume()
             events = self._selector.select(max(0.0, min(wake) - now) if wake else None)
             # Connections first: answering them frees places before new ones take any.
             events.sort(key=lambda event: event[0].data is None)
@@ -145,23 +155,44 @@ class HealthServer:
                     self._out_of_fds()
                 return  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)  # noqa: FBT003  # positional only
-            connection = _Connection(sock, time.monotonic() + _REQUEST_SECONDS)
+            connection = _Connection(sock, time.monotonic())
             wanted = self._step(connection)
             if wanted is None:  # answered already (a probe's usual case), or gone
                 self._close(connection)
                 continue
-            if len(self._open) >= _MAX_OPEN:
-                self._close(next(iter(self._open.values())))
+            room = self._make_room()
             self._open[sock] = connection
             self._selector.register(sock, wanted, connection)
+            if not room:  # one over the limit, and no more until a place frees
+                return
+
+    def _make_room(self) -> bool:
+        """Drop the oldest while full, each once it had its chance to speak; else pause."""
+        while len(self._open) >= self._limit:
+            oldest = next(iter(self._open.values()))
+            if time.monotonic() - oldest.accepted < _PATIENCE:
+                self._pause(oldest.accepted + _PATIENCE, until_room=True)
+                return False
+            self._close(oldest)
+        return True
 
     def _out_of_fds(self) -> None:
         """Free a descriptor by dropping the oldest, or stop accepting a moment: never spin."""
         if self._open:
             self._close(next(iter(self._open.values())))
         else:
-            self._selector.unregister(self.socket)
-            self._accepting_at = time.monotonic() + _FD_PAUSE
+            self._pause(time.monotonic() + _FD_PAUSE)
+
+    def _pause(self, until: float, *, until_room: bool = False) -> None:
+        """Stop selecting the listener until ``until``; new connections wait in the backlog."""
+        self._selector.unregister(self.socket)
+        self._accepting_at = until
+        self._until_room = until_room
+
+    def _resume(self) -> None:
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._accepting_at = 0.0
+        self._until_room = False
 
     def _serve(self, connection: _Connection, waited_for: int) -> None:
         try:
@@ -217,7 +248,19 @@ class HealthServer:
     def _close(self, connection: _Connection) -> None:
         if self._open.pop(connection.sock, None) is not None:  # registered while open
             self._selector.unregister(connection.sock)
+            if self._until_room:
+                self._resume()
         connection.sock.close()
+
+
+def open_limit() -> int:
+    """How many connections may wait at once: 1024, or an eighth of the descriptor limit."""
+    import resource  # noqa: PLC0415  # here only: `import lastcall` stays cheap
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_OPEN
+    return max(_MIN_OPEN, min(_MAX_OPEN, soft // _FD_SHARE))
 
 
 def _complete(received: bytes) -> bool:
@@ -283,8 +326,10 @@ def start(readiness: Readiness, host: str, port: int) -> HealthServer:
     try:
         server = HealthServer(readiness, host, port)
     except OSError as exc:
-        if isinstance(exc, _BadHostError):
-            raise
+        if isinstance(exc, _BadHostError):  # said already; raised as the OSError it is
+            error = OSError(str(exc))
+            error.errno = exc.errno
+            raise error from None
         advice = {
             errno.EADDRINUSE: "choose a free port",
             errno.EADDRNOTAVAIL: "LASTCALL_HEALTH_HOST must be an address of this host",

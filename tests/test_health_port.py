@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import socket
@@ -573,3 +574,52 @@ def test_at_its_pids_limit_slow_clients_do_not_break_the_stop(spawn, tmp_path):
     assert "hook:close" in child.stdout, child.output()
     hooks = json.loads(report.read_text())["hooks"]
     assert [(h["name"], h["outcome"]) for h in hooks] == [("close", "ok")], hooks
+
+
+FORKS = """
+lastcall.install()
+forking = threading.Event()
+signal.signal(signal.SIGUSR1, lambda *_: forking.set())
+out("ready")
+while not forking.wait(0.05):
+    pass
+pid = os.fork()
+if pid == 0:
+    time.sleep(WAIT)  # holds whatever it inherited; ended by the test before then
+    os._exit(0)
+out("forked", pid)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_forked_child_holds_none_of_the_listeners_connections(spawn):
+    """Steps: a connection sends half a request; the process forks; the listener drops the
+    connection at its 2 s deadline and the client sees the end at once: the child closed
+    its inherited copy (on main a connection's thread had no deadline but 5 s per byte,
+    and the child kept its descriptor open)."""
+    port = free_port()
+    child = spawn(PRELUDE + f"WAIT = {WAIT}\n" + FORKS, env={"LASTCALL_HEALTH_PORT": str(port)})
+    assert probe(port, "/readyz")[0] == 200
+    before = descriptors_of(child.pid)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as slow:
+        slow.sendall(b"GET /readyz HTTP/1.1\r\n")
+        deadline = time.monotonic() + WAIT
+        while descriptors_of(child.pid) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling until the listener took it, bounded
+        child.send(signal.SIGUSR1)
+        forked = int(child.wait_for("forked").split()[1])
+        try:
+            began = time.monotonic()
+            slow.settimeout(4)
+            try:
+                end = slow.recv(100)
+            except TimeoutError:
+                end = None
+            waited = time.monotonic() - began
+        finally:
+            os.kill(forked, signal.SIGKILL)
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM
+    assert end == b"", f"no end of the connection after {waited:.1f} s"
+    assert waited < 2.5

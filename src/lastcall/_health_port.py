@@ -41,9 +41,11 @@ workers inherit, so none of them tries to bind the port too
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import resource
 import selectors
 import socket
 import sys
@@ -97,7 +99,8 @@ class HealthServer:
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # "::" takes IPv4 too, where the system allows
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                with contextlib.suppress(OSError):  # some always keep IPv6 apart
+                    self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self.socket.bind(address)
             self.socket.listen(_BACKLOG)
             self.socket.setblocking(False)  # noqa: FBT003  # positional only
@@ -255,8 +258,6 @@ class HealthServer:
 
 def open_limit() -> int:
     """How many connections may wait at once: 1024, or an eighth of the descriptor limit."""
-    import resource  # noqa: PLC0415  # here only: `import lastcall` stays cheap
-
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return _MAX_OPEN

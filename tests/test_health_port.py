@@ -511,7 +511,7 @@ def make_pids_cgroup() -> Path | None:
         if not controllers.exists() or "pids" not in controllers.read_text().split():
             return None
         parent = CGROOT_V2
-    group = parent / f"lastcall-test-{uuid.uuid4().hex[:8]}"
+    group = parent / f"lastcall-health-test-{uuid.uuid4().hex[:8]}"
     try:
         group.mkdir()
     except OSError:

@@ -10,8 +10,15 @@ Figures, each the median of N probes, all in the same run:
 * ``/livez`` on the app's own port while the worker is busy: no answer (what a
   kubelet sees without the health port), after at most TIMEOUT seconds.
 
+Then a burst: ``--burst`` probes (1,000) begun at once on the health port of a
+plain process (``lastcall.install()``), each timed from its connect to the end
+of its answer, unanswered after BURST_WAIT seconds: p50, p90, max. With
+``--before DIR`` (a ``src`` directory of another version, e.g. ``git archive
+main src | tar -x -C /tmp/before``) the same burst runs against that version
+first, in the same run, as the baseline.
+
 Traffic goes to 127.0.0.1 only, for a bounded time.
-Run: python benchmarks/health_probe.py [--probes N]
+Run: python benchmarks/health_probe.py [--probes N] [--burst N] [--before DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +49,15 @@ def app(environ, start_response):
     return [b"ok"]
 """
 TIMEOUT = 1.0  # seconds a probe waits, as a kubelet's default timeoutSeconds
+BURST_WAIT = 15.0  # seconds a burst's probes are waited for, in all
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: probe\r\n\r\n"
+PLAIN = """
+import time, lastcall
+lastcall.install()
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
 
 
 def get(port: int, path: str, timeout: float = TIMEOUT) -> float | None:
@@ -70,10 +88,99 @@ def median(port: int, path: str, probes: int) -> float | None:
     return statistics.median(answered) if len(answered) == len(times) else None
 
 
+def burst(port: int, count: int) -> list[float | None]:
+    """``count`` probes begun at once (non-blocking connects, each request sent once its
+    connection is up): seconds each took, None if it got no 200 within BURST_WAIT."""
+    selector = selectors.DefaultSelector()
+    for _ in range(count):
+        conn = socket.socket()
+        conn.setblocking(False)  # noqa: FBT003  # positional only
+        conn.connect_ex(("127.0.0.1", port))
+        selector.register(conn, selectors.EVENT_WRITE, [time.perf_counter(), b""])
+    times: list[float | None] = []
+    deadline = time.monotonic() + BURST_WAIT
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, mask in selector.select(0.1):
+            conn, state = key.fileobj, key.data
+            assert isinstance(conn, socket.socket)
+            data: bytes | None = None
+            try:
+                if mask & selectors.EVENT_WRITE:
+                    if conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                        conn.send(READYZ)
+                        selector.modify(conn, selectors.EVENT_READ, state)
+                        continue
+                else:
+                    data = conn.recv(4096)
+            except OSError:
+                pass
+            if data:
+                state[1] += data
+                continue
+            ok = data == b"" and state[1].startswith(b"HTTP/1.1 200 ")
+            times.append(time.perf_counter() - state[0] if ok else None)
+            selector.unregister(conn)
+            conn.close()
+    for key in list(selector.get_map().values()):
+        times.append(None)
+        selector.unregister(key.fileobj)
+        key.fileobj.close()  # type: ignore[union-attr]
+    selector.close()
+    return times
+
+
+def burst_against(src: str | None, count: int) -> list[float | None]:
+    """A burst on the health port of a plain process importing lastcall from ``src``."""
+    health = free_port()
+    env = {**os.environ, "LASTCALL_HEALTH_PORT": str(health)}
+    if src is not None:
+        env["PYTHONPATH"] = src
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PLAIN], env=env, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready": installed, the listener bound
+        wait_answer(health, "/readyz")
+        return burst(health, count)
+    finally:
+        proc.terminate()
+        proc.wait(START_WAIT)
+
+
+def burst_table(count: int, before: str | None) -> None:
+    runs = [("before (" + before + ")", before)] if before else []
+    runs.append(("this tree", None))
+    print(f"\n{count} probes at once on the health port (/readyz)")
+    print(f"{'listener':<34}{'answered':>10}{'p50':>10}{'p90':>10}{'max':>10}")
+    for name, src in runs:
+        times = burst_against(src, count)
+        answered = sorted(t for t in times if t is not None)
+        cells = [f"{len(answered)}/{count}"]
+        if answered:
+            p90 = answered[min(len(answered) - 1, int(0.9 * len(answered)))]
+            cells += [
+                f"{statistics.median(answered):.3f} s",
+                f"{p90:.3f} s",
+                f"{answered[-1]:.3f} s",
+            ]
+        print(f"{name[:33]:<34}" + "".join(f"{cell:>10}" for cell in cells))
+    print(f"(each from its connect to the end of its answer; unanswered: none in {BURST_WAIT:g} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=30)
-    probes = parser.parse_args().probes
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--before", help="a src directory of the version to compare with")
+    parser.add_argument("--burst-only", action="store_true", help="skip the gunicorn figures")
+    args = parser.parse_args()
+    if not args.burst_only:
+        busy_worker(args.probes)
+    burst_table(args.burst, args.before)
+
+
+def busy_worker(probes: int) -> None:
     port, health = free_port(), free_port()
     with tempfile.TemporaryDirectory() as directory:
         Path(directory, "benchapp.py").write_text(APP)

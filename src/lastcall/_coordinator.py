@@ -1036,7 +1036,7 @@ class Coordinator:
         self._starting = False  # the parent's start-up (a master's workers) is not this one's
         self.stopping._renew()  # noqa: SLF001
         if self._health is not None:  # the parent answers; its thread is not here
-            self._health.socket.close()
+            self._health.forget()
             self._health = None
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one

@@ -760,7 +760,7 @@ class Coordinator:
             return
         try:
             path = report.write(report_path)
-        except OSError as exc:
+        except Exception as exc:  # any: the stop must end (kept in report.write_error)
             log.log(logging.ERROR, "could not write the report to %s: %s", report_path, exc)
         else:
             log.log(logging.DEBUG, "report written to %s", path)

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -605,3 +606,146 @@ def test_a_hook_module_that_fails_to_import_is_an_error_not_a_timeout(scenario, 
     assert "RuntimeError: no config file" in hook["error"]
     assert hook["duration"] < 30
     assert child.finish() == 0
+
+
+# ------------------------------------------------------------ what the watcher depends on
+
+
+def test_hooks_run_although_the_apps_stderr_is_a_full_pipe_nobody_reads(watchers, tmp_path):
+    """Steps: the app's stderr is a pipe, already full, that the test never reads;
+    register a function and a command that writes to stderr first; SIGKILL. Both
+    hooks run and the report is written (the watcher sat in its first log line's
+    write, and a command writing to stderr would have too)."""
+    (tmp_path / "lr_hooks.py").write_text(HOOKS_MODULE)
+    script = tmp_path / "stalled.py"
+    script.write_text(
+        PRELUDE
+        + 'lastcall.last_resort("lr_hooks:record", OUT, "function")\n'
+        + 'lastcall.last_resort(["sh", "-c", "echo noisy >&2; echo noisy cmd >> " + OUT], '
+        + 'name="noisy")\n'
+        + READY
+        + BLOCK
+    )
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)  # a plain, blocking pipe, as a log collector's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        env={**env, "LASTCALL_REPORT": str(tmp_path / "report.json")},
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        assert proc.stdout is not None
+        # Bounded: an app that failed would be stuck writing its traceback to the pipe.
+        assert select.select([proc.stdout], [], [], WAIT)[0], "the app did not start"
+        _, _, watcher = proc.stdout.readline().decode().split()
+        watchers.track(int(watcher))
+        proc.kill()
+        assert proc.wait(WAIT) == -signal.SIGKILL
+        assert watchers.ended(int(watcher)), "the watcher is stuck"
+        assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["noisy", "function"]
+        report = json.loads((tmp_path / "report.lastresort.json").read_text())
+        assert [h["outcome"] for h in report["hooks"]] == ["ok", "ok"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        os.close(read_end)
+
+
+EDITABLE_APP = """
+import os, sys, time
+import lastcall
+import lrpkg.cleanup  # the app imports it through the editable install's finder
+
+lastcall.last_resort("lrpkg.cleanup:release", sys.argv[1])
+registry = lastcall.last_resort.__self__
+assert registry.wait_ready(10), "the watcher did not start"
+print("ready", os.getpid(), registry.watcher_pid, flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_hook_from_an_editable_install_with_an_import_finder_runs(spawn, watchers, tmp_path):
+    """Steps: a flat-layout package, installed editable (setuptools' finder: a .pth that
+    installs a meta-path finder) into a fresh venv; an app in that venv registers one
+    of its functions; SIGKILL. The hook runs (it failed: the watcher skipped the .pth)."""
+    project = tmp_path / "project"
+    (project / "lrpkg").mkdir(parents=True)
+    (project / "lrpkg" / "__init__.py").write_text("")
+    (project / "lrpkg" / "cleanup.py").write_text(
+        "def release(path):\n    with open(path, 'w') as out:\n        out.write('released')\n"
+    )
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "lrpkg"\nversion = "0.1"\n'
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=WAIT)
+    python = venv / "bin" / "python"
+    # This venv's pip installs into the fresh one; the build gets setuptools from the index.
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "-e", project]
+    installed = subprocess.run(pip, capture_output=True, text=True, timeout=300, check=False)
+    if installed.returncode:
+        pytest.skip(f"could not install an editable package here: {installed.stderr[-500:]}")
+    [site_packages] = venv.glob("lib/python*/site-packages")
+    assert list(site_packages.glob("__editable___*_finder.py")), "not the finder form"
+    app = tmp_path / "editable_app.py"
+    app.write_text(EDITABLE_APP)
+    released = tmp_path / "released.txt"
+    src = str(Path(lastcall.__file__).resolve().parent.parent)  # lastcall, not installed there
+    child = spawn(
+        "", argv=[str(python), str(app), str(released)], env={"PYTHONPATH": src}, wait_ready=False
+    )
+    _, pid, watcher = child.wait_for("ready").split()
+    watchers.track(int(watcher))
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(int(pid)), stream="stderr")
+    assert released.read_text() == "released", child.output()
+    assert watchers.ended(int(watcher))
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_hooks_run_where_and_with_the_sys_path_the_app_had_when_it_registered_them(
+    scenario, watchers, tmp_path
+):
+    """Steps: the watcher starts in the app's first directory; the app moves to
+    another, adds a directory to sys.path, registers a command and a function from
+    there; SIGKILL. Both run where they were registered and the function imports
+    (the watcher kept the directory and sys.path of its start)."""
+    later = tmp_path / "later"
+    (later / "modules").mkdir(parents=True)
+    (later / "modules" / "late_hooks.py").write_text(
+        "def record():\n    with open('function.txt', 'w') as out:\n        out.write('ran')\n"
+    )
+    child, app, _ = scenario(
+        'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
+        + READY
+        + f"""
+go()
+os.chdir({str(later)!r})
+sys.path.append("modules")
+lastcall.last_resort(["sh", "-c", "pwd > command.txt"], name="pwd")
+lastcall.last_resort("late_hooks:record")
+out("registered")
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGUSR1)
+    child.wait_for("registered")
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert (later / "function.txt").read_text() == "ran", child.output()
+    assert (later / "command.txt").read_text().strip() == str(later)
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["first"]
+    assert child.finish() == -signal.SIGKILL

@@ -16,15 +16,19 @@ Choices, and why:
   cannot raise SIGPIPE: an app that restored SIGPIPE's default action (many
   command-line tools do) would otherwise be killed by writing to a dead watcher.
 * **What crosses the channel**: one JSON line per message, in registration
-  order: a greeting (this PID, ``sys.path`` so the watcher can import the
-  hooks later, the report path), one line per hook, and ``done`` once a
+  order: a greeting (this PID, ``sys.path`` and the site directories whose
+  ``.pth`` files ``site`` processed, so the watcher can import the hooks later
+  as this process could, the report path), one line per hook (with the working
+  directory it runs in, and ``sys.path`` as it is then), and ``done`` once a
   lastcall shutdown completes (``Coordinator.when_done``); the watcher then
   exits without running anything. A forced stop (a second Ctrl-C skipped
   hooks) does not send ``done``: the last-resort hooks still run.
 * **The watcher process**: a fresh interpreter (``python -I -S _watcher.py``),
   not a fork, so it copies none of the app's memory, locks or threads; it is
   given only its end of the socket (``close_fds``, ``pass_fds``), ``/dev/null``
-  as stdin and this process's stderr for its log. It starts its own session,
+  as stdin and this process's stderr for its log (never written to in a way
+  that can block: see ``_watcher.Output``). Its environment is this process's
+  at the first ``last_resort()`` call. It starts its own session,
   so a Ctrl-C in a terminal, a hang-up or a kill of this process group (as
   ``kill -- -PGID`` and many supervisors do) cannot take it down together
   with the process it is there to clean up after.

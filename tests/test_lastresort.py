@@ -749,3 +749,39 @@ out("registered")
     assert (later / "command.txt").read_text().strip() == str(later)
     assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["first"]
     assert child.finish() == -signal.SIGKILL
+
+
+def test_a_hook_whose_directory_is_gone_is_an_error_and_sees_the_first_environment(
+    scenario, watchers, tmp_path
+):
+    """Steps: register a hook in a directory that is then removed, and a command after
+    the app changed an environment variable; SIGKILL. The first is an error naming
+    its directory (it ran elsewhere instead); the command sees the environment the
+    app had at its first last_resort(), as documented."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    child, app, _ = scenario(
+        f"""
+os.chdir({str(gone)!r})
+lastcall.last_resort(["sh", "-c", "echo ran > where.txt"], name="in gone")
+os.chdir({str(tmp_path)!r})
+os.rmdir({str(gone)!r})
+os.environ["LR_STAGE"] = "late"
+lastcall.last_resort(["sh", "-c", "echo $LR_STAGE > stage.txt"], name="stage")
+"""
+        + READY
+        + BLOCK,
+        env={"LR_STAGE": "early", "LASTCALL_REPORT": str(tmp_path / "report.json")},
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    report = json.loads((tmp_path / "report.lastresort.json").read_text())
+    outcomes = [(h["name"], h["outcome"]) for h in report["hooks"]]
+    assert outcomes == [("stage", "ok"), ("in gone", "error")]
+    assert (
+        f"cannot run in its working directory: [Errno 2] No such file or directory: {str(gone)!r}"
+        in (report["hooks"][1]["error"])
+    )
+    assert not (tmp_path / "where.txt").exists()
+    assert (tmp_path / "stage.txt").read_text() == "early\n"
+    assert child.finish() == -signal.SIGKILL

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -785,3 +787,85 @@ lastcall.last_resort(["sh", "-c", "echo $LR_STAGE > stage.txt"], name="stage")
     assert not (tmp_path / "where.txt").exists()
     assert (tmp_path / "stage.txt").read_text() == "early\n"
     assert child.finish() == -signal.SIGKILL
+
+
+LOUD_HOOKS = """
+import os, sys, time
+
+def loud(marker, go):
+    for _ in range(100):  # 400 KiB: more than the watcher keeps for a pipe nobody reads
+        sys.stderr.write("y" * 4095 + "\\n")
+    open(marker, "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+def test_what_a_full_stderr_cannot_take_is_dropped_and_counted(watchers, tmp_path):
+    """Steps: stderr a full pipe nobody reads; the hook writes 400 KiB to stderr, then
+    waits; the test starts reading and lets it finish. Part of it was dropped, the
+    watcher says how many writes, and its later lines arrive."""
+    (tmp_path / "loud_hooks.py").write_text(LOUD_HOOKS)
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    script = tmp_path / "loud.py"
+    script.write_text(
+        PRELUDE
+        + f"lastcall.last_resort('loud_hooks:loud', {str(marker)!r}, {str(go)!r})\n"
+        + READY
+        + BLOCK
+    )
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(_read_all(read_end)), daemon=True)
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], WAIT)[0], "the app did not start"
+        _, app, watcher = proc.stdout.readline().decode().split()
+        watchers.track(int(watcher))
+        proc.kill()
+        assert proc.wait(WAIT) == -signal.SIGKILL
+        deadline = time.monotonic() + WAIT
+        while not marker.exists():  # the hook wrote it all, with nobody reading
+            assert time.monotonic() < deadline, "the hook is stuck writing to stderr"
+            time.sleep(0.01)
+        reader.start()
+        go.touch()
+        assert watchers.ended(int(watcher))
+        reader.join(WAIT)  # end of file: the watcher, the last writer, has ended
+        assert not reader.is_alive()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    text = received.decode(errors="replace")
+    written = text.count("y" * 4095 + "\n")
+    assert 0 < written < 100
+    dropped = re.search(r"lastcall watcher: (\d+) writes dropped: stderr was not being read", text)
+    assert dropped is not None, text[-2000:]
+    assert int(dropped.group(1)) == 100 - written
+    assert text.index(dropped.group(0)) < text.index(finished_line(int(app)))
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    with open(fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -802,10 +802,13 @@ def loud(marker, go):
 """
 
 
-def test_what_a_full_stderr_cannot_take_is_dropped_and_counted(watchers, tmp_path):
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "O_NONBLOCK"])
+def test_what_a_full_stderr_cannot_take_is_dropped_and_counted(watchers, tmp_path, blocking):
     """Steps: stderr a full pipe nobody reads; the hook writes 400 KiB to stderr, then
     waits; the test starts reading and lets it finish. Part of it was dropped, the
-    watcher says how many writes, and its later lines arrive."""
+    watcher says how many writes, and its later lines arrive, also when the app
+    left its stderr non-blocking (shared with the watcher: a write there fails
+    with EAGAIN instead of waiting)."""
     (tmp_path / "loud_hooks.py").write_text(LOUD_HOOKS)
     marker, go = tmp_path / "marker", tmp_path / "go"
     script = tmp_path / "loud.py"
@@ -820,7 +823,7 @@ def test_what_a_full_stderr_cannot_take_is_dropped_and_counted(watchers, tmp_pat
     with contextlib.suppress(BlockingIOError):
         while True:
             os.write(write_end, b"x" * 65536)
-    os.set_blocking(write_end, True)
+    os.set_blocking(write_end, blocking)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
     proc = subprocess.Popen(
         [sys.executable, str(script)],

@@ -41,6 +41,7 @@ descriptor; what finds its buffer full is dropped (and counted), never waited fo
 
 from __future__ import annotations
 
+import _thread  # built in: a lock without importing threading
 import contextlib
 import json
 import os
@@ -421,6 +422,7 @@ class Output:
         self._size = 0
         self._dropped = 0
         self._cond: threading.Condition | None = None  # made at the first write
+        self._starting = _thread.allocate_lock()
         self._idle = True
         self._broken = False
 
@@ -471,12 +473,14 @@ class Output:
     def _start(self) -> threading.Condition:
         import threading  # noqa: PLC0415  # imported anyway once a hook is registered
 
-        cond = threading.Condition()
-        self._cond = cond
-        threading.Thread(
-            target=self._write_out, args=(cond,), name="lastcall-output", daemon=True
-        ).start()
-        return cond
+        with self._starting:  # two threads' first writes: one writer thread
+            if self._cond is None:
+                cond = threading.Condition()
+                threading.Thread(
+                    target=self._write_out, args=(cond,), name="lastcall-output", daemon=True
+                ).start()
+                self._cond = cond
+            return self._cond
 
     def _write_out(self, cond: threading.Condition) -> None:
         while True:
@@ -492,15 +496,23 @@ class Output:
                 chunks.insert(0, note.encode())
             try:
                 for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
+                    self._write_all(chunk)
             except OSError:  # closed, or nobody will ever read it: nothing more to say
                 self._broken = True
                 with cond:
                     self._queue, self._size, self._idle = [], 0, True
                     cond.notify_all()
                 return
+
+    def _write_all(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # someone made the shared descriptor non-blocking
+                import select  # noqa: PLC0415  # this thread only, and only then
+
+                select.select([], [self._fd], [])
 
 
 OUTPUT = Output(2)
@@ -544,6 +556,12 @@ def _logger() -> logging.Logger:
 
 
 if __name__ == "__main__":
-    exit_code = main(sys.argv)
+    try:
+        exit_code = main(sys.argv)
+    except BaseException:  # a bug here: say so through OUTPUT, which os._exit would cut short
+        import traceback
+
+        traceback.print_exc()
+        exit_code = 1
     OUTPUT.drain(_OUTPUT_DRAIN)
     os._exit(exit_code)

@@ -669,7 +669,12 @@ import os, sys, time
 import lastcall
 import lrpkg.cleanup  # the app imports it through the editable install's finder
 
-lastcall.last_resort("lrpkg.cleanup:release", sys.argv[1])
+for spec in sys.argv[1:]:  # "function:path" or "command:path", in registration order
+    kind, _, path = spec.partition(":")
+    if kind == "function":
+        lastcall.last_resort("lrpkg.cleanup:release", path, timeout=1, name=path)
+    else:
+        lastcall.last_resort(["sh", "-c", f"echo released > {path}"], name=path)
 registry = lastcall.last_resort.__self__
 assert registry.wait_ready(10), "the watcher did not start"
 print("ready", os.getpid(), registry.watcher_pid, flush=True)
@@ -678,11 +683,15 @@ while True:
 """
 
 
-def test_a_hook_from_an_editable_install_with_an_import_finder_runs(spawn, watchers, tmp_path):
-    """Steps: a flat-layout package, installed editable (setuptools' finder: a .pth that
-    installs a meta-path finder) into a fresh venv; an app in that venv registers one
-    of its functions; SIGKILL. The hook runs (it failed: the watcher skipped the .pth)."""
-    project = tmp_path / "project"
+@pytest.fixture(scope="module")
+def editable_venv(tmp_path_factory):
+    """A fresh venv (no lastcall in it) with a flat-layout package installed editable.
+
+    setuptools 64 or later installs such a package as a ``.pth`` file that
+    imports a meta-path finder, not a path on sys.path.
+    """
+    root = tmp_path_factory.mktemp("editable")
+    project = root / "project"
     (project / "lrpkg").mkdir(parents=True)
     (project / "lrpkg" / "__init__.py").write_text("")
     (project / "lrpkg" / "cleanup.py").write_text(
@@ -692,7 +701,7 @@ def test_a_hook_from_an_editable_install_with_an_import_finder_runs(spawn, watch
         '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "lrpkg"\nversion = "0.1"\n'
     )
-    venv = tmp_path / "venv"
+    venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=WAIT)
     python = venv / "bin" / "python"
     # This venv's pip installs into the fresh one; the build gets setuptools from the index.
@@ -702,20 +711,62 @@ def test_a_hook_from_an_editable_install_with_an_import_finder_runs(spawn, watch
         pytest.skip(f"could not install an editable package here: {installed.stderr[-500:]}")
     [site_packages] = venv.glob("lib/python*/site-packages")
     assert list(site_packages.glob("__editable___*_finder.py")), "not the finder form"
-    app = tmp_path / "editable_app.py"
+    app = root / "editable_app.py"
     app.write_text(EDITABLE_APP)
-    released = tmp_path / "released.txt"
+    return python, app, site_packages
+
+
+def _run_editable_app(spawn, watchers, editable_venv, hooks: list[str]):
+    """Start the app in the editable venv with ``hooks``, SIGKILL it, wait for the watcher."""
+    python, app, _ = editable_venv
     src = str(Path(lastcall.__file__).resolve().parent.parent)  # lastcall, not installed there
     child = spawn(
-        "", argv=[str(python), str(app), str(released)], env={"PYTHONPATH": src}, wait_ready=False
+        "", argv=[str(python), str(app), *hooks], env={"PYTHONPATH": src}, wait_ready=False
     )
     _, pid, watcher = child.wait_for("ready").split()
     watchers.track(int(watcher))
     child.send(signal.SIGKILL)
     child.wait_for(finished_line(int(pid)), stream="stderr")
-    assert released.read_text() == "released", child.output()
     assert watchers.ended(int(watcher))
     assert child.finish() == -signal.SIGKILL
+    return child
+
+
+def test_a_hook_from_an_editable_install_with_an_import_finder_runs(
+    spawn, watchers, tmp_path, editable_venv
+):
+    """Steps: an app in a fresh venv where a flat-layout package is installed editable
+    registers one of its functions; SIGKILL. The hook runs (it failed with
+    ModuleNotFoundError: the watcher, run with -S, skipped the .pth that installs the finder)."""
+    released = tmp_path / "released.txt"
+    child = _run_editable_app(spawn, watchers, editable_venv, [f"function:{released}"])
+    assert released.read_text() == "released", child.output()
+
+
+def test_a_pth_line_that_hangs_in_the_watcher_costs_one_hook_its_time_limit(
+    spawn, watchers, tmp_path, editable_venv
+):
+    """Steps: a .pth file (after the finder's) that hangs, only in the watcher; register
+    two functions and a command; SIGKILL. The command and the function that runs
+    first are not held (the .pth runs on that function's thread, within its time
+    limit: it times out); the other function imports through the finder and runs."""
+    _, _, site_packages = editable_venv
+    hang = site_packages / "zz_lastcall_test_hang.pth"
+    hang.write_text("import sys, time; sys.flags.no_site and time.sleep(60)\n")  # -S: the watcher
+    try:
+        second, first, command = (tmp_path / name for name in ("second", "first", "command"))
+        child = _run_editable_app(
+            spawn,
+            watchers,
+            editable_venv,
+            [f"function:{second}", f"function:{first}", f"command:{command}"],
+        )
+    finally:
+        hang.unlink()
+    assert command.read_text() == "released\n", child.output()
+    assert not first.exists()
+    assert second.read_text() == "released", child.output()
+    assert f"last-resort hook {first} timeout" in child.output()
 
 
 def test_hooks_run_where_and_with_the_sys_path_the_app_had_when_it_registered_them(

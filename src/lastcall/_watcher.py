@@ -166,8 +166,7 @@ def run_hooks(app: App) -> int:
         "" if count == 1 else "s",
     )
     sys.path[:] = app.path
-    if any(isinstance(hook["target"], str) for hook in app.hooks):
-        load_sites(app.sites, log)
+    _sites_to_load[:] = app.sites  # by the first function hook, within its time limit
     results: list[tuple[str, Outcome, float, str | None]] = []
     for hook in reversed(app.hooks):
         started = time.monotonic()
@@ -183,20 +182,32 @@ def _finish_first(signum: int, frame: object) -> None:
     """SIGTERM while the hooks run: they are already bounded, so let them end."""
 
 
-def load_sites(sites: list[str], log: logging.Logger) -> None:
+_sites_to_load: list[str] = []
+
+
+def load_sites() -> None:
     """Process the ``.pth`` files of the app's site directories, as its ``site`` did.
 
     The watcher runs with ``-S``: without this, an import finder that a
     ``.pth`` file installs (setuptools' editable installs) would be missing.
-    ``site`` imported under ``-S`` does nothing until asked.
+    ``site`` imported under ``-S`` does nothing until asked. Called on a
+    function hook's thread, so a ``.pth`` line that hangs costs that hook its
+    time limit, not every hook; each directory is taken once, by one thread.
     """
+    import logging  # noqa: PLC0415
     import site  # noqa: PLC0415
 
-    for directory in sites:
+    while True:
+        try:
+            directory = _sites_to_load.pop(0)  # atomic: a directory goes to one thread
+        except IndexError:
+            return
         try:
             site.addsitedir(directory)  # sys.path has it already: only its .pth files run
         except Exception as exc:
-            log.warning("could not process the .pth files in %s: %r", directory, exc)
+            logging.getLogger("lastcall.lastresort").warning(
+                "could not process the .pth files in %s: %r", directory, exc
+            )
 
 
 def run_one(hook: dict[str, Any]) -> Done:
@@ -253,6 +264,7 @@ def run_function(target: str, args: list[Any], timeout: float) -> Done:
 
     def work() -> None:
         try:
+            load_sites()
             func = resolve(target)
         except BaseException as exc:  # anything the module's own top-level code raises
             finished.append(("error", f"cannot import {target}: {type(exc).__name__}: {exc}"))

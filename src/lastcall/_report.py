@@ -27,7 +27,8 @@ from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
-    from types import ModuleType
+    from collections.abc import Callable
+    from pathlib import Path
     from typing import Any
 
     from lastcall._hooks import Outcome, Phase
@@ -241,27 +242,28 @@ class Report:
         """The INFO summary; failed hooks were logged at ERROR as they failed."""
         log.log(logging.INFO, "%s", self.summary())
 
-    def write(self, path_template: str) -> str:
+    def write(self, path_template: str) -> Path:
         """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands. Returns the path.
 
         Only a regular file is written (or replaced): a device, FIFO, socket or
         directory at the path, or a path under ``/proc`` or ``/sys``, raises
-        ``ValueError``. It uses ``os`` calls and the ``json`` module imported by
-        ``prepare_writing()`` (at ``install()``): no import at stop time, where
-        another thread may hold the import lock. Whatever fails is also kept in
+        ``ValueError``. It uses ``os`` calls and the modules ``prepare_writing()``
+        imported (at ``install()``): no import at stop time, where another
+        thread may hold the import lock. Whatever fails is also kept in
         ``write_error``, for whoever holds the report when the file is missing.
         """
         try:
-            return self._write(report_file(path_template, self.pid))
+            path = self._write(report_file(path_template, self.pid))
         except Exception as exc:
             self.write_error = f"{type(exc).__name__}: {exc}"
             raise
+        return _writing_tools()[1](path)
 
     def _write(self, path: str) -> str:
         problem = unfit_target(path)
         if problem is not None:
             raise ValueError(f"{path!r} {problem}")
-        text = _json_module().dumps(self.to_dict(), indent=2) + "\n"
+        text = _writing_tools()[0](self.to_dict(), indent=2) + "\n"
         directory, name = os.path.split(path)  # os calls, not pathlib: see write()
         if directory:
             os.makedirs(directory, exist_ok=True)  # noqa: PTH103
@@ -327,21 +329,23 @@ def unfit_target(path: str) -> str | None:
 
 def prepare_writing() -> None:
     """Import now what ``Report.write`` needs, so a stop imports nothing (see ``write``)."""
-    global _json  # noqa: PLW0603  # a cache, filled once
-    if _json is None:
+    global _writing  # noqa: PLW0603  # a cache, filled once
+    if _writing is None:
         import json  # noqa: PLC0415  # only when a report is asked for: import time
+        import pathlib  # noqa: PLC0415
 
-        _json = json
-
-
-_json: ModuleType | None = None
+        _writing = (json.dumps, pathlib.Path)
 
 
-def _json_module() -> ModuleType:
-    if _json is None:  # write() without install() (the watcher, a test): import it now
+_writing: tuple[Callable[..., str], type[Path]] | None = None
+
+
+def _writing_tools() -> tuple[Callable[..., str], type[Path]]:
+    """``json.dumps`` and ``Path``: imported by ``install()``, else now (the watcher, a test)."""
+    if _writing is None:
         prepare_writing()
-    assert _json is not None  # noqa: S101
-    return _json
+    assert _writing is not None  # noqa: S101
+    return _writing
 
 
 def _create_temporary(directory: str, name: str) -> tuple[str, int]:

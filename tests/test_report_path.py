@@ -248,3 +248,24 @@ held.wait()
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM, child.output()
     assert json.loads(report.read_text())["trigger"] == "SIGTERM"
+
+
+def test_import_lastcall_imports_nothing_for_the_report_and_install_imports_it_all(spawn, tmp_path):
+    """``import lastcall`` stays cheap with LASTCALL_REPORT set; ``install()`` imports what
+    writing the report needs, so the stop imports nothing."""
+    child = spawn(
+        """
+import sys
+import lastcall
+out = lambda *words: print(*words, flush=True)
+out("imported", *sorted({"json", "pathlib", "tempfile"} & set(sys.modules)))
+lastcall.install()
+out("installed", *sorted({"json", "pathlib", "tempfile"} & set(sys.modules)))
+lastcall.uninstall()
+out("ready")
+""",
+        env={"LASTCALL_REPORT": str(tmp_path / "report-{pid}.json")},
+    )
+    assert child.finish() == 0, child.output()
+    assert child.lines("imported") == ["imported"]
+    assert child.lines("installed") == ["installed json pathlib"]

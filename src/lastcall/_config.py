@@ -261,7 +261,6 @@ def _report_path(value: object, env_value: str | None) -> str | None:
     if problem is not None:
         shown = repr(template) if path == template else f"{template!r} ({path})"
         raise ValueError(f"{source}={shown} {problem}; choose a file path like {example}")
-    _report.prepare_writing()
     return template
 
 

@@ -44,7 +44,7 @@ from lastcall import _watchdog
 from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
-from lastcall._report import HookResult, Report, log, logger
+from lastcall._report import HookResult, Report, log, logger, prepare_writing
 from lastcall._signals import SignalHandlers, main_thread_ident
 from lastcall._stoptoken import StopToken
 from lastcall._threads import start_daemon
@@ -224,6 +224,8 @@ class Coordinator:
             health_port=health_port,
             health_host=health_host,
         )
+        if settings.report:
+            prepare_writing()  # what writing the report imports, now: not in the stop
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
         self._renew_if_gevent_patched()
         handlers = self._handlers or SignalHandlers(self._on_signal)

@@ -166,6 +166,7 @@ class Report:
     ``None`` when the interpreter decides it (a normal exit). ``busy`` names
     the ``lastcall.busy`` blocks still running when the drain gave up on them;
     ``requests`` the HTTP requests still in flight then (method, path, seconds).
+    ``write_error`` says why the JSON file could not be written (not in the file).
     """
 
     def __init__(  # one argument per field of the JSON form

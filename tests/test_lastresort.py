@@ -844,8 +844,12 @@ LOUD_HOOKS = """
 import os, sys, time
 
 def loud(marker, go):
-    for _ in range(100):  # 400 KiB: more than the watcher keeps for a pipe nobody reads
-        sys.stderr.write("y" * 4095 + "\\n")
+    for i in range(100):  # 400 KiB: more than the watcher keeps for a pipe nobody reads
+        line = "y" * 4095 + "\\n"
+        if i % 2:
+            sys.stderr.write(line)
+        else:
+            sys.stderr.buffer.write(line.encode())
     open(marker, "w").close()
     deadline = time.monotonic() + 10
     while not os.path.exists(go) and time.monotonic() < deadline:

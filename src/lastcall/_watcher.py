@@ -437,10 +437,19 @@ class Output:
         self._starting = _thread.allocate_lock()
         self._idle = True
         self._broken = False
+        self.buffer = _Binary(self)  # for sys.stderr.buffer.write(b"...")
+        self.closed = False
 
     def write(self, text: str) -> int:
         self.write_bytes(text.encode(self.encoding, self.errors))
         return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def writable(self) -> bool:
+        return True
 
     def write_bytes(self, data: bytes) -> None:
         if not data or self._broken:
@@ -525,6 +534,20 @@ class Output:
                 import select  # noqa: PLC0415  # this thread only, and only then
 
                 select.select([], [self._fd], [])
+
+
+class _Binary:
+    """``Output.buffer``: the same queue, for bytes."""
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def write(self, data: bytes) -> int:
+        self._output.write_bytes(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do, as ``Output.flush``."""
 
 
 OUTPUT = Output(2)

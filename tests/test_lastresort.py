@@ -927,3 +927,24 @@ def _read_all(fd: int) -> bytes:
         while chunk := pipe.read(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_the_watcher_leaves_a_fifo_at_its_report_path_alone(scenario, watchers, tmp_path):
+    """The watcher writes its report as the core does: only to a regular file. A FIFO
+    at its path (it replaced it) stays, one line says why there is no report, and the
+    hooks have run."""
+    fifo = tmp_path / "report.lastresort.json"
+    os.mkfifo(fifo)
+    child, app, watcher = scenario(
+        'lastcall.last_resort("lr_hooks:record", OUT, "ran")\n' + READY + BLOCK,
+        env={"LASTCALL_REPORT": str(tmp_path / "report.json")},
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["ran"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    line = child.wait_for("could not write the last-resort report", stream="stderr")
+    assert "is a FIFO, not a regular file" in line
+    assert "Traceback" not in child.output()
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL

@@ -394,6 +394,8 @@ def write_report(
                 exit_status=exit_status,
             )
             written = report.write(lastresort_report_path(app.report))
+        except (OSError, ValueError) as exc:  # a full disk, a FIFO at the path: one line
+            log.error("could not write the last-resort report: %s", exc)  # noqa: TRY400
         except Exception:
             log.exception("could not write the last-resort report")
     outcomes = [outcome for _, outcome, _, _ in results]

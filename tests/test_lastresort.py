@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import stat
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -605,3 +608,343 @@ def test_a_hook_module_that_fails_to_import_is_an_error_not_a_timeout(scenario, 
     assert "RuntimeError: no config file" in hook["error"]
     assert hook["duration"] < 30
     assert child.finish() == 0
+
+
+# ------------------------------------------------------------ what the watcher depends on
+
+
+def test_hooks_run_although_the_apps_stderr_is_a_full_pipe_nobody_reads(watchers, tmp_path):
+    """Steps: the app's stderr is a pipe, already full, that the test never reads;
+    register a function and a command that writes to stderr first; SIGKILL. Both
+    hooks run and the report is written (the watcher sat in its first log line's
+    write, and a command writing to stderr would have too)."""
+    (tmp_path / "lr_hooks.py").write_text(HOOKS_MODULE)
+    script = tmp_path / "stalled.py"
+    script.write_text(
+        PRELUDE
+        + 'lastcall.last_resort("lr_hooks:record", OUT, "function")\n'
+        + 'lastcall.last_resort(["sh", "-c", "echo noisy >&2; echo noisy cmd >> " + OUT], '
+        + 'name="noisy")\n'
+        + READY
+        + BLOCK
+    )
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)  # a plain, blocking pipe, as a log collector's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        env={**env, "LASTCALL_REPORT": str(tmp_path / "report.json")},
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        assert proc.stdout is not None
+        # Bounded: an app that failed would be stuck writing its traceback to the pipe.
+        assert select.select([proc.stdout], [], [], WAIT)[0], "the app did not start"
+        _, _, watcher = proc.stdout.readline().decode().split()
+        watchers.track(int(watcher))
+        proc.kill()
+        assert proc.wait(WAIT) == -signal.SIGKILL
+        assert watchers.ended(int(watcher)), "the watcher is stuck"
+        assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["noisy", "function"]
+        report = json.loads((tmp_path / "report.lastresort.json").read_text())
+        assert [h["outcome"] for h in report["hooks"]] == ["ok", "ok"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        os.close(read_end)
+
+
+EDITABLE_APP = """
+import os, sys, time
+import lastcall
+import lrpkg.cleanup  # the app imports it through the editable install's finder
+
+for spec in sys.argv[1:]:  # "function:path" or "command:path", in registration order
+    kind, _, path = spec.partition(":")
+    if kind == "function":
+        lastcall.last_resort("lrpkg.cleanup:release", path, timeout=1, name=path)
+    else:
+        lastcall.last_resort(["sh", "-c", f"echo released > {path}"], name=path)
+registry = lastcall.last_resort.__self__
+assert registry.wait_ready(10), "the watcher did not start"
+print("ready", os.getpid(), registry.watcher_pid, flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def editable_venv(tmp_path_factory):
+    """A fresh venv (no lastcall in it) with a flat-layout package installed editable.
+
+    setuptools 64 or later installs such a package as a ``.pth`` file that
+    imports a meta-path finder, not a path on sys.path.
+    """
+    root = tmp_path_factory.mktemp("editable")
+    project = root / "project"
+    (project / "lrpkg").mkdir(parents=True)
+    (project / "lrpkg" / "__init__.py").write_text("")
+    (project / "lrpkg" / "cleanup.py").write_text(
+        "def release(path):\n    with open(path, 'w') as out:\n        out.write('released')\n"
+    )
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "lrpkg"\nversion = "0.1"\n'
+    )
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=WAIT)
+    python = venv / "bin" / "python"
+    # This venv's pip installs into the fresh one; the build gets setuptools from the index.
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "-e", project]
+    installed = subprocess.run(pip, capture_output=True, text=True, timeout=300, check=False)
+    if installed.returncode:
+        pytest.skip(f"could not install an editable package here: {installed.stderr[-500:]}")
+    [site_packages] = venv.glob("lib/python*/site-packages")
+    assert list(site_packages.glob("__editable___*_finder.py")), "not the finder form"
+    app = root / "editable_app.py"
+    app.write_text(EDITABLE_APP)
+    return python, app, site_packages
+
+
+def _run_editable_app(spawn, watchers, editable_venv, hooks: list[str]):
+    """Start the app in the editable venv with ``hooks``, SIGKILL it, wait for the watcher."""
+    python, app, _ = editable_venv
+    src = str(Path(lastcall.__file__).resolve().parent.parent)  # lastcall, not installed there
+    child = spawn(
+        "", argv=[str(python), str(app), *hooks], env={"PYTHONPATH": src}, wait_ready=False
+    )
+    _, pid, watcher = child.wait_for("ready").split()
+    watchers.track(int(watcher))
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(int(pid)), stream="stderr")
+    assert watchers.ended(int(watcher))
+    assert child.finish() == -signal.SIGKILL
+    return child
+
+
+def test_a_hook_from_an_editable_install_with_an_import_finder_runs(
+    spawn, watchers, tmp_path, editable_venv
+):
+    """Steps: an app in a fresh venv where a flat-layout package is installed editable
+    registers one of its functions; SIGKILL. The hook runs (it failed with
+    ModuleNotFoundError: the watcher, run with -S, skipped the .pth that installs the finder)."""
+    released = tmp_path / "released.txt"
+    child = _run_editable_app(spawn, watchers, editable_venv, [f"function:{released}"])
+    assert released.read_text() == "released", child.output()
+
+
+def test_a_pth_line_that_hangs_in_the_watcher_costs_one_hook_its_time_limit(
+    spawn, watchers, tmp_path, editable_venv
+):
+    """Steps: a .pth file (after the finder's) that hangs, only in the watcher; register
+    two functions and a command; SIGKILL. The command and the function that runs
+    first are not held (the .pth runs on that function's thread, within its time
+    limit: it times out); the other function imports through the finder and runs."""
+    _, _, site_packages = editable_venv
+    hang = site_packages / "zz_lastcall_test_hang.pth"
+    hang.write_text("import sys, time; sys.flags.no_site and time.sleep(60)\n")  # -S: the watcher
+    try:
+        second, first, command = (tmp_path / name for name in ("second", "first", "command"))
+        child = _run_editable_app(
+            spawn,
+            watchers,
+            editable_venv,
+            [f"function:{second}", f"function:{first}", f"command:{command}"],
+        )
+    finally:
+        hang.unlink()
+    assert command.read_text() == "released\n", child.output()
+    assert not first.exists()
+    assert second.read_text() == "released", child.output()
+    assert f"last-resort hook {first} timeout" in child.output()
+
+
+def test_hooks_run_where_and_with_the_sys_path_the_app_had_when_it_registered_them(
+    scenario, watchers, tmp_path
+):
+    """Steps: the watcher starts in the app's first directory; the app moves to
+    another, adds a directory to sys.path, registers a command and a function from
+    there; SIGKILL. Both run where they were registered and the function imports
+    (the watcher kept the directory and sys.path of its start)."""
+    later = tmp_path / "later"
+    (later / "modules").mkdir(parents=True)
+    (later / "modules" / "late_hooks.py").write_text(
+        "def record():\n    with open('function.txt', 'w') as out:\n        out.write('ran')\n"
+    )
+    child, app, _ = scenario(
+        'lastcall.last_resort("lr_hooks:record", OUT, "first")\n'
+        + READY
+        + f"""
+go()
+os.chdir({str(later)!r})
+sys.path.append("modules")
+lastcall.last_resort(["sh", "-c", "pwd > command.txt"], name="pwd")
+lastcall.last_resort("late_hooks:record")
+out("registered")
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGUSR1)
+    child.wait_for("registered")
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert (later / "function.txt").read_text() == "ran", child.output()
+    assert (later / "command.txt").read_text().strip() == str(later)
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["first"]
+    assert child.finish() == -signal.SIGKILL
+
+
+def test_a_hook_whose_directory_is_gone_is_an_error_and_sees_the_first_environment(
+    scenario, watchers, tmp_path
+):
+    """Steps: register a hook in a directory that is then removed, and a command after
+    the app changed an environment variable; SIGKILL. The first is an error naming
+    its directory (it ran elsewhere instead); the command sees the environment the
+    app had at its first last_resort(), as documented."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    child, app, _ = scenario(
+        f"""
+os.chdir({str(gone)!r})
+lastcall.last_resort(["sh", "-c", "echo ran > where.txt"], name="in gone")
+os.chdir({str(tmp_path)!r})
+os.rmdir({str(gone)!r})
+os.environ["LR_STAGE"] = "late"
+lastcall.last_resort(["sh", "-c", "echo $LR_STAGE > stage.txt"], name="stage")
+"""
+        + READY
+        + BLOCK,
+        env={"LR_STAGE": "early", "LASTCALL_REPORT": str(tmp_path / "report.json")},
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    report = json.loads((tmp_path / "report.lastresort.json").read_text())
+    outcomes = [(h["name"], h["outcome"]) for h in report["hooks"]]
+    assert outcomes == [("stage", "ok"), ("in gone", "error")]
+    assert (
+        f"cannot run in its working directory: [Errno 2] No such file or directory: {str(gone)!r}"
+        in (report["hooks"][1]["error"])
+    )
+    assert not (tmp_path / "where.txt").exists()
+    assert (tmp_path / "stage.txt").read_text() == "early\n"
+    assert child.finish() == -signal.SIGKILL
+
+
+LOUD_HOOKS = """
+import os, sys, time
+
+def loud(marker, go):
+    for i in range(100):  # 400 KiB: more than the watcher keeps for a pipe nobody reads
+        line = "y" * 4095 + "\\n"
+        if i % 2:
+            sys.stderr.write(line)
+        else:
+            sys.stderr.buffer.write(line.encode())
+    open(marker, "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "O_NONBLOCK"])
+def test_what_a_full_stderr_cannot_take_is_dropped_and_counted(watchers, tmp_path, blocking):
+    """Steps: stderr a full pipe nobody reads; the hook writes 400 KiB to stderr, then
+    waits; the test starts reading and lets it finish. Part of it was dropped, the
+    watcher says how many writes, and its later lines arrive, also when the app
+    left its stderr non-blocking (shared with the watcher: a write there fails
+    with EAGAIN instead of waiting)."""
+    (tmp_path / "loud_hooks.py").write_text(LOUD_HOOKS)
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    script = tmp_path / "loud.py"
+    script.write_text(
+        PRELUDE
+        + f"lastcall.last_resort('loud_hooks:loud', {str(marker)!r}, {str(go)!r})\n"
+        + READY
+        + BLOCK
+    )
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, blocking)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(_read_all(read_end)), daemon=True)
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], WAIT)[0], "the app did not start"
+        _, app, watcher = proc.stdout.readline().decode().split()
+        watchers.track(int(watcher))
+        proc.kill()
+        assert proc.wait(WAIT) == -signal.SIGKILL
+        deadline = time.monotonic() + WAIT
+        while not marker.exists():  # the hook wrote it all, with nobody reading
+            assert time.monotonic() < deadline, "the hook is stuck writing to stderr"
+            time.sleep(0.01)
+        reader.start()
+        go.touch()
+        assert watchers.ended(int(watcher))
+        reader.join(WAIT)  # end of file: the watcher, the last writer, has ended
+        assert not reader.is_alive()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    text = received.decode(errors="replace")
+    written = text.count("y" * 4095 + "\n")
+    assert 0 < written < 100
+    dropped = re.search(r"lastcall watcher: (\d+) writes dropped: stderr was not being read", text)
+    assert dropped is not None, text[-2000:]
+    assert int(dropped.group(1)) == 100 - written
+    assert text.index(dropped.group(0)) < text.index(finished_line(int(app)))
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    with open(fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_watcher_leaves_a_fifo_at_its_report_path_alone(scenario, watchers, tmp_path):
+    """The watcher writes its report as the core does: only to a regular file. A FIFO
+    at its path (it replaced it) stays, one line says why there is no report, and the
+    hooks have run."""
+    fifo = tmp_path / "report.lastresort.json"
+    os.mkfifo(fifo)
+    child, app, watcher = scenario(
+        'lastcall.last_resort("lr_hooks:record", OUT, "ran")\n' + READY + BLOCK,
+        env={"LASTCALL_REPORT": str(tmp_path / "report.json")},
+    )
+    child.send(signal.SIGKILL)
+    child.wait_for(finished_line(app), stream="stderr")
+    assert [word for word, _ in recorded(tmp_path / "hooks.txt")] == ["ran"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    line = child.wait_for("could not write the last-resort report", stream="stderr")
+    assert "is a FIFO, not a regular file" in line
+    assert "Traceback" not in child.output()
+    assert watchers.ended(watcher)
+    assert child.finish() == -signal.SIGKILL

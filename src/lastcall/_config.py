@@ -233,7 +233,12 @@ def _env_signal(text: str) -> SignalSpec:
 
 
 def _report_path(value: object, env_value: str | None) -> str | None:
-    """A report path that can be written: checked now, not found out at stop time."""
+    """A report path that can be written: checked now, not found out at stop time.
+
+    Checked for this process's PID (``{pid}`` expanded): nothing but a regular
+    file may be at the path (see ``_report.unfit_target``), and the nearest
+    directory that exists must be writable.
+    """
     source = "report"
     if value is None:
         if not (env_value and env_value.strip()):
@@ -241,20 +246,39 @@ def _report_path(value: object, env_value: str | None) -> str | None:
         source, value = "LASTCALL_REPORT", env_value
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{source} must be a file path (str or os.PathLike), not {value!r}")
-    from pathlib import Path  # noqa: PLC0415  # only when a report is asked for: import time
+    from lastcall import _report  # noqa: PLC0415  # imported already, by the coordinator
 
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path.strip():
-        raise ValueError(f"{source} must be a file path like /tmp/lastcall-{{pid}}.json")
-    ancestor = Path(path).absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{source}={path!r} cannot be written: {ancestor} is not a writable directory; "
-            "choose a path in one"
-        )
-    return path
+    template = os.fspath(value)
+    example = "/tmp/lastcall-{pid}.json"  # noqa: S108  # only words in a message
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"{source} must be a file path like {example}")
+    path = _report.report_file(template, os.getpid())
+    try:
+        problem = _report.unfit_target(path) or _unwritable_directory(path)
+    except (OSError, ValueError) as exc:  # NUL, name too long, not encodable, a loop ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        problem = f"cannot be used: {reason}"
+    if problem is not None:
+        shown = repr(template) if path == template else f"{template!r} ({path})"
+        raise ValueError(f"{source}={shown} {problem}; choose a file path like {example}")
+    return template
+
+
+def _unwritable_directory(path: str) -> str | None:
+    """Why the report's directory cannot be written or made, or None."""
+    name = os.path.basename(path)  # noqa: PTH119
+    # The temporary file's name is the longest: ".NAME.12345678.tmp".
+    if len(os.fsencode(name)) + len(".12345678.tmp") + 1 > _NAME_MAX:
+        return "has a file name too long to write a temporary file beside it"
+    ancestor = os.path.dirname(os.path.abspath(path))  # noqa: PTH100, PTH120
+    while not os.path.lexists(ancestor):  # the directories to make, as mkdir -p would
+        ancestor = os.path.dirname(ancestor)  # noqa: PTH120
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):  # noqa: PTH112
+        return f"cannot be written: {ancestor} is not a writable directory"
+    return None
+
+
+_NAME_MAX = 255  # bytes in one file name on Linux's file systems
 
 
 def parse_signal(spec: SignalSpec) -> signal.Signals:

@@ -67,7 +67,7 @@ from lastcall import _children, _crashes, _watchdog
 from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
-from lastcall._report import HookResult, Report, log, logger
+from lastcall._report import HookResult, Report, log, logger, prepare_writing
 from lastcall._signals import SignalHandlers, main_thread_ident
 from lastcall._stoptoken import StopToken
 from lastcall._threads import start_daemon
@@ -249,6 +249,8 @@ class Coordinator:
             health_port=health_port,
             health_host=health_host,
         )
+        if settings.report:
+            prepare_writing()  # what writing the report imports, now: not in the stop
         force = frozenset(int(s) for s in parse_signals(force_signals)) if force_signals else None
         SignalHandlers.check_main_thread()  # before anything is started
         self._renew_if_gevent_patched()
@@ -827,7 +829,7 @@ class Coordinator:
             return
         try:
             path = report.write(report_path)
-        except OSError as exc:
+        except Exception as exc:  # any: the stop must end (kept in report.write_error)
             log.log(logging.ERROR, "could not write the report to %s: %s", report_path, exc)
         else:
             log.log(logging.DEBUG, "report written to %s", path)

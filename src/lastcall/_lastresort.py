@@ -16,15 +16,19 @@ Choices, and why:
   cannot raise SIGPIPE: an app that restored SIGPIPE's default action (many
   command-line tools do) would otherwise be killed by writing to a dead watcher.
 * **What crosses the channel**: one JSON line per message, in registration
-  order: a greeting (this PID, ``sys.path`` so the watcher can import the
-  hooks later, the report path), one line per hook, and ``done`` once a
+  order: a greeting (this PID, ``sys.path`` and the site directories whose
+  ``.pth`` files ``site`` processed, so the watcher can import the hooks later
+  as this process could, the report path), one line per hook (with the working
+  directory it runs in, and ``sys.path`` as it is then), and ``done`` once a
   lastcall shutdown completes (``Coordinator.when_done``); the watcher then
   exits without running anything. A forced stop (a second Ctrl-C skipped
   hooks) does not send ``done``: the last-resort hooks still run.
 * **The watcher process**: a fresh interpreter (``python -I -S _watcher.py``),
   not a fork, so it copies none of the app's memory, locks or threads; it is
   given only its end of the socket (``close_fds``, ``pass_fds``), ``/dev/null``
-  as stdin and this process's stderr for its log. It starts its own session,
+  as stdin and this process's stderr for its log (never written to in a way
+  that can block: see ``_watcher.Output``). Its environment is this process's
+  at the first ``last_resort()`` call. It starts its own session,
   so a Ctrl-C in a terminal, a hang-up or a kill of this process group (as
   ``kill -- -PGID`` and many supervisors do) cannot take it down together
   with the process it is there to clean up after.
@@ -78,26 +82,34 @@ _JSON_TYPES = "str, int, float, bool, None, and lists and dicts of those (with s
 class LastResortHook:
     """One registered last-resort hook, as the watcher will receive it."""
 
-    __slots__ = ("args", "inherit", "name", "target", "timeout")
+    __slots__ = ("args", "cwd", "inherit", "name", "target", "timeout")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # one argument per field of the message
         self,
         name: str,
         target: str | tuple[str, ...],  # "package.module:function" or a command
         args: tuple[Any, ...],
         timeout: float,
         inherit: bool,
+        cwd: str | None = None,  # where it runs: the working directory at registration
     ) -> None:
         self.name = name
         self.target = target
         self.args = args
         self.timeout = timeout
         self.inherit = inherit
+        self.cwd = cwd
 
     def message(self) -> dict[str, Any]:
         target = self.target if isinstance(self.target, str) else list(self.target)
         args = list(self.args)
-        return {"name": self.name, "target": target, "args": args, "timeout": self.timeout}
+        return {
+            "name": self.name,
+            "target": target,
+            "args": args,
+            "timeout": self.timeout,
+            "cwd": self.cwd,
+        }
 
 
 class _Watcher:
@@ -199,7 +211,9 @@ class LastResort:
             watcher = self._watcher
             if watcher is not None:
                 try:
-                    watcher.send({"hook": hook.message(), "report": self._report_template()})
+                    watcher.send(
+                        {"hook": hook.message(), "report": self._report_template(), "path": _path()}
+                    )
                 except OSError:
                     pass  # it died; its monitor logs that and closes the channel
                 else:
@@ -246,7 +260,8 @@ class LastResort:
         greeting = {
             "hello": PROTOCOL,
             "pid": os.getpid(),
-            "path": [str(entry) for entry in sys.path],  # may hold Path objects
+            "path": _path(),
+            "sites": _site_directories(),
             "report": self._report_template(),
         }
         with contextlib.suppress(OSError):  # if it died already, its monitor says so
@@ -371,7 +386,11 @@ def make_last_resort_hook(
     if name is not None and not isinstance(name, str):
         raise TypeError(f"last_resort() name must be a str, not {type(name).__name__}")
     default_name = resolved if isinstance(resolved, str) else " ".join(resolved)
-    return LastResortHook(name or default_name, resolved, tuple(args), seconds, bool(inherit))
+    try:
+        cwd: str | None = os.getcwd()  # noqa: PTH109  # pathlib costs the first call ~3 ms
+    except OSError:  # removed from under us: the hook runs where the watcher is
+        cwd = None
+    return LastResortHook(name or default_name, resolved, tuple(args), seconds, bool(inherit), cwd)
 
 
 def _check_command(
@@ -427,6 +446,26 @@ def _import_path_hint(func: object) -> str:
     if module and module != "__main__" and qualname and "<" not in qualname:
         return f"{module}:{qualname}"
     return "mypackage.cleanup:release_lock"
+
+
+def _path() -> list[str]:
+    """``sys.path`` now, as the watcher will import hooks with it."""
+    return [str(entry) for entry in sys.path]  # may hold Path objects
+
+
+def _site_directories() -> list[str]:
+    """The directories whose ``.pth`` files ``site`` processed at start-up (none under -S).
+
+    The watcher runs ``-S`` and processes them only when a hook must be
+    imported: an editable install's ``.pth`` may add an import finder, not a path.
+    """
+    site = sys.modules.get("site")
+    if site is None or sys.flags.no_site:
+        return []
+    directories = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        directories.append(site.getusersitepackages())
+    return [str(directory) for directory in directories]
 
 
 def _in_watcher() -> bool:

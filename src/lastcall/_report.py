@@ -18,9 +18,11 @@ inline, on the caller's thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import stat
 import sys
 import threading
 
@@ -28,6 +30,7 @@ from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from typing import Any
 
@@ -169,6 +172,7 @@ class Report:
     ``problems`` names what the stop went on without (a watchdog thread that could
     not start, say), in words. ``jobs``: for a queue worker, each job the stop
     touched (``id``, ``name``, ``outcome``: ``completed`` or ``requeued``, ``seconds``).
+    ``write_error`` says why the JSON file could not be written (not in the file).
     """
 
     def __init__(  # one argument per field of the JSON form
@@ -199,6 +203,7 @@ class Report:
         self.requests: list[dict[str, Any]] = requests if requests is not None else []
         self.problems: list[str] = problems if problems is not None else []
         self.jobs: list[dict[str, Any]] = jobs if jobs is not None else []
+        self.write_error: str | None = None  # why the file could not be written: not in it
 
     def __repr__(self) -> str:
         return f"<Report {self.summary()}>"
@@ -259,20 +264,118 @@ class Report:
         log.log(logging.INFO, "%s", self.summary())
 
     def write(self, path_template: str) -> Path:
-        """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands."""
-        import json  # noqa: PLC0415  # imported when needed, to keep `import lastcall` fast
-        import tempfile  # noqa: PLC0415
-        from pathlib import Path  # noqa: PLC0415
+        """Write the report as JSON, atomically, mode 0600; ``{pid}`` expands. Returns the path.
 
-        path = Path(path_template.replace("{pid}", str(self.pid)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        Only a regular file is written (or replaced): a device, FIFO, socket or
+        directory at the path, or a path under ``/proc`` or ``/sys``, raises
+        ``ValueError``. It uses ``os`` calls and the modules ``prepare_writing()``
+        imported (at ``install()``): no import at stop time, where another
+        thread may hold the import lock. Whatever fails is also kept in
+        ``write_error``, for whoever holds the report when the file is missing.
+        """
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.to_dict(), out, indent=2)
-                out.write("\n")
-            Path(tmp).replace(path)
+            path = self._write(report_file(path_template, self.pid))
+        except Exception as exc:
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            raise
+        return _writing_tools()[1](path)
+
+    def _write(self, path: str) -> str:
+        problem = unfit_target(path)
+        if problem is not None:
+            raise ValueError(f"{path!r} {problem}")
+        text = _writing_tools()[0](self.to_dict(), indent=2) + "\n"
+        directory, name = os.path.split(path)  # os calls, not pathlib: see write()
+        if directory:
+            os.makedirs(directory, exist_ok=True)  # noqa: PTH103
+        tmp, fd = _create_temporary(directory, name)
+        try:
+            try:
+                data = memoryview(text.encode("utf-8"))
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)  # noqa: PTH105
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # noqa: PTH108
             raise
         return path
+
+
+def report_file(path_template: str, pid: int) -> str:
+    """The report path of process ``pid``: ``{pid}`` expanded."""
+    return path_template.replace("{pid}", str(pid))
+
+
+# Where no report can go: the kernel's views, whose "files" are not files.
+_PSEUDO_FILE_SYSTEMS = ("/proc", "/sys")
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def unfit_target(path: str) -> str | None:
+    """Why no report may be written at ``path`` (words after the path), or None.
+
+    The file is replaced by a rename, so whatever is at the path would be
+    replaced too: only a regular file (or nothing yet) may be there. A
+    symbolic link is replaced, not followed, but what it points to counts.
+    Raises ``OSError`` or ``ValueError`` for a path the system refuses to look at.
+    """
+    if "\0" in path:
+        raise ValueError("a path cannot contain a NUL byte")
+    if path.endswith("/"):
+        return "names a directory, not a file"
+    where = os.path.realpath(os.path.abspath(path))  # noqa: PTH100
+    for pseudo in _PSEUDO_FILE_SYSTEMS:
+        if where == pseudo or where.startswith(pseudo + "/"):
+            return f"cannot be written: {pseudo} has no room for files"
+    try:
+        mode = os.stat(path).st_mode  # noqa: PTH116
+    except FileNotFoundError:
+        return None  # nothing there yet (or a dangling link, which the rename replaces)
+    except NotADirectoryError:
+        return "is inside something that is not a directory"
+    for kind, words in _FILE_KINDS:
+        if kind(mode):
+            return f"is {words}, not a regular file, and writing the report would replace it"
+    return None
+
+
+def prepare_writing() -> None:
+    """Import now what ``Report.write`` needs, so a stop imports nothing (see ``write``)."""
+    global _writing  # noqa: PLW0603  # a cache, filled once
+    if _writing is None:
+        import json  # noqa: PLC0415  # only when a report is asked for: import time
+        import pathlib  # noqa: PLC0415
+
+        _writing = (json.dumps, pathlib.Path)
+
+
+_writing: tuple[Callable[..., str], type[Path]] | None = None
+
+
+def _writing_tools() -> tuple[Callable[..., str], type[Path]]:
+    """``json.dumps`` and ``Path``: imported by ``install()``, else now (the watcher, a test)."""
+    if _writing is None:
+        prepare_writing()
+    assert _writing is not None  # noqa: S101
+    return _writing
+
+
+def _create_temporary(directory: str, name: str) -> tuple[str, int]:
+    """A new file beside the report, mode 0600, named so it cannot be mistaken for one."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")  # noqa: PTH118
+        try:
+            return tmp, os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {name} after 100 tries")

@@ -2,13 +2,18 @@
 
 ``lastcall._lastresort`` starts it as ``python -I -S _watcher.py FD``: isolated
 mode and no ``site``, so it starts fast and small and imports nothing of the
-app or of lastcall. The app's ``sys.path`` arrives in the greeting and is used
-only to import a hook when one must run. FD is the watcher's end of a socket
-pair whose other end only the app holds; it carries JSON lines::
+app or of lastcall. What the app could import arrives with the messages and
+is used only to import a hook when one must run: its ``sys.path`` (the latest
+sent) and the site directories whose ``.pth`` files its ``site`` processed
+(an editable install's import finder is one), processed here then. FD is the
+watcher's end of a socket pair whose other end only the app holds; it
+carries JSON lines::
 
-    {"hello": 1, "pid": 123, "path": [...], "report": "/run/report-{pid}.json"}
-    {"hook": {"name": "...", "target": "pkg.mod:func", "args": [...], "timeout": 10.0}}
-    {"hook": {"name": "...", "target": ["rm", "-f", "/run/app.pid"], "args": [], "timeout": 5.0}}
+    {"hello": 1, "pid": 123, "path": [...], "sites": [...], "report": "/run/report-{pid}.json"}
+    {"hook": {"name": "...", "target": "pkg.mod:func", "args": [...], "timeout": 10.0,
+              "cwd": "/srv/app"}, "path": [...]}
+    {"hook": {"name": "...", "target": ["rm", "-f", "/run/app.pid"], "args": [], "timeout": 5.0,
+              "cwd": "/srv/app"}}
     done
 
 and answers ``ready`` once greeted (the app's monitor thread reads it; its
@@ -19,15 +24,24 @@ file without ``done`` means the app died (the kernel closed its end): run the
 hooks last-registered-first, each within its timeout, log to stderr, write the
 report (trigger ``died without shutdown``) and exit.
 
-A command runs in a new session, so an overrun kills its whole process group.
+Each hook runs in the working directory the app had when it registered it.
+A command runs in a new session, so an overrun kills its whole process group;
+its output reaches stderr through the watcher (below).
 A function runs on a daemon thread here rather than in another interpreter: no
 second start-up between the death and the cleanup, and one that overruns is
 abandoned and ends with the watcher, which leaves with ``os._exit`` right after
 the last hook so that no stray thread or exit handler can keep it alive.
+
+Its stderr (and stdout) is the app's stderr, often a pipe that a log
+collector reads, or that nobody reads once the app is gone. A blocked write
+there must not cost a hook: everything the watcher, its hooks and their
+commands write goes through ``Output``, whose thread alone writes to the
+descriptor; what finds its buffer full is dropped (and counted), never waited for.
 """
 
 from __future__ import annotations
 
+import _thread  # built in: a lock without importing threading
 import contextlib
 import json
 import os
@@ -37,7 +51,7 @@ import time
 TYPE_CHECKING = False  # typing is not imported at run time: start-up stays small
 if TYPE_CHECKING:
     import logging
-    import threading
+    import threading  # imported at run time once there is something to run or say
     from collections.abc import Callable
     from typing import Any
 
@@ -67,6 +81,7 @@ class App:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.path: list[str] = []
+        self.sites: list[str] = []  # site directories whose .pth files the app's site processed
         self.report: str | None = None
         self.hooks: list[dict[str, Any]] = []
         self.starttime: str | None = None  # with the PID, names the process for good
@@ -75,6 +90,7 @@ class App:
     def greet(self, message: dict[str, Any]) -> None:
         self.pid = int(message["pid"])
         self.path = [str(p) for p in message.get("path", [])]
+        self.sites = [str(p) for p in message.get("sites", [])]
         self.report = message.get("report")
         # While the app is our parent its PID is its own: note how to find its
         # exit status later without mistaking a process that reuses the PID.
@@ -90,6 +106,8 @@ class App:
         self.hooks.append(hook)
         if "report" in message:
             self.report = message["report"]
+        if "path" in message:  # the app's sys.path now: what it could import at the latest
+            self.path = [str(p) for p in message["path"]]
         # Import now, while idle, what running it will need: not after the death.
         import logging  # noqa: F401, PLC0415
         import threading  # noqa: F401, PLC0415
@@ -104,6 +122,7 @@ def main(argv: list[str]) -> int:
     channel_fd = int(argv[1])
     os.set_inheritable(channel_fd, False)  # noqa: FBT003  # pass_fds made it inheritable; hooks get none of it
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # not the mask of the app thread that started us
+    sys.stdout = sys.stderr = OUTPUT  # see Output: no write to the app's stderr may block
     app = App()
     with open(channel_fd, "rb") as channel:
         for raw in channel:
@@ -147,6 +166,7 @@ def run_hooks(app: App) -> int:
         "" if count == 1 else "s",
     )
     sys.path[:] = app.path
+    _sites_to_load[:] = app.sites  # by the first function hook, within its time limit
     results: list[tuple[str, Outcome, float, str | None]] = []
     for hook in reversed(app.hooks):
         started = time.monotonic()
@@ -162,9 +182,42 @@ def _finish_first(signum: int, frame: object) -> None:
     """SIGTERM while the hooks run: they are already bounded, so let them end."""
 
 
+_sites_to_load: list[str] = []
+
+
+def load_sites() -> None:
+    """Process the ``.pth`` files of the app's site directories, as its ``site`` did.
+
+    The watcher runs with ``-S``: without this, an import finder that a
+    ``.pth`` file installs (setuptools' editable installs) would be missing.
+    ``site`` imported under ``-S`` does nothing until asked. Called on a
+    function hook's thread, so a ``.pth`` line that hangs costs that hook its
+    time limit, not every hook; each directory is taken once, by one thread.
+    """
+    import logging  # noqa: PLC0415
+    import site  # noqa: PLC0415
+
+    while True:
+        try:
+            directory = _sites_to_load.pop(0)  # atomic: a directory goes to one thread
+        except IndexError:
+            return
+        try:
+            site.addsitedir(directory)  # sys.path has it already: only its .pth files run
+        except Exception as exc:
+            logging.getLogger("lastcall.lastresort").warning(
+                "could not process the .pth files in %s: %r", directory, exc
+            )
+
+
 def run_one(hook: dict[str, Any]) -> Done:
-    """Run one hook within its timeout: (outcome, error)."""
-    target, timeout = hook["target"], float(hook["timeout"])
+    """Run one hook within its timeout, where the app was when it registered it."""
+    target, timeout, cwd = hook["target"], float(hook["timeout"]), hook.get("cwd")
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            return "error", f"cannot run in its working directory: {exc}"
     if isinstance(target, str):
         return run_function(target, hook.get("args", []), timeout)
     return run_command([str(part) for part in target], timeout)
@@ -174,12 +227,21 @@ def run_command(command: list[str], timeout: float) -> Done:
     import signal  # noqa: PLC0415  # the start-up imports only what waiting needs
     import subprocess  # noqa: PLC0415
 
+    read_end, write_end = os.pipe()  # its output, relayed through OUTPUT: never blocked
     try:
         proc = subprocess.Popen(  # noqa: S603  # the app's own command, no shell
-            command, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            start_new_session=True,
         )
     except OSError as exc:
+        os.close(read_end)
         return "error", f"could not start: {exc}"
+    finally:
+        os.close(write_end)
+    OUTPUT.relay(read_end)
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -202,6 +264,7 @@ def run_function(target: str, args: list[Any], timeout: float) -> Done:
 
     def work() -> None:
         try:
+            load_sites()
             func = resolve(target)
         except BaseException as exc:  # anything the module's own top-level code raises
             finished.append(("error", f"cannot import {target}: {type(exc).__name__}: {exc}"))
@@ -331,6 +394,8 @@ def write_report(
                 exit_status=exit_status,
             )
             written = report.write(lastresort_report_path(app.report))
+        except (OSError, ValueError) as exc:  # a full disk, a FIFO at the path: one line
+            log.error("could not write the last-resort report: %s", exc)  # noqa: TRY400
         except Exception:
             log.exception("could not write the last-resort report")
     outcomes = [outcome for _, outcome, _, _ in results]
@@ -349,6 +414,146 @@ def write_report(
         known,
         f"; report in {written}" if written else "",
     )
+
+
+class Output:
+    """The watcher's ``sys.stdout`` and ``sys.stderr``: writes never block.
+
+    Each write is queued for a thread that writes it to descriptor 2 (the
+    app's stderr); that thread may block on a full pipe, nothing else does.
+    A write that would take the queue past ``LIMIT`` bytes is dropped; how
+    many were is said once the pipe takes lines again. ``O_NONBLOCK`` on the
+    descriptor is no answer: the app, and whatever shares its stderr, would see it too.
+    """
+
+    LIMIT = 256 * 1024
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._queue: list[bytes] = []
+        self._size = 0
+        self._dropped = 0
+        self._cond: threading.Condition | None = None  # made at the first write
+        self._starting = _thread.allocate_lock()
+        self._idle = True
+        self._broken = False
+        self.buffer = _Binary(self)  # for sys.stderr.buffer.write(b"...")
+        self.closed = False
+
+    def write(self, text: str) -> int:
+        self.write_bytes(text.encode(self.encoding, self.errors))
+        return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def writable(self) -> bool:
+        return True
+
+    def write_bytes(self, data: bytes) -> None:
+        if not data or self._broken:
+            return
+        cond = self._cond or self._start()
+        with cond:
+            if self._size + len(data) > self.LIMIT:
+                self._dropped += 1
+                return
+            self._queue.append(data)
+            self._size += len(data)
+            cond.notify()
+
+    def relay(self, fd: int) -> None:
+        """Pass on what a command writes to the pipe ``fd`` (closed at its end of file)."""
+        import threading  # noqa: PLC0415
+
+        def pump() -> None:
+            with open(fd, "rb", buffering=0) as pipe:
+                while chunk := pipe.read(65536):
+                    self.write_bytes(chunk)
+
+        threading.Thread(target=pump, name="lastcall-relay", daemon=True).start()
+
+    def flush(self) -> None:
+        """Nothing to do: the thread writes as soon as it can (see ``drain``)."""
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for what is queued to be written (before the watcher exits)."""
+        cond = self._cond
+        if cond is None:
+            return True
+        with cond:
+            return cond.wait_for(lambda: self._idle and not self._queue, timeout)
+
+    def _start(self) -> threading.Condition:
+        import threading  # noqa: PLC0415  # imported anyway once a hook is registered
+
+        with self._starting:  # two threads' first writes: one writer thread
+            if self._cond is None:
+                cond = threading.Condition()
+                threading.Thread(
+                    target=self._write_out, args=(cond,), name="lastcall-output", daemon=True
+                ).start()
+                self._cond = cond
+            return self._cond
+
+    def _write_out(self, cond: threading.Condition) -> None:
+        while True:
+            with cond:
+                self._idle = True
+                cond.notify_all()
+                cond.wait_for(lambda: bool(self._queue))
+                chunks, self._queue, self._size = self._queue, [], 0
+                dropped, self._dropped = self._dropped, 0
+                self._idle = False
+            if dropped:
+                note = f"lastcall watcher: {dropped} writes dropped: stderr was not being read\n"
+                chunks.insert(0, note.encode())
+            try:
+                for chunk in chunks:
+                    self._write_all(chunk)
+            except OSError:  # closed, or nobody will ever read it: nothing more to say
+                self._broken = True
+                with cond:
+                    self._queue, self._size, self._idle = [], 0, True
+                    cond.notify_all()
+                return
+
+    def _write_all(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # someone made the shared descriptor non-blocking
+                import select  # noqa: PLC0415  # this thread only, and only then
+
+                select.select([], [self._fd], [])
+
+
+class _Binary:
+    """``Output.buffer``: the same queue, for bytes."""
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def write(self, data: bytes) -> int:
+        self._output.write_bytes(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do, as ``Output.flush``."""
+
+
+OUTPUT = Output(2)
+_OUTPUT_DRAIN = 1.0  # seconds the watcher's last lines may take to go out before it exits
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -388,9 +593,12 @@ def _logger() -> logging.Logger:
 
 
 if __name__ == "__main__":
-    exit_code = main(sys.argv)
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.flush()
+    try:
+        exit_code = main(sys.argv)
+    except BaseException:  # a bug here: say so through OUTPUT, which os._exit would cut short
+        import traceback
+
+        traceback.print_exc()
+        exit_code = 1
+    OUTPUT.drain(_OUTPUT_DRAIN)
     os._exit(exit_code)

@@ -20,7 +20,7 @@ from rich.progress import Progress
 if TYPE_CHECKING:
     from rich.table import Table
 
-from lastcall.cli import render
+from lastcall.cli import cleanup, render
 from lastcall.cli.clients import Ask
 from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result, fit
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
@@ -347,14 +347,27 @@ def _body(data: str | None, data_file: Path | None) -> bytes | None:
 
 
 def run() -> int:
-    """Run the command; bad input is one line and status 2, never a traceback."""
+    """Run the command; bad input is one line and status 2, never a traceback.
+
+    However it ends (Ctrl-C, its own SIGTERM or SIGHUP included), every process
+    a drill started has ended first; a SIGTERM or SIGHUP then ends the command
+    by that same signal, as a supervisor expects.
+    """
     try:
-        code = cli.main(prog_name="lastcall", standalone_mode=False)
+        with cleanup.terminate_as_error():
+            code = cli.main(prog_name="lastcall", standalone_mode=False)
     except (click.ClickException, DrillError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         sys.stderr.write(f"lastcall: error: {message}\n")
         return BAD_INPUT
     except (KeyboardInterrupt, click.Abort):
+        cleanup.end_all()
         sys.stderr.write("lastcall: interrupted; every process the drill started has ended\n")
         return INTERRUPTED
+    except cleanup.TerminatedError as exc:
+        cleanup.end_all()
+        sys.stderr.write(f"lastcall: stopped by {exc}; every process the drill started has ended\n")
+        sys.stderr.flush()
+        cleanup.die_by(exc.signum)
+        return 128 + exc.signum  # if the signal is blocked here
     return code if isinstance(code, int) else 0

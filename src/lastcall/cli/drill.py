@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from lastcall import PHASES, Report
-from lastcall.cli import runner
+from lastcall.cli import cleanup, runner
 from lastcall.cli.clients import Ask, Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
@@ -512,15 +512,6 @@ def session_processes(sid: int, among: Iterable[int] | None = None) -> dict[int,
     return found
 
 
-def end_session(sid: int) -> list[int]:
-    """SIGKILL every live process of the session, by PID; return the PIDs."""
-    pids = list(session_processes(sid))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
-
-
 class ProcessWatch:
     """Samples the app's session: when each process went (every 20 ms), and new ones.
 
@@ -586,6 +577,8 @@ class Drill:
         self._dir = Path()
         self._proc: subprocess.Popen[bytes] | None = None
         self._leader = 0
+        self._port: int | None = None
+        self._mark = cleanup.new_mark()  # in every process the app starts: see cli/cleanup.py
         self._workers: list[int] = []  # every process that serves (gunicorn -w 4: four)
         self._clock = time.time()
 
@@ -610,10 +603,11 @@ class Drill:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
     def _end(self) -> None:
+        """End every process the app started: its session, daemons and ``setsid`` children too."""
+        cleanup.end(self._mark, self._leader or None, self._port)
         proc = self._proc
         if proc is None:
             return
-        end_session(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
@@ -644,7 +638,9 @@ class Drill:
         except runner.BadInputError as exc:
             raise DrillError(str(exc)) from None
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+        self._port = port
         env.update(
+            {cleanup.OWNER: self._mark},
             PYTHONUNBUFFERED="1",
             LASTCALL_REPORT=str(self._dir / "report-{pid}.json"),
             LASTCALL_GRACE=str(plan.grace),
@@ -710,8 +706,8 @@ class Drill:
                 status = proc.poll()
                 if status is not None:
                     self._proc = None
-                    end_session(proc.pid)
-                    raise DrillError(self._why_it_ended(status, error_file))
+                    left = cleanup.end(self._mark, proc.pid, port)
+                    raise DrillError(self._why_it_ended(status, error_file, left))
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                     if plan.cmd is None:
                         response = client.get("/_drill/state")
@@ -757,9 +753,16 @@ class Drill:
             )
         self._progress(f"{plan.ask} answers {status}")
 
-    def _why_it_ended(self, status: int, error_file: Path) -> str:
+    def _why_it_ended(self, status: int, error_file: Path, left: list[int]) -> str:
         if error_file.exists():
             return error_file.read_text(encoding="utf-8").strip()
+        if left and self.plan.cmd is not None:
+            pids = ", ".join(map(str, left))
+            return (
+                f"the command exited with status {status} before it answered and left pid {pids} "
+                "running (ended by the drill): it put the app in the background; run it in the "
+                "foreground (no --daemon, no '&')"
+            )
         log = (self._dir / "app.log").read_text(encoding="utf-8", errors="replace").strip()
         last = log.splitlines()[-1] if log else "no output"
         return f"the app exited with status {status} before it answered; its last line: {last}"
@@ -805,10 +808,10 @@ class Drill:
             (self._dir / "stopped").touch()  # delayed requests still held may now end
             self._progress(f"sent {STOP_WORDS[plan.stop]}; opening new connections meanwhile")
             self._probe_until_gone(load, watch, stop_sent)
-            left = sorted(watch.alive)
+            left = sorted(watch.alive | cleanup.started_by(self._mark))  # daemons too
             if left:
                 self._progress(f"still running after the grace: pid {left}; ending them")
-                end_session(proc.pid)
+                cleanup.end(self._mark, proc.pid, port)
             status = proc.wait(timeout)
             self._proc = None
             watch.close()
@@ -938,6 +941,11 @@ class Drill:
                 left_behind=pid in left,
             )
             for pid, (ppid, first, last) in sorted(watch.seen.items())
+        ]
+        processes += [  # outside the session: a daemon, a setsid child
+            ProcessRecord(pid, 0, "other", stop_sent, stop_sent, left_behind=True)
+            for pid in left
+            if pid not in watch.seen
         ]
         ended = max([stop_sent, *(p.gone for p in processes)])
         for record in records:  # a --cmd client's request answered before the stop

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from lastcall.cli import cleanup
 from lastcall.cli.drill import IN_PROCESS, Drill, NotAStopError, Plan
 from lastcall.cli.servers import SERVERS
 
@@ -122,5 +123,6 @@ def run_matrix(
             cancel.set()
             for future in futures:
                 future.cancel()
+            cleanup.end_all()  # drills waiting on their app's exit or answers end now
             raise
     return list(rows.values())

@@ -128,7 +128,7 @@ def drill(  # the command's options, as keywords
         from lastcall.cli.drill import Drill, DrillError, Plan  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
-    body = data.encode() if isinstance(data, str) else data
+    body = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     plan = Plan(
         app=app,
         cmd=cmd,

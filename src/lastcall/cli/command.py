@@ -20,7 +20,7 @@ from rich.progress import Progress
 if TYPE_CHECKING:
     from rich.table import Table
 
-from lastcall.cli import cleanup, render
+from lastcall.cli import cleanup, inputs, render
 from lastcall.cli.clients import Ask
 from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result, fit
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
@@ -194,6 +194,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     make_app; without APP or --cmd, a built-in demo app whose write-behind
     buffer is flushed to SQLite by a shutdown hook.
     """
+    _check_outputs(json_path, html_path)
     if cmd is not None:
         _check_cmd_options(
             plain=plain, server=server, request_seconds=request_seconds, workers=workers
@@ -246,6 +247,13 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     if html_path:
         render.write_html(html_path, results, "lastcall drill")
     return code
+
+
+def _check_outputs(json_path: Path | None, html_path: Path | None) -> None:
+    """Before the drill runs, not after: an output that cannot be written is bad input."""
+    for option, output in (("--json", json_path), ("--html", html_path)):
+        if output is not None:
+            inputs.check_output(option, output)
 
 
 def _check_cmd_options(
@@ -342,8 +350,8 @@ def _body(data: str | None, data_file: Path | None) -> bytes | None:
     if data is not None and data_file is not None:
         raise DrillError("give --data or --data-file, not both")
     if data_file is not None:
-        return data_file.read_bytes()
-    return None if data is None else data.encode()
+        return inputs.read_data_file(data_file)
+    return None if data is None else inputs.data_bytes(data)
 
 
 def run() -> int:
@@ -356,7 +364,7 @@ def run() -> int:
     try:
         with cleanup.terminate_as_error():
             code = cli.main(prog_name="lastcall", standalone_mode=False)
-    except (click.ClickException, DrillError) as exc:
+    except (click.ClickException, DrillError, inputs.InputError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         sys.stderr.write(f"lastcall: error: {message}\n")
         return BAD_INPUT

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from lastcall import PHASES, Report
-from lastcall.cli import cleanup, runner
+from lastcall.cli import cleanup, inputs, runner
 from lastcall.cli.clients import Ask, Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
@@ -148,6 +148,10 @@ class Plan:
         """Refuse, in one line, what cannot be drilled."""
         if self.requests < 1 or self.request_seconds < 0 or self.grace <= 0:
             raise DrillError("--requests must be at least 1, --request-seconds >= 0, --grace > 0")
+        try:
+            inputs.check_ask(self.ask)
+        except inputs.InputError as exc:
+            raise DrillError(str(exc)) from None
         if self.cmd is not None:
             self._check_cmd()
             return

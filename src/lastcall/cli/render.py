@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lastcall.cli.drill import STOP_WORDS
+from lastcall.cli.inputs import write_atomically
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -204,7 +205,7 @@ def natural_width(console: Console, renderable: Table) -> int:
 def write_json(path: Path, results: list[Result]) -> None:
     """One drill as an object, a matrix as a list."""
     data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 _CSS = """
@@ -232,7 +233,7 @@ def write_html(path: Path, results: list[Result], title: str) -> None:
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
     )
-    path.write_text(page, encoding="utf-8")
+    write_atomically(path, page)
 
 
 def _label(result: Result) -> str:

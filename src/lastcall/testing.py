@@ -124,7 +124,8 @@ def drill(  # the command's options, as keywords
     ``directory`` keeps the drill's files there (the fixture gives ``tmp_path``).
     """
     try:
-        from lastcall.cli.clients import Ask  # noqa: PLC0415  # the optional extra
+        from lastcall.cli import appkind  # noqa: PLC0415  # the optional extra
+        from lastcall.cli.clients import Ask  # noqa: PLC0415
         from lastcall.cli.drill import Drill, DrillError, Plan  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
@@ -146,6 +147,9 @@ def drill(  # the command's options, as keywords
         prestop_delay=Plan.prestop_delay if prestop_delay is None else prestop_delay,
     )
     try:
+        plan.check()
+        if app is not None and cmd is None:  # a server of the wrong kind: at once, not after
+            appkind.check(app, server, start_timeout)
         return DrillResult(Drill(plan, directory=directory).run())
-    except DrillError as exc:
+    except (DrillError, appkind.AppKindError) as exc:
         raise ValueError(str(exc)) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -75,6 +76,8 @@ _MAX_PROBES = 40
 _EXIT_MARGIN = 1.0  # beyond the grace, before a process still running counts as left behind
 _PORT_TRIES = 3
 _CONTROL_TIMEOUT = 10.0  # an in-process stop answers once raised (or found swallowed)
+_REPLACED_EVERY = 0.3  # seconds: how often a --cmd app is looked at for a reload
+_MAY_BE_REPLACED = ("HUP", "KILL-CHILD")  # stops a master may answer by replacing workers
 _MOST_PER_CLIENT = 200  # a --cmd client's requests before the stop: traffic stays bounded
 
 
@@ -281,6 +284,8 @@ class Result:
     acknowledged: int | None = None
     stored: int | None = None
     hooks_known: bool = True  # False: a plain user app, or a --cmd app that wrote no report
+    warnings: list[str] = field(default_factory=list)  # the app's log's last warning lines
+    directory: str | None = None  # where the app's log and reports were kept, if they were
 
     @property
     def in_flight(self) -> list[RequestRecord]:
@@ -301,6 +306,11 @@ class Result:
     def refused(self) -> int:
         """Requests in flight at the stop whose connection was refused."""
         return sum(r.fate == "refused" for r in self.in_flight)
+
+    @property
+    def late_lost(self) -> int:
+        """New connections after the stop that were accepted and then lost (reset, timed out)."""
+        return sum(r.kind == "late" and r.fate in ("reset", "timed out") for r in self.requests)
 
     @property
     def failed(self) -> int:
@@ -366,9 +376,8 @@ class Result:
             found["dropped"] = f"requests in flight: {', '.join(lost)}" + (
                 ", although the drain hook reported ok" if drain_ok else ""
             )
-        late = [r for r in self.requests if r.kind == "late" and r.fate in ("reset", "timed out")]
-        if late and not abrupt:
-            found["late"] = f"{len(late)} new connections accepted and then lost"
+        if self.late_lost and not abrupt:
+            found["late"] = f"{self.late_lost} new connections accepted and then lost"
         hooks = self._hook_problems()
         if hooks:
             found["hooks"] = "; ".join(hooks)
@@ -482,6 +491,7 @@ class Result:
             served=self.served,
             dropped=self.dropped,
             refused=self.refused,
+            late_lost=self.late_lost,
             failed=self.failed,
             abrupt=self.abrupt,
             clean=self.clean,
@@ -597,7 +607,8 @@ class Drill:
         """Drill once; raises ``DrillError`` for bad input, always ends every process."""
         if self._keep is not None:
             self._keep.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="lastcall-drill-", dir=self._keep))
+        prefix = f"{self.plan.where}-{self.plan.stop}-{self.plan.variant}-".lower()
+        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._keep))
         try:
             port, serving = self._start()
             return self._drill(port, serving)
@@ -811,7 +822,7 @@ class Drill:
             self._send_stop(load, proc.pid, serving)
             (self._dir / "stopped").touch()  # delayed requests still held may now end
             self._progress(f"sent {STOP_WORDS[plan.stop]}; opening new connections meanwhile")
-            self._probe_until_gone(load, watch, stop_sent)
+            self._probe_until_gone(load, watch, stop_sent, port)
             left = sorted(watch.alive | cleanup.started_by(self._mark))  # daemons too
             if left:
                 self._progress(f"still running after the grace: pid {left}; ending them")
@@ -902,19 +913,44 @@ class Drill:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, _SIGNALS[stop])
 
-    def _probe_until_gone(self, load: Load, watch: ProcessWatch, stop_sent: float) -> None:
+    def _probe_until_gone(
+        self, load: Load, watch: ProcessWatch, stop_sent: float, port: int
+    ) -> None:
         """New connections through the drain, until every process is gone or the grace is up."""
         until = stop_sent + self.plan.grace + _EXIT_MARGIN
         probes = 0
         # Not in the very instant of the stop: a connection made then races the signal
         # itself (the server may see either first), which measures the race, not the drain.
         next_probe = stop_sent + _PROBE_INTERVAL / 2
+        next_look = stop_sent + _REPLACED_EVERY
         while watch.alive and self._now() < until:
             if probes < _MAX_PROBES and self._now() >= next_probe:
                 load.send("late")
                 probes += 1
                 next_probe += _PROBE_INTERVAL
+            if self._now() >= next_look:
+                self._refuse_if_replaced(watch, port)
+                next_look += _REPLACED_EVERY
             self._wait(_POLL)
+
+    def _refuse_if_replaced(self, watch: ProcessWatch, port: int) -> None:
+        """With ``--cmd``: a SIGHUP that reloaded, a killed worker replaced, is no stop.
+
+        What the command runs decides it (gunicorn and hypercorn reload on
+        SIGHUP, and gunicorn's master replaces a worker that dies), so it is
+        seen, not assumed: the process the drill started still runs, and a
+        process that was not serving at the stop now holds the listening socket.
+        """
+        plan = self.plan
+        if plan.cmd is None or plan.stop not in _MAY_BE_REPLACED or self._leader not in watch.alive:
+            return
+        new = sorted(set(serving_processes(self._leader, port)) - {*self._workers, self._leader})
+        if new:
+            raise NotAStopError(
+                f"--stop {plan.stop} is not a stop for this command: pid {self._leader} kept "
+                f"running and pid {', '.join(map(str, new))} now serves in place of pid "
+                f"{', '.join(map(str, self._workers))} (a reload, or a worker replaced)"
+            )
 
     # ------------------------------------------------------------ what happened
 
@@ -952,9 +988,7 @@ class Drill:
             if pid not in watch.seen
         ]
         ended = max([stop_sent, *(p.gone for p in processes)])
-        for record in records:  # a --cmd client's request answered before the stop
-            if record.kind == "in flight" and record.ended < stop_sent:
-                record.kind = "before"
+        classify(records, stop_sent)
         result = Result(
             plan=plan,
             port=port,
@@ -969,6 +1003,8 @@ class Drill:
             processes=processes,
         )
         self._read_hooks(result, roles)
+        result.warnings = warnings_in(self._dir / "app.log")
+        result.directory = str(self._dir) if self._keep is not None else None
         if plan.cmd is not None or (plan.plain and not plan.demo):
             # Unless it writes a lastcall report, an app's own atexit handlers are not seen.
             result.hooks_known = any(self._dir.glob("report-*.json"))
@@ -1025,6 +1061,36 @@ class Drill:
                 return int(db.execute("SELECT count(*) FROM orders").fetchone()[0])
             except sqlite3.OperationalError:  # no flush ever created the table
                 return 0
+
+
+_WARNING = re.compile(r"warn|deprecat", re.IGNORECASE)
+_WARNINGS_SHOWN = 5
+
+
+def warnings_in(log: Path) -> list[str]:
+    """The last few lines of the app's log that warn: what it said while starting, say."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = [line.strip() for line in text.splitlines() if _WARNING.search(line)]
+    return list(dict.fromkeys(found))[-_WARNINGS_SHOWN:]
+
+
+def classify(records: list[RequestRecord], stop_sent: float) -> None:
+    """What a ``--cmd`` client's request was: in flight at the stop, or not.
+
+    Answered before the stop: ``before``. Refused: its connection was made
+    after the listener closed, so it was a new connection after the stop
+    (``late``), never a request in flight at it.
+    """
+    for record in records:
+        if record.kind != "in flight":
+            continue
+        if record.ended < stop_sent:
+            record.kind = "before"
+        elif record.fate == "refused":
+            record.kind = "late"
 
 
 def _tcp_rows(port: int) -> Iterator[tuple[str, int]]:

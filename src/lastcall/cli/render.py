@@ -132,7 +132,7 @@ def verdict(result: Result) -> Text:
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
 
-_MATRIX_COLUMNS = ("dropped", "hooks", "orphans", "lost", "stop", "exit")
+_MATRIX_COLUMNS = ("dropped", "reset", "hooks", "orphans", "lost", "stop", "exit")
 
 
 def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Table:
@@ -153,9 +153,14 @@ def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Tabl
             continue
         for result in (row.plain, row.lastcall):
             cells.extend(_matrix_cells(row, result))
+        for plain, reason in row.variant_not_applicable.items():
+            variant = labels[0] if plain else labels[1]
+            reasons.setdefault(reason, []).append(f"{row.server} {row.stop} {variant}")
         table.add_row(*cells)
     caption = (
-        "✗: worse than this way of stopping allows. hooks: the process that ran the app's "
+        "✗: worse than this way of stopping allows. dropped: requests in flight at the stop "
+        "not served; reset: new connections after the stop accepted, then lost (a refused one "
+        "is retried elsewhere). hooks: the process that ran the app's "
         "shutdown hooks (server: the only process; child: the serving child of a reloader or "
         "master; parent: that reloader or master; unknown: no lastcall report to tell)"
     )
@@ -181,6 +186,7 @@ def _matrix_cells(row: Row, result: Result | None) -> list[Text | str]:
     failed = set(row.failures(result))
     values = {
         "dropped": str(result.dropped + result.failed),
+        "reset": str(result.late_lost),
         "hooks": result.hooks_where(),
         "orphans": str(len(result.left_behind)),
         "lost": "—" if result.lost is None else str(result.lost),

@@ -53,7 +53,8 @@ def test_matrix_of_a_wsgi_app_without_server_runs_the_servers_that_serve_it(tmp_
     named as skipped; a table and --json, exit 0 (every lastcall cell clean)."""
     (tmp_path / "slowapp.py").write_text(SLOW_APP)
     out = tmp_path / "matrix.json"
-    args = ["--stop", "TERM", "--request-seconds", "2", "--json", str(out)]
+    # 4 requests of 0.5 s: 2 s in series on gunicorn's one sync worker, within the grace
+    args = ["--stop", "TERM", "--grace", "5", "--json", str(out)]
     result = drill("--matrix", "slowapp:app", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     wsgi = {s.name for s in installed() if not s.asgi}

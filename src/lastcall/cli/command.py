@@ -388,7 +388,7 @@ def _show_warnings(out: Console, results: list[Result], logs: Path | None) -> No
         for line in result.warnings:
             said[line] = said.get(line, 0) + 1
     for line, times in list(said.items())[-5:]:
-        where = f" (in {times} drills)" if len(results) > 1 else ""
+        where = f" (in {times} of {len(results)} drills)" if len(results) > 1 else ""
         out.print(f"the app warned{where}: {escape(line)}", soft_wrap=not out.is_terminal)
     if logs is not None:
         out.print(f"the app's log and reports are kept in {logs}", soft_wrap=not out.is_terminal)

@@ -11,13 +11,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import live_processes_in_session
 from test_drill import started_pids
 
 from lastcall.testing import drill as drill_function
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 QUICK = 20.0  # seconds: an interpreter's start-up on a busy machine; no drill runs
 

@@ -17,7 +17,8 @@ same function, keeping each drill's files (the app's log, its lastcall
 reports) in the test's ``tmp_path``.
 
 It needs the command's extra (``pip install 'lastcall[cli]'``) and the
-server named, as ``lastcall drill`` does.
+server named, as ``lastcall drill`` does; the fixture needs pytest too,
+which ``lastcall[cli]`` does not install: ``pip install 'lastcall[testing]'``.
 """
 
 from __future__ import annotations

@@ -1063,7 +1063,8 @@ class Drill:
                 return 0
 
 
-_WARNING = re.compile(r"warn|deprecat", re.IGNORECASE)
+# Warnings, deprecations, and lastcall's own start-up line on a server outside its tested range.
+_WARNING = re.compile(r"warn|deprecat|outside the versions", re.IGNORECASE)
 _WARNINGS_SHOWN = 5
 
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port, live_processes_in_session
+from conftest import MATRIX, WAIT, free_port, live_processes_in_session
 from test_drill import started_pids
 from test_drill_any_app import SLOW_APP
 
-MARK = "LASTCALL_TEST_MARK"
+MARK = "DRILL_TEST_MARK"  # not LASTCALL_*: the drill passes none of those on to the app
 
 
 def carrying(token: str) -> list[int]:
@@ -140,3 +140,22 @@ def test_a_signal_to_the_drill_ends_the_app_and_the_drill_by_it(tmp_path, sig):
         (app,) = started_pids("".join(lines))
         assert live_processes_in_session(app) == []
         assert_nothing_left(proc.token, port)
+
+
+@MATRIX
+def test_sigterm_to_a_matrix_ends_every_drill_and_then_the_matrix(tmp_path):
+    """Several drills at once, each with its app: SIGTERM to the matrix ends them all by PID,
+    then the matrix by SIGTERM, within a bounded time."""
+    args = ["--matrix", "--server", "werkzeug", "--server", "waitress"]
+    args += ["--request-seconds", "30", "--grace", "30"]  # lastcall's drills drain for long
+    with marked_drill(tmp_path, *args) as proc:
+        deadline = time.monotonic() + WAIT
+        while len(carrying(proc.token)) < 3:  # the matrix and the apps of two drills at least
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the matrix's apps never ran"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), err
+        assert "stopped by SIGTERM; every process the drill started has ended" in err
+        assert [pid for pid in carrying(proc.token) if pid != proc.pid] == []

@@ -23,7 +23,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -177,9 +177,13 @@ def terminate_as_error() -> Iterator[None]:
     """SIGTERM and SIGHUP to the drill raise :class:`TerminatedError` in the main thread."""
 
     def handler(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        for sig in previous:  # a second one must not cut the ending of what the drill started
+            signal.signal(sig, signal.SIG_IGN)
         raise TerminatedError(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:

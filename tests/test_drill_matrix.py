@@ -127,6 +127,7 @@ def test_a_refused_connection_is_never_in_flight_at_the_stop():
     """A --cmd client that asked again just as the stop went out was refused: it made a new
     connection after the stop, and counts there (refused: fine), not as in flight."""
     from lastcall.cli.drill import classify
+
     records = [
         RequestRecord(0, "in flight", 0.5, 0.9, "200"),  # answered before the stop
         RequestRecord(1, "in flight", 0.9, 1.2, "200"),

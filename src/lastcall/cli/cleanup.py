@@ -134,10 +134,13 @@ def holding(port: int, among: Iterable[int] | None = None) -> set[int]:
 def started_by(mark: str, sid: int | None = None, port: int | None = None) -> set[int]:
     """Every live process the drill started: by mark, by session, by the port they hold."""
     found = marked(mark)
+    others = set()
     if sid is not None:
-        found |= in_session(sid)
-    if port is not None:  # unless another drill's: the port may be free, and taken, by now
-        found |= {pid for pid in holding(port) if owner(pid) in (None, mark)}
+        others |= in_session(sid)
+    if port is not None:
+        others |= holding(port)
+    # Never another drill's: the port may be free, and taken again, by now.
+    found |= {pid for pid in others if owner(pid) in (None, mark)}
     found.discard(os.getpid())
     return found
 

@@ -619,8 +619,9 @@ class Drill:
 
     def _end(self) -> None:
         """End every process the app started: its session, daemons and ``setsid`` children too."""
-        cleanup.end(self._mark, self._leader or None, self._port)
         proc = self._proc
+        # The session only while its leader is not reaped: its pid may be another's after.
+        cleanup.end(self._mark, None if proc is None else proc.pid, self._port)
         if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):

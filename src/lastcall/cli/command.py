@@ -146,14 +146,14 @@ def cli() -> None:
 @click.option(
     "--matrix",
     is_flag=True,
-    help="Every stop, plain beside lastcall (APP as shipped and with lastcall; the demo app's "
-    "atexit twin and itself; --vs-cmd and --cmd).",
+    help="Every stop, plain beside lastcall (APP as shipped and with lastcall, on the servers "
+    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd).",
 )
 @click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the results as JSON.",
+    help="Write the results as JSON; the app's log and reports are kept beside it, in NAME-logs/.",
 )
 @click.option(
     "--html",

@@ -71,9 +71,13 @@ def marked_drill(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a test that failed midway: SIGTERM lets the drill end its apps
+            proc.terminate()
+            try:
+                proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for pid in carrying(token):  # only if the drill left them: the test then fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

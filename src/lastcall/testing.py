@@ -17,7 +17,8 @@ same function, keeping each drill's files (the app's log, its lastcall
 reports) in the test's ``tmp_path``.
 
 It needs the command's extra (``pip install 'lastcall[cli]'``) and the
-server named, as ``lastcall drill`` does.
+server named, as ``lastcall drill`` does; the fixture needs pytest too,
+which ``lastcall[cli]`` does not install: ``pip install 'lastcall[testing]'``.
 """
 
 from __future__ import annotations
@@ -124,11 +125,12 @@ def drill(  # the command's options, as keywords
     ``directory`` keeps the drill's files there (the fixture gives ``tmp_path``).
     """
     try:
-        from lastcall.cli.clients import Ask  # noqa: PLC0415  # the optional extra
+        from lastcall.cli import appkind  # noqa: PLC0415  # the optional extra
+        from lastcall.cli.clients import Ask  # noqa: PLC0415
         from lastcall.cli.drill import Drill, DrillError, Plan  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
-    body = data.encode() if isinstance(data, str) else data
+    body = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     plan = Plan(
         app=app,
         cmd=cmd,
@@ -146,6 +148,9 @@ def drill(  # the command's options, as keywords
         prestop_delay=Plan.prestop_delay if prestop_delay is None else prestop_delay,
     )
     try:
+        plan.check()
+        if app is not None and cmd is None:  # a server of the wrong kind: at once, not after
+            appkind.check(app, server, start_timeout)
         return DrillResult(Drill(plan, directory=directory).run())
-    except DrillError as exc:
+    except (DrillError, appkind.AppKindError) as exc:
         raise ValueError(str(exc)) from None

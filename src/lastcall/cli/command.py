@@ -20,7 +20,7 @@ from rich.progress import Progress
 if TYPE_CHECKING:
     from rich.table import Table
 
-from lastcall.cli import render
+from lastcall.cli import appkind, cleanup, inputs, render
 from lastcall.cli.clients import Ask
 from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result, fit
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
@@ -146,14 +146,14 @@ def cli() -> None:
 @click.option(
     "--matrix",
     is_flag=True,
-    help="Every stop, plain beside lastcall (APP as shipped and with lastcall; the demo app's "
-    "atexit twin and itself; --vs-cmd and --cmd).",
+    help="Every stop, plain beside lastcall (APP as shipped and with lastcall, on the servers "
+    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd).",
 )
 @click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the results as JSON.",
+    help="Write the results as JSON; the app's log and reports are kept beside it, in NAME-logs/.",
 )
 @click.option(
     "--html",
@@ -194,6 +194,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     make_app; without APP or --cmd, a built-in demo app whose write-behind
     buffer is flushed to SQLite by a shutdown hook.
     """
+    _check_outputs(json_path, html_path)
     if cmd is not None:
         _check_cmd_options(
             plain=plain, server=server, request_seconds=request_seconds, workers=workers
@@ -214,6 +215,8 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
         start_timeout=start_timeout,
     )
     out = Console(highlight=False)
+    # The apps' logs and reports, kept beside --json (else removed, their warnings shown).
+    logs = None if json_path is None else json_path.parent / f"{json_path.stem}-logs"
     if matrix:
         if plain or port:
             raise DrillError("--matrix drills the app both ways; leave out --plain and --port")
@@ -226,7 +229,8 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
             grace=grace or 3.0,
         )
         stops = [base.stop] if stop else list(SCENARIOS)
-        results, code = _drill_matrix(out, base, list(dict.fromkeys(server)), stops, vs_cmd)
+        servers = _matrix_servers(out, base, list(dict.fromkeys(server)))
+        results, code = _drill_matrix(out, base, servers, stops, vs_cmd, logs=logs)
     else:
         if len(server) > 1:
             raise DrillError("one --server for a single drill; --matrix takes several")
@@ -238,14 +242,23 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
             grace=grace or 10.0,
         )
         plan, note = fit(plan, given=requests is not None or request_seconds is not None)
+        _check_single(plan)
         if note:
             out.print(f"note: {note}", soft_wrap=not out.is_terminal)
-        results, code = _drill_once(out, plan)
+        results, code = _drill_once(out, plan, logs=logs)
+    _show_warnings(out, results, logs)
     if json_path:
         render.write_json(json_path, results)
     if html_path:
         render.write_html(html_path, results, "lastcall drill")
     return code
+
+
+def _check_outputs(json_path: Path | None, html_path: Path | None) -> None:
+    """Before the drill runs, not after: an output that cannot be written is bad input."""
+    for option, output in (("--json", json_path), ("--html", html_path)):
+        if output is not None:
+            inputs.check_output(option, output)
 
 
 def _check_cmd_options(
@@ -263,7 +276,58 @@ def _check_cmd_options(
         )
 
 
-def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
+def _check_single(plan: Plan) -> None:
+    """Before it starts: the plan, and whether its server serves APP's kind (WSGI, ASGI)."""
+    plan.check()
+    if plan.app is not None:
+        try:
+            appkind.check(plan.app, plan.server, plan.start_timeout)
+        except appkind.AppKindError as exc:
+            raise DrillError(str(exc)) from None
+
+
+def _matrix_servers(out: Console, base: Plan, given: list[str]) -> list[str]:
+    """The servers a matrix runs: those given, or every installed one that serves APP's kind.
+
+    APP is imported once, up front, to tell (``cli/appkind.py``): a server of
+    the other kind given by name is one line at once; left to the matrix, it
+    is skipped, and the output says so.
+    """
+    if base.app is None or base.cmd is not None:  # the demo has twins of both kinds
+        return given
+    try:
+        kind = appkind.probe(base.app, base.start_timeout)
+    except appkind.AppKindError as exc:
+        raise DrillError(str(exc)) from None
+    if given:
+        for name in given:
+            reason = appkind.mismatch(base.app, kind, name, asgi_server=SERVERS[name].asgi)
+            if reason:
+                raise DrillError(reason)
+        return given
+    every = installed()
+    servers = [s.name for s in every if s.asgi == (kind == appkind.ASGI)]
+    skipped = [s.name for s in every if s.name not in servers]
+    if not servers:
+        other = "WSGI" if kind == appkind.ASGI else "ASGI"
+        raise DrillError(
+            f"APP {base.app!r} is a {kind.upper()} app, and every server installed here serves "
+            f"{other} apps: install one for it (pip install 'lastcall[{_EXTRA[kind]}]')"
+        )
+    if skipped:
+        other = "WSGI" if kind == appkind.ASGI else "ASGI"
+        out.print(
+            f"note: {base.app} is a {kind.upper()} app; the matrix skips {', '.join(skipped)}, "
+            f"which serve {other} apps",
+            soft_wrap=not out.is_terminal,
+        )
+    return servers
+
+
+_EXTRA = {appkind.WSGI: "gunicorn", appkind.ASGI: "asgi"}
+
+
+def _drill_once(out: Console, plan: Plan, *, logs: Path | None) -> tuple[list[Result], int]:
     """One drill, its progress on stderr; exit status 0 only for a clean stop."""
     console = Console(stderr=True, highlight=False)
     with console.status("drill") as status:
@@ -272,7 +336,7 @@ def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
             status.update(message)
             console.print(f"[dim]{escape(message)}[/]", soft_wrap=not console.is_terminal)
 
-        result = Drill(plan, progress).run()
+        result = Drill(plan, progress, directory=logs).run()
     for table in render.drill_tables(result):
         _show(out, table)
     out.print(render.verdict(result), soft_wrap=not out.is_terminal)
@@ -280,7 +344,13 @@ def _drill_once(out: Console, plan: Plan) -> tuple[list[Result], int]:
 
 
 def _drill_matrix(
-    out: Console, base: Plan, servers: list[str], stops: list[str], vs_cmd: str | None
+    out: Console,
+    base: Plan,
+    servers: list[str],
+    stops: list[str],
+    vs_cmd: str | None,
+    *,
+    logs: Path | None,
 ) -> tuple[list[Result], int]:
     """Every scenario both ways; exit status 0 when every lastcall (``--cmd``) drill is clean.
 
@@ -305,10 +375,23 @@ def _drill_matrix(
                     soft_wrap=not console.is_terminal,
                 )
 
-        rows = run_matrix(base, all_plans, done, servers, stops)
+        rows = run_matrix(base, all_plans, done, servers, stops, directory=logs)
     _show(out, render.matrix_table(rows, base, vs_cmd))
     failed = [r for r in results if not r.plan.plain and r.problems()]
     return results, 1 if failed else 0
+
+
+def _show_warnings(out: Console, results: list[Result], logs: Path | None) -> None:
+    """What the app warned of in its log (start-up warnings, say), and where the log is kept."""
+    said: dict[str, int] = {}
+    for result in results:
+        for line in result.warnings:
+            said[line] = said.get(line, 0) + 1
+    for line, times in list(said.items())[-5:]:
+        where = f" (in {times} of {len(results)} drills)" if len(results) > 1 else ""
+        out.print(f"the app warned{where}: {escape(line)}", soft_wrap=not out.is_terminal)
+    if logs is not None:
+        out.print(f"the app's log and reports are kept in {logs}", soft_wrap=not out.is_terminal)
 
 
 def _show(out: Console, table: Table) -> None:
@@ -342,19 +425,32 @@ def _body(data: str | None, data_file: Path | None) -> bytes | None:
     if data is not None and data_file is not None:
         raise DrillError("give --data or --data-file, not both")
     if data_file is not None:
-        return data_file.read_bytes()
-    return None if data is None else data.encode()
+        return inputs.read_data_file(data_file)
+    return None if data is None else inputs.data_bytes(data)
 
 
 def run() -> int:
-    """Run the command; bad input is one line and status 2, never a traceback."""
+    """Run the command; bad input is one line and status 2, never a traceback.
+
+    However it ends (Ctrl-C, its own SIGTERM or SIGHUP included), every process
+    a drill started has ended first; a SIGTERM or SIGHUP then ends the command
+    by that same signal, as a supervisor expects.
+    """
     try:
-        code = cli.main(prog_name="lastcall", standalone_mode=False)
-    except (click.ClickException, DrillError) as exc:
+        with cleanup.terminate_as_error():
+            code = cli.main(prog_name="lastcall", standalone_mode=False)
+    except (click.ClickException, DrillError, inputs.InputError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         sys.stderr.write(f"lastcall: error: {message}\n")
         return BAD_INPUT
     except (KeyboardInterrupt, click.Abort):
+        cleanup.end_all()
         sys.stderr.write("lastcall: interrupted; every process the drill started has ended\n")
         return INTERRUPTED
+    except cleanup.TerminatedError as exc:
+        cleanup.end_all()
+        sys.stderr.write(f"lastcall: stopped by {exc}; every process the drill started has ended\n")
+        sys.stderr.flush()
+        cleanup.die_by(exc.signum)
+        return 128 + exc.signum  # if the signal is blocked here
     return code if isinstance(code, int) else 0

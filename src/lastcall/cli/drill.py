@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from lastcall import PHASES, Report
-from lastcall.cli import runner
+from lastcall.cli import cleanup, inputs, runner
 from lastcall.cli.clients import Ask, Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
@@ -75,6 +76,8 @@ _MAX_PROBES = 40
 _EXIT_MARGIN = 1.0  # beyond the grace, before a process still running counts as left behind
 _PORT_TRIES = 3
 _CONTROL_TIMEOUT = 10.0  # an in-process stop answers once raised (or found swallowed)
+_REPLACED_EVERY = 0.3  # seconds: how often a --cmd app is looked at for a reload
+_MAY_BE_REPLACED = ("HUP", "KILL-CHILD")  # stops a master may answer by replacing workers
 _MOST_PER_CLIENT = 200  # a --cmd client's requests before the stop: traffic stays bounded
 
 
@@ -148,6 +151,10 @@ class Plan:
         """Refuse, in one line, what cannot be drilled."""
         if self.requests < 1 or self.request_seconds < 0 or self.grace <= 0:
             raise DrillError("--requests must be at least 1, --request-seconds >= 0, --grace > 0")
+        try:
+            inputs.check_ask(self.ask)
+        except inputs.InputError as exc:
+            raise DrillError(str(exc)) from None
         if self.cmd is not None:
             self._check_cmd()
             return
@@ -277,6 +284,8 @@ class Result:
     acknowledged: int | None = None
     stored: int | None = None
     hooks_known: bool = True  # False: a plain user app, or a --cmd app that wrote no report
+    warnings: list[str] = field(default_factory=list)  # the app's log's last warning lines
+    directory: str | None = None  # where the app's log and reports were kept, if they were
 
     @property
     def in_flight(self) -> list[RequestRecord]:
@@ -297,6 +306,11 @@ class Result:
     def refused(self) -> int:
         """Requests in flight at the stop whose connection was refused."""
         return sum(r.fate == "refused" for r in self.in_flight)
+
+    @property
+    def late_lost(self) -> int:
+        """New connections after the stop that were accepted and then lost (reset, timed out)."""
+        return sum(r.kind == "late" and r.fate in ("reset", "timed out") for r in self.requests)
 
     @property
     def failed(self) -> int:
@@ -362,9 +376,8 @@ class Result:
             found["dropped"] = f"requests in flight: {', '.join(lost)}" + (
                 ", although the drain hook reported ok" if drain_ok else ""
             )
-        late = [r for r in self.requests if r.kind == "late" and r.fate in ("reset", "timed out")]
-        if late and not abrupt:
-            found["late"] = f"{len(late)} new connections accepted and then lost"
+        if self.late_lost and not abrupt:
+            found["late"] = f"{self.late_lost} new connections accepted and then lost"
         hooks = self._hook_problems()
         if hooks:
             found["hooks"] = "; ".join(hooks)
@@ -478,6 +491,7 @@ class Result:
             served=self.served,
             dropped=self.dropped,
             refused=self.refused,
+            late_lost=self.late_lost,
             failed=self.failed,
             abrupt=self.abrupt,
             clean=self.clean,
@@ -510,15 +524,6 @@ def session_processes(sid: int, among: Iterable[int] | None = None) -> dict[int,
         if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             found[pid] = int(fields[1])
     return found
-
-
-def end_session(sid: int) -> list[int]:
-    """SIGKILL every live process of the session, by PID; return the PIDs."""
-    pids = list(session_processes(sid))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
 
 
 class ProcessWatch:
@@ -586,6 +591,8 @@ class Drill:
         self._dir = Path()
         self._proc: subprocess.Popen[bytes] | None = None
         self._leader = 0
+        self._port: int | None = None
+        self._mark = cleanup.new_mark()  # in every process the app starts: see cli/cleanup.py
         self._workers: list[int] = []  # every process that serves (gunicorn -w 4: four)
         self._clock = time.time()
 
@@ -600,7 +607,8 @@ class Drill:
         """Drill once; raises ``DrillError`` for bad input, always ends every process."""
         if self._keep is not None:
             self._keep.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="lastcall-drill-", dir=self._keep))
+        prefix = f"{self.plan.where}-{self.plan.stop}-{self.plan.variant}-".lower()
+        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._keep))
         try:
             port, serving = self._start()
             return self._drill(port, serving)
@@ -610,10 +618,12 @@ class Drill:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
     def _end(self) -> None:
+        """End every process the app started: its session, daemons and ``setsid`` children too."""
         proc = self._proc
+        # The session only while its leader is not reaped: its pid may be another's after.
+        cleanup.end(self._mark, None if proc is None else proc.pid, self._port)
         if proc is None:
             return
-        end_session(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
@@ -644,7 +654,9 @@ class Drill:
         except runner.BadInputError as exc:
             raise DrillError(str(exc)) from None
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+        self._port = port
         env.update(
+            {cleanup.OWNER: self._mark},
             PYTHONUNBUFFERED="1",
             LASTCALL_REPORT=str(self._dir / "report-{pid}.json"),
             LASTCALL_GRACE=str(plan.grace),
@@ -710,8 +722,8 @@ class Drill:
                 status = proc.poll()
                 if status is not None:
                     self._proc = None
-                    end_session(proc.pid)
-                    raise DrillError(self._why_it_ended(status, error_file))
+                    left = cleanup.end(self._mark, proc.pid, port)
+                    raise DrillError(self._why_it_ended(status, error_file, left))
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                     if plan.cmd is None:
                         response = client.get("/_drill/state")
@@ -757,9 +769,16 @@ class Drill:
             )
         self._progress(f"{plan.ask} answers {status}")
 
-    def _why_it_ended(self, status: int, error_file: Path) -> str:
+    def _why_it_ended(self, status: int, error_file: Path, left: list[int]) -> str:
         if error_file.exists():
             return error_file.read_text(encoding="utf-8").strip()
+        if left and self.plan.cmd is not None:
+            pids = ", ".join(map(str, left))
+            return (
+                f"the command exited with status {status} before it answered and left pid {pids} "
+                "running (ended by the drill): it put the app in the background; run it in the "
+                "foreground (no --daemon, no '&')"
+            )
         log = (self._dir / "app.log").read_text(encoding="utf-8", errors="replace").strip()
         last = log.splitlines()[-1] if log else "no output"
         return f"the app exited with status {status} before it answered; its last line: {last}"
@@ -804,11 +823,11 @@ class Drill:
             self._send_stop(load, proc.pid, serving)
             (self._dir / "stopped").touch()  # delayed requests still held may now end
             self._progress(f"sent {STOP_WORDS[plan.stop]}; opening new connections meanwhile")
-            self._probe_until_gone(load, watch, stop_sent)
-            left = sorted(watch.alive)
+            self._probe_until_gone(load, watch, stop_sent, port)
+            left = sorted(watch.alive | cleanup.started_by(self._mark))  # daemons too
             if left:
                 self._progress(f"still running after the grace: pid {left}; ending them")
-                end_session(proc.pid)
+                cleanup.end(self._mark, proc.pid, port)
             status = proc.wait(timeout)
             self._proc = None
             watch.close()
@@ -895,19 +914,44 @@ class Drill:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, _SIGNALS[stop])
 
-    def _probe_until_gone(self, load: Load, watch: ProcessWatch, stop_sent: float) -> None:
+    def _probe_until_gone(
+        self, load: Load, watch: ProcessWatch, stop_sent: float, port: int
+    ) -> None:
         """New connections through the drain, until every process is gone or the grace is up."""
         until = stop_sent + self.plan.grace + _EXIT_MARGIN
         probes = 0
         # Not in the very instant of the stop: a connection made then races the signal
         # itself (the server may see either first), which measures the race, not the drain.
         next_probe = stop_sent + _PROBE_INTERVAL / 2
+        next_look = stop_sent + _REPLACED_EVERY
         while watch.alive and self._now() < until:
             if probes < _MAX_PROBES and self._now() >= next_probe:
                 load.send("late")
                 probes += 1
                 next_probe += _PROBE_INTERVAL
+            if self._now() >= next_look:
+                self._refuse_if_replaced(watch, port)
+                next_look += _REPLACED_EVERY
             self._wait(_POLL)
+
+    def _refuse_if_replaced(self, watch: ProcessWatch, port: int) -> None:
+        """With ``--cmd``: a SIGHUP that reloaded, a killed worker replaced, is no stop.
+
+        What the command runs decides it (gunicorn and hypercorn reload on
+        SIGHUP, and gunicorn's master replaces a worker that dies), so it is
+        seen, not assumed: the process the drill started still runs, and a
+        process that was not serving at the stop now holds the listening socket.
+        """
+        plan = self.plan
+        if plan.cmd is None or plan.stop not in _MAY_BE_REPLACED or self._leader not in watch.alive:
+            return
+        new = sorted(set(serving_processes(self._leader, port)) - {*self._workers, self._leader})
+        if new:
+            raise NotAStopError(
+                f"--stop {plan.stop} is not a stop for this command: pid {self._leader} kept "
+                f"running and pid {', '.join(map(str, new))} now serves in place of pid "
+                f"{', '.join(map(str, self._workers))} (a reload, or a worker replaced)"
+            )
 
     # ------------------------------------------------------------ what happened
 
@@ -939,10 +983,13 @@ class Drill:
             )
             for pid, (ppid, first, last) in sorted(watch.seen.items())
         ]
+        processes += [  # outside the session: a daemon, a setsid child
+            ProcessRecord(pid, 0, "other", stop_sent, stop_sent, left_behind=True)
+            for pid in left
+            if pid not in watch.seen
+        ]
         ended = max([stop_sent, *(p.gone for p in processes)])
-        for record in records:  # a --cmd client's request answered before the stop
-            if record.kind == "in flight" and record.ended < stop_sent:
-                record.kind = "before"
+        classify(records, stop_sent)
         result = Result(
             plan=plan,
             port=port,
@@ -957,6 +1004,8 @@ class Drill:
             processes=processes,
         )
         self._read_hooks(result, roles)
+        result.warnings = warnings_in(self._dir / "app.log")
+        result.directory = str(self._dir) if self._keep is not None else None
         if plan.cmd is not None or (plan.plain and not plan.demo):
             # Unless it writes a lastcall report, an app's own atexit handlers are not seen.
             result.hooks_known = any(self._dir.glob("report-*.json"))
@@ -1013,6 +1062,37 @@ class Drill:
                 return int(db.execute("SELECT count(*) FROM orders").fetchone()[0])
             except sqlite3.OperationalError:  # no flush ever created the table
                 return 0
+
+
+# Warnings, deprecations, and lastcall's own start-up line on a server outside its tested range.
+_WARNING = re.compile(r"warn|deprecat|outside the versions", re.IGNORECASE)
+_WARNINGS_SHOWN = 5
+
+
+def warnings_in(log: Path) -> list[str]:
+    """The last few lines of the app's log that warn: what it said while starting, say."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = [line.strip() for line in text.splitlines() if _WARNING.search(line)]
+    return list(dict.fromkeys(found))[-_WARNINGS_SHOWN:]
+
+
+def classify(records: list[RequestRecord], stop_sent: float) -> None:
+    """What a ``--cmd`` client's request was: in flight at the stop, or not.
+
+    Answered before the stop: ``before``. Refused: its connection was made
+    after the listener closed, so it was a new connection after the stop
+    (``late``), never a request in flight at it.
+    """
+    for record in records:
+        if record.kind != "in flight":
+            continue
+        if record.ended < stop_sent:
+            record.kind = "before"
+        elif record.fate == "refused":
+            record.kind = "late"
 
 
 def _tcp_rows(port: int) -> Iterator[tuple[str, int]]:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from lastcall.cli import cleanup
 from lastcall.cli.drill import IN_PROCESS, Drill, NotAStopError, Plan
 from lastcall.cli.servers import SERVERS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from lastcall.cli.drill import Result
 
@@ -38,12 +40,15 @@ class Row:
     plain: Result | None = None
     lastcall: Result | None = None
     not_applicable: str | None = None
+    # A variant found not to apply once it ran (a --cmd whose master reloads on SIGHUP):
+    # its cells are n/a, the other's as measured; both: the row is n/a.
+    variant_not_applicable: dict[bool, str] = field(default_factory=dict)
 
     @staticmethod
     def failures(result: Result) -> list[str]:
         """The matrix columns this result fails in."""
         failed = result.failures()
-        columns = {"late": "dropped"}  # a new connection lost counts as dropped
+        columns = {"late": "reset"}  # new connections accepted, then lost
         return sorted({columns.get(name, name) for name in failed})
 
 
@@ -83,11 +88,14 @@ def run_matrix(
     done: Callable[[Plan, Result | None], None] = lambda _plan, _result: None,
     servers: list[str] | None = None,
     stops: list[str] | None = None,
+    *,
+    directory: Path | None = None,
 ) -> list[Row]:
     """Run the plans side by side; Ctrl-C cancels them all and ends their processes.
 
     With ``servers`` and ``stops``, the pairs that do not apply are rows too,
-    saying why; so is a stop found not to apply once the app runs.
+    saying why; so is a stop found not to apply once the app runs. ``directory``
+    keeps each drill's files (the app's log, its reports) there.
     """
     cancel = threading.Event()
     workers = min(_MAX_AT_ONCE, 2 * (os.cpu_count() or 1), len(all_plans))
@@ -101,7 +109,8 @@ def run_matrix(
         rows.setdefault((plan.where, plan.stop), Row(plan.where, plan.stop))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill") as pool:
         futures: dict[Future[Result], Plan] = {
-            pool.submit(Drill(plan, cancel=cancel).run): plan for plan in all_plans
+            pool.submit(Drill(plan, cancel=cancel, directory=directory).run): plan
+            for plan in all_plans
         }
         try:
             for future in as_completed(futures):
@@ -110,7 +119,9 @@ def run_matrix(
                 try:
                     result = future.result()
                 except NotAStopError as exc:
-                    row.not_applicable = str(exc)
+                    row.variant_not_applicable[plan.plain] = str(exc)
+                    if len(row.variant_not_applicable) == 2 or base.cmd is None:  # noqa: PLR2004
+                        row.not_applicable = str(exc)
                     done(plan, None)
                     continue
                 if plan.plain:
@@ -122,5 +133,6 @@ def run_matrix(
             cancel.set()
             for future in futures:
                 future.cancel()
+            cleanup.end_all()  # drills waiting on their app's exit or answers end now
             raise
     return list(rows.values())

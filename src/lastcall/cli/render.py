@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lastcall.cli.drill import STOP_WORDS
+from lastcall.cli.inputs import write_atomically
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -131,7 +132,7 @@ def verdict(result: Result) -> Text:
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
 
-_MATRIX_COLUMNS = ("dropped", "hooks", "orphans", "lost", "stop", "exit")
+_MATRIX_COLUMNS = ("dropped", "reset", "hooks", "orphans", "lost", "stop", "exit")
 
 
 def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Table:
@@ -152,9 +153,14 @@ def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Tabl
             continue
         for result in (row.plain, row.lastcall):
             cells.extend(_matrix_cells(row, result))
+        for plain, reason in row.variant_not_applicable.items():
+            variant = labels[0] if plain else labels[1]
+            reasons.setdefault(reason, []).append(f"{row.server} {row.stop} {variant}")
         table.add_row(*cells)
     caption = (
-        "✗: worse than this way of stopping allows. hooks: the process that ran the app's "
+        "✗: worse than this way of stopping allows. dropped: requests in flight at the stop "
+        "not served; reset: new connections after the stop accepted, then lost (a refused one "
+        "is retried elsewhere). hooks: the process that ran the app's "
         "shutdown hooks (server: the only process; child: the serving child of a reloader or "
         "master; parent: that reloader or master; unknown: no lastcall report to tell)"
     )
@@ -180,6 +186,7 @@ def _matrix_cells(row: Row, result: Result | None) -> list[Text | str]:
     failed = set(row.failures(result))
     values = {
         "dropped": str(result.dropped + result.failed),
+        "reset": str(result.late_lost),
         "hooks": result.hooks_where(),
         "orphans": str(len(result.left_behind)),
         "lost": "—" if result.lost is None else str(result.lost),
@@ -204,7 +211,7 @@ def natural_width(console: Console, renderable: Table) -> int:
 def write_json(path: Path, results: list[Result]) -> None:
     """One drill as an object, a matrix as a list."""
     data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 _CSS = """
@@ -232,7 +239,7 @@ def write_html(path: Path, results: list[Result], title: str) -> None:
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
     )
-    path.write_text(page, encoding="utf-8")
+    write_atomically(path, page)
 
 
 def _label(result: Result) -> str:

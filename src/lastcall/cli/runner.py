@@ -50,6 +50,7 @@ HOST = "127.0.0.1"
 CONTROL = "/_drill/"
 DELAY_HEADER = "HTTP_X_LASTCALL_DRILL_DELAY"
 BAD_INPUT = 2
+_GUNICORN_BOOT_ERROR = 3
 _RAISE_WAIT = 2.0
 _RAISE_TRIES = 3  # uvloop runs signal handlers inside a callback: every try is swallowed
 _RAISE_SETTLE = 0.2  # seconds for the loop's exception handler to say it caught the raise
@@ -361,14 +362,15 @@ def _import_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def _is_asgi(app: object) -> bool:
+def is_asgi(app: object) -> bool:
+    """An async callable (scope, receive, send), as ASGI servers take; else a WSGI app."""
     call = getattr(app, "__call__", None)  # noqa: B004  # the method, to see if it is async
     return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
 
 
 def check_wsgi(spec: str, app: object, server: str = "Werkzeug") -> WSGIApplication:
     """Refuse what a WSGI server cannot serve, saying what it is instead."""
-    if _is_asgi(app):
+    if is_asgi(app):
         raise BadInputError(
             f"APP {spec!r} is an ASGI app; {server} serves WSGI apps: use --server uvicorn "
             "or --server hypercorn"
@@ -409,7 +411,7 @@ def _factory_hint(spec: str, app: object) -> str | None:
 
 def check_asgi(spec: str, app: object, server: str) -> AsgiApp:
     """Refuse what an ASGI server cannot serve, saying what it is instead."""
-    if _is_asgi(app):
+    if is_asgi(app):
         return app  # type: ignore[return-value]
     hint = _factory_hint(spec, app)
     if hint:
@@ -466,12 +468,12 @@ def check_port(port: int) -> None:
             ) from None
 
 
-def fail(error_file: str | None, message: str) -> NoReturn:
-    """Say what is wrong in one line, where the drill reads it, and exit 2."""
+def fail(error_file: str | None, message: str, status: int = BAD_INPUT) -> NoReturn:
+    """Say what is wrong in one line, where the drill reads it, and exit 2 (or ``status``)."""
     if error_file:
         Path(error_file).write_text(message + "\n", encoding="utf-8")
     sys.stderr.write(f"lastcall drill: {message}\n")
-    sys.exit(BAD_INPUT)
+    sys.exit(status)
 
 
 # ---------------------------------------------------------------- servers that import the app
@@ -489,7 +491,9 @@ def wsgi() -> WSGIApplication:
         if not plain:
             app = with_lastcall(app, werkzeug=False)
     except BadInputError as exc:
-        fail(error_file, str(exc))
+        # gunicorn's master halts on a worker's boot error (gunicorn/arbiter.py,
+        # WORKER_BOOT_ERROR) instead of starting one worker after another.
+        fail(error_file, str(exc), _GUNICORN_BOOT_ERROR)
     return with_control(app)
 
 

@@ -1,0 +1,161 @@
+"""The matrix and the drill say what they did: the app's kind decides its servers, a stop the
+command answers by reloading is n/a, a reset new connection has a column of its own, and the
+app's log reaches the person drilling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import MATRIX
+from rich.console import Console
+from test_drill import drill
+from test_drill_any_app import GUNICORN_WITH_LASTCALL, SLOW_APP
+from test_drill_inputs import QUICK, refused
+
+from lastcall.cli import render
+from lastcall.cli.clients import RequestRecord
+from lastcall.cli.drill import Plan, Result
+from lastcall.cli.matrix import Row
+from lastcall.cli.servers import installed
+from lastcall.testing import drill as drill_function
+
+ASGI_APP = "async def app(scope, receive, send):\n    pass\n"
+
+
+def test_an_asgi_app_on_gunicorn_is_one_line_at_once(tmp_path):
+    """Before: gunicorn's worker failed to load it, again and again, and after 15 s the drill
+    said the app "did not answer". Now the app is imported once, up front."""
+    (tmp_path / "asgiapp.py").write_text(ASGI_APP)
+    line = refused(tmp_path, "asgiapp:app", "--server", "gunicorn")
+    assert "APP 'asgiapp:app' is an ASGI app; gunicorn serves WSGI apps" in line
+    assert "--server uvicorn" in line
+
+
+def test_the_function_refuses_an_app_of_the_wrong_kind_at_once(tmp_path, monkeypatch):
+    (tmp_path / "asgiapp.py").write_text(ASGI_APP)
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    try:
+        drill_function("asgiapp:app", server="gunicorn", directory=tmp_path / "kept")
+    except ValueError as exc:
+        assert "is an ASGI app; gunicorn serves WSGI apps" in str(exc)
+    else:
+        raise AssertionError("an ASGI app on gunicorn was drilled")
+    assert time.monotonic() - started < QUICK
+    assert not (tmp_path / "kept").exists()  # nothing started
+
+
+@MATRIX
+def test_matrix_of_a_wsgi_app_without_server_runs_the_servers_that_serve_it(tmp_path):
+    """The README's `lastcall drill --matrix APP`: the WSGI servers run, the ASGI ones are
+    named as skipped; a table and --json, exit 0 (every lastcall cell clean)."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    out = tmp_path / "matrix.json"
+    # 4 requests of 0.5 s: 2 s in series on gunicorn's one sync worker, within the grace
+    args = ["--stop", "TERM", "--grace", "5", "--json", str(out)]
+    result = drill("--matrix", "slowapp:app", *args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wsgi = {s.name for s in installed() if not s.asgi}
+    asgi = [s.name for s in installed() if s.asgi]
+    ran = {r["plan"]["server"] for r in json.loads(out.read_text())}
+    assert ran == wsgi
+    assert f"note: slowapp:app is a WSGI app; the matrix skips {', '.join(asgi)}" in result.stdout
+    assert "lastcall drill --matrix: slowapp:app" in result.stdout
+
+
+@MATRIX
+def test_matrix_of_two_gunicorn_commands_shows_reload_and_replace_as_na(tmp_path):
+    """gunicorn reloads on SIGHUP and replaces a killed worker: n/a, as in APP mode, not a
+    failure of lastcall; the matrix of two gunicorn commands can exit 0."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    out = tmp_path / "matrix.json"
+    plain = "{python} -m gunicorn -b 127.0.0.1:{port} -w 2 --graceful-timeout 5 slowapp:app"
+    args = ["--cmd", GUNICORN_WITH_LASTCALL, "--vs-cmd", plain, "--path", "/slow"]
+    result = drill("--matrix", *args, "--json", str(out), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = {(r["plan"]["stop"], r["plan"]["plain"]) for r in json.loads(out.read_text())}
+    assert {stop for stop, _ in ran} == {"TERM", "INT", "KILL-PARENT"}
+    rows = {line.split("│")[2].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    for stop in ("SIGHUP", "SIGKILL to the serving process"):
+        assert rows[stop].count("n/a") == 14, rows[stop]  # 7 columns, both commands
+    assert "is not a stop for this command" in result.stdout
+
+
+def test_the_apps_log_is_kept_beside_json_and_its_warnings_shown(tmp_path):
+    (tmp_path / "warns.py").write_text(
+        "import warnings\n"
+        "warnings.warn('SECRET_KEY is not set: sessions will not survive a restart')\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n"
+    )
+    out = tmp_path / "drill.json"
+    args = ["--requests", "2", "--request-seconds", "0.3", "--json", str(out)]
+    result = drill("warns:app", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = "UserWarning: SECRET_KEY is not set"
+    assert any(said in line for line in json.loads(out.read_text())["warnings"])
+    assert f"the app warned: {tmp_path / 'warns.py'}" in result.stdout
+    (log,) = (tmp_path / "drill-logs").glob("*/app.log")
+    assert said in log.read_text()
+    assert json.loads(out.read_text())["directory"] == str(log.parent)
+    assert f"the app's log and reports are kept in {tmp_path / 'drill-logs'}" in result.stdout
+
+
+# ---------------------------------------------------------------- what each column counts
+
+
+def _result(records: list[RequestRecord], plain: bool) -> Result:
+    return Result(
+        plan=Plan(server="werkzeug", stop="TERM", plain=plain, requests=1),
+        port=1,
+        leader=10,
+        serving=10,
+        workers=[10],
+        stop_sent=1.0,
+        ended=2.0,
+        exit_status=143,
+        stop_seconds=1.0,
+        requests=records,
+        hooks_known=False,
+    )
+
+
+def test_a_refused_connection_is_never_in_flight_at_the_stop():
+    """A --cmd client that asked again just as the stop went out was refused: it made a new
+    connection after the stop, and counts there (refused: fine), not as in flight."""
+    from lastcall.cli.drill import classify
+
+    records = [
+        RequestRecord(0, "in flight", 0.5, 0.9, "200"),  # answered before the stop
+        RequestRecord(1, "in flight", 0.9, 1.2, "200"),
+        RequestRecord(2, "in flight", 0.99, 1.01, "refused"),
+    ]
+    classify(records, stop_sent=1.0)
+    assert [r.kind for r in records] == ["before", "in flight", "late"]
+
+
+def test_a_reset_new_connection_is_marked_under_reset_not_dropped():
+    """Before: the cell read `✗ 0` under `dropped`, the failure being elsewhere."""
+    records = [
+        RequestRecord(0, "in flight", 0.5, 1.5, "200"),
+        RequestRecord(1, "late", 1.1, 1.1, "reset"),
+        RequestRecord(2, "late", 1.2, 1.2, "refused"),
+    ]
+    row = Row("werkzeug", "TERM", plain=_result(records[:1], plain=True))
+    row.lastcall = _result(records, plain=False)
+    assert Row.failures(row.lastcall) == ["reset"]
+    table = render.matrix_table([row], Plan())
+    console = Console(width=400, record=True)
+    console.print(table)
+    text = console.export_text()
+    header = [line for line in text.splitlines() if "dropped" in line]
+    assert header and "reset" in header[0]
+    (cells,) = [line for line in text.splitlines() if "SIGTERM" in line]
+    values = [cell.strip() for cell in cells.split("│")[3:-1]]
+    names = ["dropped", "reset", "hooks", "orphans", "lost", "stop", "exit"]
+    lastcall = dict(zip(names, values[len(names) :], strict=True))
+    assert lastcall["dropped"] == "0"
+    assert lastcall["reset"] == "✗ 1"

@@ -15,6 +15,7 @@ CORE_TESTS = [
     "tests/test_process_triggers.py",
     "tests/test_stops_end.py",
     "tests/test_stop_needs_nothing.py",
+    "tests/test_report_path.py",
     "tests/test_overrun.py",
     "tests/test_health_port.py",
     "tests/test_asyncio_apps.py",

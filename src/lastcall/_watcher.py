@@ -427,6 +427,7 @@ class Output:
     """
 
     LIMIT = 256 * 1024
+    RESERVE = 64 * 1024  # beyond LIMIT, for the watcher's own lines: which hook ran, how
     encoding = "utf-8"
     errors = "backslashreplace"
 
@@ -440,6 +441,7 @@ class Output:
         self._idle = True
         self._broken = False
         self.buffer = _Binary(self)  # for sys.stderr.buffer.write(b"...")
+        self.own = _Own(self)  # the watcher's log lines: never dropped for a hook's output
         self.closed = False
 
     def write(self, text: str) -> int:
@@ -453,12 +455,12 @@ class Output:
     def writable(self) -> bool:
         return True
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes, *, own: bool = False) -> None:
         if not data or self._broken:
             return
         cond = self._cond or self._start()
         with cond:
-            if self._size + len(data) > self.LIMIT:
+            if self._size + len(data) > self.LIMIT + (self.RESERVE if own else 0):
                 self._dropped += 1
                 return
             self._queue.append(data)
@@ -552,6 +554,20 @@ class _Binary:
         """Nothing to do, as ``Output.flush``."""
 
 
+class _Own:
+    """``Output.own``: the watcher's logging writes here, with the reserve hooks cannot use."""
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def write(self, text: str) -> int:
+        self._output.write_bytes(text.encode(Output.encoding, Output.errors), own=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do, as ``Output.flush``."""
+
+
 OUTPUT = Output(2)
 _OUTPUT_DRAIN = 1.0  # seconds the watcher's last lines may take to go out before it exits
 
@@ -582,7 +598,7 @@ def _logger() -> logging.Logger:
     import logging  # noqa: PLC0415  # only once there is something to say
 
     logging.raiseExceptions = False  # a closed stderr must not stop the hooks
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(OUTPUT.own)
     handler.setFormatter(
         logging.Formatter("%(levelname)s %(name)s [watcher %(process)d]: %(message)s")
     )

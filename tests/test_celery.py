@@ -17,11 +17,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from brokers import redis_server  # noqa: F401  # the fixture
+from conftest import WAIT, free_port
 
-from tests.brokers import Redis, redis_server  # noqa: F401  # the fixture
-from tests.conftest import WAIT, free_port
+if TYPE_CHECKING:
+    from brokers import Redis
 
 pytest.importorskip("celery")
 

@@ -63,13 +63,13 @@ _CELERY_STOP_SHARE = 1 / 3
 
 
 def task_budget(coordinator: Coordinator) -> float:
-    """How long running tasks may take after the stop signal: the drain budget, less Celery's stop."""
+    """How long running tasks may take after the signal: the drain budget less Celery's stop."""
     budget = coordinator.drain_budget()
     return max(0.0, budget - min(_CELERY_STOP_MAX, budget * _CELERY_STOP_SHARE))
 
 
 class LastCall:
-    """lastcall for one Celery app: connect to its worker's signals.
+    """Connect lastcall to one Celery app's worker signals.
 
     Make it next to the app (at import, in the module ``celery -A`` names);
     the worker is started as usual. ``coordinator`` is for tests.
@@ -134,7 +134,7 @@ class LastCall:
         self._say_what_does_not_fit(consumer)
 
     def _take_signals(self) -> None:
-        """lastcall takes SIGTERM and SIGINT from Celery (not chained); SIGQUIT stays Celery's."""
+        """Take SIGTERM and SIGINT from Celery (not chained); SIGQUIT stays Celery's."""
         coordinator = self.coordinator
         coordinator.uninstall()  # if the app called lastcall.install() itself
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -214,9 +214,11 @@ class LastCall:
         coordinator = self.coordinator
         drain(worker, coordinator, budget=task_budget(coordinator))
         left = coordinator.time_left()
-        wait = max(0.5, (coordinator.settings.grace if left is None else left) - drain_reserve(
-            coordinator.settings.grace
-        ))
+        wait = max(
+            0.5,
+            (coordinator.settings.grace if left is None else left)
+            - drain_reserve(coordinator.settings.grace),
+        )
         if not worker.stop_celery(wait) and not worker.frozen.is_set():
             log.log(logging.ERROR, "Celery's own shutdown did not end within %.3g s", wait)
 

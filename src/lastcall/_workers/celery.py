@@ -268,8 +268,7 @@ class CeleryWorker:
         self.prefetched += put_back
         log.log(
             logging.INFO,
-            "%s stopped consuming; %d prefetched task(s) put back on their queues, "
-            "%d running",
+            "%s stopped consuming; %d prefetched task(s) put back on their queues, %d running",
             self.name,
             put_back,
             len(self.state.active_requests),

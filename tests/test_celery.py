@@ -172,6 +172,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     assert readyz(health) == 503  # red at once, while the tasks still run
     back = wait_until("the prefetched tasks back on the queue", lambda: scenario.queued() == 4)
     assert back - signalled < 1.0
+    scenario.enqueue((6, 0.2, None))  # during the stop: left on the queue
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert sorted(scenario.list("completed")) == ["0", "1"]
     assert len(scenario.list("started")) == 2  # none started after the signal
@@ -182,18 +183,25 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
+    scenario.enqueue((7, 0.2, None))  # after it ended
+    assert scenario.queued() == 6
+    assert int(scenario.redis.client.hlen("unacked")) == 0
 
     # A second worker takes the rest: every task completes exactly once.
     second = scenario.worker("-P", "prefork", "-c", "4", LASTCALL_GRACE="8")
-    wait_until("all 6 completed", lambda: len(scenario.list("completed")) == 6)
+    wait_until("all 8 completed", lambda: len(scenario.list("completed")) == 8)
     second.send(signal.SIGTERM)
     assert second.finish() == -signal.SIGTERM
-    assert sorted(scenario.list("completed")) == [str(n) for n in range(6)]
+    assert sorted(scenario.list("completed")) == [str(n) for n in range(8)]
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "0"), ("prefork", "1"), ("solo", "0")],
+    ids=["prefork-acks-early", "prefork-acks-late", "solo"],
+)
 def test_task_longer_than_the_budget_is_put_back_and_completes_once(
-    scenario: Scenario, pool: str
+    scenario: Scenario, pool: str, acks_late: str
 ) -> None:
     """A task running past the drain budget is stopped, put back at once, done by another worker.
 
@@ -202,7 +210,7 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     visibility timeout with it); here it is on the queue within 1 s of the budget's end.
     """
     worker = scenario.worker(
-        "-P", pool, "-c", "1", LASTCALL_GRACE="5",
+        "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
     line = worker.wait_for("running tasks get", stream="stderr")
@@ -219,7 +227,11 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     [job] = report["jobs"]
     assert (job["name"], job["outcome"]) == ("proj.work", "requeued")
     assert job["seconds"] >= budget - 0.5
-    assert f"main {worker.pid}" in scenario.list("hooks")
+    assert int(scenario.redis.client.hlen("unacked")) == 0  # not left to visibility_timeout
+    hooks = scenario.list("hooks")
+    assert hooks.count(f"main {worker.pid}") == 1
+    for process in scenario.list("processes"):  # the stopped task's process ran its own
+        assert hooks.count(f"process {process}") == 1, (process, hooks)
 
     second = scenario.worker("-P", pool, "-c", "1", LASTCALL_GRACE="5")
     wait_until("the task completed", lambda: scenario.list("completed") == ["7"])

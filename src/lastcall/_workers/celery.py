@@ -16,10 +16,10 @@ come from:
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
   ``_apply_result``.
 * ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
-  ``AsynPool``); ``celery/concurrency/asynpool.py``: ``AsynPool.flush``
-  (jobs not yet written to a process are dropped: the broker's copy goes
-  back); ``billiard/pool.py``: ``Pool._pool`` (its processes),
-  ``ApplyResult._job``, ``_cache``, ``_accepted``.
+  ``AsynPool``); ``celery/concurrency/asynpool.py``:
+  ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
+  their messages go back); ``billiard/pool.py``: ``Pool._pool`` (its
+  processes), ``ApplyResult.discard``.
 * ``kombu/asynchronous/hub.py``: ``Hub.add_reader``; ``kombu/transport/
   redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
   ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
@@ -254,13 +254,11 @@ class CeleryWorker:
         semaphore = getattr(consumer.controller, "semaphore", None)
         if semaphore is not None:
             semaphore.clear()  # prefork: requests waiting for a free process never start
-        inner = getattr(consumer.pool, "_pool", None)  # celery/concurrency/prefork.py
-        if self.kind == "prefork" and inner is not None:
-            inner.flush()  # asynpool.py: jobs not yet written to a process are dropped
+        unwritten = self._unwritten_jobs()
         put_back = 0
         for request in list(self.state.reserved_requests):
-            if request in self.state.active_requests or _being_written(request):
-                continue
+            if request in self.state.active_requests or not _never_started(request, unwritten):
+                continue  # being written to a pool process: it runs, and the drain waits
             request.reject(requeue=True)
             self.state.task_ready(request)
             self.note(request, "requeued", time.time())
@@ -273,6 +271,25 @@ class CeleryWorker:
             put_back,
             len(self.state.active_requests),
         )
+
+    def _unwritten_jobs(self) -> set[int]:
+        """Prefork: take the jobs no pool process has seen out of the pool; their ids.
+
+        ``AsynPool.outbound_buffer`` (asynpool.py) holds the jobs waiting for a
+        process's pipe to be writable; one a writer has begun, or a process has,
+        is not there. (``AsynPool.flush`` drops more: every job whose acceptance
+        has not come back yet, some already running in a process.)
+        """
+        inner = getattr(self.consumer.pool, "_pool", None)  # celery/concurrency/prefork.py
+        outbound = getattr(inner, "outbound_buffer", None)
+        if self.kind != "prefork" or outbound is None:
+            return set()
+        taken = set()
+        for job in list(outbound):
+            outbound.remove(job)
+            job.discard()  # billiard/pool.py: out of the pool's cache
+            taken.add(id(job))
+        return taken
 
     def in_flight(self) -> int:
         """Tasks running (accepted by a pool process, or by the solo main thread)."""
@@ -474,11 +491,8 @@ def _job(request: Celery, outcome: str, now: float) -> dict[str, Any]:
     return entry
 
 
-def _being_written(request: Celery) -> bool:
-    """Prefork: whether the job is past ``AsynPool.flush`` (being written to a process)."""
-    ref = getattr(request, "_apply_result", None)
+def _never_started(request: Celery, unwritten: set[int]) -> bool:
+    """Whether a reserved request never reached a pool process (and never will)."""
+    ref = getattr(request, "_apply_result", None)  # celery/worker/request.py
     job = ref() if ref is not None else None
-    if job is None:
-        return False
-    cache = getattr(job, "_cache", None) or {}
-    return cache.get(getattr(job, "_job", None)) is job and not getattr(job, "_accepted", False)
+    return job is None or id(job) in unwritten  # waiting for the semaphore, or taken back

@@ -195,6 +195,7 @@ class CeleryWorker:
         self.loop = WorkerLoop(consumer.hub)
         self.door_closed = False
         self.frozen = threading.Event()  # solo: the main thread stopped its task
+        self.finished = threading.Event()  # solo: the main thread had no task to stop
         self.celery_stopped = threading.Event()  # Celery's worker_shutdown signal
         self.main_ident = threading.main_thread().ident
         self.put_back_tags: set[Any] = set()
@@ -353,21 +354,30 @@ class CeleryWorker:
         if main is None:
             return 0
         signal.pthread_kill(main, STOP_SIGNAL)
-        if not self.frozen.wait(_ANSWER_WAIT):
-            log.log(
-                logging.ERROR,
-                "%s: the main thread did not stop its task within %.1f s (in C code?); put "
-                "back all the same, the process ends when the stop does",
-                self.name,
-                _ANSWER_WAIT,
-            )
+        deadline = time.monotonic() + _ANSWER_WAIT
+        while not (self.frozen.is_set() or self.finished.is_set()):
+            if time.monotonic() >= deadline:
+                log.log(
+                    logging.ERROR,
+                    "%s: the main thread did not stop its task within %.1f s (in C code?); "
+                    "put back all the same, and the process ends when the stop does",
+                    self.name,
+                    _ANSWER_WAIT,
+                )
+                break
+            self.frozen.wait(_POLL)
+        if self.finished.is_set() and not self.frozen.is_set():
+            return 0  # it had just finished: acknowledged as done, not put back
         for request in requests:
             self.put_back(request)
         return len(requests)
 
     def _solo_stop_requested(self, _signum: int, _frame: object) -> None:
         """On the solo main thread: the task that runs never resumes."""
-        if _running.stopping or _running.task_id is None:
+        if _running.stopping:
+            return
+        if _running.task_id is None:
+            self.finished.set()
             return
         _running.stopping = True
         self.frozen.set()

@@ -407,7 +407,7 @@ class CeleryWorker:
 
     # ------------------------------------------------------------ putting back
 
-    def put_back(self, request: Celery) -> None:
+    def put_back(self, request: Celery, why: str = "the drain budget ran out") -> None:
         """Push ``request``'s message at the head of its queue, out of the unacked hash, now."""
         message = request.message
         tag = message.delivery_tag
@@ -431,10 +431,11 @@ class CeleryWorker:
         self.note(request, "requeued", time.time())
         log.log(
             logging.WARNING,
-            "task %s[%s] put back on its queue after %.1f s: the drain budget ran out",
+            "task %s[%s] put back on its queue after %.1f s: %s",
             request.name,
             request.id,
             self.jobs[request.id]["seconds"],
+            why,
         )
 
     def force(self) -> None:
@@ -447,10 +448,11 @@ class CeleryWorker:
         for process in list(getattr(inner, "_pool", None) or ()):  # billiard/pool.py
             with contextlib.suppress(ProcessLookupError, TypeError):
                 os.kill(process.pid, signal.SIGKILL)
-        pending = [*self.state.active_requests, *self.state.reserved_requests]
-        for request in pending:
+        # Reserved requests include the active ones (celery/worker/state.py).
+        pending = {r.id: r for r in [*self.state.reserved_requests, *self.state.active_requests]}
+        for request in pending.values():
             with contextlib.suppress(Exception):
-                self.put_back(request)
+                self.put_back(request, "forced (a second SIGINT)")
         log.log(
             logging.ERROR,
             "%s: forced; %d task(s) put back on their queues",

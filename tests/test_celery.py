@@ -171,8 +171,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     assert readyz(health) == 200
     scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
-    time.sleep(0.3)  # the other 4 are prefetched by now (prefetch 4 x 2 processes)
-    assert scenario.queued() == 0
+    wait_until("the other 4 prefetched (4 x 2 processes)", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
     signalled = time.monotonic()
     worker.wait_for("shutdown started by SIGTERM", stream="stderr")
@@ -281,9 +280,9 @@ def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:
     worker = scenario.worker("-P", "prefork", "-c", "2", PLAIN="1")
     scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
-    time.sleep(0.3)
+    wait_until("the other 4 prefetched", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
-    time.sleep(1.0)  # lastcall has them back by now (the first test)
+    time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
     assert scenario.queued() == 0  # still held by the stopping worker
     assert worker.finish() == 0  # Celery exits 0 after SIGTERM
     assert sorted(scenario.list("completed")) == ["0", "1"]

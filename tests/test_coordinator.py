@@ -425,3 +425,24 @@ def test_report_jobs_are_counted_in_the_summary_and_read_back():
     assert "3 jobs (1 completed, 2 requeued)" in report.summary()
     assert Report.from_dict(report.to_dict()).jobs == jobs
     assert "jobs" not in Report("SIGTERM", "signal received", 7, 0.0).summary()
+
+
+def test_jobs_noted_during_a_stop_are_in_its_report_and_file(tmp_path):
+    """A worker integration notes the jobs its drain touched; one noted again replaces itself."""
+    from lastcall import Coordinator
+
+    coordinator = Coordinator(run_at_exit=False)
+    path = tmp_path / "report.json"
+    coordinator._settings = coordinator.settings.replace(report=str(path))
+
+    def drain() -> None:
+        coordinator.note_job({"id": "a", "name": "t.slow", "outcome": "completed", "seconds": 0.0})
+        coordinator.note_job({"id": "b", "name": "t.fast", "outcome": "completed", "seconds": 0.1})
+        coordinator.note_job({"id": "a", "name": "t.slow", "outcome": "requeued", "seconds": 9.0})
+
+    coordinator.on_shutdown(drain, phase="drain")
+    coordinator.note_job({"id": "z", "name": "t.x", "outcome": "completed", "seconds": 1.0})
+    report = coordinator.shutdown()
+    assert [(j["id"], j["outcome"]) for j in report.jobs] == [("b", "completed"), ("a", "requeued")]
+    assert json.loads(path.read_text())["jobs"] == report.jobs
+    assert "2 jobs (1 completed, 1 requeued)" in report.summary()

@@ -565,6 +565,19 @@ class Coordinator:
                 request["seconds"],
             )
 
+    def note_job(self, job: dict[str, Any]) -> None:
+        """For worker integrations: a job the stop touched, in the report's ``jobs``.
+
+        ``job`` has ``id``, ``name``, ``outcome`` (``completed`` or ``requeued``) and
+        ``seconds``; noted while a stop runs, it is in the report file too. A job
+        noted again (put back after it was noted running) replaces its entry.
+        """
+        report = self._in_progress
+        if report is None:
+            return
+        report.jobs[:] = [j for j in report.jobs if j.get("id") != job.get("id")]
+        report.jobs.append(job)
+
     def _requests_in_flight(self) -> list[dict[str, Any]]:
         listers = [ref() for ref in self._request_listers]
         return [request for lister in listers if lister is not None for request in lister()]

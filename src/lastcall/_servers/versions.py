@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from lastcall._report import logger
 
 __all__ = (
+    "CELERY",
     "DJANGO",
     "GEVENT",
     "GUNICORN",
     "GUNICORN_GTHREAD",
     "HYPERCORN",
+    "KOMBU",
     "UVICORN",
     "WAITRESS",
     "WERKZEUG",
@@ -161,4 +163,21 @@ DJANGO = Tested(
     "4.2",
     "5.2",
     "runserver's drain and autoreloader handling may not work",
+)
+# Queue workers. What is read and patched: celery/worker/consumer/consumer.py, worker.py,
+# state.py and request.py, celery/concurrency/prefork.py and asynpool.py, billiard/pool.py
+# (lastcall/_workers/celery.py names each); tests/test_celery.py passes on 5.7.0.
+CELERY = Tested(
+    "celery",
+    "5.7",
+    "5.7",
+    "tasks may start after the stop signal or not be put back when the drain budget runs out",
+)
+# kombu/transport/redis.py (Channel._do_restore_message, QoS.unacked_key) and
+# kombu/transport/virtual/base.py (Message._raw, QoS._quick_ack), with celery 5.7.0.
+KOMBU = Tested(
+    "kombu",
+    "5.7",
+    "5.7",
+    "a task that overruns the drain budget may not be put back on its Redis queue at once",
 )

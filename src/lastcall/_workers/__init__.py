@@ -1,0 +1,1 @@
+"""Queue-worker adapters: one module per framework, each reached only from its public face."""

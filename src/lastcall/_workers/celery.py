@@ -1,0 +1,510 @@
+"""Celery on Redis (prefork and solo pools): the adapter the drain runs through.
+
+``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
+lines); everything here reaches into Celery, kombu and billiard, and nothing
+else does. Tested with Celery 5.4 to 5.7 and kombu 5.4 to 5.7 (``versions.
+CELERY``, ``versions.KOMBU``). The undocumented parts used, by the file they
+come from:
+
+* ``celery/worker/consumer/consumer.py``: ``Consumer.hub``, ``pool``,
+  ``controller``, ``task_consumer``, ``strategies`` (each value wrapped, so
+  a message delivered once the stop began goes back instead of starting);
+  ``celery/worker/worker.py``: ``WorkController.semaphore`` (prefork's
+  prefetched requests wait there for a free process); ``celery/worker/
+  state.py``: ``active_requests``, ``reserved_requests``, ``should_stop``,
+  ``task_ready``; ``celery/worker/request.py``: ``Request.message``,
+  ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
+  ``_apply_result``.
+* ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
+  ``AsynPool``); ``celery/concurrency/asynpool.py``:
+  ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
+  their messages go back); ``billiard/pool.py``: ``Pool._pool`` (its
+  processes), ``ApplyResult.discard``.
+* ``kombu/asynchronous/hub.py``: ``Hub.add_reader``; ``kombu/transport/
+  redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
+  ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
+  ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
+  broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``.
+
+How a task is put back: kombu's Redis transport keeps every delivered,
+unacknowledged message in a hash (``unacked``) until it is acknowledged, and
+restores the whole hash only when the channel closes (the end of a warm
+shutdown) or when ``visibility_timeout`` (an hour) has passed. Here one
+message is put back by itself at once: in one ``MULTI``, its entry leaves
+the hash and its payload is pushed at the head of its queue, as kombu's
+``restore_by_tag`` does; a task without ``acks_late`` (acknowledged as it
+started, so no longer in the hash) is pushed from the payload the worker
+holds.
+
+How a running task is stopped: the process running it (a prefork child, or
+the solo pool's main process) gets ``STOP_SIGNAL``. Its handler answers on a
+pipe whether a task was running, and if so never returns to it: the task
+cannot complete after it was put back. A child then runs its own hooks and
+exits; the solo main thread waits there until the stop ends the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import signal
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import lastcall
+from lastcall._report import log, logger
+from lastcall._servers import versions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lastcall._coordinator import Coordinator
+
+__all__ = ("STOP_SIGNAL", "CeleryWorker", "ChildSide", "WorkerLoop")
+
+# Celery, kombu and billiard objects: untyped, reached by duck typing
+Celery: TypeAlias = Any
+
+TESTED = versions.CELERY
+TESTED_KOMBU = versions.KOMBU
+
+# Asks a process to stop the task it runs. Not SIGTERM: systemd's default
+# KillMode sends that to every process of the unit, children included.
+STOP_SIGNAL = signal.SIGUSR2
+_ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
+_ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
+_POLL = 0.02  # seconds between looks at the requests in flight
+SUPPORTED_POOLS = ("prefork", "solo")
+
+
+def pool_kind(pool: Celery) -> str:
+    """``prefork``, ``solo``, ``threads`` ...: the name of a Celery pool, from its module."""
+    module = type(pool).__module__.rsplit(".", 1)[-1]
+    return {"thread": "threads", "asynpool": "prefork"}.get(module, module)
+
+
+class _Running:
+    """The task this process runs now (between ``task_prerun`` and ``task_postrun``)."""
+
+    def __init__(self) -> None:
+        self.task_id: str | None = None
+        self.stopping = False  # STOP_SIGNAL came: the task never resumes
+
+
+_running = _Running()
+
+
+def task_began(task_id: str) -> None:
+    """Celery's ``task_prerun``, in the process that runs the task."""
+    _running.task_id = task_id
+
+
+def task_ended() -> None:
+    """Celery's ``task_postrun``."""
+    _running.task_id = None
+
+
+class ChildSide:
+    """What a prefork child does: answer a stop request; run its hooks once on the way out."""
+
+    def __init__(self, answer_fd: int) -> None:
+        self.answer_fd = answer_fd
+
+    def attach(self) -> None:
+        """In the child, after Celery's ``process_initializer`` reset its signals."""
+        signal.signal(STOP_SIGNAL, self._stop_requested)
+
+    def _stop_requested(self, signum: int, _frame: object) -> None:
+        if _running.stopping:
+            return  # already stopping: Celery's Request.cancel sends the signal again
+        task_id = _running.task_id
+        _answer(self.answer_fd, stopped=task_id is not None)
+        if task_id is None:
+            return  # the task had just finished: its result is on its way
+        _running.stopping = True
+        # The task never resumes. This process's hooks run, then it ends.
+        lastcall.default.shutdown(reason=f"task {task_id} stopped: the drain budget ran out")
+        os._exit(128 + signum)
+
+    @staticmethod
+    def exiting() -> None:
+        """Celery's ``worker_process_shutdown``: the pool is closing this process."""
+        if not _running.stopping:
+            lastcall.default.shutdown(reason="Celery's pool is closing this process")
+
+
+def _answer(fd: int, *, stopped: bool) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, _ANSWER.pack(os.getpid(), int(stopped)))
+
+
+class WorkerLoop:
+    """Run callables on Celery's event loop (kombu's hub), woken at once through a pipe."""
+
+    def __init__(self, hub: Celery) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        hub.add_reader(self._read, self._run_calls)
+
+    def _run_calls(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._read, 4096)
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            call()
+
+    def call(self, func: Callable[[], None], timeout: float) -> bool:
+        """Run ``func`` on the loop; wait up to ``timeout`` for it; whether it ran."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                func()
+            except Exception:
+                logger.exception("lastcall: %r failed on Celery's loop", func)
+            finally:
+                done.set()
+
+        self._calls.put(run)
+        with contextlib.suppress(OSError):  # a full pipe already wakes the loop
+            os.write(self._write, b".")
+        return done.wait(timeout)
+
+
+class CeleryWorker:
+    """A Celery worker's answers to the drain: stop consuming, wait, put back what overran."""
+
+    def __init__(self, consumer: Celery, coordinator: Coordinator, answer_fd: int | None) -> None:
+        from celery.worker import state  # noqa: PLC0415  # celery is an optional extra
+
+        self.consumer = consumer
+        self.coordinator = coordinator
+        self.state = state
+        self.kind = pool_kind(consumer.pool)
+        self.answers = answer_fd
+        self.loop = WorkerLoop(consumer.hub)
+        self.door_closed = False
+        self.frozen = threading.Event()  # solo: the main thread stopped its task
+        self.finished = threading.Event()  # solo: the main thread had no task to stop
+        self.celery_stopped = threading.Event()  # Celery's worker_shutdown signal
+        self.main_ident = threading.main_thread().ident
+        self.put_back_tags: set[Any] = set()
+        self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
+        self.prefetched = 0
+
+    @property
+    def name(self) -> str:
+        return f"celery worker {self.consumer.hostname}"
+
+    # ------------------------------------------------------------ set-up
+
+    def attach(self) -> None:
+        """On the main thread at ``worker_ready``: gate the strategies; answer STOP_SIGNAL."""
+        strategies = self.consumer.strategies
+        for task_name, strategy in list(strategies.items()):
+            strategies[task_name] = self._gated(strategy)
+        if self.kind == "solo":
+            signal.signal(STOP_SIGNAL, self._solo_stop_requested)
+
+    def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
+        """A strategy that starts nothing once the stop began: the message goes back at once."""
+        stopping = self.coordinator.stopping
+
+        def gated(message: Celery, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            if stopping.is_set() or self.door_closed:
+                self.prefetched += 1
+                message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
+                return None
+            return strategy(message, *args, **kwargs)
+
+        return gated
+
+    # ------------------------------------------------------------ the drain's questions
+
+    def prestop_delay(self) -> float:
+        """None here: the core's pre_stop phase already waited, readiness red."""
+        return 0.0
+
+    def close_door(self) -> int:
+        """Stop consuming and put back what was prefetched; 0: a worker takes no backlog."""
+        self.door_closed = True
+        now = time.time()
+        for request in list(self.state.active_requests):
+            self.jobs[request.id] = _job(request, "completed", now)
+        # Solo: the loop may be running a task; the gated strategies keep the door shut
+        # until it is free, and the door closes then.
+        self.loop.call(self._close_door_on_loop, timeout=0.5 if self.kind == "solo" else 5.0)
+        return 0
+
+    def _close_door_on_loop(self) -> None:
+        consumer = self.consumer
+        task_consumer = consumer.task_consumer
+        if task_consumer is not None:
+            with contextlib.suppress(Exception):
+                task_consumer.cancel()  # kombu's basic_cancel: no more BRPOP on the queues
+        semaphore = getattr(consumer.controller, "semaphore", None)
+        if semaphore is not None:
+            semaphore.clear()  # prefork: requests waiting for a free process never start
+        unwritten = self._unwritten_jobs()
+        put_back = 0
+        for request in list(self.state.reserved_requests):
+            if request in self.state.active_requests or not _never_started(request, unwritten):
+                continue  # being written to a pool process: it runs, and the drain waits
+            request.reject(requeue=True)
+            self.state.task_ready(request)
+            self.note(request, "requeued", time.time())
+            put_back += 1
+        self.prefetched += put_back
+        log.log(
+            logging.INFO,
+            "%s stopped consuming; %d prefetched task(s) put back on their queues, %d running",
+            self.name,
+            put_back,
+            len(self.state.active_requests),
+        )
+
+    def _unwritten_jobs(self) -> set[int]:
+        """Prefork: take the jobs no pool process has seen out of the pool; their ids.
+
+        ``AsynPool.outbound_buffer`` (asynpool.py) holds the jobs waiting for a
+        process's pipe to be writable; one a writer has begun, or a process has,
+        is not there. (``AsynPool.flush`` drops more: every job whose acceptance
+        has not come back yet, some already running in a process.)
+        """
+        inner = getattr(self.consumer.pool, "_pool", None)  # celery/concurrency/prefork.py
+        outbound = getattr(inner, "outbound_buffer", None)
+        if self.kind != "prefork" or outbound is None:
+            return set()
+        taken = set()
+        for job in list(outbound):
+            outbound.remove(job)
+            job.discard()  # billiard/pool.py: out of the pool's cache
+            taken.add(id(job))
+        return taken
+
+    def in_flight(self) -> int:
+        """Tasks running (accepted by a pool process, or by the solo main thread)."""
+        return len(self.state.active_requests)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no task runs and their acknowledgements have gone out (up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._note_finished()
+            if not self.state.active_requests:
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        # One turn of the loop: the acks Celery queued when the last task finished go out.
+        return self.loop.call(lambda: None, max(0.1, deadline - time.monotonic()))
+
+    def close_idle(self) -> None:
+        """Nothing: a worker keeps no idle connections to close."""
+
+    def cancel(self) -> int:
+        """Stop each task still running, put it back on its queue at once; how many."""
+        requests = list(self.state.active_requests)
+        if not requests:
+            return 0
+        if self.kind == "solo":
+            return self._cancel_solo(requests)
+        if self.kind != "prefork" or self.answers is None:
+            log.log(logging.ERROR, "%s: %s pool tasks cannot be stopped", self.name, self.kind)
+            return 0
+        by_pid = {request.worker_pid: request for request in requests if request.worker_pid}
+        for pid in by_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, STOP_SIGNAL)
+        answers = self._read_answers(set(by_pid), _ANSWER_WAIT)
+        stopped = []
+        for pid, request in by_pid.items():
+            answer = answers.get(pid)
+            if answer is None:  # stuck in C code, or the signal was blocked: no choice
+                log.log(logging.ERROR, "pool process %d did not answer; killed (SIGKILL)", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            elif not answer:
+                continue  # it had just finished; its result is on its way
+            self.put_back(request)
+            stopped.append(request)
+
+        def bookkeeping() -> None:
+            pool = self.consumer.pool
+            for request in stopped:
+                # Celery's own cancel: no ack, no failure recorded, off the active list.
+                request.cancel(pool, signal=STOP_SIGNAL, emit_retry=False)
+
+        self.loop.call(bookkeeping, 2.0)
+        return len(stopped)
+
+    def _cancel_solo(self, requests: list[Celery]) -> int:
+        """The solo pool runs the task on the main thread: stop it there, then put it back."""
+        main = self.main_ident
+        if main is None:
+            return 0
+        signal.pthread_kill(main, STOP_SIGNAL)
+        deadline = time.monotonic() + _ANSWER_WAIT
+        while not (self.frozen.is_set() or self.finished.is_set()):
+            if time.monotonic() >= deadline:
+                log.log(
+                    logging.ERROR,
+                    "%s: the main thread did not stop its task within %.1f s (in C code?); "
+                    "put back all the same, and the process ends when the stop does",
+                    self.name,
+                    _ANSWER_WAIT,
+                )
+                break
+            self.frozen.wait(_POLL)
+        if self.finished.is_set() and not self.frozen.is_set():
+            return 0  # it had just finished: acknowledged as done, not put back
+        for request in requests:
+            self.put_back(request)
+        return len(requests)
+
+    def _solo_stop_requested(self, _signum: int, _frame: object) -> None:
+        """On the solo main thread: the task that runs never resumes."""
+        if _running.stopping:
+            return
+        if _running.task_id is None:
+            self.finished.set()
+            return
+        _running.stopping = True
+        self.frozen.set()
+        while True:  # the stop's end wakes this thread with its signal, and ends the process
+            time.sleep(1.0)
+
+    def _read_answers(self, pids: set[int], timeout: float) -> dict[int, bool]:
+        answers: dict[int, bool] = {}
+        fd = self.answers
+        assert fd is not None  # noqa: S101  # checked by the caller
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        while pids - answers.keys():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            with contextlib.suppress(BlockingIOError):
+                buffer += os.read(fd, 4096)
+            while len(buffer) >= _ANSWER.size:
+                pid, stopped = _ANSWER.unpack(buffer[: _ANSWER.size])
+                buffer = buffer[_ANSWER.size :]
+                answers[pid] = bool(stopped)
+        return answers
+
+    # ------------------------------------------------------------ putting back
+
+    def put_back(self, request: Celery, why: str = "the drain budget ran out") -> None:
+        """Push ``request``'s message at the head of its queue, out of the unacked hash, now."""
+        message = request.message
+        tag = message.delivery_tag
+        if tag in self.put_back_tags:
+            return
+        self.put_back_tags.add(tag)
+        request.acknowledged = True  # Celery must neither ack nor reject it any more
+        channel = message.channel
+        qos = channel.qos
+        info = message.delivery_info
+        exchange, routing_key = info.get("exchange"), info.get("routing_key")
+
+        def transaction(pipe: Celery) -> None:
+            pipe.multi()
+            pipe.zrem(qos.unacked_index_key, tag).hdel(qos.unacked_key, tag)
+            channel._do_restore_message(message._raw, exchange, routing_key, pipe)  # noqa: SLF001
+
+        with channel.conn_or_acquire() as client:
+            client.transaction(transaction, qos.unacked_key)
+        qos._quick_ack(tag)  # noqa: SLF001  # not restored again when the channel closes
+        self.note(request, "requeued", time.time())
+        log.log(
+            logging.WARNING,
+            "task %s[%s] put back on its queue after %.1f s: %s",
+            request.name,
+            request.id,
+            self.jobs[request.id]["seconds"],
+            why,
+        )
+
+    def force(self) -> None:
+        """A second Ctrl-C: end every pool process, put back every task not done; now.
+
+        In a signal handler on the main thread, which runs Celery's loop: nothing else
+        touches Celery's state meanwhile.
+        """
+        inner = getattr(self.consumer.pool, "_pool", None)
+        for process in list(getattr(inner, "_pool", None) or ()):  # billiard/pool.py
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(process.pid, signal.SIGKILL)
+        # Reserved requests include the active ones (celery/worker/state.py).
+        pending = {r.id: r for r in [*self.state.reserved_requests, *self.state.active_requests]}
+        for request in pending.values():
+            with contextlib.suppress(Exception):
+                self.put_back(request, "forced (a second SIGINT)")
+        log.log(
+            logging.ERROR,
+            "%s: forced; %d task(s) put back on their queues",
+            self.name,
+            len(pending),
+        )
+
+    # ------------------------------------------------------------ after the drain
+
+    def stop_celery(self, timeout: float) -> bool:
+        """Let Celery's own warm shutdown close the pool and the connection; whether it did."""
+        if self.frozen.is_set():
+            return False  # solo: the main thread stays where the task was stopped
+
+        def stop() -> None:
+            self.state.should_stop = 0  # state.maybe_shutdown() raises WorkerShutdown(0)
+
+        self.loop.call(stop, timeout)
+        return self.celery_stopped.wait(timeout)
+
+    # ------------------------------------------------------------ the report
+
+    def _note_finished(self) -> None:
+        now = time.time()
+        running = {request.id for request in self.state.active_requests}
+        for task_id, job in self.jobs.items():
+            if task_id not in running and job.get("_open"):
+                job["seconds"] = round(now - job.pop("_open"), 3)
+                self.coordinator.note_job({k: v for k, v in job.items() if k != "_open"})
+
+    def note(self, request: Celery, outcome: str, now: float) -> None:
+        job = self.jobs.get(request.id) or _job(request, outcome, now)
+        began = job.pop("_open", None)
+        job["outcome"] = outcome
+        job["seconds"] = round(now - began, 3) if began else 0.0
+        self.jobs[request.id] = job
+        self.coordinator.note_job(dict(job))
+
+
+def _job(request: Celery, outcome: str, now: float) -> dict[str, Any]:
+    started = request.time_start
+    entry: dict[str, Any] = {"id": request.id, "name": request.name, "outcome": outcome}
+    entry["seconds"] = 0.0
+    if started:
+        entry["_open"] = started
+    else:
+        entry["_open"] = now
+    return entry
+
+
+def _never_started(request: Celery, unwritten: set[int]) -> bool:
+    """Whether a reserved request never reached a pool process (and never will)."""
+    ref = getattr(request, "_apply_result", None)  # celery/worker/request.py
+    job = ref() if ref is not None else None
+    return job is None or id(job) in unwritten  # waiting for the semaphore, or taken back

@@ -1,0 +1,315 @@
+"""Celery workers on a real redis-server, stopped by real signals: ``lastcall.celery.LastCall``.
+
+Each test starts ``celery -A proj worker`` (the app below, ``LastCall(app)``
+beside it unless ``PLAIN=1``), puts tasks in flight and signals the worker's
+main process. Every task records in Redis, from inside itself, when it
+started (and in which process) and when it completed; hooks record where they
+ran. What each test would show against plain Celery is in its docstring, and
+``test_plain_celery_*`` shows it where it is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from brokers import redis_server  # noqa: F401  # the fixture
+from conftest import WAIT, free_port
+
+if TYPE_CHECKING:
+    from brokers import Redis
+
+pytest.importorskip("celery")
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+APP = """
+import os, time
+import redis
+import lastcall
+from celery import Celery, signals
+
+BROKER = os.environ["BROKER"]
+app = Celery("proj", broker=BROKER)
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_acks_late = os.environ.get("ACKS_LATE") == "1"
+if os.environ.get("SOFT_LIMIT"):
+    app.conf.task_soft_time_limit = float(os.environ["SOFT_LIMIT"])
+if os.environ.get("SOFT_SHUTDOWN"):
+    app.conf.worker_soft_shutdown_timeout = float(os.environ["SOFT_SHUTDOWN"])
+if os.environ.get("VISIBILITY"):
+    app.conf.broker_transport_options = {"visibility_timeout": float(os.environ["VISIBILITY"])}
+if os.environ.get("PLAIN") != "1":
+    from lastcall.celery import LastCall
+
+    LastCall(app)
+store = redis.Redis.from_url(BROKER)
+
+
+@lastcall.on_shutdown
+def main_hook():
+    store.rpush("hooks", f"main {os.getpid()}")
+
+
+@signals.worker_process_init.connect
+def pool_process_init(**_):
+    store.rpush("processes", os.getpid())
+
+    @lastcall.on_shutdown
+    def pool_process_hook():
+        store.rpush("hooks", f"process {os.getpid()}")
+
+
+@app.task
+def work(n, seconds, again=None):
+    attempt = store.incr(f"attempt:{n}")
+    store.rpush("started", f"{n} {os.getpid()} {time.time()}")
+    time.sleep(seconds if attempt == 1 or again is None else again)
+    store.rpush("completed", n)
+    return n
+"""
+
+ENQUEUE = """
+import sys
+import proj
+for n, seconds, again in [tuple(map(float, job.split(":"))) for job in sys.argv[1:]]:
+    proj.work.delay(int(n), seconds, again if again >= 0 else None)
+"""
+
+
+def wait_until(what: str, predicate: object, timeout: float = WAIT) -> float:
+    """Wait, bounded, until ``predicate()`` holds; the time it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+class Scenario:
+    """The app in the test's directory, its broker, and workers started on it."""
+
+    def __init__(self, spawn: object, redis: Redis) -> None:
+        self.spawn = spawn
+        self.redis = redis
+        self.dir: Path = spawn.script_dir  # type: ignore[attr-defined]
+        (self.dir / "proj.py").write_text(APP)
+        (self.dir / "enqueue.py").write_text(ENQUEUE)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"BROKER": self.redis.url, "PYTHONPATH": str(self.dir), **extra}
+
+    def worker(self, *options: str, **env: str) -> object:
+        argv = [CELERY, "-A", "proj", "worker", "-l", "info", "--without-mingle",
+                "--without-gossip", *options]  # fmt: skip
+        child = self.spawn("", env=self.env(**env), argv=argv, wait_ready=False)  # type: ignore[operator]
+        child.wait_for("ready.", stream="stderr")
+        return child
+
+    def enqueue(self, *jobs: tuple[int, float, float | None]) -> None:
+        import subprocess
+
+        args = [f"{n}:{s}:{-1 if a is None else a}" for n, s, a in jobs]
+        subprocess.run(
+            [sys.executable, str(self.dir / "enqueue.py"), *args],
+            env={**self.env(), "PATH": "/usr/bin:/bin"},
+            cwd=self.dir,
+            check=True,
+            timeout=WAIT,
+        )
+
+    def list(self, key: str) -> list[str]:
+        return list(self.redis.client.lrange(key, 0, -1))
+
+    def queued(self) -> int:
+        return int(self.redis.client.llen("celery"))
+
+
+@pytest.fixture
+def scenario(spawn: object, redis_server: Redis) -> Scenario:  # noqa: F811
+    return Scenario(spawn, redis_server)
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=WAIT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
+def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
+    scenario: Scenario, acks_late: str
+) -> None:
+    """Prefork, 2 processes, 2 tasks running and 4 prefetched, SIGTERM to the main process.
+
+    Against plain Celery: the 4 prefetched stay held by the stopping worker (not
+    on the queue) until its warm shutdown ends, the exit status is 0, and the
+    pool processes' hooks never run (``test_plain_celery_holds_prefetched_and_exits_0``).
+    """
+    health = free_port()
+    worker = scenario.worker(
+        "-P", "prefork", "-c", "2",
+        ACKS_LATE=acks_late, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
+        SOFT_LIMIT="60", LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+        VISIBILITY="8",
+    )  # fmt: skip
+    budget = worker.wait_for("running tasks get", stream="stderr").split(" get ")[1].split()[0]
+    line = worker.wait_for("task_soft_time_limit=60 s", stream="stderr")
+    assert f"drain budget {budget} s" in line, line  # both numbers, in one line
+    line = worker.wait_for("visibility_timeout=8 s", stream="stderr")
+    assert "LASTCALL_GRACE=8 s" in line, line
+    assert readyz(health) == 200
+    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
+    wait_until("the other 4 prefetched (4 x 2 processes)", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    worker.wait_for("shutdown started by SIGTERM", stream="stderr")
+    assert readyz(health) == 503  # red at once, while the tasks still run
+    back = wait_until("the prefetched tasks back on the queue", lambda: scenario.queued() == 4)
+    assert back - signalled < 1.0
+    scenario.enqueue((6, 0.2, None))  # during the stop: left on the queue
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert sorted(scenario.list("completed")) == ["0", "1"]
+    assert len(scenario.list("started")) == 2  # none started after the signal
+    processes = scenario.list("processes")
+    ours = {str(worker.pid), *processes}  # not the enqueuing script's own exit
+    hooks = [h for h in scenario.list("hooks") if h.split()[1] in ours]
+    assert sorted(hooks) == sorted([f"main {worker.pid}", *(f"process {p}" for p in processes)])
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    outcomes = sorted(job["outcome"] for job in report["jobs"])
+    assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
+    scenario.enqueue((7, 0.2, None))  # after it ended
+    assert scenario.queued() == 6
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+
+    # A second worker takes the rest: every task completes exactly once.
+    second = scenario.worker("-P", "prefork", "-c", "4", LASTCALL_GRACE="8")
+    wait_until("all 8 completed", lambda: len(scenario.list("completed")) == 8)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    assert sorted(scenario.list("completed")) == [str(n) for n in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "0"), ("prefork", "1"), ("solo", "0")],
+    ids=["prefork-acks-early", "prefork-acks-late", "solo"],
+)
+def test_task_longer_than_the_budget_is_put_back_and_completes_once(
+    scenario: Scenario, pool: str, acks_late: str
+) -> None:
+    """A task running past the drain budget is stopped, put back at once, done by another worker.
+
+    Against plain Celery: SIGTERM waits for the task with no limit (the orchestrator's
+    SIGKILL then loses it without ``acks_late``, or leaves it to Redis's hour-long
+    visibility timeout with it); here it is on the queue within 1 s of the budget's end.
+    """
+    # With Celery 5.5's soft shutdown and billiard's SIGTERM remap set: both are said, and
+    # neither changes what SIGTERM does here.
+    remap = {"REMAP_SIGTERM": "SIGQUIT", "SOFT_SHUTDOWN": "30"} if acks_late == "1" else {}
+    worker = scenario.worker(
+        "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"), **remap,
+    )  # fmt: skip
+    if remap:
+        worker.wait_for("REMAP_SIGTERM=SIGQUIT: lastcall takes SIGTERM", stream="stderr")
+        worker.wait_for("worker_soft_shutdown_timeout=30 s applies to SIGQUIT", stream="stderr")
+    line = worker.wait_for("running tasks get", stream="stderr")
+    budget = float(line.split("running tasks get ")[1].split()[0])
+    scenario.enqueue((7, 60, 0.2))
+    wait_until("the task running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    back = wait_until("the task back on the queue", lambda: scenario.queued() == 1)
+    assert back - signalled < budget + 1.0, f"{back - signalled:.2f} s, budget {budget} s"
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert scenario.list("completed") == []  # stopped, never completed here
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    [job] = report["jobs"]
+    assert (job["name"], job["outcome"]) == ("proj.work", "requeued")
+    assert job["seconds"] >= budget - 0.5
+    assert int(scenario.redis.client.hlen("unacked")) == 0  # not left to visibility_timeout
+    hooks = scenario.list("hooks")
+    assert hooks.count(f"main {worker.pid}") == 1
+    for process in scenario.list("processes"):  # the stopped task's process ran its own
+        assert hooks.count(f"process {process}") == 1, (process, hooks)
+
+    second = scenario.worker("-P", pool, "-c", "1", LASTCALL_GRACE="5")
+    wait_until("the task completed", lambda: scenario.list("completed") == ["7"])
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    assert scenario.list("completed") == ["7"]  # once
+    first, again = (s.split()[1] for s in scenario.list("started"))
+    assert first != again  # stopped in one worker, completed by the other
+
+
+def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None:
+    """Ctrl-C twice: the second ends the worker at once, every task back on the queue.
+
+    Against plain Celery: the second Ctrl-C is a cold shutdown that cancels the
+    running tasks; without ``acks_late`` they are acknowledged already, and lost.
+    """
+    worker = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="20")
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
+    wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGINT)
+    worker.wait_for("shutdown started by SIGINT", stream="stderr")
+    wait_until("the prefetched tasks back", lambda: scenario.queued() == 2)
+    worker.send(signal.SIGINT)
+    forced = time.monotonic()
+    assert worker.finish() == -signal.SIGINT, worker.output()
+    assert time.monotonic() - forced < 2.0
+    assert scenario.queued() == 4  # the 2 running ones too, at once
+    assert scenario.list("completed") == []
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+
+
+def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:
+    """Plain Celery beside: what the first test checks does not hold without lastcall."""
+    worker = scenario.worker("-P", "prefork", "-c", "2", PLAIN="1")
+    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
+    wait_until("the other 4 prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGTERM)
+    time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
+    assert scenario.queued() == 0  # still held by the stopping worker
+    assert worker.finish() == 0  # Celery exits 0 after SIGTERM
+    assert sorted(scenario.list("completed")) == ["0", "1"]
+    assert not any(h.startswith("process") for h in scenario.list("hooks"))
+
+
+def test_many_short_tasks_each_complete_once_across_a_stop(scenario: Scenario) -> None:
+    """1,000 short tasks flowing, SIGTERM mid-stream, then a second worker: each completes once.
+
+    The door takes back only what no pool process has seen: taking back a job a
+    process had already begun (Celery's ``AsynPool.flush`` does, at a lost
+    connection) runs it here and again on the second worker.
+    """
+    total = 1000
+    scenario.enqueue(*[(n, 0.0, None) for n in range(total)])
+    worker = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="8")
+    wait_until("100 completed", lambda: scenario.redis.client.llen("completed") >= 100)
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    first = scenario.list("completed")
+    assert len(first) == len(set(first))
+    assert len(first) + scenario.queued() == total  # none lost, none in two places
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+
+    second = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="8")
+    wait_until("all completed", lambda: scenario.redis.client.llen("completed") >= total)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    completed = scenario.list("completed")
+    assert sorted(map(int, completed)) == list(range(total))  # each exactly once

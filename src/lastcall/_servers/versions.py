@@ -28,6 +28,7 @@ from lastcall._report import logger
 __all__ = (
     "DJANGO",
     "GEVENT",
+    "GRPC",
     "GUNICORN",
     "GUNICORN_GTHREAD",
     "HYPERCORN",
@@ -161,4 +162,13 @@ DJANGO = Tested(
     "4.2",
     "5.2",
     "runserver's drain and autoreloader handling may not work",
+)
+# What is read: grpc/_server.py's _Server._state (its handler list and dict) and, on
+# grpc.aio, the Cython AioServer's (grpc/_cython/_cygrpc/aio/server.pyx.pxi) through
+# gc.get_referents; tests/test_grpc.py passes on 1.85.4.
+GRPC = Tested(
+    "grpcio",
+    "1.85",
+    "1.85",
+    "the drain may not count RPCs (it then waits for grpc's own stop) nor find the health service",
 )

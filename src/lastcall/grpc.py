@@ -68,7 +68,7 @@ class LastCall:
         self.aio = isinstance(server, importlib.import_module("grpc.aio").Server)
         if not self.aio and not isinstance(server, grpc.Server):
             raise TypeError(
-                f"LastCall() takes a grpc.server() or grpc.aio.server(), not {server!r}"
+                f"LastCall() takes a grpc.server() or a grpc.aio.server(), not {server!r}"
             )
         self.health: Any = None  # the health servicer driven, once the server has started
         self._want_health = health

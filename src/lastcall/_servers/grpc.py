@@ -98,6 +98,7 @@ class RpcsInFlight:
     def __init__(self) -> None:
         self._live: dict[int, tuple[str, float]] = {}
         self._health: set[int] = set()
+        self._streams: set[int] = set()  # response streams whose handler still runs (sync)
         self._keys = itertools.count()
         self._cond = threading.Condition()
 
@@ -128,6 +129,21 @@ class RpcsInFlight:
         """Wait up to ``timeout`` s until none of the app's RPCs is in flight."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._live, max(0.0, timeout))
+
+    def stream_began(self, key: int) -> None:
+        with self._cond:
+            self._streams.add(key)
+
+    def stream_ended(self, key: int) -> None:
+        with self._cond:
+            self._streams.discard(key)
+            if not self._streams:
+                self._cond.notify_all()
+
+    def wait_streams(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until no response stream's handler runs."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._streams, max(0.0, timeout))
 
     def listing(self) -> list[dict[str, Any]]:
         """The app's RPCs in flight, for the report (``list_requests_with``): POST and path."""
@@ -274,12 +290,21 @@ def _until_over(rpcs: RpcsInFlight, key: int, context: Grpc) -> None:
 def _wrap_sync(
     behaviour: Callable[..., Any], path: str, rpcs: RpcsInFlight, *, streams: bool
 ) -> Callable[..., Any]:
-    """On grpc's threads; the RPC ends with the context's callbacks (``_Context.add_callback``)."""
-    del streams  # a response stream ends with its RPC too
+    """On grpc's threads; the RPC ends with the context's callbacks (``_Context.add_callback``).
+
+    A response stream's handler is also followed until its iterator is closed
+    (grpc drops it at the message after a cancel), so a cancel can give it
+    that moment to hear of it.
+    """
 
     def tracked(request: Any, context: Grpc, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
-        _until_over(rpcs, rpcs.began(path), context)
-        return behaviour(request, context, *args, **kwargs)
+        key = rpcs.began(path)
+        _until_over(rpcs, key, context)
+        result = behaviour(request, context, *args, **kwargs)
+        if not streams or result is None or path.startswith(_HEALTH_PREFIX):
+            return result  # None: a non-blocking stream (a health Watch) answers by callback
+        rpcs.stream_began(key)
+        return _ending(result, functools.partial(rpcs.stream_ended, key))
 
     _copy_flags(tracked, behaviour)
     return tracked
@@ -377,11 +402,18 @@ class _Adapter:
         """Nothing: grpc has sent every connection its GOAWAY already."""
 
     def cancel(self) -> int:
-        """End every RPC left with UNAVAILABLE (grpc's cancel-all); how many were the app's."""
+        """End every RPC left with UNAVAILABLE (grpc's cancel-all); how many were the app's.
+
+        Then a moment, at most ``_CANCEL_WAIT`` and half of what the hooks after the
+        drain keep, for the statuses to go out and a sync response stream's handler
+        to be closed at its next message (an aio handler is cancelled at once).
+        """
         left = self.in_flight()
         self._cancel_all()
-        wait = min(_CANCEL_WAIT, self._coordinator.time_left() or _CANCEL_WAIT)
-        self._stopped.wait(wait)  # their statuses on their way before the process goes
+        deadline = time.monotonic() + min(_CANCEL_WAIT, (self._coordinator.time_left() or 0) / 2)
+        if self._rpcs is not None:
+            self._rpcs.wait_streams(deadline - time.monotonic())
+        self._stopped.wait(max(0.0, deadline - time.monotonic()))
         return left
 
     def _grace(self) -> float:

@@ -1,7 +1,9 @@
 """``lastcall.grpc.LastCall``: a real grpc server (sync and aio), real grpc clients, real signals.
 
-The service is built from grpc's generic handlers (bytes in, bytes out: no
-protoc step); the health service is grpcio-health-checking's own. What each
+The service is built from grpc's method handlers (bytes in, bytes out: no
+protoc step), registered on the sync server as protoc's generated code does
+(generic and registered methods) and on the aio server as a generic handler
+only; the health service is grpcio-health-checking's own. What each
 test shows against plain grpcio (the same script without ``LastCall``) is
 in its docstring.
 """
@@ -38,13 +40,16 @@ def out(*words):
 def app_hook():
     out("hook:app", os.getpid())
 
-def handler():
-    return grpc.method_handlers_generic_handler("test.Drill", {
+def add_service(server, registered):
+    methods = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
-    })
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Drill", methods),))
+    if registered:  # as protoc's generated add_*Servicer_to_server does since grpcio 1.63
+        server.add_registered_method_handlers("test.Drill", methods)
 """
 
 SYNC_APP = (
@@ -79,7 +84,7 @@ def bidi(requests, context):
         yield request
 
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-server.add_generic_rpc_handlers((handler(),))
+add_service(server, registered=True)
 port = server.add_insecure_port("127.0.0.1:0")
 if os.environ.get("PLAIN") != "1":
     LastCall(server)
@@ -130,7 +135,7 @@ async def bidi(requests, context):
 
 async def main():
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler(),))
+    add_service(server, registered=False)
     port = server.add_insecure_port("127.0.0.1:0")
     if os.environ.get("PLAIN") != "1":
         LastCall(server)

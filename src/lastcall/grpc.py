@@ -121,7 +121,20 @@ class LastCall:
             server.start = start_sync
 
     def _prepare(self) -> None:
-        """Before grpc's start: find or add the health servicer, wrap every handler."""
+        """Before grpc's start: find or add the health servicer, wrap every handler.
+
+        Nothing here may keep the server from starting: what fails is said, once.
+        """
+        try:
+            self._find_and_wrap()
+        except Exception as exc:
+            logger.exception(
+                "grpc: lastcall could not prepare the server's stop (%r); its RPCs are not "
+                "counted, the drain waits for grpc's own stop",
+                exc,
+            )
+
+    def _find_and_wrap(self) -> None:
         handlers = adapter.find_handlers(self.server, aio=self.aio)
         if handlers is None:
             logger.warning(
@@ -140,9 +153,10 @@ class LastCall:
             self.health = self._add_health_servicer()
             self._health_is_ours = self.health is not None
         self._services = ["", *adapter.service_names(handlers)]
-        self.rpcs = adapter.RpcsInFlight()
-        self._coordinator.list_requests_with(self.rpcs.listing)
-        handlers.wrap(self.rpcs, aio=self.aio)
+        rpcs = adapter.RpcsInFlight()
+        handlers.wrap(rpcs, aio=self.aio)
+        self.rpcs = rpcs
+        self._coordinator.list_requests_with(rpcs.listing)
 
     def _add_health_servicer(self) -> Any:  # noqa: ANN401  # grpc_health's
         try:

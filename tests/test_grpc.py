@@ -48,8 +48,8 @@ def add_service(server, registered):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Drill", methods),))
-    if registered:  # as protoc's generated add_*Servicer_to_server does since grpcio 1.63
-        server.add_registered_method_handlers("test.Drill", methods)
+    if registered and hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63
+        server.add_registered_method_handlers("test.Drill", methods)  # as protoc's code does
 """
 
 SYNC_APP = (

@@ -29,7 +29,7 @@ stream (client-side health checking) stays open for ever, so once the app's
 RPCs are over whatever is left is cancelled at once instead of holding the
 drain to its budget.
 
-Tested with grpcio 1.85 (``versions.GRPC``). Undocumented parts used, only to
+Tested with grpcio 1.62 and 1.85 (``versions.GRPC``). Undocumented parts used, only to
 find the handlers (without them the drain waits for grpc's own stop, which
 counts a health ``Watch`` as in flight, and names no RPC in the report):
 
@@ -39,7 +39,7 @@ counts a health ``Watch`` as in flight, and names no RPC in the report):
   (``grpc/_cython/_cygrpc/aio/server.pyx.pxi``), whose ``_generic_handlers``
   list and ``_registered_method_handlers`` dict are not Python attributes:
   they are found among its ``gc.get_referents``, the only list and the only
-  dict it holds.
+  dict it holds (no dict before grpcio 1.63, which had no registered methods).
 """
 
 from __future__ import annotations
@@ -199,9 +199,10 @@ def find_handlers(server: Grpc, *, aio: bool) -> Handlers | None:  # noqa: PLR09
     referents = gc.get_referents(core)
     lists = [r for r in referents if type(r) is list]
     dicts = [r for r in referents if type(r) is dict]
-    if len(lists) != 1 or len(dicts) != 1:
+    if len(lists) != 1 or len(dicts) > 1:
         return None
-    generic, registered = lists[0], dicts[0]
+    generic = lists[0]
+    registered = dicts[0] if dicts else {}  # no registered methods before grpcio 1.63
     if not all(hasattr(g, "service") for g in generic):
         return None
     if not all(isinstance(k, str) and k.startswith("/") for k in registered):

@@ -379,11 +379,14 @@ def test_rpcs_that_overrun_the_budget_end_unavailable_and_are_named_in_the_repor
     assert "still in flight after" in child.output()
 
 
-def test_a_second_ctrl_c_ends_the_process_at_once(spawn):
+@KINDS
+def test_a_second_ctrl_c_ends_the_process_at_once(spawn, kind):
     """Steps: a 30 s unary RPC in flight, grace 30 s; Ctrl-C, then Ctrl-C again once the door
     has closed. The process ends by SIGINT at once, the RPC fails UNAVAILABLE.
-    Plain grpcio: neither Ctrl-C ends it while the RPC runs (grpc#40834)."""
-    child = start(spawn, "sync", env={"LASTCALL_GRACE": "30"})
+    Plain grpcio: a sync server does not end on either Ctrl-C while the RPC runs (grpc#40834:
+    still running after the RPC's deadline); an aio server ends on the first, the RPC
+    CANCELLED (which clients do not retry)."""
+    child = start(spawn, kind, env={"LASTCALL_GRACE": "30"})
     unary = Call(child.port, "Unary", b"30")
     child.wait_for("rpc:unary")
     child.send(signal.SIGINT)

@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = ("LastCall",)
 
-_LOOP_WAIT = 1.0  # seconds, at most, for the app's loop to set the health statuses
-
 
 class LastCall:
     """lastcall's stop for one grpc server (``grpc.server`` or ``grpc.aio.server``)."""

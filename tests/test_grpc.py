@@ -40,12 +40,18 @@ def out(*words):
 def app_hook():
     out("hook:app", os.getpid())
 
+def sync_unary(request, context):  # on grpc.aio, in its migration thread pool
+    out("rpc:sync_unary")
+    time.sleep(float(request or b"0"))
+    return b"done"
+
 def add_service(server, registered):
     methods = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "SyncUnary": grpc.unary_unary_rpc_method_handler(sync_unary),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Drill", methods),))
     if registered and hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63
@@ -103,6 +109,7 @@ AIO_APP = (
     COMMON
     + """
 import asyncio
+from concurrent import futures
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 async def unary(request, context):
@@ -134,7 +141,7 @@ async def bidi(requests, context):
         yield request
 
 async def main():
-    server = grpc.aio.server()
+    server = grpc.aio.server(migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4))
     add_service(server, registered=False)
     port = server.add_insecure_port("127.0.0.1:0")
     if os.environ.get("PLAIN") != "1":
@@ -205,6 +212,7 @@ class Call(threading.Thread):
         with channel(self.port) as chan:
             kind = {
                 "Unary": chan.unary_unary,
+                "SyncUnary": chan.unary_unary,
                 "ServerStream": chan.unary_stream,
                 "ClientStream": chan.stream_unary,
                 "Bidi": chan.stream_stream,
@@ -212,7 +220,7 @@ class Call(threading.Thread):
             call = kind(f"/test.Drill/{self.method}")
             got: list[bytes] = []
             try:
-                if self.method in ("Unary", "ClientStream"):
+                if self.method in ("Unary", "SyncUnary", "ClientStream"):
                     got.append(call(self.request, timeout=WAIT * 2))
                 else:
                     got.extend(call(self.request, timeout=WAIT * 2))
@@ -227,9 +235,10 @@ class Call(threading.Thread):
 
 
 def all_four(port: int) -> dict[str, Call]:
-    """One RPC of each kind, each about 1 s long."""
+    """One RPC of each kind, about 1 s long; and a sync handler's (on aio: its thread pool)."""
     return {
         "Unary": Call(port, "Unary", b"1"),
+        "SyncUnary": Call(port, "SyncUnary", b"1.5"),  # the last to end: the drain waits for it
         "ServerStream": Call(port, "ServerStream", b"5 0.2"),
         "ClientStream": Call(port, "ClientStream", paced(5, 0.2)),
         "Bidi": Call(port, "Bidi", paced(5, 0.2)),
@@ -238,6 +247,7 @@ def all_four(port: int) -> dict[str, Call]:
 
 EXPECTED = {
     "Unary": ("OK", [b"done"]),
+    "SyncUnary": ("OK", [b"done"]),
     "ServerStream": ("OK", [b"0", b"1", b"2", b"3", b"4"]),
     "ClientStream": ("OK", [b"5"]),
     "Bidi": ("OK", [b"0", b"1", b"2", b"3", b"4"]),
@@ -250,7 +260,8 @@ EXPECTED = {
 )
 def test_rpcs_of_every_kind_in_flight_at_the_signal_all_finish(spawn, kind, sig):
     """Steps: a unary, a server-streaming, a client-streaming and a bidi RPC of about 1 s in
-    flight; the signal. All four complete with every message; once the door closes a new
+    flight (and, on grpc.aio, a sync handler in its migration thread pool); the signal. All
+    complete with every message; once the door closes a new
     connection is refused and a new RPC fails UNAVAILABLE (clients retry those); the hook runs
     once, in the server's process; the process ends by the signal.
     Plain grpcio: SIGTERM kills the process at once, all four fail UNAVAILABLE and no hook runs;
@@ -258,7 +269,7 @@ def test_rpcs_of_every_kind_in_flight_at_the_signal_all_finish(spawn, kind, sig)
     """
     child = start(spawn, kind, env={"LASTCALL_GRACE": "10"})
     calls = all_four(child.port)
-    for method in ("unary", "server_stream", "client_stream", "bidi"):
+    for method in ("unary", "sync_unary", "server_stream", "client_stream", "bidi"):
         child.wait_for(f"rpc:{method}")
     child.send(sig)
     child.wait_for("stopped accepting", stream="stderr")

@@ -234,11 +234,40 @@ class Call(threading.Thread):
         return self.result
 
 
+class Watch(threading.Thread):
+    """A health Watch stream (the whole server's), as client-side health checking keeps open."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.seen: list[str] = []  # the statuses, as they come: tests poll it
+        self.end: str | None = None
+        self.start()
+
+    def run(self) -> None:
+        with channel(self.port) as chan:
+            stream = health_pb2_grpc.HealthStub(chan).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=WAIT * 2
+            )
+            try:
+                for reply in stream:
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                    self.seen.append(name)
+            except grpc.RpcError as exc:
+                self.end = str(exc.code().name)
+            else:
+                self.end = "OK"
+
+    def outcome(self) -> str | None:
+        self.join(WAIT * 2)
+        return self.end
+
+
 def all_four(port: int) -> dict[str, Call]:
     """One RPC of each kind, about 1 s long; and a sync handler's (on aio: its thread pool)."""
     return {
         "Unary": Call(port, "Unary", b"1"),
-        "SyncUnary": Call(port, "SyncUnary", b"1.5"),  # the last to end: the drain waits for it
+        "SyncUnary": Call(port, "SyncUnary", b"1.5"),  # the last: the Watch is not ended before
         "ServerStream": Call(port, "ServerStream", b"5 0.2"),
         "ClientStream": Call(port, "ClientStream", paced(5, 0.2)),
         "Bidi": Call(port, "Bidi", paced(5, 0.2)),
@@ -260,23 +289,26 @@ EXPECTED = {
 )
 def test_rpcs_of_every_kind_in_flight_at_the_signal_all_finish(spawn, kind, sig):
     """Steps: a unary, a server-streaming, a client-streaming and a bidi RPC of about 1 s in
-    flight (and, on grpc.aio, a sync handler in its migration thread pool); the signal. All
-    complete with every message; once the door closes a new
+    flight (and, on grpc.aio, a sync handler in its migration thread pool), and a health Watch
+    stream open; the signal. All complete with every message; once the door closes a new
     connection is refused and a new RPC fails UNAVAILABLE (clients retry those); the hook runs
     once, in the server's process; the process ends by the signal.
-    Plain grpcio: SIGTERM kills the process at once, all four fail UNAVAILABLE and no hook runs;
-    SIGINT raises KeyboardInterrupt in wait_for_termination and the RPCs are cut the same way.
+    Plain grpcio: SIGTERM kills the process at once, all fail UNAVAILABLE and no hook runs; on
+    SIGINT a sync server does not end (grpc#40834), an aio one ends at once, its RPCs CANCELLED.
     """
     child = start(spawn, kind, env={"LASTCALL_GRACE": "10"})
+    watch = Watch(child.port)
     calls = all_four(child.port)
     for method in ("unary", "sync_unary", "server_stream", "client_stream", "bidi"):
         child.wait_for(f"rpc:{method}")
+    wait_until(lambda: watch.seen == ["SERVING"], child, "the Watch stream's SERVING")
     child.send(sig)
     child.wait_for("stopped accepting", stream="stderr")
     assert refused(child.port)
     late = Call(child.port, "Unary", b"0").outcome()
     assert late == ("UNAVAILABLE", 0)
     assert {name: call.outcome() for name, call in calls.items()} == EXPECTED, child.output()
+    assert watch.outcome() == "UNAVAILABLE"  # ended once the app's RPCs were over, not before
     assert child.finish() == -sig, child.output()
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
     assert "drained: nothing left in flight" in child.output()
@@ -302,37 +334,18 @@ def test_health_goes_not_serving_at_once_while_the_prestop_delay_still_serves(sp
     assert check(child.port) == "SERVING"
     assert check(child.port, "test.Drill") == "SERVING"
     assert check(child.port, "nothing.Here") == "NOT_FOUND"
-    seen: list[str] = []
-    watch_end: list[str] = []
-
-    def watch() -> None:
-        with channel(child.port) as chan:
-            stream = health_pb2_grpc.HealthStub(chan).Watch(
-                health_pb2.HealthCheckRequest(service=""), timeout=WAIT * 2
-            )
-            try:
-                for reply in stream:
-                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                    seen.append(name)  # one by one, as they come: the test polls it
-            except grpc.RpcError as exc:
-                watch_end.append(exc.code().name)
-            else:
-                watch_end.append("OK")
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    wait_until(lambda: seen == ["SERVING"], child, "the Watch stream's SERVING")
+    watch = Watch(child.port)
+    wait_until(lambda: watch.seen == ["SERVING"], child, "the Watch stream's SERVING")
     began = time.monotonic()
     child.send(signal.SIGTERM)
     wait_until(lambda: check(child.port) == "NOT_SERVING", child, "NOT_SERVING")
     assert check(child.port, "test.Drill") == "NOT_SERVING"
     assert _readyz(health_port) == 503
     assert Call(child.port, "Unary", b"0").outcome() == ("OK", [b"done"])  # still serving
-    wait_until(lambda: seen == ["SERVING", "NOT_SERVING"], child, "the Watch stream's update")
+    wait_until(lambda: watch.seen == ["SERVING", "NOT_SERVING"], child, "the Watch's update")
     child.wait_for("stopped accepting", stream="stderr")
     assert refused(child.port)
-    watcher.join(WAIT)
-    assert watch_end == ["UNAVAILABLE"]
+    assert watch.outcome() == "UNAVAILABLE"
     assert child.finish() == -signal.SIGTERM, child.output()
     assert time.monotonic() - began < 10.0, (
         child.output()

@@ -11,8 +11,9 @@
 
 The same for ``grpc.aio.server()`` (``LastCall(server)``, then ``await
 server.start()`` and ``await server.wait_for_termination()``, on the main
-thread's loop). On SIGTERM, SIGINT or SIGHUP (``LASTCALL_SIGNALS``), through
-``lastcall.install()``:
+thread's loop; not ``await lastcall.stopping``: once the main coroutine
+returns, ``asyncio.run`` cancels every task, the RPCs' too). On SIGTERM,
+SIGINT or SIGHUP (``LASTCALL_SIGNALS``), through ``lastcall.install()``:
 
 1. the standard health service (``grpc.health.v1.Health``, with
    ``grpcio-health-checking`` installed) answers NOT_SERVING for every

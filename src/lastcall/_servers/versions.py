@@ -29,6 +29,7 @@ __all__ = (
     "CELERY",
     "DJANGO",
     "GEVENT",
+    "GRPC",
     "GUNICORN",
     "GUNICORN_GTHREAD",
     "HYPERCORN",
@@ -180,4 +181,14 @@ KOMBU = Tested(
     "5.7",
     "5.7",
     "a task that overruns the drain budget may not be put back on its Redis queue at once",
+)
+# What is read: grpc/_server.py's _Server._state (its handler list and dict) and, on
+# grpc.aio, the Cython AioServer's (grpc/_cython/_cygrpc/aio/server.pyx.pxi) through
+# gc.get_referents; tests/test_grpc.py passes on 1.62.3 (with grpcio-health-checking
+# 1.62.3: no registered methods yet) and on 1.85.4.
+GRPC = Tested(
+    "grpcio",
+    "1.62",
+    "1.85",
+    "the drain may not count RPCs (it then waits for grpc's own stop) nor find the health service",
 )

@@ -193,7 +193,8 @@ class LastCallMiddleware(HealthPaths):
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
         self._started = False
         self._adapter: AsgiServer | None = None
-        self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
+        self._hypercorn_worker = False  # known at start-up: nothing is adapted before
+        self._listeners: Callable[[], list[Any]] = list
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
@@ -211,6 +212,26 @@ class LastCallMiddleware(HealthPaths):
         """
         self._master_stopping = master_stopping
         self._worker_prestop = prestop
+
+    def serve_on(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stop: Callable[[], object] | None,
+        listeners: Callable[[], list[Any]],
+    ) -> None:
+        """For integrations that run the server themselves (gunicorn's ``-k asgi``): start now.
+
+        ``loop`` is the server's, not yet running; ``stop()`` begins the
+        server's own graceful stop, which ends by sending the lifespan
+        shutdown (None: the server is not told, and the drain waits for what
+        the middleware counts); ``listeners()`` gives its asyncio servers, for
+        the door. The server's own handlers must be off the stop signals:
+        lastcall's are installed here unless they already are.
+        """
+        self._server_stop = stop
+        self._listeners = listeners
+        self._start(loop)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -341,6 +362,11 @@ class LastCallMiddleware(HealthPaths):
             return
         self._started = True
         self._loop = loop
+        # Only the middleware the server runs adapts it, now that it does: a
+        # wrapped twin the server never serves changes nothing.
+        self._hypercorn_worker = hypercorn.hold_worker_trigger(
+            self._coordinator, self.shutdown_trigger
+        )
         self._adapter = AsgiServer(
             loop,
             self._live,
@@ -441,7 +467,8 @@ class LastCallMiddleware(HealthPaths):
         """The drain hook: the one drain sequence, on this server."""
         self._drain_began.set()
         if self._adapter is not None:
-            self._adapter.door.adopt(uvicorn.listeners(self._server))  # what uvloop hid
+            # What uvloop hid from the door: uvicorn's servers, or an integration's.
+            self._adapter.door.adopt([*uvicorn.listeners(self._server), *self._listeners()])
             drain(self._adapter, self._coordinator, budget=self._drain_timeout)
 
 

@@ -9,16 +9,20 @@ window. Two ways it is asked:
   through the loop's wake-up fd) and run when the drain begins.
 * **The worker** (the default ``--workers 1`` runs a master and a worker)
   gets no signal: the master sets a shared event that the worker polls with
-  ``check_multiprocess_shutdown_event``, looked up in ``hypercorn.asyncio.
-  run`` once the worker has imported the app. Wrapped, the master's request
-  begins lastcall's stop (readiness red, pre-stop delay) and the worker
-  stops accepting when the drain begins. The master keeps its own copy of
+  ``check_multiprocess_shutdown_event``, bound in ``hypercorn.asyncio.run``
+  as the worker imports the app and awaited through the module's
+  ``raise_shutdown`` once the lifespan has started. At lifespan start-up
+  (never when a wrapper is built: a module may build one it does not
+  serve), ``raise_shutdown`` is wrapped to hold that trigger: the master's
+  request begins lastcall's stop (readiness red, pre-stop delay) and the
+  worker stops accepting when the drain begins. The master keeps its own copy of
   the listening socket until the worker exits; the drain shuts the socket
   itself (``lastcall._servers.asgi``), refusing for both processes.
 
 Tested with hypercorn 0.16 to 0.18 (``versions.HYPERCORN``). Undocumented:
-``hypercorn/asyncio/run.py``'s module-level ``check_multiprocess_shutdown_event``
-(replaced), asyncio's ``loop._signal_handlers`` and ``Handle._run``
+``hypercorn/asyncio/run.py``'s module-level ``raise_shutdown`` (replaced, in a
+worker, at lifespan start-up) and ``check_multiprocess_shutdown_event`` (read;
+both the same from 0.16 to 0.18), asyncio's ``loop._signal_handlers`` and ``Handle._run``
 (``Lib/asyncio/unix_events.py``, ``Lib/asyncio/events.py``).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -60,18 +65,31 @@ def hold_worker_trigger(
 ) -> bool:
     """In hypercorn's worker, hold its stop until the drain begins; whether this is one.
 
-    ``drain_began`` returns once the drain begins. A stop begun here (a
-    signal to the worker, its master's death) stops the worker's server too.
+    Called at lifespan start-up by the middleware hypercorn serves, never
+    earlier: building a wrapper changes nothing. By then ``asyncio_worker``
+    (``hypercorn/asyncio/run.py``) has bound its trigger, a ``partial`` of
+    ``check_multiprocess_shutdown_event``; ``worker_serve`` hands it to the
+    module's ``raise_shutdown`` once the lifespan has started, and that name
+    is replaced here, in this worker process, by one that awaits a held
+    version of the trigger instead. ``drain_began`` returns once the drain
+    begins. A stop begun here (a signal to the worker, its master's death)
+    stops the worker's server too.
     """
     module = sys.modules.get("hypercorn.asyncio.run")
-    original = getattr(module, "check_multiprocess_shutdown_event", None)
-    if module is None or original is None or multiprocessing.parent_process() is None:
+    raise_shutdown = getattr(module, "raise_shutdown", None)
+    check = getattr(module, "check_multiprocess_shutdown_event", None)
+    if (
+        module is None
+        or raise_shutdown is None
+        or check is None
+        or multiprocessing.parent_process() is None
+    ):
         return False
-    if getattr(original, "__lastcall__", False):
+    if getattr(raise_shutdown, "__lastcall__", False):
         return True
 
     async def held(shutdown_event: object, sleep: Callable[[float], Awaitable[Any]]) -> None:
-        master = asyncio.ensure_future(original(shutdown_event, sleep))
+        master = asyncio.ensure_future(check(shutdown_event, sleep))
         ours = asyncio.ensure_future(drain_began())
         either: set[asyncio.Future[Any]] = {master, ours}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -81,8 +99,13 @@ def hold_worker_trigger(
             await ours
         master.cancel()
 
-    held.__lastcall__ = True  # type: ignore[attr-defined]
-    module.check_multiprocess_shutdown_event = held  # type: ignore[attr-defined]
+    async def raise_shutdown_when_held(trigger: Callable[..., Awaitable[Any]]) -> None:
+        if isinstance(trigger, functools.partial) and trigger.func is check:
+            trigger = functools.partial(held, *trigger.args, **trigger.keywords)
+        await raise_shutdown(trigger)
+
+    raise_shutdown_when_held.__lastcall__ = True  # type: ignore[attr-defined]
+    module.raise_shutdown = raise_shutdown_when_held  # type: ignore[attr-defined]
     return True
 
 

@@ -1,0 +1,147 @@
+"""gunicorn's own ASGI worker, ``-k asgi`` (25.1 on), under ``-c python:lastcall.gunicorn``.
+
+The same contract as under uvicorn's worker (``tests/test_uvicorn_worker.py``):
+the app goes into lastcall's ASGI middleware, its lifespan runs, SIGTERM to
+the master serves every request in flight, new connections are refused,
+each worker runs its hooks once and the master ends by the signal.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import knock, refused, wait_session_empty
+from test_gunicorn import (
+    _control_socket,
+    assert_no_worker_outlives_the_master,
+    collect,
+    get,
+    hooks,
+    send_slow,
+    start,
+    statuses,
+    wait_lines,
+    worker_pids,
+)
+from test_uvicorn_worker import APP
+
+from lastcall._servers.versions import _release
+
+pytestmark = pytest.mark.skipif(
+    _release(importlib.metadata.version("gunicorn")) < (25, 1),
+    reason="lastcall drains gunicorn's -k asgi from gunicorn 25.1 on",
+)
+
+# Built first, never served: building a wrapper must change nothing in the server.
+TWIN = APP.replace(
+    "\nasync def app(",
+    "\nasync def twin_app(scope, receive, send):\n"
+    "    await app(scope, receive, send)\n\n"
+    "from lastcall.asgi import LastCallMiddleware\n"
+    "twin = LastCallMiddleware(twin_app)\n\n"
+    "async def app(",
+)
+assert TWIN != APP
+
+
+def start_asgi(spawn, *args: str, app: str = APP, workers: int = 2, **env: str):
+    child = start(spawn, "-k", "asgi", *args, app=app, env=env, workers=workers)
+    wait_lines(child, "lifespan:startup", workers, stream="stdout")
+    return child
+
+
+@pytest.mark.parametrize(
+    ("app", "loop"),
+    [(APP, "asyncio"), (APP, "auto"), (TWIN, "asyncio")],
+    ids=["asyncio", "auto (uvloop if installed)", "with-an-unserved-twin"],
+)
+def test_sigterm_to_the_master_drains_every_worker(spawn, app, loop):
+    """Requests in flight get 200; readiness red while / still answers during the pre-stop
+    delay; then new connections are refused; hooks once per worker, in the workers; the
+    master ends by SIGTERM. (Before: every worker failed to boot, 'ASGIWorker' object has no
+    attribute 'wsgi'.)"""
+    child = start_asgi(spawn, "--asgi-loop", loop, app=app, LASTCALL_PRESTOP_DELAY="1")
+    port = child.port
+    assert get(port, "/readyz") == 200
+    conns = send_slow(port, 6)
+    wait_lines(child, "slow", 6, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    wait_lines(child, "pre-stop delay", 2)
+    assert get(port, "/readyz") == 503
+    assert get(port, "/") == 200
+    wait_lines(child, "stopped accepting", 2)
+    assert refused(port)
+    for thread in threads:
+        thread.join()
+    assert statuses(results) == [200] * 6, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child)), child.output()
+    assert len(child.lines("lifespan:shutdown")) == 2, child.output()
+
+
+def test_one_worker_serves_all_it_accepted_and_refuses_new_connections(spawn):
+    """One worker, 8 slow requests sent at once, SIGTERM as the first begins: all 8 get
+    200, and a knock during the drain is refused, not accepted and reset."""
+    child = start_asgi(spawn, workers=1)
+    conns = send_slow(child.port, 8)
+    wait_lines(child, "slow", 1, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    wait_lines(child, "stopped accepting", 1)
+    assert knock(child.port) == "refused"
+    for thread in threads:
+        thread.join()
+    assert statuses(results) == [200] * 8, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
+
+
+def test_sigkill_to_the_master_leaves_no_worker_serving(spawn):
+    child = start_asgi(spawn)
+    child.send(signal.SIGKILL)
+    assert_no_worker_outlives_the_master(child)
+
+
+def test_after_the_masters_sigkill_new_connections_are_refused_not_reset(spawn):
+    """While the workers' last hook still runs after the master's SIGKILL, a new connection
+    is refused, not queued on a socket nobody accepts from."""
+    child = start_asgi(spawn, LINGER="2")
+    child.send(signal.SIGKILL)
+    wait_lines(child, "hook:app", 2, stream="stdout")
+    assert knock(child.port) == "refused"
+    assert child.finish() == -signal.SIGKILL
+    wait_session_empty(child.pid)
+
+
+def test_a_worker_recycled_alone_has_no_prestop_delay(spawn):
+    """SIGHUP replaces both workers one by one: each old one drains at once and runs its
+    hook (its siblings serve); SIGTERM then has the pre-stop delay."""
+    child = start_asgi(spawn, LASTCALL_PRESTOP_DELAY="5")
+    old = worker_pids(child)
+    child.send(signal.SIGHUP)
+    wait_lines(child, "hook:app", 2, stream="stdout", timeout=4.0)  # well inside the 5 s
+    assert sorted(hooks(child, "app")) == sorted(old), child.output()
+    assert not [line for line in child.stderr if "pre-stop delay" in line], child.output()
+    wait_lines(child, "lifespan:startup", 4, stream="stdout")
+    assert get(child.port, "/") == 200
+    child.send(signal.SIGTERM)
+    wait_lines(child, "pre-stop delay", 2)
+    assert child.finish() == -signal.SIGTERM, child.output()
+
+
+def test_a_wsgi_app_is_refused_in_one_line(spawn):
+    Path(spawn.script_dir, "webapp.py").write_text(
+        "def app(environ, start_response):\n"
+        '    start_response("200 OK", [])\n'
+        '    return [b"wsgi"]\n'
+    )
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:lastcall.gunicorn", "-k", "asgi"]
+    argv += ["-b", "127.0.0.1:0", *_control_socket(spawn.script_dir), "webapp:app"]
+    child = spawn("", argv=argv, wait_ready=False)
+    assert child.finish() == 3, child.output()  # gunicorn: a worker failed to boot
+    lines = [line for line in child.stderr if "serves ASGI apps" in line]
+    assert len(lines) == 1, child.output()

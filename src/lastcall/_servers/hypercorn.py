@@ -31,20 +31,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import multiprocessing
 import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from lastcall._report import logger
 from lastcall._servers import versions
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
+    from types import ModuleType
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("TESTED", "hold_worker_trigger", "stop_signals_seen", "take_loop_signal")
+__all__ = (
+    "TESTED",
+    "hold_worker_trigger",
+    "serve_wrapped",
+    "stop_signals_seen",
+    "take_loop_signal",
+    "wrap_every_app",
+)
 
 TESTED = versions.HYPERCORN
 
@@ -107,6 +117,66 @@ def hold_worker_trigger(
     raise_shutdown_when_held.__lastcall__ = True  # type: ignore[attr-defined]
     module.raise_shutdown = raise_shutdown_when_held  # type: ignore[attr-defined]
     return True
+
+
+# ---------------------------------------------------------------- python -m lastcall.hypercorn
+
+_WORKERS = ("asyncio_worker", "uvloop_worker")  # hypercorn/asyncio/run.py; trio's is not drained
+_original_workers: dict[str, Callable[..., Any]] = {}
+
+
+def wrap_every_app() -> None:
+    """Have each asyncio worker hypercorn runs put the app in lastcall's middleware, if not in one.
+
+    ``hypercorn/run.py`` imports its worker function from ``hypercorn/asyncio/
+    run.py`` as it starts (``asyncio_worker``, ``uvloop_worker``), and hands it
+    to each worker process it spawns, pickled by name: replaced here by
+    :func:`serve_wrapped`, it runs first in the worker (or in this process,
+    with ``--workers 0``), and the original follows. The same from 0.16 to 0.18.
+    """
+    run = importlib.import_module("hypercorn.asyncio.run")
+    for name in _WORKERS:
+        original = getattr(run, name, None)
+        if original is None or name in _original_workers:
+            continue
+        _original_workers[name] = original
+        setattr(run, name, functools.partial(serve_wrapped, name))
+
+
+def serve_wrapped(name: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401  # hypercorn's
+    """The worker function ``name`` of hypercorn's, loading the app into lastcall's middleware."""
+    run = importlib.import_module("hypercorn.asyncio.run")
+    _wrap_loaded_apps(run)
+    worker = _original_workers.get(name) or getattr(run, name)  # a spawned worker: the original
+    worker(*args, **kwargs)
+
+
+def _wrap_loaded_apps(run: ModuleType) -> None:
+    """In this worker process, ``load_application`` puts an ASGI app in ``LastCallMiddleware``.
+
+    The worker function reads that name from its module (``hypercorn/asyncio/
+    run.py``) as it starts. hypercorn keeps the app it serves as ``.app`` of its ``ASGIWrapper``
+    (``hypercorn/app_wrappers.py``). A WSGI app is served by hypercorn alone, said in one line.
+    """
+    from lastcall.asgi import LastCallMiddleware  # noqa: PLC0415  # lastcall.asgi imports this
+
+    load = run.load_application
+    if getattr(load, "__lastcall__", False):
+        return
+
+    def load_wrapped(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401  # hypercorn's
+        loaded = load(*args, **kwargs)
+        app = getattr(loaded, "app", None)
+        if type(loaded).__name__ != "ASGIWrapper" or app is None:
+            logger.warning(
+                "%r is not an ASGI app: hypercorn serves it without lastcall's drain", app
+            )
+        elif not isinstance(app, LastCallMiddleware):
+            loaded.app = LastCallMiddleware(app)
+        return loaded
+
+    load_wrapped.__lastcall__ = True  # type: ignore[attr-defined]
+    run.load_application = load_wrapped  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -145,3 +145,84 @@ def test_a_wsgi_app_is_refused_in_one_line(spawn):
     assert child.finish() == 3, child.output()  # gunicorn: a worker failed to boot
     lines = [line for line in child.stderr if "serves ASGI apps" in line]
     assert len(lines) == 1, child.output()
+
+
+def test_with_the_lifespan_off_requests_in_flight_are_still_served(spawn):
+    """``--asgi-lifespan off``: gunicorn sends no lifespan shutdown to end the drain, so it is
+    not told to stop; the drain waits for the requests the middleware counts: all 200, hooks
+    once per worker, the master ends by SIGTERM."""
+    child = start(spawn, "-k", "asgi", "--asgi-lifespan", "off", app=APP)
+    conns = send_slow(child.port, 4)
+    wait_lines(child, "slow", 4, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    wait_lines(child, "stopped accepting", 2)
+    assert refused(child.port)
+    for thread in threads:
+        thread.join()
+    assert statuses(results) == [200] * 4, child.output()
+    # Not held up waiting, to the end of the drain budget (about 12 s), for a lifespan
+    # shutdown that never comes.
+    assert child.finish(timeout=6) == -signal.SIGTERM, child.output()
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child)), child.output()
+    assert not child.lines("lifespan:"), child.output()
+
+
+def test_below_25_1_asgi_is_refused_at_start_up(spawn):
+    """gunicorn's version faked to 25.0 (a .dist-info ahead on PYTHONPATH): one line names
+    the version to install, and no worker boots."""
+    directory = Path(spawn.script_dir)
+    info = directory / "fake-versions" / "gunicorn-25.0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gunicorn\nVersion: 25.0.0\n")
+    (directory / "webapp.py").write_text(APP)
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:lastcall.gunicorn", "-k", "asgi"]
+    argv += ["-b", "127.0.0.1:0", *_control_socket(directory), "webapp:app"]
+    env = {"PYTHONPATH": f"{info.parent}:{directory}"}
+    child = spawn("", argv=argv, env=env, wait_ready=False)
+    assert child.finish() == 1, child.output()
+    lines = [line for line in child.stderr if "gunicorn>=25.1" in line]
+    assert len(lines) == 1, child.output()
+    assert not [line for line in child.stderr if "Booting worker" in line], child.output()
+
+
+PLAIN_WORKER = """
+import time
+from gunicorn.workers.base import Worker
+
+class PlainWorker(Worker):  # a worker kind lastcall does not know: it serves nothing
+    def run(self):
+        while self.alive:
+            self.notify()
+            time.sleep(0.05)
+"""
+
+
+def test_what_is_not_drained_is_named_in_one_line_at_start_up(spawn):
+    """A worker class lastcall does not drain and HTTP/2 on: gunicorn starts, and its master
+    says, in one line, what lastcall does not drain; SIGTERM still ends it by the signal."""
+    Path(spawn.script_dir, "plainworker.py").write_text(PLAIN_WORKER)
+    args = ["-k", "plainworker.PlainWorker", "--http-protocols", "h1,h2"]
+    child = start(spawn, *args, env={"PYTHONPATH": str(spawn.script_dir)})
+    lines = [line for line in child.stderr if "not drained by lastcall at a stop:" in line]
+    assert len(lines) == 1, child.output()
+    assert "PlainWorker workers" in lines[0]
+    assert "HTTP/2 connections" in lines[0]
+    assert "dirty" not in lines[0]
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert "Traceback" not in child.output()
+
+
+def test_the_dirty_arbiter_is_named_too():
+    """gunicorn's own settings object, with dirty apps: the line names the dirty arbiter."""
+    from gunicorn.config import Config
+
+    from lastcall._servers.gunicorn import not_drained
+
+    cfg = Config()
+    assert not_drained(cfg) == []
+    cfg.set("dirty_apps", ["myapp.dirty:MLApp"])
+    cfg.set("dirty_workers", 2)
+    (phrase,) = not_drained(cfg)
+    assert phrase.startswith("the dirty arbiter and its dirty workers (dirty_apps)")

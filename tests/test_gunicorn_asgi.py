@@ -8,13 +8,14 @@ each worker runs its hooks once and the master ends by the signal.
 
 from __future__ import annotations
 
+import http.client
 import importlib.metadata
 import signal
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import knock, refused, wait_session_empty
+from conftest import WAIT, knock, refused, wait_session_empty
 from test_gunicorn import (
     _control_socket,
     assert_no_worker_outlives_the_master,
@@ -226,3 +227,37 @@ def test_the_dirty_arbiter_is_named_too():
     cfg.set("dirty_workers", 2)
     (phrase,) = not_drained(cfg)
     assert phrase.startswith("the dirty arbiter and its dirty workers (dirty_apps)")
+
+
+def test_max_requests_recycles_a_worker_and_the_port_stays_open(spawn):
+    """``--max-requests 2``: after two requests the worker stops itself (gunicorn's own
+    reason to stop), runs its hook once, and its successor serves on the same socket."""
+    child = start_asgi(spawn, "--max-requests", "2", workers=1)
+    (first,) = worker_pids(child)
+    assert get(child.port, "/") == 200
+    assert get(child.port, "/") == 200
+    wait_lines(child, f"hook:app {first}", 1, stream="stdout")
+    wait_lines(child, "ready; its shutdown hooks", 2)  # the replacement
+    wait_lines(child, "lifespan:startup", 2, stream="stdout")
+    assert get(child.port, "/") == 200
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks(child, "app") == worker_pids(child), child.output()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+def test_an_idle_keep_alive_connection_does_not_hold_the_stop(spawn, loop):
+    """``--keep-alive 30``, one connection idle after its first response, SIGTERM: gunicorn
+    would wait for it up to its keep-alive (here the drain budget, about 12 s, came first);
+    the drain closes it (cleanly: the client reads the end, no reset) and the worker ends
+    within a few seconds."""
+    child = start_asgi(spawn, "--keep-alive", "30", "--asgi-loop", loop, workers=1)
+    idle = http.client.HTTPConnection("127.0.0.1", child.port, timeout=WAIT)
+    idle.request("GET", "/")
+    assert idle.getresponse().read() == b"done"
+    child.send(signal.SIGTERM)
+    assert child.finish(timeout=6) == -signal.SIGTERM, child.output()
+    assert idle.sock.recv(1) == b"", child.output()
+    idle.close()
+    assert "drain budget spent" not in child.output()
+    assert hooks(child, "app") == worker_pids(child), child.output()

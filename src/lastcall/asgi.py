@@ -195,6 +195,7 @@ class LastCallMiddleware(HealthPaths):
         self._adapter: AsgiServer | None = None
         self._hypercorn_worker = False  # known at start-up: nothing is adapted before
         self._listeners: Callable[[], list[Any]] = list
+        self._close_idle: Callable[[], object] | None = None
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
@@ -219,6 +220,7 @@ class LastCallMiddleware(HealthPaths):
         *,
         stop: Callable[[], object] | None,
         listeners: Callable[[], list[Any]],
+        close_idle: Callable[[], object] | None = None,
     ) -> None:
         """For integrations that run the server themselves (gunicorn's ``-k asgi``): start now.
 
@@ -226,11 +228,14 @@ class LastCallMiddleware(HealthPaths):
         server's own graceful stop, which ends by sending the lifespan
         shutdown (None: the server is not told, and the drain waits for what
         the middleware counts); ``listeners()`` gives its asyncio servers, for
-        the door. The server's own handlers must be off the stop signals:
-        lastcall's are installed here unless they already are.
+        the door; ``close_idle()``, run on the loop while the drain waits,
+        closes the keep-alive connections idle now (None: the server does).
+        The server's own handlers must be off the stop signals: lastcall's
+        are installed here unless they already are.
         """
         self._server_stop = stop
         self._listeners = listeners
+        self._close_idle = close_idle
         self._start(loop)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
@@ -376,6 +381,7 @@ class LastCallMiddleware(HealthPaths):
             full_stop=self._full_stop,
             budget=self._coordinator.drain_budget,
             worker_prestop=self._worker_prestop,
+            close_idle=self._close_idle,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator

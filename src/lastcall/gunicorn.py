@@ -322,10 +322,13 @@ class _Worker:
         if loop is not None:
             # gunicorn's own worker: started now, in gunicorn's hook, so that a lifespan
             # switched off (asgi_lifespan) still leaves it drained.
+            connections = adapter.AsgiConnections()
+            connections.attach()
             app.serve_on(
                 loop,
                 stop=adapter.asgi_worker_stop(worker),
                 listeners=functools.partial(adapter.asgi_worker_listeners, worker),
+                close_idle=connections.close_idle,
             )
         lastcall.default.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 

@@ -22,7 +22,10 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
   (its SIGTERM and SIGINT handlers, added with ``loop.add_signal_handler``,
   taken by the middleware) and ``alive``, which its SIGTERM handler clears;
   the listeners it makes with ``loop.create_server`` are closed by the
-  middleware's door (``lastcall._servers.asgi``).
+  middleware's door (``lastcall._servers.asgi``); the module's ``ASGIProtocol``
+  (replaced, in the worker only, by a subclass whose instances are noted) and,
+  from ``gunicorn/asgi/protocol.py`` 27.0, what says a connection is idle
+  (``AsgiConnections``).
 * ``gunicorn/workers/ggevent.py``: ``GeventWorker.server_class`` and the
   module's ``StreamServer`` (each replaced, in the worker only, by a subclass
   whose instances are noted); gevent's ``gevent/baseserver.py``:
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = (
+    "AsgiConnections",
     "GeventWorker",
     "GunicornWorker",
     "Listener",
@@ -232,6 +236,53 @@ def asgi_worker_stop(worker: Gunicorn) -> Callable[[], object] | None:
 def asgi_worker_listeners(worker: Gunicorn) -> list[Any]:
     """``-k asgi``: the asyncio servers the worker listens with (``ASGIWorker.servers``)."""
     return list(getattr(worker, "servers", ()))
+
+
+class AsgiConnections:
+    """``-k asgi``: the worker's connections, noted as made, whose idle keep-alive ones can end.
+
+    gunicorn's own stop waits for every connection, an idle keep-alive one
+    until ``--keep-alive`` (which may be long behind a load balancer), and the
+    drain waits for gunicorn's stop. The module's ``ASGIProtocol``, which the
+    worker's protocol factory names at each connection (``gunicorn/workers/
+    gasgi.py``), is replaced in this worker by a subclass whose instances are
+    noted. An idle one is what gunicorn would time out itself
+    (``gunicorn/asgi/protocol.py``, 27.0: ``_awaiting_request`` with no
+    ``_finishing_calls`` after a first request, ``req_count``, and nothing
+    arrived, ``_request_ready``): its ``_keepalive_timeout()`` runs now.
+    Before 27.0 those are not there, and the idle ones end as gunicorn ends them.
+    """
+
+    def __init__(self) -> None:
+        self._noted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def attach(self) -> None:
+        """Note the worker's connections from now (in this worker process only)."""
+        from gunicorn.workers import gasgi  # noqa: PLC0415  # -k asgi only
+
+        noted = self._noted
+
+        class Noted(gasgi.ASGIProtocol):  # type: ignore[misc]
+            def connection_made(self, transport: Any) -> None:  # noqa: ANN401
+                noted.add(self)
+                super().connection_made(transport)
+
+        Noted.__name__ = Noted.__qualname__ = gasgi.ASGIProtocol.__name__
+        gasgi.ASGIProtocol = Noted
+
+    def close_idle(self) -> None:
+        """On the worker's loop: end the keep-alive connections waiting for a next request."""
+        for protocol in list(self._noted):
+            ready = getattr(protocol, "_request_ready", None)
+            if (
+                getattr(protocol, "_awaiting_request", False)
+                and getattr(protocol, "req_count", 0) > 1
+                and not getattr(protocol, "_finishing_calls", True)
+                and not getattr(protocol, "_closed", True)
+                and ready is not None
+                and not ready.is_set()
+            ):
+                protocol._keepalive_timeout()  # noqa: SLF001  # gunicorn's own expiry
 
 
 def take_signals(grace: float) -> None:

@@ -261,3 +261,22 @@ def test_an_idle_keep_alive_connection_does_not_hold_the_stop(spawn, loop):
     idle.close()
     assert "drain budget spent" not in child.output()
     assert hooks(child, "app") == worker_pids(child), child.output()
+
+
+def test_an_unserved_wrapped_twin_changes_nothing_under_uvicorns_worker(spawn):
+    """As for -k asgi above, under UvicornWorker: the module first builds a LastCallMiddleware
+    it never serves, then the app gunicorn serves (wrapped by lastcall.gunicorn); 4 requests
+    of 1 s in flight, SIGTERM to the master: all 4 get 200, hooks once per worker, the master
+    ends by SIGTERM."""
+    pytest.importorskip("uvicorn_worker")
+    child = start(spawn, "-k", "uvicorn_worker.UvicornWorker", app=TWIN)
+    wait_lines(child, "lifespan:startup", 2, stream="stdout")
+    conns = send_slow(child.port, 4)
+    wait_lines(child, "slow", 4, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    for thread in threads:
+        thread.join()
+    assert statuses(results) == [200] * 4, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert sorted(hooks(child, "app")) == sorted(worker_pids(child)), child.output()

@@ -38,7 +38,10 @@ thread, after installing their handlers) the middleware steps in front:
 the server's own stop is kept and run when the drain begins. How, per
 server, is in ``lastcall._servers.uvicorn`` and ``lastcall._servers.
 hypercorn``; the door (backlog served, new connections refused, for
-hypercorn's master too) in ``lastcall._servers.asgi``. With
+hypercorn's master too) in ``lastcall._servers.asgi``. Nothing is adapted
+when the middleware is built, only once a server runs it: a module may
+build a wrapped app it does not serve. gunicorn's ``-k asgi`` starts it
+earlier, in gunicorn's own hook, on the worker's loop (``serve_on``). With
 ``hypercorn.asyncio.serve(..., shutdown_trigger=middleware.shutdown_trigger)``
 nothing is taken: the trigger simply returns when the drain begins.
 

@@ -100,3 +100,23 @@ def test_an_app_wrapped_by_hand_is_not_wrapped_again(spawn, tmp_path, command):
     hooks = json.loads((tmp_path / f"report-{worker}.json").read_text())["hooks"]
     assert [hook["name"] for hook in hooks].count("asgi drain") == 1, hooks
     assert len(child.lines("hook:app ")) == 1, child.output()
+
+
+def test_a_wsgi_app_under_lastcall_hypercorn_is_served_and_said_so(spawn):
+    """hypercorn serves WSGI apps too; lastcall's ASGI middleware cannot wrap one: it is
+    served as hypercorn serves it, and one line in the worker says it is not drained."""
+    Path(spawn.script_dir, "webapp.py").write_text(
+        "def app(environ, start_response):\n"
+        '    start_response("200 OK", [])\n'
+        '    return [b"wsgi"]\n'
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "lastcall.hypercorn", "webapp:app", "-b", f"127.0.0.1:{port}"]
+    child = spawn("", argv=argv, wait_ready=False)
+    wait_serving(port, child, "/")
+    assert get(port, "/")[2] == b"wsgi"
+    (line,) = wait_lines(child, "is not an ASGI app", 1)
+    assert "without lastcall's drain" in line
+    child.send(signal.SIGTERM)
+    child.finish()
+    assert len([line for line in child.stderr if "is not an ASGI app" in line]) == 1

@@ -215,18 +215,42 @@ def test_what_is_not_drained_is_named_in_one_line_at_start_up(spawn):
     assert "Traceback" not in child.output()
 
 
-def test_the_dirty_arbiter_is_named_too():
-    """gunicorn's own settings object, with dirty apps: the line names the dirty arbiter."""
-    from gunicorn.config import Config
+DIRTY_APP = """
+from gunicorn.dirty.app import DirtyApp
 
-    from lastcall._servers.gunicorn import not_drained
+class Heavy(DirtyApp):
+    def init(self):
+        pass
 
-    cfg = Config()
-    assert not_drained(cfg) == []
-    cfg.set("dirty_apps", ["myapp.dirty:MLApp"])
-    cfg.set("dirty_workers", 2)
-    (phrase,) = not_drained(cfg)
-    assert phrase.startswith("the dirty arbiter and its dirty workers (dirty_apps)")
+    def __call__(self, action, *args, **kwargs):
+        return None
+
+    def close(self):
+        pass
+"""
+
+
+def test_the_dirty_arbiter_is_named_and_stopped_by_gunicorn(spawn):
+    """A dirty app beside -k asgi: one line at start-up names the dirty arbiter, nothing
+    crashes, SIGTERM still drains the workers and ends the master by the signal, and no
+    process (the dirty arbiter's included) is left."""
+    Path(spawn.script_dir, "dirtyapp.py").write_text(DIRTY_APP)
+    args = ["--dirty-app", "dirtyapp:Heavy", "--dirty-workers", "1"]
+    child = start_asgi(spawn, *args, PYTHONPATH=str(spawn.script_dir))
+    lines = [line for line in child.stderr if "not drained by lastcall at a stop:" in line]
+    assert len(lines) == 1, child.output()
+    assert "the dirty arbiter and its dirty workers (dirty_apps)" in lines[0]
+    assert "ASGIWorker" not in lines[0]
+    conns = send_slow(child.port, 2)
+    wait_lines(child, "slow", 2, stream="stdout")
+    child.send(signal.SIGTERM)
+    results, threads = collect(conns)
+    for thread in threads:
+        thread.join()
+    assert statuses(results) == [200] * 2, child.output()
+    assert child.finish() == -signal.SIGTERM, child.output()
+    wait_session_empty(child.pid)
+    assert "Traceback" not in child.output()
 
 
 def test_max_requests_recycles_a_worker_and_the_port_stays_open(spawn):

@@ -155,7 +155,7 @@ def test_sigterm_drains_requests_in_flight_and_serves_through_the_delay(spawn, s
         assert time.monotonic() < deadline, child.output()
         time.sleep(0.01)
     child.send(signal.SIGTERM)
-    child.wait_for("pre-stop delay", stream="stderr")
+    child.wait_for("pre-stop delay:", stream="stderr")  # lastcall's line, not a warning
     status, _, body = get(port, "/readyz")
     assert (status, json.loads(body)["status"]) == (503, "stopping")
     status, headers, body = get(port, "/")

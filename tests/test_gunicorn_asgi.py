@@ -72,7 +72,7 @@ def test_sigterm_to_the_master_drains_every_worker(spawn, app, loop):
     wait_lines(child, "slow", 6, stream="stdout")
     child.send(signal.SIGTERM)
     results, threads = collect(conns)
-    wait_lines(child, "pre-stop delay", 2)
+    wait_lines(child, "pre-stop delay:", 2)
     assert get(port, "/readyz") == 503
     assert get(port, "/") == 200
     wait_lines(child, "stopped accepting", 2)
@@ -126,11 +126,11 @@ def test_a_worker_recycled_alone_has_no_prestop_delay(spawn):
     child.send(signal.SIGHUP)
     wait_lines(child, "hook:app", 2, stream="stdout", timeout=4.0)  # well inside the 5 s
     assert sorted(hooks(child, "app")) == sorted(old), child.output()
-    assert not [line for line in child.stderr if "pre-stop delay" in line], child.output()
+    assert not [line for line in child.stderr if "pre-stop delay:" in line], child.output()
     wait_lines(child, "lifespan:startup", 4, stream="stdout")
     assert get(child.port, "/") == 200
     child.send(signal.SIGTERM)
-    wait_lines(child, "pre-stop delay", 2)
+    wait_lines(child, "pre-stop delay:", 2)
     assert child.finish() == -signal.SIGTERM, child.output()
 
 

@@ -34,7 +34,9 @@ def _older(tested: versions.Tested) -> str:
 
 
 @pytest.mark.parametrize(
-    "tested", [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD], ids=str
+    "tested",
+    [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD, versions.GUNICORN_ASGI],
+    ids=str,
 )
 def test_gate_warns_below_the_range_and_informs_above_it(tested: versions.Tested, caplog) -> None:
     """An older release may lack what the adapter uses: WARNING. A newer one is how every

@@ -163,3 +163,29 @@ def test_sigterm_to_a_matrix_ends_every_drill_and_then_the_matrix(tmp_path):
         assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), err
         assert "stopped by SIGTERM; every process the drill started has ended" in err
         assert [pid for pid in carrying(proc.token) if pid != proc.pid] == []
+
+
+def test_in_session_finds_a_sessions_processes():
+    """cleanup.in_session reads the session field of /proc/PID/stat (it read tty_nr, which
+    is 0 without a terminal: the session's processes were never found by it)."""
+    from lastcall.cli import cleanup
+
+    script = (
+        "import subprocess, time; subprocess.Popen(['sleep', '30']); "
+        "print('ready', flush=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        found = cleanup.in_session(proc.pid)
+        assert proc.pid in found
+        assert len(found) == 2, found
+    finally:
+        for pid in cleanup.in_session(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]

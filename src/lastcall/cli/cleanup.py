@@ -96,8 +96,8 @@ def marked(mark: str) -> set[int]:
 
 
 def in_session(sid: int) -> set[int]:
-    """Live processes whose session is ``sid``."""
-    return {pid for pid in _pids() if (fields := _stat(pid)) is not None and int(fields[4]) == sid}
+    """Live processes whose session is ``sid`` (``/proc/PID/stat``: state ppid pgrp session)."""
+    return {pid for pid in _pids() if (fields := _stat(pid)) is not None and int(fields[3]) == sid}
 
 
 def listening_inodes(port: int) -> set[int]:

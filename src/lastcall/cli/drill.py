@@ -29,6 +29,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# httpx imports httpcore only when its first Client is made, and a matrix makes its first
+# ones on several drill threads at once: a SIGTERM to the drill, raised on the main thread
+# in the middle of that import, left the drill threads waiting on its module lock for ever
+# (the matrix never ended). Imported here, once, before any drill thread runs.
+import httpcore  # noqa: F401
 import httpx
 
 from lastcall import PHASES, Report

@@ -107,32 +107,33 @@ def run_matrix(
     }
     for plan in all_plans:
         rows.setdefault((plan.where, plan.stop), Row(plan.where, plan.stop))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill") as pool:
-        futures: dict[Future[Result], Plan] = {
-            pool.submit(Drill(plan, cancel=cancel, directory=directory).run): plan
-            for plan in all_plans
-        }
-        try:
-            for future in as_completed(futures):
-                plan = futures[future]
-                row = rows[plan.where, plan.stop]
-                try:
-                    result = future.result()
-                except NotAStopError as exc:
-                    row.variant_not_applicable[plan.plain] = str(exc)
-                    if len(row.variant_not_applicable) == 2 or base.cmd is None:  # noqa: PLR2004
-                        row.not_applicable = str(exc)
-                    done(plan, None)
-                    continue
-                if plan.plain:
-                    row.plain = result
-                else:
-                    row.lastcall = result
-                done(plan, result)
-        except BaseException:
-            cancel.set()
-            for future in futures:
-                future.cancel()
-            cleanup.end_all()  # drills waiting on their app's exit or answers end now
-            raise
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill")
+    futures: dict[Future[Result], Plan] = {}
+    try:  # from the first submission: a SIGTERM may land while the drills are handed out
+        for plan in all_plans:
+            futures[pool.submit(Drill(plan, cancel=cancel, directory=directory).run)] = plan
+        for future in as_completed(futures):
+            plan = futures[future]
+            row = rows[plan.where, plan.stop]
+            try:
+                result = future.result()
+            except NotAStopError as exc:
+                row.variant_not_applicable[plan.plain] = str(exc)
+                if len(row.variant_not_applicable) == 2 or base.cmd is None:  # noqa: PLR2004
+                    row.not_applicable = str(exc)
+                done(plan, None)
+                continue
+            if plan.plain:
+                row.plain = result
+            else:
+                row.lastcall = result
+            done(plan, result)
+    except BaseException:
+        cancel.set()  # each drill's next wait raises, and it ends its app
+        for future in futures:
+            future.cancel()
+        cleanup.end_all()  # drills waiting on their app's exit or answers end now
+        raise
+    finally:
+        pool.shutdown(wait=True)  # the drills, cancelled or done, end at once
     return list(rows.values())

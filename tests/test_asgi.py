@@ -110,13 +110,13 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str],
         conn.close()
 
 
-def wait_serving(port: int, child) -> None:
+def wait_serving(port: int, child, probe: str = "/readyz") -> None:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
             pytest.fail(f"server ended before serving\n{child.output()}")
         try:
-            if get(port, "/readyz")[0] == 200:
+            if get(port, probe)[0] == 200:
                 return
         except OSError:
             pass
@@ -124,11 +124,11 @@ def wait_serving(port: int, child) -> None:
     pytest.fail(f"server not serving within {WAIT} s\n{child.output()}")
 
 
-def start(spawn, server: str, **env: str):
+def start(spawn, server: str, *, app: str = APP, probe: str = "/readyz", **env: str):
     port = free_port()
     argv = [sys.executable] + [a.format(port=port) for a in SERVERS[server]]
-    child = spawn(APP, argv=argv, env=env, wait_ready=False)
-    wait_serving(port, child)
+    child = spawn(app, argv=argv, env=env, wait_ready=False)
+    wait_serving(port, child, probe)
     return child, port
 
 
@@ -170,6 +170,44 @@ def test_sigterm_drains_requests_in_flight_and_serves_through_the_delay(spawn, s
     assert hooks(child) == ["hook:app-lifespan", "hook:async", "hook:sync"], child.output()
     startup_loop = child.lines("startup loop")[0].split()[-1]
     assert child.lines("hook:async")[0].split()[-1] == startup_loop
+
+
+# The module also builds, first, a wrapped app the server never serves (a twin for tests,
+# an app mounted elsewhere): building one must change nothing in the server, whether the
+# app it serves is wrapped too or not.
+SERVED = "\napp = LastCallMiddleware(Starlette(routes=routes, lifespan=lifespan))\n"
+TWINS = {
+    "wrapped": APP.replace(
+        SERVED, "\ntwin = LastCallMiddleware(Starlette(routes=routes))" + SERVED
+    ),
+    "plain": APP.replace(
+        SERVED,
+        "\napp = Starlette(routes=routes, lifespan=lifespan)\ntwin = LastCallMiddleware(app)\n",
+    ),
+}
+assert APP not in TWINS.values()
+
+
+@pytest.mark.parametrize("served", list(TWINS))
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_an_unserved_wrapped_twin_changes_nothing(spawn, server, served):
+    """Steps: the served module first builds a LastCallMiddleware it never serves, then the
+    app it serves (wrapped, or not); 4 requests of 1 s in flight, SIGTERM: all 4 get 200.
+    Before: the twin's constructor patched hypercorn process-wide, and hypercorn's worker
+    serving the plain app reset all 4."""
+    child, port = start(spawn, server, app=TWINS[served], probe="/", LASTCALL_GRACE="10")
+    clients = [in_background(get, port, "/slow") for _ in range(4)]
+    deadline = time.monotonic() + WAIT
+    while len(child.lines("entered")) < 4:
+        assert time.monotonic() < deadline, child.output()
+        time.sleep(0.01)
+    child.send(signal.SIGTERM)
+    for thread, results in clients:
+        thread.join(WAIT)
+        assert results and results[0][::2] == (200, b"slow done"), (results, child.output())
+    child.finish()
+    if served == "wrapped":
+        assert hooks(child) == ["hook:app-lifespan", "hook:async", "hook:sync"], child.output()
 
 
 @pytest.mark.parametrize("server", list(SERVERS))

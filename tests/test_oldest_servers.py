@@ -29,9 +29,13 @@ OLDEST = {
     "starlette": "0.37.0",
     "gevent": "24.10.1",
     "django": "4.2",
+    "grpcio": "1.62.3",
+    "grpcio-health-checking": "1.62.3",
+    "celery": "5.7.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
+TOOLS += ["redis>=4.5"]  # celery's Redis client, for its broker in the worker tests
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",
@@ -47,6 +51,10 @@ SERVER_TESTS = [
     "tests/test_django.py",
     "tests/test_wsgiref.py",
     "tests/test_listener.py",
+    "tests/test_gunicorn_asgi.py",
+    "tests/test_unwrapped_apps.py",
+    "tests/test_grpc.py",
+    "tests/test_celery.py",
 ]
 
 
@@ -57,7 +65,7 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
         for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    for tested in (*gated, versions.GEVENT, versions.DJANGO):
+    for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

@@ -34,7 +34,9 @@ def _older(tested: versions.Tested) -> str:
 
 
 @pytest.mark.parametrize(
-    "tested", [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD], ids=str
+    "tested",
+    [*dict.fromkeys(GATES.values()), versions.GUNICORN_GTHREAD, versions.GUNICORN_ASGI],
+    ids=str,
 )
 def test_gate_warns_below_the_range_and_informs_above_it(tested: versions.Tested, caplog) -> None:
     """An older release may lack what the adapter uses: WARNING. A newer one is how every
@@ -43,6 +45,13 @@ def test_gate_warns_below_the_range_and_informs_above_it(tested: versions.Tested
     assert tested.check(tested.oldest) is None
     assert tested.check(f"{tested.newest}.9") is None
     assert caplog.records == []
+    if tested.refuse_below == tested.oldest:  # known not to work below the range: refused
+        with pytest.raises(RuntimeError, match=f"install {tested.distribution}>="):
+            tested.check(_older(tested))
+        newer = tested.check("99.0.0")
+        assert newer is not None
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+        return
     older = tested.check(_older(tested))
     assert older is not None
     assert tested.range in older

@@ -38,7 +38,10 @@ thread, after installing their handlers) the middleware steps in front:
 the server's own stop is kept and run when the drain begins. How, per
 server, is in ``lastcall._servers.uvicorn`` and ``lastcall._servers.
 hypercorn``; the door (backlog served, new connections refused, for
-hypercorn's master too) in ``lastcall._servers.asgi``. With
+hypercorn's master too) in ``lastcall._servers.asgi``. Nothing is adapted
+when the middleware is built, only once a server runs it: a module may
+build a wrapped app it does not serve. gunicorn's ``-k asgi`` starts it
+earlier, in gunicorn's own hook, on the worker's loop (``serve_on``). With
 ``hypercorn.asyncio.serve(..., shutdown_trigger=middleware.shutdown_trigger)``
 nothing is taken: the trigger simply returns when the drain begins.
 
@@ -193,7 +196,9 @@ class LastCallMiddleware(HealthPaths):
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
         self._started = False
         self._adapter: AsgiServer | None = None
-        self._hypercorn_worker = hypercorn.hold_worker_trigger(coordinator, self.shutdown_trigger)
+        self._hypercorn_worker = False  # known at start-up: nothing is adapted before
+        self._listeners: Callable[[], list[Any]] = list
+        self._close_idle: Callable[[], object] | None = None
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
@@ -211,6 +216,30 @@ class LastCallMiddleware(HealthPaths):
         """
         self._master_stopping = master_stopping
         self._worker_prestop = prestop
+
+    def serve_on(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stop: Callable[[], object] | None,
+        listeners: Callable[[], list[Any]],
+        close_idle: Callable[[], object] | None = None,
+    ) -> None:
+        """For integrations that run the server themselves (gunicorn's ``-k asgi``): start now.
+
+        ``loop`` is the server's, not yet running; ``stop()`` begins the
+        server's own graceful stop, which ends by sending the lifespan
+        shutdown (None: the server is not told, and the drain waits for what
+        the middleware counts); ``listeners()`` gives its asyncio servers, for
+        the door; ``close_idle()``, run on the loop while the drain waits,
+        closes the keep-alive connections idle now (None: the server does).
+        The server's own handlers must be off the stop signals: lastcall's
+        are installed here unless they already are.
+        """
+        self._server_stop = stop
+        self._listeners = listeners
+        self._close_idle = close_idle
+        self._start(loop)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -341,6 +370,11 @@ class LastCallMiddleware(HealthPaths):
             return
         self._started = True
         self._loop = loop
+        # Only the middleware the server runs adapts it, now that it does: a
+        # wrapped twin the server never serves changes nothing.
+        self._hypercorn_worker = hypercorn.hold_worker_trigger(
+            self._coordinator, self.shutdown_trigger
+        )
         self._adapter = AsgiServer(
             loop,
             self._live,
@@ -350,6 +384,7 @@ class LastCallMiddleware(HealthPaths):
             full_stop=self._full_stop,
             budget=self._coordinator.drain_budget,
             worker_prestop=self._worker_prestop,
+            close_idle=self._close_idle,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
@@ -441,7 +476,8 @@ class LastCallMiddleware(HealthPaths):
         """The drain hook: the one drain sequence, on this server."""
         self._drain_began.set()
         if self._adapter is not None:
-            self._adapter.door.adopt(uvicorn.listeners(self._server))  # what uvloop hid
+            # What uvloop hid from the door: uvicorn's servers, or an integration's.
+            self._adapter.door.adopt([*uvicorn.listeners(self._server), *self._listeners()])
             drain(self._adapter, self._coordinator, budget=self._drain_timeout)
 
 

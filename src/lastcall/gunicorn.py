@@ -3,9 +3,12 @@
 Or, in an existing ``gunicorn.conf.py``, ``from lastcall.gunicorn import *``
 (a hook of your own with the same name must call ours, e.g.
 ``lastcall.gunicorn.post_worker_init(worker)``). Sync, gthread and gevent
-workers, and uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``), whose
-ASGI app goes into ``lastcall.asgi.LastCallMiddleware`` and is drained on
-uvicorn's loop as under uvicorn.
+workers, gunicorn's own ASGI worker (``-k asgi``, gunicorn 25.1 on), and
+uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``): an ASGI
+app goes into ``lastcall.asgi.LastCallMiddleware`` and is drained on the
+worker's event loop. What lastcall does not drain (another worker kind,
+gunicorn's dirty arbiter, HTTP/2 connections) is named in one line at
+start-up.
 
 What it changes, process by process:
 
@@ -234,13 +237,20 @@ def worker_abort(worker: Gunicorn) -> None:
     )
 
 
-def pre_request(worker: Gunicorn, req: Gunicorn) -> None:  # noqa: ARG001  # gunicorn's signature
-    """One more request in flight; begun while stopping, it closes its connection."""
+def pre_request(worker: Gunicorn, req: Gunicorn) -> None:
+    """One more request in flight; begun while stopping, it closes its connection.
+
+    Under ``-k asgi`` (which calls these hooks too) the ASGI middleware counts instead.
+    """
+    if adapter.serves_gunicorn_asgi(worker):
+        return
     adapter.request_began(req, closing=lastcall.default.stopping.is_set())
 
 
 def post_request(worker: Gunicorn, req: Gunicorn, environ: Any, resp: Any) -> None:  # noqa: ARG001, ANN401  # gunicorn's signature
     """The response is written: one fewer in flight (the middleware wraps no response)."""
+    if adapter.serves_gunicorn_asgi(worker):
+        return
     adapter.request_ended(req)
 
 
@@ -273,11 +283,8 @@ class _Worker:
         )
         adapter.wrap_app(worker)
         if not server.kind:
-            logger.warning(
-                "%s workers are not drained by lastcall (sync, gthread, gevent and "
-                "UvicornWorker are); hooks still run when the worker exits",
-                type(worker).__name__,
-            )
+            # The master said so at start-up, once (adapter.not_drained).
+            logger.debug("%s workers are not drained by lastcall", type(worker).__name__)
             self._write_hook_file()
             return
         server.attach()
@@ -289,23 +296,40 @@ class _Worker:
         coordinator.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 
     def _start_asgi(self, grace: float, prestop: float) -> None:
-        """UvicornWorker: uvicorn's server runs the app here, drained as under uvicorn.
+        """UvicornWorker or ``-k asgi``: an ASGI server runs the app here, drained on its loop.
 
         The app goes into ``lastcall.asgi.LastCallMiddleware`` (its lifespan, the
-        health paths, the drain on uvicorn's loop); the socket is shut for
-        everyone only when the master stops every worker.
+        health paths, the drain on the server's loop); the socket is shut for
+        everyone only when the master stops every worker. uvicorn's server is
+        adapted at lifespan start-up, as under uvicorn; gunicorn's own ASGI
+        worker here, its loop made and its signal handlers set.
         """
-        app = adapter.wrap_asgi_app(self.worker)
+        worker = self.worker
+        app = adapter.wrap_asgi_app(worker)
         if app is None:
             sys.exit(_WORKER_BOOT_ERROR)
         app.share_listeners(adapter.master_stopping, prestop)  # the delay on a full stop only
+        loop = adapter.worker_loop(worker)  # -k asgi: its loop, made before this hook
+        if loop is not None:
+            adapter.take_asgi_worker_signals(loop)
         lastcall.default.install(
             signals=("SIGTERM", "SIGINT"),
             grace=grace,
             prestop_delay=0,
             force_signals=("SIGINT",),
         )
-        self._write_hook_file()
+        self._write_hook_file()  # the app's hooks, before lastcall's own drain hook
+        if loop is not None:
+            # gunicorn's own worker: started now, in gunicorn's hook, so that a lifespan
+            # switched off (asgi_lifespan) still leaves it drained.
+            connections = adapter.AsgiConnections()
+            connections.attach()
+            app.serve_on(
+                loop,
+                stop=adapter.asgi_worker_stop(worker),
+                listeners=functools.partial(adapter.asgi_worker_listeners, worker),
+                close_idle=connections.close_idle,
+            )
         lastcall.default.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
 
     def _write_hook_file(self) -> None:

@@ -4,9 +4,13 @@ hypercorn's own command line, options, help and errors, unchanged::
 
     python -m lastcall.hypercorn myapp:app --bind 0.0.0.0:8000 --workers 4
 
-The app is wrapped in ``lastcall.asgi.LastCallMiddleware`` as under plain
-hypercorn; that is what drains each worker. What this adds is the master's
-end: plain hypercorn's master never imports the app, so lastcall has no say
+The app is put in ``lastcall.asgi.LastCallMiddleware`` here, where hypercorn
+loads it (in each worker), unless it is in one already: an app nobody
+wrapped is drained too, as under ``-c python:lastcall.gunicorn`` and
+``python -m lastcall.waitress``. That is what drains each worker (asyncio
+and uvloop ones; a trio worker or a WSGI app is served by hypercorn alone,
+the latter said in one line). What this adds besides is the master's end:
+plain hypercorn's master never imports the app, so lastcall has no say
 there, and after a graceful stop it exits 0. Started this way, it ends by
 the signal that stopped it (143 after SIGTERM, 130 after Ctrl-C), as every
 process lastcall stops does. An error keeps hypercorn's own status.
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run hypercorn's command line (``hypercorn.__main__:main``); end by its stop signal."""
     settings_or_exit()  # before hypercorn starts, in one line
     hypercorn_main = importlib.import_module("hypercorn.__main__")
+    adapter.wrap_every_app()
     with adapter.stop_signals_seen() as seen:
         status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)
     if status == 0 and seen:

@@ -4,9 +4,11 @@ uvicorn's own command line, options, help and errors, unchanged::
 
     python -m lastcall.uvicorn myapp:app --host 0.0.0.0 --port 8000 --workers 4
 
-The app is wrapped in ``lastcall.asgi.LastCallMiddleware`` as under plain
-uvicorn; that is what drains each worker. What this adds is lastcall in
-uvicorn's supervisor, which plain ``uvicorn`` never lets it into (the
+The app is put in ``lastcall.asgi.LastCallMiddleware`` here, where
+uvicorn loads it (in each worker), unless it is in one already: an app
+nobody wrapped is drained too, as under ``-c python:lastcall.gunicorn`` and
+``python -m lastcall.waitress``. That is what drains each worker. What this
+adds besides is lastcall in uvicorn's supervisor, which plain ``uvicorn`` never lets it into (the
 supervisor does not import the app). There, on SIGTERM or the first
 SIGINT: its ``LASTCALL_HEALTH_PORT`` turns ``/readyz`` red, every worker
 is stopped together (each keeps serving for ``LASTCALL_PRESTOP_DELAY``,
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     settings_or_exit()  # before uvicorn starts, in one line
     uvicorn_main = importlib.import_module("uvicorn.main")
     adapter.supervise(uvicorn_main)
+    adapter.wrap_every_app(uvicorn_main)
     uvicorn_main.main.main(
         args=sys.argv[1:] if argv is None else argv, prog_name="python -m lastcall.uvicorn"
     )

@@ -80,6 +80,7 @@ class AsgiServer:
         full_stop: Callable[[], bool],
         budget: Callable[[], float],
         worker_prestop: float = 0.0,
+        close_idle: Callable[[], object] | None = None,
     ) -> None:
         self.name = "the server"
         # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
@@ -94,6 +95,7 @@ class AsgiServer:
         self._full_stop = full_stop
         self._told = False
         self._budget = budget
+        self._close_idle = close_idle  # on the loop; None: the server closes them itself
         self._dying = threading.Event()
         self._finish_in_flight_if_the_loop_dies()
 
@@ -143,7 +145,13 @@ class AsgiServer:
                 return False
 
     def close_idle(self) -> None:
-        """Nothing: a server told to stop closes its idle keep-alive connections itself."""
+        """Close idle keep-alive connections, on the loop, where the server waits for them.
+
+        A server told to stop closes them itself, but for gunicorn's ``-k asgi``,
+        which waits for their timeout: its integration gives a way to close them.
+        """
+        if self._close_idle is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._close_idle)
 
     def cancel(self) -> int:
         """Cancel the requests still in flight, as uvicorn's own timeout would."""

@@ -17,6 +17,15 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
   ``enqueue_req``, ``accept(listener)``, ``keepalived_conns`` (each one's
   ``timeout``, set) and ``murder_keepalived``; ``gunicorn/workers/sync.py``:
   ``run_for_one``.
+* ``gunicorn/workers/gasgi.py`` (``-k asgi``, gunicorn 25.1 on: ``TESTED_ASGI``):
+  ``ASGIWorker.asgi`` (the app, read by each connection's protocol), ``loop``
+  (its SIGTERM and SIGINT handlers, added with ``loop.add_signal_handler``,
+  taken by the middleware) and ``alive``, which its SIGTERM handler clears;
+  the listeners it makes with ``loop.create_server`` are closed by the
+  middleware's door (``lastcall._servers.asgi``); the module's ``ASGIProtocol``
+  (replaced, in the worker only, by a subclass whose instances are noted) and,
+  from ``gunicorn/asgi/protocol.py`` 27.0, what says a connection is idle
+  (``AsgiConnections``).
 * ``gunicorn/workers/ggevent.py``: ``GeventWorker.server_class`` and the
   module's ``StreamServer`` (each replaced, in the worker only, by a subclass
   whose instances are noted); gevent's ``gevent/baseserver.py``:
@@ -26,8 +35,10 @@ GUNICORN``); gthread workers are refused below 24.0, which had no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import importlib.util
 import logging
 import mmap
 import os
@@ -53,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = (
+    "AsgiConnections",
     "GeventWorker",
     "GunicornWorker",
     "Listener",
@@ -68,6 +80,8 @@ Gunicorn: TypeAlias = Any
 
 TESTED = versions.GUNICORN
 TESTED_GTHREAD = versions.GUNICORN_GTHREAD
+TESTED_ASGI = versions.GUNICORN_ASGI
+_ASGI_WORKER = "gunicorn.workers.gasgi"  # the module of ASGIWorker, gunicorn's -k asgi
 
 
 class _Shared:
@@ -90,12 +104,30 @@ _shared = _Shared()
 
 
 def serves_asgi(worker: Gunicorn) -> bool:
-    """Whether ``worker`` runs uvicorn's server (an ASGI app), not a WSGI loop of gunicorn's.
+    """Whether ``worker`` serves an ASGI app, not a WSGI loop of gunicorn's.
 
-    ``uvicorn_worker.UvicornWorker``, the older ``uvicorn.workers.UvicornWorker``,
-    and their H11 variants.
+    uvicorn's server (``uvicorn_worker.UvicornWorker``, the older
+    ``uvicorn.workers.UvicornWorker``, and their H11 variants), or gunicorn's
+    own ``-k asgi``.
     """
-    return type(worker).__module__.split(".")[0] in ("uvicorn", "uvicorn_worker")
+    return serves_gunicorn_asgi(worker) or type(worker).__module__.split(".")[0] in (
+        "uvicorn",
+        "uvicorn_worker",
+    )
+
+
+def serves_gunicorn_asgi(worker: Gunicorn) -> bool:
+    """Whether ``worker`` is gunicorn's own ASGI worker (``-k asgi``) or a subclass of it."""
+    return any(cls.__module__ == _ASGI_WORKER for cls in type(worker).__mro__)
+
+
+def has_asgi_worker() -> bool:
+    """Whether the installed gunicorn has an ASGI worker lastcall drains (25.1 or later)."""
+    try:
+        TESTED_ASGI.check()
+    except RuntimeError:
+        return False
+    return importlib.util.find_spec(_ASGI_WORKER) is not None
 
 
 def master_stopping() -> bool:
@@ -129,12 +161,15 @@ def wrap_app(worker: Gunicorn) -> None:
 
 
 def wrap_asgi_app(worker: Gunicorn) -> AsgiMiddleware | None:
-    """UvicornWorker: the worker's ASGI app in lastcall's ASGI middleware; None, said, if not one.
+    """An ASGI worker's app in lastcall's ASGI middleware; None, said, if it is not an ASGI app.
 
-    ``Worker.wsgi`` (``gunicorn/workers/base.py``) holds the app whatever
-    the worker kind; uvicorn's worker serves it as an ASGI app.
+    ``Worker.wsgi`` (``gunicorn/workers/base.py``) holds the app that
+    uvicorn's worker serves as an ASGI app; gunicorn's ``-k asgi`` keeps it
+    in ``ASGIWorker.asgi`` instead (``gunicorn/workers/gasgi.py``, ``load_wsgi``),
+    where each new connection's protocol reads it.
     """
-    app = worker.wsgi
+    attribute = "asgi" if serves_gunicorn_asgi(worker) else "wsgi"
+    app = getattr(worker, attribute)
     if isinstance(app, AsgiMiddleware):
         return app
     if not is_coroutine_function(app):
@@ -145,8 +180,100 @@ def wrap_asgi_app(worker: Gunicorn) -> AsgiMiddleware | None:
             app,
         )
         return None
-    wrapped = worker.wsgi = AsgiMiddleware(app, coordinator=lastcall.default)
+    wrapped = AsgiMiddleware(app, coordinator=lastcall.default)
+    setattr(worker, attribute, wrapped)
     return wrapped
+
+
+def worker_loop(worker: Gunicorn) -> asyncio.AbstractEventLoop | None:
+    """``-k asgi``: the event loop the worker made, not yet running (``ASGIWorker.loop``)."""
+    if not serves_gunicorn_asgi(worker):
+        return None
+    loop = getattr(worker, "loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def take_asgi_worker_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """``-k asgi``: the worker's SIGTERM and SIGINT handlers out of its loop, before lastcall's.
+
+    ``ASGIWorker.init_signals`` (``gunicorn/workers/gasgi.py``) adds them with
+    ``loop.add_signal_handler``: SIGTERM clears ``alive`` (its loop then stops
+    accepting within a second), SIGINT is its quick shutdown. Left on the
+    loop, either would still run beside lastcall's handler, through the
+    loop's wake-up file descriptor; removed, the first SIGINT is graceful
+    and a second one forces, as for every worker kind. Its SIGQUIT (quick
+    shutdown), SIGUSR1, SIGWINCH and SIGABRT handlers stay.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+def asgi_worker_stop(worker: Gunicorn) -> Callable[[], object] | None:
+    """``-k asgi``: how its own graceful stop is begun, once lastcall's drain closed the door.
+
+    ``ASGIWorker.handle_exit_signal`` (``gunicorn/workers/gasgi.py``), what its
+    SIGTERM ran: ``alive`` cleared; within a second its loop closes its
+    servers, waits for its connections, and sends the lifespan shutdown,
+    which tells the drain that it is done. With ``asgi_lifespan = "off"`` no
+    lifespan shutdown would come: gunicorn is not told, and the drain waits
+    for the requests the middleware counts.
+    """
+    if getattr(worker.cfg, "asgi_lifespan", "auto") == "off":
+        return None
+    stop: Callable[[], object] = worker.handle_exit_signal
+    return stop
+
+
+def asgi_worker_listeners(worker: Gunicorn) -> list[Any]:
+    """``-k asgi``: the asyncio servers the worker listens with (``ASGIWorker.servers``)."""
+    return list(getattr(worker, "servers", ()))
+
+
+class AsgiConnections:
+    """``-k asgi``: the worker's connections, noted as made, whose idle keep-alive ones can end.
+
+    gunicorn's own stop waits for every connection, an idle keep-alive one
+    until ``--keep-alive`` (which may be long behind a load balancer), and the
+    drain waits for gunicorn's stop. The module's ``ASGIProtocol``, which the
+    worker's protocol factory names at each connection (``gunicorn/workers/
+    gasgi.py``), is replaced in this worker by a subclass whose instances are
+    noted. An idle one is what gunicorn would time out itself
+    (``gunicorn/asgi/protocol.py``, 27.0: ``_awaiting_request`` with no
+    ``_finishing_calls`` after a first request, ``req_count``, and nothing
+    arrived, ``_request_ready``): its ``_keepalive_timeout()`` runs now.
+    Before 27.0 those are not there, and the idle ones end as gunicorn ends them.
+    """
+
+    def __init__(self) -> None:
+        self._noted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def attach(self) -> None:
+        """Note the worker's connections from now (in this worker process only)."""
+        from gunicorn.workers import gasgi  # noqa: PLC0415  # -k asgi only
+
+        noted = self._noted
+
+        class Noted(gasgi.ASGIProtocol):  # type: ignore[misc]
+            def connection_made(self, transport: Any) -> None:  # noqa: ANN401
+                noted.add(self)
+                super().connection_made(transport)
+
+        Noted.__name__ = Noted.__qualname__ = gasgi.ASGIProtocol.__name__
+        gasgi.ASGIProtocol = Noted
+
+    def close_idle(self) -> None:
+        """On the worker's loop: end the keep-alive connections waiting for a next request."""
+        for protocol in list(self._noted):
+            ready = getattr(protocol, "_request_ready", None)
+            if (
+                getattr(protocol, "_awaiting_request", False)
+                and getattr(protocol, "req_count", 0) > 1
+                and not getattr(protocol, "_finishing_calls", True)
+                and not getattr(protocol, "_closed", True)
+                and ready is not None
+                and not ready.is_set()
+            ):
+                protocol._keepalive_timeout()  # noqa: SLF001  # gunicorn's own expiry
 
 
 def take_signals(grace: float) -> None:
@@ -230,14 +357,73 @@ def was_aborted(worker: Gunicorn) -> bool:
 
 
 def check_versions(server: Gunicorn) -> None:
-    """At the master's start: one line outside the tested range; gthread refused below 24.0."""
+    """At the master's start: one line outside the tested range; refusals below a gate.
+
+    gthread is refused below 24.0, ``-k asgi`` below 25.1. Whatever lastcall
+    does not drain (a worker kind, the dirty arbiter, HTTP/2) is named in one line.
+    """
     worker_class = getattr(server.cfg, "worker_class", None)
     module = getattr(worker_class, "__module__", "")
     if module == "gunicorn.workers.gthread":
         TESTED_GTHREAD.check()
     elif module == "gunicorn.workers.ggevent":
         versions.GEVENT.check()
+    elif isinstance(worker_class, type) and any(
+        cls.__module__ == _ASGI_WORKER for cls in worker_class.__mro__
+    ):
+        TESTED_ASGI.check()
     TESTED.check()
+    left_out = not_drained(server.cfg)
+    if left_out:
+        logger.warning("not drained by lastcall at a stop: %s", "; ".join(left_out))
+
+
+_DRAINED_WORKERS = (
+    ("gunicorn.workers.sync", "SyncWorker"),
+    ("gunicorn.workers.gthread", "ThreadWorker"),
+    ("gunicorn.workers.ggevent", "GeventWorker"),
+    (_ASGI_WORKER, "ASGIWorker"),
+)
+
+
+def drained_worker_class(worker_class: object) -> bool:
+    """Whether lastcall drains workers of ``worker_class``: sync, gthread, gevent, ASGI ones."""
+    if not isinstance(worker_class, type):
+        return False
+    return any(
+        (cls.__module__, cls.__name__) in _DRAINED_WORKERS
+        or cls.__module__.split(".")[0] in ("uvicorn", "uvicorn_worker")
+        for cls in worker_class.__mro__
+    )
+
+
+def not_drained(cfg: Gunicorn) -> list[str]:
+    """What of gunicorn's set-up lastcall does not drain, one phrase each; empty if nothing.
+
+    Read from gunicorn's documented settings (``gunicorn/config.py``): the
+    worker class, ``dirty_workers`` and ``dirty_apps`` (gunicorn 25 on),
+    ``http_protocols`` (HTTP/2, gunicorn 25 on).
+    """
+    left_out = []
+    worker_class = getattr(cfg, "worker_class", None)
+    if not drained_worker_class(worker_class):
+        name = getattr(worker_class, "__name__", str(worker_class))
+        left_out.append(
+            f"{name} workers (lastcall drains sync, gthread, gevent, asgi and UvicornWorker; "
+            "these stop as gunicorn stops them, and run their hooks as they exit)"
+        )
+    if getattr(cfg, "dirty_workers", 0) and getattr(cfg, "dirty_apps", None):
+        left_out.append(
+            "the dirty arbiter and its dirty workers (dirty_apps), stopped by gunicorn's own "
+            "signals, without lastcall's pre-stop delay or drain"
+        )
+    protocols = getattr(cfg, "http_protocols", None) or ()
+    if "h2" in protocols:
+        left_out.append(
+            "HTTP/2 connections (http_protocols h2): a request on one is drained, but the "
+            "connection gets no GOAWAY before the worker stops accepting"
+        )
+    return left_out
 
 
 def listeners_shared(server: Gunicorn, *, reexec: bool = False) -> None:

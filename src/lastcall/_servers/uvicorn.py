@@ -75,6 +75,7 @@ __all__ = (
     "supervise",
     "supervisor_stopping",
     "take_signal",
+    "wrap_every_app",
 )
 
 TESTED = versions.UVICORN
@@ -151,6 +152,18 @@ def supervise(main_module: ModuleType) -> None:
             super().run()
 
     setattr(main_module, "Multiprocess", LastCallMultiprocess)  # noqa: B010
+
+
+def wrap_every_app(main_module: ModuleType) -> None:
+    """Have ``uvicorn.main.run`` build its ``Config`` as lastcall's, whose app is always wrapped.
+
+    ``uvicorn/main.py`` names the class ``Config`` (0.30 to 0.55); the
+    subclass, ``lastcall._servers.uvicorn_config.Config``, goes to each
+    worker with the pickled configuration.
+    """
+    from lastcall._servers import uvicorn_config  # noqa: PLC0415  # imports uvicorn
+
+    setattr(main_module, "Config", uvicorn_config.Config)  # noqa: B010
 
 
 class Supervisor:

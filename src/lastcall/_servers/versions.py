@@ -31,6 +31,7 @@ __all__ = (
     "GEVENT",
     "GRPC",
     "GUNICORN",
+    "GUNICORN_ASGI",
     "GUNICORN_GTHREAD",
     "HYPERCORN",
     "KOMBU",
@@ -125,6 +126,15 @@ GUNICORN_GTHREAD = Tested(
     "27.0",
     "gthread workers are drained from gunicorn 24.0 on; use sync workers or upgrade",
     refuse_below="24.0",
+)
+# -k asgi only: gunicorn's own ASGI worker (gunicorn/workers/gasgi.py) is stable from 25.1
+# (tests/test_gunicorn_asgi.py passes on 27.0.1; refused below).
+GUNICORN_ASGI = Tested(
+    "gunicorn",
+    "25.1",
+    "27.0",
+    "-k asgi is drained from gunicorn 25.1 on; upgrade gunicorn",
+    refuse_below="25.1",
 )
 # gunicorn -k gevent: gevent/baseserver.py's socket, pool, do_read, do_handle and
 # start_accepting (tests/test_gunicorn_gevent.py passes on gevent 24.10.1 with gunicorn

@@ -41,9 +41,11 @@ ALONE_WAIT = 1200.0  # at most, for a turn to run alone or beside others (not a 
 # Children start with SIGINT at its default, as from an interactive shell: a
 # test run launched in the background (``cmd &``) would otherwise pass on
 # SIGINT ignored, and Python keeps it ignored.
+# A child starts as a shell would start it: SIGINT at its default, no signal blocked (a
+# mask survives fork and exec, and the thread that starts a child may block some).
 LAUNCH = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
+    "signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])"
 )
 
 

@@ -7,9 +7,11 @@ import asyncio
 import json
 import signal
 import threading
+import time
 import types
 
 import pytest
+from conftest import live_processes_in_session
 from test_process_triggers import PRELUDE, hooks_seen
 
 from lastcall import Coordinator
@@ -369,7 +371,12 @@ while True:
     )
     child.send(signal.SIGTERM)
     helper = int(child.wait_for("helper").split()[1])
+    began = time.monotonic()
     assert child.finish() == -signal.SIGTERM, child.output()
+    # finish() waits for the child's output to close: the sleep, had it outlived the stop,
+    # would have held its copy of the pipes open for 45 s.
+    assert time.monotonic() - began < 8, child.output()
+    assert not live_processes_in_session(child.pid)
     written = json.loads(report.read_text())
     assert [h["outcome"] for h in written["hooks"]] == ["timeout"]
     (problem,) = written["problems"]

@@ -349,6 +349,38 @@ def test_sigint_ignored_at_start_stays_ignored(spawn):
     assert "SIGTERM" in child.wait_for("shutdown after", stream="stderr")
 
 
+def test_a_stop_signal_blocked_at_install_is_said(spawn):
+    """Steps: the process starts with SIGTERM blocked (a mask inherited across exec, from a
+    parent thread that blocked it); install() says so in one WARNING line, and the stop runs
+    once the app unblocks it."""
+    script = (
+        PRELUDE
+        + "lastcall.install()\n"
+        + HOOKS
+        + """
+out("ready")
+while not os.path.exists("unblock"):
+    time.sleep(0.02)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+"""
+        + BLOCK
+    )
+    launcher = (
+        "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+        "os.execv(sys.executable, [sys.executable, sys.argv[1]])"
+    )
+    path = Path(spawn.script_dir) / "blocked.py"
+    path.write_text(__import__("textwrap").dedent(script))
+    child = spawn("", argv=[sys.executable, "-c", launcher, str(path)])
+    line = child.wait_for("blocked on the main thread", stream="stderr")
+    assert "SIGTERM" in line
+    assert "WARNING" in line
+    child.send(signal.SIGTERM)
+    Path(spawn.script_dir, "unblock").touch()
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ORDER
+
+
 def test_forked_child_runs_only_inherited_hooks(spawn):
     child = spawn(
         PRELUDE

@@ -49,9 +49,11 @@ def end_children_started_since(began: float) -> list[str]:
             continue
         command = _command(pid)
         tree = _descendants(pid, table)
+        # The deepest first: each is checked against its parent, which must still be alive
+        # (once it is gone, the kernel gives its children to another parent).
+        for descendant in reversed(tree):
+            _kill(descendant, table[descendant][0])
         if _kill(pid, me):
-            for descendant in tree:
-                _kill(descendant, table[descendant][0])
             also = f" and {len(tree)} it started" if tree else ""
             ended.append(
                 f"process {pid} ({command}){also}, started by a hook, still running at the "

@@ -256,6 +256,13 @@ class Coordinator:
         self._renew_if_gevent_patched()
         self._main_ident = main_thread_ident()
         self._app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        blocked = [sig.name for sig in settings.signals if sig in self._app_mask]
+        if blocked:  # a mask survives fork and exec: a parent's blocked signals stay blocked
+            logger.warning(
+                "%s blocked on the main thread (a mask inherited from the parent process?): "
+                "the stop begins only once it is unblocked",
+                ", ".join(blocked),
+            )
         # The threads the stop runs on, before the signals are ours: a stop begun
         # later starts none of its own (see "What the stop may wait on" above).
         try:

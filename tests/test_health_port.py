@@ -420,7 +420,10 @@ def test_beyond_its_limit_the_oldest_waiting_connections_are_dropped(spawn):
         slow.close()
         child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM
-    assert dropped == set(range(300 - KEPT)), sorted(dropped)
+    # The oldest first: what was dropped is a prefix of the order they connected in, at
+    # least the 172 beyond the limit (one more may go while the loop above looks).
+    assert dropped == set(range(len(dropped))), sorted(dropped)
+    assert 300 - KEPT <= len(dropped) <= 300 - KEPT + 1, len(dropped)
     assert answer == b"HTTP/1.1 200 OK"
     # One more than the limit at most: accepted while the oldest still had time to speak.
     assert max(descriptors) <= before + KEPT + 1, (before, max(descriptors))

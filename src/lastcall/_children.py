@@ -51,9 +51,10 @@ def end_children_started_since(began: float) -> list[str]:
         tree = _descendants(pid, table)
         # The deepest first: each is checked against its parent, which must still be alive
         # (once it is gone, the kernel gives its children to another parent).
-        for descendant in reversed(tree):
-            _kill(descendant, table[descendant][0])
-        if _kill(pid, me):
+        killed = [_kill(descendant, table[descendant][0]) for descendant in reversed(tree)]
+        # The top one too; it may have ended on its own meanwhile, once its child was killed
+        # (``sh -c``), and been reaped by the hook: what was killed is still said.
+        if _kill(pid, me) or any(killed):
             also = f" and {len(tree)} it started" if tree else ""
             ended.append(
                 f"process {pid} ({command}){also}, started by a hook, still running at the "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
-from lastcall.cli.drill import session_processes
+from lastcall.cli.cleanup import session_processes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -165,9 +165,9 @@ def test_sigterm_to_a_matrix_ends_every_drill_and_then_the_matrix(tmp_path):
         assert [pid for pid in carrying(proc.token) if pid != proc.pid] == []
 
 
-def test_in_session_finds_a_sessions_processes():
-    """cleanup.in_session reads the session field of /proc/PID/stat (it read tty_nr, which
-    is 0 without a terminal: the session's processes were never found by it)."""
+def test_session_processes_finds_a_sessions_processes():
+    """The drill's cleanup finds a session's processes by the session field of /proc/PID/stat
+    (its own copy read tty_nr, which is 0 without a terminal, and never found them)."""
     from lastcall.cli import cleanup
 
     script = (
@@ -180,11 +180,11 @@ def test_in_session_finds_a_sessions_processes():
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        found = cleanup.in_session(proc.pid)
+        found = cleanup.session_processes(proc.pid)
         assert proc.pid in found
         assert len(found) == 2, found
     finally:
-        for pid in cleanup.in_session(proc.pid):
+        for pid in cleanup.session_processes(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()

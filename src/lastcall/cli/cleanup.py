@@ -95,9 +95,17 @@ def marked(mark: str) -> set[int]:
     return found
 
 
-def in_session(sid: int) -> set[int]:
-    """Live processes whose session is ``sid`` (``/proc/PID/stat``: state ppid pgrp session)."""
-    return {pid for pid in _pids() if (fields := _stat(pid)) is not None and int(fields[3]) == sid}
+def session_processes(sid: int, among: Iterable[int] | None = None) -> dict[int, int]:
+    """Live (not zombie) processes in session ``sid``: pid -> parent pid. Linux /proc.
+
+    ``among``: look at those pids only, not every process on the machine.
+    """
+    found = {}
+    for pid in _pids() if among is None else among:
+        fields = _stat(pid)  # state ppid pgrp session ...
+        if fields is not None and int(fields[3]) == sid:
+            found[pid] = int(fields[1])
+    return found
 
 
 def listening_inodes(port: int) -> set[int]:
@@ -136,7 +144,7 @@ def started_by(mark: str, sid: int | None = None, port: int | None = None) -> se
     found = marked(mark)
     others = set()
     if sid is not None:
-        others |= in_session(sid)
+        others |= set(session_processes(sid))
     if port is not None:
         others |= holding(port)
     # Never another drill's: the port may be free, and taken again, by now.

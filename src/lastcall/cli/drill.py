@@ -38,11 +38,12 @@ import httpx
 
 from lastcall import PHASES, Report
 from lastcall.cli import cleanup, inputs, runner
+from lastcall.cli.cleanup import session_processes
 from lastcall.cli.clients import Ask, Load, RequestRecord
 from lastcall.cli.servers import SERVERS, Launch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterator
 
 DEMOS = {  # (asgi, plain) -> the demo app
     (False, False): "lastcall.cli.demo_app:app",
@@ -510,25 +511,6 @@ class Result:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def session_processes(sid: int, among: Iterable[int] | None = None) -> dict[int, int]:
-    """Live (not zombie) processes in session ``sid``: pid -> parent pid. Linux /proc.
-
-    ``among``: look at those pids only, not every process on the machine.
-    """
-    if among is None:
-        among = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    found = {}
-    for pid in among:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # comm, in parentheses, may hold spaces
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found[pid] = int(fields[1])
-    return found
 
 
 class ProcessWatch:

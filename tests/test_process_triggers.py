@@ -338,16 +338,20 @@ lastcall.install()
     assert hooks_seen(child) == ORDER
 
 
+def spawn_after(spawn, setup: str, script: str):
+    """Start ``script`` in a process that ran ``setup`` (signal state) and then exec'd it."""
+    path = Path(spawn.script_dir) / "after_exec.py"
+    path.write_text(__import__("textwrap").dedent(script))
+    launcher = (
+        f"import os, signal, sys; {setup}; os.execv(sys.executable, [sys.executable, sys.argv[1]])"
+    )
+    return spawn("", argv=[sys.executable, "-c", launcher, str(path)])
+
+
 def test_sigint_ignored_at_start_stays_ignored(spawn):
     """As under nohup or in a shell's background job."""
     script = PRELUDE + "lastcall.install()\n" + HOOKS + BLOCK
-    launcher = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-        "os.execv(sys.executable, [sys.executable, sys.argv[1]])"
-    )
-    path = Path(spawn.script_dir) / "ignored.py"
-    path.write_text(__import__("textwrap").dedent(script))
-    child = spawn("", argv=[sys.executable, "-c", launcher, str(path)])
+    child = spawn_after(spawn, "signal.signal(signal.SIGINT, signal.SIG_IGN)", script)
     child.send(signal.SIGINT)
     child.send(signal.SIGTERM)  # proves SIGINT was ignored: hooks run for SIGTERM
     assert child.finish() == -signal.SIGTERM, child.output()
@@ -371,13 +375,7 @@ signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 """
         + BLOCK
     )
-    launcher = (
-        "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
-        "os.execv(sys.executable, [sys.executable, sys.argv[1]])"
-    )
-    path = Path(spawn.script_dir) / "blocked.py"
-    path.write_text(__import__("textwrap").dedent(script))
-    child = spawn("", argv=[sys.executable, "-c", launcher, str(path)])
+    child = spawn_after(spawn, "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})", script)
     line = child.wait_for("blocked on the main thread", stream="stderr")
     assert "SIGTERM" in line
     assert "WARNING" in line

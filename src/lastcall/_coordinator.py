@@ -782,7 +782,7 @@ class Coordinator:
     def _note_cancelled_busy(self, report: Report) -> str:
         """Put busy blocks the stop cancelled in the report, at ERROR; their names, or ''."""
         cancelled = self._busy.cancelled
-        new = cancelled[: len(cancelled)]  # a copy: a task may still be cancelled meanwhile
+        new = list(cancelled)  # a copy: a task may still be cancelled meanwhile
         del cancelled[: len(new)]
         report.busy.extend(new)
         for block in new:
@@ -906,7 +906,8 @@ class Coordinator:
         """
         log.flush(_LOG_FLUSH_WAIT)
         self._ending = plan
-        handled = self._handlers.handled if self._handlers else ()
+        handlers = self._handlers
+        handled = handlers.handled if handlers else ()
         main = self._main_ident
         if handled and main is not None:
             _, die_by = plan
@@ -918,7 +919,6 @@ class Coordinator:
             # Only while the handler is ours: one a server put back (SIG_DFL, Python's
             # KeyboardInterrupt) would end or break the main thread's end; it ends the
             # process itself when it reaches the interpreter's exit (_at_exit).
-            handlers = self._handlers
             until = time.monotonic() + _MAIN_THREAD_GRACE
             while time.monotonic() < until:
                 if handlers is not None and handlers.ours(wake):

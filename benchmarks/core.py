@@ -231,7 +231,7 @@ def main() -> None:
             0.001,
         ),
         ("(b) 1,000 no-op hooks", hooks, loop, "plain loop", hooks, 0.050),
-        ("(c) import lastcall", imported, started, "python -c pass", imported, 0.015),
+        ("(c) import lastcall", imported, started, "python -c pass", imported, 0.003),
         ("(d) busy() enter+exit", busy, null, "nullcontext()", busy, 0.000001),
         ("(e) unregister 100k hooks", unregistered, registered, "registering", unregistered, 1.0),
         ("(g) /readyz, main busy", busy_probe, idle_probe, "main idle", busy_probe, 0.050),

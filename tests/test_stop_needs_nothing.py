@@ -164,3 +164,36 @@ def test_os_getpid_is_the_child(spawn):
     assert int(child.wait_for("ready").split()[1]) == child.pid
     child.send(signal.SIGTERM)
     assert child.finish() == -signal.SIGTERM
+
+
+IMPORTS_DURING_THE_STOP = """
+lastcall.install(grace=5, prestop_delay=0)
+
+@lastcall.on_shutdown
+{kind}def cleanup():
+    pass
+
+@lastcall.on_shutdown(phase="final")
+def what_was_imported():
+    out("imported:", *sorted(set(sys.modules) - before))
+
+with lastcall.busy("warm-up"):
+    pass
+before = set(sys.modules)
+"""
+
+
+@pytest.mark.parametrize("kind", ["", "async "])
+def test_the_stop_imports_nothing(spawn, tmp_path, kind):
+    """Steps: install(), a sync or an async hook, a report file; SIGTERM. No module is
+    imported from the signal to the last phase: an import waits on the import lock, which
+    another thread may hold (on main: an async hook imported asyncio during the stop)."""
+    report = tmp_path / "report.json"
+    child = spawn(
+        PRELUDE + IMPORTS_DURING_THE_STOP.format(kind=kind) + BLOCK,
+        env={"LASTCALL_REPORT": str(report)},
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert child.lines("imported:") == ["imported:"], child.output()
+    assert json.loads(report.read_text())["hooks"][0]["outcome"] == "ok"

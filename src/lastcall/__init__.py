@@ -9,16 +9,35 @@ ordered, time-boxed, exactly-once shutdown, and reports what it did::
 
     @lastcall.on_shutdown
     def close_pool() -> None: ...
+
+Each public name is imported on first use: ``import lastcall`` alone loads
+nothing else (a library may import it for ``busy`` or ``stopping`` in an
+app that never installs it), and ``install()`` loads what a stop needs.
 """
 
-from __future__ import annotations
-
-from lastcall._config import Settings
-from lastcall._coordinator import Coordinator
-from lastcall._hooks import PHASES, Hook, Phase
-from lastcall._lastresort import LastResort as _LastResort
-from lastcall._report import HookResult, Report
-from lastcall._stoptoken import StopToken
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
+if TYPE_CHECKING:
+    from lastcall._config import Settings
+    from lastcall._coordinator import Coordinator
+    from lastcall._default import (
+        busy,
+        default,
+        install,
+        last_resort,
+        on_shutdown,
+        set_not_ready,
+        set_ready,
+        shutdown,
+        stopping,
+        trigger,
+        uninstall,
+        unregister,
+        use_loop,
+    )
+    from lastcall._hooks import PHASES, Hook, Phase
+    from lastcall._report import HookResult, Report
+    from lastcall._stoptoken import StopToken
+del TYPE_CHECKING
 
 __all__ = (
     "PHASES",
@@ -44,19 +63,27 @@ __all__ = (
     "use_loop",
 )
 
-default: Coordinator = Coordinator()
-"""The process's coordinator, used by the functions below."""
+_MODULE_OF = {
+    "PHASES": "_hooks",
+    "Coordinator": "_coordinator",
+    "Hook": "_hooks",
+    "HookResult": "_report",
+    "Phase": "_hooks",
+    "Report": "_report",
+    "Settings": "_config",
+    "StopToken": "_stoptoken",
+}
 
-install = default.install
-busy = default.busy
-set_ready = default.set_ready
-set_not_ready = default.set_not_ready
-uninstall = default.uninstall
-on_shutdown = default.on_shutdown
-unregister = default.unregister
-use_loop = default.use_loop
-trigger = default.trigger
-shutdown = default.shutdown
-stopping: StopToken = default.stopping
-last_resort = _LastResort(default).last_resort
-"""Run cleanup from a watcher process if this one dies without a shutdown."""
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first use, then keep the name here."""
+    if name not in __all__:
+        raise AttributeError(f"module 'lastcall' has no attribute {name!r}")
+    module = __import__(f"lastcall.{_MODULE_OF.get(name, '_default')}", fromlist=[name])
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

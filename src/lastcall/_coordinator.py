@@ -514,6 +514,9 @@ class Coordinator:
             hook = make_hook(target, phase=phase, timeout=timeout, name=name, inherit=inherit)
             if self._stood_aside:
                 return target
+            if hook.is_async:
+                # What running it needs, now: a stop must not wait on the import lock.
+                import lastcall._asyncio  # noqa: F401, PLC0415  # imports asyncio
             with self._lock:
                 serial = next(self._serials)
                 self._hooks[serial] = hook

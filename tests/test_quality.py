@@ -48,10 +48,7 @@ def test_core_imports_only_the_standard_library() -> None:
 def test_install_imports_neither_typing_nor_asyncio() -> None:
     """What a stop needs is imported at install(), but not the costly modules it does not:
     each module reads typing's names under a TYPE_CHECKING of its own."""
-    code = (
-        "import sys; import lastcall; lastcall.install(); "
-        "print('\\n'.join(sorted(sys.modules)))"
-    )
+    code = "import sys; import lastcall; lastcall.install(); print('\\n'.join(sorted(sys.modules)))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()

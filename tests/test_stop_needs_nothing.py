@@ -104,9 +104,9 @@ def test_logging_lock_held_by_another_thread(spawn, tmp_path):
 
 
 SIGNAL_DURING_INSTALL = """
-import lastcall._report as report_module
+import lastcall._log as log_module
 
-start_daemon = report_module.start_daemon
+start_daemon = log_module.start_daemon
 
 def start_late(target, name, *args):
     if name == "lastcall-log":
@@ -115,7 +115,7 @@ def start_late(target, name, *args):
             time.sleep(0.05)  # the test's SIGTERM lands here
     return start_daemon(target, name, *args)
 
-report_module.start_daemon = start_late
+log_module.start_daemon = start_late
 lastcall.on_shutdown(say("cleanup"))
 lastcall.install(grace=1)
 """

@@ -474,7 +474,7 @@ def test_the_end_takes_no_lock_the_interrupted_main_thread_holds(spawn):
     child = spawn(
         PRELUDE
         + """
-from lastcall._report import log
+from lastcall._log import log
 lastcall.install(grace=5)
 lastcall.on_shutdown(say("close"))
 with log._lock:

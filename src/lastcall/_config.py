@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 
@@ -236,7 +237,7 @@ def _report_path(value: object, env_value: str | None) -> str | None:
     """A report path that can be written: checked now, not found out at stop time.
 
     Checked for this process's PID (``{pid}`` expanded): nothing but a regular
-    file may be at the path (see ``_report.unfit_target``), and the nearest
+    file may be at the path (see ``unfit_target``), and the nearest
     directory that exists must be writable.
     """
     source = "report"
@@ -246,15 +247,13 @@ def _report_path(value: object, env_value: str | None) -> str | None:
         source, value = "LASTCALL_REPORT", env_value
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{source} must be a file path (str or os.PathLike), not {value!r}")
-    from lastcall import _report  # noqa: PLC0415  # imported already, by the coordinator
-
     template = os.fspath(value)
     example = "/tmp/lastcall-{pid}.json"  # noqa: S108  # only words in a message
     if not isinstance(template, str) or not template.strip():
         raise ValueError(f"{source} must be a file path like {example}")
-    path = _report.report_file(template, os.getpid())
+    path = report_file(template, os.getpid())
     try:
-        problem = _report.unfit_target(path) or _unwritable_directory(path)
+        problem = unfit_target(path) or _unwritable_directory(path)
     except (OSError, ValueError) as exc:  # NUL, name too long, not encodable, a loop ...
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problem = f"cannot be used: {reason}"
@@ -361,3 +360,47 @@ def _exit_code(value: int | None, env_value: str | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:  # noqa: PLR2004
         raise ValueError(f"{source} must be a whole number from 0 to 255, got {value!r}")
     return value
+
+
+def report_file(path_template: str, pid: int) -> str:
+    """The report path of process ``pid``: ``{pid}`` expanded."""
+    return path_template.replace("{pid}", str(pid))
+
+
+# Where no report can go: the kernel's views, whose "files" are not files.
+_PSEUDO_FILE_SYSTEMS = ("/proc", "/sys")
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def unfit_target(path: str) -> str | None:
+    """Why no report may be written at ``path`` (words after the path), or None.
+
+    The file is replaced by a rename, so whatever is at the path would be
+    replaced too: only a regular file (or nothing yet) may be there. A
+    symbolic link is replaced, not followed, but what it points to counts.
+    Raises ``OSError`` or ``ValueError`` for a path the system refuses to look at.
+    """
+    if "\0" in path:
+        raise ValueError("a path cannot contain a NUL byte")
+    if path.endswith("/"):
+        return "names a directory, not a file"
+    where = os.path.realpath(os.path.abspath(path))  # noqa: PTH100
+    for pseudo in _PSEUDO_FILE_SYSTEMS:
+        if where == pseudo or where.startswith(pseudo + "/"):
+            return f"cannot be written: {pseudo} has no room for files"
+    try:
+        mode = os.stat(path).st_mode  # noqa: PTH116
+    except FileNotFoundError:
+        return None  # nothing there yet (or a dangling link, which the rename replaces)
+    except NotADirectoryError:
+        return "is inside something that is not a directory"
+    for kind, words in _FILE_KINDS:
+        if kind(mode):
+            return f"is {words}, not a regular file, and writing the report would replace it"
+    return None

@@ -17,7 +17,7 @@ runs the stop depends on how it began:
 
 Signal handlers never take a lock: they put the signal number on a
 SimpleQueue that the dispatcher reads (see ``_signals``). The stop logs
-through a hand-off thread (``_report.log``), and a stop that will end the
+through a hand-off thread (``_log.log``), and a stop that will end the
 process arms the watchdog (``_watchdog``): nothing it waits on can hold
 the process past the grace.
 
@@ -67,7 +67,8 @@ from lastcall import _children, _crashes, _watchdog
 from lastcall._busy import Busy, BusyWork
 from lastcall._config import Settings, drain_reserve, parse_signals, resolve
 from lastcall._hooks import PHASES, Finished, Hook, Runner, make_hook, running_hook
-from lastcall._report import HookResult, Report, log, logger, prepare_writing
+from lastcall._log import log, logger
+from lastcall._report import HookResult, Report, prepare_writing
 from lastcall._signals import SignalHandlers, main_thread_ident
 from lastcall._stoptoken import StopToken
 from lastcall._threads import start_daemon

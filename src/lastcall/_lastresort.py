@@ -58,7 +58,7 @@ import threading
 import weakref
 
 from lastcall._hooks import check_timeout
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._threads import start_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)

@@ -6,14 +6,6 @@ its traceback, when it failed) and, when
 written to a temporary name beside it and renamed, so a reader never sees
 half a report, and it is created mode 0600 because hook errors can carry
 secrets from tracebacks.
-
-The stop logs through ``log``, which hands each line to a thread of its own,
-started at ``install()``: a handler writing to a pipe nobody reads (a stalled
-log collector) blocks that thread, never the stop, and the stop takes no lock
-to log, not even logging's own (``Logger.isEnabledFor`` takes the module lock
-on a cache miss, and a ``dictConfig`` reload holds it while it writes). Where
-no such thread runs (``shutdown()`` without ``install()``) lines are logged
-inline, on the caller's thread.
 """
 
 from __future__ import annotations
@@ -21,12 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import stat
-import sys
-import threading
 
-from lastcall._threads import start_daemon
+from lastcall._config import report_file, unfit_target
+from lastcall._log import log
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -35,89 +24,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from lastcall._hooks import Outcome, Phase
-
-logger = logging.getLogger("lastcall")
-
-
-class LogHandoff:
-    """Log lines emitted by a thread of their own, so a stalled handler cannot hold the stop.
-
-    ``log`` and ``flush`` take no lock and start no thread: they run in the stop,
-    and the end of a stop runs in a signal handler on a main thread that may be
-    inside ``start`` (``install()``), holding ``_lock``.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | threading.Event]
-        self._queue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # start() only
-        self._pid = os.getpid()
-
-    def log(self, level: int, msg: str, *args: object) -> None:
-        """``logger.log(level, msg, *args)``, without waiting for the handlers or their locks."""
-        if self._running():
-            self._queue.put((level, msg, args))  # the level is checked on the log thread
-        else:
-            logger.log(level, msg, *args)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the lines so far, then flush handlers and std streams."""
-        if not self._running():
-            _flush_all()
-            return True
-        flushed = threading.Event()
-        self._queue.put(flushed)
-        return flushed.wait(timeout)
-
-    def renew(self) -> None:
-        """Remake the queue if gevent patched ``threading`` and no thread reads it yet."""
-        with self._lock:
-            if self._thread is None:
-                self._queue = queue.SimpleQueue()
-                self._lock = threading.Lock()
-
-    def start(self) -> None:
-        """Start the thread (at ``install()``, and in a forked child that installed).
-
-        RuntimeError if no thread can be started (a container at its pids limit):
-        ``install()`` says so in one line, where the app can still act on it.
-        """
-        if self._pid != os.getpid():  # a forked child has the queue, not the thread
-            self._reset()
-        with self._lock:
-            if self._thread is None:
-                self._thread = start_daemon(self._emit, "lastcall-log")
-
-    def _running(self) -> bool:
-        return self._thread is not None and self._pid == os.getpid()
-
-    def _emit(self) -> None:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, threading.Event):
-                _flush_all()
-                item.set()
-            else:
-                level, msg, args = item
-                logger.log(level, msg, *args)
-
-
-def _flush_all() -> None:
-    """What the interpreter would flush on a normal exit, since the stop may skip it."""
-    handlers = [*logging.getLogger().handlers, *logger.handlers]
-    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
-    for flushable in (*handlers, *streams):
-        try:
-            flushable.flush()
-        except Exception:  # noqa: S112  # a closed stream is nothing to flush
-            continue
-
-
-log = LogHandoff()
 
 
 class HookResult:
@@ -302,50 +208,6 @@ class Report:
                 os.unlink(tmp)  # noqa: PTH108
             raise
         return path
-
-
-def report_file(path_template: str, pid: int) -> str:
-    """The report path of process ``pid``: ``{pid}`` expanded."""
-    return path_template.replace("{pid}", str(pid))
-
-
-# Where no report can go: the kernel's views, whose "files" are not files.
-_PSEUDO_FILE_SYSTEMS = ("/proc", "/sys")
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def unfit_target(path: str) -> str | None:
-    """Why no report may be written at ``path`` (words after the path), or None.
-
-    The file is replaced by a rename, so whatever is at the path would be
-    replaced too: only a regular file (or nothing yet) may be there. A
-    symbolic link is replaced, not followed, but what it points to counts.
-    Raises ``OSError`` or ``ValueError`` for a path the system refuses to look at.
-    """
-    if "\0" in path:
-        raise ValueError("a path cannot contain a NUL byte")
-    if path.endswith("/"):
-        return "names a directory, not a file"
-    where = os.path.realpath(os.path.abspath(path))  # noqa: PTH100
-    for pseudo in _PSEUDO_FILE_SYSTEMS:
-        if where == pseudo or where.startswith(pseudo + "/"):
-            return f"cannot be written: {pseudo} has no room for files"
-    try:
-        mode = os.stat(path).st_mode  # noqa: PTH116
-    except FileNotFoundError:
-        return None  # nothing there yet (or a dangling link, which the rename replaces)
-    except NotADirectoryError:
-        return "is inside something that is not a directory"
-    for kind, words in _FILE_KINDS:
-        if kind(mode):
-            return f"is {words}, not a regular file, and writing the report would replace it"
-    return None
 
 
 def prepare_writing() -> None:

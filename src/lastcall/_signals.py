@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 
-from lastcall._report import logger
+from lastcall._log import logger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:

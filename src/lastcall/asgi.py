@@ -102,7 +102,7 @@ from lastcall._health import (
     stopping_body,
 )
 from lastcall._hooks import is_coroutine_function
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain

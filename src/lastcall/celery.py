@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._config import drain_reserve
-from lastcall._report import log, logger
+from lastcall._log import log, logger
 from lastcall._servers.drain import drain
 from lastcall._workers import celery as adapter
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import resolve
-from lastcall._report import log, logger
+from lastcall._log import log, logger
 from lastcall._servers import grpc as adapter
 from lastcall._servers.drain import drain
 

@@ -64,7 +64,7 @@ from typing import Any, TypeAlias
 import lastcall
 from lastcall import _health_port
 from lastcall._config import check_drain_time, check_report_per_process, resolve
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
 

@@ -18,7 +18,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import lastcall
-from lastcall._report import logger
+from lastcall._log import logger
 
 if TYPE_CHECKING:
     from lastcall import Coordinator

@@ -45,7 +45,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers.listener import stop_listening, take_backlog
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ import signal
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from lastcall import _signals
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import reloader, versions
 from lastcall._servers.wsgiref import TrackedServer
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from lastcall._report import log
+from lastcall._log import log
 
 if TYPE_CHECKING:
     from lastcall._coordinator import Coordinator

@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from lastcall._report import log
+from lastcall._log import log
 from lastcall._servers import versions
 from lastcall._servers.inflight import in_report
 from lastcall._servers.listener import _admit_no_more

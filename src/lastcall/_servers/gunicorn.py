@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._hooks import is_coroutine_function
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import RequestsInFlight
 from lastcall._servers.listener import take_backlog

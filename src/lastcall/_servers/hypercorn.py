@@ -38,7 +38,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import versions
 
 if TYPE_CHECKING:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import settings_or_exit
-from lastcall._report import logger
+from lastcall._log import logger
 from lastcall._servers import versions
 
 if TYPE_CHECKING:

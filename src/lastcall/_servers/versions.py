@@ -23,7 +23,7 @@ import importlib.metadata
 import re
 from dataclasses import dataclass
 
-from lastcall._report import logger
+from lastcall._log import logger
 
 __all__ = (
     "CELERY",

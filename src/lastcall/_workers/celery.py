@@ -57,7 +57,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
-from lastcall._report import log, logger
+from lastcall._log import log, logger
 from lastcall._servers import versions
 
 if TYPE_CHECKING:

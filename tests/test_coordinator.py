@@ -430,18 +430,20 @@ def test_report_jobs_are_counted_in_the_summary_and_read_back():
 def test_jobs_noted_during_a_stop_are_in_its_report_and_file(tmp_path):
     """A worker integration notes the jobs its drain touched; one noted again replaces itself."""
     from lastcall import Coordinator
+    from lastcall._integration import Integration
 
     coordinator = Coordinator(run_at_exit=False)
+    worker = Integration(coordinator)
     path = tmp_path / "report.json"
     coordinator._settings = coordinator.settings.replace(report=str(path))
 
     def drain() -> None:
-        coordinator.note_job({"id": "a", "name": "t.slow", "outcome": "completed", "seconds": 0.0})
-        coordinator.note_job({"id": "b", "name": "t.fast", "outcome": "completed", "seconds": 0.1})
-        coordinator.note_job({"id": "a", "name": "t.slow", "outcome": "requeued", "seconds": 9.0})
+        worker.note_job({"id": "a", "name": "t.slow", "outcome": "completed", "seconds": 0.0})
+        worker.note_job({"id": "b", "name": "t.fast", "outcome": "completed", "seconds": 0.1})
+        worker.note_job({"id": "a", "name": "t.slow", "outcome": "requeued", "seconds": 9.0})
 
     coordinator.on_shutdown(drain, phase="drain")
-    coordinator.note_job({"id": "z", "name": "t.x", "outcome": "completed", "seconds": 1.0})
+    worker.note_job({"id": "z", "name": "t.x", "outcome": "completed", "seconds": 1.0})
     report = coordinator.shutdown()
     assert [(j["id"], j["outcome"]) for j in report.jobs] == [("b", "completed"), ("a", "requeued")]
     assert json.loads(path.read_text())["jobs"] == report.jobs

@@ -20,6 +20,7 @@ from test_process_triggers import BUSY_MAIN, PRELUDE
 
 from lastcall import Coordinator
 from lastcall._config import resolve
+from lastcall._integration import Integration
 
 
 def probe(port: int, path: str) -> tuple[int, dict[str, object]]:
@@ -93,12 +94,13 @@ while True:
 
 def test_readiness_toggle_in_process():
     coordinator = Coordinator(run_at_exit=False)
+    server = Integration(coordinator)
     assert coordinator.readiness() == ("ready", None)
-    coordinator.expect_serving()
+    server.expect_serving()
     assert coordinator.readiness() == ("starting", None)
-    coordinator.serving()
+    server.serving()
     booted: list[int] = []
-    coordinator.expect_serving(until=lambda: len(booted) >= 2)  # a master counting workers
+    server.expect_serving(until=lambda: len(booted) >= 2)  # a master counting workers
     booted.append(1)
     assert coordinator.readiness() == ("starting", None)
     booted.append(2)

@@ -432,7 +432,8 @@ def test_a_process_that_stands_aside_stands_its_watcher_down(scenario, watchers,
         + READY
         + """
 go()
-lastcall.default.stand_aside("a supervisor now")
+from lastcall._integration import Integration
+Integration(lastcall.default).stand_aside("a supervisor now")
 lastcall.last_resort("lr_hooks:record", OUT, "ignored")
 out("aside", watcher_pid := lastcall.last_resort.__self__.watcher_pid)
 """

@@ -516,7 +516,8 @@ def test_lastcalls_threads_take_no_signal(spawn):
         + THREAD_MASKS
         + f"""
 lastcall.install(health_port={free_port()})
-lastcall.default.stop_when_parent_dies(os.getppid(), "parent gone")
+from lastcall._integration import Integration
+Integration(lastcall.default).stop_when_parent_dies(os.getppid(), "parent gone")
 for thread in threading.enumerate():
     if thread.name.startswith("lastcall-"):
         out(thread.name + ":", *blocked(thread.native_id))

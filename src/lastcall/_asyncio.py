@@ -56,9 +56,24 @@ from lastcall._stoptoken import resolve_future
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
-    from typing import Any
+    from typing import Any, Literal, Protocol
 
-    from lastcall._coordinator import Coordinator
+    class _Settings(Protocol):
+        @property
+        def grace(self) -> float: ...
+
+    class Coordinator(Protocol):  # what the guard asks of the coordinator of its loop
+        @property
+        def state(self) -> Literal["running", "stopping", "done"]: ...
+        @property
+        def settings(self) -> _Settings: ...
+        @property
+        def report(self) -> object | None: ...
+        def when_done(self, callback: Callable[[Any], None]) -> None: ...
+        def time_left(self) -> float | None: ...
+        def _stops_at_exit(self) -> bool: ...
+        def _stop_at_loop_end(self, error: BaseException | None) -> None: ...
+
 
 _TEARDOWN_MARGIN = 1.0  # seconds the guard holds the loop past the grace at most
 _POLL = 0.05  # how often a thread waiting for a hook checks that the loop still runs
@@ -139,14 +154,14 @@ class _Guard(asyncio.Task[None]):
             return super().cancel(msg)
         loop = self.get_loop()
         if state == "running":
-            if loop.is_running() or not _stops_at_exit(coordinator):
+            if loop.is_running() or not coordinator._stops_at_exit():  # noqa: SLF001
                 return super().cancel(msg)  # the app cancelling tasks, not the loop ending
             # The teardown runs in asyncio.run's finally: an error from the main
             # coroutine is the exception being handled (as _excepthook would see it).
             error = sys.exc_info()[1]
             threading.Thread(
-                target=_stop_at_loop_end,
-                args=(coordinator, error),
+                target=coordinator._stop_at_loop_end,  # noqa: SLF001
+                args=(error,),
                 name="lastcall-loop-end",
                 daemon=True,
             ).start()
@@ -159,22 +174,6 @@ class _Guard(asyncio.Task[None]):
             bound = (coordinator.settings.grace if left is None else left) + _TEARDOWN_MARGIN
             loop.call_later(bound, resolve_future, self._finished)
         return False
-
-
-def _stops_at_exit(coordinator: Coordinator) -> bool:
-    """Whether a normal interpreter exit would run this coordinator's stop."""
-    return bool(coordinator._exit_wanted and not coordinator.stood_aside)  # noqa: SLF001
-
-
-def _stop_at_loop_end(coordinator: Coordinator, error: BaseException | None) -> None:
-    """The app's loop is ending with no stop begun: run the stop a normal exit would run."""
-    if not coordinator._begin():  # noqa: SLF001  # the same steps as Coordinator._at_exit
-        return
-    if error is None or isinstance(error, SystemExit):
-        coordinator._run("exit", "the event loop is ending", exit_status=None)  # noqa: SLF001
-    else:
-        reason = f"{type(error).__name__}: {error}"
-        coordinator._run("exception", reason, exit_status=1)  # noqa: SLF001
 
 
 class _HookTask(asyncio.Task[object]):

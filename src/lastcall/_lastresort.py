@@ -43,7 +43,7 @@ Choices, and why:
 * **Forks**: a forked child closes its copy of the socket (else the watcher
   would not see the parent die while the child lives) and keeps only the hooks
   registered with ``inherit=True``; if there are any, it gets its own watcher.
-* **Supervisors**: a process that stands aside (``Coordinator.stand_aside``,
+* **Supervisors**: a process that stands aside (``Integration.stand_aside``,
   the Werkzeug reloader's parent, which imports the app too) stands its
   watcher down and ignores later registrations: its child owns the cleanup.
 """
@@ -58,6 +58,7 @@ import threading
 import weakref
 
 from lastcall._hooks import check_timeout
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._threads import start_daemon
 
@@ -191,7 +192,7 @@ class LastResort:
         if the watcher cannot be started.
         """
         hook = make_last_resort_hook(target, args, timeout=timeout, name=name, inherit=inherit)
-        if _in_watcher() or self._coordinator.stood_aside:
+        if _in_watcher() or Integration(self._coordinator).stood_aside:
             # A hook module imported by the watcher registers its hooks: ignore,
             # or the watcher would start a watcher of its own. A process that
             # stood aside (the Werkzeug reloader's parent) leaves them to its child.
@@ -200,7 +201,7 @@ class LastResort:
             self._hooks.append(hook)
             if not self._subscribed:
                 self._coordinator.when_done(self._stand_down)
-                self._coordinator.when_standing_aside(self._stand_aside)
+                Integration(self._coordinator).when_standing_aside(self._stand_aside)
                 self._subscribed = True
             if self._coordinator.state == "done":
                 logger.warning(

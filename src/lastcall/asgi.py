@@ -46,7 +46,7 @@ earlier, in gunicorn's own hook, on the worker's loop (``serve_on``). With
 nothing is taken: the trigger simply returns when the drain begins.
 
 A **worker whose master died** (SIGKILL, OOM) notices within 0.2 s
-(``Coordinator.stop_when_parent_dies``) and stops as if told to,
+(``Integration.stop_when_parent_dies``) and stops as if told to,
 instead of serving as an orphan. Where the server
 cannot be told to stop, the drain waits for the requests in flight.
 
@@ -102,6 +102,7 @@ from lastcall._health import (
     stopping_body,
 )
 from lastcall._hooks import is_coroutine_function
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._servers import hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
@@ -137,7 +138,7 @@ class LastCallMiddleware(HealthPaths):
     ``coordinator`` defaults to ``lastcall.default``. A path of ``None``
     switches that endpoint off. ``drain_timeout`` caps the drain; by default
     it is what the grace period leaves after the pre-stop delay, less a
-    reserve for the hooks (``Coordinator.drain_budget``).
+    reserve for the hooks (``Integration.drain_budget``).
     ``take_signals=False`` leaves the server's signal handling alone (no
     pre-stop window; the stop begins with the lifespan shutdown).
     """
@@ -317,7 +318,7 @@ class LastCallMiddleware(HealthPaths):
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         if not self._stopping.is_set():
-            self._coordinator.serving()  # a request answered here: the server serves
+            Integration(self._coordinator).serving()  # a request answered here: the server serves
             not_ready = not_ready_body(self._coordinator)
             await _json(scope, send, 200 if not_ready is None else 503, not_ready or READY)
             return
@@ -334,7 +335,7 @@ class LastCallMiddleware(HealthPaths):
             raise RuntimeError(f"expected lifespan.startup from the server, got {message['type']}")
         if isinstance(scope.get("state"), dict):
             scope["state"]["lastcall_stopping"] = self._stopping
-        self._coordinator.expect_serving()  # /readyz: starting, until _serving
+        Integration(self._coordinator).expect_serving()  # /readyz: starting, until _serving
         app = _AppLifespan(self._app, scope)
         answer = await app.exchange(message)
         if answer is not None and answer["type"] == "lifespan.startup.failed":
@@ -382,7 +383,7 @@ class LastCallMiddleware(HealthPaths):
             self._server_drained,
             stop_server=lambda: self._server_stop,
             full_stop=self._full_stop,
-            budget=self._coordinator.drain_budget,
+            budget=Integration(self._coordinator).drain_budget,
             worker_prestop=self._worker_prestop,
             close_idle=self._close_idle,
         )
@@ -390,7 +391,7 @@ class LastCallMiddleware(HealthPaths):
         coordinator = self._coordinator
         coordinator.use_loop(loop)
         coordinator.on_shutdown(phase="drain", name="asgi drain")(self._drain)
-        coordinator.list_requests_with(self.requests_in_flight)
+        Integration(coordinator).list_requests_with(self.requests_in_flight)
         systemd.attach(coordinator)
         if self._take_signals and threading.current_thread() is threading.main_thread():
             self._take_server_signals(loop)
@@ -416,14 +417,14 @@ class LastCallMiddleware(HealthPaths):
             taken = uvicorn.take_signal(sig)
             if taken is not None and self._server_stop is None:
                 self._server_stop, self._server = taken
-        coordinator.ensure_installed(**self._install_options)
+        Integration(coordinator).ensure_installed(**self._install_options)
         logger.debug("lastcall handles the stop signals; the server is told when the drain begins")
 
     def _watch_parent(self) -> None:
         """A worker whose master died stops, instead of serving on as an orphan."""
         parent = multiprocessing.parent_process()
         if parent is not None and parent.pid is not None:
-            self._coordinator.stop_when_parent_dies(
+            Integration(self._coordinator).stop_when_parent_dies(
                 parent.pid, f"the server's master process {parent.pid} died"
             )
 
@@ -465,7 +466,7 @@ class LastCallMiddleware(HealthPaths):
             await asyncio.sleep(_SERVER_STARTED_POLL)
         if self._stopping.is_set():
             return
-        self._coordinator.serving()
+        Integration(self._coordinator).serving()
         uvicorn.note_serving()
         if os.environ.get("NOTIFY_SOCKET"):
             systemd.ready()

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._config import drain_reserve
+from lastcall._integration import Integration
 from lastcall._log import log, logger
 from lastcall._servers.drain import drain
 from lastcall._workers import celery as adapter
@@ -64,7 +65,7 @@ _CELERY_STOP_SHARE = 1 / 3
 
 def task_budget(coordinator: Coordinator) -> float:
     """How long running tasks may take after the signal: the drain budget less Celery's stop."""
-    budget = coordinator.drain_budget()
+    budget = Integration(coordinator).drain_budget()
     return max(0.0, budget - min(_CELERY_STOP_MAX, budget * _CELERY_STOP_SHARE))
 
 

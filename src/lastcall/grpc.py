@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import resolve
+from lastcall._integration import Integration
 from lastcall._log import log, logger
 from lastcall._servers import grpc as adapter
 from lastcall._servers.drain import drain
@@ -80,8 +81,8 @@ class LastCall:
         if not coordinator.installed:
             resolve()  # a bad LASTCALL_* setting fails here, before the server starts
         adapter.TESTED.check()
-        coordinator.expect_serving()
-        coordinator.ensure_installed()
+        Integration(coordinator).expect_serving()
+        Integration(coordinator).ensure_installed()
         coordinator.on_shutdown(phase="drain", name="grpc drain")(self._drain)
         coordinator.on_shutdown(phase="pre_stop", name="grpc health: NOT_SERVING")(
             self._not_serving
@@ -103,7 +104,7 @@ class LastCall:
                 if self._health_is_ours:
                     for service in self._services:
                         await self.health.set(service, _serving())
-                self._coordinator.serving()
+                Integration(self._coordinator).serving()
 
             server.start = start_aio
         else:
@@ -115,7 +116,7 @@ class LastCall:
                 if self._health_is_ours:
                     for service in self._services:
                         self.health.set(service, _serving())
-                self._coordinator.serving()
+                Integration(self._coordinator).serving()
 
             server.start = start_sync
 
@@ -155,7 +156,7 @@ class LastCall:
         rpcs = adapter.RpcsInFlight()
         handlers.wrap(rpcs, aio=self.aio)
         self.rpcs = rpcs
-        self._coordinator.list_requests_with(rpcs.listing)
+        Integration(self._coordinator).list_requests_with(rpcs.listing)
 
     def _add_health_servicer(self) -> Any:  # noqa: ANN401  # grpc_health's
         try:

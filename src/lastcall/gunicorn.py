@@ -64,6 +64,7 @@ from typing import Any, TypeAlias
 import lastcall
 from lastcall import _health_port
 from lastcall._config import check_drain_time, check_report_per_process, resolve
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
@@ -148,7 +149,7 @@ def on_starting(server: Gunicorn) -> None:
     _bridge_logging(server)
     if _state["hook_dir"] is None:
         _state["hook_dir"] = tempfile.mkdtemp(prefix="lastcall-gunicorn-")
-    lastcall.default.expect_serving(until=functools.partial(_workers_booted, server))
+    Integration(lastcall.default).expect_serving(until=functools.partial(_workers_booted, server))
     try:
         _state["health"] = _health_port.serve_for_workers(_master_readiness, settings)
     except OSError as exc:
@@ -293,7 +294,9 @@ class _Worker:
             functools.partial(drain, server, coordinator)
         )
         self._write_hook_file()
-        coordinator.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
+        Integration(coordinator).stop_when_parent_dies(
+            self.ppid, f"gunicorn master {self.ppid} died"
+        )
 
     def _start_asgi(self, grace: float, prestop: float) -> None:
         """UvicornWorker or ``-k asgi``: an ASGI server runs the app here, drained on its loop.
@@ -330,7 +333,9 @@ class _Worker:
                 listeners=functools.partial(adapter.asgi_worker_listeners, worker),
                 close_idle=connections.close_idle,
             )
-        lastcall.default.stop_when_parent_dies(self.ppid, f"gunicorn master {self.ppid} died")
+        Integration(lastcall.default).stop_when_parent_dies(
+            self.ppid, f"gunicorn master {self.ppid} died"
+        )
 
     def _write_hook_file(self) -> None:
         """Tell the master which hooks this worker has, in case it dies before running them.

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import resolve, settings_or_exit
+from lastcall._integration import Integration
 from lastcall._servers import waitress as adapter
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import RequestsInFlight
@@ -62,8 +63,8 @@ def serve(app: WSGIApplication, **kw: Any) -> None:  # noqa: ANN401  # waitress'
     health = (middleware.livez_path, middleware.readyz_path)
     requests = RequestsInFlight()
     adapter.adapt_tasks(server, coordinator.stopping, requests, health)
-    coordinator.list_requests_with(requests.listing)
-    coordinator.ensure_installed()
+    Integration(coordinator).list_requests_with(requests.listing)
+    Integration(coordinator).ensure_installed()
     waitress = adapter.WaitressAdapter(server)
     for layer in middlewares_in(middleware):
         layer.count_with(functools.partial(waitress.requests_in_flight, health))

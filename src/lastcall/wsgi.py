@@ -45,6 +45,7 @@ from lastcall._health import (
     not_ready_body,
     stopping_body,
 )
+from lastcall._integration import Integration
 from lastcall._servers.inflight import in_report
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class LastCallMiddleware(HealthPaths):
         self._waiters = 0  # wait_idle() callers: only then does the last request out notify
         self._idle = threading.Condition(threading.Lock())
         self._server_counts: Callable[[], int] | None = None
-        coordinator.list_requests_with(self.requests_in_flight)
+        Integration(coordinator).list_requests_with(self.requests_in_flight)
 
     def count_with(self, in_flight: Callable[[], int]) -> None:
         """Leave counting to the server: responses then pass through unwrapped.

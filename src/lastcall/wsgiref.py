@@ -29,6 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import lastcall
 from lastcall._config import resolve
+from lastcall._integration import Integration
 from lastcall._servers.wsgiref import TrackedServer
 from lastcall.wsgi import LastCallMiddleware, middlewares_in
 
@@ -66,5 +67,7 @@ def make_server(
     server.set_app(app)
     server.drain_on_stop()  # type: ignore[attr-defined]  # TrackedServer's
     if threading.current_thread() is threading.main_thread():
-        lastcall.default.ensure_installed()  # the port is open: a SIGTERM from now on is a stop
+        Integration(
+            lastcall.default
+        ).ensure_installed()  # the port is open: a SIGTERM from now on is a stop
     return server

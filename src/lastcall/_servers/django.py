@@ -14,7 +14,7 @@ What Django does on its own, and what this module changes:
   ``subprocess.run``, which SIGKILLs the child on any exception in the
   parent: a SIGTERM or Ctrl-C to the process the user started killed the
   process that holds the app's resources. Here the parent runs none of the
-  app's hooks (``Coordinator.stand_aside``: settings and ``AppConfig.ready()``
+  app's hooks (``Integration.stand_aside``: settings and ``AppConfig.ready()``
   run in both processes), passes SIGTERM/SIGINT/SIGHUP on to the child as
   SIGTERM, and then ends by the signal it was sent; the child takes the signals
   on its main thread (the app runs on ``django-main-thread``) and stops if
@@ -36,6 +36,7 @@ import signal
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from lastcall import _signals
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._servers import reloader, versions
 from lastcall._servers.wsgiref import TrackedServer
@@ -119,7 +120,7 @@ def _coordinator() -> Coordinator:
 
 
 def _install() -> None:
-    _coordinator().ensure_installed(**_State.install_options)
+    Integration(_coordinator()).ensure_installed(**_State.install_options)
 
 
 # ---------------------------------------------------------------- patches
@@ -195,7 +196,7 @@ def _restart_with_reloader() -> NoReturn:
     """
     from django.utils import autoreload  # noqa: PLC0415
 
-    _coordinator().stand_aside("Django's autoreloader child runs the app's hooks")
+    Integration(_coordinator()).stand_aside("Django's autoreloader child runs the app's hooks")
     # django/utils/autoreload.py: the child's command line, and the variable that marks it
     args = autoreload.get_child_arguments()
     reloader.run_children(

@@ -12,7 +12,7 @@ the budget and the log lines are decided here, once.
 2. **Close the door**: take what the listen backlog already holds, to be
    served, then stop listening so new connections are refused, never
    accepted and reset.
-3. **Wait until idle**, within ``Coordinator.drain_budget()`` (the hooks
+3. **Wait until idle**, within ``Integration.drain_budget()`` (the hooks
    after the drain keep their share of the grace), closing keep-alive
    connections as they fall idle.
 4. **Cancel what overran**, and say so (the requests, by method and path,
@@ -26,6 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from lastcall._integration import Integration
 from lastcall._log import log
 
 if TYPE_CHECKING:
@@ -72,9 +73,9 @@ class Adapter(Protocol):
 def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = None) -> bool:
     """Run the four steps on ``adapter`` within the drain budget; whether it ended idle.
 
-    ``budget`` caps ``Coordinator.drain_budget()`` (the ASGI middleware's ``drain_timeout``).
+    ``budget`` caps ``Integration.drain_budget()`` (the ASGI middleware's ``drain_timeout``).
     """
-    allowed = coordinator.drain_budget()
+    allowed = Integration(coordinator).drain_budget()
     deadline = time.monotonic() + (allowed if budget is None else min(allowed, budget))
 
     delay = min(adapter.prestop_delay(), max(0.0, deadline - time.monotonic()))
@@ -99,7 +100,7 @@ def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = 
         return True
 
     left = adapter.in_flight()
-    coordinator.note_requests_in_flight()  # while they are still there to list
+    Integration(coordinator).note_requests_in_flight()  # while they are still there to list
     cancelled = adapter.cancel()
     log.log(
         logging.WARNING,

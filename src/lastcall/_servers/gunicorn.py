@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
 from lastcall._hooks import is_coroutine_function
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import RequestsInFlight
@@ -157,7 +158,7 @@ def wrap_app(worker: Gunicorn) -> None:
     _requests.health = (outer.livez_path, outer.readyz_path)
     for middleware in middlewares_in(outer):
         middleware.count_with(lambda: _requests.count)
-    lastcall.default.list_requests_with(_requests.listing)
+    Integration(lastcall.default).list_requests_with(_requests.listing)
 
 
 def wrap_asgi_app(worker: Gunicorn) -> AsgiMiddleware | None:

@@ -23,6 +23,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
 
+from lastcall._integration import Integration
 from lastcall._signals import die_by
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def in_child(coordinator: Coordinator, reason: str) -> None:
     parent = os.environ.get(_PARENT_ENV)
     if not parent:
         return
-    coordinator.stop_when_parent_dies(int(parent), reason)
+    Integration(coordinator).stop_when_parent_dies(int(parent), reason)
     fd = int(os.environ.pop(_CLEAN_FD_ENV))
     os.set_inheritable(fd, False)  # noqa: FBT003  # positional only
 

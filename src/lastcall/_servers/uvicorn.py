@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import lastcall
 from lastcall._config import settings_or_exit
+from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._servers import versions
 
@@ -182,7 +183,7 @@ class Supervisor:
         # A bad LASTCALL_* setting stops here, in one line, before any worker starts.
         settings = settings_or_exit(report_shared_by=f"each of uvicorn's {workers} workers")
         coordinator = lastcall.default
-        coordinator.expect_serving(until=self._workers_serving)
+        Integration(coordinator).expect_serving(until=self._workers_serving)
         self.health = _health_port.serve_for_workers(coordinator.readiness, settings)
         os.environ[SUPERVISOR_ENV] = f"{os.getpid()}:{self.directory}"
         coordinator.on_shutdown(phase="drain", name="uvicorn supervisor: stop every worker")(

@@ -13,7 +13,7 @@ What Werkzeug 3.1 does on its own, and what this module changes:
   so that the next child accepts what arrived in between.
 * The reloader parent imports the app too, yet the app's resources live in
   the serving child. The parent runs none of the app's hooks
-  (``Coordinator.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
+  (``Integration.stand_aside``), passes SIGTERM/SIGINT/SIGHUP on to the
   child as SIGTERM (a terminal's Ctrl-C has already reached the child, so
   for SIGINT after 0.5 s; a second SIGINT would mean "force"), and then
   ends by the signal it was sent (``lastcall._servers.reloader``, shared with
@@ -41,6 +41,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
+from lastcall._integration import Integration
 from lastcall._servers import reloader, versions
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import CountedRequests, has_input
@@ -287,7 +288,7 @@ def _closing(server: BaseWSGIServer, exc: BaseException | None) -> None:
 
 
 def _install() -> None:
-    _coordinator().ensure_installed(**_State.install_options)
+    Integration(_coordinator()).ensure_installed(**_State.install_options)
 
 
 # ---------------------------------------------------------------- reloader parent
@@ -297,7 +298,7 @@ def _restart_with_reloader(loop: ReloaderLoop) -> NoReturn:
     """The reloader parent: Werkzeug's child command line, lastcall's ``reloader.run_children``."""
     from werkzeug import _reloader  # noqa: PLC0415
 
-    _coordinator().stand_aside("the Werkzeug reloader's children run the app's hooks")
+    Integration(_coordinator()).stand_aside("the Werkzeug reloader's children run the app's hooks")
 
     def next_child() -> tuple[list[str], dict[str, str]]:
         _werkzeug_log("info", f" * Restarting with {loop.name}")

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lastcall._integration import Integration
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import CountedRequests, has_input
 from lastcall._servers.listener import take_backlog
@@ -96,7 +97,7 @@ class TrackedServer:
         """Serve until the drain ends the loop; then answer what it took from the backlog."""
         if threading.current_thread() is threading.main_thread():
             # Our handlers back in front of any set since (runserver --noreload: installed here).
-            self.coordinator.ensure_installed(**self.install_options)
+            Integration(self.coordinator).ensure_installed(**self.install_options)
         self.drain_on_stop()
         served = self.lastcall_served
         with served.lock:

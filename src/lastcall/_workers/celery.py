@@ -57,6 +57,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lastcall
+from lastcall._integration import Integration
 from lastcall._log import log, logger
 from lastcall._servers import versions
 
@@ -481,7 +482,9 @@ class CeleryWorker:
         for task_id, job in self.jobs.items():
             if task_id not in running and job.get("_open"):
                 job["seconds"] = round(now - job.pop("_open"), 3)
-                self.coordinator.note_job({k: v for k, v in job.items() if k != "_open"})
+                Integration(self.coordinator).note_job(
+                    {k: v for k, v in job.items() if k != "_open"}
+                )
 
     def note(self, request: Celery, outcome: str, now: float) -> None:
         job = self.jobs.get(request.id) or _job(request, outcome, now)
@@ -489,7 +492,7 @@ class CeleryWorker:
         job["outcome"] = outcome
         job["seconds"] = round(now - began, 3) if began else 0.0
         self.jobs[request.id] = job
-        self.coordinator.note_job(dict(job))
+        Integration(self.coordinator).note_job(dict(job))
 
 
 def _job(request: Celery, outcome: str, now: float) -> dict[str, Any]:

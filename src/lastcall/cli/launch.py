@@ -75,7 +75,7 @@ class App:
         """
         plan = self.plan
         for attempt in range(_PORT_TRIES):
-            port = plan.port or free_port()
+            port = plan.port or _free_port()
             try:
                 serving = self._launch(port)
             except DrillError as exc:
@@ -168,14 +168,14 @@ class App:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, SIGNALS[stop])
 
-    def ask(self, client: httpx.Client, timeout: float) -> httpx.Response:
-        """One request as every client asks it (``--method``, ``--path``...)."""
+    # ------------------------------------------------------------ starting
+
+    def _ask(self, client: httpx.Client, timeout: float) -> httpx.Response:
+        """One request as the clients ask it (``--method``, ``--path``...)."""
         ask = self.plan.ask
         return client.request(
             ask.method, ask.path, headers=dict(ask.headers), content=ask.body, timeout=timeout
         )
-
-    # ------------------------------------------------------------ starting
 
     def _launch(self, port: int) -> int:
         plan = self.plan
@@ -261,7 +261,7 @@ class App:
                         if response.status_code == 200:  # noqa: PLR2004
                             return int(response.json()["pid"])
                     else:
-                        self.ask(client, max(1.0, deadline - time.monotonic()))
+                        self._ask(client, max(1.0, deadline - time.monotonic()))
                         return serving_processes(proc.pid, port)[0]
                 if time.monotonic() > deadline:
                     where = f"http://{runner.HOST}:{port}{plan.ask.path if plan.cmd else ''}"
@@ -305,7 +305,7 @@ class App:
             return
         with httpx.Client(base_url=f"http://{runner.HOST}:{port}") as client:
             try:
-                status = self.ask(client, plan.start_timeout).status_code
+                status = self._ask(client, plan.start_timeout).status_code
             except httpx.HTTPError as exc:
                 raise DrillError(f"{plan.ask} failed before any stop ({exc})") from None
         if not plan.expected(str(status)):
@@ -331,7 +331,7 @@ class App:
         return f"the app exited with status {status} before it answered; its last line: {last}"
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A port on 127.0.0.1 free now (another process may take it before the app does)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -15,9 +15,10 @@ from test_drill_any_app import GUNICORN_WITH_LASTCALL, SLOW_APP
 from test_drill_inputs import QUICK, refused
 
 from lastcall.cli import render
-from lastcall.cli.clients import RequestRecord
-from lastcall.cli.drill import Plan, Result
+from lastcall.cli.clients import RequestRecord, classify
 from lastcall.cli.matrix import Row
+from lastcall.cli.plan import Plan
+from lastcall.cli.result import Result
 from lastcall.cli.servers import installed
 from lastcall.testing import drill as drill_function
 
@@ -126,8 +127,6 @@ def _result(records: list[RequestRecord], plain: bool) -> Result:
 def test_a_refused_connection_is_never_in_flight_at_the_stop():
     """A --cmd client that asked again just as the stop went out was refused: it made a new
     connection after the stop, and counts there (refused: fine), not as in flight."""
-    from lastcall.cli.drill import classify
-
     records = [
         RequestRecord(0, "in flight", 0.5, 0.9, "200"),  # answered before the stop
         RequestRecord(1, "in flight", 0.9, 1.2, "200"),

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lastcall.cli.drill import HookRecord, Result
+    from lastcall.cli.processes import HookRecord
+    from lastcall.cli.result import Result
 
 __all__ = ("DrillResult", "drill")
 
@@ -127,7 +128,8 @@ def drill(  # the command's options, as keywords
     try:
         from lastcall.cli import appkind  # noqa: PLC0415  # the optional extra
         from lastcall.cli.clients import Ask  # noqa: PLC0415
-        from lastcall.cli.drill import Drill, DrillError, Plan  # noqa: PLC0415
+        from lastcall.cli.drill import Drill  # noqa: PLC0415
+        from lastcall.cli.plan import DrillError, Plan  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
     body = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data

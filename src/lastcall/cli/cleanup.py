@@ -161,7 +161,10 @@ def end(mark: str, sid: int | None = None, port: int | None = None) -> list[int]
     """
     ended: list[int] = []
     for _ in range(_ROUNDS):
-        pids = started_by(mark, sid, port)
+        # Nothing found is looked at twice: a process that forked and exited while /proc was
+        # read (a daemon's double fork: gunicorn --daemon) is gone from that listing's scan,
+        # and its child, forked before it exited, is in the next listing only.
+        pids = started_by(mark, sid, port) or started_by(mark, sid, port)
         if not pids:
             break
         for pid in pids:

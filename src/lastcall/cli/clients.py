@@ -14,6 +14,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# httpx imports httpcore only when its first Client is made, and a matrix makes its first
+# ones on several drill threads at once: a SIGTERM to the drill, raised on the main thread
+# in the middle of that import, left the drill threads waiting on its module lock for ever
+# (the matrix never ended). Imported here, once, before any drill thread runs.
+import httpcore  # noqa: F401
 import httpx
 
 from lastcall.cli.runner import HOST
@@ -61,6 +66,22 @@ def fate_of(exc: httpx.HTTPError) -> str:
             cause = cause.__cause__ or cause.__context__
         return "refused" if "refused" in str(exc).lower() else "reset"
     return "reset"
+
+
+def classify(records: list[RequestRecord], stop_sent: float) -> None:
+    """What a ``--cmd`` client's request was: in flight at the stop, or not.
+
+    Answered before the stop: ``before``. Refused: its connection was made
+    after the listener closed, so it was a new connection after the stop
+    (``late``), never a request in flight at it.
+    """
+    for record in records:
+        if record.kind != "in flight":
+            continue
+        if record.ended < stop_sent:
+            record.kind = "before"
+        elif record.fate == "refused":
+            record.kind = "late"
 
 
 class Load:

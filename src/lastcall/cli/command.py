@@ -20,10 +20,13 @@ from rich.progress import Progress
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from lastcall.cli.result import Result
+
 from lastcall.cli import appkind, cleanup, inputs, render
 from lastcall.cli.clients import Ask
-from lastcall.cli.drill import STOPS, Drill, DrillError, Plan, Result, fit
+from lastcall.cli.drill import Drill
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
+from lastcall.cli.plan import STOPS, DrillError, Plan, fit
 from lastcall.cli.servers import SERVERS, installed
 
 BAD_INPUT = 2

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup
-from lastcall.cli.drill import IN_PROCESS, Drill, NotAStopError, Plan
+from lastcall.cli.drill import Drill
+from lastcall.cli.plan import IN_PROCESS, NotAStopError, Plan
 from lastcall.cli.servers import SERVERS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from lastcall.cli.drill import Result
+    from lastcall.cli.result import Result
 
 SCENARIOS = ("TERM", "INT", "HUP", "KILL-PARENT", "KILL-CHILD", "OS-EXIT", "EXCEPTION", "EXIT")
 _MAX_AT_ONCE = 8

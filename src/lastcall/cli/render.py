@@ -13,16 +13,18 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from lastcall.cli.drill import STOP_WORDS
 from lastcall.cli.inputs import write_atomically
+from lastcall.cli.plan import STOP_WORDS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from rich.console import Console
 
-    from lastcall.cli.drill import HookRecord, Plan, Result
     from lastcall.cli.matrix import Row
+    from lastcall.cli.plan import Plan
+    from lastcall.cli.processes import HookRecord
+    from lastcall.cli.result import Result
 
 FATE_COLOURS = {
     "200": "#2ca02c",

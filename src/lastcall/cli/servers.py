@@ -16,10 +16,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lastcall.cli.runner import HOST
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-HOST = "127.0.0.1"
 _SPARE_THREADS = 4  # beyond the requests in flight: the drill's control and probe requests
 
 

@@ -20,7 +20,7 @@ Tested with aiohttp 3.9 to 3.14 (``versions.AIOHTTP``). Undocumented parts
 used: asyncio's ``loop._signal_handlers`` (``take_loop_signal``, in
 ``lastcall._servers.hypercorn``) and ``Server._protocol_factory`` (the door);
 ``aiohttp/worker.py``'s ``GunicornWebWorker.wsgi`` (the app, or a coroutine
-function making it), ``loop`` and its SIGTERM handler.
+function making it), ``loop``, its SIGTERM handler and ``_notify_waiter_done``.
 """
 
 from __future__ import annotations
@@ -153,11 +153,22 @@ def take_worker_signals(worker: Any) -> Callable[[], object] | None:  # noqa: AN
     """The worker's SIGTERM and SIGINT handlers off its loop (not running yet); its SIGTERM one.
 
     ``GunicornWebWorker.init_signals`` adds them with ``loop.add_signal_handler``:
-    SIGTERM clears ``alive`` (within a second its loop stops its sites, waits for
-    its handlers and cleans up), SIGINT quits at once. Its SIGQUIT (quick
+    SIGTERM clears ``alive`` (its loop then stops its sites, waits for its
+    handlers and cleans up), SIGINT quits at once. Its SIGQUIT (quick
     shutdown), SIGUSR1, SIGWINCH and SIGABRT handlers stay.
     """
-    return take_server_signals(worker.loop, (signal.SIGINT,))
+    handle_exit = take_server_signals(worker.loop, (signal.SIGINT,))
+    if handle_exit is None:
+        return None
+    # GunicornWebWorker._run sees ``alive`` cleared at its next notify, up to a second
+    # later; its ``_notify_waiter_done`` (aiohttp/worker.py, 3.9 to 3.14) ends that wait now.
+    wake: Callable[[], object] = getattr(worker, "_notify_waiter_done", lambda: None)
+
+    def stop() -> None:
+        handle_exit()
+        wake()
+
+    return stop
 
 
 def worker_app(worker: Any, adapt: Callable[[web.Application], object]) -> bool:  # noqa: ANN401

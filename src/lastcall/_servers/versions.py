@@ -206,7 +206,8 @@ GRPC = Tested(
 )
 # What is read: asyncio's loop._signal_handlers (aiohttp's stop handlers, taken off the
 # loop) and Server._protocol_factory (the door); aiohttp/worker.py's GunicornWebWorker
-# wsgi, loop and _notify_waiter_done (tests/test_aiohttp.py passes on 3.9.0, in the oldest leg, and on 3.14.5).
+# wsgi, loop and _notify_waiter_done (tests/test_aiohttp.py passes on 3.9.0, in the oldest
+# leg, and on 3.14.5).
 AIOHTTP = Tested(
     "aiohttp",
     "3.9",

@@ -14,7 +14,15 @@ import time
 
 import pytest
 from conftest import WAIT, free_port, knock, refused
-from test_gunicorn import collect, get, hooks, send_slow, wait_lines, worker_pids
+from test_gunicorn import (
+    assert_no_worker_outlives_the_master,
+    collect,
+    get,
+    hooks,
+    send_slow,
+    wait_lines,
+    worker_pids,
+)
 from test_gunicorn import start as start_gunicorn
 
 pytest.importorskip("aiohttp")
@@ -207,6 +215,16 @@ def test_gunicorn_aiohttp_workers_drain_on_sigterm_to_the_master(spawn, made_by)
     assert sorted(int(line.split()[1]) for line in child.lines("on_cleanup")) == sorted(
         worker_pids(child)
     )
+
+
+def test_sigkill_to_the_gunicorn_master_leaves_no_aiohttp_worker_serving(spawn):
+    """Steps: SIGKILL to the master. Each worker notices (lastcall.gunicorn's parent watch),
+    drains and runs its hook; none serves on as an orphan.
+    Plain: aiohttp's worker notices within a second too, but runs no hook of the app's."""
+    child = start_gunicorn(spawn, "-k", "aiohttp.GunicornWebWorker", app=APP)
+    wait_serving(child.port)
+    child.send(signal.SIGKILL)
+    assert_no_worker_outlives_the_master(child)
 
 
 def wait_serving(port: int) -> None:

@@ -42,6 +42,15 @@ def out(*words):
 def app_hook():
     out("hook:app", os.getpid())
 
+loops = []
+
+@lastcall.on_shutdown
+async def async_hook():  # on aiohttp's own loop, where the app's clients live
+    out("hook:async", asyncio.get_running_loop() is loops[0])
+
+async def note_loop(app):
+    loops.append(asyncio.get_running_loop())
+
 async def slow(request):
     out("slow", os.getpid())
     await asyncio.sleep(float(request.query.get("s", "1")))
@@ -65,6 +74,7 @@ async def cleanup(app):
 app = web.Application()
 app.add_routes([web.get("/slow", slow), web.get("/block", block), web.get("/ws", ticks)])
 app.on_cleanup.append(cleanup)
+app.on_startup.append(note_loop)
 if os.environ.get("PLAIN") != "1" and os.environ.get("GUNICORN") != "1":
     LastCall(app)
 if __name__ == "__main__":
@@ -103,6 +113,7 @@ def test_requests_in_flight_at_the_signal_all_finish(spawn, sig):
     assert child.finish() == -sig, child.output()
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
     assert child.lines("on_cleanup") == [f"on_cleanup {child.pid}"]
+    assert child.lines("hook:async") == ["hook:async True"]
     assert child.stdout.index(f"hook:app {child.pid}") < child.stdout.index(
         f"on_cleanup {child.pid}"
     )

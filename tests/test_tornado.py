@@ -33,6 +33,12 @@ def out(*words):
 def app_hook():
     out("hook:app", os.getpid())
 
+loops = []
+
+@lastcall.on_shutdown
+async def async_hook():  # on tornado's own loop, where the app's clients live
+    out("hook:async", asyncio.get_running_loop() is loops[0])
+
 class Slow(tornado.web.RequestHandler):
     async def get(self):
         out("slow", os.getpid())
@@ -64,6 +70,7 @@ logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message
 port = int(sys.argv[1])
 
 async def main():
+    loops.append(asyncio.get_running_loop())
     server = make_app().listen(port, "127.0.0.1")
     if os.environ.get("PLAIN") != "1":
         LastCall(server)
@@ -73,6 +80,7 @@ async def main():
 if os.environ.get("STYLE") == "ioloop":  # the older way: IOLoop.current().start()
     server = make_app().listen(port, "127.0.0.1")
     LastCall(server)
+    loops.append(tornado.ioloop.IOLoop.current().asyncio_loop)
     out("ready", port)
     tornado.ioloop.IOLoop.current().start()
 else:
@@ -95,8 +103,8 @@ def start(spawn, env: dict[str, str] | None = None):
 )
 def test_requests_in_flight_at_the_signal_all_finish(spawn, sig, style):
     """Steps: 5 requests of 1 s in flight; the signal. All get 200; once the door closes a
-    new connection is refused; the hook runs once, in the server's process; the process
-    ends by the signal.
+    new connection is refused; the hooks run once, in the server's process (an async one on
+    tornado's loop); the process ends by the signal.
     Plain tornado: SIGTERM kills the process at once (5 connections reset, no hook); SIGINT
     raises KeyboardInterrupt out of the loop, the same."""
     child = start(spawn, env={"LASTCALL_GRACE": "10", "STYLE": style})
@@ -111,6 +119,7 @@ def test_requests_in_flight_at_the_signal_all_finish(spawn, sig, style):
     assert results == [(200, b"done")] * 5, child.output()
     assert child.finish() == -sig, child.output()
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
+    assert child.lines("hook:async") == ["hook:async True"]
     assert "tornado drained: nothing left in flight" in child.output()
 
 

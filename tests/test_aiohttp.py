@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 APP = """
-import asyncio, logging, os, sys, time
+import asyncio, logging, os, signal, sys, time
 from aiohttp import web
 import lastcall
 from lastcall.aiohttp import LastCall
@@ -71,9 +71,15 @@ async def ticks(request):  # never looks at lastcall.stopping
 async def cleanup(app):
     out("on_cleanup", os.getpid())
 
+async def shutdown(app):
+    if os.environ.get("TERM_IN_SHUTDOWN") == "1":  # a stop signal while aiohttp stops itself
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.5)
+
 app = web.Application()
 app.add_routes([web.get("/slow", slow), web.get("/block", block), web.get("/ws", ticks)])
 app.on_cleanup.append(cleanup)
+app.on_shutdown.append(shutdown)
 app.on_startup.append(note_loop)
 if os.environ.get("PLAIN") != "1" and os.environ.get("GUNICORN") != "1":
     LastCall(app)
@@ -236,6 +242,24 @@ def test_sigkill_to_the_gunicorn_master_leaves_no_aiohttp_worker_serving(spawn):
     wait_serving(child.port)
     child.send(signal.SIGKILL)
     assert_no_worker_outlives_the_master(child)
+
+
+def test_a_stop_begun_while_aiohttp_stops_on_its_own_does_not_wait_for_the_grace(spawn):
+    """Steps: gunicorn --max-requests 1, one worker; after its second request the worker
+    stops on its own (aiohttp's own stop), and a SIGTERM reaches it during its on_shutdown.
+    lastcall's stop lets the app's on_cleanup run and the worker ends within a few seconds,
+    not when the grace (14 s) runs out."""
+    args = ("-k", "aiohttp.GunicornWebWorker", "--max-requests", "1")
+    child = start_gunicorn(spawn, *args, workers=1, app=APP, env={"TERM_IN_SHUTDOWN": "1"})
+    first = worker_pids(child)[0]
+    assert get(child.port, "/slow?s=0") == 200
+    assert get(child.port, "/slow?s=0") == 200
+    began = time.monotonic()
+    child.wait_for(f"on_cleanup {first}")
+    assert time.monotonic() - began < 5.0, child.output()
+    wait_lines(child, "ready; its shutdown hooks", 2)  # the master started another
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
 
 
 def wait_serving(port: int) -> None:

@@ -135,6 +135,7 @@ class LastCall(HealthPaths):
         self._idle.set()
         self._server: adapter.AiohttpServer | None = None
         self._released: asyncio.Event | None = None  # on_cleanup may go on (the final phase)
+        self._cleanup_held = False  # aiohttp reached on_cleanup during lastcall's stop
         self._main_done = threading.Event()  # the task that runs the app has ended
         # Set by lastcall.gunicorn in a GunicornWebWorker (in_gunicorn_worker).
         self._worker_stop: Callable[[], object] | None = None
@@ -237,19 +238,24 @@ class LastCall(HealthPaths):
     async def _hold_cleanup(self, _app: web.Application) -> None:
         """``on_cleanup``, first: during lastcall's stop, wait for its ``final`` phase."""
         if self._coordinator.state == "stopping" and self._released is not None:
+            self._cleanup_held = True
             await self._released.wait()
 
     # ------------------------------------------------------------ the stop (dispatcher side)
 
     def _let_cleanup_run(self) -> None:
-        """The final hook: the app's ``on_cleanup`` runs, and aiohttp ends; wait for that."""
+        """The final hook: the app's ``on_cleanup`` runs, and aiohttp ends; wait for that.
+
+        Not if aiohttp was never told to stop and is not stopping on its own (the
+        app's runner took no signal): it would not end.
+        """
         server, released = self._server, self._released
-        if server is None or released is None or not server.told:
+        if server is None or released is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed already
             server.loop.call_soon_threadsafe(released.set)
-        left = self._coordinator.time_left()
-        self._main_done.wait(left)
+        if server.told or self._cleanup_held:
+            self._main_done.wait(self._coordinator.time_left())
 
     def requests_in_flight(self) -> list[dict[str, Any]]:
         """The HTTP requests in flight: method, path, seconds so far (for the report)."""

@@ -32,10 +32,13 @@ OLDEST = {
     "grpcio": "1.62.3",
     "grpcio-health-checking": "1.62.3",
     "celery": "5.7.0",
+    "aiohttp": "3.9.0",
+    "tornado": "6.3.3",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
 TOOLS += ["redis>=4.5"]  # celery's Redis client, for its broker in the worker tests
+TOOLS += ["websockets>=12"]  # the WebSocket client of the aiohttp and tornado tests
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",
@@ -55,6 +58,8 @@ SERVER_TESTS = [
     "tests/test_unwrapped_apps.py",
     "tests/test_grpc.py",
     "tests/test_celery.py",
+    "tests/test_aiohttp.py",
+    "tests/test_tornado.py",
 ]
 
 
@@ -65,7 +70,8 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
         for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY):
+    others = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY)
+    for tested in (*gated, *others, versions.AIOHTTP, versions.TORNADO):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

@@ -6,9 +6,10 @@ Or, in an existing ``gunicorn.conf.py``, ``from lastcall.gunicorn import *``
 workers, gunicorn's own ASGI worker (``-k asgi``, gunicorn 25.1 on), and
 uvicorn's ``UvicornWorker`` (``-k uvicorn_worker.UvicornWorker``): an ASGI
 app goes into ``lastcall.asgi.LastCallMiddleware`` and is drained on the
-worker's event loop. What lastcall does not drain (another worker kind,
-gunicorn's dirty arbiter, HTTP/2 connections) is named in one line at
-start-up.
+worker's event loop; and aiohttp's ``GunicornWebWorker`` (``-k
+aiohttp.GunicornWebWorker``), drained by ``lastcall.aiohttp.LastCall``. What
+lastcall does not drain (another worker kind, gunicorn's dirty arbiter,
+HTTP/2 connections) is named in one line at start-up.
 
 What it changes, process by process:
 
@@ -66,6 +67,7 @@ from lastcall import _health_port
 from lastcall._config import check_drain_time, check_report_per_process, resolve
 from lastcall._integration import Integration
 from lastcall._log import logger
+from lastcall._servers import aiohttp as aiohttp_adapter
 from lastcall._servers import gunicorn as adapter
 from lastcall._servers.drain import drain
 
@@ -277,6 +279,9 @@ class _Worker:
         if adapter.serves_asgi(worker):
             self._start_asgi(grace, prestop)
             return
+        if aiohttp_adapter.serves_aiohttp(worker):
+            self._start_aiohttp(grace, prestop)
+            return
         server: adapter.GunicornWorker | adapter.GeventWorker = (
             adapter.GeventWorker(worker, prestop)
             if adapter.serves_gevent(worker)
@@ -333,6 +338,40 @@ class _Worker:
                 listeners=functools.partial(adapter.asgi_worker_listeners, worker),
                 close_idle=connections.close_idle,
             )
+        Integration(lastcall.default).stop_when_parent_dies(
+            self.ppid, f"gunicorn master {self.ppid} died"
+        )
+
+    def _start_aiohttp(self, grace: float, prestop: float) -> None:
+        """Aiohttp's ``GunicornWebWorker``: its app's ``LastCall`` drains it on the worker's loop.
+
+        The app gets one (``lastcall.aiohttp.LastCall.of``) here, or as the
+        worker's app factory makes it; the worker's SIGTERM handler is what
+        the drain runs once the door is closed, and the socket is shut for
+        everyone only when the master stops every worker.
+        """
+        from lastcall.aiohttp import LastCall  # noqa: PLC0415  # aiohttp workers only
+
+        worker = self.worker
+        stop = aiohttp_adapter.take_worker_signals(worker)
+
+        def adapt(app: Any) -> None:  # noqa: ANN401  # an aiohttp Application
+            LastCall.of(app).in_gunicorn_worker(stop, adapter.master_stopping, prestop)
+
+        if not aiohttp_adapter.worker_app(worker, adapt):
+            logger.error(
+                "aiohttp's GunicornWebWorker serves a web.Application or a coroutine function "
+                "making one; %r is neither",
+                worker.wsgi,
+            )
+            sys.exit(_WORKER_BOOT_ERROR)
+        lastcall.default.install(
+            signals=("SIGTERM", "SIGINT"),
+            grace=grace,
+            prestop_delay=0,
+            force_signals=("SIGINT",),
+        )
+        self._write_hook_file()
         Integration(lastcall.default).stop_when_parent_dies(
             self.ppid, f"gunicorn master {self.ppid} died"
         )

@@ -244,7 +244,9 @@ class _RequestTask(asyncio.Task[Any]):
 class AsyncioDoor:
     """The listening sockets one event loop serves, and how to close them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, listening: Callable[[], object] | None = None
+    ) -> None:
         self._loop = loop
         self._servers: list[asyncio.Server] = []
         self.closed = False
@@ -253,6 +255,8 @@ class AsyncioDoor:
         async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:  # noqa: ANN401
             server = await create(*args, **kwargs)
             self._servers.append(server)
+            if listening is not None:  # a server that says nothing when it listens (aiohttp)
+                listening()
             return server
 
         # asyncio's accept callback (Lib/asyncio/selector_events.py, _accept_connection,

@@ -384,11 +384,12 @@ _DRAINED_WORKERS = (
     ("gunicorn.workers.gthread", "ThreadWorker"),
     ("gunicorn.workers.ggevent", "GeventWorker"),
     (_ASGI_WORKER, "ASGIWorker"),
+    ("aiohttp.worker", "GunicornWebWorker"),
 )
 
 
 def drained_worker_class(worker_class: object) -> bool:
-    """Whether lastcall drains workers of ``worker_class``: sync, gthread, gevent, ASGI ones."""
+    """Whether lastcall drains workers of ``worker_class``: sync, gthread, gevent, ASGI, aiohttp."""
     if not isinstance(worker_class, type):
         return False
     return any(
@@ -410,8 +411,8 @@ def not_drained(cfg: Gunicorn) -> list[str]:
     if not drained_worker_class(worker_class):
         name = getattr(worker_class, "__name__", str(worker_class))
         left_out.append(
-            f"{name} workers (lastcall drains sync, gthread, gevent, asgi and UvicornWorker; "
-            "these stop as gunicorn stops them, and run their hooks as they exit)"
+            f"{name} workers (lastcall drains sync, gthread, gevent, asgi, UvicornWorker and "
+            "aiohttp's; these stop as gunicorn stops them, and run their hooks as they exit)"
         )
     if getattr(cfg, "dirty_workers", 0) and getattr(cfg, "dirty_apps", None):
         left_out.append(

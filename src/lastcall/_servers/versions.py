@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from lastcall._log import logger
 
 __all__ = (
+    "AIOHTTP",
     "CELERY",
     "DJANGO",
     "GEVENT",
@@ -35,6 +36,7 @@ __all__ = (
     "GUNICORN_GTHREAD",
     "HYPERCORN",
     "KOMBU",
+    "TORNADO",
     "UVICORN",
     "WAITRESS",
     "WERKZEUG",
@@ -201,4 +203,24 @@ GRPC = Tested(
     "1.62",
     "1.85",
     "the drain may not count RPCs (it then waits for grpc's own stop) nor find the health service",
+)
+# What is read: asyncio's loop._signal_handlers (aiohttp's stop handlers, taken off the
+# loop) and Server._protocol_factory (the door); aiohttp/worker.py's GunicornWebWorker
+# wsgi, loop and _notify_waiter_done (tests/test_aiohttp.py passes on 3.9.0, in the oldest
+# leg, and on 3.14.5).
+AIOHTTP = Tested(
+    "aiohttp",
+    "3.9",
+    "3.14",
+    "its stop handlers may run before lastcall's pre-stop delay, its backlog be reset",
+)
+# What is read: tornado/tcpserver.py's TCPServer._sockets, _handlers, _handle_connection
+# and _connections (tornado/httpserver.py), tornado/http1connection.py's _finish_future,
+# tornado/routing.py's _RoutingDelegate.delegate and tornado/web.py's _HandlerDelegate.handler
+# (tests/test_tornado.py passes on 6.3.3, in the oldest leg, and on 6.6.1).
+TORNADO = Tested(
+    "tornado",
+    "6.3",
+    "6.6",
+    "the drain may not serve the backlog, count requests or tell WebSockets 1001",
 )

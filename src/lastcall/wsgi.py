@@ -166,14 +166,14 @@ class LastCallMiddleware(HealthPaths):
         body = stopping_body(self.in_flight)
         return _json(environ, start_response, "503 Service Unavailable", body)
 
-    def _leave(self, response: _Response) -> None:
-        live = self._live
-        live.discard(response)
-        # A waiter counts itself in under the lock before it checks, so either
-        # it sees the set empty or this sees it waiting: no wake-up is lost.
-        if not live and self._waiters:
-            with self._idle:
-                self._idle.notify_all()
+    def notify_idle(self) -> None:
+        """The last response out wakes ``wait_idle``.
+
+        A waiter counts itself in under the lock before it checks, so either it
+        sees the set empty or the last response out sees it waiting: no wake-up is lost.
+        """
+        with self._idle:
+            self._idle.notify_all()
 
 
 class _Response:
@@ -183,7 +183,7 @@ class _Response:
     cost; ``close()`` closes the app's iterable, then leaves, once.
     """
 
-    __slots__ = ("_middleware", "_server", "_start_response", "began", "environ", "iterable")
+    __slots__ = ("_middleware", "_start_response", "began", "environ", "iterable")
 
     def __init__(
         self,
@@ -193,7 +193,6 @@ class _Response:
     ) -> None:
         self._middleware: LastCallMiddleware | None = middleware  # None once closed
         self._start_response = start_response
-        self._server: str = environ.get("SERVER_SOFTWARE", "")
         self.environ = environ  # method and path, should the report list it
         self.began = _monotonic()
         self.iterable: Iterable[bytes] = ()
@@ -210,7 +209,7 @@ class _Response:
         if (
             middleware is not None
             and middleware._stopping.is_set()  # noqa: SLF001
-            and not self._server.startswith(_NO_CONNECTION_HEADER)
+            and not self.environ.get("SERVER_SOFTWARE", "").startswith(_NO_CONNECTION_HEADER)
         ):
             headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             headers.append(("Connection", "close"))
@@ -229,7 +228,10 @@ class _Response:
             if close is not None:
                 close()
         finally:
-            middleware._leave(self)  # noqa: SLF001
+            live = middleware._live  # noqa: SLF001
+            live.discard(self)
+            if not live and middleware._waiters:  # noqa: SLF001
+                middleware.notify_idle()
 
 
 def _json(

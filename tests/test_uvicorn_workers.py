@@ -10,6 +10,7 @@ never accepted and then reset.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
 import time
@@ -121,5 +122,23 @@ def test_a_report_path_without_pid_stops_the_supervisor_at_start_up(spawn, tmp_p
     assert len(errors) == 1, child.output()
     assert f"LASTCALL_REPORT={report}" in errors[0]
     assert str(tmp_path / "report-{pid}.json") in errors[0]
+    assert "Traceback" not in child.output()
+    assert not any("Started server process" in line for line in child.stderr)
+
+
+def test_a_health_port_in_use_stops_the_supervisor_in_one_line(spawn):
+    """Steps: ``--workers 2`` with LASTCALL_HEALTH_PORT on a port another socket listens on:
+    one line names the port and says to choose a free one; no traceback, no worker starts;
+    status 1 (before: a traceback from deep inside the supervisor's start)."""
+    Path(spawn.script_dir, "webapp.py").write_text(APP)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        health = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "lastcall.uvicorn", "webapp:app", "--port", str(free_port())]
+        argv += ["--workers", "2"]
+        child = spawn("", argv=argv, env={"LASTCALL_HEALTH_PORT": str(health)}, wait_ready=False)
+        assert child.finish() == 1, child.output()
+    errors = [line for line in child.stderr if line.startswith("Error: lastcall:")]
+    assert len(errors) == 1, child.output()
+    assert f"LASTCALL_HEALTH_PORT={health}" in errors[0]
     assert "Traceback" not in child.output()
     assert not any("Started server process" in line for line in child.stderr)

@@ -51,6 +51,7 @@ import functools
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from multiprocessing.connection import wait as wait_for_exits
@@ -184,7 +185,10 @@ class Supervisor:
         settings = settings_or_exit(report_shared_by=f"each of uvicorn's {workers} workers")
         coordinator = lastcall.default
         Integration(coordinator).expect_serving(until=self._workers_serving)
-        self.health = _health_port.serve_for_workers(coordinator.readiness, settings)
+        try:
+            self.health = _health_port.serve_for_workers(coordinator.readiness, settings)
+        except OSError as exc:  # the port taken, a host not this machine's: said in one line
+            sys.exit(f"Error: lastcall: {exc}")
         os.environ[SUPERVISOR_ENV] = f"{os.getpid()}:{self.directory}"
         coordinator.on_shutdown(phase="drain", name="uvicorn supervisor: stop every worker")(
             self._stop_workers

@@ -125,7 +125,7 @@ class RabbitMQ:
         if not Path(RABBITMQ_SERVER).exists() or not Path(epmd).exists():
             pytest.fail("rabbitmq-server is not installed: apt-get install rabbitmq-server")
         self.port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"  # vhost "/"
         self.log = directory / "rabbitmq.log"
         self._connection: Any = None  # the test's own looks (amqp, Celery's client)
         (directory / "home").mkdir()

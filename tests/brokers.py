@@ -8,6 +8,8 @@ and is stopped by PID, with whatever it started.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
@@ -118,26 +120,35 @@ class RabbitMQ:
     The node's name, AMQP port, distribution port and ``epmd`` port are its own, so
     nodes of tests running beside it never meet. ``epmd`` is started here (not
     daemonized by the node, which would leave it running in a session of its own).
+    The node may be another test process's (``rabbitmq_server``): it is known by
+    its URL and PIDs only.
     """
 
-    def __init__(self, directory: Path) -> None:
+    _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}  # the ones this process started
+
+    def __init__(self, port: int, pids: list[int]) -> None:
+        self.port = port
+        self.url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"  # vhost "/"
+        self.pids = pids  # the node's script, then epmd: each leads a session of its own
+        self._connection: Any = None  # the test's own looks
+
+    @classmethod
+    def start(cls, directory: Path) -> RabbitMQ:
+        """Boot a node with its files in ``directory``; wait until it answers AMQP."""
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         if not Path(RABBITMQ_SERVER).exists() or not Path(epmd).exists():
             pytest.fail("rabbitmq-server is not installed: apt-get install rabbitmq-server")
-        self.port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"  # vhost "/"
-        self.log = directory / "rabbitmq.log"
-        self._connection: Any = None  # the test's own looks (amqp, Celery's client)
+        port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
         (directory / "home").mkdir()
         (directory / "enabled_plugins").write_text("[].\n")
-        (directory / "rabbitmq.conf").write_text(_RABBITMQ_CONF.format(port=self.port))
+        (directory / "rabbitmq.conf").write_text(_RABBITMQ_CONF.format(port=port))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(directory / "home"),  # the Erlang cookie
             "ERL_EPMD_PORT": str(epmd_port),
-            "RABBITMQ_NODENAME": f"lastcall-test-{self.port}@localhost",
+            "RABBITMQ_NODENAME": f"lastcall-test-{port}@localhost",
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_PORT": str(port),
             "RABBITMQ_DIST_PORT": str(dist_port),
             "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
             "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
@@ -148,30 +159,34 @@ class RabbitMQ:
             "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
             "RABBITMQ_LOGS": "-",
         }
-        self.epmd = subprocess.Popen(
+        epmd_proc = subprocess.Popen(
             [epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
+        log = directory / "rabbitmq.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
                 [RABBITMQ_SERVER],
                 env=env,
                 cwd=directory,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        cls._children.update({proc.pid: proc, epmd_proc.pid: epmd_proc})
+        node = cls(port, [proc.pid, epmd_proc.pid])
         deadline = time.monotonic() + RABBITMQ_START_WAIT
-        while not self._answers():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                self.stop()
-                pytest.fail(f"rabbitmq-server did not answer on port {self.port}:\n{tail}")
+        while not node._answers():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                node.stop()
+                pytest.fail(f"rabbitmq-server did not answer on port {port}:\n{tail}")
             time.sleep(0.1)
+        return node
 
     def _answers(self) -> bool:
         try:
@@ -197,32 +212,74 @@ class RabbitMQ:
             if channel.is_open:
                 channel.close()
 
-    def stop(self) -> None:
-        """SIGTERM to the node (its script stops the Erlang VM), then anything left, by PID."""
+    def close(self) -> None:
+        """This process's connection, if it made one."""
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 self._connection.close()
-        for proc in (self.proc, self.epmd):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(RABBITMQ_STOP_WAIT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            for pid in session_processes(proc.pid):  # erl_child_setup, inet_gethost ...
+            self._connection = None
+
+    def stop(self) -> None:
+        """SIGTERM to the node (its script stops the Erlang VM), then anything left, by PID."""
+        self.close()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + RABBITMQ_STOP_WAIT
+            while session_processes(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for left in session_processes(pid):  # erl_child_setup, inet_gethost ...
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(left, signal.SIGKILL)
+            proc = self._children.pop(pid, None)
+            if proc is not None:
+                proc.wait(RABBITMQ_STOP_WAIT)
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    """A private RabbitMQ node for this test process (each test uses queues of its own).
+def rabbitmq_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RabbitMQ]:
+    """One RabbitMQ node for the whole run; each test uses queues of its own.
 
-    One per xdist worker, not per test: a node takes ~10 s to boot.
+    A node takes ~10 s to boot, more beside others: under xdist the first test
+    process to need it starts it, the others use it, and the last to finish stops
+    it (a count in the run's own directory, under a lock).
     """
-    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    if not hasattr(request.config, "workerinput"):
+        node = RabbitMQ.start(tmp_path_factory.mktemp("rabbitmq"))
+        try:
+            yield node
+        finally:
+            node.stop()
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the run's, shared by its workers
+    state = shared / "rabbitmq.json"
+    with _locked(shared / "rabbitmq.lock"):
+        if state.exists():
+            known = json.loads(state.read_text())
+            node = RabbitMQ(known["port"], known["pids"])
+        else:
+            node = RabbitMQ.start(tmp_path_factory.mktemp("rabbitmq"))
+            known = {"port": node.port, "pids": node.pids, "users": 0}
+        known["users"] += 1
+        state.write_text(json.dumps(known))
     try:
-        yield server
+        yield node
     finally:
-        server.stop()
+        node.close()
+        with _locked(shared / "rabbitmq.lock"):
+            known = json.loads(state.read_text())
+            known["users"] -= 1
+            if known["users"]:
+                state.write_text(json.dumps(known))
+            else:
+                node.stop()
+                state.unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield

@@ -16,7 +16,6 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from brokers import rabbitmq_server, redis_server  # noqa: F401  # the fixtures
 from conftest import free_port
 from test_celery import Scenario, readyz, wait_until
 
@@ -33,6 +32,7 @@ class RabbitScenario(Scenario):
         super().__init__(spawn, redis)
         self.rabbit = rabbit
         self.queue = queue
+        self.started = 0
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -45,12 +45,17 @@ class RabbitScenario(Scenario):
     def queued(self) -> int:
         return self.rabbit.queued(self.queue)
 
+    def worker(self, *options: str, **env: str) -> object:
+        """A node name of the test's own: tests share the RabbitMQ node (and its pidbox queues)."""
+        self.started += 1
+        return super().worker("-n", f"{self.queue}-{self.started}@%h", *options, **env)
+
 
 @pytest.fixture
 def scenario(
     spawn: object,
-    redis_server: Redis,  # noqa: F811
-    rabbitmq_server: RabbitMQ,  # noqa: F811
+    redis_server: Redis,
+    rabbitmq_server: RabbitMQ,
     request: pytest.FixtureRequest,
 ) -> RabbitScenario:
     queue = "celery-" + request.node.name.replace("[", "-").rstrip("]")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from brokers import rabbitmq_server, redis_server  # noqa: F401  # the fixtures
 from conftest import WAIT, free_port
 from test_celery import readyz, wait_until
 
@@ -42,7 +41,10 @@ if BROKER.startswith("amqp"):
     broker = RabbitmqBroker(url=BROKER)
 else:
     from dramatiq.brokers.redis import RedisBroker
-    broker = RedisBroker(url=BROKER)
+    broker = RedisBroker(url=BROKER, **(  # a short heartbeat timeout, maintenance each call
+        {"heartbeat_timeout": int(os.environ["HEARTBEAT_MS"]), "maintenance_chance": 1_000_000}
+        if os.environ.get("HEARTBEAT_MS") else {}
+    ))
 if os.environ.get("PLAIN") != "1":
     import lastcall.dramatiq
 
@@ -127,9 +129,7 @@ class Scenario:
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
-def scenario(
-    request: pytest.FixtureRequest, spawn: object, redis_server: Redis  # noqa: F811
-) -> Scenario:
+def scenario(request: pytest.FixtureRequest, spawn: object, redis_server: Redis) -> Scenario:
     queue = "dramatiq-" + request.node.name.replace("[", "-").rstrip("]")
     if request.param == "redis":
         return Scenario(spawn, redis_server, redis_server, queue)
@@ -212,3 +212,63 @@ def test_actor_longer_than_the_budget_is_put_back_and_completes_once(scenario: S
     assert scenario.list("completed") == ["7"]  # once
     first, again = (s.split()[1] for s in scenario.list("started"))
     assert first != again  # stopped in one worker process, completed by the other
+
+
+@pytest.fixture
+def on_redis(spawn: object, redis_server: Redis, request: pytest.FixtureRequest) -> Scenario:
+    return Scenario(spawn, redis_server, redis_server, "dramatiq-" + request.node.name)
+
+
+def test_heartbeats_go_on_while_running_actors_finish(on_redis: Scenario) -> None:
+    """Redis: a worker that fetches no more still sends its heartbeat (dramatiq#159).
+
+    Another worker's maintenance takes back the messages of a worker whose
+    heartbeat is older than ``heartbeat_timeout`` (2.5 s here, 60 s by default):
+    without the heartbeat, the running actor would start again there meanwhile.
+    """
+    scenario = on_redis
+    first = scenario.worker("--threads", "1", LASTCALL_GRACE="10", HEARTBEAT_MS="2500")
+    scenario.enqueue((1, 5.0, None))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    other = scenario.worker("--threads", "1", LASTCALL_GRACE="10", HEARTBEAT_MS="2500")
+    first.send(signal.SIGTERM)
+    assert first.finish() == EXIT_BY_SIGTERM, first.output()
+    assert scenario.list("completed") == ["1"]
+    assert len(scenario.list("started")) == 1, scenario.list("started")  # not taken meanwhile
+    other.send(signal.SIGTERM)
+    assert other.finish() == EXIT_BY_SIGTERM
+    assert len(scenario.list("started")) == 1
+
+
+def test_second_signal_puts_back_everything_and_ends(scenario: Scenario) -> None:
+    """Ctrl-C twice to Dramatiq's main process (it forwards each as SIGTERM): ends at once.
+
+    Everything not done is back on the queue; Dramatiq's main process exits 1,
+    as it does when its own second signal kills a worker process.
+    """
+    worker = scenario.worker(LASTCALL_GRACE="20")
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    wait_until("the other 2 prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGINT)
+    wait_until("the prefetched back", lambda: scenario.queued() == 2)
+    worker.send(signal.SIGINT)
+    forced = time.monotonic()
+    assert worker.finish() == 1, worker.output()
+    assert time.monotonic() - forced < 3.0
+    wait_until("the running ones back too", lambda: scenario.queued() == 4, timeout=2.0)
+    assert scenario.list("completed") == []
+
+
+def test_plain_dramatiq_holds_prefetched_and_exits_0(on_redis: Scenario) -> None:
+    """Plain Dramatiq beside: what the first test checks does not hold without lastcall."""
+    scenario = on_redis
+    worker = scenario.worker(PLAIN="1")
+    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    wait_until("2 prefetched", lambda: scenario.queued() == 2)
+    worker.send(signal.SIGTERM)
+    time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
+    assert scenario.queued() == 2  # the prefetched still held by the stopping worker
+    assert worker.finish() == 0  # Dramatiq exits 0 after SIGTERM
+    assert sorted(scenario.list("completed")) == ["0", "1"]

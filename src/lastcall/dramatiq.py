@@ -50,6 +50,9 @@ from lastcall._servers.drain import drain
 from lastcall._workers import dramatiq as adapter
 
 if TYPE_CHECKING:
+    from dramatiq import Broker, Worker
+    from dramatiq.broker import MessageProxy
+
     from lastcall._coordinator import Coordinator
     from lastcall._report import Report
 
@@ -59,7 +62,7 @@ __all__ = ("LastCall",)
 _EXIT_STATUS = 128 + signal.SIGTERM
 
 
-class LastCall(Middleware):  # type: ignore[misc]  # dramatiq is untyped here
+class LastCall(Middleware):
     """Drain each Dramatiq worker process within lastcall's budget on SIGTERM/SIGINT.
 
     ``coordinator`` is for tests; by default ``lastcall.default``.
@@ -71,7 +74,7 @@ class LastCall(Middleware):  # type: ignore[misc]  # dramatiq is untyped here
 
     # ------------------------------------------------------------ worker process, main thread
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:  # noqa: ANN401
+    def after_worker_boot(self, _broker: Broker, worker: Worker) -> None:
         """The consumers and worker threads are up: take the signals, register the drain."""
         if self.worker is not None:
             return
@@ -130,30 +133,35 @@ class LastCall(Middleware):  # type: ignore[misc]  # dramatiq is untyped here
 
     # ------------------------------------------------------------ worker threads
 
-    def before_process_message(self, broker: Any, message: Any) -> None:  # noqa: ANN401
+    def before_process_message(self, _broker: Broker, message: MessageProxy) -> None:
+        """A worker thread, about to run an actor: it does not once the stop began."""
         if self.worker is not None:
             self.worker.began(message)
 
     def after_process_message(
         self,
-        broker: Any,  # noqa: ANN401
-        message: Any,  # noqa: ANN401
+        _broker: Broker,
+        message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ANN401
-        exception: BaseException | None = None,
+        result: Any | None = None,  # noqa: ANN401, ARG002  # Dramatiq's signature
+        exception: BaseException | None = None,  # noqa: ARG002
     ) -> None:
+        """The actor returned or raised: one put back meanwhile is not acknowledged."""
         if self.worker is not None:
             self.worker.ended(message)
 
-    def after_skip_message(self, broker: Any, message: Any) -> None:  # noqa: ANN401
+    def after_skip_message(self, _broker: Broker, message: MessageProxy) -> None:
+        """Like ``after_process_message``, for a message a middleware skipped."""
         if self.worker is not None:
             self.worker.ended(message)
 
-    def after_ack(self, broker: Any, message: Any) -> None:  # noqa: ANN401
+    def after_ack(self, _broker: Broker, message: MessageProxy) -> None:
+        """Acknowledged: no longer in flight."""
         if self.worker is not None:
             self.worker.settled(message)
 
-    def after_nack(self, broker: Any, message: Any) -> None:  # noqa: ANN401
+    def after_nack(self, _broker: Broker, message: MessageProxy) -> None:
+        """Rejected (to the dead-letter queue): no longer in flight."""
         if self.worker is not None:
             self.worker.settled(message)
 

@@ -196,7 +196,8 @@ KOMBU = Tested(
 # dramatiq/worker.py (Worker.consumers, work_queue; ConsumerThread.consumer),
 # dramatiq/brokers/redis.py (_RedisConsumer.prefetch, message_cache; RedisBroker.do_fetch)
 # and rabbitmq.py (_RabbitmqConsumer.connection, channel, known_tags; _RabbitmqMessage._tag),
-# pika/adapters/blocking_connection.py (BlockingChannel._impl, _queue_consumer_generator);
+# and pika/adapters/blocking_connection.py: BlockingChannel._impl and its
+# _queue_consumer_generator.
 # tests/test_dramatiq.py passes on 2.2.1.
 DRAMATIQ = Tested(
     "dramatiq",

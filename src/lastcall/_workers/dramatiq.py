@@ -61,7 +61,7 @@ _HEARTBEAT_EVERY = 1.0  # seconds, Redis; Dramatiq's heartbeat_timeout is 60 s b
 _FLUSH_WAIT = 2.0  # seconds for a RabbitMQ consumer thread to send the acks queued for it
 
 
-class Stopped(BaseException):  # noqa: N818  # raised in an actor's thread, like TimeLimitExceeded
+class Stopped(BaseException):  # raised in an actor's thread, like TimeLimitExceeded
     """Raised in an actor that overran the drain budget: it was put back on its queue."""
 
 
@@ -168,7 +168,8 @@ class DramatiqWorker:
         now = time.time()
         for message, ident, began in running:
             self.put_back(message, "the drain budget ran out", began)
-            raise_thread_exception(ident, Stopped)  # at its next bytecode (not inside sleep())
+            # At its next bytecode (not inside sleep()), as Dramatiq's TimeLimit raises.
+            raise_thread_exception(ident, Stopped)  # type: ignore[no-untyped-call]
         self._sweep(now)
         self.flush()
         return len(running)
@@ -201,7 +202,7 @@ class DramatiqWorker:
         """Take every message waiting for a worker thread and put it back; how many."""
         from dramatiq.common import iter_queue  # noqa: PLC0415
 
-        items = list(iter_queue(self.worker.work_queue))
+        items = list(iter_queue(self.worker.work_queue))  # type: ignore[no-untyped-call]
         for item in items:
             self.put_back(item.message, "prefetched, never started", now)
         return len(items)
@@ -276,7 +277,7 @@ def _on_rabbitmq(consumer: Dramatiq) -> bool:
 
 
 def _call_on_consumer_thread(consumer: Dramatiq, func: Any) -> None:  # noqa: ANN401
-    """pika's connection is the consumer thread's: it runs ``func`` as it next iterates."""
+    """Run ``func`` on the consumer thread (pika's connection is that thread's) as it iterates."""
     with contextlib.suppress(Exception):  # a closed connection requeues on its own
         consumer.connection.add_callback_threadsafe(func)
 

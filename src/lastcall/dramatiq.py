@@ -82,6 +82,9 @@ class LastCall(Middleware):
         coordinator = self.coordinator
         self.worker = drainer = adapter.DramatiqWorker(worker, coordinator)
         coordinator.uninstall()  # if the app called lastcall.install() itself
+        # Not chained: Dramatiq's own handler would run Worker.stop() beside the drain, and
+        # its worker process would exit 0 once that returned, hooks or not.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         status = coordinator.settings.exit_code
         # SIGINT stays ignored, as Dramatiq set it in its worker processes: its main process
         # forwards Ctrl-C as SIGTERM (a terminal's Ctrl-C reaching both would count twice).

@@ -32,10 +32,12 @@ OLDEST = {
     "grpcio": "1.62.3",
     "grpcio-health-checking": "1.62.3",
     "celery": "5.7.0",
+    "dramatiq": "1.17.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
 TOOLS += ["redis>=4.5"]  # celery's Redis client, for its broker in the worker tests
+TOOLS += ["pika>=1.3"]  # dramatiq's RabbitMQ client
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",
@@ -55,6 +57,8 @@ SERVER_TESTS = [
     "tests/test_unwrapped_apps.py",
     "tests/test_grpc.py",
     "tests/test_celery.py",
+    "tests/test_celery_rabbitmq.py",
+    "tests/test_dramatiq.py",
 ]
 
 
@@ -62,10 +66,11 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
     """pyproject's lower bounds, this leg's pins and each adapter's tested range agree."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     for name, version in OLDEST.items():
-        for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
+        for bound in re.findall(rf'"{name}(?:\[[\w,]+\])?>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY):
+    workers = (versions.CELERY, versions.DRAMATIQ)
+    for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, *workers):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

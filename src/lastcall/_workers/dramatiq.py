@@ -6,7 +6,8 @@ nothing else does. Tested with Dramatiq 1.17 to 2.2 (``versions.DRAMATIQ``).
 The undocumented parts used, by the file they come from:
 
 * ``dramatiq/worker.py``: ``Worker.consumers`` (queue name -> ``ConsumerThread``),
-  ``Worker.work_queue`` (messages fetched, waiting for a worker thread),
+  ``Worker.work_queue`` (messages fetched, waiting for a worker thread; its items
+  ``_WorkQueueItem`` since 2.0, ``(priority, message)`` before),
   ``ConsumerThread.consumer`` (the broker's consumer).
 * ``dramatiq/brokers/redis.py``: ``_RedisConsumer.prefetch`` (0: it fetches no
   more) and ``message_cache`` (fetched, not yet handed on); ``RedisBroker.do_fetch``
@@ -204,7 +205,9 @@ class DramatiqWorker:
 
         items = list(iter_queue(self.worker.work_queue))  # type: ignore[no-untyped-call]
         for item in items:
-            self.put_back(item.message, "prefetched, never started", now)
+            # dramatiq/worker.py: a _WorkQueueItem since 2.0, a (priority, message) tuple before
+            message = item[1] if isinstance(item, tuple) else item.message
+            self.put_back(message, "prefetched, never started", now)
         return len(items)
 
     def put_back(self, message: Dramatiq, why: str, began: float) -> None:

@@ -24,6 +24,10 @@ import pytest
 
 from lastcall.cli.cleanup import session_processes
 
+# The worker tests' RabbitMQ node: session-scoped, so defined here once (a module importing
+# it would make a node of its own), one per test process, shared by the modules.
+pytest_plugins = ["brokers"]
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path

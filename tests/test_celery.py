@@ -38,6 +38,7 @@ from celery import Celery, signals
 
 BROKER = os.environ["BROKER"]
 app = Celery("proj", broker=BROKER)
+app.conf.task_default_queue = os.environ.get("QUEUE", "celery")
 app.conf.broker_connection_retry_on_startup = True
 app.conf.task_acks_late = os.environ.get("ACKS_LATE") == "1"
 if os.environ.get("SOFT_LIMIT"):
@@ -50,7 +51,7 @@ if os.environ.get("PLAIN") != "1":
     from lastcall.celery import LastCall
 
     LastCall(app)
-store = redis.Redis.from_url(BROKER)
+store = redis.Redis.from_url(os.environ.get("STORE", BROKER))  # the tasks' records
 
 
 @lastcall.on_shutdown

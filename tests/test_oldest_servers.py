@@ -34,11 +34,13 @@ OLDEST = {
     "celery": "5.7.0",
     "aiohttp": "3.9.0",
     "tornado": "6.3.3",
+    "dramatiq": "1.17.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
 TOOLS += ["redis>=4.5"]  # celery's Redis client, for its broker in the worker tests
 TOOLS += ["websockets>=12"]  # the WebSocket client of the aiohttp and tornado tests
+TOOLS += ["pika>=1.3"]  # dramatiq's RabbitMQ client
 SERVER_TESTS = [
     "tests/test_matrix.py",
     "tests/test_versions.py",
@@ -60,6 +62,8 @@ SERVER_TESTS = [
     "tests/test_celery.py",
     "tests/test_aiohttp.py",
     "tests/test_tornado.py",
+    "tests/test_celery_rabbitmq.py",
+    "tests/test_dramatiq.py",
 ]
 
 
@@ -67,11 +71,12 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
     """pyproject's lower bounds, this leg's pins and each adapter's tested range agree."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     for name, version in OLDEST.items():
-        for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
+        for bound in re.findall(rf'"{name}(?:\[[\w,]+\])?>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    others = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY)
-    for tested in (*gated, *others, versions.AIOHTTP, versions.TORNADO):
+    workers = (versions.CELERY, versions.DRAMATIQ)
+    servers = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.AIOHTTP, versions.TORNADO)
+    for tested in (*gated, *servers, *workers):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

@@ -9,7 +9,7 @@
     LastCall(app)
 
 then ``celery -A tasks worker`` as before (pools ``prefork`` and ``solo``,
-broker Redis, with or without ``acks_late``). On the first SIGTERM or SIGINT
+brokers Redis and RabbitMQ, with or without ``acks_late``). On the first SIGTERM or SIGINT
 to the worker:
 
 1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
@@ -114,10 +114,14 @@ class LastCall:
         coordinator = self.coordinator
         kind = adapter.pool_kind(consumer.pool)
         transport = consumer.app.connection_for_read().transport_cls
-        if consumer.hub is None or kind not in adapter.SUPPORTED_POOLS or transport != "redis":
+        if (
+            consumer.hub is None
+            or kind not in adapter.SUPPORTED_POOLS
+            or transport not in adapter.SUPPORTED_TRANSPORTS
+        ):
             logger.warning(
-                "lastcall drains Celery's prefork and solo pools on Redis; this worker (pool "
-                "%s, broker %s) gets its hooks and exit status, not the drain",
+                "lastcall drains Celery's prefork and solo pools on Redis and RabbitMQ; this "
+                "worker (pool %s, broker %s) gets its hooks and exit status, not the drain",
                 kind,
                 transport,
             )
@@ -184,7 +188,8 @@ class LastCall:
                 )
         options = conf.get("broker_transport_options") or {}
         visibility = float(options.get("visibility_timeout", _DEFAULT_VISIBILITY))
-        if visibility <= grace:
+        on_redis = self.worker is not None and not self.worker.amqp  # RabbitMQ has none
+        if on_redis and visibility <= grace:
             logger.warning(
                 "broker_transport_options visibility_timeout=%g s is not longer than "
                 "LASTCALL_GRACE=%g s: another worker may take a task this one still runs; "

@@ -29,6 +29,7 @@ __all__ = (
     "AIOHTTP",
     "CELERY",
     "DJANGO",
+    "DRAMATIQ",
     "GEVENT",
     "GRPC",
     "GUNICORN",
@@ -193,6 +194,18 @@ KOMBU = Tested(
     "5.7",
     "5.7",
     "a task that overruns the drain budget may not be put back on its Redis queue at once",
+)
+# dramatiq/worker.py (Worker.consumers, work_queue; ConsumerThread.consumer),
+# dramatiq/brokers/redis.py (_RedisConsumer.prefetch, message_cache; RedisBroker.do_fetch)
+# and rabbitmq.py (_RabbitmqConsumer.connection, channel, known_tags; _RabbitmqMessage._tag),
+# and pika/adapters/blocking_connection.py: BlockingChannel._impl and its
+# _queue_consumer_generator.
+# tests/test_dramatiq.py passes on 2.2.1.
+DRAMATIQ = Tested(
+    "dramatiq",
+    "1.17",
+    "2.2",
+    "messages may start after the stop signal or not be put back when the drain budget runs out",
 )
 # What is read: grpc/_server.py's _Server._state (its handler list and dict) and, on
 # grpc.aio, the Cython AioServer's (grpc/_cython/_cygrpc/aio/server.pyx.pxi) through

@@ -1,4 +1,4 @@
-"""Celery on Redis (prefork and solo pools): the adapter the drain runs through.
+"""Celery on Redis and RabbitMQ (prefork and solo pools): the adapter the drain runs through.
 
 ``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
 lines); everything here reaches into Celery, kombu and billiard, and nothing
@@ -34,7 +34,9 @@ message is put back by itself at once: in one ``MULTI``, its entry leaves
 the hash and its payload is pushed at the head of its queue, as kombu's
 ``restore_by_tag`` does; a task without ``acks_late`` (acknowledged as it
 started, so no longer in the hash) is pushed from the payload the worker
-holds.
+holds. RabbitMQ keeps a delivered message until its channel acknowledges or
+rejects it: an unacknowledged one is rejected with ``requeue`` (back at its
+place in the queue at once), an acknowledged one published again.
 
 How a running task is stopped: the process running it (a prefork child, or
 the solo pool's main process) gets ``STOP_SIGNAL``. Its handler answers on a
@@ -81,6 +83,7 @@ _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
 SUPPORTED_POOLS = ("prefork", "solo")
+SUPPORTED_TRANSPORTS = ("redis", "amqp", "pyamqp")  # kombu's transport names in broker URLs
 
 
 def pool_kind(pool: Celery) -> str:
@@ -199,6 +202,9 @@ class CeleryWorker:
         self.finished = threading.Event()  # solo: the main thread had no task to stop
         self.celery_stopped = threading.Event()  # Celery's worker_shutdown signal
         self.main_ident = threading.main_thread().ident
+        # kombu/transport/pyamqp.py: Transport.driver_type ("redis" for kombu's Redis)
+        self.amqp = consumer.connection.transport.driver_type == "amqp"
+        self.forcing = False  # force() runs: in a signal handler on the main thread
         self.put_back_tags: set[Any] = set()
         self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
         self.prefetched = 0
@@ -409,13 +415,31 @@ class CeleryWorker:
     # ------------------------------------------------------------ putting back
 
     def put_back(self, request: Celery, why: str = "the drain budget ran out") -> None:
-        """Push ``request``'s message at the head of its queue, out of the unacked hash, now."""
+        """Put ``request``'s message back on its queue now (Redis: at its head)."""
         message = request.message
         tag = message.delivery_tag
         if tag in self.put_back_tags:
             return
         self.put_back_tags.add(tag)
         request.acknowledged = True  # Celery must neither ack nor reject it any more
+        if self.amqp:
+            self._put_back_amqp(message)
+        else:
+            self._put_back_redis(message)
+        self.note(request, "requeued", time.time())
+        log.log(
+            logging.WARNING,
+            "task %s[%s] put back on its queue after %.1f s: %s",
+            request.name,
+            request.id,
+            self.jobs[request.id]["seconds"],
+            why,
+        )
+
+    @staticmethod
+    def _put_back_redis(message: Celery) -> None:
+        """Out of the unacked hash and pushed at the head of its queue, in one ``MULTI``."""
+        tag = message.delivery_tag
         channel = message.channel
         qos = channel.qos
         info = message.delivery_info
@@ -429,15 +453,37 @@ class CeleryWorker:
         with channel.conn_or_acquire() as client:
             client.transaction(transaction, qos.unacked_key)
         qos._quick_ack(tag)  # noqa: SLF001  # not restored again when the channel closes
-        self.note(request, "requeued", time.time())
-        log.log(
-            logging.WARNING,
-            "task %s[%s] put back on its queue after %.1f s: %s",
-            request.name,
-            request.id,
-            self.jobs[request.id]["seconds"],
-            why,
-        )
+
+    def _put_back_amqp(self, message: Celery) -> None:
+        """RabbitMQ: rejected with requeue if unacknowledged, else published again.
+
+        Acknowledged: without ``acks_late``, or by Celery as the task's process was lost.
+        A channel is used by Celery's loop only: the reject runs there (or here, when the
+        solo main thread is parked where its task was stopped). From a signal handler (a
+        second SIGINT) the unacknowledged ones are left to the connection's close, which
+        RabbitMQ answers by requeueing them at once; the process ends right after.
+        """
+
+        def restore() -> None:
+            if not message.acknowledged:
+                message.reject(requeue=True)
+                return
+            import amqp  # noqa: PLC0415  # Celery's AMQP client
+
+            info = message.delivery_info
+            copy = amqp.Message(message.body, **message.properties)
+            with self.consumer.app.connection_for_write() as connection:  # thread-safe: its own
+                connection.default_channel.basic_publish(
+                    copy, exchange=info.get("exchange") or "", routing_key=info.get("routing_key")
+                )
+
+        if self.forcing:
+            if message.acknowledged:
+                restore()
+        elif threading.get_ident() == self.main_ident or self.frozen.is_set():
+            restore()
+        else:
+            self.loop.call(restore, 2.0)
 
     def force(self) -> None:
         """A second Ctrl-C: end every pool process, put back every task not done; now.
@@ -445,6 +491,7 @@ class CeleryWorker:
         In a signal handler on the main thread, which runs Celery's loop: nothing else
         touches Celery's state meanwhile.
         """
+        self.forcing = True
         inner = getattr(self.consumer.pool, "_pool", None)
         for process in list(getattr(inner, "_pool", None) or ()):  # billiard/pool.py
             with contextlib.suppress(ProcessLookupError, TypeError):

@@ -1,0 +1,184 @@
+"""Dramatiq workers that lose no message at a stop: one broker middleware.
+
+::
+
+    import dramatiq
+    import lastcall.dramatiq
+    from dramatiq.brokers.redis import RedisBroker  # or RabbitmqBroker
+
+    broker = RedisBroker(url="redis://localhost:6379/0")
+    broker.add_middleware(lastcall.dramatiq.LastCall())
+    dramatiq.set_broker(broker)
+
+then ``dramatiq tasks`` as before. Dramatiq's main process runs none of the
+app's code: it forks the worker processes, which import the broker module,
+and on SIGTERM or SIGINT it sends SIGTERM to each of them. In each worker
+process, on that signal:
+
+1. readiness goes red (``LASTCALL_HEALTH_PORT``, served by the first worker
+   process to bind it) and no message starts after the signal: the consumers
+   fetch no more, and what was fetched but not started goes back at once;
+2. running actors finish within the drain budget (``LASTCALL_GRACE`` less its
+   reserve), acknowledged as they finish, heartbeats kept (dramatiq#159);
+3. an actor still running when the budget ends is put back on its queue at
+   once and never acknowledged here; the report's ``jobs`` names it;
+4. the app's lastcall hooks run once, in each worker process (where the app
+   registered them); the process exits 143 (128 + SIGTERM), which Dramatiq's
+   main process passes on as its own status (Dramatiq alone exits 0 after a
+   SIGTERM; a worker ended by a signal would make it 1). A second signal to
+   the main process (it turns Ctrl-C into SIGTERM) puts back everything not
+   done and ends at once, as Dramatiq's own second signal kills.
+
+A ``--worker-shutdown-timeout`` longer than the drain budget is said in one
+line at start-up (lastcall's budget wins: the stop must end within the grace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from dramatiq import Middleware
+
+import lastcall
+from lastcall._integration import Integration
+from lastcall._log import log, logger
+from lastcall._servers.drain import drain
+from lastcall._workers import dramatiq as adapter
+
+if TYPE_CHECKING:
+    from dramatiq import Broker, Worker
+    from dramatiq.broker import MessageProxy
+
+    from lastcall._coordinator import Coordinator
+    from lastcall._report import Report
+
+__all__ = ("LastCall",)
+
+# dramatiq/cli.py: the worker processes turn the stop signal into this exit status.
+_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+class LastCall(Middleware):
+    """Drain each Dramatiq worker process within lastcall's budget on SIGTERM/SIGINT.
+
+    ``coordinator`` is for tests; by default ``lastcall.default``.
+    """
+
+    def __init__(self, *, coordinator: Coordinator | None = None) -> None:
+        self.coordinator = coordinator or lastcall.default
+        self.worker: adapter.DramatiqWorker | None = None
+
+    # ------------------------------------------------------------ worker process, main thread
+
+    def after_worker_boot(self, _broker: Broker, worker: Worker) -> None:
+        """The consumers and worker threads are up: take the signals, register the drain."""
+        if self.worker is not None:
+            return
+        adapter.TESTED.check()
+        coordinator = self.coordinator
+        self.worker = drainer = adapter.DramatiqWorker(worker, coordinator)
+        coordinator.uninstall()  # if the app called lastcall.install() itself
+        # Not chained: Dramatiq's own handler would run Worker.stop() beside the drain, and
+        # its worker process would exit 0 once that returned, hooks or not.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        status = coordinator.settings.exit_code
+        # SIGINT stays ignored, as Dramatiq set it in its worker processes: its main process
+        # forwards Ctrl-C as SIGTERM (a terminal's Ctrl-C reaching both would count twice).
+        # So a second SIGTERM forces, as Dramatiq's own second signal kills.
+        coordinator.install(
+            signals=("SIGTERM",),
+            force_signals=("SIGTERM",),
+            exit_code=_EXIT_STATUS if status is None else status,
+        )
+        coordinator.on_shutdown(phase="drain", name="dramatiq worker drain")(
+            functools.partial(self._drain, drainer)
+        )
+        coordinator.when_done(functools.partial(self._done, drainer))
+        budget = Integration(coordinator).drain_budget()
+        log.log(
+            logging.INFO,
+            "lastcall: SIGTERM stops this worker process within %.3g s; running actors get "
+            "%.3g s to finish",
+            coordinator.settings.grace,
+            budget,
+        )
+        self._say_what_does_not_fit(budget)
+
+    def _say_what_does_not_fit(self, budget: float) -> None:
+        """One line when ``--worker-shutdown-timeout`` is longer than the drain budget."""
+        timeout = _shutdown_timeout_given()
+        if timeout is None or timeout / 1000 <= budget:
+            return
+        grace = self.coordinator.settings.grace
+        logger.warning(
+            "--worker-shutdown-timeout=%d ms is longer than lastcall's drain budget %.3g s: an "
+            "actor still running %.3g s after the stop signal is put back on its queue; raise "
+            "LASTCALL_GRACE to at least %g (and the orchestrator's grace with it) or lower "
+            "--worker-shutdown-timeout",
+            timeout,
+            budget,
+            budget,
+            timeout / 1000 + (grace - budget),
+        )
+
+    @staticmethod
+    def _drain(drainer: adapter.DramatiqWorker) -> None:
+        drain(drainer, drainer.coordinator)
+
+    @staticmethod
+    def _done(drainer: adapter.DramatiqWorker, report: Report) -> None:
+        if report.forced:
+            drainer.force()
+
+    # ------------------------------------------------------------ worker threads
+
+    def before_process_message(self, _broker: Broker, message: MessageProxy) -> None:
+        """A worker thread, about to run an actor: it does not once the stop began."""
+        if self.worker is not None:
+            self.worker.began(message)
+
+    def after_process_message(
+        self,
+        _broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,  # noqa: ANN401, ARG002  # Dramatiq's signature
+        exception: BaseException | None = None,  # noqa: ARG002
+    ) -> None:
+        """The actor returned or raised: one put back meanwhile is not acknowledged."""
+        if self.worker is not None:
+            self.worker.ended(message)
+
+    def after_skip_message(self, _broker: Broker, message: MessageProxy) -> None:
+        """Like ``after_process_message``, for a message a middleware skipped."""
+        if self.worker is not None:
+            self.worker.ended(message)
+
+    def after_ack(self, _broker: Broker, message: MessageProxy) -> None:
+        """Acknowledged: no longer in flight."""
+        if self.worker is not None:
+            self.worker.settled(message)
+
+    def after_nack(self, _broker: Broker, message: MessageProxy) -> None:
+        """Rejected (to the dead-letter queue): no longer in flight."""
+        if self.worker is not None:
+            self.worker.settled(message)
+
+
+def _shutdown_timeout_given() -> int | None:
+    """``--worker-shutdown-timeout`` (ms) from the ``dramatiq`` command line, when given there.
+
+    A forked worker process has its parent's ``sys.argv``; Dramatiq hands the parsed
+    arguments to no middleware.
+    """
+    if not any(arg.startswith("--worker-shutdown-timeout") for arg in sys.argv):
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--worker-shutdown-timeout", type=int)
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return known.worker_shutdown_timeout  # type: ignore[no-any-return]

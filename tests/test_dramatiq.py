@@ -1,0 +1,276 @@
+"""Dramatiq workers on real redis-server and rabbitmq-server: ``lastcall.dramatiq.LastCall``.
+
+Each test starts ``dramatiq proj`` (the app below, the middleware added to
+its broker unless ``PLAIN=1``), puts messages in flight and signals
+Dramatiq's main process, the one a user starts. Every actor records in Redis,
+from inside itself, when it started (and in which process) and when it
+completed; hooks record where they ran. RabbitMQ runs one node per test
+process (``brokers.rabbitmq_server``), each test on a queue of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import WAIT, free_port
+from test_celery import readyz, wait_until
+
+if TYPE_CHECKING:
+    from brokers import RabbitMQ, Redis
+
+pytest.importorskip("dramatiq")
+
+DRAMATIQ = str(Path(sys.executable).parent / "dramatiq")
+EXIT_BY_SIGTERM = 128 + signal.SIGTERM  # what Dramatiq's main process passes on
+
+APP = """
+import multiprocessing, os, time
+import dramatiq, redis
+import lastcall
+
+BROKER = os.environ["BROKER"]
+if BROKER.startswith("amqp"):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    broker = RabbitmqBroker(url=BROKER)
+else:
+    from dramatiq.brokers.redis import RedisBroker
+    broker = RedisBroker(url=BROKER, **(  # a short heartbeat timeout, maintenance each call
+        {"heartbeat_timeout": int(os.environ["HEARTBEAT_MS"]), "maintenance_chance": 1_000_000}
+        if os.environ.get("HEARTBEAT_MS") else {}
+    ))
+if os.environ.get("PLAIN") != "1":
+    import lastcall.dramatiq
+
+    broker.add_middleware(lastcall.dramatiq.LastCall())
+dramatiq.set_broker(broker)
+store = redis.Redis.from_url(os.environ["STORE"])
+if multiprocessing.parent_process() is not None:  # a worker process, not the enqueuer
+    store.rpush("processes", os.getpid())
+
+
+@lastcall.on_shutdown
+def hook():
+    store.rpush("hooks", f"process {os.getpid()}")
+
+
+@dramatiq.actor(queue_name=os.environ["QUEUE"], max_retries=0)
+def work(n, seconds, again=None):
+    attempt = store.incr(f"attempt:{n}")
+    store.rpush("started", f"{n} {os.getpid()} {time.time()}")
+    time.sleep(seconds if attempt == 1 or again is None else again)
+    store.rpush("completed", n)
+"""
+
+ENQUEUE = """
+import sys
+import proj
+for n, seconds, again in [tuple(map(float, job.split(":"))) for job in sys.argv[1:]]:
+    proj.work.send(int(n), seconds, again if again >= 0 else None)
+"""
+
+
+class Scenario:
+    """The app in the test's directory, its broker, its record store, and workers on them."""
+
+    def __init__(self, spawn: object, store: Redis, broker: Redis | RabbitMQ, queue: str) -> None:
+        self.spawn = spawn
+        self.store = store
+        self.broker = broker
+        self.queue = queue
+        self.dir: Path = spawn.script_dir  # type: ignore[attr-defined]
+        (self.dir / "proj.py").write_text(APP)
+        (self.dir / "enqueue.py").write_text(ENQUEUE)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "BROKER": self.broker.url,
+            "STORE": self.store.url,
+            "QUEUE": self.queue,
+            "PYTHONPATH": str(self.dir),
+            **extra,
+        }
+
+    def worker(self, *options: str, **env: str) -> object:
+        argv = [DRAMATIQ, "proj", "--processes", "1", "--threads", "2", *options]
+        child = self.spawn("", env=self.env(**env), argv=argv, wait_ready=False)  # type: ignore[operator]
+        child.wait_for("Worker process is ready for action.", stream="stderr")
+        return child
+
+    def enqueue(self, *jobs: tuple[int, float, float | None]) -> None:
+        args = [f"{n}:{s}:{-1 if a is None else a}" for n, s, a in jobs]
+        subprocess.run(
+            [sys.executable, str(self.dir / "enqueue.py"), *args],
+            env={**self.env(), "PATH": "/usr/bin:/bin"},
+            cwd=self.dir,
+            check=True,
+            timeout=WAIT,
+        )
+
+    def list(self, key: str) -> list[str]:
+        return list(self.store.client.lrange(key, 0, -1))
+
+    def queued(self) -> int:
+        broker = self.broker
+        if hasattr(broker, "client"):  # Redis: the queue's list of message ids
+            return int(broker.client.llen(f"dramatiq:{self.queue}"))
+        return broker.queued(self.queue)  # type: ignore[union-attr]
+
+    def worker_hooks(self) -> list[str]:
+        """Hooks run in worker processes (not at the enqueuing script's own exit)."""
+        processes = set(self.list("processes"))
+        return [h for h in self.list("hooks") if h.split()[1] in processes]
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def scenario(request: pytest.FixtureRequest, spawn: object, redis_server: Redis) -> Scenario:
+    queue = "dramatiq-" + request.node.name.replace("[", "-").rstrip("]")
+    if request.param == "redis":
+        return Scenario(spawn, redis_server, redis_server, queue)
+    rabbit = request.getfixturevalue("rabbitmq_server")
+    return Scenario(spawn, redis_server, rabbit, queue)
+
+
+def test_sigterm_running_finish_none_starts_prefetched_back_at_once(scenario: Scenario) -> None:
+    """2 threads, 2 actors running, 2 prefetched, 2 on the queue; SIGTERM to Dramatiq's main.
+
+    Against plain Dramatiq: the prefetched stay with the stopping worker until its
+    worker threads have ended, and the exit status is 0 (``test_plain_dramatiq_*``).
+    """
+    health = free_port()
+    worker = scenario.worker(
+        LASTCALL_GRACE="8",
+        LASTCALL_HEALTH_PORT=str(health),
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )
+    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    wait_until("2 prefetched (prefetch: 2 x 2 threads)", lambda: scenario.queued() == 2)
+    assert readyz(health) == 200
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    back = wait_until("the prefetched back on the queue", lambda: scenario.queued() == 4)
+    assert back - signalled < 1.0
+    assert readyz(health) == 503  # red while the actors still run
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    started = [s.split()[0] for s in scenario.list("started")]
+    assert len(started) == 2  # none started after the signal
+    assert sorted(scenario.list("completed")) == sorted(started)
+    [process] = scenario.list("processes")
+    assert scenario.worker_hooks() == [f"process {process}"]  # once, in the worker process
+    report = json.loads((scenario.dir / f"report-{process}.json").read_text())
+    outcomes = sorted(job["outcome"] for job in report["jobs"])
+    assert outcomes == ["completed"] * 2 + ["requeued"] * 2, report["jobs"]
+
+    second = scenario.worker(LASTCALL_GRACE="8")
+    wait_until("all 6 completed", lambda: len(scenario.list("completed")) == 6)
+    second.send(signal.SIGTERM)
+    assert second.finish() == EXIT_BY_SIGTERM
+    assert sorted(scenario.list("completed")) == [str(n) for n in range(6)]  # each once
+
+
+def test_actor_longer_than_the_budget_is_put_back_and_completes_once(scenario: Scenario) -> None:
+    """An actor running past the drain budget: put back at once, completed by another worker.
+
+    Against plain Dramatiq: SIGTERM waits for it up to ``--worker-shutdown-timeout``
+    (10 minutes by default), so the orchestrator's SIGKILL ends it; Redis then
+    gives it to another worker only after the dead worker's heartbeat times out.
+    """
+    worker = scenario.worker(
+        "--worker-shutdown-timeout", "600000",
+        LASTCALL_GRACE="4", LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
+    line = worker.wait_for("running actors get", stream="stderr")
+    budget = float(line.split("running actors get ")[1].split()[0])
+    line = worker.wait_for("--worker-shutdown-timeout=600000 ms", stream="stderr")
+    assert f"drain budget {budget:.3g} s" in line, line  # both numbers, in one line
+    scenario.enqueue((7, 60, 0.2))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    back = wait_until("the message back on the queue", lambda: scenario.queued() == 1)
+    assert back - signalled < budget + 1.0, f"{back - signalled:.2f} s, budget {budget} s"
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    assert scenario.list("completed") == []  # stopped, never completed here
+    [process] = scenario.list("processes")
+    report = json.loads((scenario.dir / f"report-{process}.json").read_text())
+    [job] = report["jobs"]
+    assert (job["name"], job["outcome"]) == ("work", "requeued"), job
+    assert job["seconds"] >= budget - 0.5
+    assert scenario.queued() == 1  # once
+    assert scenario.worker_hooks() == [f"process {process}"]
+
+    second = scenario.worker(LASTCALL_GRACE="4")
+    wait_until("the message completed", lambda: scenario.list("completed") == ["7"])
+    second.send(signal.SIGTERM)
+    assert second.finish() == EXIT_BY_SIGTERM
+    assert scenario.list("completed") == ["7"]  # once
+    first, again = (s.split()[1] for s in scenario.list("started"))
+    assert first != again  # stopped in one worker process, completed by the other
+
+
+@pytest.fixture
+def on_redis(spawn: object, redis_server: Redis, request: pytest.FixtureRequest) -> Scenario:
+    return Scenario(spawn, redis_server, redis_server, "dramatiq-" + request.node.name)
+
+
+def test_heartbeats_go_on_while_running_actors_finish(on_redis: Scenario) -> None:
+    """Redis: a worker that fetches no more still sends its heartbeat (dramatiq#159).
+
+    Another worker's maintenance takes back the messages of a worker whose
+    heartbeat is older than ``heartbeat_timeout`` (2.5 s here, 60 s by default):
+    without the heartbeat, the running actor would start again there meanwhile.
+    """
+    scenario = on_redis
+    first = scenario.worker("--threads", "1", LASTCALL_GRACE="10", HEARTBEAT_MS="2500")
+    scenario.enqueue((1, 5.0, None))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    other = scenario.worker("--threads", "1", LASTCALL_GRACE="10", HEARTBEAT_MS="2500")
+    first.send(signal.SIGTERM)
+    assert first.finish() == EXIT_BY_SIGTERM, first.output()
+    assert scenario.list("completed") == ["1"]
+    assert len(scenario.list("started")) == 1, scenario.list("started")  # not taken meanwhile
+    other.send(signal.SIGTERM)
+    assert other.finish() == EXIT_BY_SIGTERM
+    assert len(scenario.list("started")) == 1
+
+
+def test_second_signal_puts_back_everything_and_ends(scenario: Scenario) -> None:
+    """Ctrl-C twice to Dramatiq's main process (it forwards each as SIGTERM): ends at once.
+
+    Everything not done is back on the queue; Dramatiq's main process exits 1,
+    as it does when its own second signal kills a worker process.
+    """
+    worker = scenario.worker(LASTCALL_GRACE="20")
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    wait_until("the other 2 prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGINT)
+    wait_until("the prefetched back", lambda: scenario.queued() == 2)
+    worker.send(signal.SIGINT)
+    forced = time.monotonic()
+    assert worker.finish() == 1, worker.output()
+    assert time.monotonic() - forced < 3.0
+    wait_until("the running ones back too", lambda: scenario.queued() == 4, timeout=2.0)
+    assert scenario.list("completed") == []
+
+
+def test_plain_dramatiq_holds_prefetched_and_exits_0(on_redis: Scenario) -> None:
+    """Plain Dramatiq beside: what the first test checks does not hold without lastcall."""
+    scenario = on_redis
+    worker = scenario.worker(PLAIN="1")
+    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    wait_until("2 prefetched", lambda: scenario.queued() == 2)
+    worker.send(signal.SIGTERM)
+    time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
+    assert scenario.queued() == 2  # the prefetched still held by the stopping worker
+    assert worker.finish() == 0  # Dramatiq exits 0 after SIGTERM
+    started = [s.split()[0] for s in scenario.list("started")]
+    assert sorted(scenario.list("completed")) == sorted(started)

@@ -141,6 +141,24 @@ def test_hooks_run_at_exit_without_install(spawn):
     assert hooks_seen(child) == ORDER
 
 
+def test_a_coordinator_dropped_runs_nothing_at_exit(spawn):
+    """The exit callbacks reach coordinators through a weak registry: one nothing refers to
+    any more (an embedder's or a test's, never installed) is gone, hooks and all, at once,
+    not when the garbage collector next runs, so its hooks do not run at the exit."""
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.on_shutdown(say("kept"))
+coordinator = lastcall.Coordinator()
+coordinator.on_shutdown(say("dropped"))
+del coordinator
+out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    assert hooks_seen(child) == ["kept"]
+
+
 def test_trigger_from_a_thread_ends_the_process(spawn):
     child = spawn(
         PRELUDE

@@ -111,7 +111,7 @@ class Coordinator:
         self._force_signals: frozenset[int] = frozenset({signal.SIGINT})
         self.stopping = StopToken()
         self._readiness = Readiness(self.stopping)
-        self._dispatcher = _triggers.Dispatcher(self._begin_from_dispatcher)
+        self._dispatcher = _triggers.Dispatcher()
         self._excepthook = _triggers.Excepthook()
         self._handlers: SignalHandlers | None = None
         self._main_ident: int | None = None  # the main thread's pthread id, for waking it
@@ -241,7 +241,7 @@ class Coordinator:
         # The threads the stop runs on, before the signals are ours: a stop begun
         # later starts none of its own (see "What the stop may wait on" above).
         try:
-            self._dispatcher.start(self._app_mask)
+            self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
             log.start()
         except RuntimeError as exc:  # "can't start new thread"
             raise RuntimeError(
@@ -411,7 +411,7 @@ class Coordinator:
         if running_hook() is not None:
             logger.debug("trigger() from inside hook %s: the stop is already running", reason)
             return
-        self._dispatcher.start(self._app_mask)
+        self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
         self._dispatcher.put("manual", reason, 0)
 
     def shutdown(
@@ -559,7 +559,7 @@ class Coordinator:
         """
         if self._state != "running":
             return
-        self._dispatcher.start(self._app_mask)
+        self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
         self._dispatcher.put("exception", reason, 1)
 
     def _want_exit_stop(self) -> None:
@@ -639,7 +639,7 @@ class Coordinator:
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             try:
-                self._dispatcher.start(self._app_mask)
+                self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
                 log.start()
             except RuntimeError as exc:  # no thread to be had: say so, the parent's stop is safe
                 log.log(logging.ERROR, "a forked child could not start lastcall's threads: %s", exc)

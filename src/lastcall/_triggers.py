@@ -168,7 +168,7 @@ _exit_callbacks_registered = False
 
 
 def track(owner: _Owner) -> None:
-    """Tell ``owner`` of forks from now on."""
+    """Tell ``owner`` of forks and of the interpreter's exit from now on (held weakly)."""
     _owners.add(owner)
 
 

@@ -628,7 +628,7 @@ class Coordinator:
 
     def _after_fork_in_child(self) -> None:
         """A forked child keeps only the hooks registered with ``inherit=True``."""
-        inherited = [h for h in self._registry.all() if h.inherit]
+        inherited = self._registry.inherited()
         self._reset_state(forked=True)
         self._dispatcher.after_fork()
         self._excepthook.exception = None

@@ -141,6 +141,24 @@ def test_hooks_run_at_exit_without_install(spawn):
     assert hooks_seen(child) == ORDER
 
 
+def test_a_coordinator_dropped_runs_nothing_at_exit(spawn):
+    """The exit callbacks reach coordinators through a weak registry: one nothing refers to
+    any more (an embedder's or a test's, never installed) is gone, hooks and all, at once,
+    not when the garbage collector next runs, so its hooks do not run at the exit."""
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.on_shutdown(say("kept"))
+coordinator = lastcall.Coordinator()
+coordinator.on_shutdown(say("dropped"))
+del coordinator
+out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    assert hooks_seen(child) == ["kept"]
+
+
 def test_trigger_from_a_thread_ends_the_process(spawn):
     child = spawn(
         PRELUDE
@@ -405,6 +423,52 @@ out("ready")
     assert hooks_seen(child) == ["child-own", "shared", "shared", "parent-only"]
     assert "hook:" not in child_part
     assert parent_part.count("hook:") == 4
+
+
+def test_a_fork_while_another_thread_registers_a_hook(spawn):
+    """Steps: a thread is inside on_shutdown() (hashing its function, under the hooks'
+    lock) when the main thread forks. The child, where that thread is gone and can never
+    release the lock, keeps its inherited hooks without waiting on it, and exits."""
+    child = spawn(
+        PRELUDE
+        + """
+lastcall.on_shutdown(say("shared"), inherit=True)
+hashing, forked = threading.Event(), threading.Event()
+
+class SlowToHash:
+    def __call__(self):
+        out("hook:slow")
+
+    def __hash__(self):
+        hashing.set()
+        forked.wait()
+        return 0
+
+registering = threading.Thread(target=lastcall.on_shutdown, args=(SlowToHash(),))
+registering.start()
+hashing.wait()
+pid = os.fork()
+if pid == 0:
+    out("child forked")
+    sys.exit(0)
+forked.set()
+registering.join()
+deadline = time.monotonic() + 5
+while os.waitpid(pid, os.WNOHANG) == (0, 0):
+    if time.monotonic() > deadline:
+        out("child hung")
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        break
+    time.sleep(0.02)
+else:
+    out("child ended")
+out("ready")
+"""
+    )
+    assert child.finish() == 0, child.output()
+    assert child.lines("child") == ["child forked", "child ended"], child.output()
+    assert hooks_seen(child) == ["shared", "slow", "shared"]  # the child's, then the parent's
 
 
 def test_install_off_the_main_thread_is_refused(spawn):

@@ -48,7 +48,9 @@ while True:
     time.sleep(0.05)
 """
 PATCH = "from gevent import monkey; monkey.patch_all()"
-IMPORT = "import lastcall"
+# A public name used, not only the package imported: the default coordinator (its Events
+# and queues) is made on first use, and it is what the patch must not leave behind.
+IMPORT = "import lastcall; lastcall.stopping"
 
 
 @needs_gevent
@@ -56,7 +58,7 @@ IMPORT = "import lastcall"
     ("first", "second"), [(PATCH, IMPORT), (IMPORT, PATCH)], ids=["patched-first", "patched-after"]
 )
 def test_gevent_patched_app_ends_by_sigterm_with_hooks_once(spawn, first, second):
-    """Steps: monkey.patch_all() before or after importing lastcall; SIGTERM;
+    """Steps: monkey.patch_all() before or after lastcall made its coordinator; SIGTERM;
     the hook runs once and the process dies by SIGTERM (it lived on before)."""
     child = spawn(GEVENT_APP.format(first=first, second=second))
     child.send(signal.SIGTERM)

@@ -1,7 +1,8 @@
 """asyncio apps: async hooks on the app's own loop, and that loop kept alive for them.
 
-Imported only where a loop is already in play (``use_loop``, an async hook
-sent to a loop), so ``import lastcall`` never imports asyncio.
+Imported only where asyncio is in play (``use_loop``, an async hook when it
+is registered, so that the stop imports nothing), so ``import lastcall``
+never imports asyncio.
 
 An async hook that closes a connection made on the app's loop must run on
 that loop, and the stop usually runs on another thread (the dispatcher).

@@ -32,8 +32,9 @@ The stop runs when the process is at its worst: a container at its pids
 limit, stderr a pipe nobody reads, another thread inside logging with its
 lock held. So everything it needs is made at ``install()``, where a failure
 is one line the app can act on: the dispatcher, the log thread, the
-watchdog's ``/dev/null``, the report's checks and imports (``_config``), the
-modules an async hook needs (at its registration). During the stop:
+watchdog's ``/dev/null``, the report's checks (``_config``) and what writing
+it imports (``prepare_writing``), the modules an async hook needs (at its
+registration). During the stop:
 
 * no new thread is needed: the hooks' runner starts one if it can and runs
   the hooks inline on the dispatcher if not (unwatched, each without its
@@ -111,7 +112,7 @@ class Coordinator:
         self._force_signals: frozenset[int] = frozenset({signal.SIGINT})
         self.stopping = StopToken()
         self._readiness = Readiness(self.stopping)
-        self._dispatcher = _triggers.Dispatcher(self._begin_from_dispatcher)
+        self._dispatcher = _triggers.Dispatcher()
         self._excepthook = _triggers.Excepthook()
         self._handlers: SignalHandlers | None = None
         self._main_ident: int | None = None  # the main thread's pthread id, for waking it
@@ -241,7 +242,7 @@ class Coordinator:
         # The threads the stop runs on, before the signals are ours: a stop begun
         # later starts none of its own (see "What the stop may wait on" above).
         try:
-            self._dispatcher.start(self._app_mask)
+            self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
             log.start()
         except RuntimeError as exc:  # "can't start new thread"
             raise RuntimeError(
@@ -411,7 +412,7 @@ class Coordinator:
         if running_hook() is not None:
             logger.debug("trigger() from inside hook %s: the stop is already running", reason)
             return
-        self._dispatcher.start(self._app_mask)
+        self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
         self._dispatcher.put("manual", reason, 0)
 
     def shutdown(
@@ -519,7 +520,7 @@ class Coordinator:
                 callback(report)
             except Exception as exc:
                 log.log(logging.ERROR, "a when_done callback failed: %r", exc)
-        if self._ending.plan is None and self._ending.ending is None:
+        if self._ending.plan is None and self._ending.under_way is None:
             # No one ends the process after this (shutdown(), an exit the
             # interpreter completes): the lines must be out before we return.
             log.flush(LOG_FLUSH_WAIT)
@@ -540,16 +541,16 @@ class Coordinator:
         """On the dispatcher: a signal, ``trigger()`` or a crash; run the stop, end the process."""
         if self._settings.exit_code is not None and trigger != "exception":
             status, die_by = self._settings.exit_code, None  # a crash keeps its 1
-        ending = self._ending
+        ending, plan = self._ending, (status, die_by)
         if self._begin():
-            ending.plan = (status, die_by)
+            ending.plan = plan
             self._run(trigger, reason, exit_status=status, ends_process=True)
         else:
             self._done.wait(self._settings.grace + MAIN_THREAD_GRACE)
             if self._report is not None and self._report.trigger in ("exit", "exception"):
                 return  # the interpreter is already ending on its own terms
-            ending.plan = (status, die_by)
-        ending.from_dispatcher(ending.plan, self._handlers, self._main_ident)
+            ending.plan = plan
+        ending.from_dispatcher(plan, self._handlers, self._main_ident)
 
     def _on_thread_crash(self, reason: str) -> None:
         """``stop_on_thread_crash``: a thread that died of an exception stops the service.
@@ -559,7 +560,7 @@ class Coordinator:
         """
         if self._state != "running":
             return
-        self._dispatcher.start(self._app_mask)
+        self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
         self._dispatcher.put("exception", reason, 1)
 
     def _want_exit_stop(self) -> None:
@@ -573,7 +574,7 @@ class Coordinator:
         if not self._exit_wanted or ending.main_ending or self._stood_aside:
             return  # on_main_thread is running the exit handlers, or none are ours
         ending.exit_funcs_ran = ending.exit_funcs_ran or in_atexit
-        if ending.ending is not None:
+        if ending.under_way is not None:
             # The dispatcher is ending the process and the main thread got here first
             # (the server's loop returned): end it as the stop asked, not with status 0.
             ending.on_main_thread()
@@ -587,7 +588,7 @@ class Coordinator:
             return
         self._done.wait(self._settings.grace + MAIN_THREAD_GRACE)
         if ending.plan is not None:  # a signal or trigger() began it: end as it asked
-            ending.ending = ending.plan
+            ending.under_way = ending.plan
             ending.on_main_thread()
 
     def _stops_at_exit(self) -> bool:
@@ -611,7 +612,7 @@ class Coordinator:
         log.log(
             logging.ERROR, "%s again during shutdown: exiting now; still running: %s", name, detail
         )
-        self._ending.ending = (128 + signum, signum)
+        self._ending.under_way = (128 + signum, signum)
         if stop is not None and self._report is None:
             report = stop.report
             report.busy = self._busy.in_progress()
@@ -627,7 +628,7 @@ class Coordinator:
 
     def _after_fork_in_child(self) -> None:
         """A forked child keeps only the hooks registered with ``inherit=True``."""
-        inherited = [h for h in self._registry.all() if h.inherit]
+        inherited = self._registry.inherited()
         self._reset_state(forked=True)
         self._dispatcher.after_fork()
         self._excepthook.exception = None
@@ -639,7 +640,7 @@ class Coordinator:
         if self._handlers is not None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             try:
-                self._dispatcher.start(self._app_mask)
+                self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)
                 log.start()
             except RuntimeError as exc:  # no thread to be had: say so, the parent's stop is safe
                 log.log(logging.ERROR, "a forked child could not start lastcall's threads: %s", exc)

@@ -4,7 +4,7 @@ The stop ran on the dispatcher thread, but only the main thread can end the
 process the way the signal asked (run other libraries' ``atexit`` functions,
 then die by the signal): the dispatcher wakes it with ``pthread_kill``, our
 handler on the main thread runs ``on_main_thread``, and if the main thread
-has not ended the process within ``_MAIN_THREAD_GRACE`` (stuck in C code)
+has not ended the process within ``MAIN_THREAD_GRACE`` (stuck in C code)
 the dispatcher ends it itself. The watchdog, armed when the stop began,
 bounds all of it at grace + 2 s. Nothing here takes a lock or starts a thread.
 """
@@ -40,7 +40,7 @@ class Ending:
 
     def __init__(self, *, forked: bool = False) -> None:
         self.plan: Plan | None = None  # how a signal's or trigger()'s stop asks to end
-        self.ending: Plan | None = None  # set once ending has begun
+        self.under_way: Plan | None = None  # the plan carried out, once the end has begun
         self.forked = forked
         self.exit_funcs_ran = False  # atexit's functions: run once, by us or the interpreter
         self.main_ending = False  # the main thread is in on_main_thread
@@ -48,7 +48,7 @@ class Ending:
 
     def on_signal(self) -> None:
         """In our signal handler: the dispatcher's wake-up, once it has begun the end."""
-        if self.ending is not None and not self._main_flushing:
+        if self.under_way is not None and not self._main_flushing:
             self.on_main_thread()
 
     def from_dispatcher(
@@ -61,7 +61,7 @@ class Ending:
         the log thread would need to write them.
         """
         log.flush(LOG_FLUSH_WAIT)
-        self.ending = plan
+        self.under_way = plan
         handled = handlers.handled if handlers else ()
         if handlers is not None and handled and main is not None:
             _, die_by = plan
@@ -84,10 +84,10 @@ class Ending:
         os._exit(128 + die_by if die_by is not None else status)
 
     def on_main_thread(self) -> NoReturn:
-        """Run other libraries' exit functions, flush, and die as ``ending`` says."""
-        assert self.ending is not None  # noqa: S101  # only called once it is set
+        """Run other libraries' exit functions, flush, and die as ``under_way`` says."""
+        assert self.under_way is not None  # noqa: S101  # only called once it is set
         self.main_ending = True
-        status, die_by = self.ending
+        status, die_by = self.under_way
         if not self.exit_funcs_ran:
             self.exit_funcs_ran = True
             # Other libraries' exit handlers still run, as they would have at a

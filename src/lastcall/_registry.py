@@ -63,6 +63,14 @@ class HookRegistry:
             self._hooks.clear()
             self._by_func.clear()
 
+    def inherited(self) -> list[Hook]:
+        """The hooks a forked child keeps (``inherit=True``); in the child, without the lock.
+
+        A thread of the parent may have held it at the fork (inside ``add``), and no
+        thread is left in the child to release it; the child has one thread only.
+        """
+        return [h for h in self._hooks.values() if h.inherit]
+
     def all(self) -> tuple[Hook, ...]:
         with self._lock:
             return tuple(self._hooks.values())

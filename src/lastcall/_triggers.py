@@ -49,18 +49,26 @@ class Dispatcher:
     """The thread a signal, ``trigger()`` or a thread's crash hands the stop to.
 
     Started at ``install()`` (or by the first ``trigger()``), so a stop begun
-    later starts no thread of its own; it reads one item and begins the stop.
+    later starts no thread of its own; it reads one item and calls ``begin``.
     """
 
-    def __init__(self, begin: Callable[[str, str, int, int | None], None]) -> None:
-        self._begin = begin
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         # A signal number, or (trigger, reason, status) from trigger() or a thread's crash.
         self._events: queue.SimpleQueue[int | tuple[str, str, int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def start(self, app_mask: set[int | signal.Signals] | None) -> None:
-        """Start the thread if it is not running; RuntimeError if no thread can start."""
+    def start(
+        self,
+        app_mask: set[int | signal.Signals] | None,
+        begin: Callable[[str, str, int, int | None], None],
+    ) -> None:
+        """Start the thread if it is not running; RuntimeError if no thread can start.
+
+        ``begin`` (the coordinator's) is held by the thread, not here: the coordinator
+        holds this dispatcher, and a cycle would keep one nothing refers to any more
+        alive until the garbage collector ran, to run its hooks at the exit.
+        """
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -68,7 +76,7 @@ class Dispatcher:
             # get the app's signal mask back, not the dispatcher's (all blocked).
             if app_mask is None:  # trigger() before install(): the caller's
                 app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-            self._thread = start_daemon(self._dispatch, "lastcall-dispatcher", app_mask)
+            self._thread = start_daemon(self._dispatch, "lastcall-dispatcher", app_mask, begin)
 
     def put_signal(self, signum: int) -> None:
         """From the signal handler: no lock, no logging."""
@@ -87,14 +95,18 @@ class Dispatcher:
         self._events = queue.SimpleQueue()
         self._thread = None
 
-    def _dispatch(self, app_mask: set[int | signal.Signals]) -> None:
+    def _dispatch(
+        self,
+        app_mask: set[int | signal.Signals],
+        begin: Callable[[str, str, int, int | None], None],
+    ) -> None:
         item = self._events.get()
         signal.pthread_sigmask(signal.SIG_SETMASK, app_mask)
         if isinstance(item, int):
-            self._begin(signal.Signals(item).name, "signal received", 128 + item, item)
+            begin(signal.Signals(item).name, "signal received", 128 + item, item)
         else:
             trigger, reason, status = item
-            self._begin(trigger, reason, status, None)
+            begin(trigger, reason, status, None)
 
 
 class Excepthook:
@@ -156,7 +168,7 @@ _exit_callbacks_registered = False
 
 
 def track(owner: _Owner) -> None:
-    """Tell ``owner`` of forks from now on."""
+    """Tell ``owner`` of forks and of the interpreter's exit from now on (held weakly)."""
     _owners.add(owner)
 
 

@@ -58,11 +58,11 @@ def test_matrix_of_a_wsgi_app_without_server_runs_the_servers_that_serve_it(tmp_
     args = ["--stop", "TERM", "--grace", "5", "--json", str(out)]
     result = drill("--matrix", "slowapp:app", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    wsgi = {s.name for s in installed() if not s.asgi}
-    asgi = [s.name for s in installed() if s.asgi]
+    wsgi = {s.name for s in installed() if s.kind == "wsgi"}
+    others = [s.name for s in installed() if s.kind != "wsgi"]
     ran = {r["plan"]["server"] for r in json.loads(out.read_text())}
     assert ran == wsgi
-    assert f"note: slowapp:app is a WSGI app; the matrix skips {', '.join(asgi)}" in result.stdout
+    assert f"note: slowapp:app is a WSGI app; the matrix skips {', '.join(others)}" in result.stdout
     assert "lastcall drill --matrix: slowapp:app" in result.stdout
 
 

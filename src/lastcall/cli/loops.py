@@ -21,8 +21,7 @@ from lastcall.cli.runner import CONTROL, HOST, BadInputError, Controls, check_po
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from aiohttp import web as aiohttp_web
-    from tornado import httputil
+    from aiohttp.typedefs import Middleware
     from tornado import web as tornado_web
 
 DELAY_HEADER = "X-Lastcall-Drill-Delay"
@@ -50,16 +49,11 @@ def serve_aiohttp(spec: str, port: int, grace: float, *, plain: bool) -> None:
         from lastcall.aiohttp import LastCall  # noqa: PLC0415  # not in --plain runs
 
         LastCall.of(app)  # the app's own, if it made one
-    app.middlewares.append(web.middleware(_aiohttp_control(Controls())))  # innermost
+    app.middlewares.append(_aiohttp_control(Controls()))  # innermost
     web.run_app(app, host=HOST, port=port, shutdown_timeout=grace, print=None)
 
 
-def _aiohttp_control(
-    controls: Controls,
-) -> Callable[
-    [aiohttp_web.Request, Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]]],
-    Awaitable[aiohttp_web.StreamResponse],
-]:
+def _aiohttp_control(controls: Controls) -> Middleware:
     from aiohttp import web  # noqa: PLC0415
 
     async def control(
@@ -73,7 +67,7 @@ def _aiohttp_control(
             await controls.hold(float(delay))
         return await handler(request)
 
-    return control
+    return web.middleware(control)  # a new-style middleware: aiohttp 3 still takes old ones
 
 
 # ---------------------------------------------------------------- tornado

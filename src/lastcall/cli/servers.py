@@ -72,7 +72,7 @@ def _gunicorn(*, gthread: bool) -> Callable[[Launch], list[str]]:
 
 
 def _loop(server: str) -> Callable[[Launch], list[str]]:
-    """aiohttp and tornado: ``lastcall.cli.loops`` serves the app as their users do."""
+    """For aiohttp and tornado: ``lastcall.cli.loops`` serves the app as their users do."""
 
     def command(launch: Launch) -> list[str]:
         argv = [sys.executable, "-m", "lastcall.cli.loops", launch.app, "--server", server]

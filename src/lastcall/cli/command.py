@@ -307,7 +307,8 @@ def _matrix_servers(out: Console, base: Plan, given: list[str]) -> list[str]:
     for server in SERVERS.values():
         missing = server.missing()
         if missing and base.cmd is None:
-            out.print(f"note: the matrix skips {missing}", soft_wrap=not out.is_terminal)
+            note = f"note: {escape(missing)}; the matrix skips it"
+            out.print(note, soft_wrap=not out.is_terminal)
     every = installed()
     if base.app is None or base.cmd is not None:  # the demo has a twin of every kind
         return [s.name for s in every]

@@ -140,7 +140,7 @@ def test_an_exit_on_the_loops_thread_finishes_the_requests_in_flight(spawn):
     wait_lines(child, "slow", 5, stream="stdout")
     results, threads = collect(conns)
     child.send(signal.SIGUSR1)
-    child.wait_for("exiting", stream="stdout")
+    child.wait_for("lastcall tornado's loop is ending: stopped accepting", stream="stderr")
     assert refused(child.port)
     for thread in threads:
         thread.join(WAIT)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import httputil
 from tornado.websocket import WebSocketHandler
 
+from lastcall._log import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import has_input, in_report
 from lastcall._servers.listener import take_backlog
@@ -141,8 +142,13 @@ class TornadoServer:
             except BaseException:
                 loop._run_once = run_once  # type: ignore[union-attr]  # noqa: SLF001  # once
                 if self.in_flight():
-                    if not self._door_closed:
-                        self._close_door()
+                    taken = 0 if self._door_closed else self._close_door()
+                    logger.warning(
+                        "tornado's loop is ending: stopped accepting (%d taken from the backlog); "
+                        "finishing %d request(s) in flight first",
+                        taken,
+                        self.in_flight(),
+                    )
                     deadline = time.monotonic() + budget()
                     while self.in_flight() and time.monotonic() < deadline:
                         run_once()

@@ -80,6 +80,8 @@ def short(name: str) -> str:
         "waitress",
         "uvicorn",
         "hypercorn",
+        "aiohttp",
+        "tornado",
     ],
 )
 def test_demo_drill_serves_everything_and_loses_nothing(tmp_path, server):
@@ -311,33 +313,34 @@ def test_a_port_that_will_not_open(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_server_that_is_not_installed_names_its_extra(tmp_path):
-    """gunicorn hidden for real: the interpreter runs without site (-S) on a copy of
-    site-packages (links) that lacks it, so it cannot be imported or found."""
+def without_packages(tmp_path: Path, hidden: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """An interpreter that cannot import ``hidden``, for real: without site (-S), on a copy of
+    site-packages (links) that lacks them. Its command and environment."""
     site = Path(sysconfig.get_paths()["purelib"])
-    hidden = tmp_path / "site-packages"
-    hidden.mkdir()
+    copy = tmp_path / "site-packages"
+    copy.mkdir()
     for entry in site.iterdir():
-        if not entry.name.lower().startswith("gunicorn"):
-            (hidden / entry.name).symlink_to(entry)
+        if not entry.name.lower().startswith(hidden):
+            (copy / entry.name).symlink_to(entry)
     source = Path(lastcall.__file__).resolve().parents[1]  # the editable install's src/
-    env = {"PYTHONPATH": os.pathsep.join([str(hidden), str(source)])}
+    env = {"PYTHONPATH": os.pathsep.join([str(copy), str(source)])}
     python = [sys.executable, "-S"]
+    specs = ", ".join(f"u.find_spec({name!r})" for name in hidden)
     probe = subprocess.run(
-        [
-            *python,
-            "-c",
-            (
-                "import importlib.util as u; "
-                "print(u.find_spec('gunicorn'), u.find_spec('click') is not None)"
-            ),
-        ],
+        [*python, "-c", f"import importlib.util as u; print({specs}, u.find_spec('click'))"],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
         check=True,
     )
-    assert probe.stdout.split() == ["None", "True"]
+    assert probe.stdout.split()[: len(hidden)] == ["None"] * len(hidden)
+    assert probe.stdout.split()[-1] != "None"
+    return python, env
+
+
+def test_a_server_that_is_not_installed_names_its_extra(tmp_path):
+    """gunicorn hidden for real: it cannot be imported or found."""
+    python, env = without_packages(tmp_path, ("gunicorn",))
     result = drill("--server", "gunicorn", python=python, env=env)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("lastcall: error:")]

@@ -6,11 +6,12 @@ app's log reaches the person drilling.
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 from conftest import MATRIX
 from rich.console import Console
-from test_drill import drill
+from test_drill import drill, fates, matrix_results, short, without_packages
 from test_drill_any_app import GUNICORN_WITH_LASTCALL, SLOW_APP
 from test_drill_inputs import QUICK, refused
 
@@ -23,6 +24,15 @@ from lastcall.cli.servers import installed
 from lastcall.testing import drill as drill_function
 
 ASGI_APP = "async def app(scope, receive, send):\n    pass\n"
+AIOHTTP_APP = """
+from aiohttp import web
+
+async def hello(request):
+    return web.Response(text="hello")
+
+app = web.Application()
+app.add_routes([web.get("/", hello)])
+"""
 
 
 def test_an_asgi_app_on_gunicorn_is_one_line_at_once(tmp_path):
@@ -58,11 +68,11 @@ def test_matrix_of_a_wsgi_app_without_server_runs_the_servers_that_serve_it(tmp_
     args = ["--stop", "TERM", "--grace", "5", "--json", str(out)]
     result = drill("--matrix", "slowapp:app", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    wsgi = {s.name for s in installed() if not s.asgi}
-    asgi = [s.name for s in installed() if s.asgi]
+    wsgi = {s.name for s in installed() if s.kind == "wsgi"}
+    others = [s.name for s in installed() if s.kind != "wsgi"]
     ran = {r["plan"]["server"] for r in json.loads(out.read_text())}
     assert ran == wsgi
-    assert f"note: slowapp:app is a WSGI app; the matrix skips {', '.join(asgi)}" in result.stdout
+    assert f"note: slowapp:app is a WSGI app; the matrix skips {', '.join(others)}" in result.stdout
     assert "lastcall drill --matrix: slowapp:app" in result.stdout
 
 
@@ -158,3 +168,81 @@ def test_a_reset_new_connection_is_marked_under_reset_not_dropped():
     lastcall = dict(zip(names, values[len(names) :], strict=True))
     assert lastcall["dropped"] == "0"
     assert lastcall["reset"] == "✗ 1"
+
+
+# ---------------------------------------------------------------- aiohttp and tornado
+
+
+@MATRIX
+def test_matrix_on_aiohttp_and_tornado_shows_what_each_does_as_shipped(tmp_path):
+    """The demo's aiohttp and tornado twins, plain (``atexit``) beside lastcall.
+
+    As shipped: tornado installs no signal handler, so SIGTERM kills it with every request in
+    flight (reset) and the write-behind buffer unflushed; aiohttp drains on SIGTERM but exits
+    0, so a supervisor cannot tell it stopped as asked; neither handles SIGHUP, which kills
+    both the same way. With lastcall every cell is clean.
+    """
+    term, shown = matrix_results(
+        "--server", "aiohttp", "--server", "tornado", "--stop", "TERM", str(tmp_path / "t.json")
+    )
+    hup, _ = matrix_results("--server", "aiohttp", "--stop", "HUP", str(tmp_path / "h.json"))
+    tornado = term["tornado", "TERM", True]
+    assert fates(tornado, "in flight") == ["reset"] * 4, tornado["verdict"]
+    assert tornado["hooks_where"] == "none"
+    assert tornado["lost_writes"] == tornado["acknowledged"] == 4  # all, before the stop too
+    aiohttp = term["aiohttp", "TERM", True]
+    assert aiohttp["dropped"] == 0 and aiohttp["lost_writes"] == 0, aiohttp["verdict"]
+    assert aiohttp["exit_status"] == 0
+    assert any("exited 0, not by SIGTERM (143)" in p for p in aiohttp["problems"])
+    hung_up = hup["aiohttp", "HUP", True]
+    assert fates(hung_up, "in flight") == ["reset"] * 4, hung_up["verdict"]
+    assert hung_up["lost_writes"] == hung_up["acknowledged"] == 4
+
+    for (server, stop, plain), r in {**term, **hup}.items():
+        if plain:
+            continue
+        assert r["problems"] == [], (server, stop, r["verdict"])
+        assert r["served"] == 4 and r["lost_writes"] == 0 and r["left_behind"] == []
+        assert r["hooks_where"] == "server"
+        assert r["exit_status"] == 128 + (signal.SIGTERM if stop == "TERM" else signal.SIGHUP)
+    assert "✗" in shown.stdout
+
+
+def test_an_aiohttp_app_is_drilled_on_aiohttp_and_refused_elsewhere_at_once(tmp_path):
+    """A user's own aiohttp app: served by web.run_app with LastCall(app), clean; named as
+    the wrong kind for a WSGI server in one line, with the server that serves it."""
+    (tmp_path / "aioapp.py").write_text(AIOHTTP_APP)
+    out = tmp_path / "drill.json"
+    args = ["--requests", "4", "--request-seconds", "0.3", "--json", str(out)]
+    result = drill("aioapp:app", "--server", "aiohttp", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["served"] == 4 and data["exit_status"] == 128 + signal.SIGTERM
+    assert [short(h["name"]) for h in data["hooks"]] == ["aiohttp drain", "aiohttp on_cleanup"]
+    line = refused(tmp_path, "aioapp:app", "--server", "gunicorn")
+    assert line.endswith(
+        "APP 'aioapp:app' is an aiohttp app; gunicorn serves WSGI apps: use --server aiohttp"
+    )
+
+
+@MATRIX
+def test_matrix_names_the_servers_it_skips_as_not_installed(tmp_path):
+    """Every server but Werkzeug hidden for real (see test_drill's not-installed test): the
+    matrix runs Werkzeug's two and says, per server, what is missing and its extra."""
+    hidden = ("gunicorn", "waitress", "uvicorn", "hypercorn", "aiohttp", "tornado")
+    python, env = without_packages(tmp_path, hidden)
+    out = tmp_path / "matrix.json"
+    args = ["--stop", "TERM", "--requests", "2", "--request-seconds", "0.3", "--json", str(out)]
+    result = drill("--matrix", *args, python=python, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {r["plan"]["server"] for r in json.loads(out.read_text())} == {
+        "werkzeug",
+        "werkzeug-reload",
+    }
+    servers = ("gunicorn", "gunicorn-gthread", "waitress", "uvicorn", "hypercorn", *hidden[-2:])
+    for name in servers:
+        extra = name.removesuffix("-gthread")
+        said = (
+            f"note: {name} is not installed: pip install 'lastcall[{extra}]'; the matrix skips it"
+        )
+        assert said in result.stdout, result.stdout

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 APP = """
-import asyncio, logging, os, sys, time
+import asyncio, logging, os, signal, sys, time
 import tornado.ioloop, tornado.web, tornado.websocket
 import lastcall
 from lastcall.tornado import LastCall
@@ -62,6 +62,12 @@ class Ticks(tornado.websocket.WebSocketHandler):  # never looks at lastcall.stop
 
     def on_close(self):
         self.ticking.cancel()
+
+def _exit(signum, frame):  # sys.exit on the main thread, inside tornado's loop
+    out("exiting")
+    sys.exit(3)
+
+signal.signal(signal.SIGUSR1, _exit)
 
 def make_app():
     return tornado.web.Application([("/slow", Slow), ("/block", Block), ("/ws", Ticks)])
@@ -121,6 +127,26 @@ def test_requests_in_flight_at_the_signal_all_finish(spawn, sig, style):
     assert child.lines("hook:app") == [f"hook:app {child.pid}"]
     assert child.lines("hook:async") == ["hook:async True"]
     assert "tornado drained: nothing left in flight" in child.output()
+
+
+def test_an_exit_on_the_loops_thread_finishes_the_requests_in_flight(spawn):
+    """Steps: 5 requests of 1 s in flight; ``sys.exit(3)`` raised on the main thread, inside
+    tornado's loop. The loop turns on until all 5 get 200, new connections refused meanwhile;
+    then the exit goes on: the hooks run once and the process exits 3.
+    Before (and plain tornado): ``asyncio.run``'s teardown cancelled the 5 requests, their
+    connections closed without a response."""
+    child = start(spawn, env={"LASTCALL_GRACE": "10"})
+    conns = send_slow(child.port, 5)
+    wait_lines(child, "slow", 5, stream="stdout")
+    results, threads = collect(conns)
+    child.send(signal.SIGUSR1)
+    child.wait_for("lastcall tornado's loop is ending: stopped accepting", stream="stderr")
+    assert refused(child.port)
+    for thread in threads:
+        thread.join(WAIT)
+    assert results == [(200, b"done")] * 5, child.output()
+    assert child.finish() == 3, child.output()
+    assert child.lines("hook:app") == [f"hook:app {child.pid}"]
 
 
 def test_readiness_red_while_the_prestop_delay_still_serves(spawn):

@@ -77,7 +77,11 @@ class LastCall:
         ioloop = IOLoop.current()
         self.server = server
         self._adapter = adapter.TornadoServer(
-            server, ioloop, coordinator.stopping, (livez_path, readyz_path)
+            server,
+            ioloop,
+            coordinator.stopping,
+            (livez_path, readyz_path),
+            Integration(coordinator).drain_budget,
         )
         app = server.request_callback
         if isinstance(app, web.Application):

@@ -18,6 +18,12 @@ So each step is done here, on the IOLoop's thread:
 * **what overran**: a request's connection is closed, a WebSocket is sent
   close code 1001 (going away).
 
+When the loop dies instead (an unhandled exception or ``sys.exit`` raised on
+its thread, which ``asyncio.run``'s teardown answers by cancelling every
+request), the door is closed at once and the loop turns on until nothing is
+in flight, within the drain budget, before the exception goes on its way,
+as ``lastcall._servers.asgi`` does for uvicorn (asyncio's ``_run_once``).
+
 Tested with tornado 6.3 to 6.6 (``versions.TORNADO``). Undocumented parts
 used: ``tornado/tcpserver.py``'s ``TCPServer._sockets``, ``_handlers`` and
 ``_handle_connection``; ``tornado/httpserver.py``'s ``HTTPServer._connections``;
@@ -38,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import httputil
 from tornado.websocket import WebSocketHandler
 
+from lastcall._log import logger
 from lastcall._servers import versions
 from lastcall._servers.inflight import has_input, in_report
 from lastcall._servers.listener import take_backlog
@@ -93,6 +100,7 @@ class TornadoServer:
         ioloop: IOLoop,
         stopping: StopToken,
         health: tuple[str | None, ...],
+        budget: Callable[[], float],
     ) -> None:
         self._server = server
         self._ioloop = ioloop
@@ -112,6 +120,42 @@ class TornadoServer:
             return _Counted(adapter, original(server_conn, request_conn), server_conn, request_conn)
 
         server.start_request = start_request  # type: ignore[method-assign]  # this server only
+        self._finish_in_flight_if_the_loop_dies(budget)
+
+    def _finish_in_flight_if_the_loop_dies(self, budget: Callable[[], float]) -> None:
+        """An exception ending the loop on its thread: close the door, finish what is in flight.
+
+        asyncio's ``_run_once`` (``Lib/asyncio/base_events.py``, one turn of
+        ``run_forever``, looked up on each turn) is wrapped on this loop; when a
+        turn raises, the door is shut at once and the loop turns on until
+        nothing is in flight, within ``budget``; then the exception goes on. A
+        loop without ``_run_once`` (uvloop) is left as it is.
+        """
+        loop = getattr(self._ioloop, "asyncio_loop", None)
+        run_once = getattr(loop, "_run_once", None)
+        if run_once is None:
+            return
+
+        def run_once_or_finish() -> None:
+            try:
+                run_once()
+            except BaseException:
+                loop._run_once = run_once  # type: ignore[union-attr]  # noqa: SLF001  # once
+                if self.in_flight():
+                    taken = 0 if self._door_closed else self._close_door()
+                    logger.warning(
+                        "tornado's loop is ending: stopped accepting (%d taken from the backlog); "
+                        "finishing %d request(s) in flight first",
+                        taken,
+                        self.in_flight(),
+                    )
+                    deadline = time.monotonic() + budget()
+                    while self.in_flight() and time.monotonic() < deadline:
+                        run_once()
+                raise
+
+        with contextlib.suppress(AttributeError):
+            loop._run_once = run_once_or_finish  # type: ignore[union-attr]  # noqa: SLF001
 
     # ------------------------------------------------------------ counting (on the loop)
 

@@ -1,4 +1,4 @@
-"""What the two demo apps share: routes, a write-behind buffer, and the hooks' bodies.
+"""What the demo apps share: routes, a write-behind buffer, and the hooks' bodies.
 
 The write-up lastcall began with had a Flask app whose exit handlers
 printed, and a route that called ``os._exit``. Here the handlers do real
@@ -7,10 +7,10 @@ memory (a write-behind buffer, as caches and batching clients do), and a
 shutdown hook flushes the buffer to SQLite. A write acknowledged but never
 flushed is a lost write, which ``lastcall drill`` counts.
 
-``demo_app`` (Flask, WSGI) and ``demo_asgi`` (plain ASGI, for uvicorn and
-hypercorn) register the hooks with lastcall, ``demo_plain`` and
-``demo_asgi_plain`` with ``atexit``; everything else is this module, so the
-four differ only in how they stop. Environment:
+``demo_app`` (Flask, WSGI), ``demo_asgi`` (plain ASGI, for uvicorn and
+hypercorn), ``demo_aiohttp`` and ``demo_tornado`` register the hooks with
+lastcall; their ``*_plain`` twins with ``atexit``; everything else is this
+module, so each pair differs only in how it stops. Environment:
 ``LASTCALL_DEMO_DB`` (the SQLite file) and ``LASTCALL_DEMO_EVENTS`` (a file
 each hook appends one JSON line to, saying which process ran it and when:
 a plain ``atexit`` app writes no lastcall report).
@@ -33,7 +33,9 @@ from urllib.parse import parse_qs
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
 
+    from aiohttp import web as aiohttp_web
     from flask import Flask
+    from tornado import web as tornado_web
 
     Scope = MutableMapping[str, Any]
     Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -120,6 +122,77 @@ def make_asgi_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         await send({"type": "http.response.body", "body": body.encode()})
 
     return app
+
+
+def make_aiohttp_app() -> aiohttp_web.Application:
+    """The same routes as an aiohttp application."""
+    from aiohttp import web  # noqa: PLC0415  # only where aiohttp is installed
+
+    async def index(_request: web.Request) -> web.Response:
+        return web.Response(text="Hi\n")
+
+    async def order(request: web.Request) -> web.Response:
+        order_id = int(request.query["id"])
+        _take_order(order_id)
+        return web.Response(text=f"ok {order_id}\n")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("seconds", "2")))
+        return web.Response(text="done\n")
+
+    async def user(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name != "Tom":
+            say("I will use OS EXIT!!")
+            os._exit(0)  # no hook can run after this
+        return web.Response(text=f"Hello {name}\n")
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/", index),
+            web.post("/order", order),
+            web.get("/slow", slow),
+            web.get("/user/{name}", user),
+        ]
+    )
+    return app
+
+
+def make_tornado_app() -> tornado_web.Application:
+    """The same routes as a tornado application."""
+    from tornado import web  # noqa: PLC0415  # only where tornado is installed
+
+    class Text(web.RequestHandler):
+        def text(self, body: str) -> None:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(body)
+
+    class Index(Text):
+        def get(self) -> None:
+            self.text("Hi\n")
+
+    class Order(Text):
+        def post(self) -> None:
+            order_id = int(self.get_query_argument("id"))
+            _take_order(order_id)
+            self.text(f"ok {order_id}\n")
+
+    class Slow(Text):
+        async def get(self) -> None:
+            await asyncio.sleep(float(self.get_query_argument("seconds", "2")))
+            self.text("done\n")
+
+    class User(Text):
+        def get(self, name: str) -> None:
+            if name != "Tom":
+                say("I will use OS EXIT!!")
+                os._exit(0)  # no hook can run after this
+            self.text(f"Hello {name}\n")
+
+    return web.Application(
+        [(r"/", Index), (r"/order", Order), (r"/slow", Slow), (r"/user/([^/]+)", User)]
+    )
 
 
 def _record(hook: str, started: float) -> None:

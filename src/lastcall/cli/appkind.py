@@ -1,4 +1,4 @@
-"""Is APP a WSGI or an ASGI app? Found once, up front, by importing it in a process of its own.
+"""What kind of app is APP (WSGI, ASGI, aiohttp, tornado)? Found once, up front, by importing it.
 
 A server of the wrong kind would otherwise find out only once started (a
 gunicorn worker that cannot serve an ASGI app, restarted until the
@@ -7,8 +7,9 @@ imported as the servers import it (``lastcall.cli.runner.load``), in a
 child process, so nothing the import does stays in the drill's own
 process; what that child starts is ended with it (``cli/cleanup.py``).
 
-``python -m lastcall.cli.appkind APP`` prints ``wsgi`` or ``asgi``, or
-the one line saying what is wrong with APP and exits 2.
+``python -m lastcall.cli.appkind APP`` prints its kind (``wsgi``, ``asgi``,
+``aiohttp``, ``tornado``: a server's ``kind`` in ``servers.py``), or the one
+line saying what is wrong with APP and exits 2.
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ import sys
 from lastcall.cli import cleanup, runner
 
 WSGI, ASGI = "wsgi", "asgi"
+# A framework's own application, served by its own server: (module, kind).
+FRAMEWORKS = (("aiohttp.web", "aiohttp"), ("tornado.web", "tornado"))
+KINDS = (WSGI, ASGI, *(kind for _, kind in FRAMEWORKS))
+_NAMED = {
+    WSGI: "a WSGI app",
+    ASGI: "an ASGI app",
+    "aiohttp": "an aiohttp app",
+    "tornado": "a tornado app",
+}
+_SERVED = {
+    WSGI: "WSGI apps",
+    ASGI: "ASGI apps (async callables taking scope, receive and send)",
+    "aiohttp": "aiohttp apps (an aiohttp.web.Application)",
+    "tornado": "tornado apps (a tornado.web.Application)",
+}
 
 
 class AppKindError(Exception):
@@ -27,7 +43,7 @@ class AppKindError(Exception):
 
 
 def probe(spec: str, timeout: float) -> str:
-    """``wsgi`` or ``asgi``: what APP is, found by importing it in a child process."""
+    """APP's kind (one of ``KINDS``), found by importing it in a child process."""
     mark = cleanup.new_mark()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
     env[cleanup.OWNER] = mark
@@ -49,7 +65,7 @@ def probe(spec: str, timeout: float) -> str:
     finally:
         cleanup.end(mark)
     kind = done.stdout.decode(errors="replace").strip().splitlines()
-    if done.returncode == 0 and kind and kind[-1] in (WSGI, ASGI):
+    if done.returncode == 0 and kind and kind[-1] in KINDS:
         return kind[-1]
     said = done.stderr.decode(errors="replace").strip().splitlines()
     last = said[-1].removeprefix("lastcall drill: ") if said else "no output"
@@ -60,19 +76,24 @@ def probe(spec: str, timeout: float) -> str:
     )
 
 
-def mismatch(spec: str, kind: str, server: str, *, asgi_server: bool) -> str | None:
-    """Why ``server`` cannot serve an app of ``kind``, in the runner's own words; None if it can."""
-    if kind == ASGI and not asgi_server:
-        return (
-            f"APP {spec!r} is an ASGI app; {server} serves WSGI apps: use --server uvicorn "
-            "or --server hypercorn"
-        )
-    if kind == WSGI and asgi_server:
-        return (
-            f"APP {spec!r} is a WSGI app; {server} serves ASGI apps (async callables taking "
-            "scope, receive and send): use --server werkzeug, gunicorn or waitress for a WSGI app"
-        )
-    return None
+def named(kind: str) -> str:
+    """``a WSGI app``, ``an aiohttp app``...: the kind in words."""
+    return _NAMED[kind]
+
+
+def mismatch(spec: str, kind: str, server: str, *, serves: str) -> str | None:
+    """Why ``server`` (serving ``serves`` apps) cannot serve APP of ``kind``; None if it can."""
+    if kind == serves:
+        return None
+    from lastcall.cli.servers import SERVERS  # noqa: PLC0415  # beside the drill only
+
+    others = [name for name, s in SERVERS.items() if s.kind == kind and s.command is not None]
+    fix = (
+        f"use --server {', '.join(others[:-1])}{' or ' if others[:-1] else ''}{others[-1]}"
+        if others
+        else "no server here serves it"
+    )
+    return f"APP {spec!r} is {_NAMED[kind]}; {server} serves {_SERVED[serves]}: {fix}"
 
 
 def check(spec: str, server: str, timeout: float) -> str:
@@ -80,7 +101,7 @@ def check(spec: str, server: str, timeout: float) -> str:
     from lastcall.cli.servers import SERVERS  # noqa: PLC0415  # beside the drill only
 
     kind = probe(spec, timeout)
-    reason = mismatch(spec, kind, server, asgi_server=SERVERS[server].asgi)
+    reason = mismatch(spec, kind, server, serves=SERVERS[server].kind)
     if reason:
         raise AppKindError(reason)
     return kind
@@ -91,11 +112,21 @@ def main() -> None:
     spec = sys.argv[1]
     try:
         app = runner.load(spec)
-        if not runner.is_asgi(app):
+        kind = kind_of(app)
+        if kind == WSGI:
             runner.check_wsgi(spec, app)  # not an app at all: the same line the servers give
     except runner.BadInputError as exc:
         runner.fail(None, str(exc))
-    sys.stdout.write((ASGI if runner.is_asgi(app) else WSGI) + "\n")
+    sys.stdout.write(kind + "\n")
+
+
+def kind_of(app: object) -> str:
+    """A framework's application (by its class, if the app imported it), else WSGI or ASGI."""
+    for module, kind in FRAMEWORKS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(app, loaded.Application):
+            return kind
+    return ASGI if runner.is_asgi(app) else WSGI
 
 
 if __name__ == "__main__":

@@ -293,38 +293,48 @@ def _matrix_servers(out: Console, base: Plan, given: list[str]) -> list[str]:
     """The servers a matrix runs: those given, or every installed one that serves APP's kind.
 
     APP is imported once, up front, to tell (``cli/appkind.py``): a server of
-    the other kind given by name is one line at once; left to the matrix, it
-    is skipped, and the output says so.
+    another kind given by name is one line at once; left to the matrix, it is
+    skipped, and the output says so, as it says which are not installed.
     """
-    if base.app is None or base.cmd is not None:  # the demo has twins of both kinds
-        return given
-    try:
-        kind = appkind.probe(base.app, base.start_timeout)
-    except appkind.AppKindError as exc:
-        raise DrillError(str(exc)) from None
     if given:
-        for name in given:
-            reason = appkind.mismatch(base.app, kind, name, asgi_server=SERVERS[name].asgi)
-            if reason:
-                raise DrillError(reason)
+        if base.app is not None:
+            kind = _app_kind(base)
+            for name in given:
+                reason = appkind.mismatch(base.app, kind, name, serves=SERVERS[name].kind)
+                if reason:
+                    raise DrillError(reason)
         return given
+    for server in SERVERS.values():
+        missing = server.missing()
+        if missing and base.cmd is None:
+            note = f"note: {escape(missing)}; the matrix skips it"
+            out.print(note, soft_wrap=not out.is_terminal)
     every = installed()
-    servers = [s.name for s in every if s.asgi == (kind == appkind.ASGI)]
+    if base.app is None or base.cmd is not None:  # the demo has a twin of every kind
+        return [s.name for s in every]
+    kind = _app_kind(base)
+    servers = [s.name for s in every if s.kind == kind]
     skipped = [s.name for s in every if s.name not in servers]
     if not servers:
-        other = "WSGI" if kind == appkind.ASGI else "ASGI"
         raise DrillError(
-            f"APP {base.app!r} is a {kind.upper()} app, and every server installed here serves "
-            f"{other} apps: install one for it (pip install 'lastcall[{_EXTRA[kind]}]')"
+            f"APP {base.app!r} is {appkind.named(kind)}, and no server installed here serves "
+            f"it: install one for it (pip install 'lastcall[{_EXTRA.get(kind, kind)}]')"
         )
     if skipped:
-        other = "WSGI" if kind == appkind.ASGI else "ASGI"
         out.print(
-            f"note: {base.app} is a {kind.upper()} app; the matrix skips {', '.join(skipped)}, "
-            f"which serve {other} apps",
+            f"note: {base.app} is {appkind.named(kind)}; the matrix skips {', '.join(skipped)}, "
+            "which serve other kinds",
             soft_wrap=not out.is_terminal,
         )
     return servers
+
+
+def _app_kind(base: Plan) -> str:
+    assert base.app is not None  # noqa: S101
+    try:
+        return appkind.probe(base.app, base.start_timeout)
+    except appkind.AppKindError as exc:
+        raise DrillError(str(exc)) from None
 
 
 _EXTRA = {appkind.WSGI: "gunicorn", appkind.ASGI: "asgi"}

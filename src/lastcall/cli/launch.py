@@ -32,11 +32,15 @@ if TYPE_CHECKING:
 
     from lastcall.cli.plan import Plan
 
-DEMOS = {  # (asgi, plain) -> the demo app
-    (False, False): "lastcall.cli.demo_app:app",
-    (False, True): "lastcall.cli.demo_plain:app",
-    (True, False): "lastcall.cli.demo_asgi:app",
-    (True, True): "lastcall.cli.demo_asgi_plain:app",
+DEMOS = {  # (the server's kind, plain) -> the demo app; one twin per kind
+    ("wsgi", False): "lastcall.cli.demo_app:app",
+    ("wsgi", True): "lastcall.cli.demo_plain:app",
+    ("asgi", False): "lastcall.cli.demo_asgi:app",
+    ("asgi", True): "lastcall.cli.demo_asgi_plain:app",
+    ("aiohttp", False): "lastcall.cli.demo_aiohttp:app",
+    ("aiohttp", True): "lastcall.cli.demo_aiohttp_plain:app",
+    ("tornado", False): "lastcall.cli.demo_tornado:app",
+    ("tornado", True): "lastcall.cli.demo_tornado_plain:app",
 }
 _PORT_TRIES = 3
 _LOOK_EVERY = 0.1  # seconds between two looks at a starting app
@@ -223,7 +227,7 @@ class App:
         """The server's command line for APP or the demo, and what the runner reads."""
         plan = self.plan
         server = SERVERS[plan.server]
-        app = plan.app or DEMOS[server.asgi, plan.plain]
+        app = plan.app or DEMOS[server.kind, plan.plain]
         assert server.command is not None  # noqa: S101  # Plan.check() refused servers without one
         env.update(
             {

@@ -84,8 +84,8 @@ class UnhandledError(BaseException):
     """
 
 
-class _Controls:
-    """What the WSGI and ASGI instruments share: the in-process stops, and the count."""
+class Controls:
+    """What the drill's instruments share, on every server: the in-process stops, and the count."""
 
     def __init__(self) -> None:
         self._entered_file = os.environ.get(ENV_ENTERED)
@@ -166,8 +166,24 @@ class _Controls:
 
         loop.set_exception_handler(handler)
 
+    async def answer(self, action: str) -> bytes:
+        """``/_drill/<action>`` on an event loop: on a thread, as a WSGI server's would be.
 
-class DrillControl(_Controls):
+        The raise of an in-process stop is aimed at the loop's thread.
+        """
+        self._watch_loop(asyncio.get_running_loop())
+        return await asyncio.to_thread(self._act, action)
+
+    async def hold(self, delay: float) -> None:
+        """A delayed request on an event loop: counted, its seconds, then until the stop."""
+        self._entered()
+        await asyncio.sleep(delay)
+        held_until = time.monotonic() + _HOLD_MOST
+        while self._stop_pending(held_until):  # noqa: ASYNC110  # a file, from another process
+            await asyncio.sleep(_HOLD_POLL)
+
+
+class DrillControl(Controls):
     """The drill's instruments, outermost: state, the in-process stops, slow requests.
 
     * ``/_drill/state``: this process's pid.
@@ -202,7 +218,7 @@ class DrillControl(_Controls):
         return self._app(environ, start_response)
 
 
-class AsgiDrillControl(_Controls):
+class AsgiDrillControl(Controls):
     """:class:`DrillControl` for an ASGI app; the lifespan passes through to the app."""
 
     def __init__(self, app: AsgiApp) -> None:
@@ -213,20 +229,14 @@ class AsgiDrillControl(_Controls):
         """Controls first, then the app, delayed if asked."""
         path: str = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith(CONTROL):
-            # A thread, as a WSGI server's would be: the raise is aimed at the loop's thread.
-            self._watch_loop(asyncio.get_running_loop())
-            body = await asyncio.to_thread(self._act, path.removeprefix(CONTROL))
+            body = await self.answer(path.removeprefix(CONTROL))
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         delay = dict(scope.get("headers", ())).get(ASGI_DELAY_HEADER)
         if delay:
-            self._entered()
-            await asyncio.sleep(float(delay))
-            held_until = time.monotonic() + _HOLD_MOST
-            while self._stop_pending(held_until):  # noqa: ASYNC110  # a file, from another process
-                await asyncio.sleep(_HOLD_POLL)
+            await self.hold(float(delay))
         await self._app(scope, receive, send)
 
 

@@ -1,8 +1,9 @@
 """The servers a drill can run an app under, and what each needs installed.
 
-Adding a server is one entry here: the package that must be importable, the
-extra that installs it, the lastcall integration module it needs, and how
-to start it (``command``), plain or with lastcall. An entry without a
+Adding a server is one entry in ``SERVERS``: the package that must be
+importable, the extra that installs it, the lastcall integration module it
+needs, the kind of app it serves (``kind``: the demo has a twin of each,
+``launch.DEMOS``), and how to start it (``command``), plain or with lastcall. An entry without a
 command is known by name, so ``--server`` can say what is missing instead
 of "no such server". Each server is started as its users start it, with one
 worker where it has workers (so "the serving process" is one process), and
@@ -70,6 +71,17 @@ def _gunicorn(*, gthread: bool) -> Callable[[Launch], list[str]]:
     return command
 
 
+def _loop(server: str) -> Callable[[Launch], list[str]]:
+    """For aiohttp and tornado: ``lastcall.cli.loops`` serves the app as their users do."""
+
+    def command(launch: Launch) -> list[str]:
+        argv = [sys.executable, "-m", "lastcall.cli.loops", launch.app, "--server", server]
+        argv += ["--port", str(launch.port), "--grace", f"{launch.grace:g}"]
+        return [*argv, "--error-file", launch.error_file] + ["--plain"] * launch.plain
+
+    return command
+
+
 def _uvicorn(launch: Launch) -> list[str]:
     argv = [sys.executable, "-m", "uvicorn", "--factory", "lastcall.cli.runner:asgi"]
     argv += ["--host", HOST, "--port", str(launch.port)]
@@ -97,7 +109,8 @@ class Server:
 
     ``parent``: a parent process (a reloader, a master) stays while a child
     serves, so the parent and the child can be stopped separately.
-    ``asgi``: it serves ASGI apps (the demo's ASGI twin), not WSGI ones.
+    ``kind``: the apps it serves: ``wsgi``, ``asgi``, or its own framework's
+    (``aiohttp``, ``tornado``); the demo has a twin of each.
     ``workers``: it takes ``--workers N`` (one by default).
     ``not_a_stop``: the stops that do not end this server, and why.
     """
@@ -107,7 +120,7 @@ class Server:
     extra: str
     integration: str
     parent: bool = False
-    asgi: bool = False
+    kind: str = "wsgi"
     workers: bool = False
     command: Callable[[Launch], list[str]] | None = None
     not_a_stop: dict[str, str] = field(default_factory=dict)
@@ -167,20 +180,24 @@ SERVERS: dict[str, Server] = {
         Server(
             "waitress", "waitress", "waitress", "lastcall.waitress", command=_runner("waitress")
         ),
-        Server("uvicorn", "uvicorn", "uvicorn", "lastcall.asgi", asgi=True, command=_uvicorn),
+        Server("uvicorn", "uvicorn", "uvicorn", "lastcall.asgi", kind="asgi", command=_uvicorn),
         Server(
             "hypercorn",
             "hypercorn",
             "hypercorn",
             "lastcall.asgi",
             parent=True,
-            asgi=True,
+            kind="asgi",
             workers=True,
             command=_hypercorn,
             not_a_stop={
                 "HUP": "hypercorn restarts its workers on SIGHUP: nothing stops",
                 **dict.fromkeys(("OS-EXIT", "EXIT"), _HYPERCORN_REPLACED),
             },
+        ),
+        *(
+            Server(name, name, name, f"lastcall.{name}", kind=name, command=_loop(name))
+            for name in ("aiohttp", "tornado")
         ),
     )
 }

@@ -1,4 +1,4 @@
-r"""ASGI middleware for uvicorn and hypercorn: health that tells the truth, and a stop in order.
+r"""ASGI middleware for uvicorn, hypercorn, granian: health that tells the truth, a stop in order.
 
 ``LastCallMiddleware(app)`` wraps any ASGI 3 app (FastAPI, Starlette,
 Quart ...). It answers ``/livez`` and ``/readyz`` like its WSGI twin
@@ -32,13 +32,14 @@ dispatcher thread, while the server's event loop keeps running:
 
 Working with the servers' signal handling
 -----------------------------------------
-Both servers stop accepting the moment they see SIGTERM, which leaves no
-pre-stop window, so at lifespan start-up (which both run on the main
-thread, after installing their handlers) the middleware steps in front:
+These servers stop accepting the moment they see SIGTERM, which leaves no
+pre-stop window, so at lifespan start-up (which each runs on the main
+thread, after installing its handlers) the middleware steps in front:
 the server's own stop is kept and run when the drain begins. How, per
-server, is in ``lastcall._servers.uvicorn`` and ``lastcall._servers.
-hypercorn``; the door (backlog served, new connections refused, for
-hypercorn's master too) in ``lastcall._servers.asgi``. Nothing is adapted
+server, is in ``lastcall._servers.uvicorn``, ``.hypercorn`` and
+``.granian`` (whose Rust listener is closed its own way there); the door
+(backlog served, new connections refused, for hypercorn's master too) in
+``lastcall._servers.asgi``. Nothing is adapted
 when the middleware is built, only once a server runs it: a module may
 build a wrapped app it does not serve. gunicorn's ``-k asgi`` starts it
 earlier, in gunicorn's own hook, on the worker's loop (``serve_on``). With
@@ -103,7 +104,7 @@ from lastcall._health import (
 )
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
-from lastcall._servers import hypercorn, uvicorn
+from lastcall._servers import granian, hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import in_report
@@ -398,13 +399,18 @@ class LastCallMiddleware(HealthPaths):
         under_supervisor = uvicorn.supervisor_stopping()  # python -m lastcall.uvicorn --workers
         if under_supervisor is not None:
             self.share_listeners(under_supervisor)
-        for server, tested in (("uvicorn", uvicorn.TESTED), ("hypercorn", hypercorn.TESTED)):
+        for server, tested in (
+            ("uvicorn", uvicorn.TESTED),
+            ("hypercorn", hypercorn.TESTED),
+            ("granian", granian.TESTED),
+        ):
             if server in sys.modules:
                 tested.check()
 
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""
         coordinator = self._coordinator
+        self._server_stop = self._server_stop or granian.hold_worker_signal(loop)
         for sig in coordinator.settings.signals:
             owner = getattr(signal.getsignal(sig), "__self__", None)
             if isinstance(owner, SignalHandlers):

@@ -29,6 +29,7 @@ __all__ = (
     "CELERY",
     "DJANGO",
     "GEVENT",
+    "GRANIAN",
     "GRPC",
     "GUNICORN",
     "GUNICORN_ASGI",
@@ -159,6 +160,14 @@ UVICORN = Tested(
     "0.30",
     "0.55",
     "the stop signal may reach uvicorn before lastcall's pre-stop delay",
+)
+# What is read: the local ``shutdown_event`` (granian's WorkerSignal) of the worker
+# functions in granian/server/mp.py, the same from 2.0 to 2.8 (tests/test_granian.py).
+GRANIAN = Tested(
+    "granian",
+    "2.0",
+    "2.8",
+    "the worker may stop accepting before lastcall's pre-stop delay",
 )
 HYPERCORN = Tested(
     "hypercorn",

@@ -104,7 +104,7 @@ from lastcall._health import (
 )
 from lastcall._hooks import is_coroutine_function
 from lastcall._report import logger
-from lastcall._servers import granian, hypercorn, uvicorn
+from lastcall._servers import daphne, granian, hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import in_report
@@ -200,9 +200,11 @@ class LastCallMiddleware(HealthPaths):
         self._hypercorn_worker = False  # known at start-up: nothing is adapted before
         self._listeners: Callable[[], list[Any]] = list
         self._close_idle: Callable[[], object] | None = None
+        self._close_listeners: Callable[[bool], int] | None = None
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
+        daphne.when_serving(self, self._serve_under_daphne)
 
     def install_with(self, options: dict[str, Any]) -> None:
         """For integrations: the options ``install()`` gets at start-up (Django's settings)."""
@@ -241,6 +243,14 @@ class LastCallMiddleware(HealthPaths):
         self._listeners = listeners
         self._close_idle = close_idle
         self._start(loop)
+
+    def _serve_under_daphne(
+        self, loop: asyncio.AbstractEventLoop, door: daphne.TwistedDoor
+    ) -> None:
+        """Daphne sends no lifespan: start as its reactor runs; the drain waits on our count."""
+        daphne.drop_twisted_handlers()
+        self._close_listeners = door.close
+        self.serve_on(loop, stop=None, listeners=list, close_idle=door.close_idle)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -386,6 +396,7 @@ class LastCallMiddleware(HealthPaths):
             budget=self._coordinator.drain_budget,
             worker_prestop=self._worker_prestop,
             close_idle=self._close_idle,
+            close_listeners=self._close_listeners,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
@@ -403,6 +414,7 @@ class LastCallMiddleware(HealthPaths):
             ("uvicorn", uvicorn.TESTED),
             ("hypercorn", hypercorn.TESTED),
             ("granian", granian.TESTED),
+            ("daphne", daphne.TESTED),
         ):
             if server in sys.modules:
                 tested.check()

@@ -81,6 +81,7 @@ class AsgiServer:
         budget: Callable[[], float],
         worker_prestop: float = 0.0,
         close_idle: Callable[[], object] | None = None,
+        close_listeners: Callable[[bool], int] | None = None,
     ) -> None:
         self.name = "the server"
         # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
@@ -96,6 +97,8 @@ class AsgiServer:
         self._told = False
         self._budget = budget
         self._close_idle = close_idle  # on the loop; None: the server closes them itself
+        # On the loop: listeners that are no asyncio servers (daphne's Twisted ports).
+        self._close_listeners = close_listeners
         self._dying = threading.Event()
         self._finish_in_flight_if_the_loop_dies()
 
@@ -115,7 +118,7 @@ class AsgiServer:
         taken = 0
         if not self.door.closed:
             closing = asyncio.run_coroutine_threadsafe(
-                self.door.close(refuse=self._full_stop()), self._loop
+                self._close_doors(refuse=self._full_stop()), self._loop
             )
             with contextlib.suppress(concurrent.futures.TimeoutError):
                 taken = closing.result(_DOOR_WAIT)
@@ -123,6 +126,12 @@ class AsgiServer:
         if stop_server is not None:
             self._loop.call_soon_threadsafe(stop_server)
             self._told = True
+        return taken
+
+    async def _close_doors(self, *, refuse: bool) -> int:
+        taken = await self.door.close(refuse=refuse)
+        if self._close_listeners is not None:
+            taken += self._close_listeners(refuse)
         return taken
 
     def in_flight(self) -> int:

@@ -27,6 +27,7 @@ from lastcall._report import logger
 
 __all__ = (
     "CELERY",
+    "DAPHNE",
     "DJANGO",
     "GEVENT",
     "GRANIAN",
@@ -160,6 +161,15 @@ UVICORN = Tested(
     "0.30",
     "0.55",
     "the stop signal may reach uvicorn before lastcall's pre-stop delay",
+)
+# What is read: the ``self`` of Server.run in daphne/server.py (its application and
+# http_factory), and twisted/web/http.py's HTTPChannel.requests behind its
+# _GenericHTTPChannelProtocol._channel (tests/test_daphne.py).
+DAPHNE = Tested(
+    "daphne",
+    "4.0",
+    "4.2",
+    "the drain may not start, and daphne then cancels every request and WebSocket at a stop",
 )
 # What is read: the local ``shutdown_event`` (granian's WorkerSignal) of the worker
 # functions in granian/server/mp.py, the same from 2.0 to 2.8 (tests/test_granian.py).

@@ -248,7 +248,8 @@ class LastCallMiddleware(HealthPaths):
         self, loop: asyncio.AbstractEventLoop, door: daphne.TwistedDoor
     ) -> None:
         """Daphne sends no lifespan: start as its reactor runs; the drain waits on our count."""
-        daphne.drop_twisted_handlers()
+        # Hooks of a phase run last registered first: this one after the drain's.
+        self._coordinator.on_shutdown(phase="drain", name="daphne's writes")(door.flush)
         self._close_listeners = door.close
         self.serve_on(loop, stop=None, listeners=list, close_idle=door.close_idle)
 

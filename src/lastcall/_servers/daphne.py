@@ -32,6 +32,7 @@ Tested with daphne 4.0 to 4.2 (``versions.DAPHNE``). Undocumented: the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -43,12 +44,14 @@ from lastcall._servers import versions
 from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
-__all__ = ("TESTED", "TwistedDoor", "drop_twisted_handlers", "when_serving")
+__all__ = ("TESTED", "TwistedDoor", "when_serving")
 
 TESTED = versions.DAPHNE
+_GOING_AWAY = 1001  # RFC 6455, 7.4.1
+_FLUSH_WAIT = 1.0  # at most, for Twisted to write what the drain's last words left buffered
+_FLUSH_POLL = 0.01
 _SERVER_FILE = ("daphne", "server.py")
 
 
@@ -66,14 +69,14 @@ def when_serving(
     def check() -> None:
         server = _running_server()
         if server is not None and getattr(server, "application", None) is app:
-            import asyncio  # noqa: PLC0415
-
+            _drop_twisted_handlers()
+            _let_websockets_go_away()
             start(asyncio.get_event_loop(), TwistedDoor(server))
 
     reactor.callWhenRunning(check)
 
 
-def drop_twisted_handlers() -> None:
+def _drop_twisted_handlers() -> None:
     """Take Twisted's SIGTERM and SIGINT handlers away: they would stop the reactor at once.
 
     ``twisted/internet/_signals.py`` installs them as the reactor starts; lastcall's
@@ -83,6 +86,30 @@ def drop_twisted_handlers() -> None:
         owner = getattr(signal.getsignal(sig), "__self__", None)
         if type(owner).__module__.startswith("twisted."):
             signal.signal(sig, signal.SIG_DFL)
+
+
+def _let_websockets_go_away() -> None:
+    """A WebSocket closed with 1001 (going away) is sent 1001, not an exception.
+
+    daphne's ``WebSocketProtocol.serverClose`` (``daphne/ws_protocol.py``) calls
+    autobahn's ``sendClose``, which takes 1000 or 3000 to 4999 only; RFC 6455 gives
+    1001 to a server going down, and the drain's cancel sends it. That code goes
+    through autobahn's ``sendCloseFrame`` instead.
+    """
+    from daphne.ws_protocol import WebSocketProtocol  # noqa: PLC0415
+
+    server_close = WebSocketProtocol.serverClose
+    if getattr(server_close, "__lastcall__", False):
+        return
+
+    def server_close_going_away(self: Any, code: int | None = None) -> None:  # noqa: ANN401
+        if code == _GOING_AWAY:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            server_close(self, code)
+
+    server_close_going_away.__lastcall__ = True  # type: ignore[attr-defined]
+    WebSocketProtocol.serverClose = server_close_going_away  # type: ignore[method-assign]
 
 
 def _running_server() -> object | None:
@@ -129,6 +156,18 @@ class TwistedDoor:
             channel = getattr(wrapper, "_channel", None)
             if channel is not None and not getattr(channel, "requests", True):
                 channel.transport.loseConnection()
+
+    async def flush(self) -> None:
+        """Wait until Twisted has written what it holds: the 1001 of a cancelled WebSocket.
+
+        Twisted writes when the socket is writable, not at ``write()``: the process
+        may end right after the drain, before the close frame left.
+        """
+        from twisted.internet import reactor  # noqa: PLC0415
+
+        deadline = asyncio.get_running_loop().time() + _FLUSH_WAIT
+        while reactor.getWriters() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110  # Twisted tells nobody when its buffers empty
+            await asyncio.sleep(_FLUSH_POLL)
 
     def _is_port(self, reader: object) -> bool:
         return getattr(reader, "factory", None) is self._factory and hasattr(reader, "socket")

@@ -33,6 +33,7 @@ Tested with daphne 4.0 to 4.2 (``versions.DAPHNE``). Undocumented: the
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -45,6 +46,7 @@ from lastcall._servers.listener import take_backlog
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
 
 __all__ = ("TESTED", "TwistedDoor", "when_serving")
 
@@ -61,8 +63,7 @@ def when_serving(
     """If daphne is about to run, call ``start`` once its reactor runs, if it serves ``app``."""
     if "daphne.server" not in sys.modules:
         return
-    from twisted.internet import reactor  # noqa: PLC0415  # daphne installed it
-
+    reactor = _reactor()
     if reactor.running:
         return
 
@@ -96,8 +97,8 @@ def _let_websockets_go_away() -> None:
     1001 to a server going down, and the drain's cancel sends it. That code goes
     through autobahn's ``sendCloseFrame`` instead.
     """
-    from daphne.ws_protocol import WebSocketProtocol  # noqa: PLC0415
-
+    protocols: Any = importlib.import_module("daphne.ws_protocol")
+    WebSocketProtocol = protocols.WebSocketProtocol  # noqa: N806  # daphne's class
     server_close = WebSocketProtocol.serverClose
     if getattr(server_close, "__lastcall__", False):
         return
@@ -109,12 +110,16 @@ def _let_websockets_go_away() -> None:
             server_close(self, code)
 
     server_close_going_away.__lastcall__ = True  # type: ignore[attr-defined]
-    WebSocketProtocol.serverClose = server_close_going_away  # type: ignore[method-assign]
+    WebSocketProtocol.serverClose = server_close_going_away
+
+
+def _reactor() -> Any:  # noqa: ANN401  # Twisted's global reactor (daphne installed it)
+    return importlib.import_module("twisted.internet.reactor")
 
 
 def _running_server() -> object | None:
     """Daphne's ``Server`` whose ``run`` is up this thread's stack (it runs the reactor)."""
-    frame = sys._getframe(1)  # noqa: SLF001
+    frame: FrameType | None = sys._getframe(1)  # noqa: SLF001
     while frame is not None:
         if Path(frame.f_code.co_filename).parts[-2:] == _SERVER_FILE and frame.f_code.co_name == (
             "run"
@@ -132,8 +137,7 @@ class TwistedDoor:
 
     def close(self, refuse: bool) -> int:  # AsgiServer's close_listeners
         """Stop listening; hand the backlog to daphne; refuse new connections. How many taken."""
-        from twisted.internet import reactor  # noqa: PLC0415
-
+        reactor = _reactor()
         taken = 0
         for port in [r for r in reactor.getReaders() if self._is_port(r)]:
             family = port.socket.family
@@ -147,9 +151,7 @@ class TwistedDoor:
 
     def close_idle(self) -> None:
         """Close the HTTP channels that wait for their next request."""
-        from twisted.internet import reactor  # noqa: PLC0415
-
-        for reader in reactor.getReaders():
+        for reader in _reactor().getReaders():
             wrapper = getattr(reader, "protocol", None)  # an upgraded WebSocket's is daphne's own
             if getattr(wrapper, "factory", None) is not self._factory:
                 continue
@@ -163,10 +165,10 @@ class TwistedDoor:
         Twisted writes when the socket is writable, not at ``write()``: the process
         may end right after the drain, before the close frame left.
         """
-        from twisted.internet import reactor  # noqa: PLC0415
-
-        deadline = asyncio.get_running_loop().time() + _FLUSH_WAIT
-        while reactor.getWriters() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110  # Twisted tells nobody when its buffers empty
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _FLUSH_WAIT
+        # Polled: Twisted tells nobody when its buffers are empty.
+        while _reactor().getWriters() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_FLUSH_POLL)
 
     def _is_port(self, reader: object) -> bool:

@@ -48,6 +48,7 @@ from lastcall._servers.listener import admit_no_more_to, native_listeners
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
+    from types import FrameType
 
 __all__ = ("TESTED", "hold_worker_signal")
 
@@ -64,7 +65,7 @@ def hold_worker_signal(loop: asyncio.AbstractEventLoop) -> Callable[[], None] | 
     """
     if "granian" not in sys.modules:
         return None
-    frame = sys._getframe(1)  # noqa: SLF001  # the worker function is up this thread's stack
+    frame: FrameType | None = sys._getframe(1)  # noqa: SLF001  # the worker function is up here
     while frame is not None:
         if Path(frame.f_code.co_filename).parts[-3:] == _WORKER_FILE:
             worker_signal = frame.f_locals.get("shutdown_event")

@@ -32,6 +32,8 @@ OLDEST = {
     "grpcio": "1.62.3",
     "grpcio-health-checking": "1.62.3",
     "celery": "5.7.0",
+    "granian": "2.5.0",
+    "daphne": "4.0.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
@@ -55,6 +57,8 @@ SERVER_TESTS = [
     "tests/test_unwrapped_apps.py",
     "tests/test_grpc.py",
     "tests/test_celery.py",
+    "tests/test_granian.py",
+    "tests/test_daphne.py",
 ]
 
 
@@ -68,6 +72,8 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
     for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
+    for tested in (versions.GRANIAN, versions.DAPHNE):
+        assert OLDEST[tested.distribution].startswith(tested.oldest), tested
 
 
 @pytest.mark.timeout(900)

@@ -423,7 +423,7 @@ class LastCallMiddleware(HealthPaths):
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""
         coordinator = self._coordinator
-        self._server_stop = self._server_stop or granian.hold_worker_signal(loop)
+        self._server_stop = self._server_stop or granian.hold_worker_signal(loop, coordinator)
         for sig in coordinator.settings.signals:
             owner = getattr(signal.getsignal(sig), "__self__", None)
             if isinstance(owner, SignalHandlers):

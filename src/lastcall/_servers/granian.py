@@ -29,26 +29,31 @@ granian 2.8.9 as shipped: no pre-stop window, no bound on the wait (its
   SIGTERM to each worker, ``join`` with no timeout, exit 0), so ``python -m
   lastcall.granian`` ends it by the signal instead, as for hypercorn.
 
-Tested with granian 2.0 to 2.8 (``versions.GRANIAN``). Undocumented: the
+Tested with granian 2.5 to 2.8 (``versions.GRANIAN``). Undocumented: the
 local ``shutdown_event`` of the worker functions in ``granian/server/mp.py``
-(the same from 2.0 to 2.8). The free-threaded build runs workers as threads
+(the same from 2.5 to 2.8). The free-threaded build runs workers as threads
 (``granian/server/mt.py``) and is not adapted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lastcall._servers import versions
-from lastcall._servers.listener import admit_no_more_to, native_listeners
+from lastcall._servers.listener import admit_no_more_to, listening
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
     from types import FrameType
+
+    from lastcall._coordinator import Coordinator
 
 __all__ = ("TESTED", "hold_worker_signal")
 
@@ -56,7 +61,9 @@ TESTED = versions.GRANIAN
 _WORKER_FILE = ("granian", "server", "mp.py")
 
 
-def hold_worker_signal(loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+def hold_worker_signal(
+    loop: asyncio.AbstractEventLoop, coordinator: Coordinator
+) -> Callable[[], None] | None:
     """In granian's worker, take its stop signal off ``loop``; how to stop it, or None.
 
     Called from the lifespan start-up granian runs in its worker function
@@ -78,8 +85,23 @@ def hold_worker_signal(loop: asyncio.AbstractEventLoop) -> Callable[[], None] | 
         loop.remove_signal_handler(sig)  # granian/_signals.py set_loop_signals added them
 
     def stop() -> None:
-        """No new handshake on the Rust listener; then granian's own stop."""
-        admit_no_more_to(native_listeners())
+        """No new handshake on granian's listener; then granian's own stop."""
+        admit_no_more_to(_granian_listeners(coordinator.health_address))
         worker_signal.set()
 
     return stop
+
+
+def _granian_listeners(health: tuple[str, int] | None) -> dict[int, int]:
+    """Granian's listening sockets in this worker (all but lastcall's health port), by inode.
+
+    granian 2.8 binds one per worker in Rust; before, the master's, inherited (which a
+    Python socket object of granian's holds too, in the worker's copy of the master).
+    """
+    found = {}
+    for inode, fd in listening().items():
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            address = sock.getsockname()
+            if health is None or not isinstance(address, tuple) or address[1] != health[1]:
+                found[inode] = fd
+    return found

@@ -34,6 +34,7 @@ from typing import Any
 __all__ = (
     "CLOSE_WAIT",
     "admit_no_more_to",
+    "listening",
     "native_listeners",
     "stop_listening",
     "take_backlog",
@@ -94,19 +95,19 @@ def native_listeners() -> dict[int, int]:
     """Linux: listening sockets a server opened outside Python, inode -> fd: none elsewhere.
 
     This process's TCP sockets in LISTEN that no Python socket holds (grpc's core
-    opens them in C at ``add_insecure_port``, granian's Rust worker as it starts,
-    and names them nowhere); read once the server listens.
+    opens them in C at ``add_insecure_port`` and names them nowhere); read once the
+    server listens.
     """
-    listening = _listening()
+    found = listening()
     held = set()
     for obj in gc.get_objects():
         if isinstance(obj, socket.socket):
             with contextlib.suppress(OSError, ValueError):
                 held.add(os.fstat(obj.fileno()).st_ino)
-    return {inode: fd for inode, fd in listening.items() if inode not in held}
+    return {inode: fd for inode, fd in found.items() if inode not in held}
 
 
-def _listening() -> dict[int, int]:
+def listening() -> dict[int, int]:
     """The process's TCP sockets in LISTEN, inode -> fd (Linux; elsewhere empty)."""
     if not sys.platform.startswith("linux"):
         return {}
@@ -145,7 +146,7 @@ def admit_no_more_to(sockets: dict[int, int]) -> None:
 def wait_closed(sockets: dict[int, int]) -> bool:
     """Until the server has closed these listening sockets, at most ``CLOSE_WAIT``."""
     deadline = time.monotonic() + CLOSE_WAIT
-    while sockets and not sockets.keys().isdisjoint(_listening()):
+    while sockets and not sockets.keys().isdisjoint(listening()):
         if time.monotonic() > deadline:
             return False
         time.sleep(_CLOSE_POLL)

@@ -84,6 +84,53 @@ def test_sigterm_finishes_what_is_in_flight_after_the_prestop_delay(spawn):
     assert hooks(child) == ["hook:async", "hook:sync"], child.output()
 
 
+# An app whose /block holds daphne's event loop: connections made meanwhile wait in the
+# listen backlog, unaccepted.
+BLOCKING_APP = """
+import logging, sys, time
+from lastcall.asgi import LastCallMiddleware
+
+logging.basicConfig(level=logging.INFO)
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/block":
+        print("blocking", flush=True)
+        time.sleep(1.5)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+app = LastCallMiddleware(app)
+"""
+
+
+def test_the_backlog_at_the_stop_is_served(spawn):
+    """Steps: SIGTERM; during the pre-stop delay /block holds daphne's loop past the
+    delay's end; 4 connections, each with its request, wait in the listen backlog; as the
+    loop turns again the door closes first: all 4 are handed to daphne and answered 200,
+    and a new connection after them is refused. Without the hand-over they were reset."""
+    child, port = start(spawn, app=BLOCKING_APP, probe="/livez", LASTCALL_PRESTOP_DELAY="0.5")
+    child.send(signal.SIGTERM)
+    child.wait_for("pre-stop delay: ", stream="stderr")
+    blocked = in_background(get, port, "/block")
+    child.wait_for("blocking")
+    queued = []
+    for _ in range(4):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        conn.request("GET", "/")
+        queued.append(conn)
+    answers = [(r.status, r.read()) for r in (conn.getresponse() for conn in queued)]
+    assert answers == [(200, b"ok")] * 4, child.output()
+    assert "serving 4 " in child.wait_for("taken from the backlog", stream="stderr")
+    assert knock(port) == "refused"
+    for conn in queued:
+        conn.close()
+    blocked[0].join(WAIT)
+    assert blocked[1] and blocked[1][0][0] == 200
+    assert child.finish() == -signal.SIGTERM, child.output()
+
+
 def test_what_the_drain_budget_ends_is_told_so(spawn, tmp_path):
     """Steps: a WebSocket that never ends and a stuck request; SIGTERM. When the drain
     budget ends the WebSocket's client gets 1001, the report names GET /stuck, and the

@@ -22,6 +22,7 @@ import pytest
 from conftest import WAIT, free_port, knock, live_processes_in_session
 from test_asgi import APP as ASGI_APP
 from test_asgi import get, hooks, in_background, wait_serving
+from test_gunicorn import wait_lines
 from test_websockets import APP as ENDLESS_APP
 from test_websockets import GRACE
 from websockets.exceptions import ConnectionClosed
@@ -46,6 +47,40 @@ APP = ASGI_APP.replace(
 )
 assert "say_installed()" in APP
 
+# The same for a WSGI app: a slow view, a hook, and a line once lastcall handles the stop.
+WSGI_APP = """
+import logging, os, threading, time
+import lastcall
+from lastcall.wsgi import LastCallMiddleware
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+def out(*words):
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+
+@lastcall.on_shutdown
+def sync_hook():
+    out("hook:sync", os.getpid())
+
+def say_installed():
+    while not lastcall.default.installed:
+        time.sleep(0.01)
+    out("installed", os.getpid())
+
+threading.Thread(target=say_installed, daemon=True).start()
+
+def app(environ, start_response):
+    body = b"hello"
+    if environ["PATH_INFO"] == "/slow":
+        out("entered", os.getpid())
+        time.sleep(1)
+        body = b"slow done"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+app = LastCallMiddleware(app)
+"""
+
 # A WebSocket and a request that never end on their own, lastcall's lines on stderr.
 CUT_SHORT_APP = ENDLESS_APP.replace(
     "import lastcall\n", "import lastcall, logging\nlogging.basicConfig(level=logging.INFO)\n"
@@ -54,16 +89,17 @@ assert CUT_SHORT_APP != ENDLESS_APP
 
 # How each is started, and how its master ends after SIGTERM (plain granian's: 0).
 COMMANDS = {
-    "granian": (["-m", "granian", "--interface", "asgi"], 0),
-    "lastcall.granian": (["-m", "lastcall.granian", "--interface", "asgi"], -signal.SIGTERM),
+    "granian": (["-m", "granian"], 0),
+    "lastcall.granian": (["-m", "lastcall.granian"], -signal.SIGTERM),
 }
 
 
 def start(spawn, command: str, *options: str, app: str = APP, **env: str):
-    """The server on a free port, serving; its port."""
+    """The server on a free port, serving; its port. ``--interface asgi`` unless given."""
     port = free_port()
     argv, _status = COMMANDS[command]
-    argv = [sys.executable, *argv, "--port", str(port), *options, "scenario_0:app"]
+    interface = [] if "--interface" in options else ["--interface", "asgi"]
+    argv = [sys.executable, *argv, *interface, "--port", str(port), *options, "scenario_0:app"]
     child = spawn(app, argv=argv, env=env, wait_ready=False)
     wait_serving(port, child)
     return child, port
@@ -79,19 +115,31 @@ def wait_count(child, text: str, count: int) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("command", "options"),
+    ("command", "options", "app", "hooks_each"),
     [
-        ("granian", []),  # one worker, uvloop: granian's default loop where installed
-        ("lastcall.granian", ["--workers", "2", "--loop", "asyncio"]),
+        # One worker, uvloop: granian's default loop where installed.
+        ("granian", [], APP, ["hook:app-lifespan", "hook:async", "hook:sync"]),
+        (
+            "lastcall.granian",
+            ["--workers", "2", "--loop", "asyncio"],
+            APP,
+            ["hook:app-lifespan", "hook:async", "hook:sync"],
+        ),
+        ("lastcall.granian", ["--interface", "wsgi", "--workers", "2"], WSGI_APP, ["hook:sync"]),
     ],
+    ids=["granian-asgi", "lastcall.granian-asgi-2-workers", "lastcall.granian-wsgi-2-workers"],
 )
-def test_sigterm_drains_every_worker_after_the_prestop_delay(spawn, command, options):
+def test_sigterm_drains_every_worker_after_the_prestop_delay(
+    spawn, command, options, app, hooks_each
+):
     """Steps: 6 requests of 1 s in flight, new connections made all along; SIGTERM to the
     master: /readyz 503 while / still answers 200 (Connection: close) during the pre-stop
     delay; every request in flight 200; new connections served, then refused, never reset;
     each worker runs each hook once (the app's lifespan shutdown among them), by its PID;
-    the master ends as COMMANDS says. Before: refused at once, no delay, 0 for both."""
-    child, port = start(spawn, command, *options, LASTCALL_PRESTOP_DELAY="0.3", LASTCALL_GRACE="10")
+    the master ends as COMMANDS says. Before: refused at once, no delay, 0 for both (and
+    the WSGI worker's lastcall stop began only at its exit, after granian's)."""
+    env = {"LASTCALL_PRESTOP_DELAY": "0.6", "LASTCALL_GRACE": "10"}
+    child, port = start(spawn, command, *options, app=app, **env)
     workers = 2 if "--workers" in options else 1
     startups = wait_count(child, "installed", workers)
     clients = [in_background(get, port, "/slow") for _ in range(6)]
@@ -106,7 +154,7 @@ def test_sigterm_drains_every_worker_after_the_prestop_delay(spawn, command, opt
     knocking = threading.Thread(target=knock_until_gone)
     child.send(signal.SIGTERM)
     knocking.start()
-    child.wait_for("pre-stop delay: ", stream="stderr")
+    wait_lines(child, "pre-stop delay: ", workers)  # each worker's: /readyz answers from either
     status, _, body = get(port, "/readyz")
     assert (status, json.loads(body)["status"]) == (503, "stopping")
     status, headers, body = get(port, "/")
@@ -119,9 +167,9 @@ def test_sigterm_drains_every_worker_after_the_prestop_delay(spawn, command, opt
     assert set(knocks) == {"200", "refused"}, (knocks, child.output())
     assert knocks[-1] == "refused"
     pids = sorted(line.split()[1] for line in startups)
-    assert sorted(line.split()[1] for line in child.lines("hook:sync")) == pids, child.output()
-    assert sorted(line.split()[1] for line in child.lines("hook:app-lifespan")) == pids
-    assert len(hooks(child)) == 3 * workers, child.output()
+    for hook in hooks_each:
+        assert sorted(line.split()[1] for line in child.lines(hook)) == pids, child.output()
+    assert hooks(child) == sorted(hooks_each * workers), child.output()
 
 
 def test_what_the_drain_budget_ends_is_told_so(spawn, tmp_path):

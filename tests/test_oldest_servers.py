@@ -32,7 +32,7 @@ OLDEST = {
     "grpcio": "1.62.3",
     "grpcio-health-checking": "1.62.3",
     "celery": "5.7.0",
-    "granian": "2.5.0",
+    "granian": "2.8.0",
     "daphne": "4.0.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]

@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from lastcall._config import settings_or_exit
+from lastcall._servers import granian as adapter
 from lastcall._servers.hypercorn import stop_signals_seen
 from lastcall._signals import die_by
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run granian's command line (``granian.cli:cli``); end by its stop signal."""
     settings_or_exit()  # before granian starts, in one line
     cli = importlib.import_module("granian.cli").cli
+    adapter.hold_wsgi_workers()
     with stop_signals_seen() as seen:
         try:
             cli.main(

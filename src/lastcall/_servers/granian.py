@@ -19,33 +19,48 @@ granian 2.8.9 as shipped: no pre-stop window, no bound on the wait (its
   begins. That is the only moment: granian's handlers are on the loop, where
   uvloop (granian's default when installed) keeps them out of Python's reach,
   and the Rust server names its listening socket nowhere.
-* **The door**: the Rust listener is found in ``/proc/self/fd``
-  (``listener.native_listeners``), and before the signal is set it admits no
-  new handshake; the Rust accept loop takes what is queued before it looks
-  at the signal (a ``biased`` select, ``src/workers.rs``), then drops the
-  socket: a new client's SYN is dropped, sent again a second later, and
-  refused.
+* **The WSGI worker** (``--interface wsgi``, under ``python -m
+  lastcall.granian`` only: plain granian gives a WSGI app no moment between
+  installing its handlers and serving): the worker function is replaced by
+  one that has ``set_sync_signals`` hand back granian's signal with lastcall's
+  handlers in place of granian's; the drain waits on what the app's
+  ``lastcall.wsgi.LastCallMiddleware`` counts (a WSGI thread cannot be
+  cancelled: the stop goes on at the budget's end).
+* **The door**: the Rust listener is found in ``/proc/self/fd`` (every
+  listening socket of the worker but lastcall's health port), and before the
+  signal is set it admits no new handshake; the Rust accept loop takes what
+  is queued before it looks at the signal (a ``biased`` select,
+  ``src/workers.rs``), then drops the socket: a new client's SYN is dropped,
+  sent again a second later, and refused.
 * **The master** handles the signal in Python (``granian/server/common.py``:
   SIGTERM to each worker, ``join`` with no timeout, exit 0), so ``python -m
   lastcall.granian`` ends it by the signal instead, as for hypercorn.
 
-Tested with granian 2.5 to 2.8 (``versions.GRANIAN``). Undocumented: the
-local ``shutdown_event`` of the worker functions in ``granian/server/mp.py``
-(the same from 2.5 to 2.8). The free-threaded build runs workers as threads
-(``granian/server/mt.py``) and is not adapted.
+Tested with granian 2.8 (``versions.GRANIAN``). Undocumented: the local
+``shutdown_event`` of the ASGI worker functions and ``callback`` of the WSGI
+one in ``granian/server/mp.py``, ``MPServer._spawn_wsgi_worker`` (replaced),
+``granian/_signals.py``'s ``set_sync_signals`` (wrapped, in the worker). The
+free-threaded build runs workers as threads (``granian/server/mt.py``), and
+``--interface asginl`` and ``rsgi`` give the app no moment at all: not adapted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import multiprocessing
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import lastcall
+from lastcall._report import logger
 from lastcall._servers import versions
+from lastcall._servers.drain import drain
 from lastcall._servers.listener import admit_no_more_to, listening
 
 if TYPE_CHECKING:
@@ -54,8 +69,9 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from lastcall._coordinator import Coordinator
+    from lastcall.wsgi import LastCallMiddleware
 
-__all__ = ("TESTED", "hold_worker_signal")
+__all__ = ("TESTED", "hold_worker_signal", "hold_wsgi_workers")
 
 TESTED = versions.GRANIAN
 _WORKER_FILE = ("granian", "server", "mp.py")
@@ -105,3 +121,100 @@ def _granian_listeners(health: tuple[str, int] | None) -> dict[int, int]:
             if health is None or not isinstance(address, tuple) or address[1] != health[1]:
                 found[inode] = fd
     return found
+
+
+# ---------------------------------------------------------------- python -m lastcall.granian, WSGI
+
+_WSGI_WORKER = "_spawn_wsgi_worker"  # granian/server/mp.py, MPServer's WSGI worker function
+_original_worker: list[Callable[..., None]] = []
+
+
+def hold_wsgi_workers() -> None:
+    """Have each WSGI worker granian spawns hold its stop for lastcall's drain.
+
+    granian hands the worker function to each worker process it spawns, pickled
+    by name where it spawns rather than forks: replaced here by
+    :func:`_run_wsgi_worker`, it runs first in the worker and the original follows.
+    """
+    server = importlib.import_module("granian.server.mp").MPServer
+    if not _original_worker:
+        _original_worker.append(getattr(server, _WSGI_WORKER))
+        setattr(server, _WSGI_WORKER, staticmethod(_run_wsgi_worker))
+
+
+def _run_wsgi_worker(*args: Any, **kwargs: Any) -> None:  # noqa: ANN401  # granian's
+    """Granian's WSGI worker function, whose ``set_sync_signals`` holds the stop for lastcall."""
+    signals = importlib.import_module("granian._signals")
+    original = (
+        _original_worker[0]
+        if _original_worker
+        else getattr(importlib.import_module("granian.server.mp").MPServer, _WSGI_WORKER)
+    )  # spawned: granian's own, imported afresh
+    signals.set_sync_signals = functools.partial(_hold_sync_signals, signals.set_sync_signals)  # type: ignore[attr-defined]
+    original(*args, **kwargs)
+
+
+def _hold_sync_signals(set_sync_signals: Callable[[], Any]) -> Any:  # noqa: ANN401  # granian's
+    """Granian's worker signal, set when lastcall's drain begins, not by granian's handlers.
+
+    Called by the WSGI worker function once it loaded the app (its local
+    ``callback``); an app in no ``lastcall.wsgi.LastCallMiddleware`` keeps
+    granian's own stop, said in one line.
+    """
+    from lastcall.wsgi import middlewares_in  # noqa: PLC0415  # imports lastcall's core
+
+    app = sys._getframe(1).f_locals.get("callback")  # noqa: SLF001
+    layers = middlewares_in(app)
+    if not layers:
+        logger.warning("%r is in no lastcall.wsgi.LastCallMiddleware: granian stops it alone", app)
+        return set_sync_signals()
+    worker_signal = set_sync_signals()  # granian's kind of signal (2.5: WorkerSignalSync)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # its handlers set it at once: lastcall's instead
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    coordinator = lastcall.default
+    worker = _WsgiWorker(layers[0], worker_signal, coordinator)
+    coordinator.on_shutdown(phase="drain", name="granian drain")(
+        functools.partial(drain, worker, coordinator)
+    )
+    coordinator.ensure_installed()
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        coordinator.stop_when_parent_dies(parent.pid, f"granian's master {parent.pid} died")
+    TESTED.check()
+    return worker_signal
+
+
+class _WsgiWorker:
+    """The drain's answers in a granian WSGI worker: the middleware counts, granian stops."""
+
+    def __init__(
+        self,
+        middleware: LastCallMiddleware,
+        worker_signal: Any,  # noqa: ANN401  # granian's WorkerSignal
+        coordinator: Coordinator,
+    ) -> None:
+        self.name = f"granian worker {os.getpid()}"
+        self._middleware = middleware
+        self._signal = worker_signal
+        self._coordinator = coordinator
+
+    def prestop_delay(self) -> float:
+        return 0.0  # the core's pre_stop phase kept serving
+
+    def close_door(self) -> int:
+        """No new handshake on granian's listener; then granian's own stop (it takes the queue)."""
+        admit_no_more_to(_granian_listeners(self._coordinator.health_address))
+        self._signal.set()
+        return 0
+
+    def in_flight(self) -> int:
+        return self._middleware.in_flight
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self._middleware.wait_idle(timeout)
+
+    def close_idle(self) -> None:
+        """Granian closes idle keep-alive connections itself once stopped."""
+
+    def cancel(self) -> int:
+        return 0  # a WSGI request runs on a thread of granian's: nothing can cancel it

@@ -171,13 +171,15 @@ DAPHNE = Tested(
     "4.2",
     "the drain may not start, and daphne then cancels every request and WebSocket at a stop",
 )
-# What is read: the local ``shutdown_event`` (granian's WorkerSignal) of the worker
-# functions in granian/server/mp.py, the same from 2.5 to 2.8 (tests/test_granian.py).
-# Before 2.2.2 granian installed its handlers after the lifespan start-up (nothing to
-# take), and before 2.5 its accept loop could drop what was queued at its stop (reset).
+# What is read and patched: the local ``shutdown_event`` (granian's WorkerSignal) of the
+# ASGI worker functions and the ``callback`` of the WSGI one in granian/server/mp.py, and
+# granian/_signals.py's set_sync_signals (tests/test_granian.py passes on 2.8.0 and 2.8.9).
+# Before 2.8 the master held the listening socket all along (a new connection could wait
+# unanswered), before 2.5 the accept loop could drop what was queued (reset), and before
+# 2.2.2 the handlers came after the lifespan start-up (nothing to take).
 GRANIAN = Tested(
     "granian",
-    "2.5",
+    "2.8",
     "2.8",
     "the worker may stop accepting before lastcall's pre-stop delay",
 )

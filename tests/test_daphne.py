@@ -72,7 +72,8 @@ def test_sigterm_finishes_what_is_in_flight_after_the_prestop_delay(spawn):
     child.wait_for("stopped accepting", stream="stderr")
     assert idle.sock is not None
     idle.sock.settimeout(WAIT)
-    assert idle.sock.recv(1) == b""  # closed by the server while the drain waits
+    assert idle.sock.recv(1) == b""  # closed by the server while the drain waits ...
+    assert not any(results for _thread, results in clients)  # ... for these, still in flight
     idle.close()
     for thread, results in clients:
         thread.join(WAIT)

@@ -29,6 +29,11 @@ from websockets.sync.client import connect
 
 pytest.importorskip("daphne")
 
+# test_asgi's app, its slow requests long enough to be still in flight well after the door
+# closed, on a loaded machine too.
+SLOWER_APP = APP.replace("    await asyncio.sleep(1)\n", "    await asyncio.sleep(2.5)\n")
+assert SLOWER_APP != APP
+
 
 def start(spawn, *, app: str = APP, probe: str = "/readyz", **env: str):
     """``daphne scenario_0:app`` on a free port, serving; its port."""
@@ -40,12 +45,12 @@ def start(spawn, *, app: str = APP, probe: str = "/readyz", **env: str):
 
 
 def test_sigterm_finishes_what_is_in_flight_after_the_prestop_delay(spawn):
-    """Steps: 6 requests of 1 s in flight, an idle keep-alive connection, new connections
+    """Steps: 6 requests of 2.5 s in flight, an idle keep-alive connection, new connections
     made all along; SIGTERM: /readyz 503 while / still answers 200 (Connection: close)
     during the pre-stop delay; every request in flight 200; the idle connection closed by
     the server; new connections served, then refused, never reset; each hook once; exit
     by SIGTERM. Before: all 6 cut, a new connection accepted then closed, exit 0."""
-    child, port = start(spawn, LASTCALL_PRESTOP_DELAY="0.3", LASTCALL_GRACE="10")
+    child, port = start(spawn, app=SLOWER_APP, LASTCALL_PRESTOP_DELAY="0.3", LASTCALL_GRACE="10")
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     idle.request("GET", "/")
     assert idle.getresponse().read() == b"hello"

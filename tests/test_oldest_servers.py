@@ -35,6 +35,8 @@ OLDEST = {
     "aiohttp": "3.9.0",
     "tornado": "6.3.3",
     "dramatiq": "1.17.0",
+    "granian": "2.8.0",
+    "daphne": "4.0.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
@@ -64,6 +66,8 @@ SERVER_TESTS = [
     "tests/test_tornado.py",
     "tests/test_celery_rabbitmq.py",
     "tests/test_dramatiq.py",
+    "tests/test_granian.py",
+    "tests/test_daphne.py",
 ]
 
 
@@ -76,6 +80,7 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
     workers = (versions.CELERY, versions.DRAMATIQ)
     servers = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.AIOHTTP, versions.TORNADO)
+    servers += (versions.GRANIAN, versions.DAPHNE)
     for tested in (*gated, *servers, *workers):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)

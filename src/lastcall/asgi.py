@@ -1,4 +1,4 @@
-r"""ASGI middleware for uvicorn and hypercorn: health that tells the truth, and a stop in order.
+r"""ASGI middleware for uvicorn, hypercorn, granian: health that tells the truth, a stop in order.
 
 ``LastCallMiddleware(app)`` wraps any ASGI 3 app (FastAPI, Starlette,
 Quart ...). It answers ``/livez`` and ``/readyz`` like its WSGI twin
@@ -32,13 +32,14 @@ dispatcher thread, while the server's event loop keeps running:
 
 Working with the servers' signal handling
 -----------------------------------------
-Both servers stop accepting the moment they see SIGTERM, which leaves no
-pre-stop window, so at lifespan start-up (which both run on the main
-thread, after installing their handlers) the middleware steps in front:
+These servers stop accepting the moment they see SIGTERM, which leaves no
+pre-stop window, so at lifespan start-up (which each runs on the main
+thread, after installing its handlers) the middleware steps in front:
 the server's own stop is kept and run when the drain begins. How, per
-server, is in ``lastcall._servers.uvicorn`` and ``lastcall._servers.
-hypercorn``; the door (backlog served, new connections refused, for
-hypercorn's master too) in ``lastcall._servers.asgi``. Nothing is adapted
+server, is in ``lastcall._servers.uvicorn``, ``.hypercorn`` and
+``.granian`` (whose Rust listener is closed its own way there); the door
+(backlog served, new connections refused, for hypercorn's master too) in
+``lastcall._servers.asgi``. Nothing is adapted
 when the middleware is built, only once a server runs it: a module may
 build a wrapped app it does not serve. gunicorn's ``-k asgi`` starts it
 earlier, in gunicorn's own hook, on the worker's loop (``serve_on``). With
@@ -104,7 +105,7 @@ from lastcall._health import (
 from lastcall._hooks import is_coroutine_function
 from lastcall._integration import Integration
 from lastcall._log import logger
-from lastcall._servers import hypercorn, uvicorn
+from lastcall._servers import daphne, granian, hypercorn, uvicorn
 from lastcall._servers.asgi import DRAIN_BUDGET_SPENT, AsgiServer, AsyncioDoor
 from lastcall._servers.drain import drain
 from lastcall._servers.inflight import in_report
@@ -200,9 +201,11 @@ class LastCallMiddleware(HealthPaths):
         self._hypercorn_worker = False  # known at start-up: nothing is adapted before
         self._listeners: Callable[[], list[Any]] = list
         self._close_idle: Callable[[], object] | None = None
+        self._close_listeners: Callable[[bool], int] | None = None
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
+        daphne.when_serving(self, self._serve_under_daphne)
 
     def install_with(self, options: dict[str, Any]) -> None:
         """For integrations: the options ``install()`` gets at start-up (Django's settings)."""
@@ -241,6 +244,15 @@ class LastCallMiddleware(HealthPaths):
         self._listeners = listeners
         self._close_idle = close_idle
         self._start(loop)
+
+    def _serve_under_daphne(
+        self, loop: asyncio.AbstractEventLoop, door: daphne.TwistedDoor
+    ) -> None:
+        """Daphne sends no lifespan: start as its reactor runs; the drain waits on our count."""
+        # Hooks of a phase run last registered first: this one after the drain's.
+        self._coordinator.on_shutdown(phase="drain", name="daphne's writes")(door.flush)
+        self._close_listeners = door.close
+        self.serve_on(loop, stop=None, listeners=list, close_idle=door.close_idle)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
         """Wrap the app inside this middleware (``lastcall drill`` puts its slow requests there)."""
@@ -386,6 +398,7 @@ class LastCallMiddleware(HealthPaths):
             budget=Integration(self._coordinator).drain_budget,
             worker_prestop=self._worker_prestop,
             close_idle=self._close_idle,
+            close_listeners=self._close_listeners,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
@@ -399,13 +412,19 @@ class LastCallMiddleware(HealthPaths):
         under_supervisor = uvicorn.supervisor_stopping()  # python -m lastcall.uvicorn --workers
         if under_supervisor is not None:
             self.share_listeners(under_supervisor)
-        for server, tested in (("uvicorn", uvicorn.TESTED), ("hypercorn", hypercorn.TESTED)):
+        for server, tested in (
+            ("uvicorn", uvicorn.TESTED),
+            ("hypercorn", hypercorn.TESTED),
+            ("granian", granian.TESTED),
+            ("daphne", daphne.TESTED),
+        ):
             if server in sys.modules:
                 tested.check()
 
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""
         coordinator = self._coordinator
+        self._server_stop = self._server_stop or granian.hold_worker_signal(loop, coordinator)
         for sig in coordinator.settings.signals:
             owner = getattr(signal.getsignal(sig), "__self__", None)
             if isinstance(owner, SignalHandlers):

@@ -56,6 +56,7 @@ __all__ = ("DRAIN_BUDGET_SPENT", "AsgiServer", "AsyncioDoor")
 DRAIN_BUDGET_SPENT = "lastcall: drain budget spent"  # the message of the drain's cancel
 
 _SETTLE_TURNS = 2  # loop turns for a handed-over connection to read what already arrived
+_HANDED_TURNS = 5  # for one handed to another server on the loop (Twisted) to reach the app
 _AFTER_CANCEL = 1.0  # after cancelling what overran, how long to let the server notice
 _DOOR_WAIT = 5.0  # at most, for the loop to close the door (it is one callback)
 _DYING_POLL = 0.05  # how often a drain waiting for the server checks that its loop still lives
@@ -81,6 +82,7 @@ class AsgiServer:
         budget: Callable[[], float],
         worker_prestop: float = 0.0,
         close_idle: Callable[[], object] | None = None,
+        close_listeners: Callable[[bool], int] | None = None,
     ) -> None:
         self.name = "the server"
         # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
@@ -96,6 +98,8 @@ class AsgiServer:
         self._told = False
         self._budget = budget
         self._close_idle = close_idle  # on the loop; None: the server closes them itself
+        # On the loop: listeners that are no asyncio servers (daphne's Twisted ports).
+        self._close_listeners = close_listeners
         self._dying = threading.Event()
         self._finish_in_flight_if_the_loop_dies()
 
@@ -114,15 +118,47 @@ class AsgiServer:
             return 0
         taken = 0
         if not self.door.closed:
+            refuse = self._full_stop()
+            handed = self._close_other_listeners(refuse)
             closing = asyncio.run_coroutine_threadsafe(
-                self.door.close(refuse=self._full_stop()), self._loop
+                self._close_door(refuse=refuse, handed=handed), self._loop
             )
             with contextlib.suppress(concurrent.futures.TimeoutError):
-                taken = closing.result(_DOOR_WAIT)
+                taken = handed + closing.result(_DOOR_WAIT)
         stop_server = self._stop_server()
         if stop_server is not None:
             self._loop.call_soon_threadsafe(stop_server)
             self._told = True
+        return taken
+
+    def _close_other_listeners(self, refuse: bool) -> int:
+        """The integration's listeners that are no asyncio servers (daphne's): how many taken.
+
+        In one callback on the loop, the loop's first next: a task would take a turn
+        more, in which their server accepts what is queued, for a moment, in its own way.
+        """
+        close = self._close_listeners
+        if close is None:
+            return 0
+        closed: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                closed.set_result(close(refuse))
+            except BaseException as exc:
+                closed.set_exception(exc)
+                raise
+
+        self._loop.call_soon_threadsafe(run)
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            return closed.result(_DOOR_WAIT)
+        return 0
+
+    async def _close_door(self, *, refuse: bool, handed: int) -> int:
+        """The asyncio door; then, if some were handed elsewhere, turns for them to be counted."""
+        taken = await self.door.close(refuse=refuse)
+        for _ in range(_HANDED_TURNS if handed else 0):
+            await asyncio.sleep(0)
         return taken
 
     def in_flight(self) -> int:

@@ -52,18 +52,14 @@ import gc
 import inspect
 import itertools
 import logging
-import os
-import socket
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lastcall._log import log
 from lastcall._servers import versions
 from lastcall._servers.inflight import in_report
-from lastcall._servers.listener import _admit_no_more
+from lastcall._servers.listener import CLOSE_WAIT, admit_no_more_to, native_listeners, wait_closed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -78,7 +74,6 @@ __all__ = (
     "RpcsInFlight",
     "SyncAdapter",
     "find_handlers",
-    "listeners",
     "run_on",
     "service_names",
     "track",
@@ -96,10 +91,6 @@ _BEHAVIOUR_FLAGS = ("experimental_non_blocking", "experimental_thread_pool")
 _SLASHES = 2  # in a method's path: /package.Service/Method
 _LOOP_WAIT = 1.0  # seconds, at most, for the app's loop to run what the stop hands it
 _CANCEL_WAIT = 1.0  # seconds, at most, for the cancelled RPCs' statuses to go out
-_CLOSE_WAIT = 1.0  # seconds, at most, for grpc's core to close its listening sockets
-_CLOSE_POLL = 0.005
-_LISTEN = "0A"  # TCP_LISTEN, as /proc/net/tcp writes a socket's state
-_STATE, _INODE = 3, 9  # columns of /proc/net/tcp
 
 
 class RpcsInFlight:
@@ -378,65 +369,6 @@ def _ending(responses: Iterator[Any], ended: Callable[[], None]) -> Iterator[Any
 # ---------------------------------------------------------------- the listening sockets
 
 
-def listeners() -> dict[int, int]:
-    """Linux: grpc's listening sockets, inode -> fd: this process's that no Python socket holds.
-
-    grpc's core opens them in C (at ``add_insecure_port``) and names them nowhere;
-    read once, when the server has started. Elsewhere: none.
-    """
-    listening = _listening()
-    held = set()
-    for obj in gc.get_objects():
-        if isinstance(obj, socket.socket):
-            with contextlib.suppress(OSError, ValueError):
-                held.add(os.fstat(obj.fileno()).st_ino)
-    return {inode: fd for inode, fd in listening.items() if inode not in held}
-
-
-def _listening() -> dict[int, int]:
-    """The process's TCP sockets in LISTEN, inode -> fd (Linux; elsewhere empty)."""
-    if not sys.platform.startswith("linux"):
-        return {}
-    sockets = {}
-    with contextlib.suppress(OSError):
-        for link in Path("/proc/self/fd").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                target = str(link.readlink())
-                if target.startswith("socket:["):
-                    sockets[int(target[8:-1])] = int(link.name)
-    found = {}
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError), (Path("/proc/self/net") / table).open() as lines:
-            next(lines, None)
-            for line in lines:
-                fields = line.split()  # sl local remote st ... inode: /proc/net/tcp's columns
-                if len(fields) > _INODE and fields[_STATE] == _LISTEN:
-                    inode = int(fields[_INODE])
-                    if inode in sockets:
-                        found[inode] = sockets[inode]
-    return found
-
-
-def _admit_no_more_to(sockets: dict[int, int]) -> None:
-    """No new connection completes its handshake on these sockets (see ``listener``)."""
-    for inode, fd in sockets.items():
-        with contextlib.suppress(OSError):
-            if os.fstat(fd).st_ino != inode:
-                continue  # closed, and its number reused
-            with socket.socket(fileno=os.dup(fd)) as sock:  # the same socket; grpc keeps its fd
-                _admit_no_more(sock)
-
-
-def _wait_closed(sockets: dict[int, int]) -> bool:
-    """Until grpc's core has closed these listening sockets, at most ``_CLOSE_WAIT``."""
-    deadline = time.monotonic() + _CLOSE_WAIT
-    while sockets and not sockets.keys().isdisjoint(_listening()):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_CLOSE_POLL)
-    return True
-
-
 # ---------------------------------------------------------------- the drain's answers
 
 
@@ -451,7 +383,7 @@ class _Adapter:
         self._coordinator = coordinator
         self._stopped = threading.Event()  # grpc has ended every RPC (set by each server's way)
         self._cancelled = False
-        self._listeners = listeners()  # the server has started: its sockets listen
+        self._listeners = native_listeners()  # the server has started: its sockets listen
 
     def close_door(self) -> int:
         """New connections are refused from now, never accepted and reset: nothing to take.
@@ -462,11 +394,11 @@ class _Adapter:
         on them (a client's SYN is dropped; it sends it again a second later, to a
         closed port), then grpc's stop, then the wait until they are closed.
         """
-        _admit_no_more_to(self._listeners)
+        admit_no_more_to(self._listeners)
         self._stop()
-        if not _wait_closed(self._listeners):
+        if not wait_closed(self._listeners):
             log.log(
-                logging.WARNING, "%s: still listening %.3g s after its stop", self.name, _CLOSE_WAIT
+                logging.WARNING, "%s: still listening %.3g s after its stop", self.name, CLOSE_WAIT
             )
         return 0
 

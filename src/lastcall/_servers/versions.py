@@ -28,9 +28,11 @@ from lastcall._log import logger
 __all__ = (
     "AIOHTTP",
     "CELERY",
+    "DAPHNE",
     "DJANGO",
     "DRAMATIQ",
     "GEVENT",
+    "GRANIAN",
     "GRPC",
     "GUNICORN",
     "GUNICORN_ASGI",
@@ -162,6 +164,27 @@ UVICORN = Tested(
     "0.30",
     "0.55",
     "the stop signal may reach uvicorn before lastcall's pre-stop delay",
+)
+# What is read: the ``self`` of Server.run in daphne/server.py (its application and
+# http_factory), and twisted/web/http.py's HTTPChannel.requests behind its
+# _GenericHTTPChannelProtocol._channel (tests/test_daphne.py).
+DAPHNE = Tested(
+    "daphne",
+    "4.0",
+    "4.2",
+    "the drain may not start, and daphne then cancels every request and WebSocket at a stop",
+)
+# What is read and patched: the local ``shutdown_event`` (granian's WorkerSignal) of the
+# ASGI worker functions and the ``callback`` of the WSGI one in granian/server/mp.py, and
+# granian/_signals.py's set_sync_signals (tests/test_granian.py passes on 2.8.0 and 2.8.9).
+# Before 2.8 the master held the listening socket all along (a new connection could wait
+# unanswered), before 2.5 the accept loop could drop what was queued (reset), and before
+# 2.2.2 the handlers came after the lifespan start-up (nothing to take).
+GRANIAN = Tested(
+    "granian",
+    "2.8",
+    "2.8",
+    "the worker may stop accepting before lastcall's pre-stop delay",
 )
 HYPERCORN = Tested(
     "hypercorn",

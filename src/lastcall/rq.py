@@ -1,0 +1,127 @@
+"""RQ workers that lose no job at a stop: ``rq worker --worker-class lastcall.rq.Worker``.
+
+::
+
+    rq worker --worker-class lastcall.rq.Worker high default low
+    rq worker --worker-class lastcall.rq.SimpleWorker default    # no fork per job
+
+(or ``Worker``/``SimpleWorker`` from here wherever RQ's own are made). On the
+first SIGTERM or SIGINT to the worker:
+
+1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
+   no job starts after the signal: RQ's wait for a job is ended at once, and a
+   job Redis handed out meanwhile goes back to the head of its queue;
+2. the running job finishes within the drain budget (``LASTCALL_GRACE`` less
+   its reserve), heartbeats kept;
+3. a job still running when the budget ends is stopped (the work horse
+   exits; a ``SimpleWorker`` never returns to it) and put back at the head of
+   its queue at once, out of ``StartedJobRegistry``, not failed; the report's
+   ``jobs`` names it;
+4. hooks run once, in the worker process (not in the horses RQ forks per
+   job); the worker ends by the signal. A second SIGINT (RQ alone ignores
+   one within 1 s of the first) kills the horse, puts its job back and ends.
+
+What does not fit is said in one line: a job timeout longer than the drain
+budget (at start-up for RQ's default, 180 s; at the first job with a longer
+one of its own), since such a job is put back at a stop instead of waited for.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+import lastcall
+from lastcall._config import drain_reserve
+from lastcall._report import log, logger
+from lastcall._servers.drain import drain
+from lastcall._workers import rq as adapter
+
+if TYPE_CHECKING:
+    from lastcall._report import Report
+
+from rq.logutils import setup_loghandlers  # noqa: E402  # after the type-only imports
+from rq.worker import SimpleWorker as _SimpleWorker  # noqa: E402
+from rq.worker import Worker as _Worker  # noqa: E402
+
+__all__ = ("SimpleWorker", "Worker")
+
+
+class _LastCall(adapter.Overrides):
+    def _install_signal_handlers(self) -> None:
+        """RQ's ``work()`` takes SIGTERM and SIGINT here, once it listens: lastcall does."""
+        _attach(self)
+
+
+class Worker(_LastCall, _Worker):
+    """RQ's ``Worker`` (a work horse forked per job), stopped by lastcall."""
+
+
+class SimpleWorker(_LastCall, _SimpleWorker):
+    """RQ's ``SimpleWorker`` (jobs on the main thread, no fork), stopped by lastcall."""
+
+
+def _attach(worker: _LastCall) -> None:
+    # lastcall's lines where RQ's go, at RQ's level (unless the app configured logging itself)
+    setup_loghandlers(logging.getLogger("rq.worker").getEffectiveLevel(), name=logger.name)
+    adapter.TESTED.check()
+    coordinator = lastcall.default
+    drainer = adapter.RQDrain(worker, coordinator)
+    worker.lastcall_drain = drainer
+    coordinator.uninstall()  # if the app called lastcall.install() itself
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # taken, not chained
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    coordinator.install(signals=("SIGTERM", "SIGINT"), force_signals=("SIGINT",))
+    drainer.attach()
+    coordinator.on_shutdown(phase="drain", name="rq worker drain")(
+        functools.partial(_drain, drainer)
+    )
+    coordinator.when_done(functools.partial(_done, drainer))
+    budget = coordinator.drain_budget()
+    log.log(
+        logging.INFO,
+        "lastcall: SIGTERM and SIGINT stop this worker within %.3g s; a running job gets "
+        "%.3g s to finish",
+        coordinator.settings.grace,
+        budget,
+    )
+    drainer.unfit = functools.partial(_say_timeout_does_not_fit, coordinator)
+    drainer.check_timeout(adapter.default_timeout(worker), "RQ's default job timeout")
+
+
+def _say_timeout_does_not_fit(
+    coordinator: lastcall.Coordinator, timeout: float, what: str
+) -> None:
+    """One line: a job timeout longer than the drain budget (the job is put back, not waited for)."""
+    budget = coordinator.drain_budget()
+    grace = coordinator.settings.grace
+    shown = "none (-1)" if timeout < 0 else f"{timeout:g} s"
+    logger.warning(
+        "%s %s is longer than lastcall's drain budget %.3g s: a job still running %.3g s "
+        "after the stop signal is put back on its queue and runs again from the start; raise "
+        "LASTCALL_GRACE to at least %g (and the orchestrator's grace with it) or give such "
+        "jobs a shorter job_timeout",
+        what,
+        shown,
+        budget,
+        budget,
+        max(timeout, 0) + (grace - budget),
+    )
+
+
+def _drain(drainer: adapter.RQDrain) -> None:
+    """The drain hook: the drain sequence, then RQ's own deregistering of the worker."""
+    coordinator = drainer.coordinator
+    drain(drainer, coordinator)
+    left = coordinator.time_left()
+    grace = coordinator.settings.grace
+    wait = max(0.5, (grace if left is None else left) - drain_reserve(grace))
+    if not drainer.wait_deregistered(wait):
+        log.log(logging.ERROR, "RQ did not deregister the worker within %.3g s", wait)
+
+
+def _done(drainer: adapter.RQDrain, report: Report) -> None:
+    if report.forced:
+        drainer.force()

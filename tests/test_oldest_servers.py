@@ -32,6 +32,7 @@ OLDEST = {
     "grpcio": "1.62.3",
     "grpcio-health-checking": "1.62.3",
     "celery": "5.7.0",
+    "rq": "2.0.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
@@ -55,6 +56,7 @@ SERVER_TESTS = [
     "tests/test_unwrapped_apps.py",
     "tests/test_grpc.py",
     "tests/test_celery.py",
+    "tests/test_rq.py",
 ]
 
 
@@ -65,7 +67,8 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
         for bound in re.findall(rf'"{name}>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    for tested in (*gated, versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY):
+    others = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.CELERY, versions.RQ)
+    for tested in (*gated, *others):
         assert OLDEST[tested.distribution].startswith(tested.oldest), tested
     assert OLDEST["hypercorn"].startswith(versions.HYPERCORN.oldest)
 

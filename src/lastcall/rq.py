@@ -33,6 +33,10 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from rq.logutils import setup_loghandlers
+from rq.worker import SimpleWorker as _SimpleWorker
+from rq.worker import Worker as _Worker
+
 import lastcall
 from lastcall._config import drain_reserve
 from lastcall._report import log, logger
@@ -41,10 +45,6 @@ from lastcall._workers import rq as adapter
 
 if TYPE_CHECKING:
     from lastcall._report import Report
-
-from rq.logutils import setup_loghandlers  # noqa: E402  # after the type-only imports
-from rq.worker import SimpleWorker as _SimpleWorker  # noqa: E402
-from rq.worker import Worker as _Worker  # noqa: E402
 
 __all__ = ("SimpleWorker", "Worker")
 
@@ -91,10 +91,8 @@ def _attach(worker: _LastCall) -> None:
     drainer.check_timeout(adapter.default_timeout(worker), "RQ's default job timeout")
 
 
-def _say_timeout_does_not_fit(
-    coordinator: lastcall.Coordinator, timeout: float, what: str
-) -> None:
-    """One line: a job timeout longer than the drain budget (the job is put back, not waited for)."""
+def _say_timeout_does_not_fit(coordinator: lastcall.Coordinator, timeout: float, what: str) -> None:
+    """One line: a job timeout longer than the drain budget: put back, not waited for."""
     budget = coordinator.drain_budget()
     grace = coordinator.settings.grace
     shown = "none (-1)" if timeout < 0 else f"{timeout:g} s"

@@ -146,19 +146,19 @@ class Overrides(_Base):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        """RQ asks this at the top of each turn of its dequeue loop: the stop ends the loop there."""
+        """Asked at the top of each turn of RQ's dequeue loop: the stop ends the loop there."""
         drain = self.lastcall_drain
         if drain is not None and drain.in_dequeue and drain.door_closed():
             raise _DoorClosed
         return bool(super().should_run_maintenance_tasks)
 
-    def prepare_execution(self, job: RQ) -> RQ:  # noqa: ANN401
+    def prepare_execution(self, job: RQ) -> RQ:
         execution = super().prepare_execution(job)
         if self.lastcall_drain is not None and self.lastcall_drain.running is not None:
             self.lastcall_drain.running.execution = execution
         return execution
 
-    def execute_job(self, job: RQ, queue: RQ) -> None:  # noqa: ANN401
+    def execute_job(self, job: RQ, queue: RQ) -> None:
         drain = self.lastcall_drain
         if drain is None:
             super().execute_job(job, queue)
@@ -173,7 +173,7 @@ class Overrides(_Base):
 
     def handle_work_horse_killed(self, job: RQ, *args: Any) -> None:  # noqa: ANN401
         if self.lastcall_drain is None or not self.lastcall_drain.stopped_here(job):
-            super().handle_work_horse_killed(job, *args)
+            super().handle_work_horse_killed(job, *args)  # type: ignore[no-untyped-call]
 
     def handle_job_failure(self, job: RQ, queue: RQ, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """A horse lastcall had to kill (SIGKILL) died with its job: it goes back, not failed."""
@@ -186,7 +186,7 @@ class Overrides(_Base):
     def register_death(self) -> None:
         """RQ's teardown deregisters the worker first (its pubsub thread may take a minute more)."""
         try:
-            super().register_death()
+            super().register_death()  # type: ignore[no-untyped-call]
         finally:
             if self.lastcall_drain is not None and not self.is_horse:
                 self.lastcall_drain.deregistered.set()
@@ -210,7 +210,7 @@ class Overrides(_Base):
         super().handle_execution_ended(job, *args, **kwargs)
 
 
-def _over(job: RQ) -> bool:  # noqa: ANN401
+def _over(job: RQ) -> bool:
     """Whether a job finished or failed (its result written), or is gone with its result."""
     try:
         status = job.get_status(refresh=True)
@@ -248,10 +248,11 @@ class RQDrain:
 
     def __init__(self, worker: RQ, coordinator: Coordinator) -> None:
         import redis  # noqa: PLC0415  # rq's own dependency
+        from rq.worker import SimpleWorker  # noqa: PLC0415
 
         self.worker = worker
         self.coordinator = coordinator
-        self.forks = hasattr(worker, "fork_work_horse")
+        self.forks = not isinstance(worker, SimpleWorker)  # a subclass of Worker before 2.12
         self.running: _Job | None = None
         self.idle = threading.Event()
         self.idle.set()
@@ -271,14 +272,15 @@ class RQDrain:
         # CLIENT LIST finds it.
         self.client_name = f"lastcall-dequeue-{os.getpid()}"
         self.dequeue_client = redis.Redis(connection_pool=pool, single_connection_client=True)
-        self.dequeue_client.connection.client_name = self.client_name
+        if self.dequeue_client.connection is not None:
+            self.dequeue_client.connection.client_name = self.client_name
         self.dequeue_client.client_setname(self.client_name)
         # The drain's and the forced stop's own commands: never wait on the pool's lock.
         self.client = redis.Redis(connection_pool=pool, single_connection_client=True)
         self.force_client = redis.Redis(connection_pool=pool, single_connection_client=True)
-        self._cleanup_takes_execution = "execution" in inspect.signature(
-            worker.cleanup_execution
-        ).parameters  # rq 3.0 on: cleanup_execution(job, pipeline, execution)
+        self._cleanup_takes_execution = (
+            "execution" in inspect.signature(worker.cleanup_execution).parameters
+        )  # rq 3.0 on: cleanup_execution(job, pipeline, execution)
 
     @property
     def name(self) -> str:
@@ -342,9 +344,11 @@ class RQDrain:
         self.coordinator.note_job(
             {"id": job.id, "name": _Job(job, queue).name, "outcome": "requeued", "seconds": 0.0}
         )
-        log.log(logging.INFO, "%s: job %s handed out after the stop began; put back", self.name, job.id)
+        log.log(
+            logging.INFO, "%s: job %s handed out as the stop began; put back", self.name, job.id
+        )
 
-    def put_back_running(self, why: str, client: RQ = None) -> None:  # noqa: ANN401
+    def put_back_running(self, why: str, client: RQ = None) -> None:
         """The running job, stopped: out of StartedJobRegistry, back at the head of its queue."""
         running = self.running
         if running is None or running.outcome == "requeued":
@@ -395,7 +399,7 @@ class RQDrain:
         try:
             for client in self.client.client_list():
                 if client.get("name") == self.client_name and client.get("cmd") in _BLOCKING:
-                    self.client.client_unblock(client["id"])
+                    self.client.client_unblock(int(client["id"]))
         except Exception as exc:  # CLIENT refused (an ACL): the stop ends the wait with the process
             log.log(logging.WARNING, "%s: could not end RQ's wait for a job: %s", self.name, exc)
             self.left_dequeue.set()
@@ -406,7 +410,9 @@ class RQDrain:
     def wait_idle(self, timeout: float) -> bool:
         """Until no job runs and RQ's dequeue loop has ended (up to ``timeout``)."""
         deadline = time.monotonic() + timeout
-        while not self.left_dequeue.wait(min(_UNBLOCK_EVERY, max(0.0, deadline - time.monotonic()))):
+        while not self.left_dequeue.wait(
+            min(_UNBLOCK_EVERY, max(0.0, deadline - time.monotonic()))
+        ):
             if time.monotonic() >= deadline:
                 return False
             self._unblock()  # RQ's loop may have begun another BLMOVE meanwhile

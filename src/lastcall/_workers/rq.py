@@ -96,10 +96,13 @@ class _Job:
         self.execution: RQ = None
         self.began = time.time()
         self.outcome = "completed"
+
+    @property
+    def name(self) -> str:
         try:
-            self.name = str(job.func_name)
+            return str(self.job.func_name)
         except Exception:  # a payload RQ cannot read: the id still says which
-            self.name = "?"
+            return "?"
 
     def entry(self) -> dict[str, Any]:
         return {
@@ -259,6 +262,7 @@ class RQDrain:
         self.deregistered = threading.Event()  # RQ's teardown took the worker off its registry
         self.unfit: Callable[[float, str], None] | None = None  # says a timeout does not fit
         self._timeouts_said: set[float] = set()
+        self.budget = coordinator.drain_budget()  # before a stop: what a stop would give a job
         self.in_dequeue = False
         self.left_dequeue = threading.Event()
         self.left_dequeue.set()
@@ -326,7 +330,7 @@ class RQDrain:
 
     def check_timeout(self, timeout: float, what: str) -> None:
         """Say once per value when a job timeout is longer than the drain budget (or none)."""
-        fits = 0 <= timeout <= self.coordinator.drain_budget()
+        fits = 0 <= timeout <= self.budget
         if fits or timeout in self._timeouts_said or self.unfit is None:
             return
         self._timeouts_said.add(timeout)

@@ -296,9 +296,36 @@ def test_plain_rq_ignores_a_quick_second_signal_and_leaves_the_job(scenario: Sce
     # The orchestrator's SIGKILL at the end of its grace (the horse is killed here by hand,
     # as a container's end would): the job is left in StartedJobRegistry, not on its queue.
     worker.send(signal.SIGKILL)
-    assert worker.finish() == -signal.SIGKILL
     horse = int(scenario.list("started")[0].split()[1])
-    os.kill(horse, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)  # it holds the worker's output pipes too
+    assert worker.finish() == -signal.SIGKILL
     assert scenario.queued() == []
     assert scenario.left_behind()["started"] == 1  # until it expires into FailedJobRegistry
     assert scenario.redis.client.hget(f"rq:job:{job_id}", "status") == "started"
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_sigkill_of_the_worker_puts_its_job_back_within_a_second(
+    scenario: Scenario, cls: str
+) -> None:
+    """SIGKILL (the OOM killer): the last resort puts the running job back; the horse dies too.
+
+    Against plain RQ: the job stays in StartedJobRegistry until it expires into
+    FailedJobRegistry, and a fork worker's orphaned horse runs on and completes it.
+    """
+    worker = scenario.worker(cls, LASTCALL_GRACE="8")
+    job_id = scenario.enqueue(9, 60, 0.2)
+    wait_until("the job running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGKILL)
+    killed = time.monotonic()
+    back = wait_until("the job back on the queue", lambda: scenario.queued() == [job_id])
+    assert back - killed < 1.0, f"{back - killed:.2f} s"
+    assert worker.finish() == -signal.SIGKILL
+    assert scenario.left_behind() == {"started": 0, "failed": 0, "intermediate": 0}
+    assert scenario.redis.client.hget(f"rq:job:{job_id}", "status") == "queued"
+
+    second = scenario.worker(cls, LASTCALL_GRACE="8")
+    wait_until("the job completed", lambda: scenario.list("completed") == ["9"])
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    assert scenario.list("completed") == ["9"]  # once: the first horse died with its worker

@@ -79,6 +79,11 @@ def _attach(worker: _LastCall) -> None:
         functools.partial(_drain, drainer)
     )
     coordinator.when_done(functools.partial(_done, drainer))
+    last_resort = drainer.last_resort_args()
+    if last_resort is not None:  # SIGKILL, the OOM killer: the job goes back all the same
+        lastcall.last_resort(
+            "lastcall._workers.rq:put_back_after_kill", *last_resort, name="rq: put back the job"
+        )
     budget = coordinator.drain_budget()
     log.log(
         logging.INFO,

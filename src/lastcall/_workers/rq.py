@@ -41,6 +41,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -68,6 +69,10 @@ _ANSWER_WAIT = 0.5  # seconds a process has to stop its job before it is killed
 _SETTLE_WAIT = 2.0  # seconds the worker has to put a stopped job back
 _UNBLOCK_EVERY = 0.02  # seconds between CLIENT UNBLOCKs while the dequeue loop still waits
 _BLOCKING = frozenset({"blmove", "blpop", "brpoplpush", "blmpop"})
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_libc: Any = None  # libc, loaded once in the worker (Linux): prctl in each horse
+# The Redis connection settings the last resort reconnects with (JSON: no objects).
+_CONNECTION_KEYS = ("host", "port", "db", "username", "password", "path", "socket_connect_timeout")
 
 
 class _DoorClosed(Exception):  # noqa: N818  # control flow out of RQ's dequeue loop, not an error
@@ -197,10 +202,19 @@ class Overrides(_Base):
     # ------------------------------------------------------------ the job's own process
 
     def setup_work_horse_signals(self) -> None:
-        """The horse: SIGTERM and SIGINT are the worker's to act on; STOP_SIGNAL stops the job."""
+        """The horse: SIGTERM and SIGINT are the worker's to act on; STOP_SIGNAL stops the job.
+
+        It dies with the worker (``PR_SET_PDEATHSIG``): a worker killed with SIGKILL
+        has its job put back by the last resort, which must not then complete here.
+        """
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(STOP_SIGNAL, _horse_stop_requested)
+        drain = self.lastcall_drain
+        if drain is not None and _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            if os.getppid() != drain.worker_pid:  # the worker died before the prctl
+                os._exit(1)
 
     def prepare_job_execution(self, job: RQ, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         _running.job_id = job.id
@@ -271,6 +285,7 @@ class RQDrain:
         self._closed = False
         self._started = 0.0
         self.connection = worker.connection
+        self.worker_pid = os.getpid()
         pool = self.connection.connection_pool
         # A connection of its own for the dequeue wait, named (again at a reconnect), so
         # CLIENT LIST finds it.
@@ -292,8 +307,24 @@ class RQDrain:
 
     def attach(self) -> None:
         """On the main thread as the worker starts listening."""
+        global _libc  # noqa: PLW0603  # loaded once per process
         if not self.forks:
             signal.signal(STOP_SIGNAL, _simple_stop_requested)
+        elif sys.platform == "linux" and _libc is None:
+            import ctypes  # noqa: PLC0415  # only where prctl exists
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+
+    def last_resort_args(self) -> tuple[dict[str, Any], str, list[str]] | None:
+        """What ``put_back_after_kill`` needs, as JSON; None where it cannot reconnect."""
+        pool = self.connection.connection_pool
+        if type(pool).__name__ != "ConnectionPool" or "SSL" in pool.connection_class.__name__:
+            return None  # Sentinel, TLS: their settings do not travel as JSON
+        kwargs = pool.connection_kwargs
+        settings = {key: kwargs[key] for key in _CONNECTION_KEYS if kwargs.get(key) is not None}
+        if "path" in settings:
+            settings["unix_socket_path"] = settings.pop("path")
+        return settings, self.worker.name, [queue.name for queue in self.worker.queues]
 
     # ------------------------------------------------------------ the main thread's side
 
@@ -501,3 +532,35 @@ class RQDrain:
 def default_timeout(worker: RQ) -> float:
     """The job timeout RQ gives a job enqueued without one (``Queue.DEFAULT_TIMEOUT``)."""
     return float(worker.queue_class.DEFAULT_TIMEOUT)
+
+
+def put_back_after_kill(settings: dict[str, Any], worker_name: str, queues: list[str]) -> None:
+    """The last resort, in the watcher once the worker died without a stop (SIGKILL, OOM).
+
+    The job it ran (its horse died with it) is taken out of its queue's
+    ``StartedJobRegistry`` and pushed at the head of the queue, as the drain does;
+    in plain Redis commands, so nothing of RQ is imported here.
+    """
+    import redis  # noqa: PLC0415  # rq's own dependency
+
+    client: RQ = redis.Redis(**settings, decode_responses=True)
+    try:
+        for queue in queues:
+            registry = f"rq:wip:{queue}"
+            for member in client.zrange(registry, 0, -1):
+                job_id = str(member).split(":", 1)[0]  # rq 3.0: job_id:execution_id
+                job_key = f"rq:job:{job_id}"
+                if client.hget(job_key, "worker_name") != worker_name:
+                    continue
+                with client.pipeline() as pipe:
+                    pipe.zrem(registry, member)
+                    pipe.hset(job_key, "status", "queued")
+                    pipe.lrem(f"rq:queue:{queue}:intermediate", 1, job_id)
+                    pipe.lpush(f"rq:queue:{queue}", job_id)
+                    pipe.execute()
+                print(  # noqa: T201  # the watcher's log is its stderr
+                    f"lastcall: job {job_id} put back on queue {queue}: worker {worker_name} died",
+                    file=sys.stderr,
+                )
+    finally:
+        client.close()

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ("SimpleWorker", "Worker")
 
+_DEREGISTER_WAIT = 2.0  # seconds, at most, for RQ's teardown to take the worker off its registry
+
 
 class _LastCall(adapter.Overrides):
     def _install_signal_handlers(self) -> None:
@@ -117,10 +119,15 @@ def _say_timeout_does_not_fit(coordinator: lastcall.Coordinator, timeout: float,
 def _drain(drainer: adapter.RQDrain) -> None:
     """The drain hook: the drain sequence, then RQ's own deregistering of the worker."""
     coordinator = drainer.coordinator
-    drain(drainer, coordinator)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, adapter.THREAD_MASK)  # this thread's
+    try:
+        drain(drainer, coordinator)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     left = coordinator.time_left()
     grace = coordinator.settings.grace
-    wait = max(0.5, (grace if left is None else left) - drain_reserve(grace))
+    # RQ deregisters the worker as soon as its loop ends; the hooks keep their reserve.
+    wait = min(_DEREGISTER_WAIT, max(0.5, (grace if left is None else left) - drain_reserve(grace)))
     if not drainer.wait_deregistered(wait):
         log.log(logging.ERROR, "RQ did not deregister the worker within %.3g s", wait)
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("STOP_SIGNAL", "TESTED", "Overrides", "RQDrain")
+__all__ = ("STOP_SIGNAL", "TESTED", "THREAD_MASK", "Overrides", "RQDrain")
 
 # RQ and redis-py objects (worker, job, queue, execution, client): reached by duck typing
 RQ: TypeAlias = Any
@@ -69,6 +69,11 @@ _ANSWER_WAIT = 0.5  # seconds a process has to stop its job before it is killed
 _SETTLE_WAIT = 2.0  # seconds the worker has to put a stopped job back
 _UNBLOCK_EVERY = 0.02  # seconds between CLIENT UNBLOCKs while the dequeue loop still waits
 _BLOCKING = frozenset({"blmove", "blpop", "brpoplpush", "blmpop"})
+# Signals no other thread of the worker may take: the kernel gives a process-directed
+# signal to any thread not blocking it, and one taken by another thread does not wake the
+# main thread from RQ's os.wait4 (a second Ctrl-C would wait for the job; RQ's SIGALRM
+# for its heartbeat would not come). Blocked in RQ's pubsub thread and in the drain's.
+THREAD_MASK = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _libc: Any = None  # libc, loaded once in the worker (Linux): prctl in each horse
 # The Redis connection settings the last resort reconnects with (JSON: no objects).
@@ -190,6 +195,14 @@ class Overrides(_Base):
             drain.put_back_running("the drain budget ran out")
             return
         super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def subscribe(self) -> None:
+        """RQ's pubsub thread, started with the stop signals blocked (see ``THREAD_MASK``)."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, THREAD_MASK)
+        try:
+            super().subscribe()  # type: ignore[no-untyped-call]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def register_death(self) -> None:
         """RQ's teardown deregisters the worker first (its pubsub thread may take a minute more)."""

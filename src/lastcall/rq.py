@@ -11,8 +11,8 @@ first SIGTERM or SIGINT to the worker:
 1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
    no job starts after the signal: RQ's wait for a job is ended at once, and a
    job Redis handed out meanwhile goes back to the head of its queue;
-2. the running job finishes within the drain budget (``LASTCALL_GRACE`` less
-   its reserve), heartbeats kept;
+2. the running job finishes within its budget (``LASTCALL_GRACE`` less the
+   hooks' reserve and the time a cancel takes: ``job_budget``), heartbeats kept;
 3. a job still running when the budget ends is stopped (the work horse
    exits; a ``SimpleWorker`` never returns to it) and put back at the head of
    its queue at once, out of ``StartedJobRegistry``, not failed; the report's
@@ -46,9 +46,19 @@ from lastcall._workers import rq as adapter
 if TYPE_CHECKING:
     from lastcall._report import Report
 
-__all__ = ("SimpleWorker", "Worker")
+__all__ = ("SimpleWorker", "Worker", "job_budget")
 
 _DEREGISTER_WAIT = 2.0  # seconds, at most, for RQ's teardown to take the worker off its registry
+# Stopping an overrunning job and putting it back takes up to a second under load (0.5 s for
+# the process running it to answer): the job's budget leaves that much of the drain budget.
+_CANCEL_MAX = 1.0
+_CANCEL_SHARE = 1 / 4
+
+
+def job_budget(coordinator: lastcall.Coordinator) -> float:
+    """How long the running job may take after the signal: the drain budget less its cancel."""
+    budget = coordinator.drain_budget()
+    return max(0.0, budget - min(_CANCEL_MAX, budget * _CANCEL_SHARE))
 
 
 class _LastCall(adapter.Overrides):
@@ -86,7 +96,7 @@ def _attach(worker: _LastCall) -> None:
         lastcall.last_resort(
             "lastcall._workers.rq:put_back_after_kill", *last_resort, name="rq: put back the job"
         )
-    budget = coordinator.drain_budget()
+    budget = drainer.budget = job_budget(coordinator)
     log.log(
         logging.INFO,
         "lastcall: SIGTERM and SIGINT stop this worker within %.3g s; a running job gets "
@@ -100,7 +110,7 @@ def _attach(worker: _LastCall) -> None:
 
 def _say_timeout_does_not_fit(coordinator: lastcall.Coordinator, timeout: float, what: str) -> None:
     """One line: a job timeout longer than the drain budget: put back, not waited for."""
-    budget = coordinator.drain_budget()
+    budget = job_budget(coordinator)
     grace = coordinator.settings.grace
     shown = "none (-1)" if timeout < 0 else f"{timeout:g} s"
     logger.warning(
@@ -121,13 +131,13 @@ def _drain(drainer: adapter.RQDrain) -> None:
     coordinator = drainer.coordinator
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, adapter.THREAD_MASK)  # this thread's
     try:
-        drain(drainer, coordinator)
+        drain(drainer, coordinator, budget=job_budget(coordinator))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     left = coordinator.time_left()
     grace = coordinator.settings.grace
     # RQ deregisters the worker as soon as its loop ends; the hooks keep their reserve.
-    wait = min(_DEREGISTER_WAIT, max(0.5, (grace if left is None else left) - drain_reserve(grace)))
+    wait = min(_DEREGISTER_WAIT, max(0.0, (grace if left is None else left) - drain_reserve(grace)))
     if not drainer.wait_deregistered(wait):
         log.log(logging.ERROR, "RQ did not deregister the worker within %.3g s", wait)
 

@@ -289,7 +289,7 @@ class RQDrain:
         self.deregistered = threading.Event()  # RQ's teardown took the worker off its registry
         self.unfit: Callable[[float, str], None] | None = None  # says a timeout does not fit
         self._timeouts_said: set[float] = set()
-        self.budget = coordinator.drain_budget()  # before a stop: what a stop would give a job
+        self.budget = coordinator.drain_budget()  # what a stop gives a job (the face sets it)
         self.in_dequeue = False
         self.left_dequeue = threading.Event()
         self.left_dequeue.set()

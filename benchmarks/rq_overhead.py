@@ -101,8 +101,16 @@ def run(client: redis.Redis, directory: Path, worker_class: str, jobs: int) -> t
             time.sleep(0.05)
         cpu = cpu_seconds(worker.pid) - before
     finally:
-        worker.kill()  # idle, no horse: nothing is cut
-        worker.wait()
+        # lastcall's worker ends at SIGTERM once deregistered; RQ's own waits up to a minute
+        # for its pubsub thread (redis-py 8), so it is killed (idle, no horse: nothing is cut).
+        worker.send_signal(
+            signal.SIGTERM if worker_class.startswith("lastcall") else signal.SIGKILL
+        )
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
     def stamp(job_id: str, field: str) -> float:
         raw = client.hget(f"rq:job:{job_id}", field)

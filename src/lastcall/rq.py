@@ -96,6 +96,11 @@ def _attach(worker: _LastCall) -> None:
         lastcall.last_resort(
             "lastcall._workers.rq:put_back_after_kill", *last_resort, name="rq: put back the job"
         )
+    else:
+        logger.info(
+            "lastcall: a Sentinel or TLS connection is not handed to the last resort: after a "
+            "SIGKILL the running job waits for RQ's own cleanup of StartedJobRegistry"
+        )
     budget = drainer.budget = job_budget(coordinator)
     log.log(
         logging.INFO,

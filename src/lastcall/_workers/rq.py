@@ -12,8 +12,10 @@ Tested with RQ 2.0 to 3.0 (``versions.RQ``). What is overridden, from
   out once the stop began), the ``should_run_maintenance_tasks`` property
   (asked at the top of each turn of the dequeue loop: the turn after an
   unblocked ``BLMOVE`` ends the loop there), ``prepare_execution``,
-  ``execute_job``, ``handle_work_horse_killed`` and ``handle_job_failure``
-  (a job lastcall stopped is put back, not failed), ``teardown``;
+  ``execute_job`` (a job lastcall stopped is put back, not failed),
+  ``handle_work_horse_killed`` and ``handle_job_failure`` (the same, for a
+  horse it had to kill), ``subscribe`` (RQ's pubsub thread takes no stop
+  signal), ``register_death``;
 * in the work horse (or, for ``SimpleWorker``, the worker's main thread):
   ``setup_work_horse_signals``, ``prepare_job_execution`` and
   ``handle_execution_ended`` (between those two the job's own code runs).
@@ -32,6 +34,10 @@ returned and its result is being written, the horse exits at once (and a
 ``SimpleWorker``'s main thread never returns to the job); the worker
 then puts the job back at the head of its queue, out of ``StartedJobRegistry``,
 status ``queued``, instead of failing it.
+
+A worker killed with SIGKILL: its horses die with it (``PR_SET_PDEATHSIG``),
+and a last-resort hook (``put_back_after_kill``, run by lastcall's watcher
+process) puts the job it ran back on its queue.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ TESTED = versions.RQ
 STOP_SIGNAL = signal.SIGUSR2
 _DONE = frozenset({"finished", "failed", "stopped", "canceled"})  # JobStatus values: not put back
 _ANSWER_WAIT = 0.5  # seconds a process has to stop its job before it is killed
-_SETTLE_WAIT = 2.0  # seconds the worker has to put a stopped job back
+_SETTLE_WAIT = 2.0  # seconds the worker has to put back a job whose horse had to be killed
 _UNBLOCK_EVERY = 0.02  # seconds between CLIENT UNBLOCKs while the dequeue loop still waits
 _BLOCKING = frozenset({"blmove", "blpop", "brpoplpush", "blmpop"})
 # Signals no other thread of the worker may take: the kernel gives a process-directed
@@ -106,6 +112,7 @@ class _Job:
         self.execution: RQ = None
         self.began = time.time()
         self.outcome = "completed"
+        self.claim = threading.Lock()  # taken by the one put-back
 
     @property
     def name(self) -> str:
@@ -294,7 +301,6 @@ class RQDrain:
         self.left_dequeue = threading.Event()
         self.left_dequeue.set()
         self._stopping: str | None = None  # the job id cancel() stopped
-        self._requeued = threading.Event()
         self._closed = False
         self._started = 0.0
         self.connection = worker.connection
@@ -362,7 +368,6 @@ class RQDrain:
         if timeout is not None:
             self.check_timeout(float(timeout), f"job {job.id}'s job_timeout")
         self.running = _Job(job, queue)
-        self._requeued.clear()
         self.idle.clear()
 
     def ended(self) -> None:
@@ -399,7 +404,9 @@ class RQDrain:
     def put_back_running(self, why: str, client: RQ = None) -> None:
         """The running job, stopped: out of StartedJobRegistry, back at the head of its queue."""
         running = self.running
-        if running is None or running.outcome == "requeued":
+        # Claimed once, without waiting: a second Ctrl-C's handler may run on the main thread
+        # in the middle of this (it then leaves the job to this call, or to the last resort).
+        if running is None or not running.claim.acquire(blocking=False):
             return
         job, queue = running.job, running.queue
         extra = (running.execution,) if self._cleanup_takes_execution else ()
@@ -410,7 +417,6 @@ class RQDrain:
             pipe.lpush(queue.key, job.id)
             pipe.execute()
         running.outcome = "requeued"
-        self._requeued.set()
         entry = running.entry()
         self.coordinator.note_job(entry)
         log.log(

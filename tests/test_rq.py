@@ -154,6 +154,8 @@ def test_sigterm_running_job_finishes_none_starts_after(scenario: Scenario, cls:
         cls, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
+    line = worker.wait_for("RQ's default job timeout 180 s is longer than")
+    assert f"drain budget {_budget(worker):.3g} s" in line, line  # both numbers, one line
     assert readyz(health) == 200
     scenario.enqueue(0, 3.0)
     for n in (1, 2, 3):
@@ -239,6 +241,28 @@ def test_second_sigint_puts_back_at_once_and_ends(scenario: Scenario, cls: str) 
     assert scenario.queued() == [job_id]
     assert scenario.list("completed") == []
     assert scenario.left_behind() == {"started": 0, "failed": 0, "intermediate": 0}
+
+
+@pytest.mark.parametrize("queues", [("default",), ("high", "default")], ids=["blmove", "blpop"])
+def test_idle_worker_stops_at_once_and_deregisters(
+    scenario: Scenario, queues: tuple[str, ...]
+) -> None:
+    """An idle worker waits in a BLMOVE or BLPOP of minutes: the stop ends it at once.
+
+    Without ``CLIENT UNBLOCK`` the wait would hold the drain to its budget (7.2 s here)
+    and the process would end with the wait still open at the server.
+    """
+    worker = scenario.worker("Worker", *queues, LASTCALL_GRACE="8")
+    assert scenario.redis.client.scard("rq:workers") == 1
+    command = "blmove" if len(queues) == 1 else "blpop"
+    clients = scenario.redis.client.client_list
+    wait_until(f"RQ waiting in {command}", lambda: any(c["cmd"] == command for c in clients()))
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert time.monotonic() - signalled < 3.0
+    worker.wait_for("drained: nothing left in flight")
+    assert scenario.redis.client.scard("rq:workers") == 0  # RQ's teardown deregistered it
 
 
 @pytest.mark.parametrize("queues", [("default",), ("high", "default")], ids=["blmove", "blpop"])

@@ -37,6 +37,7 @@ OLDEST = {
     "dramatiq": "1.17.0",
     "granian": "2.8.0",
     "daphne": "4.0.0",
+    "rq": "2.0.0",
 }
 TOOLS = ["click>=8.1", "rich>=13", "httpx>=0.27"]
 TOOLS += ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"]
@@ -68,6 +69,7 @@ SERVER_TESTS = [
     "tests/test_dramatiq.py",
     "tests/test_granian.py",
     "tests/test_daphne.py",
+    "tests/test_rq.py",
 ]
 
 
@@ -78,7 +80,7 @@ def test_oldest_versions_are_the_bounds_and_the_gates() -> None:
         for bound in re.findall(rf'"{name}(?:\[[\w,]+\])?>=([\d.]+)"', text):
             assert version.startswith(bound), f"{name}>={bound} in pyproject, {version} here"
     gated = (versions.WERKZEUG, versions.GUNICORN, versions.WAITRESS, versions.UVICORN)
-    workers = (versions.CELERY, versions.DRAMATIQ)
+    workers = (versions.CELERY, versions.DRAMATIQ, versions.RQ)
     servers = (versions.GEVENT, versions.DJANGO, versions.GRPC, versions.AIOHTTP, versions.TORNADO)
     servers += (versions.GRANIAN, versions.DAPHNE)
     for tested in (*gated, *servers, *workers):

@@ -124,7 +124,9 @@ def main(argv: list[str]) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # not the mask of the app thread that started us
     sys.stdout = sys.stderr = OUTPUT  # see Output: no write to the app's stderr may block
     app = App()
-    with open(channel_fd, "rb") as channel:
+    # An app killed before it read our "ready" resets the socket instead of closing it:
+    # the same end (seen with rq workers killed by SIGKILL a second after start-up).
+    with open(channel_fd, "rb") as channel, contextlib.suppress(ConnectionResetError):
         for raw in channel:
             if not raw.endswith(b"\n"):
                 break  # the app died while sending this line: that hook was never registered

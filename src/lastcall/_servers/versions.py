@@ -39,6 +39,7 @@ __all__ = (
     "GUNICORN_GTHREAD",
     "HYPERCORN",
     "KOMBU",
+    "RQ",
     "TORNADO",
     "UVICORN",
     "WAITRESS",
@@ -229,6 +230,17 @@ DRAMATIQ = Tested(
     "1.17",
     "2.2",
     "messages may start after the stop signal or not be put back when the drain budget runs out",
+)
+# What is overridden: rq/worker.py (2.x; rq/worker/base.py and worker_classes.py from 2.12):
+# BaseWorker._install_signal_handlers, dequeue_job_and_maintain_ttl, should_run_maintenance_tasks,
+# execute_job, handle_job_failure, handle_work_horse_killed, setup_work_horse_signals,
+# prepare_job_execution, handle_execution_ended (lastcall/_workers/rq.py names each);
+# tests/test_rq.py passes on 2.0.0 and on 3.0.0.
+RQ = Tested(
+    "rq",
+    "2.0",
+    "3.0",
+    "jobs may start after the stop signal or not be put back when the drain budget runs out",
 )
 # What is read: grpc/_server.py's _Server._state (its handler list and dict) and, on
 # grpc.aio, the Cython AioServer's (grpc/_cython/_cygrpc/aio/server.pyx.pxi) through

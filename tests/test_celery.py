@@ -56,6 +56,7 @@ store = redis.Redis.from_url(BROKER)
 @lastcall.on_shutdown
 def main_hook():
     store.rpush("hooks", f"main {os.getpid()}")
+    time.sleep(float(os.environ.get("HOOK_SLEEP", "0")))
 
 
 @signals.worker_process_init.connect
@@ -71,7 +72,9 @@ def pool_process_init(**_):
 def work(n, seconds, again=None):
     attempt = store.incr(f"attempt:{n}")
     store.rpush("started", f"{n} {os.getpid()} {time.time()}")
-    time.sleep(seconds if attempt == 1 or again is None else again)
+    end = time.time() + (seconds if attempt == 1 or again is None else again)
+    while time.time() < end and not store.exists("release", f"release:{n}"):  # test may end it
+        time.sleep(min(0.05, max(0.0, end - time.time())))
     store.rpush("completed", n)
     return n
 """
@@ -146,11 +149,18 @@ def readyz(port: int) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "0"), ("prefork", "1"), ("threads", "1")],
+    ids=["prefork-acks-early", "prefork-acks-late", "threads-acks-late"],
+)
 def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
-    scenario: Scenario, acks_late: str
+    scenario: Scenario, pool: str, acks_late: str
 ) -> None:
-    """Prefork, 2 processes, 2 tasks running and 4 prefetched, SIGTERM to the main process.
+    """2 processes (or threads), 2 tasks running and 4 prefetched, SIGTERM to the main process.
+
+    Threads: the 4 prefetched wait in the thread pool's queue; their futures are
+    cancelled (no thread takes them) and their messages go back.
 
     Against plain Celery: the 4 prefetched stay held by the stopping worker (not
     on the queue) until its warm shutdown ends, the exit status is 0, and the
@@ -158,7 +168,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     """
     health = free_port()
     worker = scenario.worker(
-        "-P", "prefork", "-c", "2",
+        "-P", pool, "-c", "2",
         ACKS_LATE=acks_late, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
         SOFT_LIMIT="60", LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
         VISIBILITY="8",
@@ -169,7 +179,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     line = worker.wait_for("visibility_timeout=8 s", stream="stderr")
     assert "LASTCALL_GRACE=8 s" in line, line
     assert readyz(health) == 200
-    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    scenario.enqueue(*[(n, 60, None) for n in range(6)])  # until "release"
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("the other 4 prefetched (4 x 2 processes)", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
@@ -178,9 +188,10 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     assert readyz(health) == 503  # red at once, while the tasks still run
     back = wait_until("the prefetched tasks back on the queue", lambda: scenario.queued() == 4)
     assert back - signalled < 1.0
-    scenario.enqueue((6, 0.2, None))  # during the stop: left on the queue
+    scenario.redis.client.set("release", 1)  # the 2 running end, within the budget
+    scenario.enqueue((6, 0.2, None))  # during (or after) the stop: left on the queue
     assert worker.finish() == -signal.SIGTERM, worker.output()
-    assert sorted(scenario.list("completed")) == ["0", "1"]
+    assert sorted(scenario.list("completed")) == ["0", "1"], worker.output()
     assert len(scenario.list("started")) == 2  # none started after the signal
     processes = scenario.list("processes")
     ours = {str(worker.pid), *processes}  # not the enqueuing script's own exit
@@ -203,8 +214,8 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
 
 @pytest.mark.parametrize(
     ("pool", "acks_late"),
-    [("prefork", "0"), ("prefork", "1"), ("solo", "0")],
-    ids=["prefork-acks-early", "prefork-acks-late", "solo"],
+    [("prefork", "0"), ("prefork", "1"), ("solo", "0"), ("threads", "0")],
+    ids=["prefork-acks-early", "prefork-acks-late", "solo", "threads"],
 )
 def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     scenario: Scenario, pool: str, acks_late: str
@@ -278,12 +289,13 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
 def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:
     """Plain Celery beside: what the first test checks does not hold without lastcall."""
     worker = scenario.worker("-P", "prefork", "-c", "2", PLAIN="1")
-    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    scenario.enqueue(*[(n, 60, None) for n in range(6)])  # until "release"
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("the other 4 prefetched", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
     time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
     assert scenario.queued() == 0  # still held by the stopping worker
+    scenario.redis.client.set("release", 1)
     assert worker.finish() == 0  # Celery exits 0 after SIGTERM
     assert sorted(scenario.list("completed")) == ["0", "1"]
     assert not any(h.startswith("process") for h in scenario.list("hooks"))
@@ -313,3 +325,46 @@ def test_many_short_tasks_each_complete_once_across_a_stop(scenario: Scenario) -
     assert second.finish() == -signal.SIGTERM
     completed = scenario.list("completed")
     assert sorted(map(int, completed)) == list(range(total))  # each exactly once
+
+
+@pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
+def test_threads_task_put_back_never_completes_in_its_thread(
+    scenario: Scenario, acks_late: str
+) -> None:
+    """Threads: a task put back at the budget's end, told to finish while the stop's hooks run.
+
+    A thread cannot be killed: its task is put back at once, and the thread gets
+    ``TaskStopped`` at its next Python bytecode. Without that the task would
+    complete in its thread while the hook sleeps (2 s), and again on the second
+    worker.
+    """
+    worker = scenario.worker(
+        "-P", "threads", "-c", "2", LASTCALL_GRACE="5", HOOK_SLEEP="2", ACKS_LATE=acks_late,
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
+    line = worker.wait_for("running tasks get", stream="stderr")
+    budget = float(line.split("running tasks get ")[1].split()[0])
+    scenario.enqueue((1, 60, 0.2), (2, 60, None))
+    wait_until("both running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    worker.wait_for("shutdown started by SIGTERM", stream="stderr")
+    scenario.redis.client.set("release:2", 1)  # task 2 ends within the budget
+    back = wait_until("the task back on the queue", lambda: scenario.queued() == 1)
+    assert back - signalled < budget + 1.0
+    scenario.redis.client.set("release:1", 1)  # task 1's loop ends now, if it still runs
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert time.monotonic() - back > 1.0  # the hook kept the process alive meanwhile
+    assert scenario.list("completed") == ["2"]  # not 1: stopped in its thread
+    scenario.redis.client.delete("release:1")
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    outcomes = {job["id"]: job["outcome"] for job in report["jobs"]}
+    assert sorted(outcomes.values()) == ["completed", "requeued"], report["jobs"]
+    assert scenario.list("hooks").count(f"main {worker.pid}") == 1
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+
+    second = scenario.worker("-P", "threads", "-c", "2", LASTCALL_GRACE="5")
+    wait_until("the task completed", lambda: len(scenario.list("completed")) == 2)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    assert sorted(scenario.list("completed")) == ["1", "2"]  # each once

@@ -8,7 +8,7 @@
     app = Celery("tasks", broker="redis://localhost:6379/0")
     LastCall(app)
 
-then ``celery -A tasks worker`` as before (pools ``prefork`` and ``solo``,
+then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads`` and ``solo``,
 broker Redis, with or without ``acks_late``). On the first SIGTERM or SIGINT
 to the worker:
 
@@ -115,7 +115,7 @@ class LastCall:
         transport = consumer.app.connection_for_read().transport_cls
         if consumer.hub is None or kind not in adapter.SUPPORTED_POOLS or transport != "redis":
             logger.warning(
-                "lastcall drains Celery's prefork and solo pools on Redis; this worker (pool "
+                "lastcall drains Celery's prefork, threads and solo pools on Redis; this worker (pool "
                 "%s, broker %s) gets its hooks and exit status, not the drain",
                 kind,
                 transport,
@@ -248,5 +248,5 @@ class LastCall:
             adapter.task_began(task_id)
 
     @staticmethod
-    def _task_postrun(**_: Any) -> None:  # noqa: ANN401
-        adapter.task_ended()
+    def _task_postrun(task_id: str | None = None, **_: Any) -> None:  # noqa: ANN401
+        adapter.task_ended(task_id)

@@ -1,4 +1,4 @@
-"""Celery on Redis (prefork and solo pools): the adapter the drain runs through.
+"""Celery on Redis (prefork, threads and solo pools): the adapter the drain runs through.
 
 ``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
 lines); everything here reaches into Celery, kombu and billiard, and nothing
@@ -14,7 +14,9 @@ come from:
   state.py``: ``active_requests``, ``reserved_requests``, ``should_stop``,
   ``task_ready``; ``celery/worker/request.py``: ``Request.message``,
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
-  ``_apply_result``.
+  ``_apply_result``; ``celery/concurrency/thread.py``: ``TaskPool.on_apply``
+  (wrapped: the results are held), ``ApplyResult.f`` (the future a thread
+  takes the task from).
 * ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
   ``AsynPool``); ``celery/concurrency/asynpool.py``:
   ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
@@ -41,11 +43,20 @@ the solo pool's main process) gets ``STOP_SIGNAL``. Its handler answers on a
 pipe whether a task was running, and if so never returns to it: the task
 cannot complete after it was put back. A child then runs its own hooks and
 exits; the solo main thread waits there until the stop ends the process.
+
+A thread cannot be stopped from outside. The threads pool's overrunning task
+is put back at once all the same, and its thread is given ``TaskStopped``
+(``PyThreadState_SetAsyncExc``), raised at its next Python bytecode: a task
+sleeping or blocked in C code gets no further than its next Python call, so
+it cannot complete after it was put back. Celery's own shutdown would wait
+for that thread, so it is skipped; the process ends by the signal when the
+stop is over, and the thread ends with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import queue
@@ -65,7 +76,7 @@ if TYPE_CHECKING:
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("STOP_SIGNAL", "CeleryWorker", "ChildSide", "WorkerLoop")
+__all__ = ("STOP_SIGNAL", "CeleryWorker", "ChildSide", "TaskStopped", "WorkerLoop")
 
 # Celery, kombu and billiard objects: untyped, reached by duck typing
 Celery: TypeAlias = Any
@@ -79,7 +90,15 @@ STOP_SIGNAL = signal.SIGUSR2
 _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
-SUPPORTED_POOLS = ("prefork", "solo")
+SUPPORTED_POOLS = ("prefork", "solo", "threads")
+
+
+class TaskStopped(BaseException):  # not an error: the stop put the task back
+    """Raised in a threads-pool thread whose task was put back: it never completes here.
+
+    A ``BaseException``, so the task's own ``except Exception`` does not swallow it;
+    Celery's tracer lets it through, and the thread pool keeps it in the task's future.
+    """
 
 
 def pool_kind(pool: Celery) -> str:
@@ -94,6 +113,7 @@ class _Running:
     def __init__(self) -> None:
         self.task_id: str | None = None
         self.stopping = False  # STOP_SIGNAL came: the task never resumes
+        self.threads: dict[str, int] = {}  # threads pool: task id -> the thread running it
 
 
 _running = _Running()
@@ -102,11 +122,22 @@ _running = _Running()
 def task_began(task_id: str) -> None:
     """Celery's ``task_prerun``, in the process that runs the task."""
     _running.task_id = task_id
+    _running.threads[task_id] = threading.get_ident()
 
 
-def task_ended() -> None:
+def task_ended(task_id: str | None) -> None:
     """Celery's ``task_postrun``."""
     _running.task_id = None
+    _running.threads.pop(task_id or "", None)
+
+
+def _stop_thread(task_id: str) -> None:
+    """Raise ``TaskStopped`` in the thread running ``task_id``, at its next Python bytecode."""
+    ident = _running.threads.get(task_id)
+    if ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(TaskStopped)
+        )
 
 
 class ChildSide:
@@ -194,7 +225,9 @@ class CeleryWorker:
         self.answers = answer_fd
         self.loop = WorkerLoop(consumer.hub)
         self.door_closed = False
-        self.frozen = threading.Event()  # solo: the main thread stopped its task
+        # solo: the main thread stopped its task; threads: a thread still holds one. Either
+        # way Celery's own shutdown would wait for it, so the stop ends the process instead.
+        self.frozen = threading.Event()
         self.finished = threading.Event()  # solo: the main thread had no task to stop
         self.celery_stopped = threading.Event()  # Celery's worker_shutdown signal
         self.main_ident = threading.main_thread().ident
@@ -215,6 +248,27 @@ class CeleryWorker:
             strategies[task_name] = self._gated(strategy)
         if self.kind == "solo":
             signal.signal(STOP_SIGNAL, self._solo_stop_requested)
+        if self.kind == "threads":
+            self._hold_thread_results()
+
+    def _hold_thread_results(self) -> None:
+        """Threads: keep each task's ``ApplyResult`` while its future is not done.
+
+        ``Request._apply_result`` is a weak reference and the thread pool keeps no
+        other (celery/concurrency/thread.py), so the door could not find the futures
+        of prefetched tasks to cancel them.
+        """
+        pool = self.consumer.pool
+        apply = pool.on_apply
+        held: set[Any] = set()
+
+        def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            result = apply(*args, **kwargs)
+            held.add(result)
+            result.f.add_done_callback(lambda _future: held.discard(result))
+            return result
+
+        pool.on_apply = on_apply
 
     def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
         """A strategy that starts nothing once the stop began: the message goes back at once."""
@@ -244,6 +298,8 @@ class CeleryWorker:
         # Solo: the loop may be running a task; the gated strategies keep the door shut
         # until it is free, and the door closes then.
         self.loop.call(self._close_door_on_loop, timeout=0.5 if self.kind == "solo" else 5.0)
+        for request in self.running():  # threads: taken by a thread, not yet accepted
+            self.jobs.setdefault(request.id, _job(request, "completed", now))
         return 0
 
     def _close_door_on_loop(self) -> None:
@@ -270,7 +326,7 @@ class CeleryWorker:
             "%s stopped consuming; %d prefetched task(s) put back on their queues, %d running",
             self.name,
             put_back,
-            len(self.state.active_requests),
+            len(self.running()),
         )
 
     def _unwritten_jobs(self) -> set[int]:
@@ -292,16 +348,26 @@ class CeleryWorker:
             taken.add(id(job))
         return taken
 
+    def running(self) -> list[Celery]:
+        """The requests running: accepted by a pool process or the solo main thread.
+
+        Threads, once the door is closed: every reserved request left, as the ones no
+        thread had taken went back, and a thread may have taken one it has not accepted.
+        """
+        if self.kind == "threads" and self.door_closed:
+            return list(self.state.reserved_requests)
+        return list(self.state.active_requests)
+
     def in_flight(self) -> int:
-        """Tasks running (accepted by a pool process, or by the solo main thread)."""
-        return len(self.state.active_requests)
+        """Tasks running."""
+        return len(self.running())
 
     def wait_idle(self, timeout: float) -> bool:
         """Until no task runs and their acknowledgements have gone out (up to ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
             self._note_finished()
-            if not self.state.active_requests:
+            if not self.running():
                 break
             if time.monotonic() >= deadline:
                 return False
@@ -314,14 +380,20 @@ class CeleryWorker:
 
     def cancel(self) -> int:
         """Stop each task still running, put it back on its queue at once; how many."""
-        requests = list(self.state.active_requests)
+        requests = self.running()
         if not requests:
             return 0
         if self.kind == "solo":
             return self._cancel_solo(requests)
+        if self.kind == "threads":
+            return self._cancel_threads(requests)
         if self.kind != "prefork" or self.answers is None:
             log.log(logging.ERROR, "%s: %s pool tasks cannot be stopped", self.name, self.kind)
             return 0
+        return self._cancel_prefork(requests)
+
+    def _cancel_prefork(self, requests: list[Celery]) -> int:
+        """Each pool process running a task is asked to stop it; it answers whether it did."""
         by_pid = {request.worker_pid: request for request in requests if request.worker_pid}
         for pid in by_pid:
             with contextlib.suppress(ProcessLookupError):
@@ -370,6 +442,33 @@ class CeleryWorker:
             return 0  # it had just finished: acknowledged as done, not put back
         for request in requests:
             self.put_back(request)
+        return len(requests)
+
+    def _cancel_threads(self, requests: list[Celery]) -> int:
+        """A thread cannot be stopped: put its task back, and let it go no further.
+
+        A request no thread runs now has either not begun (it will, within a moment) or
+        just finished (it leaves the reserved list within a moment): wait to tell which.
+        """
+        reserved = self.state.reserved_requests
+        deadline = time.monotonic() + _ANSWER_WAIT
+        while time.monotonic() < deadline and any(
+            r.id not in _running.threads and r in reserved for r in requests
+        ):
+            time.sleep(_POLL)
+        requests = [request for request in requests if request in reserved]
+        if not requests:
+            return 0
+        self.frozen.set()
+        for request in requests:
+            _stop_thread(request.id)
+            self.put_back(request)
+
+        def bookkeeping() -> None:
+            for request in requests:
+                self.state.task_ready(request)  # off the reserved and active lists
+
+        self.loop.call(bookkeeping, 2.0)
         return len(requests)
 
     def _solo_stop_requested(self, _signum: int, _frame: object) -> None:
@@ -451,6 +550,7 @@ class CeleryWorker:
         # Reserved requests include the active ones (celery/worker/state.py).
         pending = {r.id: r for r in [*self.state.reserved_requests, *self.state.active_requests]}
         for request in pending.values():
+            _stop_thread(request.id)
             with contextlib.suppress(Exception):
                 self.put_back(request, "forced (a second SIGINT)")
         log.log(
@@ -465,7 +565,7 @@ class CeleryWorker:
     def stop_celery(self, timeout: float) -> bool:
         """Let Celery's own warm shutdown close the pool and the connection; whether it did."""
         if self.frozen.is_set():
-            return False  # solo: the main thread stays where the task was stopped
+            return False  # a stopped task holds the main thread (solo) or a thread
 
         def stop() -> None:
             self.state.should_stop = 0  # state.maybe_shutdown() raises WorkerShutdown(0)
@@ -477,7 +577,7 @@ class CeleryWorker:
 
     def _note_finished(self) -> None:
         now = time.time()
-        running = {request.id for request in self.state.active_requests}
+        running = {request.id for request in self.running()}
         for task_id, job in self.jobs.items():
             if task_id not in running and job.get("_open"):
                 job["seconds"] = round(now - job.pop("_open"), 3)
@@ -507,4 +607,9 @@ def _never_started(request: Celery, unwritten: set[int]) -> bool:
     """Whether a reserved request never reached a pool process (and never will)."""
     ref = getattr(request, "_apply_result", None)  # celery/worker/request.py
     job = ref() if ref is not None else None
-    return job is None or id(job) in unwritten  # waiting for the semaphore, or taken back
+    if job is None:
+        return True  # waiting for the semaphore
+    future = getattr(job, "f", None)  # threads: celery/concurrency/thread.py ApplyResult.f
+    if future is not None:
+        return bool(future.cancel())  # no thread had taken it: none ever will
+    return id(job) in unwritten  # taken back from the pool

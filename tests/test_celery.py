@@ -368,3 +368,44 @@ def test_threads_task_put_back_never_completes_in_its_thread(
     second.send(signal.SIGTERM)
     assert second.finish() == -signal.SIGTERM
     assert sorted(scenario.list("completed")) == ["1", "2"]  # each once
+
+
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "1"), ("threads", "1"), ("solo", "1"), ("prefork", "0")],
+    ids=["prefork-acks-late", "threads-acks-late", "solo-acks-late", "prefork-acks-early"],
+)
+def test_sigkill_running_and_prefetched_back_within_1s(
+    scenario: Scenario, pool: str, acks_late: str
+) -> None:
+    """The worker SIGKILLed (the OOM killer) with tasks running and prefetched.
+
+    The last-resort watcher puts back every message the worker held unacknowledged
+    within 1 s. Against plain Celery they stay in Redis's ``unacked`` hash until
+    ``visibility_timeout`` (an hour by default). Without ``acks_late`` a running task
+    was deleted from Redis as it started: it is lost, as Celery documents.
+    """
+    concurrency = "1" if pool == "solo" else "2"
+    running = int(concurrency)
+    worker = scenario.worker("-P", pool, "-c", concurrency, LASTCALL_GRACE="5", ACKS_LATE=acks_late)
+    total = running + 4
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(total)])
+    wait_until("tasks running", lambda: len(scenario.list("started")) == running)
+    if pool != "solo":  # solo's loop fetches nothing while its task runs
+        wait_until("the rest prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGKILL)
+    killed = time.monotonic()
+    held = total if acks_late == "1" else total - running
+    back = wait_until("the held tasks back", lambda: scenario.queued() == held)
+    assert back - killed < 1.0, f"{back - killed:.2f} s"
+    assert worker.finish() == -signal.SIGKILL
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+    assert scenario.list("completed") == []
+
+    scenario.redis.client.set("release", 1)  # the rest run at once on the second worker
+    second = scenario.worker("-P", "threads", "-c", str(total), LASTCALL_GRACE="5")
+    wait_until("all held completed", lambda: len(scenario.list("completed")) == held)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    completed = scenario.list("completed")
+    assert len(completed) == len(set(completed)) == held  # each once

@@ -115,8 +115,8 @@ class LastCall:
         transport = consumer.app.connection_for_read().transport_cls
         if consumer.hub is None or kind not in adapter.SUPPORTED_POOLS or transport != "redis":
             logger.warning(
-                "lastcall drains Celery's prefork, threads and solo pools on Redis; this worker (pool "
-                "%s, broker %s) gets its hooks and exit status, not the drain",
+                "lastcall drains Celery's prefork, threads and solo pools on Redis; this worker "
+                "(pool %s, broker %s) gets its hooks and exit status, not the drain",
                 kind,
                 transport,
             )
@@ -126,6 +126,7 @@ class LastCall:
             consumer, coordinator, self._answers[0] if self._answers else None
         )
         worker.attach()
+        worker.watch_for_kill()
         self._take_signals()
         coordinator.on_shutdown(phase="drain", name="celery worker drain")(
             functools.partial(self._drain, worker)
@@ -224,7 +225,9 @@ class LastCall:
 
     def _done(self, worker: adapter.CeleryWorker, report: Report) -> None:
         if report.forced:
-            worker.force()
+            worker.force()  # the last-resort watcher runs too, and finds nothing left
+        elif worker.delivered is not None:
+            worker.delivered.remove()
 
     def _worker_shutdown(self, sender: Celery = None, **_: Any) -> None:  # noqa: ANN401
         """Celery's warm shutdown is over: the pool is closed, the connection too."""

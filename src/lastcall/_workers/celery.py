@@ -26,7 +26,8 @@ come from:
   redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
   ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
   ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
-  broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``.
+  broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``; in the
+  last-resort watcher, ``kombu/transport/redis.py``: ``QoS.restore_by_tag``.
 
 How a task is put back: kombu's Redis transport keeps every delivered,
 unacknowledged message in a hash (``unacked``) until it is acknowledged, and
@@ -51,6 +52,15 @@ sleeping or blocked in C code gets no further than its next Python call, so
 it cannot complete after it was put back. Celery's own shutdown would wait
 for that thread, so it is skipped; the process ends by the signal when the
 stop is over, and the thread ends with it.
+
+When the worker is killed (SIGKILL, the OOM killer) nothing in it runs. The
+watcher process of ``lastcall.last_resort`` does: the worker writes each
+delivered message's tag into a small memory-mapped file (``Delivered``: one
+slice assignment per task, no system call), and the watcher, once the worker
+is gone, puts back every tag of that file still in the ``unacked`` hash, as
+kombu's ``restore_by_tag`` does: the prefetched tasks and the running ones
+with ``acks_late``. A running task without ``acks_late`` was deleted from
+Redis as it started (Celery's at-most-once): nothing is left to put back.
 """
 
 from __future__ import annotations
@@ -58,11 +68,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import queue
 import select
 import signal
 import struct
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -76,7 +88,15 @@ if TYPE_CHECKING:
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("STOP_SIGNAL", "CeleryWorker", "ChildSide", "TaskStopped", "WorkerLoop")
+__all__ = (
+    "STOP_SIGNAL",
+    "CeleryWorker",
+    "ChildSide",
+    "Delivered",
+    "TaskStopped",
+    "WorkerLoop",
+    "restore_after_kill",
+)
 
 # Celery, kombu and billiard objects: untyped, reached by duck typing
 Celery: TypeAlias = Any
@@ -91,6 +111,8 @@ _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
 SUPPORTED_POOLS = ("prefork", "solo", "threads")
+_TAG_SLOT = 64  # bytes per delivery tag in the file (kombu's are uuid4 strings: 36)
+_TAG_SLOTS = 4096  # the newest this many deliveries are known to the watcher
 
 
 class TaskStopped(BaseException):  # not an error: the stop put the task back
@@ -212,6 +234,64 @@ class WorkerLoop:
         return done.wait(timeout)
 
 
+class Delivered:
+    """The newest deliveries' tags, in a memory-mapped file the last-resort watcher reads.
+
+    A ring: one slot per delivered message, overwritten once ``_TAG_SLOTS`` newer
+    ones came (more than that many unacknowledged at once, as with many ETA tasks,
+    leaves the oldest to ``visibility_timeout`` after a kill).
+    """
+
+    def __init__(self) -> None:
+        directory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108  # memory, not disk
+        fd, self.path = tempfile.mkstemp(prefix="lastcall-celery-", suffix=".tags", dir=directory)
+        try:
+            os.ftruncate(fd, _TAG_SLOT * _TAG_SLOTS)
+            self._map = mmap.mmap(fd, _TAG_SLOT * _TAG_SLOTS)
+        finally:
+            os.close(fd)
+        self._next = 0
+
+    def note(self, tag: str) -> None:
+        """A message was delivered to this worker (on Celery's loop)."""
+        start = self._next * _TAG_SLOT
+        self._map[start : start + _TAG_SLOT] = tag.encode()[:_TAG_SLOT].ljust(_TAG_SLOT, b"\0")
+        self._next = (self._next + 1) % _TAG_SLOTS
+
+    def remove(self) -> None:
+        """The worker stopped cleanly: nothing for the watcher."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # noqa: PTH108  # os: as the rest of the module
+
+
+def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
+    """Last resort, in the watcher once the worker died: its unacknowledged messages go back.
+
+    Each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is put
+    back at the head of its queue by kombu's own ``restore_by_tag``.
+    """
+    from kombu.connection import Connection  # noqa: PLC0415  # in the watcher, when needed
+
+    try:
+        with open(path, "rb") as file:  # noqa: PTH123
+            data = file.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # noqa: PTH108
+    slots = (data[i : i + _TAG_SLOT].rstrip(b"\0") for i in range(0, len(data), _TAG_SLOT))
+    tags = [slot.decode() for slot in slots if slot]
+    if not tags:
+        return
+    with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
+        qos = connection.default_channel.qos
+        with qos.channel.conn_or_acquire() as client:
+            entries = client.hmget(qos.unacked_key, tags)
+            held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
+            for tag in held:
+                qos.restore_by_tag(tag, client)
+    print(f"lastcall: {len(held)} task(s) of the killed Celery worker put back on their queues")  # noqa: T201
+
+
 class CeleryWorker:
     """A Celery worker's answers to the drain: stop consuming, wait, put back what overran."""
 
@@ -234,6 +314,7 @@ class CeleryWorker:
         self.put_back_tags: set[Any] = set()
         self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
         self.prefetched = 0
+        self.delivered: Delivered | None = None  # for the last resort, once it is set up
 
     @property
     def name(self) -> str:
@@ -279,9 +360,35 @@ class CeleryWorker:
                 self.prefetched += 1
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None
+            if self.delivered is not None:
+                self.delivered.note(message.delivery_tag)
             return strategy(message, *args, **kwargs)
 
         return gated
+
+    def watch_for_kill(self) -> None:
+        """Have the last-resort watcher put back what this worker holds if it is killed."""
+        connection = self.consumer.connection
+        options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
+        try:
+            delivered = Delivered()
+            lastcall.last_resort(
+                "lastcall._workers.celery:restore_after_kill",
+                delivered.path,
+                connection.as_uri(include_password=True),
+                options,
+                name=f"put back the tasks of {self.name}",
+                timeout=5,
+            )
+        except (OSError, TypeError, ValueError, RuntimeError) as exc:
+            logger.warning(
+                "%s: if this worker is killed (SIGKILL), its tasks wait for visibility_timeout "
+                "instead of going back at once: %s",
+                self.name,
+                exc,
+            )
+            return
+        self.delivered = delivered
 
     # ------------------------------------------------------------ the drain's questions
 

@@ -59,6 +59,11 @@ def main_hook():
     time.sleep(float(os.environ.get("HOOK_SLEEP", "0")))
 
 
+@signals.worker_shutting_down.connect
+def shutting_down(sig, how, exitcode, **_):
+    store.rpush("shutting_down", f"{sig} {how} {exitcode} {os.getpid()}")
+
+
 @signals.worker_process_init.connect
 def pool_process_init(**_):
     store.rpush("processes", os.getpid())
@@ -68,7 +73,7 @@ def pool_process_init(**_):
         store.rpush("hooks", f"process {os.getpid()}")
 
 
-@app.task
+@app.task(soft_time_limit=float(os.environ.get("TASK_LIMIT", "0")) or None)
 def work(n, seconds, again=None):
     attempt = store.incr(f"attempt:{n}")
     store.rpush("started", f"{n} {os.getpid()} {time.time()}")
@@ -200,6 +205,8 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
+    assert scenario.list("shutting_down") == [f"SIGTERM Warm 0 {worker.pid}"]  # Celery's signal
+    assert "has a time limit" not in worker.output()  # the app-wide limit is said once
     scenario.enqueue((7, 0.2, None))  # after it ended
     assert scenario.queued() == 6
     assert int(scenario.redis.client.hlen("unacked")) == 0
@@ -229,6 +236,8 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     # With Celery 5.5's soft shutdown and billiard's SIGTERM remap set: both are said, and
     # neither changes what SIGTERM does here.
     remap = {"REMAP_SIGTERM": "SIGQUIT", "SOFT_SHUTDOWN": "30"} if acks_late == "1" else {}
+    if remap:  # and a task's own time limit
+        remap["TASK_LIMIT"] = "40"
     worker = scenario.worker(
         "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"), **remap,
@@ -236,6 +245,8 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     if remap:
         worker.wait_for("REMAP_SIGTERM=SIGQUIT: lastcall takes SIGTERM", stream="stderr")
         worker.wait_for("worker_soft_shutdown_timeout=30 s applies to SIGQUIT", stream="stderr")
+        line = worker.wait_for("task proj.work has a time limit of 40 s", stream="stderr")
+        assert "drain budget 3 s" in line, line  # LASTCALL_GRACE=5: both numbers, one line
     line = worker.wait_for("running tasks get", stream="stderr")
     budget = float(line.split("running tasks get ")[1].split()[0])
     scenario.enqueue((7, 60, 0.2))
@@ -271,7 +282,10 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     Against plain Celery: the second Ctrl-C is a cold shutdown that cancels the
     running tasks; without ``acks_late`` they are acknowledged already, and lost.
     """
-    worker = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="20")
+    worker = scenario.worker(
+        "-P", "prefork", "-c", "2", LASTCALL_GRACE="20",
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
     scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     worker.send(signal.SIGINT)
@@ -284,6 +298,11 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     assert scenario.queued() == 4  # the 2 running ones too, at once
     assert scenario.list("completed") == []
     assert int(scenario.redis.client.hlen("unacked")) == 0
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    assert report["forced"]
+    outcomes = sorted(job["outcome"] for job in report["jobs"])
+    assert outcomes == ["requeued"] * 4, report["jobs"]  # the 2 running ones too
+    assert scenario.list("shutting_down") == [f"SIGINT Warm 0 {worker.pid}"]
 
 
 def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:

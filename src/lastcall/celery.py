@@ -34,6 +34,7 @@ or broker this slice does not drain (those still get hooks and the exit status).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -171,9 +172,10 @@ class LastCall:
                     float(limit) + (grace - budget),
                     setting,
                 )
+        said = {conf.get("task_soft_time_limit"), conf.get("task_time_limit")}
         for task in consumer.app.tasks.values():
             limit = getattr(task, "soft_time_limit", None) or getattr(task, "time_limit", None)
-            if limit and float(limit) > budget:
+            if limit and float(limit) > budget and limit not in said:  # a task's own
                 logger.warning(
                     "task %s has a time limit of %g s, longer than lastcall's drain budget "
                     "%.3g s: at a stop it is put back on its queue after %.3g s",
@@ -211,8 +213,21 @@ class LastCall:
             )
 
     def _drain(self, worker: adapter.CeleryWorker) -> None:
-        """The drain hook: the drain sequence, then Celery's own shutdown of pool and channel."""
+        """The drain hook: the drain sequence, then Celery's own shutdown of pool and channel.
+
+        First Celery's ``worker_shutting_down``, as its own SIGTERM/SIGINT handler sends it
+        (celery/apps/worker.py), for the app's receivers; here on the stop's thread.
+        """
+        from celery import signals  # noqa: PLC0415
+
         coordinator = self.coordinator
+        report = coordinator._in_progress  # noqa: SLF001  # the signal that began this stop
+        signals.worker_shutting_down.send(
+            sender=worker.consumer.hostname,
+            sig=report.trigger if report is not None else "SIGTERM",
+            how="Warm",
+            exitcode=0,
+        )
         drain(worker, coordinator, budget=task_budget(coordinator))
         left = coordinator.time_left()
         wait = max(
@@ -226,6 +241,10 @@ class LastCall:
     def _done(self, worker: adapter.CeleryWorker, report: Report) -> None:
         if report.forced:
             worker.force()  # the last-resort watcher runs too, and finds nothing left
+            path = self.coordinator.settings.report
+            if path:  # written before this callback: again, with the tasks just put back
+                with contextlib.suppress(Exception):  # the failure is in report.write_error
+                    report.write(path)
         elif worker.delivered is not None:
             worker.delivered.remove()
 

@@ -8,6 +8,10 @@ first task taken to the last one acknowledged. Plain Celery and Celery with
 too), so a neighbour's burst hits both alike; the table shows the median
 jobs/s over rounds and the median of the per-round ratios. Target: with
 lastcall at least 0.99 x without. Worker start-up and stop are not timed.
+On a shared machine jobs/s moves with the neighbours' load; the CPU time the
+worker's processes spent per task over the same window moves much less, and
+is shown beside it (its ratio is plain's over lastcall's, so both read
+"higher is better").
 Run: python benchmarks/worker_overhead.py [--rounds N] [--tasks N] [--pools prefork,threads,solo]
 """
 
@@ -29,6 +33,7 @@ import redis
 
 WAIT = 60.0
 POLL = 0.005
+TICK = os.sysconf("SC_CLK_TCK")
 
 APP = """
 import os
@@ -53,6 +58,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` and its children now (from ``/proc``)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
 
 
 def wait_until(what: str, predicate: object, timeout: float = WAIT) -> float:
@@ -107,8 +125,8 @@ class Bench:
     def done(self) -> bool:
         return self.queued() == 0 and int(self.client.hlen("unacked")) == 0
 
-    def run(self, pool: str, concurrency: int, tasks: int, *, plain: bool) -> float:
-        """Jobs per second of one worker on a queue of ``tasks`` no-op tasks."""
+    def run(self, pool: str, concurrency: int, tasks: int, *, plain: bool) -> tuple[float, float]:
+        """Jobs per second of one worker on ``tasks`` no-op tasks, and its CPU µs per task."""
         self.fill(tasks)
         env = {**os.environ, "BROKER": self.url, "PYTHONPATH": str(self.dir),
                "PLAIN": "1" if plain else "0", "LASTCALL_GRACE": "10"}  # fmt: skip
@@ -120,7 +138,9 @@ class Bench:
         )
         try:
             began = wait_until("the first task taken", lambda: self.queued() < tasks)
+            cpu = cpu_seconds(worker.pid)
             ended = wait_until("every task acknowledged", self.done)
+            cpu = cpu_seconds(worker.pid) - cpu
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -128,7 +148,7 @@ class Bench:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        return tasks / (ended - began)
+        return tasks / (ended - began), cpu / tasks * 1e6
 
     def stop(self) -> None:
         self.client.close()
@@ -148,23 +168,35 @@ def main() -> None:
         try:
             rows = []
             for pool in args.pools.split(","):
-                bare, ours, ratios = [], [], []
+                bare, ours, ratios, cpu_ratios = [], [], [], []
+                cpu: dict[bool, list[float]] = {True: [], False: []}
                 for round_ in range(args.rounds):
                     order = (True, False) if round_ % 2 == 0 else (False, True)
                     rates = {
                         p: bench.run(pool, concurrency[pool], args.tasks, plain=p) for p in order
                     }
-                    bare.append(rates[True])
-                    ours.append(rates[False])
-                    ratios.append(rates[False] / rates[True])
+                    bare.append(rates[True][0])
+                    ours.append(rates[False][0])
+                    ratios.append(rates[False][0] / rates[True][0])
+                    cpu[True].append(rates[True][1])
+                    cpu[False].append(rates[False][1])
+                    cpu_ratios.append(rates[True][1] / rates[False][1])
                 rows.append((pool, statistics.median(bare), statistics.median(ours),
-                             statistics.median(ratios), min(ratios), max(ratios)))  # fmt: skip
+                             statistics.median(ratios), min(ratios), max(ratios),
+                             statistics.median(cpu[True]), statistics.median(cpu[False]),
+                             statistics.median(cpu_ratios)))  # fmt: skip
         finally:
             bench.stop()
     print(f"no-op tasks, {args.tasks} a run, {args.rounds} rounds, acks_late, Redis (median)")
-    print(f"{'pool':<10}{'plain jobs/s':>14}{'lastcall jobs/s':>17}{'ratio':>8}{'range':>16}")
-    for pool, plain, wrapped, ratio, low, high in rows:
-        print(f"{pool:<10}{plain:>14.0f}{wrapped:>17.0f}{ratio:>8.3f}{low:>8.3f}-{high:.3f}")
+    print(
+        f"{'pool':<9}{'plain jobs/s':>13}{'lastcall':>9}{'ratio':>7}{'range':>14}"
+        f"{'CPU µs/task plain':>19}{'lastcall':>9}{'ratio':>7}"
+    )
+    for pool, plain, wrapped, ratio, low, high, cpu_plain, cpu_ours, cpu_ratio in rows:
+        print(
+            f"{pool:<9}{plain:>13.0f}{wrapped:>9.0f}{ratio:>7.3f}{low:>8.3f}-{high:.3f}"
+            f"{cpu_plain:>19.0f}{cpu_ours:>9.0f}{cpu_ratio:>7.3f}"
+        )
 
 
 if __name__ == "__main__":

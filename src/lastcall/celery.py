@@ -88,8 +88,6 @@ class LastCall:
         signals.worker_shutdown.connect(self._worker_shutdown, weak=False)
         signals.worker_process_init.connect(self._process_init, weak=False)
         signals.worker_process_shutdown.connect(self._process_shutdown, weak=False)
-        signals.task_prerun.connect(self._task_prerun, weak=False)
-        signals.task_postrun.connect(self._task_postrun, weak=False)
 
     # ------------------------------------------------------------ main process
 
@@ -263,12 +261,3 @@ class LastCall:
     def _process_shutdown(self, **_: Any) -> None:  # noqa: ANN401
         """A prefork pool process, ending: its hooks run here, once."""
         adapter.ChildSide.exiting()
-
-    @staticmethod
-    def _task_prerun(task_id: str | None = None, **_: Any) -> None:  # noqa: ANN401
-        if task_id is not None:
-            adapter.task_began(task_id)
-
-    @staticmethod
-    def _task_postrun(task_id: str | None = None, **_: Any) -> None:  # noqa: ANN401
-        adapter.task_ended(task_id)

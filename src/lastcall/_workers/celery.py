@@ -130,10 +130,9 @@ def pool_kind(pool: Celery) -> str:
 
 
 class _Running:
-    """The task this process runs now (between ``task_prerun`` and ``task_postrun``)."""
+    """Whether this process stopped its task; the threads pool's threads by task."""
 
     def __init__(self) -> None:
-        self.task_id: str | None = None
         self.stopping = False  # STOP_SIGNAL came: the task never resumes
         self.threads: dict[str, int] = {}  # threads pool: task id -> the thread running it
 
@@ -141,16 +140,17 @@ class _Running:
 _running = _Running()
 
 
-def task_began(task_id: str) -> None:
-    """Celery's ``task_prerun``, in the process that runs the task."""
-    _running.task_id = task_id
-    _running.threads[task_id] = threading.get_ident()
+def _current_task() -> str | None:
+    """The id of the task this thread runs now, or None (from a signal handler too).
 
+    Celery's task stack (``celery/_state.py``: ``get_current_task``), pushed as a
+    task starts and popped as it ends, in the thread that runs it: no Celery signal
+    (``task_prerun`` costs every task a few microseconds once it has a receiver).
+    """
+    from celery._state import get_current_task  # noqa: PLC0415  # imported already by Celery
 
-def task_ended(task_id: str | None) -> None:
-    """Celery's ``task_postrun``."""
-    _running.task_id = None
-    _running.threads.pop(task_id or "", None)
+    task = get_current_task()
+    return None if task is None else str(task.request.id or "(starting)")
 
 
 def _stop_thread(task_id: str) -> None:
@@ -175,7 +175,7 @@ class ChildSide:
     def _stop_requested(self, signum: int, _frame: object) -> None:
         if _running.stopping:
             return  # already stopping: Celery's Request.cancel sends the signal again
-        task_id = _running.task_id
+        task_id = _current_task()
         _answer(self.answer_fd, stopped=task_id is not None)
         if task_id is None:
             return  # the task had just finished: its result is on its way
@@ -333,20 +333,33 @@ class CeleryWorker:
             self._hold_thread_results()
 
     def _hold_thread_results(self) -> None:
-        """Threads: keep each task's ``ApplyResult`` while its future is not done.
+        """Threads: know which thread runs each task; keep its ``ApplyResult`` until done.
 
         ``Request._apply_result`` is a weak reference and the thread pool keeps no
         other (celery/concurrency/thread.py), so the door could not find the futures
-        of prefetched tasks to cancel them.
+        of prefetched tasks to cancel them. The thread is noted as it accepts the task
+        (``accept_callback``, ``Request.on_accepted``: celery/worker/request.py).
         """
         pool = self.consumer.pool
         apply = pool.on_apply
         held: set[Any] = set()
+        threads = _running.threads
 
         def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
-            result = apply(*args, **kwargs)
+            accepted = kwargs["accept_callback"]
+            task_id = accepted.__self__.id
+
+            def accept(*accept_args: Any) -> Any:  # noqa: ANN401
+                threads[task_id] = threading.get_ident()
+                return accepted(*accept_args)
+
+            def done(_future: object) -> None:
+                held.discard(result)
+                threads.pop(task_id, None)
+
+            result = apply(*args, **{**kwargs, "accept_callback": accept})
             held.add(result)
-            result.f.add_done_callback(lambda _future: held.discard(result))
+            result.f.add_done_callback(done)
             return result
 
         pool.on_apply = on_apply
@@ -582,7 +595,7 @@ class CeleryWorker:
         """On the solo main thread: the task that runs never resumes."""
         if _running.stopping:
             return
-        if _running.task_id is None:
+        if _current_task() is None:
             self.finished.set()
             return
         _running.stopping = True

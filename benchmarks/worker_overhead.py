@@ -1,12 +1,13 @@
 """Per-task overhead of ``lastcall.celery.LastCall`` on a no-op task: jobs/s with and without.
 
-A private ``redis-server`` on a free port; each round fills the queue with N
-no-op tasks (``acks_late``, so the ``unacked`` hash empties only when the last
-one is done), starts ``celery -A bench worker`` on it, and times from the
-first task taken to the last one acknowledged. Plain Celery and Celery with
-``LastCall(app)`` alternate within each round (which goes first alternates
-too), so a neighbour's burst hits both alike; the table shows the median
-jobs/s over rounds and the median of the per-round ratios. Target: with
+Two private ``redis-server`` processes on free ports; each round fills both
+queues with N no-op tasks (``acks_late``, so the ``unacked`` hash empties only
+when the last one is done), starts ``celery -A bench worker`` on each at the
+same time, plain Celery on one and Celery with ``LastCall(app)`` on the other
+(swapped every round), and times each from its 500th task taken (start-up
+is not per-task cost) to its last one acknowledged. Side by side, a
+neighbour's burst hits both alike; the table shows the median jobs/s over
+rounds and the median of the per-round ratios. Target: with
 lastcall at least 0.99 x without. Worker start-up and stop are not timed.
 On a shared machine jobs/s moves with the neighbours' load; the CPU time the
 worker's processes spent per task over the same window moves much less, and
@@ -30,9 +31,14 @@ import time
 from pathlib import Path
 
 import redis
+from celery import Celery
 
 WAIT = 60.0
 POLL = 0.005
+CONCURRENCY = {"prefork": 2, "threads": 4, "solo": 1}
+# Tasks taken before the clock starts: the worker's start-up (lastcall's too: its
+# last-resort watcher starts as the worker is ready) is not per-task cost.
+WARM_UP = 500
 TICK = os.sysconf("SC_CLK_TCK")
 
 APP = """
@@ -82,8 +88,8 @@ def wait_until(what: str, predicate: object, timeout: float = WAIT) -> float:
     return time.monotonic()
 
 
-class Bench:
-    """The broker, the app's directory, and one timed worker run at a time."""
+class Broker:
+    """A private redis-server, and the no-op tasks put on it."""
 
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
@@ -99,14 +105,7 @@ class Bench:
         )
         self.client = redis.Redis(port=port)
         wait_until("redis-server answering", self._pings, 10.0)
-        self.dir = directory
-        (directory / "bench.py").write_text(APP)
-        sys.path.insert(0, str(directory))
-        os.environ["BROKER"] = self.url
-        os.environ["PLAIN"] = "1"  # the producer side: no LastCall in this process
-        import bench  # type: ignore[import-not-found]
-
-        self.noop = bench.noop
+        self.app = Celery("producer", broker=self.url)
 
     def _pings(self) -> bool:
         try:
@@ -115,9 +114,9 @@ class Bench:
             return False
 
     def fill(self, tasks: int) -> None:
-        with self.noop.app.producer_or_acquire() as producer:
+        with self.app.producer_or_acquire() as producer:
             for _ in range(tasks):
-                self.noop.apply_async(producer=producer)
+                self.app.send_task("bench.noop", producer=producer)
 
     def queued(self) -> int:
         return int(self.client.llen("celery"))
@@ -125,35 +124,80 @@ class Bench:
     def done(self) -> bool:
         return self.queued() == 0 and int(self.client.hlen("unacked")) == 0
 
-    def run(self, pool: str, concurrency: int, tasks: int, *, plain: bool) -> tuple[float, float]:
-        """Jobs per second of one worker on ``tasks`` no-op tasks, and its CPU µs per task."""
-        self.fill(tasks)
-        env = {**os.environ, "BROKER": self.url, "PYTHONPATH": str(self.dir),
-               "PLAIN": "1" if plain else "0", "LASTCALL_GRACE": "10"}  # fmt: skip
-        argv = [str(Path(sys.executable).parent / "celery"), "-A", "bench", "worker",
-                "-P", pool, "-c", str(concurrency), "-l", "warning",
-                "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
-        worker = subprocess.Popen(
-            argv, env=env, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            began = wait_until("the first task taken", lambda: self.queued() < tasks)
-            cpu = cpu_seconds(worker.pid)
-            ended = wait_until("every task acknowledged", self.done)
-            cpu = cpu_seconds(worker.pid) - cpu
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        return tasks / (ended - began), cpu / tasks * 1e6
-
     def stop(self) -> None:
         self.client.close()
         self.server.terminate()
         self.server.wait(10)
+
+
+class Run:
+    """One worker on one broker's full queue: when it took the first task, when it was done."""
+
+    def __init__(self, broker: Broker, directory: Path, pool: str, *, plain: bool) -> None:
+        self.broker = broker
+        self.tasks = broker.queued()
+        env = {**os.environ, "BROKER": broker.url, "PYTHONPATH": str(directory),
+               "PLAIN": "1" if plain else "0", "LASTCALL_GRACE": "10"}  # fmt: skip
+        argv = [str(Path(sys.executable).parent / "celery"), "-A", "bench", "worker",
+                "-P", pool, "-c", str(CONCURRENCY[pool]), "-l", "warning",
+                "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
+        self.worker = subprocess.Popen(
+            argv, env=env, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.cpu = 0.0
+
+    def look(self) -> bool:
+        """Note the start and the end as they come; whether it is over."""
+        if self.began is None and self.broker.queued() < self.tasks - WARM_UP:
+            self.began = time.monotonic()
+            self.cpu = cpu_seconds(self.worker.pid)
+        elif self.began is not None and self.ended is None and self.broker.done():
+            self.ended = time.monotonic()
+            self.cpu = cpu_seconds(self.worker.pid) - self.cpu
+        return self.ended is not None
+
+    def stop(self) -> None:
+        self.worker.send_signal(signal.SIGTERM)
+        try:
+            self.worker.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+
+    def result(self) -> tuple[float, float]:
+        """Jobs/s and CPU µs per task."""
+        assert self.began is not None
+        assert self.ended is not None
+        timed = self.tasks - WARM_UP
+        return timed / (self.ended - self.began), self.cpu / timed * 1e6
+
+
+def side_by_side(
+    brokers: list[Broker], directory: Path, pool: str, tasks: int, round_: int
+) -> dict[bool, tuple[float, float]]:
+    """Plain and lastcall at the same time, each on its own broker (swapped every round)."""
+    for broker in brokers:
+        broker.fill(tasks)
+    plains = (True, False) if round_ % 2 == 0 else (False, True)
+    runs = {
+        plain: Run(broker, directory, pool, plain=plain)
+        for plain, broker in zip(plains, brokers, strict=True)
+    }
+    deadline = time.monotonic() + WAIT
+    try:
+        while True:
+            looks = [run.look() for run in runs.values()]  # each, every time: no short cut
+            if all(looks):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{pool}: not done within {WAIT} s")
+            time.sleep(POLL)
+    finally:
+        for run in runs.values():
+            run.stop()
+    return {plain: run.result() for plain, run in runs.items()}
 
 
 def main() -> None:
@@ -162,39 +206,41 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--pools", default="prefork,threads,solo")
     args = parser.parse_args()
-    concurrency = {"prefork": 2, "threads": 4, "solo": 1}
-    with tempfile.TemporaryDirectory(prefix="lastcall-bench-") as directory:
-        bench = Bench(Path(directory))
+    with tempfile.TemporaryDirectory(prefix="lastcall-bench-") as name:
+        directory = Path(name)
+        (directory / "bench.py").write_text(APP)
+        brokers = []
         try:
+            for side in ("a", "b"):
+                (directory / side).mkdir()
+                brokers.append(Broker(directory / side))
             rows = []
             for pool in args.pools.split(","):
-                bare, ours, ratios, cpu_ratios = [], [], [], []
+                rates: dict[bool, list[float]] = {True: [], False: []}
                 cpu: dict[bool, list[float]] = {True: [], False: []}
+                ratios, cpu_ratios = [], []
                 for round_ in range(args.rounds):
-                    order = (True, False) if round_ % 2 == 0 else (False, True)
-                    rates = {
-                        p: bench.run(pool, concurrency[pool], args.tasks, plain=p) for p in order
-                    }
-                    bare.append(rates[True][0])
-                    ours.append(rates[False][0])
-                    ratios.append(rates[False][0] / rates[True][0])
-                    cpu[True].append(rates[True][1])
-                    cpu[False].append(rates[False][1])
-                    cpu_ratios.append(rates[True][1] / rates[False][1])
-                rows.append((pool, statistics.median(bare), statistics.median(ours),
+                    result = side_by_side(brokers, directory, pool, args.tasks, round_)
+                    for plain in (True, False):
+                        rates[plain].append(result[plain][0])
+                        cpu[plain].append(result[plain][1])
+                    ratios.append(result[False][0] / result[True][0])
+                    cpu_ratios.append(result[True][1] / result[False][1])
+                rows.append((pool, statistics.median(rates[True]), statistics.median(rates[False]),
                              statistics.median(ratios), min(ratios), max(ratios),
                              statistics.median(cpu[True]), statistics.median(cpu[False]),
                              statistics.median(cpu_ratios)))  # fmt: skip
         finally:
-            bench.stop()
+            for broker in brokers:
+                broker.stop()
     print(f"no-op tasks, {args.tasks} a run, {args.rounds} rounds, acks_late, Redis (median)")
     print(
         f"{'pool':<9}{'plain jobs/s':>13}{'lastcall':>9}{'ratio':>7}{'range':>14}"
         f"{'CPU µs/task plain':>19}{'lastcall':>9}{'ratio':>7}"
     )
-    for pool, plain, wrapped, ratio, low, high, cpu_plain, cpu_ours, cpu_ratio in rows:
+    for pool, bare, wrapped, ratio, low, high, cpu_plain, cpu_ours, cpu_ratio in rows:
         print(
-            f"{pool:<9}{plain:>13.0f}{wrapped:>9.0f}{ratio:>7.3f}{low:>8.3f}-{high:.3f}"
+            f"{pool:<9}{bare:>13.0f}{wrapped:>9.0f}{ratio:>7.3f}{low:>8.3f}-{high:.3f}"
             f"{cpu_plain:>19.0f}{cpu_ours:>9.0f}{cpu_ratio:>7.3f}"
         )
 

@@ -8,7 +8,8 @@ come from:
 
 * ``celery/worker/consumer/consumer.py``: ``Consumer.hub``, ``pool``,
   ``controller``, ``task_consumer``, ``strategies`` (each value wrapped, so
-  a message delivered once the stop began goes back instead of starting);
+  a message delivered once the stop began goes back instead of starting; the
+  ack callback ``on_task_received`` passes them is wrapped too, for the kill);
   ``celery/worker/worker.py``: ``WorkController.semaphore`` (prefork's
   prefetched requests wait there for a free process); ``celery/worker/
   state.py``: ``active_requests``, ``reserved_requests``, ``should_stop``,
@@ -111,7 +112,8 @@ _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
 SUPPORTED_POOLS = ("prefork", "solo", "threads")
-_TAG_SLOT = 64  # bytes per delivery tag in the file (kombu's are uuid4 strings: 36)
+_TAG_SLOT = 64  # bytes per delivery in the file: a state byte, the tag (kombu's: 36 bytes)
+_HELD, _ACKED = b"h", b"a"  # the state byte: delivered; Celery asked for its ack
 _TAG_SLOTS = 4096  # the newest this many deliveries are known to the watcher
 
 
@@ -239,7 +241,10 @@ class Delivered:
 
     A ring: one slot per delivered message, overwritten once ``_TAG_SLOTS`` newer
     ones came (more than that many unacknowledged at once, as with many ETA tasks,
-    leaves the oldest to ``visibility_timeout`` after a kill).
+    leaves the oldest to ``visibility_timeout`` after a kill). A slot is marked the
+    moment Celery asks for its message's ack: Celery sends acks from its loop a
+    moment later (``call_soon``), and a message whose ack was asked for is done
+    (acks_late: the task completed), to be acknowledged, never put back.
     """
 
     def __init__(self) -> None:
@@ -252,11 +257,19 @@ class Delivered:
             os.close(fd)
         self._next = 0
 
-    def note(self, tag: str) -> None:
-        """A message was delivered to this worker (on Celery's loop)."""
+    def note(self, tag: str) -> Callable[[], None]:
+        """A message was delivered to this worker (on Celery's loop); what marks it acked."""
         start = self._next * _TAG_SLOT
-        self._map[start : start + _TAG_SLOT] = tag.encode()[:_TAG_SLOT].ljust(_TAG_SLOT, b"\0")
+        slot = (_HELD + tag.encode())[:_TAG_SLOT].ljust(_TAG_SLOT, b"\0")
+        mapped = self._map
+        mapped[start : start + _TAG_SLOT] = slot
         self._next = (self._next + 1) % _TAG_SLOTS
+
+        def acked() -> None:
+            if mapped[start + 1 : start + _TAG_SLOT] == slot[1:]:  # not reused meanwhile
+                mapped[start] = _ACKED[0]
+
+        return acked
 
     def remove(self) -> None:
         """The worker stopped cleanly: nothing for the watcher."""
@@ -268,7 +281,9 @@ def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
     """Last resort, in the watcher once the worker died: its unacknowledged messages go back.
 
     Each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is put
-    back at the head of its queue by kombu's own ``restore_by_tag``.
+    back at the head of its queue by kombu's own ``restore_by_tag``; one whose ack
+    Celery had asked for is acknowledged instead (taken out of the hash), as the
+    worker would have a moment later.
     """
     from kombu.connection import Connection  # noqa: PLC0415  # in the watcher, when needed
 
@@ -279,17 +294,27 @@ def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)  # noqa: PTH108
     slots = (data[i : i + _TAG_SLOT].rstrip(b"\0") for i in range(0, len(data), _TAG_SLOT))
-    tags = [slot.decode() for slot in slots if slot]
-    if not tags:
+    acked = {slot[1:].decode(): slot[:1] == _ACKED for slot in slots if slot}
+    if not acked:
         return
+    tags = list(acked)
     with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
         qos = connection.default_channel.qos
         with qos.channel.conn_or_acquire() as client:
             entries = client.hmget(qos.unacked_key, tags)
             held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
+            done = [tag for tag in held if acked[tag]]
+            if done:
+                client.pipeline().zrem(qos.unacked_index_key, *done).hdel(
+                    qos.unacked_key, *done
+                ).execute()
             for tag in held:
-                qos.restore_by_tag(tag, client)
-    print(f"lastcall: {len(held)} task(s) of the killed Celery worker put back on their queues")  # noqa: T201
+                if not acked[tag]:
+                    qos.restore_by_tag(tag, client)
+    print(  # noqa: T201  # the watcher's output goes to the worker's stderr
+        f"lastcall: {len(held) - len(done)} task(s) of the killed Celery worker put back on "
+        f"their queues, {len(done)} acknowledged (done)"
+    )
 
 
 class CeleryWorker:
@@ -373,8 +398,14 @@ class CeleryWorker:
                 self.prefetched += 1
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None
-            if self.delivered is not None:
-                self.delivered.note(message.delivery_tag)
+            if self.delivered is not None:  # args: consumer.py's (payload, ack, reject, callbacks)
+                acked, ack = self.delivered.note(message.delivery_tag), args[1]
+
+                def ack_noted(*ack_args: Any) -> Any:  # noqa: ANN401
+                    acked()
+                    return ack(*ack_args)
+
+                args = (args[0], ack_noted, *args[2:])
             return strategy(message, *args, **kwargs)
 
         return gated

@@ -26,7 +26,8 @@ come from:
 * ``kombu/asynchronous/hub.py``: ``Hub.add_reader``; ``kombu/transport/
   redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
   ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
-  ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
+  ``QoS.append`` (wrapped: a delivery's tag is noted before it is written to
+  the ``unacked`` hash); ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
   broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``; in the
   last-resort watcher, ``kombu/transport/redis.py``: ``QoS.restore_by_tag``.
 
@@ -256,14 +257,32 @@ class Delivered:
         finally:
             os.close(fd)
         self._next = 0
+        self._tags: list[str | None] = [None] * _TAG_SLOTS  # the tag in each slot
+        self._slots: dict[str, int] = {}  # tag -> its slot, until Celery's strategy has it
 
-    def note(self, tag: str) -> Callable[[], None]:
-        """A message was delivered to this worker (on Celery's loop); what marks it acked."""
-        start = self._next * _TAG_SLOT
-        slot = (_HELD + tag.encode())[:_TAG_SLOT].ljust(_TAG_SLOT, b"\0")
+    def note(self, tag: str) -> None:
+        """A message is being delivered: before kombu writes it to the ``unacked`` hash."""
+        index = self._next
+        self._next = (index + 1) % _TAG_SLOTS
+        overwritten = self._tags[index]
+        if overwritten is not None:
+            self._slots.pop(overwritten, None)
+        self._tags[index] = tag
+        self._slots[tag] = index
+        start = index * _TAG_SLOT
+        self._map[start : start + _TAG_SLOT] = (_HELD + tag.encode())[:_TAG_SLOT].ljust(
+            _TAG_SLOT, b"\0"
+        )
+
+    def marker(self, tag: str) -> Callable[[], None]:
+        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack."""
+        index = self._slots.pop(tag, None)
+        if index is None:  # delivered on a channel noted nowhere (a new connection)
+            self.note(tag)
+            index = self._slots.pop(tag)
+        start = index * _TAG_SLOT
         mapped = self._map
-        mapped[start : start + _TAG_SLOT] = slot
-        self._next = (self._next + 1) % _TAG_SLOTS
+        slot = mapped[start : start + _TAG_SLOT]
 
         def acked() -> None:
             if mapped[start + 1 : start + _TAG_SLOT] == slot[1:]:  # not reused meanwhile
@@ -399,7 +418,7 @@ class CeleryWorker:
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None
             if self.delivered is not None:  # args: consumer.py's (payload, ack, reject, callbacks)
-                acked, ack = self.delivered.note(message.delivery_tag), args[1]
+                acked, ack = self.delivered.marker(message.delivery_tag), args[1]
 
                 def ack_noted(*ack_args: Any) -> Any:  # noqa: ANN401
                     acked()
@@ -416,6 +435,13 @@ class CeleryWorker:
         options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
         try:
             delivered = Delivered()
+            qos = self.consumer.task_consumer.channel.qos  # kombu/transport/redis.py: QoS
+            append = qos.append
+
+            def noted_append(message: Celery, delivery_tag: str) -> None:
+                delivered.note(delivery_tag)  # first: a kill between the two leaves it known
+                append(message, delivery_tag)
+
             lastcall.last_resort(
                 "lastcall._workers.celery:restore_after_kill",
                 delivered.path,
@@ -432,6 +458,7 @@ class CeleryWorker:
                 exc,
             )
             return
+        qos.append = noted_append
         self.delivered = delivered
 
     # ------------------------------------------------------------ the drain's questions

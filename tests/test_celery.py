@@ -57,6 +57,12 @@ store = redis.Redis.from_url(os.environ.get("STORE", BROKER))  # the tasks' reco
 @lastcall.on_shutdown
 def main_hook():
     store.rpush("hooks", f"main {os.getpid()}")
+    time.sleep(float(os.environ.get("HOOK_SLEEP", "0")))
+
+
+@signals.worker_shutting_down.connect
+def shutting_down(sig, how, exitcode, **_):
+    store.rpush("shutting_down", f"{sig} {how} {exitcode} {os.getpid()}")
 
 
 @signals.worker_process_init.connect
@@ -68,11 +74,13 @@ def pool_process_init(**_):
         store.rpush("hooks", f"process {os.getpid()}")
 
 
-@app.task
+@app.task(soft_time_limit=float(os.environ.get("TASK_LIMIT", "0")) or None)
 def work(n, seconds, again=None):
     attempt = store.incr(f"attempt:{n}")
     store.rpush("started", f"{n} {os.getpid()} {time.time()}")
-    time.sleep(seconds if attempt == 1 or again is None else again)
+    end = time.time() + (seconds if attempt == 1 or again is None else again)
+    while time.time() < end and not store.exists("release", f"release:{n}"):  # test may end it
+        time.sleep(min(0.05, max(0.0, end - time.time())))
     store.rpush("completed", n)
     return n
 """
@@ -147,11 +155,18 @@ def readyz(port: int) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "0"), ("prefork", "1"), ("threads", "1")],
+    ids=["prefork-acks-early", "prefork-acks-late", "threads-acks-late"],
+)
 def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
-    scenario: Scenario, acks_late: str
+    scenario: Scenario, pool: str, acks_late: str
 ) -> None:
-    """Prefork, 2 processes, 2 tasks running and 4 prefetched, SIGTERM to the main process.
+    """2 processes (or threads), 2 tasks running and 4 prefetched, SIGTERM to the main process.
+
+    Threads: the 4 prefetched wait in the thread pool's queue; their futures are
+    cancelled (no thread takes them) and their messages go back.
 
     Against plain Celery: the 4 prefetched stay held by the stopping worker (not
     on the queue) until its warm shutdown ends, the exit status is 0, and the
@@ -159,7 +174,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     """
     health = free_port()
     worker = scenario.worker(
-        "-P", "prefork", "-c", "2",
+        "-P", pool, "-c", "2",
         ACKS_LATE=acks_late, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
         SOFT_LIMIT="60", LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
         VISIBILITY="8",
@@ -170,7 +185,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     line = worker.wait_for("visibility_timeout=8 s", stream="stderr")
     assert "LASTCALL_GRACE=8 s" in line, line
     assert readyz(health) == 200
-    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    scenario.enqueue(*[(n, 60, None) for n in range(6)])  # until "release"
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("the other 4 prefetched (4 x 2 processes)", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
@@ -179,9 +194,10 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     assert readyz(health) == 503  # red at once, while the tasks still run
     back = wait_until("the prefetched tasks back on the queue", lambda: scenario.queued() == 4)
     assert back - signalled < 1.0
-    scenario.enqueue((6, 0.2, None))  # during the stop: left on the queue
+    scenario.redis.client.set("release", 1)  # the 2 running end, within the budget
+    scenario.enqueue((6, 0.2, None))  # during (or after) the stop: left on the queue
     assert worker.finish() == -signal.SIGTERM, worker.output()
-    assert sorted(scenario.list("completed")) == ["0", "1"]
+    assert sorted(scenario.list("completed")) == ["0", "1"], worker.output()
     assert len(scenario.list("started")) == 2  # none started after the signal
     processes = scenario.list("processes")
     ours = {str(worker.pid), *processes}  # not the enqueuing script's own exit
@@ -190,6 +206,8 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
+    assert scenario.list("shutting_down") == [f"SIGTERM Warm 0 {worker.pid}"]  # Celery's signal
+    assert "has a time limit" not in worker.output()  # the app-wide limit is said once
     scenario.enqueue((7, 0.2, None))  # after it ended
     assert scenario.queued() == 6
     assert int(scenario.redis.client.hlen("unacked")) == 0
@@ -204,8 +222,8 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
 
 @pytest.mark.parametrize(
     ("pool", "acks_late"),
-    [("prefork", "0"), ("prefork", "1"), ("solo", "0")],
-    ids=["prefork-acks-early", "prefork-acks-late", "solo"],
+    [("prefork", "0"), ("prefork", "1"), ("solo", "0"), ("threads", "0")],
+    ids=["prefork-acks-early", "prefork-acks-late", "solo", "threads"],
 )
 def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     scenario: Scenario, pool: str, acks_late: str
@@ -219,6 +237,8 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     # With Celery 5.5's soft shutdown and billiard's SIGTERM remap set: both are said, and
     # neither changes what SIGTERM does here.
     remap = {"REMAP_SIGTERM": "SIGQUIT", "SOFT_SHUTDOWN": "30"} if acks_late == "1" else {}
+    if remap:  # and a task's own time limit
+        remap["TASK_LIMIT"] = "40"
     worker = scenario.worker(
         "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"), **remap,
@@ -226,6 +246,8 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     if remap:
         worker.wait_for("REMAP_SIGTERM=SIGQUIT: lastcall takes SIGTERM", stream="stderr")
         worker.wait_for("worker_soft_shutdown_timeout=30 s applies to SIGQUIT", stream="stderr")
+        line = worker.wait_for("task proj.work has a time limit of 40 s", stream="stderr")
+        assert "drain budget 3 s" in line, line  # LASTCALL_GRACE=5: both numbers, one line
     line = worker.wait_for("running tasks get", stream="stderr")
     budget = float(line.split("running tasks get ")[1].split()[0])
     scenario.enqueue((7, 60, 0.2))
@@ -261,7 +283,10 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     Against plain Celery: the second Ctrl-C is a cold shutdown that cancels the
     running tasks; without ``acks_late`` they are acknowledged already, and lost.
     """
-    worker = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="20")
+    worker = scenario.worker(
+        "-P", "prefork", "-c", "2", LASTCALL_GRACE="20",
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
     scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     worker.send(signal.SIGINT)
@@ -274,17 +299,23 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     assert scenario.queued() == 4  # the 2 running ones too, at once
     assert scenario.list("completed") == []
     assert int(scenario.redis.client.hlen("unacked")) == 0
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    assert report["forced"]
+    outcomes = sorted(job["outcome"] for job in report["jobs"])
+    assert outcomes == ["requeued"] * 4, report["jobs"]  # the 2 running ones too
+    assert scenario.list("shutting_down") == [f"SIGINT Warm 0 {worker.pid}"]
 
 
 def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:
     """Plain Celery beside: what the first test checks does not hold without lastcall."""
     worker = scenario.worker("-P", "prefork", "-c", "2", PLAIN="1")
-    scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
+    scenario.enqueue(*[(n, 60, None) for n in range(6)])  # until "release"
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("the other 4 prefetched", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
     time.sleep(1.0)  # a look 1 s on: lastcall has them back by now (the first test)
     assert scenario.queued() == 0  # still held by the stopping worker
+    scenario.redis.client.set("release", 1)
     assert worker.finish() == 0  # Celery exits 0 after SIGTERM
     assert sorted(scenario.list("completed")) == ["0", "1"]
     assert not any(h.startswith("process") for h in scenario.list("hooks"))
@@ -314,3 +345,87 @@ def test_many_short_tasks_each_complete_once_across_a_stop(scenario: Scenario) -
     assert second.finish() == -signal.SIGTERM
     completed = scenario.list("completed")
     assert sorted(map(int, completed)) == list(range(total))  # each exactly once
+
+
+@pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
+def test_threads_task_put_back_never_completes_in_its_thread(
+    scenario: Scenario, acks_late: str
+) -> None:
+    """Threads: a task put back at the budget's end, told to finish while the stop's hooks run.
+
+    A thread cannot be killed: its task is put back at once, and the thread gets
+    ``TaskStopped`` at its next Python bytecode. Without that the task would
+    complete in its thread while the hook sleeps (2 s), and again on the second
+    worker.
+    """
+    worker = scenario.worker(
+        "-P", "threads", "-c", "2", LASTCALL_GRACE="5", HOOK_SLEEP="2", ACKS_LATE=acks_late,
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
+    line = worker.wait_for("running tasks get", stream="stderr")
+    budget = float(line.split("running tasks get ")[1].split()[0])
+    scenario.enqueue((1, 60, 0.2), (2, 60, None))
+    wait_until("both running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    worker.wait_for("shutdown started by SIGTERM", stream="stderr")
+    scenario.redis.client.set("release:2", 1)  # task 2 ends within the budget
+    back = wait_until("the task back on the queue", lambda: scenario.queued() == 1)
+    assert back - signalled < budget + 1.0
+    scenario.redis.client.set("release:1", 1)  # task 1's loop ends now, if it still runs
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert time.monotonic() - back > 1.0  # the hook kept the process alive meanwhile
+    assert scenario.list("completed") == ["2"]  # not 1: stopped in its thread
+    scenario.redis.client.delete("release:1")
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    outcomes = {job["id"]: job["outcome"] for job in report["jobs"]}
+    assert sorted(outcomes.values()) == ["completed", "requeued"], report["jobs"]
+    assert scenario.list("hooks").count(f"main {worker.pid}") == 1
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+
+    second = scenario.worker("-P", "threads", "-c", "2", LASTCALL_GRACE="5")
+    wait_until("the task completed", lambda: len(scenario.list("completed")) == 2)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    assert sorted(scenario.list("completed")) == ["1", "2"]  # each once
+
+
+@pytest.mark.parametrize(
+    ("pool", "acks_late"),
+    [("prefork", "1"), ("threads", "1"), ("solo", "1"), ("prefork", "0")],
+    ids=["prefork-acks-late", "threads-acks-late", "solo-acks-late", "prefork-acks-early"],
+)
+def test_sigkill_running_and_prefetched_back_within_1s(
+    scenario: Scenario, pool: str, acks_late: str
+) -> None:
+    """The worker SIGKILLed (the OOM killer) with tasks running and prefetched.
+
+    The last-resort watcher puts back every message the worker held unacknowledged
+    within 1 s. Against plain Celery they stay in Redis's ``unacked`` hash until
+    ``visibility_timeout`` (an hour by default). Without ``acks_late`` a running task
+    was deleted from Redis as it started: it is lost, as Celery documents.
+    """
+    concurrency = "1" if pool == "solo" else "2"
+    running = int(concurrency)
+    worker = scenario.worker("-P", pool, "-c", concurrency, LASTCALL_GRACE="5", ACKS_LATE=acks_late)
+    total = running + 4
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(total)])
+    wait_until("tasks running", lambda: len(scenario.list("started")) == running)
+    if pool != "solo":  # solo's loop fetches nothing while its task runs
+        wait_until("the rest prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGKILL)
+    killed = time.monotonic()
+    held = total if acks_late == "1" else total - running
+    back = wait_until("the held tasks back", lambda: scenario.queued() == held)
+    assert back - killed < 1.0, f"{back - killed:.2f} s"
+    assert worker.finish() == -signal.SIGKILL
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+    assert scenario.list("completed") == []
+
+    scenario.redis.client.set("release", 1)  # the rest run at once on the second worker
+    second = scenario.worker("-P", "threads", "-c", str(total), LASTCALL_GRACE="5")
+    wait_until("all held completed", lambda: len(scenario.list("completed")) == held)
+    second.send(signal.SIGTERM)
+    assert second.finish() == -signal.SIGTERM
+    completed = scenario.list("completed")
+    assert len(completed) == len(set(completed)) == held  # each once

@@ -103,6 +103,12 @@ class Integration:
         """Why this process stood aside, or None if it runs its own hooks."""
         return self.coordinator._stood_aside  # noqa: SLF001
 
+    @property
+    def stop_trigger(self) -> str | None:
+        """What began the stop under way (``SIGTERM``, ``manual``, ``exit`` ...), or None."""
+        stop = self.coordinator._stop  # noqa: SLF001
+        return stop.report.trigger if stop is not None else None
+
     # ------------------------------------------------------------ the drain
 
     def drain_budget(self) -> float:

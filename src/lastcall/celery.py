@@ -8,7 +8,7 @@
     app = Celery("tasks", broker="redis://localhost:6379/0")
     LastCall(app)
 
-then ``celery -A tasks worker`` as before (pools ``prefork`` and ``solo``,
+then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads`` and ``solo``,
 brokers Redis and RabbitMQ, with or without ``acks_late``). On the first SIGTERM or SIGINT
 to the worker:
 
@@ -34,6 +34,7 @@ or broker this slice does not drain (those still get hooks and the exit status).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -88,8 +89,6 @@ class LastCall:
         signals.worker_shutdown.connect(self._worker_shutdown, weak=False)
         signals.worker_process_init.connect(self._process_init, weak=False)
         signals.worker_process_shutdown.connect(self._process_shutdown, weak=False)
-        signals.task_prerun.connect(self._task_prerun, weak=False)
-        signals.task_postrun.connect(self._task_postrun, weak=False)
 
     # ------------------------------------------------------------ main process
 
@@ -120,8 +119,8 @@ class LastCall:
             or transport not in adapter.SUPPORTED_TRANSPORTS
         ):
             logger.warning(
-                "lastcall drains Celery's prefork and solo pools on Redis and RabbitMQ; this "
-                "worker (pool %s, broker %s) gets its hooks and exit status, not the drain",
+                "lastcall drains Celery's prefork, threads and solo pools on Redis and RabbitMQ; "
+                "this worker (pool %s, broker %s) gets its hooks and exit status, not the drain",
                 kind,
                 transport,
             )
@@ -131,6 +130,7 @@ class LastCall:
             consumer, coordinator, self._answers[0] if self._answers else None
         )
         worker.attach()
+        worker.watch_for_kill()
         self._take_signals()
         coordinator.on_shutdown(phase="drain", name="celery worker drain")(
             functools.partial(self._drain, worker)
@@ -175,9 +175,10 @@ class LastCall:
                     float(limit) + (grace - budget),
                     setting,
                 )
+        said = {conf.get("task_soft_time_limit"), conf.get("task_time_limit")}
         for task in consumer.app.tasks.values():
             limit = getattr(task, "soft_time_limit", None) or getattr(task, "time_limit", None)
-            if limit and float(limit) > budget:
+            if limit and float(limit) > budget and limit not in said:  # a task's own
                 logger.warning(
                     "task %s has a time limit of %g s, longer than lastcall's drain budget "
                     "%.3g s: at a stop it is put back on its queue after %.3g s",
@@ -216,8 +217,20 @@ class LastCall:
             )
 
     def _drain(self, worker: adapter.CeleryWorker) -> None:
-        """The drain hook: the drain sequence, then Celery's own shutdown of pool and channel."""
+        """The drain hook: the drain sequence, then Celery's own shutdown of pool and channel.
+
+        First Celery's ``worker_shutting_down``, as its own SIGTERM/SIGINT handler sends it
+        (celery/apps/worker.py), for the app's receivers; here on the stop's thread.
+        """
+        from celery import signals  # noqa: PLC0415
+
         coordinator = self.coordinator
+        signals.worker_shutting_down.send(
+            sender=worker.consumer.hostname,
+            sig=Integration(coordinator).stop_trigger or "SIGTERM",
+            how="Warm",
+            exitcode=0,
+        )
         drain(worker, coordinator, budget=task_budget(coordinator))
         left = coordinator.time_left()
         wait = max(
@@ -230,7 +243,13 @@ class LastCall:
 
     def _done(self, worker: adapter.CeleryWorker, report: Report) -> None:
         if report.forced:
-            worker.force()
+            worker.force()  # the last-resort watcher runs too, and finds nothing left
+            path = self.coordinator.settings.report
+            if path:  # written before this callback: again, with the tasks just put back
+                with contextlib.suppress(Exception):  # the failure is in report.write_error
+                    report.write(path)
+        elif worker.delivered is not None:
+            worker.delivered.remove()
 
     def _worker_shutdown(self, sender: Celery = None, **_: Any) -> None:  # noqa: ANN401
         """Celery's warm shutdown is over: the pool is closed, the connection too."""
@@ -247,12 +266,3 @@ class LastCall:
     def _process_shutdown(self, **_: Any) -> None:  # noqa: ANN401
         """A prefork pool process, ending: its hooks run here, once."""
         adapter.ChildSide.exiting()
-
-    @staticmethod
-    def _task_prerun(task_id: str | None = None, **_: Any) -> None:  # noqa: ANN401
-        if task_id is not None:
-            adapter.task_began(task_id)
-
-    @staticmethod
-    def _task_postrun(**_: Any) -> None:  # noqa: ANN401
-        adapter.task_ended()

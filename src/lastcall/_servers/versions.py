@@ -203,15 +203,15 @@ DJANGO = Tested(
     "runserver's drain and autoreloader handling may not work",
 )
 # Queue workers. What is read and patched: celery/worker/consumer/consumer.py, worker.py,
-# state.py and request.py, celery/concurrency/prefork.py and asynpool.py, billiard/pool.py
-# (lastcall/_workers/celery.py names each); tests/test_celery.py passes on 5.7.0.
+# state.py and request.py, celery/concurrency/prefork.py, asynpool.py and thread.py,
+# billiard/pool.py (lastcall/_workers/celery.py names each); tests/test_celery.py passes on 5.7.0.
 CELERY = Tested(
     "celery",
     "5.7",
     "5.7",
     "tasks may start after the stop signal or not be put back when the drain budget runs out",
 )
-# kombu/transport/redis.py (Channel._do_restore_message, QoS.unacked_key) and
+# kombu/transport/redis.py (Channel._do_restore_message, QoS.unacked_key, QoS.restore_by_tag) and
 # kombu/transport/virtual/base.py (Message._raw, QoS._quick_ack), with celery 5.7.0.
 KOMBU = Tested(
     "kombu",

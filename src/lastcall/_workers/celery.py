@@ -1,4 +1,4 @@
-"""Celery on Redis and RabbitMQ (prefork and solo pools): the adapter the drain runs through.
+"""Celery on Redis and RabbitMQ (prefork, threads and solo pools): what the drain runs through.
 
 ``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
 lines); everything here reaches into Celery, kombu and billiard, and nothing
@@ -8,13 +8,16 @@ come from:
 
 * ``celery/worker/consumer/consumer.py``: ``Consumer.hub``, ``pool``,
   ``controller``, ``task_consumer``, ``strategies`` (each value wrapped, so
-  a message delivered once the stop began goes back instead of starting);
+  a message delivered once the stop began goes back instead of starting; the
+  ack callback ``on_task_received`` passes them is wrapped too, for the kill);
   ``celery/worker/worker.py``: ``WorkController.semaphore`` (prefork's
   prefetched requests wait there for a free process); ``celery/worker/
   state.py``: ``active_requests``, ``reserved_requests``, ``should_stop``,
   ``task_ready``; ``celery/worker/request.py``: ``Request.message``,
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
-  ``_apply_result``.
+  ``_apply_result``; ``celery/concurrency/thread.py``: ``TaskPool.on_apply``
+  (wrapped: the results are held), ``ApplyResult.f`` (the future a thread
+  takes the task from).
 * ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
   ``AsynPool``); ``celery/concurrency/asynpool.py``:
   ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
@@ -23,8 +26,10 @@ come from:
 * ``kombu/asynchronous/hub.py``: ``Hub.add_reader``; ``kombu/transport/
   redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
   ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
-  ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
-  broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``.
+  ``QoS.append`` (wrapped: a delivery's tag is noted before it is written to
+  the ``unacked`` hash); ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
+  broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``; in the
+  last-resort watcher, ``kombu/transport/redis.py``: ``QoS.restore_by_tag``.
 
 How a task is put back: kombu's Redis transport keeps every delivered,
 unacknowledged message in a hash (``unacked``) until it is acknowledged, and
@@ -43,17 +48,37 @@ the solo pool's main process) gets ``STOP_SIGNAL``. Its handler answers on a
 pipe whether a task was running, and if so never returns to it: the task
 cannot complete after it was put back. A child then runs its own hooks and
 exits; the solo main thread waits there until the stop ends the process.
+
+A thread cannot be stopped from outside. The threads pool's overrunning task
+is put back at once all the same, and its thread is given ``TaskStopped``
+(``PyThreadState_SetAsyncExc``), raised at its next Python bytecode: a task
+sleeping or blocked in C code gets no further than its next Python call, so
+it cannot complete after it was put back. Celery's own shutdown would wait
+for that thread, so it is skipped; the process ends by the signal when the
+stop is over, and the thread ends with it.
+
+When the worker is killed (SIGKILL, the OOM killer) nothing in it runs. The
+watcher process of ``lastcall.last_resort`` does: the worker writes each
+delivered message's tag into a small memory-mapped file (``Delivered``: one
+slice assignment per task, no system call), and the watcher, once the worker
+is gone, puts back every tag of that file still in the ``unacked`` hash, as
+kombu's ``restore_by_tag`` does: the prefetched tasks and the running ones
+with ``acks_late``. A running task without ``acks_late`` was deleted from
+Redis as it started (Celery's at-most-once): nothing is left to put back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import mmap
 import os
 import queue
 import select
 import signal
 import struct
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -68,7 +93,15 @@ if TYPE_CHECKING:
 
     from lastcall._coordinator import Coordinator
 
-__all__ = ("STOP_SIGNAL", "CeleryWorker", "ChildSide", "WorkerLoop")
+__all__ = (
+    "STOP_SIGNAL",
+    "CeleryWorker",
+    "ChildSide",
+    "Delivered",
+    "TaskStopped",
+    "WorkerLoop",
+    "restore_after_kill",
+)
 
 # Celery, kombu and billiard objects: untyped, reached by duck typing
 Celery: TypeAlias = Any
@@ -82,8 +115,19 @@ STOP_SIGNAL = signal.SIGUSR2
 _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
-SUPPORTED_POOLS = ("prefork", "solo")
+SUPPORTED_POOLS = ("prefork", "solo", "threads")
 SUPPORTED_TRANSPORTS = ("redis", "amqp", "pyamqp")  # kombu's transport names in broker URLs
+_TAG_SLOT = 64  # bytes per delivery in the file: a state byte, the tag (kombu's: 36 bytes)
+_HELD, _ACKED = b"h", b"a"  # the state byte: delivered; Celery asked for its ack
+_TAG_SLOTS = 4096  # the newest this many deliveries are known to the watcher
+
+
+class TaskStopped(BaseException):  # not an error: the stop put the task back
+    """Raised in a threads-pool thread whose task was put back: it never completes here.
+
+    A ``BaseException``, so the task's own ``except Exception`` does not swallow it;
+    Celery's tracer lets it through, and the thread pool keeps it in the task's future.
+    """
 
 
 def pool_kind(pool: Celery) -> str:
@@ -93,24 +137,36 @@ def pool_kind(pool: Celery) -> str:
 
 
 class _Running:
-    """The task this process runs now (between ``task_prerun`` and ``task_postrun``)."""
+    """Whether this process stopped its task; the threads pool's threads by task."""
 
     def __init__(self) -> None:
-        self.task_id: str | None = None
         self.stopping = False  # STOP_SIGNAL came: the task never resumes
+        self.threads: dict[str, int] = {}  # threads pool: task id -> the thread running it
 
 
 _running = _Running()
 
 
-def task_began(task_id: str) -> None:
-    """Celery's ``task_prerun``, in the process that runs the task."""
-    _running.task_id = task_id
+def _current_task() -> str | None:
+    """The id of the task this thread runs now, or None (from a signal handler too).
+
+    Celery's task stack (``celery/_state.py``: ``get_current_task``), pushed as a
+    task starts and popped as it ends, in the thread that runs it: no Celery signal
+    (``task_prerun`` costs every task a few microseconds once it has a receiver).
+    """
+    from celery._state import get_current_task  # noqa: PLC0415  # imported already by Celery
+
+    task = get_current_task()
+    return None if task is None else str(task.request.id or "(starting)")
 
 
-def task_ended() -> None:
-    """Celery's ``task_postrun``."""
-    _running.task_id = None
+def _stop_thread(task_id: str) -> None:
+    """Raise ``TaskStopped`` in the thread running ``task_id``, at its next Python bytecode."""
+    ident = _running.threads.get(task_id)
+    if ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(TaskStopped)
+        )
 
 
 class ChildSide:
@@ -126,7 +182,7 @@ class ChildSide:
     def _stop_requested(self, signum: int, _frame: object) -> None:
         if _running.stopping:
             return  # already stopping: Celery's Request.cancel sends the signal again
-        task_id = _running.task_id
+        task_id = _current_task()
         _answer(self.answer_fd, stopped=task_id is not None)
         if task_id is None:
             return  # the task had just finished: its result is on its way
@@ -185,6 +241,105 @@ class WorkerLoop:
         return done.wait(timeout)
 
 
+class Delivered:
+    """The newest deliveries' tags, in a memory-mapped file the last-resort watcher reads.
+
+    A ring: one slot per delivered message, overwritten once ``_TAG_SLOTS`` newer
+    ones came (more than that many unacknowledged at once, as with many ETA tasks,
+    leaves the oldest to ``visibility_timeout`` after a kill). A slot is marked the
+    moment Celery asks for its message's ack: Celery sends acks from its loop a
+    moment later (``call_soon``), and a message whose ack was asked for is done
+    (acks_late: the task completed), to be acknowledged, never put back.
+    """
+
+    def __init__(self) -> None:
+        directory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108  # memory, not disk
+        fd, self.path = tempfile.mkstemp(prefix="lastcall-celery-", suffix=".tags", dir=directory)
+        try:
+            os.ftruncate(fd, _TAG_SLOT * _TAG_SLOTS)
+            self._map = mmap.mmap(fd, _TAG_SLOT * _TAG_SLOTS)
+        finally:
+            os.close(fd)
+        self._next = 0
+        self._tags: list[str | None] = [None] * _TAG_SLOTS  # the tag in each slot
+        self._slots: dict[str, int] = {}  # tag -> its slot, until Celery's strategy has it
+
+    def note(self, tag: str) -> None:
+        """A message is being delivered: before kombu writes it to the ``unacked`` hash."""
+        index = self._next
+        self._next = (index + 1) % _TAG_SLOTS
+        overwritten = self._tags[index]
+        if overwritten is not None:
+            self._slots.pop(overwritten, None)
+        self._tags[index] = tag
+        self._slots[tag] = index
+        start = index * _TAG_SLOT
+        self._map[start : start + _TAG_SLOT] = (_HELD + tag.encode())[:_TAG_SLOT].ljust(
+            _TAG_SLOT, b"\0"
+        )
+
+    def marker(self, tag: str) -> Callable[[], None]:
+        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack."""
+        index = self._slots.pop(tag, None)
+        if index is None:  # delivered on a channel noted nowhere (a new connection)
+            self.note(tag)
+            index = self._slots.pop(tag)
+        start = index * _TAG_SLOT
+        mapped = self._map
+        slot = mapped[start : start + _TAG_SLOT]
+
+        def acked() -> None:
+            if mapped[start + 1 : start + _TAG_SLOT] == slot[1:]:  # not reused meanwhile
+                mapped[start] = _ACKED[0]
+
+        return acked
+
+    def remove(self) -> None:
+        """The worker stopped cleanly: nothing for the watcher."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # noqa: PTH108  # os: as the rest of the module
+
+
+def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
+    """Last resort, in the watcher once the worker died: its unacknowledged messages go back.
+
+    Each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is put
+    back at the head of its queue by kombu's own ``restore_by_tag``; one whose ack
+    Celery had asked for is acknowledged instead (taken out of the hash), as the
+    worker would have a moment later.
+    """
+    from kombu.connection import Connection  # noqa: PLC0415  # in the watcher, when needed
+
+    try:
+        with open(path, "rb") as file:  # noqa: PTH123
+            data = file.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # noqa: PTH108
+    slots = (data[i : i + _TAG_SLOT].rstrip(b"\0") for i in range(0, len(data), _TAG_SLOT))
+    acked = {slot[1:].decode(): slot[:1] == _ACKED for slot in slots if slot}
+    if not acked:
+        return
+    tags = list(acked)
+    with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
+        qos = connection.default_channel.qos
+        with qos.channel.conn_or_acquire() as client:
+            entries = client.hmget(qos.unacked_key, tags)
+            held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
+            done = [tag for tag in held if acked[tag]]
+            if done:
+                client.pipeline().zrem(qos.unacked_index_key, *done).hdel(
+                    qos.unacked_key, *done
+                ).execute()
+            for tag in held:
+                if not acked[tag]:
+                    qos.restore_by_tag(tag, client)
+    print(  # noqa: T201  # the watcher's output goes to the worker's stderr
+        f"lastcall: {len(held) - len(done)} task(s) of the killed Celery worker put back on "
+        f"their queues, {len(done)} acknowledged (done)"
+    )
+
+
 class CeleryWorker:
     """A Celery worker's answers to the drain: stop consuming, wait, put back what overran."""
 
@@ -198,7 +353,9 @@ class CeleryWorker:
         self.answers = answer_fd
         self.loop = WorkerLoop(consumer.hub)
         self.door_closed = False
-        self.frozen = threading.Event()  # solo: the main thread stopped its task
+        # solo: the main thread stopped its task; threads: a thread still holds one. Either
+        # way Celery's own shutdown would wait for it, so the stop ends the process instead.
+        self.frozen = threading.Event()
         self.finished = threading.Event()  # solo: the main thread had no task to stop
         self.celery_stopped = threading.Event()  # Celery's worker_shutdown signal
         self.main_ident = threading.main_thread().ident
@@ -208,6 +365,7 @@ class CeleryWorker:
         self.put_back_tags: set[Any] = set()
         self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
         self.prefetched = 0
+        self.delivered: Delivered | None = None  # for the last resort, once it is set up
 
     @property
     def name(self) -> str:
@@ -222,6 +380,40 @@ class CeleryWorker:
             strategies[task_name] = self._gated(strategy)
         if self.kind == "solo":
             signal.signal(STOP_SIGNAL, self._solo_stop_requested)
+        if self.kind == "threads":
+            self._hold_thread_results()
+
+    def _hold_thread_results(self) -> None:
+        """Threads: know which thread runs each task; keep its ``ApplyResult`` until done.
+
+        ``Request._apply_result`` is a weak reference and the thread pool keeps no
+        other (celery/concurrency/thread.py), so the door could not find the futures
+        of prefetched tasks to cancel them. The thread is noted as it accepts the task
+        (``accept_callback``, ``Request.on_accepted``: celery/worker/request.py).
+        """
+        pool = self.consumer.pool
+        apply = pool.on_apply
+        held: set[Any] = set()
+        threads = _running.threads
+
+        def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            accepted = kwargs["accept_callback"]
+            task_id = accepted.__self__.id
+
+            def accept(*accept_args: Any) -> Any:  # noqa: ANN401
+                threads[task_id] = threading.get_ident()
+                return accepted(*accept_args)
+
+            def done(_future: object) -> None:
+                held.discard(result)
+                threads.pop(task_id, None)
+
+            result = apply(*args, **{**kwargs, "accept_callback": accept})
+            held.add(result)
+            result.f.add_done_callback(done)
+            return result
+
+        pool.on_apply = on_apply
 
     def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
         """A strategy that starts nothing once the stop began: the message goes back at once."""
@@ -232,9 +424,49 @@ class CeleryWorker:
                 self.prefetched += 1
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None
+            if self.delivered is not None:  # args: consumer.py's (payload, ack, reject, callbacks)
+                acked, ack = self.delivered.marker(message.delivery_tag), args[1]
+
+                def ack_noted(*ack_args: Any) -> Any:  # noqa: ANN401
+                    acked()
+                    return ack(*ack_args)
+
+                args = (args[0], ack_noted, *args[2:])
             return strategy(message, *args, **kwargs)
 
         return gated
+
+    def watch_for_kill(self) -> None:
+        """Have the last-resort watcher put back what this worker holds if it is killed."""
+        connection = self.consumer.connection
+        options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
+        try:
+            delivered = Delivered()
+            qos = self.consumer.task_consumer.channel.qos  # kombu/transport/redis.py: QoS
+            append = qos.append
+
+            def noted_append(message: Celery, delivery_tag: str) -> None:
+                delivered.note(delivery_tag)  # first: a kill between the two leaves it known
+                append(message, delivery_tag)
+
+            lastcall.last_resort(
+                "lastcall._workers.celery:restore_after_kill",
+                delivered.path,
+                connection.as_uri(include_password=True),
+                options,
+                name=f"put back the tasks of {self.name}",
+                timeout=5,
+            )
+        except (OSError, TypeError, ValueError, RuntimeError) as exc:
+            logger.warning(
+                "%s: if this worker is killed (SIGKILL), its tasks wait for visibility_timeout "
+                "instead of going back at once: %s",
+                self.name,
+                exc,
+            )
+            return
+        qos.append = noted_append
+        self.delivered = delivered
 
     # ------------------------------------------------------------ the drain's questions
 
@@ -251,6 +483,8 @@ class CeleryWorker:
         # Solo: the loop may be running a task; the gated strategies keep the door shut
         # until it is free, and the door closes then.
         self.loop.call(self._close_door_on_loop, timeout=0.5 if self.kind == "solo" else 5.0)
+        for request in self.running():  # threads: taken by a thread, not yet accepted
+            self.jobs.setdefault(request.id, _job(request, "completed", now))
         return 0
 
     def _close_door_on_loop(self) -> None:
@@ -277,7 +511,7 @@ class CeleryWorker:
             "%s stopped consuming; %d prefetched task(s) put back on their queues, %d running",
             self.name,
             put_back,
-            len(self.state.active_requests),
+            len(self.running()),
         )
 
     def _unwritten_jobs(self) -> set[int]:
@@ -299,16 +533,26 @@ class CeleryWorker:
             taken.add(id(job))
         return taken
 
+    def running(self) -> list[Celery]:
+        """The requests running: accepted by a pool process or the solo main thread.
+
+        Threads, once the door is closed: every reserved request left, as the ones no
+        thread had taken went back, and a thread may have taken one it has not accepted.
+        """
+        if self.kind == "threads" and self.door_closed:
+            return list(self.state.reserved_requests)
+        return list(self.state.active_requests)
+
     def in_flight(self) -> int:
-        """Tasks running (accepted by a pool process, or by the solo main thread)."""
-        return len(self.state.active_requests)
+        """Tasks running."""
+        return len(self.running())
 
     def wait_idle(self, timeout: float) -> bool:
         """Until no task runs and their acknowledgements have gone out (up to ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
             self._note_finished()
-            if not self.state.active_requests:
+            if not self.running():
                 break
             if time.monotonic() >= deadline:
                 return False
@@ -321,14 +565,20 @@ class CeleryWorker:
 
     def cancel(self) -> int:
         """Stop each task still running, put it back on its queue at once; how many."""
-        requests = list(self.state.active_requests)
+        requests = self.running()
         if not requests:
             return 0
         if self.kind == "solo":
             return self._cancel_solo(requests)
+        if self.kind == "threads":
+            return self._cancel_threads(requests)
         if self.kind != "prefork" or self.answers is None:
             log.log(logging.ERROR, "%s: %s pool tasks cannot be stopped", self.name, self.kind)
             return 0
+        return self._cancel_prefork(requests)
+
+    def _cancel_prefork(self, requests: list[Celery]) -> int:
+        """Each pool process running a task is asked to stop it; it answers whether it did."""
         by_pid = {request.worker_pid: request for request in requests if request.worker_pid}
         for pid in by_pid:
             with contextlib.suppress(ProcessLookupError):
@@ -379,11 +629,38 @@ class CeleryWorker:
             self.put_back(request)
         return len(requests)
 
+    def _cancel_threads(self, requests: list[Celery]) -> int:
+        """A thread cannot be stopped: put its task back, and let it go no further.
+
+        A request no thread runs now has either not begun (it will, within a moment) or
+        just finished (it leaves the reserved list within a moment): wait to tell which.
+        """
+        reserved = self.state.reserved_requests
+        deadline = time.monotonic() + _ANSWER_WAIT
+        while time.monotonic() < deadline and any(
+            r.id not in _running.threads and r in reserved for r in requests
+        ):
+            time.sleep(_POLL)
+        requests = [request for request in requests if request in reserved]
+        if not requests:
+            return 0
+        self.frozen.set()
+        for request in requests:
+            _stop_thread(request.id)
+            self.put_back(request)
+
+        def bookkeeping() -> None:
+            for request in requests:
+                self.state.task_ready(request)  # off the reserved and active lists
+
+        self.loop.call(bookkeeping, 2.0)
+        return len(requests)
+
     def _solo_stop_requested(self, _signum: int, _frame: object) -> None:
         """On the solo main thread: the task that runs never resumes."""
         if _running.stopping:
             return
-        if _running.task_id is None:
+        if _current_task() is None:
             self.finished.set()
             return
         _running.stopping = True
@@ -499,6 +776,7 @@ class CeleryWorker:
         # Reserved requests include the active ones (celery/worker/state.py).
         pending = {r.id: r for r in [*self.state.reserved_requests, *self.state.active_requests]}
         for request in pending.values():
+            _stop_thread(request.id)
             with contextlib.suppress(Exception):
                 self.put_back(request, "forced (a second SIGINT)")
         log.log(
@@ -513,7 +791,7 @@ class CeleryWorker:
     def stop_celery(self, timeout: float) -> bool:
         """Let Celery's own warm shutdown close the pool and the connection; whether it did."""
         if self.frozen.is_set():
-            return False  # solo: the main thread stays where the task was stopped
+            return False  # a stopped task holds the main thread (solo) or a thread
 
         def stop() -> None:
             self.state.should_stop = 0  # state.maybe_shutdown() raises WorkerShutdown(0)
@@ -525,7 +803,7 @@ class CeleryWorker:
 
     def _note_finished(self) -> None:
         now = time.time()
-        running = {request.id for request in self.state.active_requests}
+        running = {request.id for request in self.running()}
         for task_id, job in self.jobs.items():
             if task_id not in running and job.get("_open"):
                 job["seconds"] = round(now - job.pop("_open"), 3)
@@ -557,4 +835,9 @@ def _never_started(request: Celery, unwritten: set[int]) -> bool:
     """Whether a reserved request never reached a pool process (and never will)."""
     ref = getattr(request, "_apply_result", None)  # celery/worker/request.py
     job = ref() if ref is not None else None
-    return job is None or id(job) in unwritten  # waiting for the semaphore, or taken back
+    if job is None:
+        return True  # waiting for the semaphore
+    future = getattr(job, "f", None)  # threads: celery/concurrency/thread.py ApplyResult.f
+    if future is not None:
+        return bool(future.cancel())  # no thread had taken it: none ever will
+    return id(job) in unwritten  # taken back from the pool

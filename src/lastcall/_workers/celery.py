@@ -437,7 +437,12 @@ class CeleryWorker:
         return gated
 
     def watch_for_kill(self) -> None:
-        """Have the last-resort watcher put back what this worker holds if it is killed."""
+        """Have the last-resort watcher put back what this worker holds if it is killed.
+
+        Redis only: RabbitMQ itself puts back what a dead connection held, at once.
+        """
+        if self.amqp:
+            return
         connection = self.consumer.connection
         options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
         try:

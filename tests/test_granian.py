@@ -10,7 +10,6 @@ overruns the drain budget is cancelled (a WebSocket told 1001), and under
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -18,10 +17,9 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import WAIT, free_port, knock, live_processes_in_session
+from conftest import WAIT, free_port, knock, live_processes_in_session, signal_another_thread
 from test_asgi import APP as ASGI_APP
 from test_asgi import get, hooks, in_background, wait_serving
 from test_gunicorn import wait_lines
@@ -174,17 +172,6 @@ def test_sigterm_drains_every_worker_after_the_prestop_delay(
     assert hooks(child) == sorted(hooks_each * workers), child.output()
 
 
-def threads_taking(pid: int, sig: int) -> list[int]:
-    """The threads of ``pid`` other than its main one that do not block ``sig``."""
-    taking = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        status = (task / "status").read_text().splitlines()
-        blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
-        if int(task.name) != pid and not blocked & (1 << (sig - 1)):
-            taking.append(int(task.name))
-    return taking
-
-
 def test_a_sigterm_one_of_granians_threads_takes_still_stops_the_wsgi_worker(spawn):
     """The kernel hands a process's SIGTERM to any thread not blocking it when the main thread
     cannot take it at once; here one of the Rust server's threads gets it (tgkill). The
@@ -196,9 +183,7 @@ def test_a_sigterm_one_of_granians_threads_takes_still_stops_the_wsgi_worker(spa
     (worker,) = (int(line.split()[1]) for line in wait_count(child, "installed", 1))
     thread, results = in_background(get, port, "/slow")
     wait_count(child, "entered", 1)
-    (taker, *_) = threads_taking(worker, signal.SIGTERM)
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.tgkill(worker, taker, signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    signal_another_thread(worker, signal.SIGTERM)
     wait_lines(child, "lastcall shutdown started by SIGTERM", 1)
     thread.join(WAIT)
     assert results and results[0][::2] == (200, b"slow done"), (results, child.output())

@@ -8,6 +8,7 @@ test (which then fails).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -18,6 +19,7 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import pytest
@@ -30,7 +32,6 @@ pytest_plugins = ["brokers"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
 EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has ended
@@ -56,6 +57,21 @@ LAUNCH = (
 def live_processes_in_session(sid: int) -> list[int]:
     """PIDs of processes (not zombies) whose session id is ``sid``."""
     return list(session_processes(sid))
+
+
+def signal_another_thread(pid: int, sig: int) -> int:
+    """Send ``sig`` to a thread of ``pid`` other than its main one that does not block it.
+
+    As the kernel may, with a signal sent to the process; returns the thread's id.
+    """
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        status = (task / "status").read_text().splitlines()
+        blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+        if int(task.name) != pid and not blocked & (1 << (sig - 1)):
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.tgkill(pid, int(task.name), sig) == 0, os.strerror(ctypes.get_errno())
+            return int(task.name)
+    raise AssertionError(f"no thread of {pid} but its main one takes {sig}")
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from conftest import WAIT, free_port, knock, live_processes_in_session
+from conftest import WAIT, free_port, knock, live_processes_in_session, signal_another_thread
 from test_asgi import APP as ASGI_APP
 from test_asgi import get, hooks, in_background, wait_serving
 from test_gunicorn import wait_lines
@@ -170,6 +170,25 @@ def test_sigterm_drains_every_worker_after_the_prestop_delay(
     for hook in hooks_each:
         assert sorted(line.split()[1] for line in child.lines(hook)) == pids, child.output()
     assert hooks(child) == sorted(hooks_each * workers), child.output()
+
+
+def test_a_sigterm_one_of_granians_threads_takes_still_stops_the_wsgi_worker(spawn):
+    """The kernel hands a process's SIGTERM to any thread not blocking it when the main thread
+    cannot take it at once; here one of the Rust server's threads gets it (tgkill). The
+    worker's stop begins all the same and its request in flight is answered. Before: its main
+    thread slept on in granian's ``evp.wait()``, never running lastcall's handler, and granian's
+    master waited for the worker forever (the 2-worker WSGI test above, 1 run in 4 under load)."""
+    env = {"LASTCALL_GRACE": "10"}
+    child, port = start(spawn, "lastcall.granian", "--interface", "wsgi", app=WSGI_APP, **env)
+    (worker,) = (int(line.split()[1]) for line in wait_count(child, "installed", 1))
+    thread, results = in_background(get, port, "/slow")
+    wait_count(child, "entered", 1)
+    signal_another_thread(worker, signal.SIGTERM)
+    wait_lines(child, "lastcall shutdown started by SIGTERM", 1)
+    thread.join(WAIT)
+    assert results and results[0][::2] == (200, b"slow done"), (results, child.output())
+    wait_lines(child, f"in pid {worker}: 2 hooks, 2 ok", 1)
+    child.finish()  # granian's master ends on its own once its only worker has (status 1)
 
 
 def test_what_the_drain_budget_ends_is_told_so(spawn, tmp_path):

@@ -214,6 +214,7 @@ class LastCall(HealthPaths):
         if threading.current_thread() is threading.main_thread():
             stop = adapter.take_server_signals(loop, coordinator.settings.signals) or stop
             Integration(coordinator).ensure_installed()
+            adapter.wake_on_signals(loop)
         elif not coordinator.installed:
             logger.warning(
                 "aiohttp runs off the main thread: call lastcall.install() on the main thread "

@@ -4,8 +4,10 @@ aiohttp's own stop (``web.run_app``'s ``GracefulExit`` on SIGTERM or SIGINT;
 ``GunicornWebWorker``'s, which clears ``alive``) closes its sites at once and
 then waits for its handlers: no pre-stop window, and what the listen backlog
 holds is reset as the socket closes. Both handlers are added with
-``loop.add_signal_handler``; they are taken off the loop at start-up, and the
-SIGTERM one is run when the drain begins, once the door is closed:
+``loop.add_signal_handler``; they are taken off the loop at start-up (asyncio's wake-up fd goes with
+the last of them: ``wake_on_signals`` sets one the loop reads, so a signal
+another thread takes still wakes it), and the SIGTERM one is run when the
+drain begins, once the door is closed:
 
 1. the door (``lastcall._servers.asgi.AsyncioDoor``, as for uvicorn): the
    backlog is handed to aiohttp's own protocol factory and served; new
@@ -30,6 +32,7 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +54,7 @@ __all__ = (
     "serves_aiohttp",
     "take_server_signals",
     "take_worker_signals",
+    "wake_on_signals",
     "worker_app",
 )
 
@@ -139,6 +143,35 @@ def take_server_signals(
     """
     taken = {sig: take_loop_signal(loop, sig) for sig in {signal.SIGTERM, *signals}}
     return taken[signal.SIGTERM] or next((run for run in taken.values() if run), None)
+
+
+def wake_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Have a signal any thread of this process takes wake ``loop``: its handler then runs.
+
+    Python runs a signal's handler on the main thread, between two bytecodes;
+    the kernel may hand the signal to another thread (asyncio's executor, which
+    ``asyncio.to_thread`` and ``getaddrinfo`` start), and a loop waiting for I/O
+    on the main thread is then not woken: the stop would begin at the next
+    connection, or never. asyncio wakes its loop through ``signal.set_wakeup_fd``
+    while it handles a signal, and drops that with its last handler (taken by
+    ``take_server_signals``): a pipe the loop reads is set instead, unless
+    someone's wake-up fd is still there. Main thread only.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # positional only
+    os.set_blocking(write_end, False)  # positional only
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    if previous != -1:  # it wakes its own already
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+        return
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            os.read(read_end, 4096)
+
+    loop.add_reader(read_end, read)
 
 
 # ---------------------------------------------------------------- gunicorn's aiohttp worker

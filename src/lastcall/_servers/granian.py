@@ -25,7 +25,13 @@ granian 2.8.9 as shipped: no pre-stop window, no bound on the wait (its
   one that has ``set_sync_signals`` hand back granian's signal with lastcall's
   handlers in place of granian's; the drain waits on what the app's
   ``lastcall.wsgi.LastCallMiddleware`` counts (a WSGI thread cannot be
-  cancelled: the stop goes on at the budget's end).
+  cancelled: the stop goes on at the budget's end). Its main thread then
+  waits for the server's end in ``threading.Event().wait()``, which only a
+  signal delivered to that thread interrupts; the kernel may hand SIGTERM
+  to one of the Rust server's threads instead, whose C handler only marks
+  it for the main thread, and the stop would never begin (granian's master
+  waiting for that worker forever). That wait is made in steps
+  (``_MainThreadEvent``): the handler runs at the next one.
 * **The door**: the Rust listener is found in ``/proc/self/fd`` (every
   listening socket of the worker but lastcall's health port), and before the
   signal is set it admits no new handshake; the Rust accept loop takes what
@@ -39,7 +45,8 @@ granian 2.8.9 as shipped: no pre-stop window, no bound on the wait (its
 Tested with granian 2.8 (``versions.GRANIAN``). Undocumented: the local
 ``shutdown_event`` of the ASGI worker functions and ``callback`` of the WSGI
 one in ``granian/server/mp.py``, ``MPServer._spawn_wsgi_worker`` (replaced),
-``granian/_signals.py``'s ``set_sync_signals`` (wrapped, in the worker). The
+``granian/_signals.py``'s ``set_sync_signals`` (wrapped, in the worker), and the
+``threading`` that ``granian/server/mp.py`` makes the WSGI worker's ``evp`` with. The
 free-threaded build runs workers as threads (``granian/server/mt.py``), and
 ``--interface asginl`` and ``rsgi`` give the app no moment at all: not adapted.
 """
@@ -54,6 +61,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +136,7 @@ def _granian_listeners(health: tuple[str, int] | None) -> dict[int, int]:
 # ---------------------------------------------------------------- python -m lastcall.granian, WSGI
 
 _WSGI_WORKER = "_spawn_wsgi_worker"  # granian/server/mp.py, MPServer's WSGI worker function
+_MAIN_THREAD_STEP = 0.1  # seconds: at most this late, a stop signal another thread took begins
 _original_worker: list[Callable[..., None]] = []
 
 
@@ -183,8 +193,30 @@ def _hold_sync_signals(set_sync_signals: Callable[[], Any]) -> Any:  # noqa: ANN
         Integration(coordinator).stop_when_parent_dies(
             parent.pid, f"granian's master {parent.pid} died"
         )
+    # granian/server/mp.py, the WSGI worker function: ``evp = threading.Event()`` once this
+    # returns, then ``evp.wait()`` on the main thread until the server has stopped.
+    importlib.import_module("granian.server.mp").threading = _THREADING  # type: ignore[attr-defined]
     TESTED.check()
     return worker_signal
+
+
+class _MainThreadEvent(threading.Event):
+    """What granian's WSGI worker's main thread waits on until the server has stopped.
+
+    Python runs a signal's handler on the main thread only, when it runs
+    bytecode; a signal the kernel delivers to another thread does not wake it
+    from a lock. Waiting in steps, it runs the handler at the next one.
+    """
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None:
+            return super().wait(timeout)
+        while not super().wait(_MAIN_THREAD_STEP):
+            pass
+        return True
+
+
+_THREADING = types.SimpleNamespace(Event=_MainThreadEvent)  # all mp.py takes from threading
 
 
 class _WsgiWorker:

@@ -41,6 +41,11 @@ import redis
 store = redis.Redis.from_url(os.environ["BROKER"])
 
 
+def threads():
+    import threading
+    store.rpush("horse threads", " ".join(sorted(t.name for t in threading.enumerate())))
+
+
 def work(n, seconds, again=None):
     attempt = store.incr(f"attempt:{n}")
     store.rpush("started", f"{n} {os.getpid()} {time.time()}")
@@ -359,3 +364,16 @@ def test_sigkill_of_the_worker_puts_its_job_back_within_a_second(
     second.send(signal.SIGTERM)
     assert second.finish() == -signal.SIGTERM
     assert scenario.list("completed") == ["9"]  # once: the first horse died with its worker
+
+
+def test_the_work_horse_starts_none_of_lastcalls_threads(scenario: Scenario) -> None:
+    """Steps: lastcall.rq.Worker runs a job that lists its horse's threads: only the main one.
+    The horse ignores the stop signals and ends with os._exit, so the dispatcher and log
+    threads lastcall starts in a forked child would cost each job a fork's worth of time for
+    nothing (before: "MainThread lastcall-dispatcher lastcall-log")."""
+    worker = scenario.worker("Worker")
+    scenario.queues["default"].enqueue("jobs.threads")
+    wait_until("the job ran", lambda: scenario.list("horse threads"), output=worker)
+    assert scenario.list("horse threads") == ["MainThread"], worker.output()  # type: ignore[attr-defined]
+    worker.send(signal.SIGTERM)  # type: ignore[attr-defined]
+    assert worker.finish() == -signal.SIGTERM, worker.output()  # type: ignore[attr-defined]

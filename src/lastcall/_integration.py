@@ -8,6 +8,7 @@ the one module allowed to.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 from lastcall import _triggers
@@ -16,7 +17,7 @@ from lastcall._log import logger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from lastcall._coordinator import Coordinator
@@ -59,6 +60,21 @@ class Integration:
         """Begin the stop, as ``trigger(reason)`` does, once ``parent`` is no longer our parent."""
         coordinator = self.coordinator
         _triggers.watch_parent(parent, reason, coordinator.stopping, coordinator.trigger)
+
+    @contextlib.contextmanager
+    def forking_without_threads(self) -> Iterator[None]:
+        """Children forked inside start none of lastcall's threads.
+
+        For a child that takes no stop signal and ends with ``os._exit`` (RQ's work
+        horse, one per job): starting the dispatcher and the log thread there costs
+        each fork a millisecond or two, for nothing.
+        """
+        coordinator = self.coordinator
+        coordinator._threads_in_forked_children = False  # noqa: SLF001
+        try:
+            yield
+        finally:
+            coordinator._threads_in_forked_children = True  # noqa: SLF001
 
     # ------------------------------------------------------------ readiness
 

@@ -144,6 +144,17 @@ class Overrides(_Base):
 
     # ------------------------------------------------------------ worker process
 
+    def fork_work_horse(self, job: RQ, queue: RQ) -> None:
+        """RQ's fork, without lastcall's threads in the horse: it ignores the stop signals."""
+        # rq.Worker's (rq/worker/worker_classes.py, rq/worker.py before 2.12), not BaseWorker's.
+        fork = super().fork_work_horse  # type: ignore[misc]
+        drain = self.lastcall_drain
+        if drain is None:
+            fork(job, queue)
+            return
+        with Integration(drain.coordinator).forking_without_threads():
+            fork(job, queue)
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, *args: Any) -> RQ:  # noqa: ANN401
         """RQ's dequeue, on the drain's own connection; nothing handed out once the stop began."""
         drain = self.lastcall_drain

@@ -299,7 +299,20 @@ class _Worker:
             functools.partial(drain, server, coordinator)
         )
         self._write_hook_file()
-        Integration(coordinator).stop_when_parent_dies(
+        self._watch_master()
+
+    def _take_signals(self, grace: float) -> None:
+        """SIGTERM and SIGINT are lastcall's, in a worker whose own loop it drains."""
+        lastcall.default.install(
+            signals=("SIGTERM", "SIGINT"),
+            grace=grace,
+            prestop_delay=0,
+            force_signals=("SIGINT",),
+        )
+
+    def _watch_master(self) -> None:
+        """Stop if the master dies: a SIGKILLed master cannot tell its workers."""
+        Integration(lastcall.default).stop_when_parent_dies(
             self.ppid, f"gunicorn master {self.ppid} died"
         )
 
@@ -320,12 +333,7 @@ class _Worker:
         loop = adapter.worker_loop(worker)  # -k asgi: its loop, made before this hook
         if loop is not None:
             adapter.take_asgi_worker_signals(loop)
-        lastcall.default.install(
-            signals=("SIGTERM", "SIGINT"),
-            grace=grace,
-            prestop_delay=0,
-            force_signals=("SIGINT",),
-        )
+        self._take_signals(grace)
         self._write_hook_file()  # the app's hooks, before lastcall's own drain hook
         if loop is not None:
             # gunicorn's own worker: started now, in gunicorn's hook, so that a lifespan
@@ -338,9 +346,7 @@ class _Worker:
                 listeners=functools.partial(adapter.asgi_worker_listeners, worker),
                 close_idle=connections.close_idle,
             )
-        Integration(lastcall.default).stop_when_parent_dies(
-            self.ppid, f"gunicorn master {self.ppid} died"
-        )
+        self._watch_master()
 
     def _start_aiohttp(self, grace: float, prestop: float) -> None:
         """Aiohttp's ``GunicornWebWorker``: its app's ``LastCall`` drains it on the worker's loop.
@@ -365,16 +371,9 @@ class _Worker:
                 worker.wsgi,
             )
             sys.exit(_WORKER_BOOT_ERROR)
-        lastcall.default.install(
-            signals=("SIGTERM", "SIGINT"),
-            grace=grace,
-            prestop_delay=0,
-            force_signals=("SIGINT",),
-        )
+        self._take_signals(grace)
         self._write_hook_file()
-        Integration(lastcall.default).stop_when_parent_dies(
-            self.ppid, f"gunicorn master {self.ppid} died"
-        )
+        self._watch_master()
 
     def _write_hook_file(self) -> None:
         """Tell the master which hooks this worker has, in case it dies before running them.

@@ -266,6 +266,68 @@ def stuck():
     assert hooks_seen(child) == ["drain"]  # the rest never ran: that is what forcing means
 
 
+def test_lastcalls_threads_take_no_stop_signal_during_the_stop_and_hooks_get_the_apps_mask(
+    spawn,
+):
+    """During the stop the dispatcher still blocks every signal, so a second SIGINT the
+    kernel cannot hand the main thread at once (one already pending there, under load)
+    waits for it instead of landing on the dispatcher, where it would be run only when
+    the main thread next ran Python code: after its 60 s call (a job's), too late to force.
+    The hooks' thread has the app's mask back, for what the hooks start (a subprocess
+    inherits it): the dispatcher used to take that mask itself, and with it such signals.
+    """
+    child = spawn(
+        PRELUDE
+        + """
+def blocked(thread):
+    for line in open(f"/proc/self/task/{thread.native_id}/status"):
+        if line.startswith("SigBlk:"):
+            mask = int(line.split()[1], 16)
+            return [sig.name for sig in (signal.SIGINT, signal.SIGTERM) if mask >> (sig - 1) & 1]
+
+def report():
+    dispatcher, = [t for t in threading.enumerate() if t.name == "lastcall-dispatcher"]
+    out("dispatcher blocks", *blocked(dispatcher))
+    out("hooks' thread blocks", *blocked(threading.current_thread()), "end")
+
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # the app's own mask
+lastcall.install(signals=["SIGINT"])
+lastcall.on_shutdown(report, phase="pre_stop")
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGINT)
+    assert child.finish() == -signal.SIGINT, child.output()
+    assert child.lines("dispatcher blocks") == ["dispatcher blocks SIGINT SIGTERM"]
+    assert child.lines("hooks' thread blocks") == ["hooks' thread blocks SIGTERM end"]
+
+
+def test_a_signal_stop_begins_once_the_main_thread_left_the_handler(spawn):
+    """A second signal that lands while the main thread is still inside the handler of
+    the first (waiting for the GIL on a loaded machine) is not run until the main thread
+    next runs Python code: the stop shows itself only once the main thread has left.
+
+    Here the handler lastcall chains to (a framework's, installed first) takes 0.5 s.
+    """
+    child = spawn(
+        PRELUDE
+        + """
+def framework_handler(signum, frame):
+    time.sleep(0.5)
+    out("framework handler returns")
+
+signal.signal(signal.SIGINT, framework_handler)
+lastcall.install()
+lastcall.on_shutdown(say("pre_stop"), phase="pre_stop")
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGINT)
+    assert child.finish() == -signal.SIGINT, child.output()
+    lines = [line for line in child.stdout if line.startswith(("framework", "hook:"))]
+    assert lines == ["framework handler returns", "hook:pre_stop"], child.output()
+
+
 def test_hanging_hook_is_abandoned_and_the_process_exits_within_grace(spawn, tmp_path):
     report = tmp_path / "report.json"
     child = spawn(

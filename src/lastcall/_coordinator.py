@@ -88,6 +88,8 @@ if TYPE_CHECKING:
     State: TypeAlias = Literal["running", "stopping", "done"]
     Clock: TypeAlias = Callable[[], float]
 
+_HANDLER_POLL = 0.0005  # seconds between looks at a main thread still in our signal handler
+
 
 class Coordinator:
     """One per process: owns the hooks, the stop token and the stop itself.
@@ -485,7 +487,9 @@ class Coordinator:
         settings = self._settings
         if prestop_delay is not None:
             settings = settings.replace(prestop_delay=prestop_delay)
-        stop = self._stop = Stop(self._registry, self._busy, settings, self._clock, trigger, reason)
+        stop = self._stop = Stop(
+            self._registry, self._busy, settings, self._clock, trigger, reason, self._app_mask
+        )
         report = stop.run(
             exit_status=exit_status,
             ends_process=ends_process,
@@ -544,6 +548,8 @@ class Coordinator:
         if self._settings.exit_code is not None and trigger != "exception":
             status, die_by = self._settings.exit_code, None  # a crash keeps its 1
         ending, plan = self._ending, (status, die_by)
+        if die_by is not None:
+            self._wait_main_out_of_handler()
         if self._begin():
             ending.plan = plan
             self._run(trigger, reason, exit_status=status, ends_process=True)
@@ -553,6 +559,22 @@ class Coordinator:
                 return  # the interpreter is already ending on its own terms
             ending.plan = plan
         ending.from_dispatcher(plan, self._handlers, self._main_ident)
+
+    def _wait_main_out_of_handler(self) -> None:
+        """Begin a signal's stop once the main thread has left our handler (at most 1 s).
+
+        A second Ctrl-C that lands while it is still inside (waiting for the GIL this
+        thread holds, on a loaded machine) is not run until the main thread next runs
+        bytecode (``SignalHandlers.main_in_handler``): the stop's first visible effects
+        come after it left. It has almost always left already: this thread needed the
+        GIL it held to get here.
+        """
+        handlers = self._handlers
+        deadline = time.monotonic() + MAIN_THREAD_GRACE
+        while handlers is not None and handlers.main_in_handler():
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_HANDLER_POLL)
 
     def _on_thread_crash(self, reason: str) -> None:
         """``stop_on_thread_crash``: a thread that died of an exception stops the service.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import threading
 import time
@@ -203,6 +204,7 @@ class Runner:
         budget: Callable[[Hook], float],
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop | None = None,
+        mask: set[int | signal.Signals] | None = None,
     ) -> None:
         self.hooks = hooks
         self.results: list[tuple[Finished, float]] = []  # (how it went, seconds), in order
@@ -216,6 +218,9 @@ class Runner:
         self._watch_until = 0.0  # when the watcher next looks (monotonic)
         self._pid = os.getpid()
         self._ident: int | None = None  # the thread running the hooks
+        # The app's signal mask, for the hooks' thread and what they start (a subprocess
+        # inherits it): the dispatcher that starts the thread has every signal blocked.
+        self._mask = mask
 
     def start(self) -> None:
         """Start running the hooks.
@@ -223,7 +228,9 @@ class Runner:
         Not in ``__init__``: the coordinator makes this its current runner
         first, so a second Ctrl-C that lands once a hook has begun finds it.
         """
-        thread = threading.Thread(target=self._run, name="lastcall-hooks", daemon=True)
+        thread = threading.Thread(
+            target=self._run_on_own_thread, name="lastcall-hooks", daemon=True
+        )
         try:
             thread.start()
         except RuntimeError:
@@ -239,6 +246,11 @@ class Runner:
         """
         frame = sys._current_frames().get(self._ident or 0)  # noqa: SLF001  # other threads' frames
         return "".join(traceback.format_stack(frame)) if frame is not None else None
+
+    def _run_on_own_thread(self) -> None:
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+        self._run()
 
     def _run(self) -> None:
         self._ident = threading.get_ident()

@@ -64,6 +64,8 @@ class SignalHandlers:
         self._on_signal = on_signal
         self._previous: dict[signal.Signals, Handler] = {}
         self.left_ignored: tuple[signal.Signals, ...] = ()
+        # How many of our handlers the main thread is inside (they nest): see main_in_handler.
+        self._depth = 0
 
     @property
     def handled(self) -> tuple[signal.Signals, ...]:
@@ -125,18 +127,32 @@ class SignalHandlers:
         previous = self._previous.pop(sig)
         signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
+    def main_in_handler(self) -> bool:
+        """Whether the main thread is still inside our handler.
+
+        A signal that arrives while it is, after the handler's last bytecode check,
+        is only run once the main thread next runs bytecode: after a ``sleep(60)``
+        it returns to, or never, in a C call that does not return. Python's loop
+        over the pending handlers has already passed that signal's number.
+        """
+        return self._depth > 0
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._on_signal(signum)
-        previous = self._previous.get(signal.Signals(signum))
-        # Python's own SIGINT handler would raise KeyboardInterrupt in the
-        # middle of the drain: that is exactly what lastcall replaces. So is
-        # asyncio.run's, which cancels the main task and closes the loop.
-        if (
-            callable(previous)
-            and previous is not signal.default_int_handler
-            and not _is_asyncio_interrupt(previous)
-        ):
-            previous(signum, frame)
+        self._depth += 1  # plain attribute stores: a handler takes no lock
+        try:
+            self._on_signal(signum)
+            previous = self._previous.get(signal.Signals(signum))
+            # Python's own SIGINT handler would raise KeyboardInterrupt in the
+            # middle of the drain: that is exactly what lastcall replaces. So is
+            # asyncio.run's, which cancels the main task and closes the loop.
+            if (
+                callable(previous)
+                and previous is not signal.default_int_handler
+                and not _is_asyncio_interrupt(previous)
+            ):
+                previous(signum, frame)
+        finally:
+            self._depth -= 1
 
 
 def _is_asyncio_interrupt(handler: Callable[..., object]) -> bool:

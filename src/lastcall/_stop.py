@@ -28,6 +28,7 @@ from lastcall._report import HookResult, Report
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
     import asyncio
+    import signal
     from collections.abc import Callable
     from typing import Any
 
@@ -50,8 +51,10 @@ class Stop:
         clock: Callable[[], float],
         trigger: str,
         reason: str,
+        hook_mask: set[int | signal.Signals] | None = None,
     ) -> None:
         self._registry = registry
+        self._hook_mask = hook_mask  # the app's signal mask, for the hooks' threads
         self._busy = busy
         self._settings = settings
         self._clock = clock
@@ -87,7 +90,9 @@ class Stop:
         for phase in PHASES:
             hooks = self._registry.run_phase(phase)
             while hooks:
-                runner = self.runner = Runner(hooks, self._budget, self._clock, loop)
+                runner = self.runner = Runner(
+                    hooks, self._budget, self._clock, loop, self._hook_mask
+                )
                 runner.start()
                 overran = runner.watch()
                 report.hooks.extend(record(done, took) for done, took in runner.results)

@@ -72,11 +72,12 @@ class Dispatcher:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            # The stop runs the app's hooks on threads the dispatcher starts: they
-            # get the app's signal mask back, not the dispatcher's (all blocked).
-            if app_mask is None:  # trigger() before install(): the caller's
-                app_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-            self._thread = start_daemon(self._dispatch, "lastcall-dispatcher", app_mask, begin)
+            # Installed, the dispatcher keeps every signal blocked while it runs the stop,
+            # so a second Ctrl-C finds the main thread and forces the end there; the hook
+            # threads it starts take the app's mask themselves (Runner). Before install()
+            # (trigger()) no handler of ours waits for a signal: it takes the caller's mask.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if app_mask is None else None
+            self._thread = start_daemon(self._dispatch, "lastcall-dispatcher", mask, begin)
 
     def put_signal(self, signum: int) -> None:
         """From the signal handler: no lock, no logging."""
@@ -97,11 +98,12 @@ class Dispatcher:
 
     def _dispatch(
         self,
-        app_mask: set[int | signal.Signals],
+        mask: set[int | signal.Signals] | None,
         begin: Callable[[str, str, int, int | None], None],
     ) -> None:
         item = self._events.get()
-        signal.pthread_sigmask(signal.SIG_SETMASK, app_mask)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if isinstance(item, int):
             begin(signal.Signals(item).name, "signal received", 128 + item, item)
         else:

@@ -21,13 +21,16 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_result import WorkerResult
 
 from lastcall.cli import appkind, cleanup, inputs, render
 from lastcall.cli.clients import Ask
 from lastcall.cli.drill import Drill
+from lastcall.cli.frameworks import FRAMEWORKS
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
 from lastcall.cli.plan import STOPS, DrillError, Plan, fit
 from lastcall.cli.servers import SERVERS, installed
+from lastcall.cli.worker_drill import WORKER_STOPS, WorkerDrill, WorkerPlan
 
 BAD_INPUT = 2
 INTERRUPTED = 130
@@ -47,6 +50,35 @@ def cli() -> None:
     help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
     "one), {port} becomes the port, {python} this interpreter.  "
     "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+)
+@click.option(
+    "--worker",
+    type=click.Choice(list(FRAMEWORKS)),
+    help="Drill a queue worker instead of a server: the demo job on this framework's demo "
+    "worker (or on --cmd's worker), jobs enqueued, a stop while they run, a second worker "
+    "after it; each job counted.  Example: --worker celery --plain",
+)
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="With --worker: the Redis broker to use, {broker} in --cmd.  [default: a private "
+    "redis-server on a free port]",
+)
+@click.option(
+    "--queue",
+    help="With --worker: the queue the jobs go to.  [default: the framework's own: default, "
+    "celery]",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 100),
+    help="With --worker: jobs of --job-seconds before the stop, beside one longer than the "
+    "grace and one enqueued during the stop.  [default: 6]",
+)
+@click.option(
+    "--job-seconds",
+    type=click.FloatRange(0.01, 60),
+    help="With --worker: how long each job runs.  [default: 2]",
 )
 @click.option(
     "--vs-cmd",
@@ -69,10 +101,11 @@ def cli() -> None:
 )
 @click.option(
     "--stop",
-    type=click.Choice(STOPS, case_sensitive=False),
+    type=click.Choice(list(dict.fromkeys(STOPS + WORKER_STOPS)), case_sensitive=False),
     help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: to the reloader or "
     "master, or to the serving child), "
-    "os._exit in a request, an unhandled exception, a normal exit.  [default: TERM]",
+    "os._exit in a request, an unhandled exception, a normal exit; with --worker: TERM, INT, "
+    "INT-INT (a second Ctrl-C 0.5 s after the first) or KILL.  [default: TERM]",
 )
 @click.option(
     "--requests",
@@ -167,6 +200,11 @@ def cli() -> None:
 def drill(  # noqa: PLR0917  # click passes one parameter per option
     app: str | None,
     cmd: str | None,
+    worker: str | None,
+    broker: str | None,
+    queue: str | None,
+    jobs: int | None,
+    job_seconds: float | None,
     vs_cmd: str | None,
     server: tuple[str, ...],
     workers: int,
@@ -198,10 +236,29 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     buffer is flushed to SQLite by a shutdown hook.
     """
     _check_outputs(json_path, html_path)
-    if cmd is not None:
-        _check_cmd_options(
-            plain=plain, server=server, request_seconds=request_seconds, workers=workers
+    if worker is not None:
+        _check_worker_options(app, server=server, requests=requests, html_path=html_path,
+                              port=port, vs_cmd=vs_cmd, matrix=matrix)  # fmt: skip
+        worker_plan = WorkerPlan(
+            framework=worker,
+            cmd=cmd,
+            broker=broker,
+            queue=queue,
+            stop=(stop or "TERM").upper(),
+            jobs=jobs or 6,
+            job_seconds=job_seconds or 2.0,
+            stop_after=stop_after,
+            grace=grace or 10.0,
+            plain=plain,
+            start_timeout=start_timeout,
         )
+        return _run_worker_drill(worker_plan, json_path)
+    _check_no_worker_options(
+        stop=stop, broker=broker, queue=queue, jobs=jobs, job_seconds=job_seconds
+    )
+    _check_cmd_options(
+        cmd, plain=plain, server=server, request_seconds=request_seconds, workers=workers
+    )
     if vs_cmd is not None and not (matrix and cmd):
         raise DrillError("--vs-cmd goes with --matrix --cmd: the two commands side by side")
     base = Plan(
@@ -264,10 +321,57 @@ def _check_outputs(json_path: Path | None, html_path: Path | None) -> None:
             inputs.check_output(option, output)
 
 
+def _check_no_worker_options(
+    *,
+    stop: str | None,
+    broker: str | None,
+    queue: str | None,
+    jobs: int | None,
+    job_seconds: float | None,
+) -> None:
+    if stop is not None and stop.upper() not in STOPS:
+        raise DrillError(f"--stop {stop.upper()} is a worker drill's stop: add --worker NAME")
+    given = {"--broker": broker, "--queue": queue, "--jobs": jobs, "--job-seconds": job_seconds}
+    for option, value in given.items():
+        if value is not None:
+            raise DrillError(f"{option} goes with --worker NAME (a queue worker's drill)")
+
+
+def _check_worker_options(  # each option refused by name
+    app: str | None,
+    *,
+    server: tuple[str, ...],
+    requests: int | None,
+    html_path: Path | None,
+    port: int | None,
+    vs_cmd: str | None,
+    matrix: bool,
+) -> None:
+    """Refuse, by name, what only a server's drill takes."""
+    if app is not None:
+        raise DrillError(
+            "--worker takes no APP: without one it runs its demo worker; for your own, give "
+            "--cmd 'COMMAND' (e.g. --cmd 'celery -A tasks -b {broker} worker -I "
+            "lastcall.cli.demo_celery')"
+        )
+    given = {"--server": server or None, "--requests": requests, "--html": html_path,
+             "--port": port, "--vs-cmd": vs_cmd, "--matrix": matrix or None}  # fmt: skip
+    for option, value in given.items():
+        if value is not None:
+            raise DrillError(f"{option} is for a server's drill; leave it out with --worker")
+
+
 def _check_cmd_options(
-    *, plain: bool, server: tuple[str, ...], request_seconds: float | None, workers: int
+    cmd: str | None,
+    *,
+    plain: bool,
+    server: tuple[str, ...],
+    request_seconds: float | None,
+    workers: int,
 ) -> None:
     """Refuse what needs the drill to start the app itself."""
+    if cmd is None:
+        return
     if workers > 1:
         raise DrillError("--cmd starts its own workers: write their number in COMMAND")
     if plain or server:
@@ -356,6 +460,34 @@ def _drill_once(out: Console, plan: Plan, *, logs: Path | None) -> tuple[list[Re
     return [result], 0 if result.clean else 1
 
 
+def _run_worker_drill(plan: WorkerPlan, json_path: Path | None) -> int:
+    """A worker drill, shown; its JSON and logs beside ``--json``."""
+    plan.check()
+    logs = None if json_path is None else json_path.parent / f"{json_path.stem}-logs"
+    out = Console(highlight=False)
+    result, code = _drill_worker(out, plan, logs=logs)
+    _show_warnings(out, [result], logs)
+    if json_path:
+        render.write_json(json_path, [result])
+    return code
+
+
+def _drill_worker(out: Console, plan: WorkerPlan, *, logs: Path | None) -> tuple[WorkerResult, int]:
+    """One worker drill, its progress on stderr; exit status 0 only for a clean stop."""
+    console = Console(stderr=True, highlight=False)
+    with console.status("drill") as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.print(f"[dim]{escape(message)}[/]", soft_wrap=not console.is_terminal)
+
+        result = WorkerDrill(plan, progress, directory=logs).run()
+    for table in render.worker_tables(result):
+        _show(out, table)
+    out.print(render.verdict(result), soft_wrap=not out.is_terminal)
+    return result, 0 if result.clean else 1
+
+
 def _drill_matrix(
     out: Console,
     base: Plan,
@@ -394,7 +526,9 @@ def _drill_matrix(
     return results, 1 if failed else 0
 
 
-def _show_warnings(out: Console, results: list[Result], logs: Path | None) -> None:
+def _show_warnings(
+    out: Console, results: list[Result] | list[WorkerResult], logs: Path | None
+) -> None:
     """What the app warned of in its log (start-up warnings, say), and where the log is kept."""
     said: dict[str, int] = {}
     for result in results:

@@ -3,7 +3,7 @@
 RQ runs :func:`work` from here by name; ``demo_celery`` and ``demo_dramatiq``
 wrap it as a task and an actor. Records are keyed by job number, so the drill
 counts each job's completions exactly, whichever process ran it:
-``{keys}started:{n}`` and ``{keys}completed:{n}``, lists of ``"pid time"``.
+``{keys}started:{n}`` and ``{keys}completed:{n}``, lists of ``"worker pid time"``.
 A job's first run lasts ``seconds``, a run after it was put back ``again``:
 the drill's long job is longer than the budget only the first time.
 
@@ -31,6 +31,7 @@ DEMO = "LASTCALL_DRILL_DEMO"
 PLAIN = "LASTCALL_DRILL_PLAIN"
 BROKER = "LASTCALL_DRILL_BROKER"
 QUEUE = "LASTCALL_DRILL_QUEUE"
+WORKER = "LASTCALL_DRILL_WORKER"  # A or B: which of the drill's workers runs the job
 CELERY_TASK = "lastcall.drill.work"  # demo_celery's task
 DRAMATIQ_ACTOR = "lastcall_drill_work"  # demo_dramatiq's actor
 _TICK = 0.05  # seconds: a job sleeps in short steps, so that a stop can end it between two
@@ -52,12 +53,13 @@ def work(n: int, seconds: float, again: float) -> int:
     """Job ``n``: say it started, sleep, say it completed."""
     store = _records()
     keys = os.environ[KEYS]
+    where = f"{os.environ.get(WORKER, '?')} {os.getpid()}"
     attempt = int(store.incr(f"{keys}attempt:{n}"))
-    store.rpush(f"{keys}started:{n}", f"{os.getpid()} {time.time()}")
+    store.rpush(f"{keys}started:{n}", f"{where} {time.time()}")
     end = time.monotonic() + (seconds if attempt == 1 else again)
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(_TICK, left))
-    store.rpush(f"{keys}completed:{n}", f"{os.getpid()} {time.time()}")
+    store.rpush(f"{keys}completed:{n}", f"{where} {time.time()}")
     return n
 
 

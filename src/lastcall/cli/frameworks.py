@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any, ClassVar
 
 from lastcall.cli import demo_jobs
 
 QUEUED = "queued"
 HELD = "held"
-_SCRIPTS = Path(sys.executable).parent  # the frameworks' commands beside this interpreter
 
 
 class Framework:
@@ -80,8 +78,9 @@ class RQ(Framework):
     def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:
         """``rq worker``, its settings module the demo's (where its hook is registered)."""
         worker = "rq.worker.Worker" if plain else "lastcall.rq.Worker"
-        return [str(_SCRIPTS / "rq"), "worker", "--url", self.broker, "--worker-class", worker,
-                "--config", "lastcall.cli.demo_jobs", "--name", nodename, self.queue]  # fmt: skip
+        return [sys.executable, "-m", "rq.cli", "worker", "--url", self.broker,
+                "--worker-class", worker, "--config", "lastcall.cli.demo_jobs",
+                "--name", nodename, self.queue]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:
         """By the function's name: any RQ worker can import it."""
@@ -123,7 +122,7 @@ class Celery(Framework):
 
     def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:  # noqa: ARG002  # the app's
         """The demo app (``LastCall(app)`` in it unless ``--plain``), 4 prefork processes."""
-        return [str(_SCRIPTS / "celery"), "-A", "lastcall.cli.demo_celery", "worker",
+        return [sys.executable, "-m", "celery", "-A", "lastcall.cli.demo_celery", "worker",
                 "--loglevel", "INFO", "--concurrency", str(self.concurrency),
                 "--without-mingle", "--without-gossip", "--hostname", f"{nodename}@%h"]  # fmt: skip
 
@@ -175,7 +174,7 @@ class Dramatiq(Framework):
 
     def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:  # noqa: ARG002  # the app's
         """The demo module (its broker with lastcall's middleware unless ``--plain``)."""
-        return [str(_SCRIPTS / "dramatiq"), "lastcall.cli.demo_dramatiq",
+        return [sys.executable, "-m", "dramatiq", "lastcall.cli.demo_dramatiq",
                 "--processes", "1", "--threads", str(self.concurrency)]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lastcall.cli.plan import Plan
     from lastcall.cli.processes import HookRecord
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_result import WorkerResult
 
 FATE_COLOURS = {
     "200": "#2ca02c",
@@ -129,7 +130,52 @@ def _outcome(result: Result, hook: HookRecord) -> Text:
     return Text(hook.outcome)
 
 
-def verdict(result: Result) -> Text:
+def worker_tables(result: WorkerResult) -> list[Table]:
+    """What became of each job, and what worker A's processes did."""
+    jobs = Table(title="What became of each job", title_justify="left")
+    for column in ("job", "enqueued", "length", "outcome", "runs"):
+        jobs.add_column(column, justify="right" if column in ("job", "length") else "left")
+    for job in result.jobs:
+        when = "during the stop" if job.kind == "during the stop" else "before the stop"
+        runs = "; ".join(
+            f"{run.worker} pid {run.pid} {seconds(run.started - result.stop_sent)} → "
+            + (
+                "not completed"
+                if run.completed is None
+                else seconds(run.completed - result.stop_sent)
+            )
+            for run in job.runs
+        )
+        style = "green" if job.outcome == "completed once" else "red"
+        jobs.add_row(
+            str(job.n), when, f"{job.seconds:g} s", Text(job.outcome, style=style), runs or "—"
+        )
+    jobs.caption = "times from the stop; A is the worker stopped, B the one started after it"
+    processes = Table(title="What worker A's processes did", title_justify="left")
+    for column in ("pid", "role", "hook", "phase", "started", "took", "outcome"):
+        processes.add_column(column)
+    for process in result.processes:
+        if process.left_behind:
+            ended = "still running after the grace (SIGKILL)"
+        else:
+            at = seconds(process.gone - result.stop_sent)
+            status = process.exit_status
+            ended = f"gone at {at}" if status is None else f"exit {describe_status(status)} at {at}"
+        processes.add_row(str(process.pid), process.role, "", "", "", "", Text(ended, style="dim"))
+        for hook in (h for h in result.hooks if h.pid == process.pid):
+            processes.add_row(
+                "",
+                "",
+                short(hook.name),
+                hook.phase or "atexit",
+                seconds(hook.started - result.stop_sent),
+                seconds(hook.ended - hook.started),
+                hook.outcome,
+            )
+    return [jobs, processes]
+
+
+def verdict(result: Result | WorkerResult) -> Text:
     """The one line, green when clean."""
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
@@ -210,7 +256,7 @@ def natural_width(console: Console, renderable: Table) -> int:
 # ---------------------------------------------------------------- files
 
 
-def write_json(path: Path, results: list[Result]) -> None:
+def write_json(path: Path, results: list[Result] | list[WorkerResult]) -> None:
     """One drill as an object, a matrix as a list."""
     data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
     write_atomically(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,515 @@
+"""One worker drill: start a worker, enqueue jobs, stop it one way, count what became of each job.
+
+The sequence only, read top to bottom from :meth:`WorkerDrill.run`: the
+broker (``broker.py``: a private ``redis-server`` unless ``--broker``); worker
+A (the demo worker of ``frameworks.py``, or ``--cmd``); the jobs, the long one
+first (its first run outlasts the grace), then the short ones; once one runs
+and ``--stop-after`` later, the stop (a signal, or SIGINT twice), and one job
+more enqueued during it; worker B, as a rolling deploy starts the next one;
+A's end, waited for within the grace (then SIGKILL to all it started, as an
+orchestrator does when its grace is up); then every job accounted for, until
+each completed or nothing moves any more. What it makes of it:
+``worker_result.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lastcall.cli import cleanup, demo_jobs
+from lastcall.cli.broker import RedisServer
+from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework
+from lastcall.cli.plan import STOP_WORDS, DrillError
+from lastcall.cli.processes import POLL, ProcessWatch, hooks_run, warnings_in
+from lastcall.cli.worker_result import JobRecord, Run, WorkerResult, reported_jobs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+WORKER_STOPS = ("TERM", "INT", "INT-INT", "KILL")
+WORKER_STOP_WORDS = {**STOP_WORDS, "INT-INT": "SIGINT twice (a second Ctrl-C)"}
+_SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "INT-INT": signal.SIGINT,
+            "KILL": signal.SIGKILL}  # fmt: skip
+_SECOND_SIGINT_AFTER = 0.5  # seconds: within RQ's own 1 s, in which it ignores a second signal
+_EXIT_MARGIN = 1.0  # beyond the grace, before worker A is killed as an orchestrator would
+_LONG_BEYOND = 10.0  # seconds the long job's first run lasts beyond the grace
+_SETTLE = 1.0  # seconds with nothing running and nothing queued: what is left will not move
+_SECOND_LOOK = 0.5  # seconds after every job completed: a second completion on its way
+_LOOK_EVERY = 0.1
+_B_STOP_WAIT = 5.0  # seconds for worker B to end on SIGTERM once every job is accounted for
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_INCLUDE_DEMO = {  # how a user's worker (--cmd) takes the demo job
+    "rq": "RQ imports it by name: nothing to add",
+    "celery": "add -I lastcall.cli.demo_celery to the worker's options",
+    "dramatiq": "name lastcall.cli.demo_dramatiq after your module",
+}
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What to drill: the demo worker of ``framework``, or ``cmd``; on ``broker`` or a private one.
+
+    ``jobs`` short jobs of ``job_seconds``, and one long job and one enqueued
+    during the stop beside them.
+    """
+
+    framework: str = "celery"
+    cmd: str | None = None
+    broker: str | None = None
+    queue: str | None = None
+    stop: str = "TERM"
+    jobs: int = 6
+    job_seconds: float = 2.0
+    stop_after: float = 0.25
+    grace: float = 10.0
+    plain: bool = False
+    start_timeout: float = 30.0
+
+    @property
+    def variant(self) -> str:
+        """``plain`` or ``lastcall``, for tables (a command says which itself)."""
+        return "plain" if self.plain else "lastcall"
+
+    @property
+    def name(self) -> str:
+        """The worker, as tables and progress lines name it."""
+        return self.cmd or f"the {self.framework} demo worker ({self.variant})"
+
+    @property
+    def queue_name(self) -> str:
+        """The queue the jobs go to: ``--queue``, else the framework's default."""
+        return self.queue or FRAMEWORKS[self.framework].default_queue
+
+    @property
+    def kills(self) -> bool:
+        """SIGKILL: no code of the worker runs, so never a clean stop."""
+        return self.stop == "KILL"
+
+    def check(self) -> None:
+        """Refuse, in one line, what cannot be drilled."""
+        framework = FRAMEWORKS.get(self.framework)
+        if framework is None:
+            raise DrillError(f"unknown --worker {self.framework!r}; choose one of "
+                             f"{', '.join(FRAMEWORKS)}")  # fmt: skip
+        missing = framework.missing()
+        if missing:
+            raise DrillError(missing)
+        if self.stop not in WORKER_STOPS:
+            raise DrillError(
+                f"--stop {self.stop} is not a worker drill's stop; choose one of "
+                f"{', '.join(WORKER_STOPS)}"
+            )
+        if self.jobs < 1 or self.job_seconds <= 0 or self.grace <= 0:
+            raise DrillError("--jobs must be at least 1, --job-seconds > 0, --grace > 0")
+        if self.broker is not None and not self.broker.startswith(_REDIS_SCHEMES):
+            raise DrillError(
+                f"--broker {self.broker!r} is not a Redis URL: the worker drill reads the queue "
+                "on Redis (redis://HOST:PORT/DB); leave it out for a private redis-server"
+            )
+        if self.cmd is not None:
+            self._check_cmd()
+
+    def _check_cmd(self) -> None:
+        if self.plain:
+            raise DrillError("--cmd starts the worker its own way: leave out --plain")
+        try:
+            words = shlex.split(self.cmd or "")
+        except ValueError as exc:
+            raise DrillError(
+                f"--cmd cannot be split into words ({exc}); check its quotes"
+            ) from None
+        if not words:
+            raise DrillError("--cmd is empty; give the command that starts the worker")
+        if "{broker}" not in (self.cmd or "") and self.broker is None:
+            raise DrillError(
+                "--cmd has no {broker}: write {broker} where the worker takes its broker URL "
+                "(celery -b {broker}, rq worker --url {broker}), or give the one it uses with "
+                "--broker redis://HOST:PORT/DB"
+            )
+
+    def argv(self, framework: Framework, *, worker: str) -> list[str]:
+        """The command worker A or B runs: the demo's, or ``--cmd`` with its words filled in."""
+        if self.cmd is None:
+            return framework.demo_argv(plain=self.plain, nodename=f"lastcall-drill-{worker}")
+        words = shlex.split(self.cmd)
+        fill = {
+            "{broker}": framework.broker,
+            "{python}": sys.executable,
+            "{queue}": self.queue_name,
+        }
+        for placeholder, value in fill.items():
+            words = [w.replace(placeholder, value) for w in words]
+        return words
+
+
+class _Worker:
+    """One worker the drill started, in a session of its own, its output in ``directory``."""
+
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], directory: Path) -> None:
+        self.label = label
+        self.directory = directory
+        self.mark = cleanup.new_mark()
+        directory.mkdir()
+        env = {
+            **env,
+            cleanup.OWNER: self.mark,
+            "LASTCALL_REPORT": str(directory / "report-{pid}.json"),
+            "LASTCALL_DEMO_EVENTS": str(directory / "hooks.jsonl"),
+        }
+        with (directory / "worker.log").open("wb") as log:
+            try:
+                self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(  # noqa: S603
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise DrillError(
+                    f"--cmd cannot start {argv[0]!r} ({exc.strerror}); give a program on PATH "
+                    "or its path, and write sh -c '...' for a shell"
+                ) from None
+        self.pid = self.proc.pid
+        self.status: int | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def processes(self) -> set[int]:
+        """Its processes now: its session's, and any that carry its mark."""
+        return set(cleanup.session_processes(self.pid)) | cleanup.marked(self.mark)
+
+    def wait(self, timeout: float) -> bool:
+        """Until the process the drill started has ended (its status kept): whether it did."""
+        if self.proc is None:
+            return True
+        try:
+            status = self.proc.wait(max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return False
+        self.status = 128 - status if status < 0 else status  # as a shell shows it
+        self.proc = None
+        return True
+
+    def end(self) -> list[int]:
+        """SIGKILL, by PID, whatever it started and is still running; the pids ended."""
+        sid = self.pid if self.proc is not None else None  # its session, while not reaped
+        ended = cleanup.end(self.mark, sid)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.wait(_B_STOP_WAIT)
+        return ended
+
+    def last_line(self) -> str:
+        log = (self.directory / "worker.log").read_text(encoding="utf-8", errors="replace")
+        lines = [line for line in log.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "no output"
+
+
+class WorkerDrill:
+    """One run of a plan. ``run()`` returns the result and leaves no process behind.
+
+    ``directory`` keeps the drill's files (the workers' logs and lastcall
+    reports) there; without it they go to a temporary directory, removed after.
+    """
+
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        progress: Callable[[str], None] = lambda _: None,
+        directory: Path | None = None,
+    ) -> None:
+        plan.check()
+        self.plan = plan
+        self._progress = progress
+        self._keep = directory
+        self._dir = Path()
+        self._clock = time.time()
+        self._jobs: list[JobRecord] = []
+
+    def _now(self) -> float:
+        return time.time() - self._clock
+
+    def run(self) -> WorkerResult:
+        """Drill once; raises ``DrillError`` for bad input, always ends every process."""
+        plan = self.plan
+        if self._keep is not None:
+            self._keep.mkdir(parents=True, exist_ok=True)
+        prefix = f"{plan.framework}-{plan.stop}-{plan.variant}-".lower()
+        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._keep))
+        redis: RedisServer | None = None
+        workers: list[_Worker] = []
+        framework: Framework | None = None
+        try:
+            if plan.broker is None:
+                redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
+                self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
+            broker = plan.broker or redis.url  # type: ignore[union-attr]
+            framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
+            return self._drill(framework, workers)
+        finally:
+            for worker in workers:
+                worker.end()
+            if framework is not None:
+                with contextlib.suppress(Exception):  # the broker may be gone: nothing to keep
+                    framework.close()
+            if redis is not None:
+                redis.stop()
+            if self._keep is None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _drill(self, framework: Framework, workers: list[_Worker]) -> WorkerResult:
+        plan = self.plan
+        keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # the records, on a shared broker too
+        env = self._env(framework, keys)
+        a = self._start("A", framework, env, workers)
+        self._clock = time.time()
+        long_seconds = plan.grace + _LONG_BEYOND
+        self._enqueue(framework, "long", long_seconds)
+        for _ in range(plan.jobs):
+            self._enqueue(framework, "short", plan.job_seconds)
+        self._progress(
+            f"enqueued 1 job of {long_seconds:g} s (beyond the grace) and {plan.jobs} of "
+            f"{plan.job_seconds:g} s on queue {plan.queue_name!r}"
+        )
+        self._until_running(a, framework, keys)
+        time.sleep(plan.stop_after)
+        watch = ProcessWatch(a.pid, self._now)
+        try:
+            stop_sent = self._now()
+            a.signal(_SIGNALS[plan.stop])
+            if plan.stop == "INT-INT":
+                time.sleep(_SECOND_SIGINT_AFTER)
+                a.signal(signal.SIGINT)
+            self._progress(f"sent {WORKER_STOP_WORDS[plan.stop]} to worker A (pid {a.pid})")
+            self._enqueue(framework, "during the stop", plan.job_seconds)
+            b = self._start("B", framework, env, workers)
+            left = self._until_a_gone(a, stop_sent)
+        finally:
+            watch.close()
+        self._until_accounted(framework, keys, a, b, stop_sent)
+        self._look(framework, keys, a, b)
+        b.signal(signal.SIGTERM)  # every job is accounted for: B's own stop is not drilled
+        b.wait(_B_STOP_WAIT)
+        return self._result(a, b, watch, stop_sent, left)
+
+    def _env(self, framework: Framework, keys: str) -> dict[str, str]:
+        plan = self.plan
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
+        env.update(
+            {
+                demo_jobs.STORE: framework.broker,
+                demo_jobs.KEYS: keys,
+                demo_jobs.QUEUE: plan.queue_name,
+                "LASTCALL_GRACE": str(plan.grace),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if plan.cmd is None:
+            env.update(
+                {
+                    demo_jobs.DEMO: "1",
+                    demo_jobs.PLAIN: "1" if plan.plain else "0",
+                    demo_jobs.BROKER: framework.broker,
+                }
+            )
+        return env
+
+    def _start(
+        self, label: str, framework: Framework, env: dict[str, str], workers: list[_Worker]
+    ) -> _Worker:
+        argv = self.plan.argv(framework, worker=label.lower())
+        env = {**env, demo_jobs.WORKER: label}
+        worker = _Worker(label, argv, env, self._dir / f"worker-{label.lower()}")
+        workers.append(worker)
+        self._progress(f"worker {label}: started pid {worker.pid}: {shlex.join(argv)}")
+        return worker
+
+    def _enqueue(self, framework: Framework, kind: str, seconds: float) -> None:
+        n = len(self._jobs)
+        again = self.plan.job_seconds  # a run after the job was put back
+        job_id = framework.enqueue(n, seconds, again)
+        self._jobs.append(JobRecord(n, job_id, kind, seconds, self._now()))
+
+    def _until_running(self, a: _Worker, framework: Framework, keys: str) -> None:
+        """Until worker A runs a job; a worker that ends or takes none in time is one line."""
+        plan = self.plan
+        deadline = time.monotonic() + plan.start_timeout
+        store = _Store(framework.broker, keys)
+        try:
+            while not store.any_started(len(self._jobs)):
+                if not a.alive():
+                    a.wait(0)
+                    raise DrillError(
+                        f"worker A exited with status {a.status} before it ran a job; its last "
+                        f"line: {a.last_line()}"
+                    )
+                if time.monotonic() > deadline:
+                    hint = (
+                        "check that it starts on its own"
+                        if plan.cmd is None
+                        else f"check that it takes jobs from the drill's broker and queue "
+                        f"{plan.queue_name!r} (--queue), and that it has the demo job: "
+                        f"{_INCLUDE_DEMO[plan.framework]}"
+                    )
+                    raise DrillError(
+                        f"worker A ran no job within {plan.start_timeout:g} s; {hint}, or give "
+                        f"it longer with --start-timeout (its last line: {a.last_line()})"
+                    )
+                time.sleep(POLL)
+        finally:
+            store.close()
+        self._progress(f"worker A (pid {a.pid}) runs a job")
+
+    def _until_a_gone(self, a: _Worker, stop_sent: float) -> list[int]:
+        """A's end within the grace; after it, SIGKILL to all it started. Those it killed."""
+        until = stop_sent + self.plan.grace + _EXIT_MARGIN
+        while a.processes() and self._now() < until:
+            time.sleep(POLL)
+        left = sorted(a.processes())
+        if left:
+            self._progress(
+                f"worker A still runs after the grace: pid {left}; ending them (SIGKILL), as "
+                "an orchestrator does when its grace is up"
+            )
+            a.end()
+        a.wait(_B_STOP_WAIT)
+        return left
+
+    def _until_accounted(
+        self, framework: Framework, keys: str, a: _Worker, b: _Worker, stop_sent: float
+    ) -> None:
+        """Until every job completed, or nothing runs and nothing is queued a while (bounded)."""
+        plan = self.plan
+        work = (len(self._jobs) + 1) * plan.job_seconds
+        until = stop_sent + plan.grace + _EXIT_MARGIN + plan.start_timeout + 2 * work
+        self._progress("worker A is gone; waiting until every job is accounted for")
+        still_since = None
+        while self._now() < until and b.alive():
+            self._look(framework, keys, a, b)
+            if all(job.completions for job in self._jobs):
+                time.sleep(_SECOND_LOOK)
+                return
+            moving = any(j.outcome in ("running", QUEUED) for j in self._jobs)
+            if moving:
+                still_since = None
+            elif still_since is None:
+                still_since = time.monotonic()
+            elif time.monotonic() - still_since >= _SETTLE:
+                return
+            time.sleep(_LOOK_EVERY)
+
+    def _look(self, framework: Framework, keys: str, a: _Worker, b: _Worker) -> None:
+        """Each job's runs (from the records) and, if not completed, where it is now."""
+        alive = a.processes() | b.processes()
+        store = _Store(framework.broker, keys)
+        try:
+            records = store.runs(len(self._jobs))
+        finally:
+            store.close()
+        where = framework.where([j.id for j in self._jobs if not records[j.n][1]])
+        for job in self._jobs:
+            started, completed = records[job.n]
+            job.runs = _pair(started, completed, self._clock)
+            job.completions = len(completed)
+            running = any(r.completed is None and r.pid in alive for r in job.runs)
+            job.outcome = _outcome(job.completions, running, where.get(job.id))
+
+    def _result(
+        self, a: _Worker, b: _Worker, watch: ProcessWatch, stop_sent: float, left: list[int]
+    ) -> WorkerResult:
+        plan = self.plan
+        roles = dict.fromkeys(watch.seen, "child") | {a.pid: "main"}
+        processes = watch.records(roles, a.status or 0, left, stop_sent)
+        if a.status is None:
+            processes = [p for p in processes if p.pid != a.pid]
+        ended = max([stop_sent, *(p.gone for p in processes)])
+        hooks, _ = hooks_run(a.directory, roles, self._clock, 0.0, a.pid)
+        result = WorkerResult(
+            plan=plan,
+            worker_a=a.pid,
+            worker_b=b.pid,
+            stop_sent=stop_sent,
+            ended=ended,
+            exit_status=a.status,
+            stop_seconds=None if left else ended - stop_sent,
+            left_behind=left,
+            jobs=self._jobs,
+            hooks=hooks,
+            processes=processes,
+            reported_jobs=reported_jobs(a.directory),
+            warnings=warnings_in(a.directory / "worker.log"),
+            directory=str(self._dir) if self._keep is not None else None,
+        )
+        if plan.cmd is not None:  # a user's own hooks are seen in lastcall's reports only
+            result.hooks_known = any(a.directory.glob("report-*.json"))
+        return result
+
+
+class _Store:
+    """The demo job's records in Redis (``demo_jobs``), read by the drill."""
+
+    def __init__(self, url: str, keys: str) -> None:
+        import redis  # noqa: PLC0415  # every framework here brings redis-py
+
+        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._keys = keys
+
+    def any_started(self, jobs: int) -> bool:
+        return any(self._client.exists(f"{self._keys}started:{n}") for n in range(jobs))
+
+    def runs(self, jobs: int) -> list[tuple[list[str], list[str]]]:
+        """Each job's ``(started, completed)`` records, lists of ``"pid time"``."""
+        pipe = self._client.pipeline(transaction=False)
+        for n in range(jobs):
+            pipe.lrange(f"{self._keys}started:{n}", 0, -1)
+            pipe.lrange(f"{self._keys}completed:{n}", 0, -1)
+        replies = pipe.execute()
+        return [(replies[2 * n], replies[2 * n + 1]) for n in range(jobs)]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _pair(started: list[str], completed: list[str], clock: float) -> list[Run]:
+    """Each run of a job (``"worker pid time"``), its completion matched by pid and time."""
+    done = [(int(pid), float(at)) for _, pid, at in (line.split() for line in completed)]
+    runs = []
+    for line in started:
+        worker, pid_text, at = line.split()
+        pid = int(pid_text)
+        end = next((c for c in done if c[0] == pid and c[1] >= float(at)), None)
+        if end is not None:
+            done.remove(end)
+        runs.append(Run(pid, worker, float(at) - clock, None if end is None else end[1] - clock))
+    return runs
+
+
+def _outcome(completions: int, running: bool, where: str | None) -> str:
+    if completions > 1:
+        return "completed twice"
+    if completions == 1:
+        return "completed once"
+    if running:
+        return "running"
+    return {QUEUED: QUEUED, HELD: HELD}.get(where or "", "lost")

@@ -392,6 +392,7 @@ class WorkerDrill:
                 f"worker A still runs after the grace: pid {left}; ending them (SIGKILL), as "
                 "an orchestrator does when its grace is up"
             )
+            a.signal(signal.SIGKILL)  # the main process first: it must not see its children die
             a.end()
         a.wait(_B_STOP_WAIT)
         return left

@@ -80,6 +80,13 @@ class WorkerResult:
         """Jobs with this outcome."""
         return sum(job.outcome == outcome for job in self.jobs)
 
+    def started_late(self) -> int:
+        """Jobs worker A began after the stop signal: no job may start once it is sent."""
+        return sum(
+            any(r.worker == "A" and r.started > self.stop_sent for r in job.runs)
+            for job in self.jobs
+        )
+
     def failures(self) -> dict[str, str]:
         """What went wrong, by name, in words."""
         found = {
@@ -87,6 +94,9 @@ class WorkerResult:
             for outcome, words in _PROBLEMS.items()
             if self.count(outcome)
         }
+        late = self.started_late()
+        if late:
+            found["late"] = f"{late} started in worker A after the signal"
         if self.left_behind:
             found["killed"] = (
                 f"worker A still ran {self.plan.grace:g} s after the signal, past the grace "
@@ -161,6 +171,7 @@ class WorkerResult:
         data.update(
             kind="worker",
             outcomes={outcome: self.count(outcome) for outcome in OUTCOMES},
+            started_late=self.started_late(),
             clean=self.clean,
             failures=self.failures(),
             problems=self.problems(),

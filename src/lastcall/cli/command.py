@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.progress import Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.table import Table
 
     from lastcall.cli.result import Result
@@ -31,8 +33,11 @@ from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
 from lastcall.cli.plan import STOPS, DrillError, Plan, fit
 from lastcall.cli.servers import SERVERS, installed
 from lastcall.cli.worker_drill import WORKER_STOPS, WorkerDrill, WorkerPlan
+from lastcall.cli.worker_matrix import run_worker_matrix, worker_plans
 
 BAD_INPUT = 2
+# A worker drill's jobs, their seconds and the grace: one drill, and each of a matrix's.
+_WORKER_DEFAULTS = {False: (6, 2.0, 10.0), True: (3, 0.5, 3.0)}
 INTERRUPTED = 130
 
 
@@ -53,10 +58,11 @@ def cli() -> None:
 )
 @click.option(
     "--worker",
-    type=click.Choice(list(FRAMEWORKS)),
+    type=click.Choice([*FRAMEWORKS, "all"]),
     help="Drill a queue worker instead of a server: the demo job on this framework's demo "
     "worker (or on --cmd's worker), jobs enqueued, a stop while they run, a second worker "
-    "after it; each job counted.  Example: --worker celery --plain",
+    "after it; each job counted.  With --matrix, all: every installed framework.  "
+    "Example: --worker celery --plain",
 )
 @click.option(
     "--broker",
@@ -237,22 +243,26 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     """
     _check_outputs(json_path, html_path)
     if worker is not None:
-        _check_worker_options(app, server=server, requests=requests, html_path=html_path,
-                              port=port, vs_cmd=vs_cmd, matrix=matrix)  # fmt: skip
+        refused = {"--server": server or None, "--requests": requests, "--html": html_path,
+                   "--port": port, "--vs-cmd": vs_cmd}  # fmt: skip
+        _check_worker_options(app, refused)
+        frameworks = _frameworks(worker, matrix=matrix, cmd=cmd, plain=plain)
+        defaults = _WORKER_DEFAULTS[matrix]
         worker_plan = WorkerPlan(
-            framework=worker,
+            framework=frameworks[0],
             cmd=cmd,
             broker=broker,
             queue=queue,
             stop=(stop or "TERM").upper(),
-            jobs=jobs or 6,
-            job_seconds=job_seconds or 2.0,
+            jobs=jobs or defaults[0],
+            job_seconds=job_seconds or defaults[1],
             stop_after=stop_after,
-            grace=grace or 10.0,
+            grace=grace or defaults[2],
             plain=plain,
             start_timeout=start_timeout,
         )
-        return _run_worker_drill(worker_plan, json_path)
+        stops = [worker_plan.stop] if stop or not matrix else list(WORKER_STOPS)
+        return _run_worker_drills(worker_plan, frameworks, stops, json_path, matrix=matrix)
     _check_no_worker_options(
         stop=stop, broker=broker, queue=queue, jobs=jobs, job_seconds=job_seconds
     )
@@ -337,16 +347,7 @@ def _check_no_worker_options(
             raise DrillError(f"{option} goes with --worker NAME (a queue worker's drill)")
 
 
-def _check_worker_options(  # each option refused by name
-    app: str | None,
-    *,
-    server: tuple[str, ...],
-    requests: int | None,
-    html_path: Path | None,
-    port: int | None,
-    vs_cmd: str | None,
-    matrix: bool,
-) -> None:
+def _check_worker_options(app: str | None, refused: Mapping[str, object]) -> None:
     """Refuse, by name, what only a server's drill takes."""
     if app is not None:
         raise DrillError(
@@ -354,9 +355,7 @@ def _check_worker_options(  # each option refused by name
             "--cmd 'COMMAND' (e.g. --cmd 'celery -A tasks -b {broker} worker -I "
             "lastcall.cli.demo_celery')"
         )
-    given = {"--server": server or None, "--requests": requests, "--html": html_path,
-             "--port": port, "--vs-cmd": vs_cmd, "--matrix": matrix or None}  # fmt: skip
-    for option, value in given.items():
+    for option, value in refused.items():
         if value is not None:
             raise DrillError(f"{option} is for a server's drill; leave it out with --worker")
 
@@ -460,16 +459,77 @@ def _drill_once(out: Console, plan: Plan, *, logs: Path | None) -> tuple[list[Re
     return [result], 0 if result.clean else 1
 
 
-def _run_worker_drill(plan: WorkerPlan, json_path: Path | None) -> int:
-    """A worker drill, shown; its JSON and logs beside ``--json``."""
-    plan.check()
+def _frameworks(worker: str, *, matrix: bool, cmd: str | None, plain: bool) -> list[str]:
+    """The frameworks a worker drill runs: the one named, or with ``all`` every installed one."""
+    if matrix and (cmd is not None or plain):
+        raise DrillError(
+            "--worker --matrix drills the demo workers both ways; leave out --cmd and --plain"
+        )
+    if worker != "all":
+        return [worker]
+    if not matrix:
+        raise DrillError("--worker all goes with --matrix; name one framework for one drill")
+    found = [name for name, framework in FRAMEWORKS.items() if framework.missing() is None]
+    if not found:
+        raise DrillError("no queue framework is installed here: pip install 'lastcall[rq]'")
+    return found
+
+
+def _run_worker_drills(
+    base: WorkerPlan,
+    frameworks: list[str],
+    stops: list[str],
+    json_path: Path | None,
+    *,
+    matrix: bool,
+) -> int:
+    """One worker drill, or with ``--matrix`` each stop on each framework both ways.
+
+    Its JSON and the workers' logs beside ``--json``. Exit status 0 when the drill
+    (every lastcall drill of a matrix) is clean.
+    """
     logs = None if json_path is None else json_path.parent / f"{json_path.stem}-logs"
     out = Console(highlight=False)
-    result, code = _drill_worker(out, plan, logs=logs)
-    _show_warnings(out, [result], logs)
+    if not matrix:
+        base.check()
+        result, code = _drill_worker(out, base, logs=logs)
+        results = [result]
+    else:
+        results, code = _worker_matrix(out, worker_plans(base, frameworks, stops), logs=logs)
+    _show_warnings(out, results, logs)
     if json_path:
-        render.write_json(json_path, [result])
+        render.write_json(json_path, results)
     return code
+
+
+def _worker_matrix(
+    out: Console, plans: list[WorkerPlan], *, logs: Path | None
+) -> tuple[list[WorkerResult], int]:
+    """Side by side; SIGKILL counts as clean when every job completed once.
+
+    No code runs in a process ended that way: the matrix compares, it does not ask
+    the impossible.
+    """
+    for each in plans:
+        each.check()
+    console = Console(stderr=True, highlight=False)
+    results: list[WorkerResult] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("drills", total=len(plans))
+
+        def done(plan: WorkerPlan, result: WorkerResult) -> None:
+            progress.advance(task)
+            results.append(result)
+            console.print(
+                f"[dim]{plan.framework} {plan.stop} {plan.variant}: {escape(result.verdict())}[/]",
+                soft_wrap=not console.is_terminal,
+            )
+
+        rows = run_worker_matrix(plans, done, directory=logs)
+    _show(out, render.worker_matrix_table(rows))
+    lastcall = [r for r in results if not r.plan.plain]
+    failed = [r for r in lastcall if r.any_job_not_once() or (not r.clean and not r.plan.kills)]
+    return results, 1 if failed else 0
 
 
 def _drill_worker(out: Console, plan: WorkerPlan, *, logs: Path | None) -> tuple[WorkerResult, int]:

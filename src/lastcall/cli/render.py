@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lastcall.cli.plan import Plan
     from lastcall.cli.processes import HookRecord
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_matrix import WorkerRow
     from lastcall.cli.worker_result import WorkerResult
 
 FATE_COLOURS = {
@@ -218,6 +219,56 @@ def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Tabl
         caption += f"\nn/a ({', '.join(where)}): {reason}"
     table.caption = caption
     return table
+
+
+_WORKER_COLUMNS = ("once", "twice", "not back", "late", "hooks", "stop", "exit")
+
+
+def worker_matrix_table(rows: list[WorkerRow]) -> Table:
+    """Each framework and stop, as shipped beside lastcall; failing cells are marked."""
+    table = Table(title="lastcall drill --worker --matrix: the demo worker, plain | lastcall")
+    table.add_column("worker")
+    table.add_column("stop")
+    for variant in ("plain", "lastcall"):
+        for name in _WORKER_COLUMNS:
+            table.add_column(f"{variant}\n{name}", justify="right")
+    for row in rows:
+        cells: list[Text | str] = [row.framework, row.stop]
+        for result in (row.plain, row.lastcall):
+            cells.extend(_worker_cells(result))
+        table.add_row(*cells)
+    table.caption = (
+        "✗: worse than this way of stopping allows. once, twice: jobs completed once, more "
+        "than once; not back: neither completed nor back on the queue (lost, or held for the "
+        "gone worker until the broker's timeout); late: jobs the stopped worker began after "
+        "the signal; hooks: the processes that ran shutdown hooks; stop: until the stopped "
+        "worker's last process was gone (killed: still running when the grace was up)"
+    )
+    return table
+
+
+def _worker_cells(result: WorkerResult | None) -> list[Text | str]:
+    if result is None:
+        return ["—"] * len(_WORKER_COLUMNS)
+    failed = result.failures()
+    not_back = sum(result.count(o) for o in ("queued", "held", "running", "lost"))
+    roles = sorted({p.role for p in result.processes if p.pid in {h.pid for h in result.hooks}})
+    values = {
+        "once": (f"{result.count('completed once')}/{len(result.jobs)}", False),
+        "twice": (str(result.count("completed twice")), "completed twice" in failed),
+        "not back": (str(not_back), bool(not_back)),
+        "late": (str(result.started_late()), "late" in failed),
+        "hooks": (", ".join(roles) or "none", "no hooks" in failed or "hooks twice" in failed),
+        "stop": (
+            "killed" if result.stop_seconds is None else seconds(result.stop_seconds),
+            "killed" in failed,
+        ),
+        "exit": (describe_status(result.exit_status), "exit" in failed),
+    }
+    return [
+        Text(f"✗ {value}", style="bold red") if bad else Text(value)
+        for value, bad in values.values()
+    ]
 
 
 def _matrix_subject(base: Plan) -> str:

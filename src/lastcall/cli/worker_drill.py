@@ -2,8 +2,9 @@
 
 The sequence only, read top to bottom from :meth:`WorkerDrill.run`: the
 broker (``broker.py``: a private ``redis-server`` unless ``--broker``); worker
-A (the demo worker of ``frameworks.py``, or ``--cmd``); the jobs, the long one
-first (its first run outlasts the grace), then the short ones; once one runs
+A (the demo worker of ``frameworks.py``, or ``--cmd``), once it has completed a
+first job of 0 s (not counted); the jobs, the long one first (its first run
+outlasts the grace), then the short ones; once one runs
 and ``--stop-after`` later, the stop (a signal, or SIGINT twice), and one job
 more enqueued during it; worker B, as a rolling deploy starts the next one;
 A's end, waited for within the grace (then SIGKILL to all it started, as an
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup, demo_jobs
 from lastcall.cli.broker import RedisServer
+from lastcall.cli.drill import CancelledError
 from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework
 from lastcall.cli.plan import STOP_WORDS, DrillError
 from lastcall.cli.processes import POLL, ProcessWatch, hooks_run, warnings_in
@@ -48,6 +51,7 @@ _LONG_BEYOND = 10.0  # seconds the long job's first run lasts beyond the grace
 _SETTLE = 1.0  # seconds with nothing running and nothing queued: what is left will not move
 _SECOND_LOOK = 0.5  # seconds after every job completed: a second completion on its way
 _LOOK_EVERY = 0.1
+_WARM_UP = -1  # a first job of 0 s, not counted: the stop meets a worker taking jobs
 _B_STOP_WAIT = 5.0  # seconds for worker B to end on SIGTERM once every job is accounted for
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _INCLUDE_DEMO = {  # how a user's worker (--cmd) takes the demo job
@@ -231,6 +235,7 @@ class WorkerDrill:
 
     ``directory`` keeps the drill's files (the workers' logs and lastcall
     reports) there; without it they go to a temporary directory, removed after.
+    ``cancel`` set (Ctrl-C in a matrix run) ends it at its next wait.
     """
 
     def __init__(
@@ -238,10 +243,12 @@ class WorkerDrill:
         plan: WorkerPlan,
         progress: Callable[[str], None] = lambda _: None,
         directory: Path | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         plan.check()
         self.plan = plan
         self._progress = progress
+        self._cancel = cancel or threading.Event()
         self._keep = directory
         self._dir = Path()
         self._clock = time.time()
@@ -249,6 +256,10 @@ class WorkerDrill:
 
     def _now(self) -> float:
         return time.time() - self._clock
+
+    def _wait(self, seconds: float) -> None:
+        if self._cancel.wait(max(0.0, seconds)):
+            raise CancelledError
 
     def run(self) -> WorkerResult:
         """Drill once; raises ``DrillError`` for bad input, always ends every process."""
@@ -260,29 +271,33 @@ class WorkerDrill:
         redis: RedisServer | None = None
         workers: list[_Worker] = []
         framework: Framework | None = None
+        store: _Store | None = None
         try:
             if plan.broker is None:
                 redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
                 self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
             broker = plan.broker or redis.url  # type: ignore[union-attr]
             framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
-            return self._drill(framework, workers)
+            store = _Store(broker)
+            return self._drill(framework, store, workers)
         finally:
             for worker in workers:
                 worker.end()
-            if framework is not None:
-                with contextlib.suppress(Exception):  # the broker may be gone: nothing to keep
-                    framework.close()
+            for client in (framework, store):
+                if client is not None:
+                    with contextlib.suppress(Exception):  # the broker may be gone: nothing kept
+                        client.close()
             if redis is not None:
                 redis.stop()
             if self._keep is None:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _drill(self, framework: Framework, workers: list[_Worker]) -> WorkerResult:
+    def _drill(self, framework: Framework, store: _Store, workers: list[_Worker]) -> WorkerResult:
         plan = self.plan
-        keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # the records, on a shared broker too
-        env = self._env(framework, keys)
+        env = self._env(framework, store.keys)
         a = self._start("A", framework, env, workers)
+        framework.enqueue(_WARM_UP, 0.0, 0.0)
+        self._until(a, lambda: store.completed(_WARM_UP), "completed a first job")
         self._clock = time.time()
         long_seconds = plan.grace + _LONG_BEYOND
         self._enqueue(framework, "long", long_seconds)
@@ -292,14 +307,15 @@ class WorkerDrill:
             f"enqueued 1 job of {long_seconds:g} s (beyond the grace) and {plan.jobs} of "
             f"{plan.job_seconds:g} s on queue {plan.queue_name!r}"
         )
-        self._until_running(a, framework, keys)
-        time.sleep(plan.stop_after)
+        jobs = range(len(self._jobs))
+        self._until(a, lambda: any(store.started(n) for n in jobs), "runs a job")
+        self._wait(plan.stop_after)
         watch = ProcessWatch(a.pid, self._now)
         try:
             stop_sent = self._now()
             a.signal(_SIGNALS[plan.stop])
             if plan.stop == "INT-INT":
-                time.sleep(_SECOND_SIGINT_AFTER)
+                self._wait(_SECOND_SIGINT_AFTER)
                 a.signal(signal.SIGINT)
             self._progress(f"sent {WORKER_STOP_WORDS[plan.stop]} to worker A (pid {a.pid})")
             self._enqueue(framework, "during the stop", plan.job_seconds)
@@ -307,8 +323,8 @@ class WorkerDrill:
             left = self._until_a_gone(a, stop_sent)
         finally:
             watch.close()
-        self._until_accounted(framework, keys, a, b, stop_sent)
-        self._look(framework, keys, a, b)
+        self._until_accounted(framework, store, a, b, stop_sent)
+        self._look(framework, store, a, b)
         b.signal(signal.SIGTERM)  # every job is accounted for: B's own stop is not drilled
         b.wait(_B_STOP_WAIT)
         return self._result(a, b, watch, stop_sent, left)
@@ -351,41 +367,37 @@ class WorkerDrill:
         job_id = framework.enqueue(n, seconds, again)
         self._jobs.append(JobRecord(n, job_id, kind, seconds, self._now()))
 
-    def _until_running(self, a: _Worker, framework: Framework, keys: str) -> None:
-        """Until worker A runs a job; a worker that ends or takes none in time is one line."""
+    def _until(self, a: _Worker, seen: Callable[[], bool], what: str) -> None:
+        """Until worker A did ``what``; a worker that ends first, or takes too long, is one line."""
         plan = self.plan
         deadline = time.monotonic() + plan.start_timeout
-        store = _Store(framework.broker, keys)
-        try:
-            while not store.any_started(len(self._jobs)):
-                if not a.alive():
-                    a.wait(0)
-                    raise DrillError(
-                        f"worker A exited with status {a.status} before it ran a job; its last "
-                        f"line: {a.last_line()}"
-                    )
-                if time.monotonic() > deadline:
-                    hint = (
-                        "check that it starts on its own"
-                        if plan.cmd is None
-                        else f"check that it takes jobs from the drill's broker and queue "
-                        f"{plan.queue_name!r} (--queue), and that it has the demo job: "
-                        f"{_INCLUDE_DEMO[plan.framework]}"
-                    )
-                    raise DrillError(
-                        f"worker A ran no job within {plan.start_timeout:g} s; {hint}, or give "
-                        f"it longer with --start-timeout (its last line: {a.last_line()})"
-                    )
-                time.sleep(POLL)
-        finally:
-            store.close()
-        self._progress(f"worker A (pid {a.pid}) runs a job")
+        while not seen():
+            if not a.alive():
+                a.wait(0)
+                raise DrillError(
+                    f"worker A exited with status {a.status} before it {what}; its last line: "
+                    f"{a.last_line()}"
+                )
+            if time.monotonic() > deadline:
+                hint = (
+                    "check that it starts on its own"
+                    if plan.cmd is None
+                    else f"check that it takes jobs from the drill's broker and queue "
+                    f"{plan.queue_name!r} (--queue), and that it has the demo job: "
+                    f"{_INCLUDE_DEMO[plan.framework]}"
+                )
+                raise DrillError(
+                    f"worker A has not {what} within {plan.start_timeout:g} s; {hint}, or give "
+                    f"it longer with --start-timeout (its last line: {a.last_line()})"
+                )
+            self._wait(POLL)
+        self._progress(f"worker A (pid {a.pid}) {what}")
 
     def _until_a_gone(self, a: _Worker, stop_sent: float) -> list[int]:
         """A's end within the grace; after it, SIGKILL to all it started. Those it killed."""
         until = stop_sent + self.plan.grace + _EXIT_MARGIN
         while a.processes() and self._now() < until:
-            time.sleep(POLL)
+            self._wait(POLL)
         left = sorted(a.processes())
         if left:
             self._progress(
@@ -398,7 +410,7 @@ class WorkerDrill:
         return left
 
     def _until_accounted(
-        self, framework: Framework, keys: str, a: _Worker, b: _Worker, stop_sent: float
+        self, framework: Framework, store: _Store, a: _Worker, b: _Worker, stop_sent: float
     ) -> None:
         """Until every job completed, or nothing runs and nothing is queued a while (bounded)."""
         plan = self.plan
@@ -407,9 +419,9 @@ class WorkerDrill:
         self._progress("worker A is gone; waiting until every job is accounted for")
         still_since = None
         while self._now() < until and b.alive():
-            self._look(framework, keys, a, b)
+            self._look(framework, store, a, b)
             if all(job.completions for job in self._jobs):
-                time.sleep(_SECOND_LOOK)
+                self._wait(_SECOND_LOOK)
                 return
             moving = any(j.outcome in ("running", QUEUED) for j in self._jobs)
             if moving:
@@ -418,16 +430,12 @@ class WorkerDrill:
                 still_since = time.monotonic()
             elif time.monotonic() - still_since >= _SETTLE:
                 return
-            time.sleep(_LOOK_EVERY)
+            self._wait(_LOOK_EVERY)
 
-    def _look(self, framework: Framework, keys: str, a: _Worker, b: _Worker) -> None:
+    def _look(self, framework: Framework, store: _Store, a: _Worker, b: _Worker) -> None:
         """Each job's runs (from the records) and, if not completed, where it is now."""
         alive = a.processes() | b.processes()
-        store = _Store(framework.broker, keys)
-        try:
-            records = store.runs(len(self._jobs))
-        finally:
-            store.close()
+        records = store.runs(len(self._jobs))
         where = framework.where([j.id for j in self._jobs if not records[j.n][1]])
         for job in self._jobs:
             started, completed = records[job.n]
@@ -470,26 +478,36 @@ class WorkerDrill:
 class _Store:
     """The demo job's records in Redis (``demo_jobs``), read by the drill."""
 
-    def __init__(self, url: str, keys: str) -> None:
+    def __init__(self, url: str) -> None:
         import redis  # noqa: PLC0415  # every framework here brings redis-py
 
         self._client = redis.Redis.from_url(url, decode_responses=True)
-        self._keys = keys
+        self.keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # this drill's, on any broker
 
-    def any_started(self, jobs: int) -> bool:
-        return any(self._client.exists(f"{self._keys}started:{n}") for n in range(jobs))
+    def started(self, n: int) -> bool:
+        """Whether job ``n`` began."""
+        return bool(self._client.exists(f"{self.keys}started:{n}"))
+
+    def completed(self, n: int) -> bool:
+        """Whether job ``n`` completed."""
+        return bool(self._client.exists(f"{self.keys}completed:{n}"))
 
     def runs(self, jobs: int) -> list[tuple[list[str], list[str]]]:
         """Each job's ``(started, completed)`` records, lists of ``"pid time"``."""
         pipe = self._client.pipeline(transaction=False)
         for n in range(jobs):
-            pipe.lrange(f"{self._keys}started:{n}", 0, -1)
-            pipe.lrange(f"{self._keys}completed:{n}", 0, -1)
+            pipe.lrange(f"{self.keys}started:{n}", 0, -1)
+            pipe.lrange(f"{self.keys}completed:{n}", 0, -1)
         replies = pipe.execute()
         return [(replies[2 * n], replies[2 * n + 1]) for n in range(jobs)]
 
     def close(self) -> None:
-        self._client.close()
+        """The records (a user's broker keeps none of the drill's), then the connection."""
+        try:
+            for key in self._client.scan_iter(match=f"{self.keys}*"):
+                self._client.delete(key)
+        finally:
+            self._client.close()
 
 
 def _pair(started: list[str], completed: list[str], clock: float) -> list[Run]:

@@ -124,6 +124,10 @@ class WorkerResult:
             found["no hooks"] = "no shutdown hook ran"
         return found
 
+    def any_job_not_once(self) -> bool:
+        """Any job not completed exactly once: what even a SIGKILL must not cause."""
+        return any(job.outcome != "completed once" for job in self.jobs)
+
     def problems(self) -> list[str]:
         """The failures, in words."""
         return list(self.failures().values())

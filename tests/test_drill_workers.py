@@ -164,3 +164,16 @@ def test_ctrl_c_ends_the_workers_and_the_redis_server(tmp_path: Path) -> None:
         _, rest = proc.communicate(timeout=WAIT)
         assert proc.returncode == 130, "".join(lines) + rest
         assert carrying(proc.token) == []
+
+
+def test_the_matrix_puts_plain_beside_lastcall(tmp_path: Path) -> None:
+    """--matrix on one framework and one stop: two drills, as shipped and with lastcall.
+
+    The exit status is lastcall's: 0, though the plain drill beside it is not clean.
+    """
+    pytest.importorskip("rq")
+    args = ["--worker", "rq", "--matrix", "--stop", "TERM", *QUICK]
+    status, data, said = worker_drill(tmp_path, *args)
+    assert status == 0, said
+    assert sorted((d["plan"]["plain"], d["clean"]) for d in data) == [(False, True), (True, False)]
+    assert {d["plan"]["stop"] for d in data} == {"TERM"}

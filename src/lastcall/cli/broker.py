@@ -41,8 +41,11 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{port}/0"
 
     @classmethod
-    def start(cls, directory: Path, mark: str) -> RedisServer:
-        """Start one in ``directory``; raises ``DrillError`` (one line) if it cannot."""
+    def start(cls, directory: Path, mark: str | None = None) -> RedisServer:
+        """Start one in ``directory``; raises ``DrillError`` (one line) if it cannot.
+
+        ``mark``: the drill's (``cli/cleanup.py``), so that Ctrl-C ends it with the rest.
+        """
         binary = shutil.which("redis-server")
         if binary is None:
             raise DrillError(NOT_INSTALLED)
@@ -57,7 +60,7 @@ class RedisServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    env={**os.environ, cleanup.OWNER: mark},
+                    env=os.environ if mark is None else {**os.environ, cleanup.OWNER: mark},
                     start_new_session=True,
                 )
             server = cls(proc, port)

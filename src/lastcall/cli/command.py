@@ -53,8 +53,8 @@ def cli() -> None:
     "--cmd",
     metavar="COMMAND",
     help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
-    "one), {port} becomes the port, {python} this interpreter.  "
-    "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+    "one), {port} becomes the port, {python} this interpreter; with --worker, {broker} the "
+    "broker's URL.  Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
 )
 @click.option(
     "--worker",
@@ -79,12 +79,12 @@ def cli() -> None:
     "--jobs",
     type=click.IntRange(1, 100),
     help="With --worker: jobs of --job-seconds before the stop, beside one longer than the "
-    "grace and one enqueued during the stop.  [default: 6]",
+    "grace and one enqueued during the stop.  [default: 6; --matrix: 3]",
 )
 @click.option(
     "--job-seconds",
     type=click.FloatRange(0.01, 60),
-    help="With --worker: how long each job runs.  [default: 2]",
+    help="With --worker: how long each job runs.  [default: 2; --matrix: 0.5]",
 )
 @click.option(
     "--vs-cmd",
@@ -189,7 +189,8 @@ def cli() -> None:
     "--matrix",
     is_flag=True,
     help="Every stop, plain beside lastcall (APP as shipped and with lastcall, on the servers "
-    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd).",
+    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd; with "
+    "--worker, its demo worker as shipped and with lastcall).",
 )
 @click.option(
     "--json",
@@ -239,7 +240,9 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     APP is module:app, module:create_app() (literal arguments allowed), a .py
     file, or a module or package holding app, application, create_app or
     make_app; without APP or --cmd, a built-in demo app whose write-behind
-    buffer is flushed to SQLite by a shutdown hook.
+    buffer is flushed to SQLite by a shutdown hook. With --worker, a queue
+    worker instead: its demo worker (or --cmd) on a private redis-server, jobs
+    enqueued, a stop while they run, and what became of each job.
     """
     _check_outputs(json_path, html_path)
     if worker is not None:

@@ -16,12 +16,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from brokers import redis_server  # noqa: F401  # the fixture
 from conftest import WAIT
 from test_drill import drill
 from test_drill_cleanup import carrying, marked_drill
+
+if TYPE_CHECKING:
+    from brokers import Redis
 
 FRAMEWORKS = ["rq", "celery", "dramatiq"]
 GRACE = 3.0
@@ -107,14 +111,20 @@ def test_a_second_sigint_ends_at_once_with_every_job_back(tmp_path: Path) -> Non
     assert data["stop_seconds"] < 3.0  # at once, not at the end of the 20 s grace
 
 
-def test_a_users_worker_command_on_its_broker(tmp_path: Path) -> None:
-    """--cmd: the user's own worker command, {broker} filled in; RQ imports the demo job."""
+def test_a_users_worker_command_on_its_broker(tmp_path: Path, redis_server: Redis) -> None:  # noqa: F811
+    """--cmd and --broker: the user's own worker command on their Redis, {broker} filled in.
+
+    RQ imports the demo job by name. The drill's records are gone from that Redis after.
+    """
     pytest.importorskip("rq")
     cmd = "{python} -m rq.cli worker --url {broker} --worker-class lastcall.rq.SimpleWorker"
-    status, data, said = worker_drill(tmp_path, "--worker", "rq", "--cmd", cmd, *QUICK)
+    args = ["--worker", "rq", "--cmd", cmd, "--broker", redis_server.url, *QUICK]
+    status, data, said = worker_drill(tmp_path, *args)
     assert status == 0, said
+    assert "private redis-server" not in said
     assert data["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, data["verdict"]
     assert data["exit_status"] == 128 + signal.SIGTERM
+    assert redis_server.client.keys("lastcall-drill:*") == []
 
 
 @pytest.mark.parametrize(
@@ -122,6 +132,7 @@ def test_a_users_worker_command_on_its_broker(tmp_path: Path) -> None:
     [
         (["--worker", "rq", "tasks:app"], "--worker takes no APP"),
         (["--worker", "rq", "--broker", "amqp://guest@127.0.0.1//"], "not a Redis URL"),
+        (["--worker", "rq", "--broker", "redis://127.0.0.1:1/0"], "no Redis answers there"),
         (["--worker", "rq", "--cmd", "rq worker"], "--cmd has no {broker}"),
         (["--worker", "rq", "--server", "gunicorn"], "--server is for a server's drill"),
         (["--stop", "INT-INT"], "is a worker drill's stop: add --worker"),

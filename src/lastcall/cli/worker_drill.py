@@ -277,8 +277,8 @@ class WorkerDrill:
                 redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
                 self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
             broker = plan.broker or redis.url  # type: ignore[union-attr]
-            framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
             store = _Store(broker)
+            framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
             return self._drill(framework, store, workers)
         finally:
             for worker in workers:
@@ -479,9 +479,17 @@ class _Store:
     """The demo job's records in Redis (``demo_jobs``), read by the drill."""
 
     def __init__(self, url: str) -> None:
+        """Connect, and see Redis answer: a broker that does not is one line, before any worker."""
         import redis  # noqa: PLC0415  # every framework here brings redis-py
 
-        self._client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            self._client = redis.Redis.from_url(url, decode_responses=True)
+            self._client.ping()
+        except (ValueError, redis.RedisError) as exc:
+            raise DrillError(
+                f"--broker {url}: no Redis answers there ({exc}); start it or fix the URL, or "
+                "leave out --broker for a private redis-server"
+            ) from None
         self.keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # this drill's, on any broker
 
     def started(self, n: int) -> bool:

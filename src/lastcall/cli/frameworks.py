@@ -27,7 +27,6 @@ class Framework:
     name: ClassVar[str]
     extra: ClassVar[str]  # lastcall's extra that installs it
     default_queue: ClassVar[str]
-    concurrency: ClassVar[int]  # jobs the demo worker runs at once
 
     def __init__(self, broker: str, queue: str) -> None:
         self.broker = broker
@@ -64,7 +63,6 @@ class RQ(Framework):
     name = "rq"
     extra = "rq"
     default_queue = "default"
-    concurrency = 1
     FUNCTION = "lastcall.cli.demo_jobs.work"
 
     def __init__(self, broker: str, queue: str) -> None:
@@ -110,7 +108,7 @@ class Celery(Framework):
     name = "celery"
     extra = "celery"
     default_queue = "celery"
-    concurrency = 4
+    concurrency = 4  # the demo worker's processes
 
     def __init__(self, broker: str, queue: str) -> None:
         super().__init__(broker, queue)
@@ -163,7 +161,7 @@ class Dramatiq(Framework):
     name = "dramatiq"
     extra = "dramatiq"
     default_queue = "default"
-    concurrency = 4
+    concurrency = 4  # the demo worker's threads
     _NAMESPACE = "dramatiq"  # RedisBroker's default
 
     def __init__(self, broker: str, queue: str) -> None:

@@ -35,7 +35,7 @@ from lastcall.cli.broker import RedisServer
 from lastcall.cli.drill import CancelledError
 from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework
 from lastcall.cli.plan import STOP_WORDS, DrillError
-from lastcall.cli.processes import POLL, ProcessWatch, hooks_run, warnings_in
+from lastcall.cli.processes import ProcessWatch, hooks_run, warnings_in
 from lastcall.cli.worker_result import JobRecord, Run, WorkerResult, reported_jobs
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ _EXIT_MARGIN = 1.0  # beyond the grace, before worker A is killed as an orchestr
 _LONG_BEYOND = 10.0  # seconds the long job's first run lasts beyond the grace
 _SETTLE = 2.0  # seconds with nothing running and nothing queued: what is left will not move
 _SECOND_LOOK = 0.5  # seconds after every job completed: a second completion on its way
-_LOOK_EVERY = 0.1
+_LOOK_EVERY = 0.1  # seconds between two looks at every job
+_POLL = 0.05  # seconds between two looks at worker A (ProcessWatch times its end closer)
 _WARM_UP = -1  # a first job of 0 s, not counted: the stop meets a worker taking jobs
 _B_STOP_WAIT = 5.0  # seconds for worker B to end on SIGTERM once every job is accounted for
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -85,11 +86,6 @@ class WorkerPlan:
     def variant(self) -> str:
         """``plain`` or ``lastcall``, for tables (a command says which itself)."""
         return "plain" if self.plain else "lastcall"
-
-    @property
-    def name(self) -> str:
-        """The worker, as tables and progress lines name it."""
-        return self.cmd or f"the {self.framework} demo worker ({self.variant})"
 
     @property
     def queue_name(self) -> str:
@@ -161,8 +157,7 @@ class WorkerPlan:
 class _Worker:
     """One worker the drill started, in a session of its own, its output in ``directory``."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str], directory: Path) -> None:
-        self.label = label
+    def __init__(self, argv: list[str], env: dict[str, str], directory: Path) -> None:
         self.directory = directory
         self.mark = cleanup.new_mark()
         directory.mkdir()
@@ -199,8 +194,8 @@ class _Worker:
                 os.kill(self.pid, sig)
 
     def processes(self) -> set[int]:
-        """Its processes now: its session's, and any that carry its mark."""
-        return set(cleanup.session_processes(self.pid)) | cleanup.marked(self.mark)
+        """Its processes now, in its session (``end`` also finds any that left it by the mark)."""
+        return set(cleanup.session_processes(self.pid))
 
     def wait(self, timeout: float) -> bool:
         """Until the process the drill started has ended (its status kept): whether it did."""
@@ -356,7 +351,7 @@ class WorkerDrill:
     ) -> _Worker:
         argv = self.plan.argv(framework, worker=label.lower())
         env = {**env, demo_jobs.WORKER: label}
-        worker = _Worker(label, argv, env, self._dir / f"worker-{label.lower()}")
+        worker = _Worker(argv, env, self._dir / f"worker-{label.lower()}")
         workers.append(worker)
         self._progress(f"worker {label}: started pid {worker.pid}: {shlex.join(argv)}")
         return worker
@@ -390,14 +385,14 @@ class WorkerDrill:
                     f"worker A has not {what} within {plan.start_timeout:g} s; {hint}, or give "
                     f"it longer with --start-timeout (its last line: {a.last_line()})"
                 )
-            self._wait(POLL)
+            self._wait(_POLL)
         self._progress(f"worker A (pid {a.pid}) {what}")
 
     def _until_a_gone(self, a: _Worker, stop_sent: float) -> list[int]:
         """A's end within the grace; after it, SIGKILL to all it started. Those it killed."""
         until = stop_sent + self.plan.grace + _EXIT_MARGIN
         while a.processes() and self._now() < until:
-            self._wait(POLL)
+            self._wait(_POLL)
         left = sorted(a.processes())
         if left:
             self._progress(

@@ -188,3 +188,15 @@ def test_the_matrix_puts_plain_beside_lastcall(tmp_path: Path) -> None:
     assert status == 0, said
     assert sorted((d["plan"]["plain"], d["clean"]) for d in data) == [(False, True), (True, False)]
     assert {d["plan"]["stop"] for d in data} == {"TERM"}
+
+
+def test_the_fixture_drills_a_worker_in_the_users_own_test(lastcall_drill_worker: Any) -> None:
+    """The pytest fixture: lastcall.testing.drill_worker, its files under tmp_path."""
+    pytest.importorskip("rq")
+    result = lastcall_drill_worker("rq", jobs=2, job_seconds=0.3)
+    assert result.clean, result.verdict
+    assert result.outcomes == {"completed once": 4, **NONE_ELSE}
+    assert result.exit_status == 128 + signal.SIGTERM
+    assert json.loads(result.to_json())["clean"] is True
+    with pytest.raises(ValueError, match="--stop HUP is not a worker drill's stop"):
+        lastcall_drill_worker("rq", stop="HUP")

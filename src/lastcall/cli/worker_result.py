@@ -80,6 +80,10 @@ class WorkerResult:
         """Jobs with this outcome."""
         return sum(job.outcome == outcome for job in self.jobs)
 
+    def outcomes(self) -> dict[str, int]:
+        """Jobs by outcome, every outcome named."""
+        return {outcome: self.count(outcome) for outcome in OUTCOMES}
+
     def started_late(self) -> int:
         """Jobs worker A began after the stop signal: no job may start once it is sent."""
         return sum(
@@ -174,7 +178,7 @@ class WorkerResult:
         data = asdict(self)
         data.update(
             kind="worker",
-            outcomes={outcome: self.count(outcome) for outcome in OUTCOMES},
+            outcomes=self.outcomes(),
             started_late=self.started_late(),
             clean=self.clean,
             failures=self.failures(),

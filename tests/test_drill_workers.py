@@ -136,6 +136,9 @@ def test_a_users_worker_command_on_its_broker(tmp_path: Path, redis_server: Redi
         (["--worker", "rq", "--cmd", "rq worker"], "--cmd has no {broker}"),
         (["--worker", "rq", "--server", "gunicorn"], "--server is for a server's drill"),
         (["--stop", "INT-INT"], "is a worker drill's stop: add --worker"),
+        (["--worker", "rq", "--stop", "HUP"], "not a worker drill's stop"),
+        (["--worker", "all"], "--worker all goes with --matrix"),
+        (["--worker", "rq", "--matrix", "--plain"], "leave out --cmd and --plain"),
         (["--jobs", "3"], "--jobs goes with --worker"),
     ],
 )

@@ -232,7 +232,8 @@ def drill_worker(  # lastcall drill --worker's options, as keywords
     """
     try:
         from lastcall.cli.plan import DrillError  # noqa: PLC0415  # the optional extra
-        from lastcall.cli.worker_drill import WorkerDrill, WorkerPlan  # noqa: PLC0415
+        from lastcall.cli.worker_drill import WorkerDrill  # noqa: PLC0415
+        from lastcall.cli.worker_plan import WorkerPlan  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
     plan = WorkerPlan(

@@ -32,8 +32,9 @@ from lastcall.cli.frameworks import FRAMEWORKS
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
 from lastcall.cli.plan import STOPS, DrillError, Plan, fit
 from lastcall.cli.servers import SERVERS, installed
-from lastcall.cli.worker_drill import WORKER_STOPS, WorkerDrill, WorkerPlan
+from lastcall.cli.worker_drill import WorkerDrill
 from lastcall.cli.worker_matrix import run_worker_matrix, worker_plans
+from lastcall.cli.worker_plan import WORKER_STOPS, WorkerPlan
 
 BAD_INPUT = 2
 # A worker drill's jobs, their seconds and the grace: one drill, and each of a matrix's.

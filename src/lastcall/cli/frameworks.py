@@ -12,10 +12,12 @@ own interpreter; a missing one is one line.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from typing import Any, ClassVar
 
 from lastcall.cli import demo_jobs
+from lastcall.cli.plan import DrillError
 
 QUEUED = "queued"
 HELD = "held"
@@ -208,6 +210,49 @@ class Dramatiq(Framework):
 
 def _texts(values: Any) -> list[str]:  # noqa: ANN401  # redis-py's replies
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+class Records:
+    """The demo job's records in Redis (``demo_jobs``), keyed by job number, read by the drill."""
+
+    def __init__(self, url: str) -> None:
+        """Connect, and see Redis answer: a broker that does not is one line, before any worker."""
+        import redis  # noqa: PLC0415  # every framework here brings redis-py
+
+        try:
+            self._client = redis.Redis.from_url(url, decode_responses=True)
+            self._client.ping()
+        except (ValueError, redis.RedisError) as exc:
+            raise DrillError(
+                f"--broker {url}: no Redis answers there ({exc}); start it or fix the URL, or "
+                "leave out --broker for a private redis-server"
+            ) from None
+        self.keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # this drill's, on any broker
+
+    def started(self, n: int) -> bool:
+        """Whether job ``n`` began."""
+        return bool(self._client.exists(f"{self.keys}started:{n}"))
+
+    def completed(self, n: int) -> bool:
+        """Whether job ``n`` completed."""
+        return bool(self._client.exists(f"{self.keys}completed:{n}"))
+
+    def runs(self, jobs: int) -> list[tuple[list[str], list[str]]]:
+        """Each job's ``(started, completed)`` records, lists of ``"pid time"``."""
+        pipe = self._client.pipeline(transaction=False)
+        for n in range(jobs):
+            pipe.lrange(f"{self.keys}started:{n}", 0, -1)
+            pipe.lrange(f"{self.keys}completed:{n}", 0, -1)
+        replies = pipe.execute()
+        return [(replies[2 * n], replies[2 * n + 1]) for n in range(jobs)]
+
+    def close(self) -> None:
+        """The records (a user's broker keeps none of the drill's), then the connection."""
+        try:
+            for key in self._client.scan_iter(match=f"{self.keys}*"):
+                self._client.delete(key)
+        finally:
+            self._client.close()
 
 
 FRAMEWORKS: dict[str, type[Framework]] = {f.name: f for f in (RQ, Celery, Dramatiq)}

@@ -1,6 +1,7 @@
 """One worker drill: start a worker, enqueue jobs, stop it one way, count what became of each job.
 
-The sequence only, read top to bottom from :meth:`WorkerDrill.run`: the
+The sequence only, read top to bottom from :meth:`WorkerDrill.run`; what it
+is asked: ``worker_plan.py``; what runs the workers: ``worker_launch.py``. The
 broker (``broker.py``: a private ``redis-server`` unless ``--broker``); worker
 A (the demo worker of ``frameworks.py``, or ``--cmd``), once it has completed a
 first job of 0 s (not counted); the jobs, the long one first (its first run
@@ -17,32 +18,30 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup, demo_jobs
 from lastcall.cli.broker import RedisServer
 from lastcall.cli.drill import CancelledError
-from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework
-from lastcall.cli.plan import STOP_WORDS, DrillError
+from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework, Records
+from lastcall.cli.plan import DrillError
 from lastcall.cli.processes import ProcessWatch, hooks_run, warnings_in
+from lastcall.cli.worker_launch import Worker
+from lastcall.cli.worker_plan import INCLUDE_DEMO, WORKER_STOP_WORDS
 from lastcall.cli.worker_result import JobRecord, Run, WorkerResult, reported_jobs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-WORKER_STOPS = ("TERM", "INT", "INT-INT", "KILL")
-WORKER_STOP_WORDS = {**STOP_WORDS, "INT-INT": "SIGINT twice (a second Ctrl-C)"}
+    from lastcall.cli.worker_plan import WorkerPlan
+
 _SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "INT-INT": signal.SIGINT,
             "KILL": signal.SIGKILL}  # fmt: skip
 _SECOND_SIGINT_AFTER = 0.5  # seconds: within RQ's own 1 s, in which it ignores a second signal
@@ -54,175 +53,6 @@ _LOOK_EVERY = 0.1  # seconds between two looks at every job
 _POLL = 0.05  # seconds between two looks at worker A (ProcessWatch times its end closer)
 _WARM_UP = -1  # a first job of 0 s, not counted: the stop meets a worker taking jobs
 _B_STOP_WAIT = 5.0  # seconds for worker B to end on SIGTERM once every job is accounted for
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-_INCLUDE_DEMO = {  # how a user's worker (--cmd) takes the demo job
-    "rq": "RQ imports it by name: nothing to add",
-    "celery": "add -I lastcall.cli.demo_celery to the worker's options",
-    "dramatiq": "name lastcall.cli.demo_dramatiq after your module",
-}
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What to drill: the demo worker of ``framework``, or ``cmd``; on ``broker`` or a private one.
-
-    ``jobs`` short jobs of ``job_seconds``, and one long job and one enqueued
-    during the stop beside them.
-    """
-
-    framework: str = "celery"
-    cmd: str | None = None
-    broker: str | None = None
-    queue: str | None = None
-    stop: str = "TERM"
-    jobs: int = 6
-    job_seconds: float = 2.0
-    stop_after: float = 0.25
-    grace: float = 10.0
-    plain: bool = False
-    start_timeout: float = 30.0
-
-    @property
-    def variant(self) -> str:
-        """``plain`` or ``lastcall``, for tables (a command says which itself)."""
-        return "plain" if self.plain else "lastcall"
-
-    @property
-    def queue_name(self) -> str:
-        """The queue the jobs go to: ``--queue``, else the framework's default."""
-        return self.queue or FRAMEWORKS[self.framework].default_queue
-
-    @property
-    def kills(self) -> bool:
-        """SIGKILL: no code of the worker runs, so never a clean stop."""
-        return self.stop == "KILL"
-
-    def check(self) -> None:
-        """Refuse, in one line, what cannot be drilled."""
-        framework = FRAMEWORKS.get(self.framework)
-        if framework is None:
-            raise DrillError(f"unknown --worker {self.framework!r}; choose one of "
-                             f"{', '.join(FRAMEWORKS)}")  # fmt: skip
-        missing = framework.missing()
-        if missing:
-            raise DrillError(missing)
-        if self.stop not in WORKER_STOPS:
-            raise DrillError(
-                f"--stop {self.stop} is not a worker drill's stop; choose one of "
-                f"{', '.join(WORKER_STOPS)}"
-            )
-        if self.jobs < 1 or self.job_seconds <= 0 or self.grace <= 0:
-            raise DrillError("--jobs must be at least 1, --job-seconds > 0, --grace > 0")
-        if self.broker is not None and not self.broker.startswith(_REDIS_SCHEMES):
-            raise DrillError(
-                f"--broker {self.broker!r} is not a Redis URL: the worker drill reads the queue "
-                "on Redis (redis://HOST:PORT/DB); leave it out for a private redis-server"
-            )
-        if self.cmd is not None:
-            self._check_cmd()
-
-    def _check_cmd(self) -> None:
-        if self.plain:
-            raise DrillError("--cmd starts the worker its own way: leave out --plain")
-        try:
-            words = shlex.split(self.cmd or "")
-        except ValueError as exc:
-            raise DrillError(
-                f"--cmd cannot be split into words ({exc}); check its quotes"
-            ) from None
-        if not words:
-            raise DrillError("--cmd is empty; give the command that starts the worker")
-        if "{broker}" not in (self.cmd or "") and self.broker is None:
-            raise DrillError(
-                "--cmd has no {broker}: write {broker} where the worker takes its broker URL "
-                "(celery -b {broker}, rq worker --url {broker}), or give the one it uses with "
-                "--broker redis://HOST:PORT/DB"
-            )
-
-    def argv(self, framework: Framework, *, worker: str) -> list[str]:
-        """The command worker A or B runs: the demo's, or ``--cmd`` with its words filled in."""
-        if self.cmd is None:
-            return framework.demo_argv(plain=self.plain, nodename=f"lastcall-drill-{worker}")
-        words = shlex.split(self.cmd)
-        fill = {
-            "{broker}": framework.broker,
-            "{python}": sys.executable,
-            "{queue}": self.queue_name,
-        }
-        for placeholder, value in fill.items():
-            words = [w.replace(placeholder, value) for w in words]
-        return words
-
-
-class _Worker:
-    """One worker the drill started, in a session of its own, its output in ``directory``."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], directory: Path) -> None:
-        self.directory = directory
-        self.mark = cleanup.new_mark()
-        directory.mkdir()
-        env = {
-            **env,
-            cleanup.OWNER: self.mark,
-            "LASTCALL_REPORT": str(directory / "report-{pid}.json"),
-            "LASTCALL_DEMO_EVENTS": str(directory / "hooks.jsonl"),
-        }
-        with (directory / "worker.log").open("wb") as log:
-            try:
-                self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(  # noqa: S603
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DrillError(
-                    f"--cmd cannot start {argv[0]!r} ({exc.strerror}); give a program on PATH "
-                    "or its path, and write sh -c '...' for a shell"
-                ) from None
-        self.pid = self.proc.pid
-        self.status: int | None = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def processes(self) -> set[int]:
-        """Its processes now, in its session (``end`` also finds any that left it by the mark)."""
-        return set(cleanup.session_processes(self.pid))
-
-    def wait(self, timeout: float) -> bool:
-        """Until the process the drill started has ended (its status kept): whether it did."""
-        if self.proc is None:
-            return True
-        try:
-            status = self.proc.wait(max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            return False
-        self.status = 128 - status if status < 0 else status  # as a shell shows it
-        self.proc = None
-        return True
-
-    def end(self) -> list[int]:
-        """SIGKILL, by PID, whatever it started and is still running; the pids ended."""
-        sid = self.pid if self.proc is not None else None  # its session, while not reaped
-        ended = cleanup.end(self.mark, sid)
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.wait(_B_STOP_WAIT)
-        return ended
-
-    def last_line(self) -> str:
-        log = (self.directory / "worker.log").read_text(encoding="utf-8", errors="replace")
-        lines = [line for line in log.splitlines() if line.strip()]
-        return lines[-1].strip() if lines else "no output"
 
 
 class WorkerDrill:
@@ -264,15 +94,15 @@ class WorkerDrill:
         prefix = f"{plan.framework}-{plan.stop}-{plan.variant}-".lower()
         self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._keep))
         redis: RedisServer | None = None
-        workers: list[_Worker] = []
+        workers: list[Worker] = []
         framework: Framework | None = None
-        store: _Store | None = None
+        store: Records | None = None
         try:
             if plan.broker is None:
                 redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
                 self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
             broker = plan.broker or redis.url  # type: ignore[union-attr]
-            store = _Store(broker)
+            store = Records(broker)
             framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
             return self._drill(framework, store, workers)
         finally:
@@ -287,7 +117,7 @@ class WorkerDrill:
             if self._keep is None:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _drill(self, framework: Framework, store: _Store, workers: list[_Worker]) -> WorkerResult:
+    def _drill(self, framework: Framework, store: Records, workers: list[Worker]) -> WorkerResult:
         plan = self.plan
         env = self._env(framework, store.keys)
         a = self._start("A", framework, env, workers)
@@ -347,11 +177,11 @@ class WorkerDrill:
         return env
 
     def _start(
-        self, label: str, framework: Framework, env: dict[str, str], workers: list[_Worker]
-    ) -> _Worker:
+        self, label: str, framework: Framework, env: dict[str, str], workers: list[Worker]
+    ) -> Worker:
         argv = self.plan.argv(framework, worker=label.lower())
         env = {**env, demo_jobs.WORKER: label}
-        worker = _Worker(argv, env, self._dir / f"worker-{label.lower()}")
+        worker = Worker(argv, env, self._dir / f"worker-{label.lower()}")
         workers.append(worker)
         self._progress(f"worker {label}: started pid {worker.pid}: {shlex.join(argv)}")
         return worker
@@ -362,7 +192,7 @@ class WorkerDrill:
         job_id = framework.enqueue(n, seconds, again)
         self._jobs.append(JobRecord(n, job_id, kind, seconds, self._now()))
 
-    def _until(self, a: _Worker, seen: Callable[[], bool], what: str) -> None:
+    def _until(self, a: Worker, seen: Callable[[], bool], what: str) -> None:
         """Until worker A did ``what``; a worker that ends first, or takes too long, is one line."""
         plan = self.plan
         deadline = time.monotonic() + plan.start_timeout
@@ -379,7 +209,7 @@ class WorkerDrill:
                     if plan.cmd is None
                     else f"check that it takes jobs from the drill's broker and queue "
                     f"{plan.queue_name!r} (--queue), and that it has the demo job: "
-                    f"{_INCLUDE_DEMO[plan.framework]}"
+                    f"{INCLUDE_DEMO[plan.framework]}"
                 )
                 raise DrillError(
                     f"worker A has not {what} within {plan.start_timeout:g} s; {hint}, or give "
@@ -388,7 +218,7 @@ class WorkerDrill:
             self._wait(_POLL)
         self._progress(f"worker A (pid {a.pid}) {what}")
 
-    def _until_a_gone(self, a: _Worker, stop_sent: float) -> list[int]:
+    def _until_a_gone(self, a: Worker, stop_sent: float) -> list[int]:
         """A's end within the grace; after it, SIGKILL to all it started. Those it killed."""
         until = stop_sent + self.plan.grace + _EXIT_MARGIN
         while a.processes() and self._now() < until:
@@ -405,7 +235,7 @@ class WorkerDrill:
         return left
 
     def _until_accounted(
-        self, framework: Framework, store: _Store, a: _Worker, b: _Worker, stop_sent: float
+        self, framework: Framework, store: Records, a: Worker, b: Worker, stop_sent: float
     ) -> None:
         """Until every job completed, or nothing runs and nothing is queued a while (bounded)."""
         plan = self.plan
@@ -427,7 +257,7 @@ class WorkerDrill:
                 return
             self._wait(_LOOK_EVERY)
 
-    def _look(self, framework: Framework, store: _Store, a: _Worker, b: _Worker) -> None:
+    def _look(self, framework: Framework, store: Records, a: Worker, b: Worker) -> None:
         """Each job's runs (from the records) and, if not completed, where it is now."""
         alive = a.processes() | b.processes()
         records = store.runs(len(self._jobs))
@@ -440,7 +270,7 @@ class WorkerDrill:
             job.outcome = _outcome(job.completions, running, where.get(job.id))
 
     def _result(
-        self, a: _Worker, b: _Worker, watch: ProcessWatch, stop_sent: float, left: list[int]
+        self, a: Worker, b: Worker, watch: ProcessWatch, stop_sent: float, left: list[int]
     ) -> WorkerResult:
         plan = self.plan
         roles = dict.fromkeys(watch.seen, "child") | {a.pid: "main"}
@@ -468,49 +298,6 @@ class WorkerDrill:
         if plan.cmd is not None:  # a user's own hooks are seen in lastcall's reports only
             result.hooks_known = any(a.directory.glob("report-*.json"))
         return result
-
-
-class _Store:
-    """The demo job's records in Redis (``demo_jobs``), read by the drill."""
-
-    def __init__(self, url: str) -> None:
-        """Connect, and see Redis answer: a broker that does not is one line, before any worker."""
-        import redis  # noqa: PLC0415  # every framework here brings redis-py
-
-        try:
-            self._client = redis.Redis.from_url(url, decode_responses=True)
-            self._client.ping()
-        except (ValueError, redis.RedisError) as exc:
-            raise DrillError(
-                f"--broker {url}: no Redis answers there ({exc}); start it or fix the URL, or "
-                "leave out --broker for a private redis-server"
-            ) from None
-        self.keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # this drill's, on any broker
-
-    def started(self, n: int) -> bool:
-        """Whether job ``n`` began."""
-        return bool(self._client.exists(f"{self.keys}started:{n}"))
-
-    def completed(self, n: int) -> bool:
-        """Whether job ``n`` completed."""
-        return bool(self._client.exists(f"{self.keys}completed:{n}"))
-
-    def runs(self, jobs: int) -> list[tuple[list[str], list[str]]]:
-        """Each job's ``(started, completed)`` records, lists of ``"pid time"``."""
-        pipe = self._client.pipeline(transaction=False)
-        for n in range(jobs):
-            pipe.lrange(f"{self.keys}started:{n}", 0, -1)
-            pipe.lrange(f"{self.keys}completed:{n}", 0, -1)
-        replies = pipe.execute()
-        return [(replies[2 * n], replies[2 * n + 1]) for n in range(jobs)]
-
-    def close(self) -> None:
-        """The records (a user's broker keeps none of the drill's), then the connection."""
-        try:
-            for key in self._client.scan_iter(match=f"{self.keys}*"):
-                self._client.delete(key)
-        finally:
-            self._client.close()
 
 
 def _pair(started: list[str], completed: list[str], clock: float) -> list[Run]:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup
-from lastcall.cli.worker_drill import WorkerDrill, WorkerPlan
+from lastcall.cli.worker_drill import WorkerDrill
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from lastcall.cli.worker_plan import WorkerPlan
     from lastcall.cli.worker_result import WorkerResult
 
 _MAX_AT_ONCE = 4  # each drill runs a redis-server and two workers of several processes

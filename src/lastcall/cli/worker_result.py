@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lastcall.cli.processes import HookRecord, ProcessRecord
-    from lastcall.cli.worker_drill import WorkerPlan
+    from lastcall.cli.worker_plan import WorkerPlan
 
 OUTCOMES = ("completed once", "completed twice", "queued", "held", "running", "lost")
 _PROBLEMS = {

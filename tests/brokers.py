@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
+from lastcall.cli.broker import RedisServer
 from lastcall.cli.cleanup import session_processes
+from lastcall.cli.plan import DrillError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-START_WAIT = 10.0
 RABBITMQ_START_WAIT = 60.0  # an Erlang node boots in ~10 s on a loaded 2-core machine
 RABBITMQ_STOP_WAIT = 15.0
 
@@ -38,56 +39,22 @@ def _free_port() -> int:
 
 
 class Redis:
-    """One ``redis-server`` process: its URL, and a client for the test's own looks."""
+    """One ``redis-server`` process (the worker drill's own): its URL, a client for the test."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: apt-get install redis-server")
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(directory),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        try:
+            self.server = RedisServer.start(directory)
+        except DrillError as exc:
+            pytest.fail(str(exc))
+        self.port = self.server.port
+        self.url = self.server.url
         import redis
 
         self.client = redis.Redis(port=self.port, decode_responses=True)
-        deadline = time.monotonic() + START_WAIT
-        while True:
-            with contextlib.suppress(redis.ConnectionError):
-                if self.client.ping():
-                    break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.02)
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.server.stop()
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ SERVER_TESTS = [
     "tests/test_granian.py",
     "tests/test_daphne.py",
     "tests/test_rq.py",
+    "tests/test_drill_workers.py",
 ]
 
 

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
     from lastcall.cli.processes import HookRecord
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_result import JobRecord, WorkerResult
 
-__all__ = ("DrillResult", "drill")
+__all__ = ("DrillResult", "WorkerDrillResult", "drill", "drill_worker")
 
 _MISSING = "lastcall.testing.drill needs the command's extra: pip install 'lastcall[cli]'"
 
@@ -91,6 +92,55 @@ class DrillResult:
 
     def to_json(self) -> str:
         """Everything measured, as ``lastcall drill --json`` writes it."""
+        return json.dumps(self.result.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        return self.verdict
+
+
+@dataclass(frozen=True)
+class WorkerDrillResult:
+    """What one worker drill saw (:func:`drill_worker`): each job's fate, hooks, exit."""
+
+    result: WorkerResult
+
+    @property
+    def clean(self) -> bool:
+        """Every job completed once, none begun after the signal, exit by it within the grace."""
+        return self.result.clean
+
+    @property
+    def verdict(self) -> str:
+        """The one line ``lastcall drill --worker`` prints: ``clean stop: 5/5 jobs ...``."""
+        return self.result.verdict()
+
+    @property
+    def problems(self) -> list[str]:
+        """What went worse than the stop allows, in words; empty when nothing did."""
+        return self.result.problems()
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Jobs by outcome: ``completed once``, ``completed twice``, ``queued``, ``held``..."""
+        return self.result.outcomes()
+
+    @property
+    def jobs(self) -> list[JobRecord]:
+        """Each job: its kind, its runs (worker, pid, times) and its outcome."""
+        return self.result.jobs
+
+    @property
+    def hooks(self) -> list[HookRecord]:
+        """The shutdown hooks worker A's processes ran."""
+        return self.result.hooks
+
+    @property
+    def exit_status(self) -> int | None:
+        """Worker A's exit status, as a shell shows it (143: SIGTERM; 137: killed)."""
+        return self.result.exit_status
+
+    def to_json(self) -> str:
+        """Everything measured, as ``lastcall drill --worker --json`` writes it."""
         return json.dumps(self.result.to_dict(), indent=2)
 
     def __str__(self) -> str:
@@ -155,4 +205,51 @@ def drill(  # the command's options, as keywords
             appkind.check(app, server, start_timeout)
         return DrillResult(Drill(plan, directory=directory).run())
     except (DrillError, appkind.AppKindError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def drill_worker(  # lastcall drill --worker's options, as keywords
+    framework: str,
+    *,
+    cmd: str | None = None,
+    broker: str | None = None,
+    queue: str | None = None,
+    stop: str = "TERM",
+    jobs: int = 3,
+    job_seconds: float = 0.5,
+    plain: bool = False,
+    grace: float = 3.0,
+    stop_after: float = 0.25,
+    start_timeout: float = 15.0,
+    directory: Path | None = None,
+) -> WorkerDrillResult:
+    """Drill a queue worker of ``framework`` (``"rq"``, ``"celery"``, ``"dramatiq"``).
+
+    ``lastcall drill --worker`` as a function: its demo worker (or ``cmd``) on
+    ``broker`` or a private redis-server, ``jobs`` of ``job_seconds`` beside a
+    long one, the stop, a second worker, each job counted. Input the drill
+    cannot use raises ``ValueError`` with the one line the command would print.
+    """
+    try:
+        from lastcall.cli.plan import DrillError  # noqa: PLC0415  # the optional extra
+        from lastcall.cli.worker_drill import WorkerDrill  # noqa: PLC0415
+        from lastcall.cli.worker_plan import WorkerPlan  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError(f"{_MISSING} ({exc.name} is missing)") from None
+    plan = WorkerPlan(
+        framework=framework,
+        cmd=cmd,
+        broker=broker,
+        queue=queue,
+        stop=stop.upper(),
+        jobs=jobs,
+        job_seconds=job_seconds,
+        stop_after=stop_after,
+        grace=grace,
+        plain=plain,
+        start_timeout=start_timeout,
+    )
+    try:
+        return WorkerDrillResult(WorkerDrill(plan, directory=directory).run())
+    except DrillError as exc:
         raise ValueError(str(exc)) from None

@@ -19,7 +19,6 @@ a plain ``atexit`` app writes no lastcall report).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import sys
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+from lastcall.cli._events import record
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -195,22 +196,12 @@ def make_tornado_app() -> tornado_web.Application:
     )
 
 
-def _record(hook: str, started: float) -> None:
-    events = os.environ.get("LASTCALL_DEMO_EVENTS")
-    if events:
-        line = json.dumps(
-            {"hook": hook, "pid": os.getpid(), "started": started, "ended": time.time()}
-        )
-        with Path(events).open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
-
-
 def close_db() -> None:
     """Registered first, so it runs last: after the flush, as ``atexit`` order promises."""
     started = time.time()
     _db.close()
     say("hook: close_db")
-    _record("close_db", started)
+    record("close_db", started)
 
 
 def flush_orders() -> None:
@@ -223,4 +214,4 @@ def flush_orders() -> None:
         _db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
         _db.executemany("INSERT OR IGNORE INTO orders VALUES (?)", [(i,) for i in pending])
     say(f"hook: flush_orders wrote {len(pending)} orders")
-    _record("flush_orders", started)
+    record("flush_orders", started)

@@ -18,18 +18,27 @@ from rich.markup import escape
 from rich.progress import Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.table import Table
 
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_result import WorkerResult
 
 from lastcall.cli import appkind, cleanup, inputs, render
 from lastcall.cli.clients import Ask
 from lastcall.cli.drill import Drill
+from lastcall.cli.frameworks import FRAMEWORKS
 from lastcall.cli.matrix import SCENARIOS, plans, run_matrix
 from lastcall.cli.plan import STOPS, DrillError, Plan, fit
 from lastcall.cli.servers import SERVERS, installed
+from lastcall.cli.worker_drill import WorkerDrill
+from lastcall.cli.worker_matrix import run_worker_matrix, worker_plans
+from lastcall.cli.worker_plan import WORKER_STOPS, WorkerPlan
 
 BAD_INPUT = 2
+# A worker drill's jobs, their seconds and the grace: one drill, and each of a matrix's.
+_WORKER_DEFAULTS = {False: (6, 2.0, 10.0), True: (3, 0.5, 3.0)}
 INTERRUPTED = 130
 
 
@@ -45,8 +54,38 @@ def cli() -> None:
     "--cmd",
     metavar="COMMAND",
     help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
-    "one), {port} becomes the port, {python} this interpreter.  "
-    "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+    "one), {port} becomes the port, {python} this interpreter; with --worker, {broker} the "
+    "broker's URL.  Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+)
+@click.option(
+    "--worker",
+    type=click.Choice([*FRAMEWORKS, "all"]),
+    help="Drill a queue worker instead of a server: the demo job on this framework's demo "
+    "worker (or on --cmd's worker), jobs enqueued, a stop while they run, a second worker "
+    "after it; each job counted.  With --matrix, all: every installed framework.  "
+    "Example: --worker celery --plain",
+)
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="With --worker: the Redis broker to use, {broker} in --cmd.  [default: a private "
+    "redis-server on a free port]",
+)
+@click.option(
+    "--queue",
+    help="With --worker: the queue the jobs go to.  [default: the framework's own: default, "
+    "celery]",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 100),
+    help="With --worker: jobs of --job-seconds before the stop, beside one longer than the "
+    "grace and one enqueued during the stop.  [default: 6; --matrix: 3]",
+)
+@click.option(
+    "--job-seconds",
+    type=click.FloatRange(0.01, 60),
+    help="With --worker: how long each job runs.  [default: 2; --matrix: 0.5]",
 )
 @click.option(
     "--vs-cmd",
@@ -69,10 +108,11 @@ def cli() -> None:
 )
 @click.option(
     "--stop",
-    type=click.Choice(STOPS, case_sensitive=False),
+    type=click.Choice(list(dict.fromkeys(STOPS + WORKER_STOPS)), case_sensitive=False),
     help="How to end it: a signal to the app (KILL-PARENT, KILL-CHILD: to the reloader or "
     "master, or to the serving child), "
-    "os._exit in a request, an unhandled exception, a normal exit.  [default: TERM]",
+    "os._exit in a request, an unhandled exception, a normal exit; with --worker: TERM, INT, "
+    "INT-INT (a second Ctrl-C 0.5 s after the first) or KILL.  [default: TERM]",
 )
 @click.option(
     "--requests",
@@ -150,7 +190,8 @@ def cli() -> None:
     "--matrix",
     is_flag=True,
     help="Every stop, plain beside lastcall (APP as shipped and with lastcall, on the servers "
-    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd).",
+    "that serve its kind; the demo app's atexit twin and itself; --vs-cmd and --cmd; with "
+    "--worker, its demo worker as shipped and with lastcall).",
 )
 @click.option(
     "--json",
@@ -167,6 +208,11 @@ def cli() -> None:
 def drill(  # noqa: PLR0917  # click passes one parameter per option
     app: str | None,
     cmd: str | None,
+    worker: str | None,
+    broker: str | None,
+    queue: str | None,
+    jobs: int | None,
+    job_seconds: float | None,
     vs_cmd: str | None,
     server: tuple[str, ...],
     workers: int,
@@ -195,13 +241,38 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     APP is module:app, module:create_app() (literal arguments allowed), a .py
     file, or a module or package holding app, application, create_app or
     make_app; without APP or --cmd, a built-in demo app whose write-behind
-    buffer is flushed to SQLite by a shutdown hook.
+    buffer is flushed to SQLite by a shutdown hook. With --worker, a queue
+    worker instead: its demo worker (or --cmd) on a private redis-server, jobs
+    enqueued, a stop while they run, and what became of each job.
     """
     _check_outputs(json_path, html_path)
-    if cmd is not None:
-        _check_cmd_options(
-            plain=plain, server=server, request_seconds=request_seconds, workers=workers
+    if worker is not None:
+        refused = {"--server": server or None, "--requests": requests, "--html": html_path,
+                   "--port": port, "--vs-cmd": vs_cmd}  # fmt: skip
+        _check_worker_options(app, refused)
+        frameworks = _frameworks(worker, matrix=matrix, cmd=cmd, plain=plain)
+        defaults = _WORKER_DEFAULTS[matrix]
+        worker_plan = WorkerPlan(
+            framework=frameworks[0],
+            cmd=cmd,
+            broker=broker,
+            queue=queue,
+            stop=(stop or "TERM").upper(),
+            jobs=jobs or defaults[0],
+            job_seconds=job_seconds or defaults[1],
+            stop_after=stop_after,
+            grace=grace or defaults[2],
+            plain=plain,
+            start_timeout=start_timeout,
         )
+        stops = [worker_plan.stop] if stop or not matrix else list(WORKER_STOPS)
+        return _run_worker_drills(worker_plan, frameworks, stops, json_path, matrix=matrix)
+    _check_no_worker_options(
+        stop=stop, broker=broker, queue=queue, jobs=jobs, job_seconds=job_seconds
+    )
+    _check_cmd_options(
+        cmd, plain=plain, server=server, request_seconds=request_seconds, workers=workers
+    )
     if vs_cmd is not None and not (matrix and cmd):
         raise DrillError("--vs-cmd goes with --matrix --cmd: the two commands side by side")
     base = Plan(
@@ -264,10 +335,46 @@ def _check_outputs(json_path: Path | None, html_path: Path | None) -> None:
             inputs.check_output(option, output)
 
 
+def _check_no_worker_options(
+    *,
+    stop: str | None,
+    broker: str | None,
+    queue: str | None,
+    jobs: int | None,
+    job_seconds: float | None,
+) -> None:
+    if stop is not None and stop.upper() not in STOPS:
+        raise DrillError(f"--stop {stop.upper()} is a worker drill's stop: add --worker NAME")
+    given = {"--broker": broker, "--queue": queue, "--jobs": jobs, "--job-seconds": job_seconds}
+    for option, value in given.items():
+        if value is not None:
+            raise DrillError(f"{option} goes with --worker NAME (a queue worker's drill)")
+
+
+def _check_worker_options(app: str | None, refused: Mapping[str, object]) -> None:
+    """Refuse, by name, what only a server's drill takes."""
+    if app is not None:
+        raise DrillError(
+            "--worker takes no APP: without one it runs its demo worker; for your own, give "
+            "--cmd 'COMMAND' (e.g. --cmd 'celery -A tasks -b {broker} worker -I "
+            "lastcall.cli.demo_celery')"
+        )
+    for option, value in refused.items():
+        if value is not None:
+            raise DrillError(f"{option} is for a server's drill; leave it out with --worker")
+
+
 def _check_cmd_options(
-    *, plain: bool, server: tuple[str, ...], request_seconds: float | None, workers: int
+    cmd: str | None,
+    *,
+    plain: bool,
+    server: tuple[str, ...],
+    request_seconds: float | None,
+    workers: int,
 ) -> None:
     """Refuse what needs the drill to start the app itself."""
+    if cmd is None:
+        return
     if workers > 1:
         raise DrillError("--cmd starts its own workers: write their number in COMMAND")
     if plain or server:
@@ -356,6 +463,95 @@ def _drill_once(out: Console, plan: Plan, *, logs: Path | None) -> tuple[list[Re
     return [result], 0 if result.clean else 1
 
 
+def _frameworks(worker: str, *, matrix: bool, cmd: str | None, plain: bool) -> list[str]:
+    """The frameworks a worker drill runs: the one named, or with ``all`` every installed one."""
+    if matrix and (cmd is not None or plain):
+        raise DrillError(
+            "--worker --matrix drills the demo workers both ways; leave out --cmd and --plain"
+        )
+    if worker != "all":
+        return [worker]
+    if not matrix:
+        raise DrillError("--worker all goes with --matrix; name one framework for one drill")
+    found = [name for name, framework in FRAMEWORKS.items() if framework.missing() is None]
+    if not found:
+        raise DrillError("no queue framework is installed here: pip install 'lastcall[rq]'")
+    return found
+
+
+def _run_worker_drills(
+    base: WorkerPlan,
+    frameworks: list[str],
+    stops: list[str],
+    json_path: Path | None,
+    *,
+    matrix: bool,
+) -> int:
+    """One worker drill, or with ``--matrix`` each stop on each framework both ways.
+
+    Its JSON and the workers' logs beside ``--json``. Exit status 0 when the drill
+    (every lastcall drill of a matrix) is clean.
+    """
+    logs = None if json_path is None else json_path.parent / f"{json_path.stem}-logs"
+    out = Console(highlight=False)
+    if not matrix:
+        base.check()
+        result, code = _drill_worker(out, base, logs=logs)
+        results = [result]
+    else:
+        results, code = _worker_matrix(out, worker_plans(base, frameworks, stops), logs=logs)
+    _show_warnings(out, results, logs)
+    if json_path:
+        render.write_json(json_path, results)
+    return code
+
+
+def _worker_matrix(
+    out: Console, plans: list[WorkerPlan], *, logs: Path | None
+) -> tuple[list[WorkerResult], int]:
+    """Side by side; SIGKILL counts as clean when every job completed once.
+
+    No code runs in a process ended that way: the matrix compares, it does not ask
+    the impossible.
+    """
+    for each in plans:
+        each.check()
+    console = Console(stderr=True, highlight=False)
+    results: list[WorkerResult] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("drills", total=len(plans))
+
+        def done(plan: WorkerPlan, result: WorkerResult) -> None:
+            progress.advance(task)
+            results.append(result)
+            console.print(
+                f"[dim]{plan.framework} {plan.stop} {plan.variant}: {escape(result.verdict())}[/]",
+                soft_wrap=not console.is_terminal,
+            )
+
+        rows = run_worker_matrix(plans, done, directory=logs)
+    _show(out, render.worker_matrix_table(rows))
+    lastcall = [r for r in results if not r.plan.plain]
+    failed = [r for r in lastcall if r.any_job_not_once() or (not r.clean and not r.plan.kills)]
+    return results, 1 if failed else 0
+
+
+def _drill_worker(out: Console, plan: WorkerPlan, *, logs: Path | None) -> tuple[WorkerResult, int]:
+    """One worker drill, its progress on stderr; exit status 0 only for a clean stop."""
+    console = Console(stderr=True, highlight=False)
+    with console.status("drill") as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.print(f"[dim]{escape(message)}[/]", soft_wrap=not console.is_terminal)
+
+        result = WorkerDrill(plan, progress, directory=logs).run()
+    for table in render.worker_tables(result):
+        _show(out, table)
+    out.print(render.verdict(result), soft_wrap=not out.is_terminal)
+    return result, 0 if result.clean else 1
+
+
 def _drill_matrix(
     out: Console,
     base: Plan,
@@ -394,7 +590,9 @@ def _drill_matrix(
     return results, 1 if failed else 0
 
 
-def _show_warnings(out: Console, results: list[Result], logs: Path | None) -> None:
+def _show_warnings(
+    out: Console, results: list[Result] | list[WorkerResult], logs: Path | None
+) -> None:
     """What the app warned of in its log (start-up warnings, say), and where the log is kept."""
     said: dict[str, int] = {}
     for result in results:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from lastcall.cli.plan import Plan
     from lastcall.cli.processes import HookRecord
     from lastcall.cli.result import Result
+    from lastcall.cli.worker_matrix import WorkerRow
+    from lastcall.cli.worker_result import WorkerResult
 
 FATE_COLOURS = {
     "200": "#2ca02c",
@@ -129,7 +131,52 @@ def _outcome(result: Result, hook: HookRecord) -> Text:
     return Text(hook.outcome)
 
 
-def verdict(result: Result) -> Text:
+def worker_tables(result: WorkerResult) -> list[Table]:
+    """What became of each job, and what worker A's processes did."""
+    jobs = Table(title="What became of each job", title_justify="left")
+    for column in ("job", "enqueued", "length", "outcome", "runs"):
+        jobs.add_column(column, justify="right" if column in ("job", "length") else "left")
+    for job in result.jobs:
+        when = "during the stop" if job.kind == "during the stop" else "before the stop"
+        runs = "; ".join(
+            f"{run.worker} pid {run.pid} {seconds(run.started - result.stop_sent)} → "
+            + (
+                "not completed"
+                if run.completed is None
+                else seconds(run.completed - result.stop_sent)
+            )
+            for run in job.runs
+        )
+        style = "green" if job.outcome == "completed once" else "red"
+        jobs.add_row(
+            str(job.n), when, f"{job.seconds:g} s", Text(job.outcome, style=style), runs or "—"
+        )
+    jobs.caption = "times from the stop; A is the worker stopped, B the one started after it"
+    processes = Table(title="What worker A's processes did", title_justify="left")
+    for column in ("pid", "role", "hook", "phase", "started", "took", "outcome"):
+        processes.add_column(column)
+    for process in result.processes:
+        if process.left_behind:
+            ended = "still running after the grace (SIGKILL)"
+        else:
+            at = seconds(process.gone - result.stop_sent)
+            status = process.exit_status
+            ended = f"gone at {at}" if status is None else f"exit {describe_status(status)} at {at}"
+        processes.add_row(str(process.pid), process.role, "", "", "", "", Text(ended, style="dim"))
+        for hook in (h for h in result.hooks if h.pid == process.pid):
+            processes.add_row(
+                "",
+                "",
+                short(hook.name),
+                hook.phase or "atexit",
+                seconds(hook.started - result.stop_sent),
+                seconds(hook.ended - hook.started),
+                hook.outcome,
+            )
+    return [jobs, processes]
+
+
+def verdict(result: Result | WorkerResult) -> Text:
     """The one line, green when clean."""
     return Text(result.verdict(), style="bold green" if result.clean else "bold red")
 
@@ -174,6 +221,56 @@ def matrix_table(rows: list[Row], base: Plan, vs_cmd: str | None = None) -> Tabl
     return table
 
 
+_WORKER_COLUMNS = ("once", "twice", "not back", "late", "hooks", "stop", "exit")
+
+
+def worker_matrix_table(rows: list[WorkerRow]) -> Table:
+    """Each framework and stop, as shipped beside lastcall; failing cells are marked."""
+    table = Table(title="lastcall drill --worker --matrix: the demo worker, plain | lastcall")
+    table.add_column("worker")
+    table.add_column("stop")
+    for variant in ("plain", "lastcall"):
+        for name in _WORKER_COLUMNS:
+            table.add_column(f"{variant}\n{name}", justify="right")
+    for row in rows:
+        cells: list[Text | str] = [row.framework, row.stop]
+        for result in (row.plain, row.lastcall):
+            cells.extend(_worker_cells(result))
+        table.add_row(*cells)
+    table.caption = (
+        "✗: worse than this way of stopping allows. once, twice: jobs completed once, more "
+        "than once; not back: neither completed nor back on the queue (lost, or held for the "
+        "gone worker until the broker's timeout); late: jobs the stopped worker began after "
+        "the signal; hooks: the processes that ran shutdown hooks; stop: until the stopped "
+        "worker's last process was gone (killed: still running when the grace was up)"
+    )
+    return table
+
+
+def _worker_cells(result: WorkerResult | None) -> list[Text | str]:
+    if result is None:
+        return ["—"] * len(_WORKER_COLUMNS)
+    failed = result.failures()
+    not_back = sum(result.count(o) for o in ("queued", "held", "running", "lost"))
+    roles = sorted({p.role for p in result.processes if p.pid in {h.pid for h in result.hooks}})
+    values = {
+        "once": (f"{result.count('completed once')}/{len(result.jobs)}", False),
+        "twice": (str(result.count("completed twice")), "completed twice" in failed),
+        "not back": (str(not_back), bool(not_back)),
+        "late": (str(result.started_late()), "late" in failed),
+        "hooks": (", ".join(roles) or "none", "no hooks" in failed or "hooks twice" in failed),
+        "stop": (
+            "killed" if result.stop_seconds is None else seconds(result.stop_seconds),
+            "killed" in failed,
+        ),
+        "exit": (describe_status(result.exit_status), "exit" in failed),
+    }
+    return [
+        Text(f"✗ {value}", style="bold red") if bad else Text(value)
+        for value, bad in values.values()
+    ]
+
+
 def _matrix_subject(base: Plan) -> str:
     if base.cmd is not None:
         return "two commands"
@@ -210,7 +307,7 @@ def natural_width(console: Console, renderable: Table) -> int:
 # ---------------------------------------------------------------- files
 
 
-def write_json(path: Path, results: list[Result]) -> None:
+def write_json(path: Path, results: list[Result] | list[WorkerResult]) -> None:
     """One drill as an object, a matrix as a list."""
     data = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
     write_atomically(path, json.dumps(data, indent=2) + "\n")

@@ -65,7 +65,7 @@ def cli() -> None:
     type=click.IntRange(1, 16),
     default=1,
     show_default=True,
-    help="Worker processes, on servers that have them (gunicorn, hypercorn).",
+    help="Worker processes, on servers that have them (gunicorn, hypercorn, granian).",
 )
 @click.option(
     "--stop",

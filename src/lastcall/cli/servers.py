@@ -104,6 +104,19 @@ def _daphne(launch: Launch) -> list[str]:
     return [*argv, "lastcall.cli.served:application"]
 
 
+def _grpc(launch: Launch) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "lastcall.cli.grpc_runner",
+        launch.app,
+        "--port",
+        str(launch.port),
+    ]
+    argv += ["--threads", str(launch.threads), "--error-file", launch.error_file]
+    return argv + ["--plain"] * launch.plain
+
+
 def _hypercorn(launch: Launch) -> list[str]:
     # lastcall's face for hypercorn: its master ends by the signal (plain hypercorn's exits 0)
     module = "hypercorn" if launch.plain else "lastcall.hypercorn"
@@ -126,7 +139,7 @@ class Server:
     ``parent``: a parent process (a reloader, a master) stays while a child
     serves, so the parent and the child can be stopped separately.
     ``kind``: the apps it serves: ``wsgi``, ``asgi``, or its own framework's
-    (``aiohttp``, ``tornado``); the demo has a twin of each.
+    (``aiohttp``, ``tornado``, ``grpc``: the demo's service only); the demo has a twin of each.
     ``workers``: it takes ``--workers N`` (one by default).
     ``not_a_stop``: the stops that do not end this server, and why.
     """
@@ -227,6 +240,7 @@ SERVERS: dict[str, Server] = {
             Server(name, name, name, f"lastcall.{name}", kind=name, command=_loop(name))
             for name in ("aiohttp", "tornado")
         ),
+        Server("grpc", "grpc_health", "grpc", "lastcall.grpc", kind="grpc", command=_grpc),
     )
 }
 

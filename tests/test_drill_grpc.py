@@ -34,8 +34,10 @@ _file.service.add(name="Greeter").method.add(
     name="SayHello", input_type=".drilltest.Ask", output_type=".drilltest.Reply"
 )
 DESCRIPTOR = descriptor_pool.Default().Add(_file)
-Ask = message_factory.GetMessageClass(DESCRIPTOR.message_types_by_name["Ask"])
-Reply = message_factory.GetMessageClass(DESCRIPTOR.message_types_by_name["Reply"])
+_make = getattr(message_factory, "GetMessageClass", None)  # protobuf 4.22 and later
+_make = _make or message_factory.MessageFactory(descriptor_pool.Default()).GetPrototype
+Ask = _make(DESCRIPTOR.message_types_by_name["Ask"])
+Reply = _make(DESCRIPTOR.message_types_by_name["Reply"])
 """
 SERVER = """
 import sys

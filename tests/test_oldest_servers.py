@@ -70,6 +70,7 @@ SERVER_TESTS = [
     "tests/test_granian.py",
     "tests/test_daphne.py",
     "tests/test_drill_servers_more.py",
+    "tests/test_drill_grpc.py",
     "tests/test_rq.py",
 ]
 

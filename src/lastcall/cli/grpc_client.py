@@ -92,7 +92,9 @@ def _request_class(method: str, match: re.Match[str], directory: Path) -> Any:  
             "from the directory holding the service's *_pb2.py"
         )
     factory = importlib.import_module("google.protobuf.message_factory")
-    return factory.GetMessageClass(found.input_type)
+    if hasattr(factory, "GetMessageClass"):  # protobuf 4.22 and later
+        return factory.GetMessageClass(found.input_type)
+    return factory.MessageFactory(pool).GetPrototype(found.input_type)  # gone in protobuf 5
 
 
 def _fate(error: grpc.RpcError) -> tuple[str, str]:

@@ -165,7 +165,7 @@ def test_a_method_or_request_that_cannot_be_made_is_one_line(users_server, args,
     assert line.startswith(f"lastcall: error: {said}"), line
 
 
-def test_grpc_method_without_cmd_and_an_app_on_the_demo_server_are_one_line(users_server):
+def test_grpc_method_without_cmd_and_an_app_on_grpc_are_one_line(users_server):
     line = refused(users_server, "--server", "grpc", *METHOD)
     assert line == (
         "lastcall: error: --grpc-method goes with --cmd, the command that starts your gRPC "
@@ -173,6 +173,11 @@ def test_grpc_method_without_cmd_and_an_app_on_the_demo_server_are_one_line(user
     )
     line = refused(users_server, "server:server", "--server", "grpc")
     assert line.startswith("lastcall: error: --server grpc serves the demo's service only")
+    (users_server / "asgiapp.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    line = refused(users_server, "--matrix", "asgiapp:app", "--server", "grpc")
+    assert line.startswith(
+        "lastcall: error: APP 'asgiapp:app' is an ASGI app; grpc serves the demo's gRPC service"
+    )
 
 
 def test_grpc_not_installed_names_its_extra(tmp_path):

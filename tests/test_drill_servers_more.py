@@ -92,6 +92,18 @@ def test_granian_workers_each_drain_and_the_master_ends_by_sigint(tmp_path):
     assert {h["pid"] for h in data["hooks"]} == set(data["workers"])
 
 
+def test_granian_worker_ended_by_sys_exit_still_finishes_what_is_in_flight(tmp_path):
+    """sys.exit on the worker's main thread ends the loop granian runs with run_until_complete;
+    lastcall runs it again for the stop, so the requests on it finish (they hung for the whole
+    drain budget and were lost before)."""
+    data = drilled(tmp_path, "--server", "granian", "--stop", "EXIT")
+    assert fates(data, "in flight") == ["200"] * 4, data["verdict"]
+    assert data["problems"] == [] and data["lost_writes"] == 0
+    assert data["stop_seconds"] < 3
+    outcomes = {short(h["name"]): h["outcome"] for h in data["hooks"]}
+    assert outcomes["the app's lifespan shutdown"] == "ok", outcomes
+
+
 @pytest.mark.parametrize("plain", [True, False])
 def test_granian_master_sigkilled_leaves_no_worker_behind_with_lastcall(tmp_path, plain):
     """As shipped, the worker serves on as an orphan (ended by the drill, reported)."""

@@ -191,12 +191,11 @@ CASES = [
 ]
 
 
-# Found by the drill once it ran granian and daphne, not yet kept by lastcall (to be fixed in
-# their adapters): sys.exit, or an exception, on the main thread ends the event loop granian's
-# worker runs itself (uvloop, run_until_complete: no asyncio.run teardown runs it again), and
-# Twisted's reactor under daphne, with requests still in flight. The matrix shows each as a
-# marked lastcall cell; listed here so that the day one is fixed, or another appears, this fails.
-NOT_YET_KEPT = {("granian", "EXIT"), ("daphne", "EXIT"), ("daphne", "EXCEPTION")}
+# Found by the drill once it ran daphne, not yet kept by lastcall (to be fixed in its adapter):
+# sys.exit, or an exception, on the main thread ends Twisted's reactor under daphne with
+# requests still in flight. The matrix shows each as a marked lastcall cell; listed here so
+# that the day one is fixed, or another appears, this fails.
+NOT_YET_KEPT = {("daphne", "EXIT"), ("daphne", "EXCEPTION")}
 
 
 @MATRIX

@@ -92,8 +92,10 @@ def test_the_demo_with_lastcall_answers_not_serving_while_it_still_serves(tmp_pa
     data = drilled(tmp_path, "--server", "grpc", *SHORT, "--prestop-delay", "1")
     assert fates(data, "in flight") == ["OK"] * 4, data["verdict"]
     health, late = fates(data, "health"), fates(data, "late")
-    assert "NOT_SERVING" in health and set(health) <= {"NOT_SERVING", "refused"}, health
-    assert "OK" in late and set(late) <= {"OK", "refused"}, late  # served, then refused
+    assert "NOT_SERVING" in health and "SERVING" not in health, health
+    # Served during the delay, then refused: never lost under way (an RPC told UNAVAILABLE,
+    # which clients retry on, is fine).
+    assert "OK" in late and "reset" not in late and "timed out" not in late, late
     assert data["exit_status"] == 128 + signal.SIGTERM
     assert data["problems"] == [] and data["lost_writes"] == 0
     hooks = data["hooks"]
@@ -135,7 +137,7 @@ def test_a_users_server_is_drilled_with_its_own_method(users_server, plain):
     in_flight = fates(data, "in flight")
     assert data["exit_status"] == 128 + signal.SIGTERM  # grpcio's process dies by the signal
     if plain:  # no health service, and no drain: what was in flight died with it
-        assert set(fates(data, "health")) <= {"UNIMPLEMENTED", "refused"}
+        assert not {"SERVING", "NOT_SERVING"} & set(fates(data, "health"))
         assert data["problems"], data["verdict"]
     else:
         assert in_flight and set(in_flight) == {"OK"}, data["verdict"]

@@ -104,6 +104,18 @@ def test_granian_worker_ended_by_sys_exit_still_finishes_what_is_in_flight(tmp_p
     assert outcomes["the app's lifespan shutdown"] == "ok", outcomes
 
 
+@pytest.mark.parametrize("stop", ["EXIT", "EXCEPTION"])
+def test_daphne_ended_on_its_main_thread_still_answers_what_is_in_flight(tmp_path, stop):
+    """sys.exit or an unhandled exception ends Twisted's reactor loop: lastcall turns it on
+    until what is in flight is answered and Twisted has written it, its ports closed first.
+    Before, daphne's ports kept accepting, and the answers still in Twisted's buffers and the
+    connections accepted meanwhile were lost at the exit."""
+    data = drilled(tmp_path, "--server", "daphne", "--stop", stop)
+    assert fates(data, "in flight") == ["200"] * 4, data["verdict"]
+    assert set(fates(data, "late")) <= {"refused", "200"}, data["verdict"]
+    assert data["problems"] == [] and data["lost_writes"] == 0
+
+
 @pytest.mark.parametrize("plain", [True, False])
 def test_granian_master_sigkilled_leaves_no_worker_behind_with_lastcall(tmp_path, plain):
     """As shipped, the worker serves on as an orphan (ended by the drill, reported)."""

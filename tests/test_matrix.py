@@ -1,7 +1,6 @@
 """lastcall's contract on every server, every way of stopping, seen from outside.
 
-``lastcall drill --matrix`` must exit 0 (every lastcall cell clean; but
-``NOT_YET_KEPT``, found and not yet fixed). Then,
+``lastcall drill --matrix`` must exit 0 (every lastcall cell clean). Then,
 for each server, a prober opens a new connection every 50 ms from the stop
 until the process is gone: each must be refused or get a complete response,
 never be accepted and then reset, nor get an empty reply; requests in
@@ -191,13 +190,6 @@ CASES = [
 ]
 
 
-# Found by the drill once it ran daphne, not yet kept by lastcall (to be fixed in its adapter):
-# sys.exit, or an exception, on the main thread ends Twisted's reactor under daphne with
-# requests still in flight. The matrix shows each as a marked lastcall cell; listed here so
-# that the day one is fixed, or another appears, this fails.
-NOT_YET_KEPT = {("daphne", "EXIT"), ("daphne", "EXCEPTION")}
-
-
 @MATRIX
 def test_matrix_lastcall_cells_are_clean(tmp_path: Path) -> None:
     """Every scenario, plain beside lastcall, on every installed server: every lastcall cell
@@ -213,15 +205,13 @@ def test_matrix_lastcall_cells_are_clean(tmp_path: Path) -> None:
         start_new_session=True,
     )
     assert out.exists(), proc.stdout[-6000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
     unclean = {
         (r["plan"]["server"], r["plan"]["stop"])
-        for r in results
+        for r in json.loads(out.read_text())
         if not r["plan"]["plain"] and r["problems"]
     }
-    known = {cell for cell in NOT_YET_KEPT if cell[0] in {r["plan"]["server"] for r in results}}
-    assert unclean == known, proc.stdout[-6000:]
-    assert proc.returncode == (1 if known else 0), proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert unclean == set(), proc.stdout[-6000:]
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("server", "stop"), CASES)

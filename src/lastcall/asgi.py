@@ -203,6 +203,7 @@ class LastCallMiddleware(HealthPaths):
         self._listeners: Callable[[], list[Any]] = list
         self._close_idle: Callable[[], object] | None = None
         self._close_listeners: Callable[[bool], int] | None = None
+        self._writing: Callable[[], bool] | None = None  # daphne's: Twisted holds writes
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
@@ -253,6 +254,7 @@ class LastCallMiddleware(HealthPaths):
         # Hooks of a phase run last registered first: this one after the drain's.
         self._coordinator.on_shutdown(phase="drain", name="daphne's writes")(door.flush)
         self._close_listeners = door.close
+        self._writing = door.writing
         self.serve_on(loop, stop=None, listeners=list, close_idle=door.close_idle)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
@@ -400,6 +402,7 @@ class LastCallMiddleware(HealthPaths):
             worker_prestop=self._worker_prestop,
             close_idle=self._close_idle,
             close_listeners=self._close_listeners,
+            writing=self._writing,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator

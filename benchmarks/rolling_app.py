@@ -1,8 +1,9 @@
 """One replica for the rolling-restart benchmark: a small app on the server named by SERVER.
 
-Environment: PORT, SERVER (werkzeug | waitress), LASTCALL
-("1": the lastcall integration; "0": the server as shipped, with a naive
-/readyz that always answers 200, as most apps have).
+Environment: PORT, SERVER (werkzeug | waitress | aiohttp | tornado run here;
+gunicorn, uvicorn, granian, daphne import the app), LASTCALL ("1": the lastcall
+integration; "0": the server as shipped, with a naive /readyz that always
+answers 200, as most apps have).
 """
 
 from __future__ import annotations
@@ -60,10 +61,69 @@ def asgi_with_lastcall():  # noqa: ANN201  # uvicorn --factory: built in the ser
     return LastCallMiddleware(asgi_app)
 
 
+# daphne imports an attribute and calls no factory: built as daphne imports this module.
+daphne_app = (
+    asgi_with_lastcall() if WITH_LASTCALL and os.environ.get("SERVER") == "daphne" else asgi_app
+)
+
+
+def serve_aiohttp(port: int) -> None:
+    """``web.run_app``, its own drain bounded by the grace; ``LastCall(app)`` with lastcall."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def work(_request: web.Request) -> web.Response:
+        await asyncio.sleep(WORK_SECONDS)
+        return web.Response(text="ok")
+
+    async def ready(_request: web.Request) -> web.Response:  # shadowed by lastcall's
+        return web.Response(text="ready")
+
+    aiohttp_app = web.Application()
+    aiohttp_app.add_routes([web.get("/readyz", ready), web.get("/", work)])
+    if WITH_LASTCALL:
+        from lastcall.aiohttp import LastCall
+
+        LastCall(aiohttp_app)
+    grace = float(os.environ["LASTCALL_GRACE"])
+    web.run_app(aiohttp_app, host="127.0.0.1", port=port, shutdown_timeout=grace, print=None)
+
+
+def serve_tornado(port: int) -> None:
+    """``app.listen(port)`` in ``asyncio.run``; ``LastCall(server)`` with lastcall."""
+    import asyncio
+
+    from tornado import web
+
+    class Work(web.RequestHandler):
+        async def get(self) -> None:
+            await asyncio.sleep(WORK_SECONDS)
+            self.write("ok")
+
+    class Ready(web.RequestHandler):  # shadowed by lastcall's
+        def get(self) -> None:
+            self.write("ready")
+
+    async def run() -> None:
+        server = web.Application([(r"/readyz", Ready), (r"/", Work)]).listen(port, "127.0.0.1")
+        if WITH_LASTCALL:
+            from lastcall.tornado import LastCall
+
+            LastCall(server)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
 def main() -> None:
     port = int(os.environ["PORT"])
     server = os.environ["SERVER"]
-    if server == "werkzeug":
+    if server == "aiohttp":
+        serve_aiohttp(port)
+    elif server == "tornado":
+        serve_tornado(port)
+    elif server == "werkzeug":
         from werkzeug.serving import run_simple
 
         if WITH_LASTCALL:
@@ -79,7 +139,9 @@ def main() -> None:
             from waitress import serve
         serve(app, host="127.0.0.1", port=port, threads=8)
     else:
-        raise SystemExit(f"rolling_app.py runs werkzeug or waitress itself, not {server!r}")
+        raise SystemExit(
+            f"rolling_app.py runs werkzeug, waitress, aiohttp or tornado, not {server!r}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ connection each; meanwhile each replica gets SIGTERM, is waited for, started
 again, and waited for until HAProxy sees it up, one after another.
 
 Run: python benchmarks/rolling_restart.py [--servers werkzeug,waitress] [--retries]
+[--duration S]. Servers: gunicorn, gunicorn-gthread, waitress, uvicorn, werkzeug,
+granian, daphne, aiohttp, tornado.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def ensure_haproxy() -> str:
 def replica_argv(server: str, port: int, *, lastcall: bool) -> list[str]:
     """The command for one replica: the server as shipped, or with lastcall's integration."""
     bind = f"127.0.0.1:{port}"
-    if server in ("werkzeug", "waitress"):
+    if server in ("werkzeug", "waitress", "aiohttp", "tornado"):
         return [sys.executable, str(HERE / "rolling_app.py")]
     if server in ("gunicorn", "gunicorn-gthread"):
         argv = [sys.executable, "-m", "gunicorn", "-b", bind, "-w", "2", "--chdir", str(HERE)]
@@ -72,6 +74,19 @@ def replica_argv(server: str, port: int, *, lastcall: bool) -> list[str]:
         target = "rolling_app:asgi_with_lastcall" if lastcall else "rolling_app:asgi_app"
         argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--port", str(port)]
         return [*argv, *(["--factory"] if lastcall else []), "--log-level", "warning", target]
+    if server == "granian":  # with lastcall, granian's command line whose master ends by the signal
+        module = "lastcall.granian" if lastcall else "granian"
+        argv = [sys.executable, "-m", module, "--interface", "asgi", "--working-dir", str(HERE)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        target = (
+            ["--factory", "rolling_app:asgi_with_lastcall"]
+            if lastcall
+            else ["rolling_app:asgi_app"]
+        )
+        return [*argv, *target]
+    if server == "daphne":  # rolling_app builds daphne_app for the SERVER it is told
+        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
+        return [*argv, "rolling_app:daphne_app"]
     raise SystemExit(f"unknown server {server!r}")
 
 
@@ -97,6 +112,7 @@ class Replica:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=HERE,  # daphne imports rolling_app from the working directory
         )
         wait_ready(self.port)
 
@@ -182,11 +198,11 @@ def one_request(port: int, tally: Tally) -> None:
         tally.record(type(exc).__name__)
 
 
-def run_load(port: int, tally: Tally, stop: threading.Event) -> None:
-    """Open-loop load at RATE/s for DURATION s (or until ``stop``), bounded in count."""
+def run_load(port: int, tally: Tally, stop: threading.Event, duration: float) -> None:
+    """Open-loop load at RATE/s for ``duration`` s (or until ``stop``), bounded in count."""
     with ThreadPoolExecutor(max_workers=64) as pool:
         began = time.monotonic()
-        for i in range(int(RATE * DURATION)):
+        for i in range(int(RATE * duration)):
             due = began + i / RATE
             delay = due - time.monotonic()
             if delay > 0 and stop.wait(delay):
@@ -194,7 +210,9 @@ def run_load(port: int, tally: Tally, stop: threading.Event) -> None:
             pool.submit(one_request, port, tally)
 
 
-def measure(haproxy: str, server: str, *, lastcall: bool, retries: bool) -> Tally:
+def measure(
+    haproxy: str, server: str, *, lastcall: bool, retries: bool, duration: float = DURATION
+) -> Tally:
     replicas = [Replica(server, lastcall, free_port()) for _ in range(3)]
     front = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="lastcall-rolling-"))
@@ -221,14 +239,14 @@ def measure(haproxy: str, server: str, *, lastcall: bool, retries: bool) -> Tall
         wait_ready(front)
         tally = Tally()
         stop = threading.Event()
-        load = threading.Thread(target=run_load, args=(front, tally, stop))
+        load = threading.Thread(target=run_load, args=(front, tally, stop, duration))
         load.start()
         time.sleep(1.0)  # steady state before the first restart
         for replica in replicas:
             replica.stop()
             replica.start()
             time.sleep(4 * CHECK_INTERVAL)  # HAProxy needs `rise 2` checks to route to it again
-        load.join(DURATION + 15)
+        load.join(duration + 15)
         stop.set()
         return tally
     finally:
@@ -244,13 +262,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default="gunicorn-gthread,waitress,uvicorn,werkzeug")
     parser.add_argument("--retries", action="store_true", help="also run with HAProxy retries")
+    parser.add_argument("--duration", type=float, default=DURATION, help="seconds of load")
     args = parser.parse_args()
     haproxy = ensure_haproxy()
     rows = []
     for server in args.servers.split(","):
         for retries in (False, True) if args.retries else (False,):
-            plain = measure(haproxy, server, lastcall=False, retries=retries)
-            with_lastcall = measure(haproxy, server, lastcall=True, retries=retries)
+            plain = measure(
+                haproxy, server, lastcall=False, retries=retries, duration=args.duration
+            )
+            with_lastcall = measure(
+                haproxy, server, lastcall=True, retries=retries, duration=args.duration
+            )
             rows.append((server, retries, plain, with_lastcall))
     print(
         f"{'server':<18}{'retries':<9}{'sent':>6}{'failed as shipped':>19}"
@@ -265,7 +288,8 @@ def main() -> None:
         )
     print(
         f"(3 replicas behind HAProxy, health check every {CHECK_INTERVAL * 1000:.0f} ms, "
-        f"~{RATE} req/s for {DURATION:.0f} s; pre-stop delay {PRESTOP_DELAY:.2f} s with lastcall)"
+        f"~{RATE} req/s for {args.duration:.0f} s; "
+        f"pre-stop delay {PRESTOP_DELAY:.2f} s with lastcall)"
     )
 
 

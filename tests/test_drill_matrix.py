@@ -229,7 +229,8 @@ def test_an_aiohttp_app_is_drilled_on_aiohttp_and_refused_elsewhere_at_once(tmp_
 def test_matrix_names_the_servers_it_skips_as_not_installed(tmp_path):
     """Every server but Werkzeug hidden for real (see test_drill's not-installed test): the
     matrix runs Werkzeug's two and says, per server, what is missing and its extra."""
-    hidden = ("gunicorn", "waitress", "uvicorn", "hypercorn", "aiohttp", "tornado")
+    hidden = ("gunicorn", "waitress", "uvicorn", "hypercorn", "granian", "daphne", "aiohttp")
+    hidden += ("tornado", "grpc")
     python, env = without_packages(tmp_path, hidden)
     out = tmp_path / "matrix.json"
     args = ["--stop", "TERM", "--requests", "2", "--request-seconds", "0.3", "--json", str(out)]
@@ -239,7 +240,7 @@ def test_matrix_names_the_servers_it_skips_as_not_installed(tmp_path):
         "werkzeug",
         "werkzeug-reload",
     }
-    servers = ("gunicorn", "gunicorn-gthread", "waitress", "uvicorn", "hypercorn", *hidden[-2:])
+    servers = ("gunicorn", "gunicorn-gthread", "waitress", "uvicorn", "hypercorn", *hidden[-5:])
     for name in servers:
         extra = name.removesuffix("-gthread")
         said = (

@@ -69,6 +69,8 @@ SERVER_TESTS = [
     "tests/test_dramatiq.py",
     "tests/test_granian.py",
     "tests/test_daphne.py",
+    "tests/test_drill_servers_more.py",
+    "tests/test_drill_grpc.py",
     "tests/test_rq.py",
     "tests/test_drill_workers.py",
 ]

@@ -193,6 +193,7 @@ class LastCallMiddleware(HealthPaths):
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server_stop: Callable[[], object] | None = None
+        self._granian_loop: asyncio.AbstractEventLoop | None = None  # granian's worker's
         self._server: object = None  # uvicorn's Server, when its handler was found
         self._drain_began = threading.Event()  # for shutdown_trigger
         self._server_drained = threading.Event()  # the server sent the lifespan shutdown
@@ -202,6 +203,7 @@ class LastCallMiddleware(HealthPaths):
         self._listeners: Callable[[], list[Any]] = list
         self._close_idle: Callable[[], object] | None = None
         self._close_listeners: Callable[[bool], int] | None = None
+        self._writing: Callable[[], bool] | None = None  # daphne's: Twisted holds writes
         self._master_stopping: Callable[[], bool] | None = None
         self._worker_prestop = 0.0
         self._install_options: dict[str, Any] = {}
@@ -252,6 +254,7 @@ class LastCallMiddleware(HealthPaths):
         # Hooks of a phase run last registered first: this one after the drain's.
         self._coordinator.on_shutdown(phase="drain", name="daphne's writes")(door.flush)
         self._close_listeners = door.close
+        self._writing = door.writing
         self.serve_on(loop, stop=None, listeners=list, close_idle=door.close_idle)
 
     def wrap_inner(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
@@ -399,6 +402,7 @@ class LastCallMiddleware(HealthPaths):
             worker_prestop=self._worker_prestop,
             close_idle=self._close_idle,
             close_listeners=self._close_listeners,
+            writing=self._writing,
         )
         self._guard = loop.create_task(self._refuse_when_loop_dies(self._adapter.door))
         coordinator = self._coordinator
@@ -424,7 +428,9 @@ class LastCallMiddleware(HealthPaths):
     def _take_server_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the server's stop signal handler for the drain; put lastcall's in front."""
         coordinator = self._coordinator
-        self._server_stop = self._server_stop or granian.hold_worker_signal(loop, coordinator)
+        held = granian.hold_worker_signal(loop, coordinator)
+        self._granian_loop = loop if held is not None else None
+        self._server_stop = self._server_stop or held
         for sig in coordinator.settings.signals:
             owner = getattr(signal.getsignal(sig), "__self__", None)
             if isinstance(owner, SignalHandlers):
@@ -496,6 +502,9 @@ class LastCallMiddleware(HealthPaths):
         """The drain hook: the one drain sequence, on this server."""
         self._drain_began.set()
         if self._adapter is not None:
+            loop = self._granian_loop
+            if loop is not None and granian.run_ended_loop(loop, self._coordinator):
+                self._adapter.loop_dying()  # granian's worker returned: nothing new is served
             # What uvloop hid from the door: uvicorn's servers, or an integration's.
             self._adapter.door.adopt([*uvicorn.listeners(self._server), *self._listeners()])
             drain(self._adapter, self._coordinator, budget=self._drain_timeout)

@@ -83,6 +83,7 @@ class AsgiServer:
         worker_prestop: float = 0.0,
         close_idle: Callable[[], object] | None = None,
         close_listeners: Callable[[bool], int] | None = None,
+        writing: Callable[[], bool] | None = None,
     ) -> None:
         self.name = "the server"
         # gunicorn's UvicornWorker: a worker recycled alone does not keep serving with
@@ -100,6 +101,7 @@ class AsgiServer:
         self._close_idle = close_idle  # on the loop; None: the server closes them itself
         # On the loop: listeners that are no asyncio servers (daphne's Twisted ports).
         self._close_listeners = close_listeners
+        self._writing = writing or (lambda: False)  # writes the server holds (daphne's Twisted)
         self._dying = threading.Event()
         self._finish_in_flight_if_the_loop_dies()
 
@@ -227,8 +229,10 @@ class AsgiServer:
                 loop._run_once = run_once  # type: ignore[attr-defined]  # noqa: SLF001  # once
                 if self._live:
                     self.loop_dying()
+                    if self._close_listeners is not None:  # on the loop's thread, as here
+                        self._close_listeners(True)  # noqa: FBT003  # refuse new ones
                     deadline = time.monotonic() + self._budget()
-                    while self._live and time.monotonic() < deadline:
+                    while (self._live or self._writing()) and time.monotonic() < deadline:
                         run_once()
                     if self._live:
                         logger.warning(

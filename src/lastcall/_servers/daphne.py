@@ -159,6 +159,10 @@ class TwistedDoor:
             if channel is not None and not getattr(channel, "requests", True):
                 channel.transport.loseConnection()
 
+    def writing(self) -> bool:
+        """Whether Twisted still holds writes for a socket (it writes when writable)."""
+        return bool(_reactor().getWriters())
+
     async def flush(self) -> None:
         """Wait until Twisted has written what it holds: the 1001 of a cancelled WebSocket.
 
@@ -168,7 +172,7 @@ class TwistedDoor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _FLUSH_WAIT
         # Polled: Twisted tells nobody when its buffers are empty.
-        while _reactor().getWriters() and loop.time() < deadline:  # noqa: ASYNC110
+        while self.writing() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_FLUSH_POLL)
 
     def _is_port(self, reader: object) -> bool:

@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from lastcall._coordinator import Coordinator
     from lastcall.wsgi import LastCallMiddleware
 
-__all__ = ("TESTED", "hold_worker_signal", "hold_wsgi_workers")
+__all__ = ("TESTED", "hold_worker_signal", "hold_wsgi_workers", "run_ended_loop")
 
 TESTED = versions.GRANIAN
 _WORKER_FILE = ("granian", "server", "mp.py")
@@ -118,6 +118,30 @@ def hold_worker_signal(
     return stop
 
 
+def run_ended_loop(loop: asyncio.AbstractEventLoop, coordinator: Coordinator) -> bool:
+    """Run granian's worker loop again, on a thread, until the stop is done, if it had ended.
+
+    ``sys.exit()`` (or an exception uvloop does not catch) on the worker's main thread
+    ends granian's ``loop.run_until_complete`` (``granian/server/mp.py``), and nothing runs
+    the loop again (no ``asyncio.run`` teardown): the requests in flight on it, the lifespan
+    shutdown and async hooks would wait for it in vain. The stop then begins at the
+    worker's exit, on its main thread, while the Rust server still serves what it holds.
+    Whether the loop had ended.
+    """
+    if loop.is_running() or loop.is_closed():
+        return False
+    running = threading.Event()
+    loop.call_soon_threadsafe(running.set)
+    threading.Thread(target=loop.run_forever, name="lastcall-granian-loop", daemon=True).start()
+
+    def stop_it(_report: object) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+
+    coordinator.when_done(stop_it)
+    running.wait(_LOOP_START_WAIT)
+    return True
+
+
 def _granian_listeners(health: tuple[str, int] | None) -> dict[int, int]:
     """Granian's listening sockets in this worker (all but lastcall's health port), by inode.
 
@@ -135,6 +159,7 @@ def _granian_listeners(health: tuple[str, int] | None) -> dict[int, int]:
 
 # ---------------------------------------------------------------- python -m lastcall.granian, WSGI
 
+_LOOP_START_WAIT = 1.0  # seconds, at most, for the loop run again to take its first turn
 _WSGI_WORKER = "_spawn_wsgi_worker"  # granian/server/mp.py, MPServer's WSGI worker function
 _MAIN_THREAD_STEP = 0.1  # seconds: at most this late, a stop signal another thread took begins
 _original_worker: list[Callable[..., None]] = []

@@ -8,7 +8,8 @@ shutdown hook flushes the buffer to SQLite. A write acknowledged but never
 flushed is a lost write, which ``lastcall drill`` counts.
 
 ``demo_app`` (Flask, WSGI), ``demo_asgi`` (plain ASGI, for uvicorn and
-hypercorn), ``demo_aiohttp`` and ``demo_tornado`` register the hooks with
+hypercorn), ``demo_aiohttp``, ``demo_tornado`` and ``demo_grpc`` (the order
+as an RPC) register the hooks with
 lastcall; their ``*_plain`` twins with ``atexit``; everything else is this
 module, so each pair differs only in how it stops. Environment:
 ``LASTCALL_DEMO_DB`` (the SQLite file) and ``LASTCALL_DEMO_EVENTS`` (a file
@@ -19,6 +20,7 @@ a plain ``atexit`` app writes no lastcall report).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import sys
@@ -194,6 +196,19 @@ def make_tornado_app() -> tornado_web.Application:
     return web.Application(
         [(r"/", Index), (r"/order", Order), (r"/slow", Slow), (r"/user/([^/]+)", User)]
     )
+
+
+def make_grpc_handler() -> object:
+    """The order as an RPC: ``/lastcall.demo.Orders/Take``, ``{"id": N}`` in JSON (no protoc)."""
+    import grpc  # noqa: PLC0415  # only where grpcio is installed
+
+    def take(request: bytes, _context: object) -> bytes:
+        order_id = int(json.loads(request)["id"])
+        _take_order(order_id)
+        return json.dumps({"ok": order_id}).encode()
+
+    handler = grpc.unary_unary_rpc_method_handler(take)
+    return grpc.method_handlers_generic_handler("lastcall.demo.Orders", {"Take": handler})
 
 
 def close_db() -> None:

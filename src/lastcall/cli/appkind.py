@@ -35,6 +35,7 @@ _SERVED = {
     ASGI: "ASGI apps (async callables taking scope, receive and send)",
     "aiohttp": "aiohttp apps (an aiohttp.web.Application)",
     "tornado": "tornado apps (a tornado.web.Application)",
+    "grpc": "the demo's gRPC service only (yours: --cmd '...' --grpc-method ...)",
 }
 
 

@@ -31,15 +31,19 @@ DELAY_HEADER = "X-Lastcall-Drill-Delay"
 
 @dataclass(frozen=True)
 class Ask:
-    """What each client asks a user's app: ``--method``, ``--path``, ``--header``, ``--data``."""
+    """What each client asks a user's app: ``--method``, ``--path``, ``--header``, ``--data``.
+
+    ``grpc_method``: an RPC instead (``--grpc-method``), its request ``body`` as JSON.
+    """
 
     method: str = "GET"
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
+    grpc_method: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"RPC {self.grpc_method}" if self.grpc_method else f"{self.method} {self.path}"
 
 
 @dataclass

@@ -104,7 +104,7 @@ def cli() -> None:
     type=click.IntRange(1, 16),
     default=1,
     show_default=True,
-    help="Worker processes, on servers that have them (gunicorn, hypercorn).",
+    help="Worker processes, on servers that have them (gunicorn, hypercorn, granian).",
 )
 @click.option(
     "--stop",
@@ -167,7 +167,13 @@ def cli() -> None:
     metavar="'NAME: VALUE'",
     help="A header on each request; give it more than once for more.",
 )
-@click.option("--data", help="Each request's body.")
+@click.option("--data", help="Each request's body (with --grpc-method: the message, in JSON).")
+@click.option(
+    "--grpc-method",
+    metavar="/PACKAGE.SERVICE/METHOD",
+    help="With --cmd: make this unary RPC instead of HTTP requests, its message from the "
+    "*_pb2.py here; and read the standard health service after the stop.",
+)
 @click.option(
     "--data-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -229,6 +235,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     method: str,
     headers: tuple[str, ...],
     data: str | None,
+    grpc_method: str | None,
     data_file: Path | None,
     expect: int | None,
     start_timeout: float,
@@ -284,7 +291,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
         workers=workers,
         plain=plain,
         port=port,
-        ask=Ask(method.upper(), path, _headers(headers), _body(data, data_file)),
+        ask=Ask(method.upper(), path, _headers(headers), _body(data, data_file), grpc_method),
         expect=expect,
         start_timeout=start_timeout,
     )

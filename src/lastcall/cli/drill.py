@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lastcall.cli.clients import Load, classify
 from lastcall.cli.launch import App
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lastcall.cli.clients import RequestRecord
+    from lastcall.cli.grpc_client import GrpcLoad
     from lastcall.cli.plan import Plan
 
 WRITES_BEFORE = 4  # demo orders acknowledged before the stop: what a lost flush loses
@@ -96,17 +97,33 @@ class Drill:
 
     def _drill(self, app: App, port: int, serving: int) -> Result:
         plan = self.plan
-        self._progress(f"pid {serving} serves on http://127.0.0.1:{port}")
+        scheme = "grpc" if plan.grpc else "http"
+        self._progress(f"pid {serving} serves on {scheme}://127.0.0.1:{port}")
         timeout = plan.request_seconds + plan.grace + 5
         self._clock = time.time()  # the timeline starts with the first request
-        load = Load(
-            port,
-            clock=self._clock,
-            timeout=timeout,
-            workers=WRITES_BEFORE + plan.requests + _MAX_PROBES,
-            ask=plan.ask,
-            write=plan.demo,
-        )
+        clients = WRITES_BEFORE + plan.requests + 2 * _MAX_PROBES  # probes: RPC and health
+        if plan.grpc:
+            from lastcall.cli.grpc_client import GrpcLoad  # noqa: PLC0415  # grpcio installed
+
+            request = b"" if plan.demo else plan.rpc_request
+            load: Load = GrpcLoad(
+                port,
+                clock=self._clock,
+                timeout=timeout,
+                workers=clients,
+                ask=plan.ask,
+                write=plan.demo,
+                request=request,
+            )
+        else:
+            load = Load(
+                port,
+                clock=self._clock,
+                timeout=timeout,
+                workers=clients,
+                ask=plan.ask,
+                write=plan.demo,
+            )
         watch = ProcessWatch(app.leader, self._now)
         stopping = threading.Event()
         try:
@@ -180,6 +197,8 @@ class Drill:
         while watch.alive and self._now() < until:
             if probes < _MAX_PROBES and self._now() >= next_probe:
                 load.send("late")
+                if self.plan.grpc:  # the health service: NOT_SERVING while it still serves
+                    cast("GrpcLoad", load).check_health("health")
                 probes += 1
                 next_probe += _PROBE_INTERVAL
             if self._now() >= next_look:

@@ -41,6 +41,8 @@ DEMOS = {  # (the server's kind, plain) -> the demo app; one twin per kind
     ("aiohttp", True): "lastcall.cli.demo_aiohttp_plain:app",
     ("tornado", False): "lastcall.cli.demo_tornado:app",
     ("tornado", True): "lastcall.cli.demo_tornado_plain:app",
+    ("grpc", False): "lastcall.cli.demo_grpc:handler",
+    ("grpc", True): "lastcall.cli.demo_grpc_plain:handler",
 }
 _PORT_TRIES = 3
 _LOOK_EVERY = 0.1  # seconds between two looks at a starting app
@@ -260,7 +262,11 @@ class App:
                     left = cleanup.end(self.mark, proc.pid, port)
                     raise DrillError(self._why_it_ended(status, error_file, left))
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                    if plan.cmd is None:
+                    if plan.grpc:
+                        answered = self._rpc_answered(port)
+                        if answered is not None:
+                            return answered
+                    elif plan.cmd is None:
                         response = client.get("/_drill/state")
                         if response.status_code == 200:  # noqa: PLR2004
                             return int(response.json()["pid"])
@@ -302,10 +308,35 @@ class App:
             if now != found:
                 found, steady_since = now, time.monotonic()
 
+    def _rpc_answered(self, port: int) -> int | None:
+        """gRPC: the serving pid once the demo's control RPC, or the server, answers; else None."""
+        from lastcall.cli import grpc_client  # noqa: PLC0415  # only where grpcio is installed
+
+        if self.plan.cmd is None:
+            return grpc_client.state(port, 1.0)
+        fate, _ = grpc_client.call(
+            port, self.plan.ask.grpc_method or "", self.plan.rpc_request, 1.0
+        )
+        return (
+            None if fate in ("refused", "UNAVAILABLE") else serving_processes(self.leader, port)[0]
+        )
+
     def _check_answer(self, port: int) -> None:
         """Before any stop: does ``--path`` answer as a served request must? If not, exit 2."""
         plan = self.plan
         if plan.demo:
+            return
+        if plan.grpc:
+            from lastcall.cli import grpc_client  # noqa: PLC0415
+
+            method = plan.ask.grpc_method or ""
+            fate, _ = grpc_client.call(port, method, plan.rpc_request, plan.start_timeout)
+            if fate != "OK":
+                raise DrillError(
+                    f"{plan.ask} ended {fate} before any stop, not OK: check --grpc-method and "
+                    "the request in --data"
+                )
+            self._progress(f"{plan.ask} answers OK")
             return
         with httpx.Client(base_url=f"http://{runner.HOST}:{port}") as client:
             try:

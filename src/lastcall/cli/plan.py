@@ -11,6 +11,7 @@ import shlex
 import signal
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from lastcall.cli import inputs
 from lastcall.cli.clients import Ask
@@ -86,8 +87,31 @@ class Plan:
         """The app, as tables and progress lines name it."""
         return self.cmd or self.app or "the demo app"
 
+    @property
+    def grpc(self) -> bool:
+        """Whether the drill makes RPCs (``--grpc-method``, the gRPC demo), not HTTP requests."""
+        if self.cmd is not None:
+            return self.ask.grpc_method is not None
+        server = SERVERS.get(self.server)
+        return server is not None and server.kind == "grpc"
+
+    @property
+    def rpc_request(self) -> bytes:
+        """``--data`` (JSON) as ``--grpc-method``'s request message; checked by ``check``."""
+        from lastcall.cli import grpc_client  # noqa: PLC0415  # only where grpcio is installed
+
+        try:
+            return grpc_client.request_bytes(self.ask.grpc_method or "", self.ask.body, Path.cwd())
+        except grpc_client.GrpcInputError as exc:
+            raise DrillError(str(exc)) from None
+
     def expected(self, fate: str) -> bool:
-        """Whether a request with this fate was served: the status ``--expect`` names, or a 2xx."""
+        """Whether a request with this fate was served: the status ``--expect`` names, or a 2xx.
+
+        An RPC: ``OK``.
+        """
+        if self.grpc:
+            return fate == "OK"
         if self.expect is not None:
             return fate == str(self.expect)
         return fate.isdigit() and 200 <= int(fate) < 300  # noqa: PLR2004
@@ -116,6 +140,7 @@ class Plan:
         server = SERVERS.get(self.server)
         if server is None:
             raise DrillError(f"unknown server {self.server!r}; choose one of {', '.join(SERVERS)}")
+        self._check_grpc(server.kind)
         if self.stop not in STOPS:
             raise DrillError(f"unknown stop {self.stop!r}; choose one of {', '.join(STOPS)}")
         missing = server.missing()
@@ -136,6 +161,19 @@ class Plan:
                 f"{self.server} has no workers to count; --workers goes with {with_workers}"
             )
 
+    def _check_grpc(self, kind: str) -> None:
+        """RPCs to a server the drill starts: the demo's, with the demo's request only."""
+        if self.ask.grpc_method is not None:
+            raise DrillError(
+                "--grpc-method goes with --cmd, the command that starts your gRPC server; "
+                "--server grpc drills the demo's service"
+            )
+        if kind == "grpc" and self.app is not None:
+            raise DrillError(
+                f"--server grpc serves the demo's service only; for {self.app}, give the "
+                "command that starts it: --cmd '...' --grpc-method /package.Service/Method"
+            )
+
     def _check_cmd(self) -> None:
         if self.app is not None:
             raise DrillError("give APP or --cmd, not both: --cmd starts the app its own way")
@@ -152,6 +190,8 @@ class Plan:
             ) from None
         if not argv:
             raise DrillError("--cmd is empty; give the command that starts the app")
+        if self.ask.grpc_method is not None:
+            _ = self.rpc_request  # the method found, the request made: one line if not
         if "{port}" not in (self.cmd or "") and self.port is None:
             raise DrillError(
                 "--cmd has no {port}: write {port} where the command takes its port "

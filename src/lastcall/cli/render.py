@@ -39,11 +39,13 @@ OTHER_COLOUR = "#8c564b"
 _UNCUT = 10_000  # columns: wider than any table
 _BEFORE_SHOWN = 24  # requests answered before the stop, drawn in the timeline
 _LABEL_CHARS = 26  # a hook's name in the timeline's margin
-KINDS = ("before", "in flight", "late")
+_FINE = ("refused", "NOT_SERVING", "SERVING")  # what a new client may be told after the stop
+KINDS = ("before", "in flight", "late", "health")
 KIND_WORDS = {
     "before": "answered before the stop",
     "in flight": "in flight at the stop",
     "late": "new connections after the stop",
+    "health": "gRPC health checks after the stop",
 }
 
 
@@ -81,7 +83,7 @@ def drill_tables(result: Result) -> list[Table]:
         records = [r for r in result.requests if r.kind == kind]
         for fate, count in sorted(Counter(r.fate for r in records).items()):
             same = [r for r in records if r.fate == fate]
-            style = "green" if fate == "refused" or result.plan.expected(fate) else "red"
+            style = "green" if fate in _FINE or result.plan.expected(fate) else "red"
             if fate == "refused" and kind == "in flight":
                 style = "red"
             clients.add_row(

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from lastcall.cli.processes import HookRecord, ProcessRecord
 
 
+_UNANSWERED = ("refused", "reset", "timed out")  # else an HTTP status, or an RPC's code
+
+
 @dataclass
 class Result:
     """Everything one drill saw. Times are seconds on the drill's clock (0: first request)."""
@@ -207,7 +210,7 @@ class Result:
                 {
                     r.fate
                     for r in self.in_flight
-                    if r.fate.isdigit() and not self.plan.expected(r.fate)
+                    if r.fate not in _UNANSWERED and not self.plan.expected(r.fate)
                 }
             )
             parts.append(f"{self.failed} answered {'/'.join(statuses)}")

@@ -174,6 +174,14 @@ class Controls:
         self._watch_loop(asyncio.get_running_loop())
         return await asyncio.to_thread(self._act, action)
 
+    def hold_thread(self, delay: float) -> None:
+        """A delayed request on a server's thread: counted, its seconds, then until the stop."""
+        self._entered()
+        time.sleep(delay)
+        held_until = time.monotonic() + _HOLD_MOST
+        while self._stop_pending(held_until):
+            time.sleep(_HOLD_POLL)
+
     async def hold(self, delay: float) -> None:
         """A delayed request on an event loop: counted, its seconds, then until the stop."""
         self._entered()
@@ -210,11 +218,7 @@ class DrillControl(Controls):
             return [body]
         delay = environ.get(DELAY_HEADER)
         if delay:
-            self._entered()
-            time.sleep(float(delay))
-            held_until = time.monotonic() + _HOLD_MOST
-            while self._stop_pending(held_until):
-                time.sleep(_HOLD_POLL)
+            self.hold_thread(float(delay))
         return self._app(environ, start_response)
 
 

@@ -88,6 +88,35 @@ def _uvicorn(launch: Launch) -> list[str]:
     return [*argv, "--timeout-graceful-shutdown", f"{launch.grace:g}"]
 
 
+def _granian(launch: Launch) -> list[str]:
+    # lastcall's face for granian: its master ends by the signal (plain granian's exits 0)
+    module = "granian" if launch.plain else "lastcall.granian"
+    argv = [sys.executable, "-m", module, "--interface", "asgi", "--factory"]
+    argv += ["--host", HOST, "--port", str(launch.port), "--workers", str(launch.workers)]
+    # Off by default (a worker is waited for for ever): the drill's grace, as an operator would.
+    argv += ["--workers-kill-timeout", f"{launch.grace + 1:g}"]
+    return [*argv, "lastcall.cli.runner:asgi"]
+
+
+def _daphne(launch: Launch) -> list[str]:
+    # daphne has no graceful timeout to set, and imports an attribute (no factories).
+    argv = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(launch.port)]
+    return [*argv, "lastcall.cli.served:application"]
+
+
+def _grpc(launch: Launch) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "lastcall.cli.grpc_runner",
+        launch.app,
+        "--port",
+        str(launch.port),
+    ]
+    argv += ["--threads", str(launch.threads), "--error-file", launch.error_file]
+    return argv + ["--plain"] * launch.plain
+
+
 def _hypercorn(launch: Launch) -> list[str]:
     # lastcall's face for hypercorn: its master ends by the signal (plain hypercorn's exits 0)
     module = "hypercorn" if launch.plain else "lastcall.hypercorn"
@@ -110,7 +139,7 @@ class Server:
     ``parent``: a parent process (a reloader, a master) stays while a child
     serves, so the parent and the child can be stopped separately.
     ``kind``: the apps it serves: ``wsgi``, ``asgi``, or its own framework's
-    (``aiohttp``, ``tornado``); the demo has a twin of each.
+    (``aiohttp``, ``tornado``, ``grpc``: the demo's service only); the demo has a twin of each.
     ``workers``: it takes ``--workers N`` (one by default).
     ``not_a_stop``: the stops that do not end this server, and why.
     """
@@ -195,10 +224,23 @@ SERVERS: dict[str, Server] = {
                 **dict.fromkeys(("OS-EXIT", "EXIT"), _HYPERCORN_REPLACED),
             },
         ),
+        Server(
+            "granian",
+            "granian",
+            "granian",
+            "lastcall.granian",
+            parent=True,
+            kind="asgi",
+            workers=True,
+            command=_granian,
+            not_a_stop={"HUP": "granian reloads its workers on SIGHUP: nothing stops"},
+        ),
+        Server("daphne", "daphne", "daphne", "lastcall.asgi", kind="asgi", command=_daphne),
         *(
             Server(name, name, name, f"lastcall.{name}", kind=name, command=_loop(name))
             for name in ("aiohttp", "tornado")
         ),
+        Server("grpc", "grpc_health", "grpc", "lastcall.grpc", kind="grpc", command=_grpc),
     )
 }
 

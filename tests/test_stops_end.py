@@ -67,6 +67,34 @@ def test_gevent_patched_app_ends_by_sigterm_with_hooks_once(spawn, first, second
 
 
 @needs_gevent
+def test_installed_before_the_gevent_patch_still_ends_by_the_signal(spawn):
+    """Steps: install(), then monkey.patch_all() (gevent asks for the patch first; this
+    order is not supported for hooks that yield, see docs/runtime.md); SIGTERM; the hook
+    runs and the process ends by SIGTERM. It ended with status 1 and a traceback: the end's
+    log flush on the main thread waited on a greenlet's Event inside a signal handler."""
+    child = spawn(
+        """
+import sys, time
+import lastcall
+lastcall.install(grace=2)
+from gevent import monkey; monkey.patch_all()
+
+@lastcall.on_shutdown
+def close():
+    sys.stdout.write("hook:close\\n"); sys.stdout.flush()
+
+time.sleep(0.01)  # the main thread's hub, made before the stop makes another
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+while True:
+    time.sleep(0.05)
+"""
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish(timeout=2 + 4) == -signal.SIGTERM, child.output()
+    assert hooks_seen(child) == ["close"]
+
+
+@needs_gevent
 def test_a_hook_that_blocks_the_gevent_hub_still_ends_within_the_grace(spawn):
     """Steps: under gevent a hook blocks the hub in C (the real sleep); the
     hook timeout cannot be enforced there, but the watchdog ends the process

@@ -10,6 +10,7 @@ while it writes). Where no such thread runs (``shutdown()`` without
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import queue
@@ -33,8 +34,12 @@ class LogHandoff:
         self._reset()
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | threading.Event]
+        self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | _thread.LockType]
         self._queue = queue.SimpleQueue()
+        # The flush's lock is of the kind the thread that releases it is: a real one for a
+        # real thread, even once gevent has patched ``_thread`` (install() before the patch),
+        # where a greenlet's lock would have the main thread switch out of a signal handler.
+        self._allocate_lock = _thread.allocate_lock
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # start() only
         self._pid = os.getpid()
@@ -51,9 +56,10 @@ class LogHandoff:
         if not self._running():
             _flush_all()
             return True
-        flushed = threading.Event()
-        self._queue.put(flushed)
-        return flushed.wait(timeout)
+        flushed = self._allocate_lock()
+        flushed.acquire()
+        self._queue.put(flushed)  # the log thread releases it once it got there
+        return flushed.acquire(timeout=timeout)
 
     def renew(self) -> None:
         """Remake the queue if gevent patched ``threading`` and no thread reads it yet."""
@@ -72,6 +78,7 @@ class LogHandoff:
             self._reset()
         with self._lock:
             if self._thread is None:
+                self._allocate_lock = _thread.allocate_lock
                 self._thread = start_daemon(self._emit, "lastcall-log")
 
     def _running(self) -> bool:
@@ -80,12 +87,12 @@ class LogHandoff:
     def _emit(self) -> None:
         while True:
             item = self._queue.get()
-            if isinstance(item, threading.Event):
-                _flush_all()
-                item.set()
-            else:
+            if isinstance(item, tuple):
                 level, msg, args = item
                 logger.log(level, msg, *args)
+            else:
+                _flush_all()
+                item.release()
 
 
 def _flush_all() -> None:

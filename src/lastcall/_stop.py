@@ -89,10 +89,13 @@ class Stop:
         )
         for phase in PHASES:
             hooks = self._registry.run_phase(phase)
+            # The drain's hooks (the servers' and workers' own, waiting for work in flight
+            # while the main thread may sleep in a job) keep the dispatcher's mask, every
+            # signal blocked: a second Ctrl-C must find the main thread, not a thread just
+            # started (the kernel may pick the running one). The other phases get the app's.
+            mask = None if phase == "drain" else self._hook_mask
             while hooks:
-                runner = self.runner = Runner(
-                    hooks, self._budget, self._clock, loop, self._hook_mask
-                )
+                runner = self.runner = Runner(hooks, self._budget, self._clock, loop, mask)
                 runner.start()
                 overran = runner.watch()
                 report.hooks.extend(record(done, took) for done, took in runner.results)

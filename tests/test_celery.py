@@ -45,8 +45,11 @@ if os.environ.get("SOFT_LIMIT"):
     app.conf.task_soft_time_limit = float(os.environ["SOFT_LIMIT"])
 if os.environ.get("SOFT_SHUTDOWN"):
     app.conf.worker_soft_shutdown_timeout = float(os.environ["SOFT_SHUTDOWN"])
-if os.environ.get("VISIBILITY"):
-    app.conf.broker_transport_options = {"visibility_timeout": float(os.environ["VISIBILITY"])}
+app.conf.broker_transport_options = {
+    key: float(os.environ[name])
+    for key, name in [("visibility_timeout", "VISIBILITY"), ("polling_interval", "POLLING")]
+    if os.environ.get(name)
+}  # kombu's Redis transport: polling_interval is its BRPOP's timeout
 if os.environ.get("PLAIN") != "1":
     from lastcall.celery import LastCall
 
@@ -304,6 +307,41 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["requeued"] * 4, report["jobs"]  # the 2 running ones too
     assert scenario.list("shutting_down") == [f"SIGINT Warm 0 {worker.pid}"]
+
+
+@pytest.mark.parametrize("door", ["closed", "open"])
+def test_a_task_enqueued_at_the_second_sigint_is_not_lost(scenario: Scenario, door: str) -> None:
+    """A task enqueued as the second Ctrl-C comes: not lost in the worker's last ``BRPOP``.
+
+    kombu's consumer always has a ``BRPOP`` under way (up to its timeout: 30 s here),
+    and its cancel does not end it. A task enqueued then is popped from the queue and
+    sent to a worker that no longer reads it: forced to end, it lost the task (in no
+    ``unacked`` hash). Now the door's closing ends that ``BRPOP``, and the forced end
+    puts back what one still took (the door still open: a pre-stop delay). SIGSTOP
+    holds the worker, as a busy loop would, while the task is enqueued.
+    """
+    worker = scenario.worker(
+        "-P", "prefork", "-c", "1", LASTCALL_GRACE="20", POLLING="30",
+        LASTCALL_PRESTOP_DELAY="10" if door == "open" else "0",
+    )  # fmt: skip
+    scenario.enqueue((0, 60, 0.2))
+    wait_until("the task running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGINT)
+    worker.wait_for("shutdown started by SIGINT", stream="stderr")
+    if door == "closed":
+        worker.wait_for("stopped consuming;", stream="stderr")
+    worker.send(signal.SIGSTOP)
+    try:
+        scenario.enqueue((1, 0.1, None))
+        if door == "open":  # the worker's BRPOP takes it, the worker held
+            wait_until("the task popped", lambda: scenario.queued() == 0)
+        worker.send(signal.SIGINT)
+    finally:
+        worker.send(signal.SIGCONT)
+    assert worker.finish() == -signal.SIGINT, worker.output()
+    assert scenario.queued() == 2, worker.output()  # the running task, and the one enqueued
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+    assert scenario.list("completed") == []
 
 
 def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:

@@ -11,6 +11,7 @@ process (``brokers.rabbitmq_server``), each test on a queue of its own.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import WAIT, free_port
+from conftest import WAIT, free_port, wait_session_empty
 from test_celery import readyz, wait_until
 
 if TYPE_CHECKING:
@@ -41,14 +42,25 @@ if BROKER.startswith("amqp"):
     broker = RabbitmqBroker(url=BROKER)
 else:
     from dramatiq.brokers.redis import RedisBroker
+    from dramatiq.middleware import default_middleware
     broker = RedisBroker(url=BROKER, **(  # a short heartbeat timeout, maintenance each call
         {"heartbeat_timeout": int(os.environ["HEARTBEAT_MS"]), "maintenance_chance": 1_000_000}
         if os.environ.get("HEARTBEAT_MS") else {}
+    ), **(  # Dramatiq 1.x's default Prometheus middleware: its main process forks a server
+        {"middleware": [m() for m in default_middleware if m.__name__ != "Prometheus"]}
+        if os.environ.get("NO_FORKS") else {}
     ))
 if os.environ.get("PLAIN") != "1":
     import lastcall.dramatiq
 
     broker.add_middleware(lastcall.dramatiq.LastCall())
+if os.environ.get("SLOW_BOOT"):  # a middleware's boot before lastcall's (added last, run first)
+
+    class SlowBoot(dramatiq.Middleware):
+        def after_worker_boot(self, broker, worker):
+            redis.Redis.from_url(os.environ["STORE"]).blpop(os.environ["SLOW_BOOT"], 30)
+
+    broker.add_middleware(SlowBoot())
 dramatiq.set_broker(broker)
 store = redis.Redis.from_url(os.environ["STORE"])
 if multiprocessing.parent_process() is not None:  # a worker process, not the enqueuer
@@ -274,3 +286,60 @@ def test_plain_dramatiq_holds_prefetched_and_exits_0(on_redis: Scenario) -> None
     assert worker.finish() == 0  # Dramatiq exits 0 after SIGTERM
     started = [s.split()[0] for s in scenario.list("started")]
     assert sorted(scenario.list("completed")) == sorted(started)
+
+
+def test_sigkill_to_the_main_process_stops_its_worker_process(on_redis: Scenario) -> None:
+    """Dramatiq's main process SIGKILLed (the OOM killer): its worker process stops too.
+
+    It notices its parent is gone and stops as at SIGTERM: the running actor finishes
+    within the budget, the fetched ones go back. Against plain Dramatiq (and lastcall
+    before): the orphaned worker process took jobs on until killed itself. (Dramatiq
+    1.x's Prometheus fork process, which runs none of the app's code, is left out: it
+    stays orphaned, plain or not.)
+    """
+    scenario = on_redis
+    worker = scenario.worker("--threads", "1", LASTCALL_GRACE="6", NO_FORKS="1")
+    scenario.enqueue((1, 1.5, None))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    scenario.enqueue((2, 0.1, None))  # fetched, waiting for the one thread
+    wait_until("the second one fetched", lambda: scenario.queued() == 0)
+    [process] = scenario.list("processes")
+    worker.send(signal.SIGKILL)
+    assert worker.finish() == -signal.SIGKILL
+    scenario.enqueue((3, 0.1, None))  # after the kill: for another worker
+    wait_session_empty(worker.pid, timeout=6.0)  # the worker process ended within the grace
+    assert scenario.list("completed") == ["1"]
+    assert [s.split()[0] for s in scenario.list("started")] == ["1"]  # none started after
+    assert scenario.queued() == 2  # the fetched one back, the one enqueued after still there
+    assert scenario.worker_hooks() == [f"process {process}"]
+
+
+def test_sigterm_during_a_slow_boot_drains_what_began(on_redis: Scenario) -> None:
+    """Actors begin as soon as the worker threads start, before the last middleware's boot.
+
+    SIGTERM while another middleware's ``after_worker_boot`` still runs: lastcall
+    counts the actors that began meanwhile, lets them finish and puts the fetched
+    ones back. Before: it saw "0 running" and left them held, and Dramatiq's own
+    handler took that SIGTERM (exit 0, nothing put back at once).
+    """
+    scenario = on_redis
+    scenario.enqueue(*[(n, 1.5, None) for n in range(4)])
+    worker = scenario.spawn(  # type: ignore[operator]
+        "",
+        env=scenario.env(LASTCALL_GRACE="8", SLOW_BOOT="booted",
+                         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json")),
+        argv=[DRAMATIQ, "proj", "--processes", "1", "--threads", "2"],
+        wait_ready=False,
+    )  # fmt: skip
+    wait_until("2 actors running, the boot not over", lambda: len(scenario.list("started")) == 2)
+    [process] = scenario.list("processes")
+    os.kill(int(process), signal.SIGTERM)  # as a signal to the process group reaches it
+    scenario.store.client.rpush("booted", "go")
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    print(worker.output())
+    started = [s.split()[0] for s in scenario.list("started")]
+    assert sorted(scenario.list("completed")) == sorted(started)  # the 2 that began, finished
+    assert scenario.queued() == 2  # the fetched ones back, none held
+    report = json.loads((scenario.dir / f"report-{process}.json").read_text())
+    outcomes = sorted(job["outcome"] for job in report["jobs"])
+    assert outcomes == ["completed"] * 2 + ["requeued"] * 2, report["jobs"]

@@ -38,8 +38,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import multiprocessing
+import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from dramatiq import Middleware
@@ -72,16 +75,34 @@ class LastCall(Middleware):
     def __init__(self, *, coordinator: Coordinator | None = None) -> None:
         self.coordinator = coordinator or lastcall.default
         self.worker: adapter.DramatiqWorker | None = None
+        self._booted = False  # after_worker_boot took the signals
+        self._sent_at_boot = False  # a SIGTERM came before that
 
     # ------------------------------------------------------------ worker process, main thread
 
-    def after_worker_boot(self, _broker: Broker, worker: Worker) -> None:
-        """The consumers and worker threads are up: take the signals, register the drain."""
+    def before_worker_boot(self, _broker: Broker, worker: Worker) -> None:
+        """Before the consumers and worker threads start: count every message from the first.
+
+        A SIGTERM before ``after_worker_boot`` (another middleware's boot can be slow) is
+        held until lastcall's handler is in: Dramatiq's would stop the worker alone.
+        """
         if self.worker is not None:
             return
         adapter.TESTED.check()
+        self.worker = adapter.DramatiqWorker(worker, self.coordinator)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._hold)
+
+    def _hold(self, _signum: int, _frame: object) -> None:
+        self._sent_at_boot = True
+
+    def after_worker_boot(self, _broker: Broker, _worker: Worker) -> None:
+        """The consumers and worker threads are up: take the signals, register the drain."""
+        drainer = self.worker
+        if drainer is None or self._booted:
+            return
+        self._booted = True
         coordinator = self.coordinator
-        self.worker = drainer = adapter.DramatiqWorker(worker, coordinator)
         coordinator.uninstall()  # if the app called lastcall.install() itself
         # Not chained: Dramatiq's own handler would run Worker.stop() beside the drain, and
         # its worker process would exit 0 once that returned, hooks or not.
@@ -99,6 +120,14 @@ class LastCall(Middleware):
             functools.partial(self._drain, drainer)
         )
         coordinator.when_done(functools.partial(self._done, drainer))
+        if self._sent_at_boot:
+            os.kill(os.getpid(), signal.SIGTERM)  # held at boot: lastcall's now
+        parent = multiprocessing.parent_process()  # Dramatiq's main process
+        if parent is not None and parent.pid is not None:
+            # SIGKILLed, it forwards no signal: this process would take jobs on, orphaned.
+            Integration(coordinator).stop_when_parent_dies(
+                parent.pid, f"Dramatiq's main process {parent.pid} died"
+            )
         budget = Integration(coordinator).drain_budget()
         log.log(
             logging.INFO,

@@ -27,7 +27,9 @@ come from:
   redis.py``: ``Channel._do_restore_message`` (the push that kombu's own
   ``restore_by_tag`` makes), ``QoS.unacked_key``, ``unacked_index_key``;
   ``QoS.append`` (wrapped: a delivery's tag is noted before it is written to
-  the ``unacked`` hash); ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
+  the ``unacked`` hash); ``Channel._in_poll`` (the connection a ``BRPOP`` is
+  outstanding on), ``Channel.client``, ``cycle._in_protected_read``;
+  ``kombu/transport/virtual/base.py``: ``Message._raw`` (the payload as the
   broker holds it), ``QoS._delivered``, ``_dirty``, ``_quick_ack``; in the
   last-resort watcher, ``kombu/transport/redis.py``: ``QoS.restore_by_tag``.
 
@@ -498,6 +500,7 @@ class CeleryWorker:
         if task_consumer is not None:
             with contextlib.suppress(Exception):
                 task_consumer.cancel()  # kombu's basic_cancel: no more BRPOP on the queues
+            self._end_pending_brpop()
         semaphore = getattr(consumer.controller, "semaphore", None)
         if semaphore is not None:
             semaphore.clear()  # prefork: requests waiting for a free process never start
@@ -518,6 +521,43 @@ class CeleryWorker:
             put_back,
             len(self.running()),
         )
+
+    def _end_pending_brpop(self) -> None:
+        """Redis: end the ``BRPOP`` still outstanding; a message it took goes back at once.
+
+        kombu's cancel sends no new ``BRPOP`` but leaves the one under way (up to
+        ``brpop_timeout``) to pop a message enqueued meanwhile. Read by a process that is
+        ending (a second Ctrl-C), that message would be lost: popped from its queue, in
+        no ``unacked`` hash. ``CLIENT UNBLOCK`` ends it now, from another connection; its
+        reply is read here and a message in it pushed back where ``BRPOP`` took it.
+        """
+        if self.amqp or self.consumer.task_consumer is None:
+            return
+        channel = self.consumer.task_consumer.channel
+        polling = getattr(channel, "_in_poll", None)  # kombu/transport/redis.py: Channel
+        if not polling or channel.connection.cycle._in_protected_read:  # noqa: SLF001
+            return  # none, or its reply half read by the loop this handler interrupted
+        try:
+            with channel.conn_or_acquire() as client:
+                address = polling._sock.getsockname()  # noqa: SLF001  # redis-py Connection
+                here = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else None
+                for entry in client.client_list():
+                    if entry.get("addr") == here:
+                        client.client_unblock(entry["id"])
+                if not polling.can_read(timeout=_ANSWER_WAIT):
+                    return  # not found to unblock (a Unix socket), and no message came
+                reply = channel.client.parse_response(polling, "BRPOP")
+                channel._in_poll = None  # noqa: SLF001  # as kombu's _brpop_read leaves it
+                if not reply:
+                    return
+                key, payload = reply
+                prefix = (getattr(channel, "global_keyprefix", None) or "").encode()
+                client.rpush(key[len(prefix) :] if prefix else key, payload)  # where it was
+        except Exception as exc:  # the stop goes on: one line says what
+            logger.warning("%s: its last BRPOP could not be ended: %r", self.name, exc)
+            return
+        self.prefetched += 1
+        log.log(logging.INFO, "%s: the message its last BRPOP took put back", self.name)
 
     def _unwritten_jobs(self) -> set[int]:
         """Prefork: take the jobs no pool process has seen out of the pool; their ids.
@@ -774,6 +814,7 @@ class CeleryWorker:
         touches Celery's state meanwhile.
         """
         self.forcing = True
+        self._end_pending_brpop()
         inner = getattr(self.consumer.pool, "_pool", None)
         for process in list(getattr(inner, "_pool", None) or ()):  # billiard/pool.py
             with contextlib.suppress(ProcessLookupError, TypeError):

@@ -117,29 +117,32 @@ def test_gevent_task_longer_than_the_budget_is_put_back_and_completes_once(
     assert first != again  # stopped in one worker, completed by the other
 
 
-def test_gevent_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None:
-    """Ctrl-C twice: the second ends the worker at once, the running tasks back too."""
+def test_gevent_second_sigint_does_not_force_as_said(scenario: Scenario) -> None:
+    """Ctrl-C twice: the stop goes on (the running tasks finish), as said at start-up.
+
+    gevent runs signal handlers on its hub, where lastcall's forced end cannot wait
+    for its log: forcing there made Celery end with "Unrecoverable error", status 1.
+    """
     worker = scenario.worker(
-        "-P", "gevent", "-c", "2", LASTCALL_GRACE="20",
+        "-P", "gevent", "-c", "2", LASTCALL_GRACE="10",
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
-    scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
+    worker.wait_for("a second SIGINT does not force this gevent worker", stream="stderr")
+    scenario.enqueue(*[(n, 60, None) for n in range(4)])  # until "release"
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("1 held by Celery's loop", lambda: scenario.queued() == 1)
     worker.send(signal.SIGINT)
     worker.wait_for("shutdown started by SIGINT", stream="stderr")
     wait_until("the held task back", lambda: scenario.queued() == 2)
     worker.send(signal.SIGINT)
-    forced = time.monotonic()
+    time.sleep(0.5)  # a look on: a forced end would be over by now
+    assert worker.proc.poll() is None, worker.output()
+    scenario.redis.client.set("release", 1)
     assert worker.finish() == -signal.SIGINT, worker.output()
-    assert time.monotonic() - forced < 2.0
-    assert scenario.queued() == 4  # the 2 running ones too, at once
-    assert scenario.list("completed") == []
-    assert int(scenario.redis.client.hlen("unacked")) == 0
+    assert sorted(scenario.list("completed")) == ["0", "1"]
     report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
-    assert report["forced"]
-    outcomes = sorted(job["outcome"] for job in report["jobs"])
-    assert outcomes == ["requeued"] * 3, report["jobs"]
+    assert not report["forced"]
+    assert "Unrecoverable error" not in worker.output()
 
 
 def test_plain_celery_gevent_starts_a_task_after_sigterm(scenario: Scenario) -> None:
@@ -149,7 +152,7 @@ def test_plain_celery_gevent_starts_a_task_after_sigterm(scenario: Scenario) -> 
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
     wait_until("1 held by Celery's loop", lambda: scenario.queued() == 0)
     worker.send(signal.SIGTERM)
-    worker.wait_for("Warm shutdown", stream="stderr")
+    worker.wait_for("worker: Warm shutdown (MainProcess)", stream="stdout")
     scenario.redis.client.set("release", 1)
     wait_until("the held task started", lambda: len(scenario.list("started")) == 3)
     assert worker.finish() == 0

@@ -151,7 +151,16 @@ class LastCall:
         coordinator.uninstall()  # if the app called lastcall.install() itself
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        coordinator.install(signals=("SIGTERM", "SIGINT"), force_signals=("SIGINT",))
+        # gevent runs signal handlers on its hub, where lastcall's forced end cannot wait.
+        force = () if self._green else ("SIGINT",)
+        coordinator.install(signals=("SIGTERM", "SIGINT"), force_signals=force)
+        if self._green:
+            logger.warning(
+                "a second SIGINT does not force this gevent worker's end (gevent runs signal "
+                "handlers on its hub, where no wait is possible): the stop goes on, within "
+                "LASTCALL_GRACE=%g s; SIGQUIT stays Celery's cold shutdown",
+                coordinator.settings.grace,
+            )
         log.log(
             logging.INFO,
             "lastcall: SIGTERM and SIGINT stop this worker within %.3g s; running tasks get "

@@ -17,7 +17,12 @@ come from:
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
   ``_apply_result``; ``celery/concurrency/thread.py``: ``TaskPool.on_apply``
   (wrapped: the results are held), ``ApplyResult.f`` (the future a thread
-  takes the task from).
+  takes the task from); ``celery/concurrency/gevent.py``: ``TaskPool.on_apply``
+  (wrapped: Celery's loop waits for a free place, a request that waited there
+  as the stop began is put back, and the target notes the ``GreenletExit`` a
+  cancel raises), ``TaskPool._pool`` (gevent's ``Pool.wait_available``);
+  ``Request._apply_result`` is the task's greenlet there; ``Request.on_accepted``
+  is the ``accept_callback`` the pool is given (its ``__self__``: the request).
 * ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
   ``AsynPool``); ``celery/concurrency/asynpool.py``:
   ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,

@@ -22,8 +22,10 @@ default grace (25 s; with a shorter ``--kill-after``, 5/6 of it).
 Each job records its completion in Redis keyed by its number (a count, and
 the delay from its enqueue to its first completion), so lost and completed
 twice are counted exactly. A job not completed once the flow has ended and
-no job has completed for 15 s is lost (Redis would hand it out again after
-its visibility timeout, an hour, if at all). The restart's wall time runs
+no job has completed for 15 s is lost (Celery's Redis transport would hand it
+out again after its visibility timeout, an hour, if at all; Dramatiq's Redis
+broker after its 60 s heartbeat timeout; RQ marks a killed horse's job failed).
+The restart's wall time runs
 from the first new worker's start to the last old worker's end.
 
 The issue's figure is 1,000 jobs a run (about half an hour in all); the

@@ -8,9 +8,9 @@
     app = Celery("tasks", broker="redis://localhost:6379/0")
     LastCall(app)
 
-then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads`` and ``solo``,
-brokers Redis and RabbitMQ, with or without ``acks_late``). On the first SIGTERM or SIGINT
-to the worker:
+then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads``, ``solo`` and
+``gevent``, brokers Redis and RabbitMQ, with or without ``acks_late``). On the first
+SIGTERM or SIGINT to the worker:
 
 1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
    no task starts after the signal: the worker stops consuming at once, and
@@ -61,13 +61,17 @@ _DEFAULT_VISIBILITY = 3600.0  # kombu/transport/redis.py: Channel.visibility_tim
 # Celery's own warm shutdown after the drain (closing the pool, then the channel) takes
 # about 1.5 s with prefork (billiard's join polls): the tasks' budget leaves it this much.
 _CELERY_STOP_MAX = 2.0
+# gevent: Celery's loop (synloop) sees its stop flag only between 2 s waits for the broker
+# (two of them: one more as it leaves), then its remote-control greenlet takes 1 s.
+_CELERY_STOP_MAX_GREEN = 5.0
 _CELERY_STOP_SHARE = 1 / 3
 
 
-def task_budget(coordinator: Coordinator) -> float:
+def task_budget(coordinator: Coordinator, *, green: bool = False) -> float:
     """How long running tasks may take after the signal: the drain budget less Celery's stop."""
     budget = Integration(coordinator).drain_budget()
-    return max(0.0, budget - min(_CELERY_STOP_MAX, budget * _CELERY_STOP_SHARE))
+    stop = _CELERY_STOP_MAX_GREEN if green else _CELERY_STOP_MAX
+    return max(0.0, budget - min(stop, budget * _CELERY_STOP_SHARE))
 
 
 class LastCall:
@@ -84,6 +88,7 @@ class LastCall:
         self.coordinator = coordinator or lastcall.default
         self.worker: adapter.CeleryWorker | None = None
         self._answers: tuple[int, int] | None = None  # pipe: pool processes -> main
+        self._green = False  # the gevent pool: Celery's own stop takes longer
         signals.worker_init.connect(self._worker_init, weak=False)
         signals.worker_ready.connect(self._worker_ready, weak=False)
         signals.worker_shutdown.connect(self._worker_shutdown, weak=False)
@@ -112,14 +117,16 @@ class LastCall:
         adapter.TESTED_KOMBU.check()
         coordinator = self.coordinator
         kind = adapter.pool_kind(consumer.pool)
+        self._green = kind == "gevent"
         transport = consumer.app.connection_for_read().transport_cls
         if (
-            consumer.hub is None
+            (consumer.hub is None and kind != "gevent")
             or kind not in adapter.SUPPORTED_POOLS
             or transport not in adapter.SUPPORTED_TRANSPORTS
         ):
             logger.warning(
-                "lastcall drains Celery's prefork, threads and solo pools on Redis and RabbitMQ; "
+                "lastcall drains Celery's prefork, threads, solo and gevent pools on Redis and "
+                "RabbitMQ; "
                 "this worker (pool %s, broker %s) gets its hooks and exit status, not the drain",
                 kind,
                 transport,
@@ -144,13 +151,22 @@ class LastCall:
         coordinator.uninstall()  # if the app called lastcall.install() itself
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        coordinator.install(signals=("SIGTERM", "SIGINT"), force_signals=("SIGINT",))
+        # gevent runs signal handlers on its hub, where lastcall's forced end cannot wait.
+        force = () if self._green else ("SIGINT",)
+        coordinator.install(signals=("SIGTERM", "SIGINT"), force_signals=force)
+        if self._green:
+            logger.warning(
+                "a second SIGINT does not force this gevent worker's end (gevent runs signal "
+                "handlers on its hub, where no wait is possible): the stop goes on, within "
+                "LASTCALL_GRACE=%g s; SIGQUIT stays Celery's cold shutdown",
+                coordinator.settings.grace,
+            )
         log.log(
             logging.INFO,
             "lastcall: SIGTERM and SIGINT stop this worker within %.3g s; running tasks get "
             "%.3g s to finish",
             coordinator.settings.grace,
-            task_budget(coordinator),
+            task_budget(coordinator, green=self._green),
         )
 
     def _say_what_does_not_fit(self, consumer: Celery) -> None:
@@ -158,7 +174,7 @@ class LastCall:
         from billiard.common import REMAP_SIGTERM  # noqa: PLC0415
 
         conf = consumer.app.conf
-        budget = task_budget(self.coordinator)
+        budget = task_budget(self.coordinator, green=self._green)
         grace = self.coordinator.settings.grace
         for setting in ("task_soft_time_limit", "task_time_limit"):
             limit = conf.get(setting)
@@ -231,7 +247,7 @@ class LastCall:
             how="Warm",
             exitcode=0,
         )
-        drain(worker, coordinator, budget=task_budget(coordinator))
+        drain(worker, coordinator, budget=task_budget(coordinator, green=self._green))
         left = coordinator.time_left()
         wait = max(
             0.5,

@@ -1,4 +1,4 @@
-"""Celery on Redis and RabbitMQ (prefork, threads and solo pools): what the drain runs through.
+"""Celery on Redis and RabbitMQ (prefork, threads, solo, gevent pools): what the drain runs through.
 
 ``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
 lines); everything here reaches into Celery, kombu and billiard, and nothing
@@ -17,7 +17,12 @@ come from:
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
   ``_apply_result``; ``celery/concurrency/thread.py``: ``TaskPool.on_apply``
   (wrapped: the results are held), ``ApplyResult.f`` (the future a thread
-  takes the task from).
+  takes the task from); ``celery/concurrency/gevent.py``: ``TaskPool.on_apply``
+  (wrapped: Celery's loop waits for a free place, a request that waited there
+  as the stop began is put back, and the target notes the ``GreenletExit`` a
+  cancel raises), ``TaskPool._pool`` (gevent's ``Pool.wait_available``);
+  ``Request._apply_result`` is the task's greenlet there; ``Request.on_accepted``
+  is the ``accept_callback`` the pool is given (its ``__self__``: the request).
 * ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
   ``AsynPool``); ``celery/concurrency/asynpool.py``:
   ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
@@ -117,7 +122,7 @@ STOP_SIGNAL = signal.SIGUSR2
 _ANSWER = struct.Struct("=iB")  # (pid, 1 if a task was stopped, 0 if none ran)
 _ANSWER_WAIT = 0.5  # seconds a process has to answer before it is killed
 _POLL = 0.02  # seconds between looks at the requests in flight
-SUPPORTED_POOLS = ("prefork", "solo", "threads")
+SUPPORTED_POOLS = ("prefork", "solo", "threads", "gevent")
 SUPPORTED_TRANSPORTS = ("redis", "amqp", "pyamqp")  # kombu's transport names in broker URLs
 _TAG_SLOT = 64  # bytes per delivery in the file: a state byte, the tag (kombu's: 36 bytes)
 _HELD, _ACKED = b"h", b"a"  # the state byte: delivered; Celery asked for its ack
@@ -243,6 +248,22 @@ class WorkerLoop:
         return done.wait(timeout)
 
 
+class GreenLoop:
+    """gevent: Celery's loop (``synloop``) has no hub to post to; a call runs in this greenlet.
+
+    Greenlets take turns, so Celery's state is never touched by two at once.
+    """
+
+    @staticmethod
+    def call(func: Callable[[], None], timeout: float) -> bool:  # noqa: ARG004  # WorkerLoop's
+        """Run ``func`` now; whether it ran."""
+        try:
+            func()
+        except Exception:
+            logger.exception("lastcall: %r failed on Celery's loop", func)
+        return True
+
+
 class Delivered:
     """The newest deliveries' tags, in a memory-mapped file the last-resort watcher reads.
 
@@ -353,7 +374,10 @@ class CeleryWorker:
         self.state = state
         self.kind = pool_kind(consumer.pool)
         self.answers = answer_fd
-        self.loop = WorkerLoop(consumer.hub)
+        self.loop: WorkerLoop | GreenLoop = (
+            GreenLoop() if consumer.hub is None else WorkerLoop(consumer.hub)
+        )
+        self.green_stopped: set[str] = set()  # gevent: tasks whose greenlet the cancel ended
         self.door_closed = False
         # solo: the main thread stopped its task; threads: a thread still holds one. Either
         # way Celery's own shutdown would wait for it, so the stop ends the process instead.
@@ -384,6 +408,8 @@ class CeleryWorker:
             signal.signal(STOP_SIGNAL, self._solo_stop_requested)
         if self.kind == "threads":
             self._hold_thread_results()
+        if self.kind == "gevent":
+            self._gate_greenlets()
 
     def _hold_thread_results(self) -> None:
         """Threads: know which thread runs each task; keep its ``ApplyResult`` until done.
@@ -417,6 +443,46 @@ class CeleryWorker:
 
         pool.on_apply = on_apply
 
+    def _gate_greenlets(self) -> None:
+        """gevent: no task starts once the stop began; note the tasks the cancel ends.
+
+        Celery's strategy hands a request to ``TaskPool.on_apply`` (celery/concurrency/
+        gevent.py), whose ``Pool.spawn`` blocks Celery's loop while the pool is full. Here
+        the loop waits for a free place first, and a request that waited there while the
+        stop began is put back instead of spawned. The task's target is wrapped (inside
+        Celery's own ``_make_killable_target``): the ``GreenletExit`` the cancel raises in
+        it marks it put back before Celery's ``on_success`` could acknowledge it as done.
+        """
+        from gevent import GreenletExit  # noqa: PLC0415  # a gevent pool only
+
+        pool = self.consumer.pool
+        apply = pool.on_apply
+        stopping = self.coordinator.stopping
+        stopped = self.green_stopped
+
+        def on_apply(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            request = kwargs["accept_callback"].__self__  # Request.on_accepted
+            pool._pool.wait_available()  # noqa: SLF001  # gevent.pool.Pool
+            if stopping.is_set() or self.door_closed:
+                if request in self.state.reserved_requests:  # not put back at the door
+                    request.reject(requeue=True)
+                    self.state.task_ready(request)
+                    self.note(request, "requeued", time.time())
+                    self.prefetched += 1
+                return None
+
+            def noted(*target_args: Any, **target_kwargs: Any) -> Any:  # noqa: ANN401
+                try:
+                    return target(*target_args, **target_kwargs)
+                except GreenletExit:
+                    stopped.add(request.id)
+                    request.acknowledged = True  # Celery must neither ack nor reject it
+                    raise
+
+            return apply(noted, *args, **kwargs)
+
+        pool.on_apply = on_apply
+
     def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
         """A strategy that starts nothing once the stop began: the message goes back at once."""
         stopping = self.coordinator.stopping
@@ -444,6 +510,14 @@ class CeleryWorker:
         Redis only: RabbitMQ itself puts back what a dead connection held, at once.
         """
         if self.amqp:
+            return
+        if self.kind == "gevent":
+            logger.warning(
+                "%s: if this gevent worker is killed (SIGKILL), its tasks wait for "
+                "visibility_timeout: lastcall's last-resort watcher cannot watch a gevent "
+                "process (gevent makes the watcher's channel non-blocking, and it quits at once)",
+                self.name,
+            )
             return
         connection = self.consumer.connection
         options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
@@ -584,7 +658,7 @@ class CeleryWorker:
         Threads, once the door is closed: every reserved request left, as the ones no
         thread had taken went back, and a thread may have taken one it has not accepted.
         """
-        if self.kind == "threads" and self.door_closed:
+        if self.kind in ("threads", "gevent") and self.door_closed:
             return list(self.state.reserved_requests)
         return list(self.state.active_requests)
 
@@ -617,6 +691,8 @@ class CeleryWorker:
             return self._cancel_solo(requests)
         if self.kind == "threads":
             return self._cancel_threads(requests)
+        if self.kind == "gevent":
+            return self._cancel_greenlets(requests)
         if self.kind != "prefork" or self.answers is None:
             log.log(logging.ERROR, "%s: %s pool tasks cannot be stopped", self.name, self.kind)
             return 0
@@ -700,6 +776,41 @@ class CeleryWorker:
 
         self.loop.call(bookkeeping, 2.0)
         return len(requests)
+
+    def _cancel_greenlets(self, requests: list[Celery]) -> int:
+        """Kill each task's greenlet (``GreenletExit``, as Celery's ``terminate_job``); put it back.
+
+        One whose greenlet had not begun never will: put back too. One that completed
+        as the kill came was acknowledged as done: not put back.
+        """
+        import gevent  # noqa: PLC0415  # a gevent pool only
+
+        greenlets = {}
+        for request in requests:
+            ref = getattr(request, "_apply_result", None)  # celery/worker/request.py
+            greenlet = ref() if ref is not None else None
+            if greenlet is not None:
+                greenlets[request.id] = (greenlet, bool(greenlet) or greenlet.dead)  # begun?
+        gevent.killall([g for g, _ in greenlets.values()], block=True, timeout=_ANSWER_WAIT)
+        put_back = 0
+        for request in requests:
+            greenlet, begun = greenlets.get(request.id, (None, False))
+            if greenlet is not None and not greenlet.dead:
+                log.log(
+                    logging.ERROR,
+                    "%s: task %s[%s] did not stop within %.1f s (a greenlet that never "
+                    "yields?); put back all the same",
+                    self.name,
+                    request.name,
+                    request.id,
+                    _ANSWER_WAIT,
+                )
+            elif begun and request.id not in self.green_stopped:
+                continue  # it had just completed: acknowledged as done
+            self.put_back(request)
+            self.state.task_ready(request)
+            put_back += 1
+        return put_back
 
     def _solo_stop_requested(self, _signum: int, _frame: object) -> None:
         """On the solo main thread: the task that runs never resumes."""

@@ -13,7 +13,8 @@ again, and waited for until HAProxy sees it up, one after another.
 
 Run: python benchmarks/rolling_restart.py [--servers werkzeug,waitress] [--retries]
 [--duration S]. Servers: gunicorn, gunicorn-gthread, waitress, uvicorn, werkzeug,
-granian, daphne, aiohttp, tornado.
+granian, daphne, aiohttp, tornado. gRPC balances in the client, not behind a proxy:
+its rolling restart is grpc_rolling_restart.py.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def replica_argv(server: str, port: int, *, lastcall: bool) -> list[str]:
     if server == "daphne":  # rolling_app builds daphne_app for the SERVER it is told
         argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
         return [*argv, "rolling_app:daphne_app"]
+    if server == "grpc":
+        raise SystemExit("gRPC balances in the client: run benchmarks/grpc_rolling_restart.py")
     raise SystemExit(f"unknown server {server!r}")
 
 

@@ -88,8 +88,6 @@ def replica_argv(server: str, port: int, *, lastcall: bool) -> list[str]:
     if server == "daphne":  # rolling_app builds daphne_app for the SERVER it is told
         argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
         return [*argv, "rolling_app:daphne_app"]
-    if server == "grpc":
-        raise SystemExit("gRPC balances in the client: run benchmarks/grpc_rolling_restart.py")
     raise SystemExit(f"unknown server {server!r}")
 
 
@@ -267,6 +265,8 @@ def main() -> None:
     parser.add_argument("--retries", action="store_true", help="also run with HAProxy retries")
     parser.add_argument("--duration", type=float, default=DURATION, help="seconds of load")
     args = parser.parse_args()
+    if "grpc" in args.servers.split(","):
+        raise SystemExit("gRPC balances in the client: run benchmarks/grpc_rolling_restart.py")
     haproxy = ensure_haproxy()
     rows = []
     for server in args.servers.split(","):

@@ -4,7 +4,7 @@ gRPC fleets balance in the client, not in a proxy: one channel over every
 replica, grpc's own ``round_robin`` policy, and client-side health checking
 (the channel watches each replica's ``grpc.health.v1.Health`` and picks only
 those SERVING). The same run measures three servers, each a ``grpc.server``
-with a unary RPC that holds its thread WORK_SECONDS:
+with a unary RPC that holds its thread as long as the request says (``--work-ms``):
 
 - ``no handling``: ``server.start(); server.wait_for_termination()``, as in
   grpc's ``helloworld`` example and most services (SIGTERM kills it);
@@ -18,7 +18,7 @@ meanwhile each replica gets SIGTERM, is waited for, started again, and waited
 for until the channel routes RPCs to it, one after another. Each RPC is
 counted by its status code.
 
-Run: python benchmarks/grpc_rolling_restart.py [--duration S] [--rate N]
+Run: python benchmarks/grpc_rolling_restart.py [--duration S] [--rate N] [--work-ms MS]
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ SERVICE_CONFIG = json.dumps(
 def serve(port: int, mode: str) -> None:
     """One replica: the work service on 127.0.0.1:port, stopped the way ``mode`` says."""
 
-    def work(_request: bytes, _context: grpc.ServicerContext) -> bytes:
-        time.sleep(WORK_SECONDS)
+    def work(request: bytes, _context: grpc.ServicerContext) -> bytes:
+        time.sleep(float(request or 0))
         return str(os.getpid()).encode()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=10))
@@ -141,11 +141,21 @@ class Seen:
             return self.changed.wait_for(lambda: pid in self.pids, timeout)
 
 
+@dataclass
+class Load:
+    """How much: ``rate`` unary RPCs/s for ``duration`` s, each holding its replica ``work`` s."""
+
+    duration: float = DURATION
+    rate: int = RATE
+    work: float = WORK_SECONDS
+
+
 def run_load(
-    channel: grpc.Channel, tally: Tally, seen: Seen, stop: threading.Event, duration: float
+    channel: grpc.Channel, load: Load, tally: Tally, seen: Seen, stop: threading.Event
 ) -> None:
-    """Open-loop unary RPCs at RATE/s for ``duration`` s (or until ``stop``), then their ends."""
+    """Open-loop RPCs as ``load`` says (or until ``stop``), then the wait for their ends."""
     rpc = channel.unary_unary(METHOD)
+    request = str(load.work).encode()  # how long the replica holds it
     calls = []
 
     def done(call: grpc.Future) -> None:
@@ -155,18 +165,18 @@ def run_load(
         tally.record(None if code == grpc.StatusCode.OK else code.name)
 
     began = time.monotonic()
-    for i in range(int(RATE * duration)):
-        delay = began + i / RATE - time.monotonic()
+    for i in range(int(load.rate * load.duration)):
+        delay = began + i / load.rate - time.monotonic()
         if delay > 0 and stop.wait(delay):
             break
-        call = rpc.future(b"", timeout=TIMEOUT)
+        call = rpc.future(request, timeout=TIMEOUT)
         call.add_done_callback(done)
         calls.append(call)
     for call in calls:
         call.exception(TIMEOUT + 1)  # waits for its end
 
 
-def measure(mode: str, duration: float) -> Tally:
+def measure(mode: str, load: Load) -> Tally:
     replicas = [Replica(mode, free_port()) for _ in range(3)]
     try:
         for replica in replicas:
@@ -176,17 +186,17 @@ def measure(mode: str, duration: float) -> Tally:
         with grpc.insecure_channel(target, options=options) as channel:
             grpc.channel_ready_future(channel).result(timeout=10)
             tally, seen, stop = Tally(), Seen(), threading.Event()
-            load = threading.Thread(target=run_load, args=(channel, tally, seen, stop, duration))
-            load.start()
+            sender = threading.Thread(target=run_load, args=(channel, load, tally, seen, stop))
+            sender.start()
             time.sleep(1.0)  # steady state before the first restart
             for replica in replicas:
                 replica.stop()
                 pid = replica.start()
                 if not seen.wait_for(pid, 15):
                     print(f"{MODES[mode]}: the channel sent nothing to the new replica in 15 s")
-            load.join(duration + TIMEOUT + 15)
+            sender.join(load.duration + TIMEOUT + 15)
             stop.set()
-            load.join()
+            sender.join()
         return tally
     finally:
         for replica in replicas:
@@ -194,26 +204,28 @@ def measure(mode: str, duration: float) -> Tally:
 
 
 def main() -> None:
-    global RATE  # noqa: PLW0603  # --rate sets it for run_load
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=DURATION, help="seconds of load")
     parser.add_argument("--rate", type=int, default=RATE, help="RPCs per second (at most 500)")
+    parser.add_argument("--work-ms", type=float, default=WORK_SECONDS * 1000, help="per RPC")
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])
         return
-    if not 0 < args.duration <= 120 or not 0 < args.rate <= 500:
-        raise SystemExit("--duration is 0-120 s and --rate 1-500 RPC/s: the load stays bounded")
-    RATE = args.rate
-    rows = [(name, measure(mode, args.duration)) for mode, name in MODES.items()]
+    if not 0 < args.duration <= 120 or not 0 < args.rate <= 500 or not 0 <= args.work_ms <= 1000:
+        raise SystemExit(
+            "--duration is 0-120 s, --rate 1-500 RPC/s, --work-ms 0-1000: the load stays bounded"
+        )
+    load = Load(args.duration, args.rate, args.work_ms / 1000)
+    rows = [(name, measure(mode, load)) for mode, name in MODES.items()]
     print(f"{'server':<40}{'sent':>6}{'OK':>7}{'failed':>16}  failed by status code")
     for name, tally in rows:
         failed = f"{tally.failed} ({tally.failed / max(tally.sent, 1):.1%})"
         print(f"{name:<40}{tally.sent:>6}{tally.ok:>7}{failed:>16}  {tally.errors or '-'}")
     print(
         f"(3 replicas, one channel: round_robin with client-side health checking; "
-        f"~{RATE} unary RPC/s for {args.duration:.0f} s, {WORK_SECONDS * 1000:.0f} ms each; "
+        f"~{load.rate} unary RPC/s for {load.duration:.0f} s, {load.work * 1000:.0f} ms each; "
         f"grace {GRACE:.0f} s; LastCall's pre-stop delay {PRESTOP_DELAY} s; "
         f"grpcio {grpc.__version__})\n(the servers as shipped have no health service: the "
         "channel checks it, gets UNIMPLEMENTED and takes them as healthy, as grpc specifies)"

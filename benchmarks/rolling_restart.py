@@ -13,7 +13,8 @@ again, and waited for until HAProxy sees it up, one after another.
 
 Run: python benchmarks/rolling_restart.py [--servers werkzeug,waitress] [--retries]
 [--duration S]. Servers: gunicorn, gunicorn-gthread, waitress, uvicorn, werkzeug,
-granian, daphne, aiohttp, tornado.
+granian, daphne, aiohttp, tornado. gRPC balances in the client, not behind a proxy:
+its rolling restart is grpc_rolling_restart.py.
 """
 
 from __future__ import annotations
@@ -264,6 +265,8 @@ def main() -> None:
     parser.add_argument("--retries", action="store_true", help="also run with HAProxy retries")
     parser.add_argument("--duration", type=float, default=DURATION, help="seconds of load")
     args = parser.parse_args()
+    if "grpc" in args.servers.split(","):
+        raise SystemExit("gRPC balances in the client: run benchmarks/grpc_rolling_restart.py")
     haproxy = ensure_haproxy()
     rows = []
     for server in args.servers.split(","):

@@ -210,7 +210,12 @@ def test_matrix_lastcall_cells_are_clean(tmp_path: Path) -> None:
         for r in json.loads(out.read_text())
         if not r["plan"]["plain"] and r["problems"]
     }
-    assert unclean == set(), proc.stdout[-6000:]
+    verdicts = [
+        f"{r['plan']['server']} {r['plan']['stop']}: {r['verdict']}"
+        for r in json.loads(out.read_text())
+        if (r["plan"]["server"], r["plan"]["stop"]) in unclean and not r["plan"]["plain"]
+    ]
+    assert unclean == set(), "\n".join(verdicts)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 

@@ -10,6 +10,7 @@ fixture holds a pidfd on each one and fails the test if it outlives it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -217,6 +218,24 @@ def test_no_hook_runs_after_a_lastcall_shutdown(scenario, watchers, tmp_path, en
     assert recorded(tmp_path / "hooks.txt") == []
     assert not (tmp_path / f"report-{app}.lastresort.json").exists()
     assert "without a lastcall shutdown" not in child.output()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gevent") is None, reason="gevent is not installed")
+def test_under_gevent_the_watcher_waits_for_the_apps_end(scenario, watchers, tmp_path):
+    """Steps: a gevent-patched app registers hooks; the watcher is still there a second
+    later; SIGTERM ends the app through lastcall; no hook runs. gevent's socketpair is
+    non-blocking at both ends: the watcher took its first empty read for the app's end
+    and ran every hook at start-up, with the app alive (found with Celery's gevent pool)."""
+    child, _, watcher = scenario(
+        "from gevent import monkey; monkey.patch_all()\n"
+        "lastcall.install()\n" + THREE_HOOKS + READY + BLOCK
+    )
+    assert not watchers.ended(watcher, timeout=1.0), child.output()
+    assert recorded(tmp_path / "hooks.txt") == []
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    assert watchers.ended(watcher)
+    assert recorded(tmp_path / "hooks.txt") == []
 
 
 def test_overrunning_hooks_are_stopped_and_the_next_still_runs(scenario, watchers, tmp_path):

@@ -121,6 +121,9 @@ def main(argv: list[str]) -> int:
 
     channel_fd = int(argv[1])
     os.set_inheritable(channel_fd, False)  # noqa: FBT003  # pass_fds made it inheritable; hooks get none of it
+    # gevent's socketpair makes both ends non-blocking; this end is ours alone (the app's is
+    # another description): an empty non-blocking read would pass for the app's end.
+    os.set_blocking(channel_fd, True)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # not the mask of the app thread that started us
     sys.stdout = sys.stderr = OUTPUT  # see Output: no write to the app's stderr may block
     app = App()

@@ -47,6 +47,8 @@ def start(spawn, command: str, app: str = APP, **env: str):
     argv = [sys.executable, *(arg.format(port=port) for arg in args)]
     child = spawn("", argv=argv, env=env, wait_ready=False)
     wait_lines(child, "lifespan:startup", workers, stream="stdout")
+    if command.startswith("lastcall.uvicorn"):  # every worker through its start-up, not only begun
+        wait_lines(child, "Application startup complete.", workers, stream="stderr")
     wait_serving(port, child)
     _status, _headers, body = get(port, "/readyz")  # lastcall's answer, not the app's
     assert body.startswith(b"{") and json.loads(body)["status"] == "ready", (body, child.output())

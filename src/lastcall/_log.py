@@ -36,10 +36,7 @@ class LogHandoff:
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue[tuple[int, str, tuple[object, ...]] | _thread.LockType]
         self._queue = queue.SimpleQueue()
-        # The flush's lock is of the kind the thread that releases it is: a real one for a
-        # real thread, even once gevent has patched ``_thread`` (install() before the patch),
-        # where a greenlet's lock would have the main thread switch out of a signal handler.
-        self._allocate_lock = _thread.allocate_lock
+        self._allocate_lock = _thread.allocate_lock  # set again as the thread starts
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # start() only
         self._pid = os.getpid()
@@ -78,6 +75,9 @@ class LogHandoff:
             self._reset()
         with self._lock:
             if self._thread is None:
+                # The flush's lock is of the kind this thread is: a real one for a real
+                # thread, even once gevent has patched ``_thread`` (install() before the
+                # patch), where a greenlet's would switch out of a signal handler.
                 self._allocate_lock = _thread.allocate_lock
                 self._thread = start_daemon(self._emit, "lastcall-log")
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 
 from lastcall._log import logger
@@ -183,3 +183,28 @@ def die_by(signum: int, *, exit_functions: bool = False) -> NoReturn:
         os.kill(os.getpid(), signum)
         time.sleep(1.0)  # the signal is on its way
     os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def stop_signals_seen() -> Iterator[list[int]]:
+    """The SIGTERMs and SIGINTs this process took while inside, in order (filled in on leaving).
+
+    For a master that handles them itself and returns 0 (hypercorn's,
+    ``hypercorn/run.py``; granian's), so that it can still end by the signal.
+    Read through ``signal.set_wakeup_fd``, where the interpreter writes each
+    signal's number before any handler runs: nothing of the master's is touched.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # positional only
+    os.set_blocking(write_end, False)  # positional only
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    seen: list[int] = []
+    try:
+        yield seen
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError):
+            numbers = os.read(read_end, 4096)
+            seen += [n for n in numbers if n in (signal.SIGTERM, signal.SIGINT)]
+        os.close(read_end)
+        os.close(write_end)

@@ -20,8 +20,7 @@ import sys
 
 from lastcall._config import settings_or_exit
 from lastcall._servers import granian as adapter
-from lastcall._servers.hypercorn import stop_signals_seen
-from lastcall._signals import die_by
+from lastcall._signals import die_by, stop_signals_seen
 
 __all__ = ("main",)
 

@@ -23,7 +23,7 @@ import sys
 
 from lastcall._config import settings_or_exit
 from lastcall._servers import hypercorn as adapter
-from lastcall._signals import die_by
+from lastcall._signals import die_by, stop_signals_seen
 
 __all__ = ("main",)
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     settings_or_exit()  # before hypercorn starts, in one line
     hypercorn_main = importlib.import_module("hypercorn.__main__")
     adapter.wrap_every_app()
-    with adapter.stop_signals_seen() as seen:
+    with stop_signals_seen() as seen:
         status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)
     if status == 0 and seen:
         die_by(seen[0], exit_functions=True)

@@ -29,12 +29,9 @@ both the same from 0.16 to 0.18), asyncio's ``loop._signal_handlers`` and ``Hand
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib
 import multiprocessing
-import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +39,7 @@ from lastcall._log import logger
 from lastcall._servers import versions
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
     from types import ModuleType
 
     from lastcall._coordinator import Coordinator
@@ -51,7 +48,6 @@ __all__ = (
     "TESTED",
     "hold_worker_trigger",
     "serve_wrapped",
-    "stop_signals_seen",
     "take_loop_signal",
     "wrap_every_app",
 )
@@ -177,28 +173,3 @@ def _wrap_loaded_apps(run: ModuleType) -> None:
 
     load_wrapped.__lastcall__ = True  # type: ignore[attr-defined]
     run.load_application = load_wrapped  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def stop_signals_seen() -> Iterator[list[int]]:
-    """The SIGTERMs and SIGINTs this process took while inside, in order (filled in on leaving).
-
-    For hypercorn's master, which handles them itself (``hypercorn/run.py``)
-    and returns 0. Read through ``signal.set_wakeup_fd``, where the
-    interpreter writes each signal's number before any handler runs:
-    nothing of hypercorn's is touched.
-    """
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)  # positional only
-    os.set_blocking(write_end, False)  # positional only
-    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    seen: list[int] = []
-    try:
-        yield seen
-    finally:
-        signal.set_wakeup_fd(previous)
-        with contextlib.suppress(BlockingIOError):
-            numbers = os.read(read_end, 4096)
-            seen += [n for n in numbers if n in (signal.SIGTERM, signal.SIGINT)]
-        os.close(read_end)
-        os.close(write_end)

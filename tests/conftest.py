@@ -33,6 +33,8 @@ pytest_plugins = ["brokers"]
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from websockets.sync.client import ClientConnection
+
 WAIT = 15.0  # upper bound for any single wait on a child; tests never sleep blindly
 EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has ended
 
@@ -92,6 +94,17 @@ def knock(port: int) -> str:
     except OSError as exc:
         return repr(exc)
     return head.split(b" ")[1].decode() if head else "closed without an answer"
+
+
+def close_code(websocket: ClientConnection) -> int | None:
+    """Read a WebSocket until the server closes it: the code it sent (None: no close frame)."""
+    from websockets.exceptions import ConnectionClosed  # a test extra
+
+    try:
+        while True:
+            websocket.recv(timeout=WAIT)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
 
 
 def refused(port: int) -> bool:

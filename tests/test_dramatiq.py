@@ -396,6 +396,9 @@ def test_python_m_lastcall_dramatiq_ends_by_the_signal_its_main_process_got(
     assert worker.finish() == -sig, worker.output()
     assert scenario.list("completed") == ["1"]
     assert len(scenario.worker_hooks()) == 1
+    said = worker.output()
+    assert "stopped consuming; 0 prefetched message(s) put back on their queues, 1 running" in said
+    assert "connection(s) taken from the backlog" not in said  # HTTP's words, not a worker's
 
 
 def test_python_m_lastcall_dramatiq_still_reloads_on_sighup(on_redis: Scenario) -> None:
@@ -433,4 +436,19 @@ def test_python_m_lastcall_dramatiq_reads_only_its_main_process_signals(
     wait_until("the worker process up", lambda: len(scenario.list("processes")) == 1)
     [process] = scenario.list("processes")
     os.kill(int(process), signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+
+
+def test_the_health_port_taken_by_a_sibling_worker_process_is_said_in_dramatiqs_words(
+    on_redis: Scenario,
+) -> None:
+    """Two worker processes, one health port: the second says so, naming no HTTP server."""
+    scenario = on_redis
+    health = free_port()
+    worker = scenario.worker("--processes", "2", LASTCALL_HEALTH_PORT=str(health))
+    line = worker.wait_for("is taken, by a sibling worker most likely", stream="stderr")
+    assert line.endswith("the probes are answered there, none by this process"), line
+    assert "uvicorn" not in line
+    assert readyz(health) == 200
+    worker.send(signal.SIGTERM)
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()

@@ -169,7 +169,7 @@ class LastCall(Middleware):
 
     @staticmethod
     def _drain(drainer: adapter.DramatiqWorker) -> None:
-        drain(drainer, drainer.coordinator)
+        drain(drainer, drainer.coordinator, jobs=True)
 
     @staticmethod
     def _done(drainer: adapter.DramatiqWorker, report: Report) -> None:

@@ -282,6 +282,22 @@ def test_second_signal_puts_back_everything_and_ends(scenario: Scenario) -> None
     assert scenario.list("completed") == []
 
 
+def test_second_sigint_under_python_m_lastcall_dramatiq_ends_130(on_redis: Scenario) -> None:
+    """The same forced stop, started as the docs say: the main process ends by SIGINT."""
+    scenario = on_redis
+    worker = scenario.worker(command=LASTCALL_DRAMATIQ, LASTCALL_GRACE="20")
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(2)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGINT)
+    worker.wait_for("prefetched message(s) put back on their queues", stream="stderr")
+    worker.send(signal.SIGINT)
+    forced = time.monotonic()
+    assert worker.finish() == -signal.SIGINT, worker.output()
+    assert time.monotonic() - forced < 3.0
+    wait_until("the running ones back", lambda: scenario.queued() == 2, timeout=2.0)
+    assert scenario.list("completed") == []
+
+
 def test_plain_dramatiq_holds_prefetched_and_exits_0(on_redis: Scenario) -> None:
     """Plain Dramatiq beside: what the first test checks does not hold without lastcall."""
     scenario = on_redis

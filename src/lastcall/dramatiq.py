@@ -249,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     with stop_signals_seen() as seen:
         os.register_at_fork(after_in_child=functools.partial(_forget_wakeup_fd, main_pid))
         status = cli.main(parsed)  # type: ignore[no-untyped-call]
-    if seen and settings.exit_code is None and status in (0, _EXIT_STATUS):
-        # 0: workers without lastcall's middleware, which Dramatiq stopped gracefully.
+    # 0: workers without lastcall's middleware, which Dramatiq stopped gracefully. Dramatiq's
+    # RET_KILLED after a second signal: lastcall's forced workers died by the SIGTERM it sent.
+    stopped = status in (0, _EXIT_STATUS) or (status == cli.RET_KILLED and len(seen) > 1)
+    if seen and settings.exit_code is None and stopped:
         die_by(seen[0], exit_functions=True)
     return int(status)
 

@@ -200,6 +200,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     scenario.redis.client.set("release", 1)  # the 2 running end, within the budget
     scenario.enqueue((6, 0.2, None))  # during (or after) the stop: left on the queue
     assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert "connection(s) taken from the backlog" not in worker.output()  # a server's words
     assert sorted(scenario.list("completed")) == ["0", "1"], worker.output()
     assert len(scenario.list("started")) == 2  # none started after the signal
     processes = scenario.list("processes")

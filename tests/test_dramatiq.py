@@ -10,6 +10,7 @@ process (``brokers.rabbitmq_server``), each test on a queue of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,12 +25,19 @@ from conftest import WAIT, free_port, wait_session_empty
 from test_celery import readyz, wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from brokers import RabbitMQ, Redis
 
 pytest.importorskip("dramatiq")
 
 DRAMATIQ = str(Path(sys.executable).parent / "dramatiq")
+LASTCALL_DRAMATIQ = (sys.executable, "-m", "lastcall.dramatiq")  # what the docs say to run
 EXIT_BY_SIGTERM = 128 + signal.SIGTERM  # what Dramatiq's main process passes on
+# Made the controlling terminal of the session the test's spawn began, then run argv[2:].
+CONTROLLING_TTY = (
+    "import os, sys; os.close(os.open(sys.argv[1], os.O_RDWR)); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 APP = """
 import multiprocessing, os, time
@@ -109,8 +117,8 @@ class Scenario:
             **extra,
         }
 
-    def worker(self, *options: str, **env: str) -> object:
-        argv = [DRAMATIQ, "proj", "--processes", "1", "--threads", "2", *options]
+    def worker(self, *options: str, command: Sequence[str] = (DRAMATIQ,), **env: str) -> object:
+        argv = [*command, "proj", "--processes", "1", "--threads", "2", *options]
         child = self.spawn("", env=self.env(**env), argv=argv, wait_ready=False)  # type: ignore[operator]
         child.wait_for("Worker process is ready for action.", stream="stderr")
         return child
@@ -229,7 +237,8 @@ def test_actor_longer_than_the_budget_is_put_back_and_completes_once(scenario: S
 
 @pytest.fixture
 def on_redis(spawn: object, redis_server: Redis, request: pytest.FixtureRequest) -> Scenario:
-    return Scenario(spawn, redis_server, redis_server, "dramatiq-" + request.node.name)
+    queue = "dramatiq-" + request.node.name.replace("[", "-").rstrip("]")
+    return Scenario(spawn, redis_server, redis_server, queue)
 
 
 def test_heartbeats_go_on_while_running_actors_finish(on_redis: Scenario) -> None:
@@ -270,6 +279,22 @@ def test_second_signal_puts_back_everything_and_ends(scenario: Scenario) -> None
     assert worker.finish() == 1, worker.output()
     assert time.monotonic() - forced < 3.0
     wait_until("the running ones back too", lambda: scenario.queued() == 4, timeout=2.0)
+    assert scenario.list("completed") == []
+
+
+def test_second_sigint_under_python_m_lastcall_dramatiq_ends_130(on_redis: Scenario) -> None:
+    """The same forced stop, started as the docs say: the main process ends by SIGINT."""
+    scenario = on_redis
+    worker = scenario.worker(command=LASTCALL_DRAMATIQ, LASTCALL_GRACE="20")
+    scenario.enqueue(*[(n, 60, 0.2) for n in range(2)])
+    wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGINT)
+    worker.wait_for("prefetched message(s) put back on their queues", stream="stderr")
+    worker.send(signal.SIGINT)
+    forced = time.monotonic()
+    assert worker.finish() == -signal.SIGINT, worker.output()
+    assert time.monotonic() - forced < 3.0
+    wait_until("the running ones back", lambda: scenario.queued() == 2, timeout=2.0)
     assert scenario.list("completed") == []
 
 
@@ -343,3 +368,103 @@ def test_sigterm_during_a_slow_boot_drains_what_began(on_redis: Scenario) -> Non
     report = json.loads((scenario.dir / f"report-{process}.json").read_text())
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 2, report["jobs"]
+
+
+def test_ctrl_c_at_a_terminal_ends_130_and_clean(on_redis: Scenario) -> None:
+    """A real Ctrl-C (^C typed into the terminal: SIGINT to main and worker processes alike).
+
+    Under ``python -m lastcall.dramatiq``: running actors finish once, the prefetched go
+    back, and the main process ends by SIGINT (130). Plain ``dramatiq`` exits 143
+    here: its main process forwards Ctrl-C as SIGTERM and passes on the workers' status.
+    """
+    scenario = on_redis
+    master, terminal = os.openpty()
+    try:
+        argv = [sys.executable, "-c", CONTROLLING_TTY, os.ttyname(terminal), *LASTCALL_DRAMATIQ]
+        worker = scenario.worker(command=argv, LASTCALL_GRACE="8")
+        os.close(terminal)
+        scenario.enqueue(*[(n, 1.5, None) for n in range(4)])
+        wait_until("2 actors running", lambda: len(scenario.list("started")) == 2)
+        wait_until("2 prefetched", lambda: scenario.queued() == 0)
+        os.write(master, b"\x03")  # the terminal's Ctrl-C
+        assert worker.finish() == -signal.SIGINT, worker.output()
+    finally:
+        os.close(master)
+        with contextlib.suppress(OSError):
+            os.close(terminal)
+    started = [s.split()[0] for s in scenario.list("started")]
+    assert sorted(scenario.list("completed")) == sorted(started)  # each once
+    assert scenario.queued() == 2  # the prefetched back
+    [process] = scenario.list("processes")
+    assert scenario.worker_hooks() == [f"process {process}"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_python_m_lastcall_dramatiq_ends_by_the_signal_its_main_process_got(
+    on_redis: Scenario, sig: signal.Signals
+) -> None:
+    """``kill -INT <main pid>`` ends 130, ``kill -TERM`` 143; plain ``dramatiq``: 143 for both."""
+    scenario = on_redis
+    worker = scenario.worker(command=LASTCALL_DRAMATIQ, LASTCALL_GRACE="8")
+    scenario.enqueue((1, 1.0, None))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    worker.send(sig)
+    assert worker.finish() == -sig, worker.output()
+    assert scenario.list("completed") == ["1"]
+    assert len(scenario.worker_hooks()) == 1
+    said = worker.output()
+    assert "stopped consuming; 0 prefetched message(s) put back on their queues, 1 running" in said
+    assert "connection(s) taken from the backlog" not in said  # HTTP's words, not a worker's
+
+
+def test_python_m_lastcall_dramatiq_still_reloads_on_sighup(on_redis: Scenario) -> None:
+    """SIGHUP is Dramatiq's reload (``--watch`` sends it): the same process runs the command again.
+
+    Dramatiq re-executes ``sys.argv``; the module's file alone is no program.
+    """
+    scenario = on_redis
+    worker = scenario.worker(command=LASTCALL_DRAMATIQ, LASTCALL_GRACE="8")
+    worker.send(signal.SIGHUP)
+    wait_until(
+        "booted again, in the same process",
+        lambda: worker.output().count("Worker process is ready for action.") == 2,
+    )
+    assert (
+        worker.output().count(
+            f"[PID {worker.pid}] [MainThread] [dramatiq.MainProcess] [INFO] Dramatiq"
+        )
+        == 2
+    )
+    worker.send(signal.SIGINT)
+    assert worker.finish() == -signal.SIGINT, worker.output()
+
+
+def test_python_m_lastcall_dramatiq_reads_only_its_main_process_signals(
+    on_redis: Scenario,
+) -> None:
+    """SIGTERM to the worker process alone: the main process got no signal, so no end by one.
+
+    It exits with the worker's status, as Dramatiq does; the worker's own signal (its
+    process was forked with the main process's wake-up fd) is not taken for the main's.
+    """
+    scenario = on_redis
+    worker = scenario.worker(command=LASTCALL_DRAMATIQ, LASTCALL_GRACE="8")
+    wait_until("the worker process up", lambda: len(scenario.list("processes")) == 1)
+    [process] = scenario.list("processes")
+    os.kill(int(process), signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+
+
+def test_the_health_port_taken_by_a_sibling_worker_process_is_said_in_dramatiqs_words(
+    on_redis: Scenario,
+) -> None:
+    """Two worker processes, one health port: the second says so, naming no HTTP server."""
+    scenario = on_redis
+    health = free_port()
+    worker = scenario.worker("--processes", "2", LASTCALL_HEALTH_PORT=str(health))
+    line = worker.wait_for("is taken, by a sibling worker most likely", stream="stderr")
+    assert line.endswith("the probes are answered there, none by this process"), line
+    assert "uvicorn" not in line
+    assert readyz(health) == 200
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()

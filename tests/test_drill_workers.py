@@ -111,6 +111,19 @@ def test_a_second_sigint_ends_at_once_with_every_job_back(tmp_path: Path) -> Non
     assert data["stop_seconds"] < 3.0  # at once, not at the end of the 20 s grace
 
 
+def test_dramatiq_ends_130_after_sigint_to_its_main_process(tmp_path: Path) -> None:
+    """Dramatiq's INT cell, run as the docs say (``python -m lastcall.dramatiq``): clean, 130.
+
+    Plain ``dramatiq`` would exit 143: its main process forwards SIGINT as SIGTERM.
+    """
+    pytest.importorskip("dramatiq")
+    status, data, said = worker_drill(tmp_path, "--worker", "dramatiq", "--stop", "INT", *QUICK)
+    assert status == 0, said
+    assert data["clean"], data["verdict"]
+    assert data["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, data["verdict"]
+    assert data["exit_status"] == 128 + signal.SIGINT
+
+
 def test_a_users_worker_command_on_its_broker(tmp_path: Path, redis_server: Redis) -> None:  # noqa: F811
     """--cmd and --broker: the user's own worker command on their Redis, {broker} filled in.
 

@@ -8,6 +8,7 @@ whatever else was said, ``ready`` otherwise.
 from __future__ import annotations
 
 import errno
+import sys
 
 from lastcall._log import logger
 
@@ -68,13 +69,20 @@ class Readiness:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or not _health_port.a_sibling_may_serve_it():
                 raise
+            # A Dramatiq or Celery worker process has no port of its own to answer on.
+            hint = (
+                "; this one answers probes on the app's port only (with `uvicorn --workers`, "
+                "start `python -m lastcall.uvicorn` instead: its supervisor serves the port "
+                "for all)"
+                if "uvicorn" in sys.modules
+                else ": the probes are answered there, none by this process"
+            )
             logger.warning(
-                "LASTCALL_HEALTH_PORT=%d: %s:%d is taken, by a sibling worker most likely; this "
-                "one answers probes on the app's port only (with `uvicorn --workers`, start "
-                "`python -m lastcall.uvicorn` instead: its supervisor serves the port for all)",
+                "LASTCALL_HEALTH_PORT=%d: %s:%d is taken, by a sibling worker most likely%s",
                 port,
                 host,
                 port,
+                hint,
             )
 
     @property

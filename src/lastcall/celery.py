@@ -247,7 +247,7 @@ class LastCall:
             how="Warm",
             exitcode=0,
         )
-        drain(worker, coordinator, budget=task_budget(coordinator, green=self._green))
+        drain(worker, coordinator, budget=task_budget(coordinator, green=self._green), jobs=True)
         left = coordinator.time_left()
         wait = max(
             0.5,

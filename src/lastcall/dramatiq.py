@@ -31,11 +31,21 @@ process, on that signal:
 
 A ``--worker-shutdown-timeout`` longer than the drain budget is said in one
 line at start-up (lastcall's budget wins: the stop must end within the grace).
+
+The main process, though, is Dramatiq's own: after Ctrl-C it exits with its
+workers' 143 (they only ever get SIGTERM). Started as::
+
+    python -m lastcall.dramatiq tasks --processes 2 --threads 8
+
+(Dramatiq's command line, options and errors unchanged), it ends by the
+signal it got: 130 after Ctrl-C or SIGINT, 143 after SIGTERM. SIGHUP still
+reloads (``--watch``), into the same command.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -48,9 +58,11 @@ from typing import TYPE_CHECKING, Any
 from dramatiq import Middleware
 
 import lastcall
+from lastcall._config import settings_or_exit
 from lastcall._integration import Integration
 from lastcall._log import log, logger
 from lastcall._servers.drain import drain
+from lastcall._signals import die_by
 from lastcall._workers import dramatiq as adapter
 
 if TYPE_CHECKING:
@@ -60,7 +72,7 @@ if TYPE_CHECKING:
     from lastcall._coordinator import Coordinator
     from lastcall._report import Report
 
-__all__ = ("LastCall",)
+__all__ = ("LastCall", "main")
 
 # dramatiq/cli.py: the worker processes turn the stop signal into this exit status.
 _EXIT_STATUS = 128 + signal.SIGTERM
@@ -157,7 +169,7 @@ class LastCall(Middleware):
 
     @staticmethod
     def _drain(drainer: adapter.DramatiqWorker) -> None:
-        drain(drainer, drainer.coordinator)
+        drain(drainer, drainer.coordinator, jobs=True)
 
     @staticmethod
     def _done(drainer: adapter.DramatiqWorker, report: Report) -> None:
@@ -211,3 +223,46 @@ def _shutdown_timeout_given() -> int | None:
     parser.add_argument("--worker-shutdown-timeout", type=int)
     known, _ = parser.parse_known_args(sys.argv[1:])
     return known.worker_shutdown_timeout  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run Dramatiq's command line (``dramatiq.cli.main``) here; end by its stop signal.
+
+    Its main process turns SIGINT into SIGTERM for the workers and exits with
+    their status, 143 either way: which signal it got is read here, through
+    ``signal.set_wakeup_fd`` (``stop_signals_seen``), touching nothing of Dramatiq's.
+    """
+    settings = settings_or_exit()  # before Dramatiq starts, in one line
+    # The command line's only (hypercorn's adapter imports asyncio): not in each worker.
+    from dramatiq import cli  # noqa: PLC0415
+
+    from lastcall._servers.hypercorn import stop_signals_seen  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    parser = cli.make_argument_parser()  # type: ignore[no-untyped-call]
+    parser.prog = "python -m lastcall.dramatiq"
+    parsed = parser.parse_args(args)
+    # SIGHUP (--watch) reloads with os.execvp(sys.argv[0], sys.argv) (dramatiq/cli.py main):
+    # this module's file is no program; the interpreter running it again is.
+    sys.argv[:] = [sys.executable, "-m", "lastcall.dramatiq", *args]
+    main_pid = os.getpid()
+    with stop_signals_seen() as seen:
+        os.register_at_fork(after_in_child=functools.partial(_forget_wakeup_fd, main_pid))
+        status = cli.main(parsed)  # type: ignore[no-untyped-call]
+    # 0: workers without lastcall's middleware, which Dramatiq stopped gracefully. Dramatiq's
+    # RET_KILLED after a second signal: lastcall's forced workers died by the SIGTERM it sent.
+    stopped = status in (0, _EXIT_STATUS) or (status == cli.RET_KILLED and len(seen) > 1)
+    if seen and settings.exit_code is None and stopped:
+        die_by(seen[0], exit_functions=True)
+    return int(status)
+
+
+def _forget_wakeup_fd(main_pid: int) -> None:
+    """In a process Dramatiq's main process forks: its signals are not the main process's."""
+    if os.getppid() == main_pid:
+        with contextlib.suppress(ValueError):  # not on the main thread: nothing to forget
+            signal.set_wakeup_fd(-1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,7 +137,7 @@ def _drain(drainer: adapter.RQDrain) -> None:
     coordinator = drainer.coordinator
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, adapter.THREAD_MASK)  # this thread's
     try:
-        drain(drainer, coordinator, budget=job_budget(coordinator))
+        drain(drainer, coordinator, budget=job_budget(coordinator), jobs=True)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     left = coordinator.time_left()

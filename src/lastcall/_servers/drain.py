@@ -70,10 +70,14 @@ class Adapter(Protocol):
         ...
 
 
-def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = None) -> bool:
+def drain(
+    adapter: Adapter, coordinator: Coordinator, *, budget: float | None = None, jobs: bool = False
+) -> bool:
     """Run the four steps on ``adapter`` within the drain budget; whether it ended idle.
 
     ``budget`` caps ``Integration.drain_budget()`` (the ASGI middleware's ``drain_timeout``).
+    ``jobs``: a worker's queue, no listen backlog; its adapter says in its framework's words
+    what it put back and what runs when the door closes, and the connection line is not said.
     """
     allowed = Integration(coordinator).drain_budget()
     deadline = time.monotonic() + (allowed if budget is None else min(allowed, budget))
@@ -84,12 +88,13 @@ def drain(adapter: Adapter, coordinator: Coordinator, *, budget: float | None = 
         threading.Event().wait(delay)
 
     taken = adapter.close_door()
-    log.log(
-        logging.INFO,
-        "%s stopped accepting; serving %d connection(s) taken from the backlog",
-        adapter.name,
-        taken,
-    )
+    if not jobs:
+        log.log(
+            logging.INFO,
+            "%s stopped accepting; serving %d connection(s) taken from the backlog",
+            adapter.name,
+            taken,
+        )
 
     while not adapter.wait_idle(min(_IDLE_POLL, max(0.0, deadline - time.monotonic()))):
         adapter.close_idle()

@@ -1,10 +1,10 @@
-"""Dramatiq's demo for the worker drill: ``dramatiq lastcall.cli.demo_dramatiq``.
+"""Dramatiq's demo for the worker drill: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``.
 
 The actor is declared on the broker set when this module is imported: the
 demo's own Redis broker where the drill starts the demo worker itself (with
 ``lastcall.dramatiq.LastCall()`` unless ``--plain``), or a user's, set by
-their module named before this one (``--cmd 'dramatiq tasks
-lastcall.cli.demo_dramatiq'``).
+their module named before this one (``--cmd '{python} -m lastcall.dramatiq
+tasks lastcall.cli.demo_dramatiq'``).
 """
 
 from __future__ import annotations

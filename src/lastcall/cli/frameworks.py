@@ -158,7 +158,11 @@ def _celery_id(message: dict[str, Any]) -> str | None:
 
 
 class Dramatiq(Framework):
-    """Dramatiq on Redis: ``dramatiq lastcall.cli.demo_dramatiq``, 1 process of 4 threads."""
+    """Dramatiq on Redis: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``, 1 x 4 threads.
+
+    Plain: ``dramatiq`` (``python -m dramatiq``), whose main process exits with its
+    workers' status, 143 after Ctrl-C too.
+    """
 
     name = "dramatiq"
     extra = "dramatiq"
@@ -174,7 +178,8 @@ class Dramatiq(Framework):
 
     def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:  # noqa: ARG002  # the app's
         """The demo module (its broker with lastcall's middleware unless ``--plain``)."""
-        return [sys.executable, "-m", "dramatiq", "lastcall.cli.demo_dramatiq",
+        command = "dramatiq" if plain else "lastcall.dramatiq"
+        return [sys.executable, "-m", command, "lastcall.cli.demo_dramatiq",
                 "--processes", "1", "--threads", str(self.concurrency)]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:

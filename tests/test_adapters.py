@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import inspect
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -181,3 +182,21 @@ def test_a_bad_setting_stops_each_command_line_in_one_line(
     assert "LASTCALL_GRACE='soon'" in errors[0]
     assert "Traceback" not in child.output()
     assert listening not in child.output()
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn", "granian", "dramatiq"])
+def test_a_command_line_whose_server_is_not_installed_says_so_in_one_line(server: str) -> None:
+    """Steps: ``python -m lastcall.<server>`` where the server cannot be imported (hidden
+    here by a None in sys.modules): status 1, one line naming the extra to install, no
+    traceback. Before: ModuleNotFoundError's traceback."""
+    hide = (
+        f"import runpy, sys; sys.modules[{server!r}] = None; sys.argv = ['lastcall', '--help']; "
+        f"runpy.run_module('lastcall.{server}', run_name='__main__', alter_sys=True)"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.splitlines() == [
+        f"Error: lastcall: {server} is not installed: pip install 'lastcall[{server}]'"
+    ]

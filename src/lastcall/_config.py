@@ -21,6 +21,7 @@ setting                   variable                       default
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
@@ -32,6 +33,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hoo
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from types import ModuleType
 
 DEFAULT_GRACE = 25.0
 # The part of the grace a drain leaves to the phases after it: a tenth, at most 2 s.
@@ -219,6 +221,21 @@ def settings_or_exit(*, report_shared_by: str | None = None) -> Settings:
     except (TypeError, ValueError) as exc:
         sys.exit(f"Error: lastcall: {exc}")
     return settings
+
+
+def module_or_exit(name: str) -> ModuleType:
+    """For ``python -m lastcall.<server>``: the server's module, or one line on how to get it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        exit_if_missing(exc, name.partition(".")[0])
+        raise
+
+
+def exit_if_missing(exc: ModuleNotFoundError, package: str) -> None:
+    """Exit in one line if ``exc`` says ``package`` is not installed (a broken one still raises)."""
+    if exc.name is not None and exc.name.partition(".")[0] == package:
+        sys.exit(f"Error: lastcall: {package} is not installed: pip install 'lastcall[{package}]'")
 
 
 def _source(name: str, value: object, environ: Mapping[str, str]) -> str:

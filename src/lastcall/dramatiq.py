@@ -55,14 +55,19 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from dramatiq import Middleware
-
 import lastcall
-from lastcall._config import settings_or_exit
+from lastcall._config import exit_if_missing, settings_or_exit
+
+try:
+    from dramatiq import Middleware
+except ModuleNotFoundError as missing:  # python -m lastcall.dramatiq, without Dramatiq
+    if __name__ == "__main__":
+        exit_if_missing(missing, "dramatiq")
+    raise
 from lastcall._integration import Integration
 from lastcall._log import log, logger
 from lastcall._servers.drain import drain
-from lastcall._signals import die_by
+from lastcall._signals import die_by, stop_signals_seen
 from lastcall._workers import dramatiq as adapter
 
 if TYPE_CHECKING:
@@ -233,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ``signal.set_wakeup_fd`` (``stop_signals_seen``), touching nothing of Dramatiq's.
     """
     settings = settings_or_exit()  # before Dramatiq starts, in one line
-    # The command line's only (hypercorn's adapter imports asyncio): not in each worker.
-    from dramatiq import cli  # noqa: PLC0415
-
-    from lastcall._servers.hypercorn import stop_signals_seen  # noqa: PLC0415
+    from dramatiq import cli  # noqa: PLC0415  # the command line's only: not in each worker
 
     args = sys.argv[1:] if argv is None else argv
     parser = cli.make_argument_parser()  # type: ignore[no-untyped-call]

@@ -15,10 +15,9 @@ keeps granian's own status.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from lastcall._config import settings_or_exit
+from lastcall._config import module_or_exit, settings_or_exit
 from lastcall._servers import granian as adapter
 from lastcall._signals import die_by, stop_signals_seen
 
@@ -28,7 +27,7 @@ __all__ = ("main",)
 def main(argv: list[str] | None = None) -> int:
     """Run granian's command line (``granian.cli:cli``); end by its stop signal."""
     settings_or_exit()  # before granian starts, in one line
-    cli = importlib.import_module("granian.cli").cli
+    cli = module_or_exit("granian.cli").cli
     adapter.hold_wsgi_workers()
     with stop_signals_seen() as seen:
         try:

@@ -18,10 +18,9 @@ process lastcall stops does. An error keeps hypercorn's own status.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from lastcall._config import settings_or_exit
+from lastcall._config import module_or_exit, settings_or_exit
 from lastcall._servers import hypercorn as adapter
 from lastcall._signals import die_by, stop_signals_seen
 
@@ -31,7 +30,7 @@ __all__ = ("main",)
 def main(argv: list[str] | None = None) -> int:
     """Run hypercorn's command line (``hypercorn.__main__:main``); end by its stop signal."""
     settings_or_exit()  # before hypercorn starts, in one line
-    hypercorn_main = importlib.import_module("hypercorn.__main__")
+    hypercorn_main = module_or_exit("hypercorn.__main__")
     adapter.wrap_every_app()
     with stop_signals_seen() as seen:
         status: int = hypercorn_main.main(sys.argv[1:] if argv is None else argv)

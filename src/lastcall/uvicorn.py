@@ -22,10 +22,9 @@ How, and which parts of uvicorn it relies on: ``lastcall._servers.uvicorn``.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from lastcall._config import settings_or_exit
+from lastcall._config import module_or_exit, settings_or_exit
 from lastcall._servers import uvicorn as adapter
 
 __all__ = ("main",)
@@ -34,7 +33,7 @@ __all__ = ("main",)
 def main(argv: list[str] | None = None) -> None:
     """Run uvicorn's command line (``uvicorn.main:main``) with lastcall's supervisor."""
     settings_or_exit()  # before uvicorn starts, in one line
-    uvicorn_main = importlib.import_module("uvicorn.main")
+    uvicorn_main = module_or_exit("uvicorn.main")
     adapter.supervise(uvicorn_main)
     adapter.wrap_every_app(uvicorn_main)
     uvicorn_main.main.main(

@@ -151,7 +151,7 @@ def pool_class_kind(pool_cls: Celery) -> str:
     """
     from celery.concurrency import get_implementation  # noqa: PLC0415
 
-    module = get_implementation(pool_cls).__module__.rsplit(".", 1)[-1]
+    module = str(get_implementation(pool_cls).__module__).rsplit(".", 1)[-1]
     return {"thread": "threads"}.get(module, module)
 
 

@@ -158,9 +158,8 @@ class RabbitMQServer:
         cls, directory: Path, mark: str | None = None, wait: float = RABBITMQ_START_WAIT
     ) -> RabbitMQServer:
         """Boot a node with its files in ``directory``; raises ``DrillError`` if it cannot."""
+        check_rabbitmq_installed()
         epmd = shutil.which("epmd") or _EPMD
-        if not Path(RABBITMQ_SERVER).exists() or not Path(epmd).exists():
-            raise DrillError(RABBITMQ_NOT_INSTALLED)
         port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
         (directory / "home").mkdir(parents=True)
         (directory / "enabled_plugins").write_text("[].\n")
@@ -222,6 +221,12 @@ class RabbitMQServer:
             proc = _STARTED.pop(pid, None)
             if proc is not None:
                 proc.wait(RABBITMQ_STOP_WAIT)
+
+
+def check_rabbitmq_installed() -> None:
+    """Debian's rabbitmq-server and Erlang's epmd are here: else one line saying how to get them."""
+    if not Path(RABBITMQ_SERVER).exists() or not Path(shutil.which("epmd") or _EPMD).exists():
+        raise DrillError(RABBITMQ_NOT_INSTALLED)
 
 
 def _rabbitmq_env(directory: Path, port: int, dist_port: int, epmd_port: int) -> dict[str, str]:

@@ -11,6 +11,7 @@ boot) each has a queue of its own.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -87,10 +88,12 @@ def run_worker_matrix(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drill")
     futures: dict[Future[WorkerResult], WorkerPlan] = {}
     node: RabbitMQServer | None = None
+    files: Path | None = None  # the shared node's
     try:
         broker = plans[0].broker if plans else None
         if broker == PRIVATE_RABBITMQ:
-            node = RabbitMQServer.start(_node_directory(directory), cleanup.new_mark())
+            files = Path(tempfile.mkdtemp(prefix="matrix-", dir=_made(directory)))
+            node = RabbitMQServer.start(files / "rabbitmq", cleanup.new_mark())
             broker = node.url
         for n, plan in enumerate(plans):
             if broker is not None:  # shared: a queue of each drill's own
@@ -116,6 +119,8 @@ def run_worker_matrix(
         pool.shutdown(wait=True)
         if node is not None:
             node.stop()
+        if files is not None and directory is None:
+            shutil.rmtree(files, ignore_errors=True)
     return list(rows.values())
 
 
@@ -123,8 +128,8 @@ def _key(plan: WorkerPlan) -> tuple[str, str, str]:
     return plan.framework, plan.pool_name, plan.stop
 
 
-def _node_directory(directory: Path | None) -> Path:
-    """The shared node's files: beside the drills' when kept, else a temporary directory."""
+def _made(directory: Path | None) -> Path | None:
+    """``directory``, made if it is given (the drills' files are kept there)."""
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="rabbitmq-", dir=directory))
+    return directory

@@ -11,7 +11,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lastcall.cli.broker import AMQP_SCHEMES, PRIVATE_RABBITMQ, REDIS_SCHEMES
+from lastcall.cli.broker import (
+    AMQP_SCHEMES,
+    PRIVATE_RABBITMQ,
+    REDIS_SCHEMES,
+    check_rabbitmq_installed,
+)
 from lastcall.cli.frameworks import FRAMEWORKS
 from lastcall.cli.plan import STOP_WORDS, DrillError
 
@@ -115,6 +120,8 @@ class WorkerPlan:
                 f"--broker {broker}: {self.framework} runs on Redis only; give --broker "
                 "redis://HOST:PORT/DB, or leave it out for a private redis-server"
             )
+        if broker == PRIVATE_RABBITMQ:
+            check_rabbitmq_installed()
         if not amqp and not broker.startswith(REDIS_SCHEMES):
             raise DrillError(
                 f"--broker {broker!r} is neither a Redis nor an AMQP URL: give "

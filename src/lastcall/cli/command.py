@@ -538,12 +538,24 @@ def _run_worker_drills(
         result, code = _drill_worker(out, base, logs=logs)
         results = [result]
     else:
+        frameworks = _on_the_broker(out, base, frameworks)
         plans = worker_plans(base, frameworks, pools, stops)
         results, code = _worker_matrix(out, plans, logs=logs)
     _show_warnings(out, results, logs)
     if json_path:
         render.write_json(json_path, results)
     return code
+
+
+def _on_the_broker(out: Console, base: WorkerPlan, frameworks: list[str]) -> list[str]:
+    """On RabbitMQ, the frameworks that run there; the matrix says which it skips."""
+    if not base.on_amqp or len(frameworks) == 1:  # one framework: its plan says why not
+        return frameworks
+    skipped = [f for f in frameworks if not FRAMEWORKS[f].amqp_too]
+    if skipped:
+        note = f"note: {', '.join(skipped)} runs on Redis only; the matrix skips it on RabbitMQ"
+        out.print(note, soft_wrap=not out.is_terminal)
+    return [f for f in frameworks if f not in skipped]
 
 
 def _worker_matrix(

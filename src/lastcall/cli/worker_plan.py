@@ -75,6 +75,12 @@ class WorkerPlan:
         return self.pool or next(iter(FRAMEWORKS[self.framework].pools))
 
     @property
+    def on_amqp(self) -> bool:
+        """RabbitMQ: ``--broker amqp://...`` or ``rabbitmq``."""
+        broker = self.broker or ""
+        return broker == PRIVATE_RABBITMQ or broker.startswith(AMQP_SCHEMES)
+
+    @property
     def kills(self) -> bool:
         """SIGKILL: no code of the worker runs, so never a clean stop."""
         return self.stop == "KILL"
@@ -114,7 +120,7 @@ class WorkerPlan:
         broker = self.broker
         if broker is None:
             return
-        amqp = broker == PRIVATE_RABBITMQ or broker.startswith(AMQP_SCHEMES)
+        amqp = self.on_amqp
         if amqp and not FRAMEWORKS[self.framework].amqp_too:
             raise DrillError(
                 f"--broker {broker}: {self.framework} runs on Redis only; give --broker "

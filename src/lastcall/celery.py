@@ -9,8 +9,8 @@
     LastCall(app)
 
 then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads``, ``solo`` and
-``gevent``, brokers Redis and RabbitMQ, with or without ``acks_late``). On the first
-SIGTERM or SIGINT to the worker:
+``gevent``, brokers Redis and RabbitMQ, with or without ``acks_late``; ``-P eventlet`` is
+refused at start-up in one line). On the first SIGTERM or SIGINT to the worker:
 
 1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
    no task starts after the signal: the worker stops consuming at once, and

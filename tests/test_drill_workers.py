@@ -142,6 +142,17 @@ def test_a_users_worker_command_on_its_broker(tmp_path: Path, redis_server: Redi
             "write its pool in COMMAND",
         ),
         (["--worker", "rq", "--acks-late"], "--acks-late is Celery's task_acks_late"),
+        (
+            [
+                "--worker",
+                "celery",
+                "--broker",
+                "amqp://guest@127.0.0.1//",
+                "--cmd",
+                "celery -A tasks -b {broker} worker",
+            ],
+            "add -n {name}@%h to COMMAND",
+        ),
         (["--worker", "rq", "--matrix", "--pool", "solo"], "not one of rq's"),
         (["--pool", "solo"], "--pool goes with --worker"),
         (["--acks-late"], "--acks-late goes with --worker"),

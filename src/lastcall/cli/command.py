@@ -55,7 +55,8 @@ def cli() -> None:
     metavar="COMMAND",
     help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
     "one), {port} becomes the port, {python} this interpreter; with --worker, {broker} the "
-    "broker's URL.  Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+    "broker's URL, {queue} the jobs' queue, {name} a name for each worker (-n {name}@%h).  "
+    "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
 )
 @click.option(
     "--worker",

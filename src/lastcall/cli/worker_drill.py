@@ -271,6 +271,12 @@ class WorkerDrill:
             elif time.monotonic() - still_since >= _SETTLE:
                 return
             self._wait(_LOOK_EVERY)
+        if not b.alive():
+            b.wait(0)
+            self._progress(
+                f"worker B exited with status {b.status} before every job was accounted for; "
+                f"its last line: {b.last_line()}"
+            )
 
     def _look(self, framework: Framework, store: Records, a: Worker, b: Worker) -> None:
         """Each job's runs (from the records) and, if not completed, where it is now."""

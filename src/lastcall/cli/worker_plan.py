@@ -146,6 +146,12 @@ class WorkerPlan:
             ) from None
         if not words:
             raise DrillError("--cmd is empty; give the command that starts the worker")
+        if self.framework == "celery" and self.on_amqp and "{name}" not in (self.cmd or ""):
+            raise DrillError(
+                "--cmd on RabbitMQ: Celery's workers A and B need names of their own (a "
+                "worker's pidbox queue there is exclusive, and B would stop at start-up): add "
+                "-n {name}@%h to COMMAND"
+            )
         if "{broker}" not in (self.cmd or "") and self.broker in (None, PRIVATE_RABBITMQ):
             raise DrillError(
                 "--cmd has no {broker}: write {broker} where the worker takes its broker URL "
@@ -155,14 +161,15 @@ class WorkerPlan:
 
     def argv(self, framework: Framework, *, worker: str) -> list[str]:
         """The command worker A or B runs: the demo's, or ``--cmd`` with its words filled in."""
+        nodename = f"lastcall-drill-{worker}-{self.queue_name}"  # one per worker and drill
         if self.cmd is None:
-            nodename = f"lastcall-drill-{worker}-{self.queue_name}"  # one per drill on a broker
             return framework.demo_argv(plain=self.plain, nodename=nodename, pool=self.pool_name)
         words = shlex.split(self.cmd)
         fill = {
             "{broker}": framework.broker,
             "{python}": sys.executable,
             "{queue}": self.queue_name,
+            "{name}": nodename,
         }
         for placeholder, value in fill.items():
             words = [w.replace(placeholder, value) for w in words]

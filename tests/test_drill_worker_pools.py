@@ -87,44 +87,52 @@ def test_each_pool_runs_the_jobs_its_own_way_and_stops_clean(
 
 
 @pytest.mark.skipif(not RABBITMQ.exists(), reason="apt-get install rabbitmq-server")
-def test_celery_on_a_private_rabbitmq_node(tmp_path: Path) -> None:
-    """--broker rabbitmq: the drill boots a node of its own, drills Celery on it, stops it.
+def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
+    """--matrix --broker rabbitmq: the drill boots one node, a queue per drill, both ways.
 
-    On RabbitMQ the long job goes back by ``basic_reject(requeue)`` and worker B runs it;
-    the job enqueued during the stop is B's alone.
+    As shipped, worker A waits for the long job past the grace and is killed. With
+    lastcall the long job goes back by ``basic_reject(requeue)`` and worker B runs
+    it; the job enqueued during the stop is B's alone. The node is gone after.
     """
     pytest.importorskip("celery")
-    status, data, said = worker_drill(tmp_path, "--worker", "celery", "--broker", "rabbitmq",
-                                      *QUICK)  # fmt: skip
-    assert status == 0, said
-    assert "a private rabbitmq-server (pid" in said
-    assert data["plan"]["broker"] == "rabbitmq"
-    assert data["clean"], data["verdict"]
-    assert data["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, data["verdict"]
-    long, *_, during = data["jobs"]
-    assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
-    assert [r["worker"] for r in during["runs"]] == ["B"], during
-    nodes_gone(tmp_path)
-
-
-@pytest.mark.skipif(not RABBITMQ.exists(), reason="apt-get install rabbitmq-server")
-def test_a_dramatiq_matrix_shares_one_private_rabbitmq_node(tmp_path: Path) -> None:
-    """--matrix --broker rabbitmq: one node for the matrix, a queue per drill, both ways.
-
-    Dramatiq as shipped waits for the long job past the grace and is killed; with
-    lastcall every job completes once. The node is gone after.
-    """
-    pytest.importorskip("dramatiq")
-    args = ["--worker", "dramatiq", "--matrix", "--stop", "TERM", "--pool", "threads",
+    args = ["--worker", "celery", "--matrix", "--stop", "TERM", "--pool", "prefork",
             "--broker", "rabbitmq"]  # fmt: skip
     status, data, said = worker_drill(tmp_path, *args, *QUICK)
     assert status == 0, said
     plain, lastcall = sorted(data, key=lambda d: not d["plan"]["plain"])
-    assert {plain["plan"]["queue"], lastcall["plan"]["queue"]} == {"default-0", "default-1"}
-    assert plain["plan"]["broker"].startswith("amqp://")
+    assert {plain["plan"]["queue"], lastcall["plan"]["queue"]} == {"celery-0", "celery-1"}
+    assert lastcall["plan"]["broker"].startswith("amqp://guest:guest@127.0.0.1:")
     assert plain["left_behind"], plain["verdict"]  # as shipped: past the grace
+    assert lastcall["clean"], lastcall["verdict"]
     assert lastcall["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, lastcall["verdict"]
+    long, *_, during = lastcall["jobs"]
+    assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
+    assert [r["worker"] for r in during["runs"]] == ["B"], during
     assert nodes_gone(tmp_path) == 1  # one node for both drills
+
+
+@pytest.mark.skipif(not RABBITMQ.exists(), reason="apt-get install rabbitmq-server")
+def test_dramatiq_on_a_private_rabbitmq_node(tmp_path: Path) -> None:
+    """--broker rabbitmq on Dramatiq: every job completed once, exit by SIGTERM, node gone.
+
+    The stop reaches Dramatiq's worker process a few milliseconds after its main
+    process, which forwards it; a message RabbitMQ pushes in between can start
+    there. The drill counts that as a late start, which this test allows only
+    for the job enqueued during the stop, begun within 0.1 s of the signal.
+    """
+    pytest.importorskip("dramatiq")
+    status, data, said = worker_drill(tmp_path, "--worker", "dramatiq", "--broker", "rabbitmq",
+                                      *QUICK)  # fmt: skip
+    assert "a private rabbitmq-server (pid" in said
+    assert data["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, data["verdict"]
+    assert data["exit_status"] == 128 + signal.SIGTERM, data["verdict"]
+    assert set(data["failures"]) <= {"late"}, data["verdict"]
+    assert status == (1 if data["failures"] else 0), said
+    long, *_, during = data["jobs"]
+    assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
+    late = [r["started"] - data["stop_sent"] for r in during["runs"] if r["worker"] == "A"]
+    assert data["started_late"] == len(late) and all(t < 0.1 for t in late), during
+    assert nodes_gone(tmp_path) == 1
 
 
 @pytest.mark.parametrize("acks_late", [True, False], ids=["acks-late", "acks-early"])
@@ -138,7 +146,8 @@ def test_acks_late_decides_what_a_sigkill_loses(tmp_path: Path, acks_late: bool)
     outstanding in the dying process, which takes it off the list.)
     """
     pytest.importorskip("celery")
-    args = ["--worker", "celery", "--stop", "KILL", *QUICK]
+    # Jobs of 1.5 s: still running at the SIGKILL, 0.25 s after the first began.
+    args = ["--worker", "celery", "--stop", "KILL", *QUICK, "--job-seconds", "1.5"]
     status, data, said = worker_drill(tmp_path, *args, *(["--acks-late"] if acks_late else []))
     assert data["plan"]["acks_late"] is acks_late, said
     running = [job for job in data["jobs"] if job["kind"] != "during the stop"]

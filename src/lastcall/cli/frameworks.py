@@ -34,7 +34,7 @@ class Framework:
     name: ClassVar[str]
     extra: ClassVar[str]  # lastcall's extra that installs it
     default_queue: ClassVar[str]
-    pools: ClassVar[dict[str, str]]  # --pool's choices, the default first: what each runs
+    pools: ClassVar[tuple[str, ...]]  # --pool's choices, the default first
     amqp_too: ClassVar[bool] = True  # RabbitMQ as well as Redis
 
     def __init__(self, broker: str, queue: str) -> None:
@@ -101,10 +101,7 @@ class RQ(Framework):
     name = "rq"
     extra = "rq"
     default_queue = "default"
-    pools: ClassVar[dict[str, str]] = {
-        "fork": "Worker: each job in a work horse forked for it",
-        "simple": "SimpleWorker: each job in the worker's own process",
-    }
+    pools = ("fork", "simple")  # Worker: a work horse forked per job; SimpleWorker: none
     amqp_too = False
     FUNCTION = "lastcall.cli.demo_jobs.work"
     _CLASSES: ClassVar[dict[tuple[str, bool], str]] = {
@@ -157,12 +154,7 @@ class Celery(Framework):
     name = "celery"
     extra = "celery"
     default_queue = "celery"
-    pools: ClassVar[dict[str, str]] = {
-        "prefork": "4 pool processes",
-        "threads": "4 threads",
-        "solo": "1 task at a time, in the main process",
-        "gevent": "4 greenlets",
-    }
+    pools = ("prefork", "threads", "solo", "gevent")
     concurrency = 4  # the demo worker's processes, threads or greenlets
 
     def __init__(self, broker: str, queue: str) -> None:
@@ -236,9 +228,10 @@ class Dramatiq(Framework):
     name = "dramatiq"
     extra = "dramatiq"
     default_queue = "default"
-    pools: ClassVar[dict[str, str]] = {
-        "threads": "--processes 1 --threads 4",
-        "processes": "--processes 2 --threads 2",
+    pools = ("threads", "processes")
+    _OPTIONS: ClassVar[dict[str, list[str]]] = {
+        "threads": ["--processes", "1", "--threads", "4"],
+        "processes": ["--processes", "2", "--threads", "2"],
     }
     _NAMESPACE = "dramatiq"  # RedisBroker's default
 
@@ -256,7 +249,7 @@ class Dramatiq(Framework):
     def demo_argv(self, *, plain: bool, nodename: str, pool: str) -> list[str]:  # noqa: ARG002  # the app's
         """The demo module (its broker with lastcall's middleware unless ``--plain``)."""
         return [sys.executable, "-m", "dramatiq", "lastcall.cli.demo_dramatiq",
-                *self.pools[pool].split()]  # fmt: skip
+                *self._OPTIONS[pool]]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:
         """By the actor's name: it is declared in the worker, not here."""

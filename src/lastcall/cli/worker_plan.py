@@ -72,7 +72,7 @@ class WorkerPlan:
         """``--pool``, else the framework's default; ``--cmd``'s own is not known."""
         if self.cmd is not None and self.pool is None:
             return "its own"
-        return self.pool or next(iter(FRAMEWORKS[self.framework].pools))
+        return self.pool or FRAMEWORKS[self.framework].pools[0]
 
     @property
     def on_amqp(self) -> bool:

@@ -9,8 +9,8 @@
     LastCall(app)
 
 then ``celery -A tasks worker`` as before (pools ``prefork``, ``threads``, ``solo`` and
-``gevent``, brokers Redis and RabbitMQ, with or without ``acks_late``). On the first
-SIGTERM or SIGINT to the worker:
+``gevent``, brokers Redis and RabbitMQ, with or without ``acks_late``; ``-P eventlet`` is
+refused at start-up in one line). On the first SIGTERM or SIGINT to the worker:
 
 1. readiness goes red (``LASTCALL_HEALTH_PORT``: a worker's only probe) and
    no task starts after the signal: the worker stops consuming at once, and
@@ -65,6 +65,13 @@ _CELERY_STOP_MAX = 2.0
 # (two of them: one more as it leaves), then its remote-control greenlet takes 1 s.
 _CELERY_STOP_MAX_GREEN = 5.0
 _CELERY_STOP_SHARE = 1 / 3
+# eventlet runs Celery's worker_ready in a green thread, where no signal handler can be
+# set, and cannot stop a running task: lastcall would neither drain nor run the hooks.
+EVENTLET_REFUSED = (
+    "lastcall.celery: the eventlet pool (-P eventlet) cannot keep lastcall's contract (no "
+    "signal handler can be set from its green threads, no running task can be put back); "
+    "use -P gevent for green threads, or -P threads"
+)
 
 
 def task_budget(coordinator: Coordinator, *, green: bool = False) -> float:
@@ -101,9 +108,14 @@ class LastCall:
         return getattr(sender, "app", None) is self.app
 
     def _worker_init(self, sender: Celery = None, **_: Any) -> None:  # noqa: ANN401
-        """Main process, before the pool forks: the pipe pool processes answer on."""
+        """Main process, before the pool forks: the pipe pool processes answer on.
+
+        The eventlet pool is refused here, before the worker consumes anything.
+        """
         if not self._ours(sender) or self._answers is not None:
             return
+        if adapter.pool_class_kind(sender.pool_cls) == "eventlet":
+            raise SystemExit(EVENTLET_REFUSED)  # Celery's signal dispatch lets it through
         read, write = os.pipe()
         os.set_blocking(read, False)
         self._answers = (read, write)

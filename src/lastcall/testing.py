@@ -214,6 +214,8 @@ def drill_worker(  # lastcall drill --worker's options, as keywords
     cmd: str | None = None,
     broker: str | None = None,
     queue: str | None = None,
+    pool: str | None = None,
+    acks_late: bool = False,
     stop: str = "TERM",
     jobs: int = 3,
     job_seconds: float = 0.5,
@@ -226,7 +228,8 @@ def drill_worker(  # lastcall drill --worker's options, as keywords
     """Drill a queue worker of ``framework`` (``"rq"``, ``"celery"``, ``"dramatiq"``).
 
     ``lastcall drill --worker`` as a function: its demo worker (or ``cmd``) on
-    ``broker`` or a private redis-server, ``jobs`` of ``job_seconds`` beside a
+    ``pool`` and ``broker`` (a URL, ``"rabbitmq"`` for a private RabbitMQ node;
+    default a private redis-server), ``jobs`` of ``job_seconds`` beside a
     long one, the stop, a second worker, each job counted. Input the drill
     cannot use raises ``ValueError`` with the one line the command would print.
     """
@@ -241,6 +244,8 @@ def drill_worker(  # lastcall drill --worker's options, as keywords
         cmd=cmd,
         broker=broker,
         queue=queue,
+        pool=pool,
+        acks_late=acks_late,
         stop=stop.upper(),
         jobs=jobs,
         job_seconds=job_seconds,

@@ -143,6 +143,18 @@ def pool_kind(pool: Celery) -> str:
     return {"thread": "threads", "asynpool": "prefork"}.get(module, module)
 
 
+def pool_class_kind(pool_cls: Celery) -> str:
+    """The same name from ``WorkController.pool_cls`` (a name or a class, before the pool is made).
+
+    ``celery/worker/worker.py``: ``pool_cls`` is still ``-P``'s value when ``worker_init``
+    is sent; ``celery.concurrency.get_implementation`` turns it into the class.
+    """
+    from celery.concurrency import get_implementation  # noqa: PLC0415
+
+    module = str(get_implementation(pool_cls).__module__).rsplit(".", 1)[-1]
+    return {"thread": "threads"}.get(module, module)
+
+
 class _Running:
     """Whether this process stopped its task; the threads pool's threads by task."""
 

@@ -55,7 +55,8 @@ def cli() -> None:
     metavar="COMMAND",
     help="Drill a service however it starts: COMMAND runs as given (no shell unless you write "
     "one), {port} becomes the port, {python} this interpreter; with --worker, {broker} the "
-    "broker's URL.  Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
+    "broker's URL, {queue} the jobs' queue, {name} a name for each worker (-n {name}@%h).  "
+    "Example: --cmd 'gunicorn -b 127.0.0.1:{port} mysite.wsgi'",
 )
 @click.option(
     "--worker",
@@ -68,8 +69,23 @@ def cli() -> None:
 @click.option(
     "--broker",
     metavar="URL",
-    help="With --worker: the Redis broker to use, {broker} in --cmd.  [default: a private "
-    "redis-server on a free port]",
+    help="With --worker: the broker to use, {broker} in --cmd: redis://..., amqp://... (Celery, "
+    "Dramatiq), or rabbitmq for a private rabbitmq-server.  [default: a private redis-server "
+    "on a free port]",
+)
+@click.option(
+    "--pool",
+    multiple=True,
+    help="With --worker: how the demo worker runs its jobs; --matrix takes it more than once.  "
+    "celery: prefork, threads, solo, gevent; rq: fork (Worker), simple (SimpleWorker); "
+    "dramatiq: threads (1 process), processes (2).  [default: the first; --matrix: every "
+    "installed one]",
+)
+@click.option(
+    "--acks-late",
+    is_flag=True,
+    help="With --worker celery: the demo task acknowledged as it ends (task_acks_late), not as "
+    "it starts.",
 )
 @click.option(
     "--queue",
@@ -216,6 +232,8 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
     cmd: str | None,
     worker: str | None,
     broker: str | None,
+    pool: tuple[str, ...],
+    acks_late: bool,
     queue: str | None,
     jobs: int | None,
     job_seconds: float | None,
@@ -263,6 +281,7 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
             framework=frameworks[0],
             cmd=cmd,
             broker=broker,
+            acks_late=acks_late,
             queue=queue,
             stop=(stop or "TERM").upper(),
             jobs=jobs or defaults[0],
@@ -273,9 +292,16 @@ def drill(  # noqa: PLR0917  # click passes one parameter per option
             start_timeout=start_timeout,
         )
         stops = [worker_plan.stop] if stop or not matrix else list(WORKER_STOPS)
-        return _run_worker_drills(worker_plan, frameworks, stops, json_path, matrix=matrix)
+        pools = list(dict.fromkeys(pool))
+        return _run_worker_drills(worker_plan, frameworks, pools, stops, json_path, matrix=matrix)
     _check_no_worker_options(
-        stop=stop, broker=broker, queue=queue, jobs=jobs, job_seconds=job_seconds
+        stop=stop,
+        broker=broker,
+        queue=queue,
+        jobs=jobs,
+        job_seconds=job_seconds,
+        pool=pool[0] if pool else None,
+        acks_late=acks_late or None,
     )
     _check_cmd_options(
         cmd, plain=plain, server=server, request_seconds=request_seconds, workers=workers
@@ -349,10 +375,13 @@ def _check_no_worker_options(
     queue: str | None,
     jobs: int | None,
     job_seconds: float | None,
+    pool: str | None,
+    acks_late: bool | None,
 ) -> None:
     if stop is not None and stop.upper() not in STOPS:
         raise DrillError(f"--stop {stop.upper()} is a worker drill's stop: add --worker NAME")
-    given = {"--broker": broker, "--queue": queue, "--jobs": jobs, "--job-seconds": job_seconds}
+    given = {"--broker": broker, "--queue": queue, "--jobs": jobs, "--job-seconds": job_seconds,
+             "--pool": pool, "--acks-late": acks_late}  # fmt: skip
     for option, value in given.items():
         if value is not None:
             raise DrillError(f"{option} goes with --worker NAME (a queue worker's drill)")
@@ -489,12 +518,13 @@ def _frameworks(worker: str, *, matrix: bool, cmd: str | None, plain: bool) -> l
 def _run_worker_drills(
     base: WorkerPlan,
     frameworks: list[str],
+    pools: list[str],
     stops: list[str],
     json_path: Path | None,
     *,
     matrix: bool,
 ) -> int:
-    """One worker drill, or with ``--matrix`` each stop on each framework both ways.
+    """One worker drill, or with ``--matrix`` each stop on each framework's pools both ways.
 
     Its JSON and the workers' logs beside ``--json``. Exit status 0 when the drill
     (every lastcall drill of a matrix) is clean.
@@ -502,15 +532,31 @@ def _run_worker_drills(
     logs = None if json_path is None else json_path.parent / f"{json_path.stem}-logs"
     out = Console(highlight=False)
     if not matrix:
+        if len(pools) > 1:
+            raise DrillError("one --pool for a single drill; --matrix takes several")
+        base = replace(base, pool=pools[0] if pools else None)
         base.check()
         result, code = _drill_worker(out, base, logs=logs)
         results = [result]
     else:
-        results, code = _worker_matrix(out, worker_plans(base, frameworks, stops), logs=logs)
+        frameworks = _on_the_broker(out, base, frameworks)
+        plans = worker_plans(base, frameworks, pools, stops)
+        results, code = _worker_matrix(out, plans, logs=logs)
     _show_warnings(out, results, logs)
     if json_path:
         render.write_json(json_path, results)
     return code
+
+
+def _on_the_broker(out: Console, base: WorkerPlan, frameworks: list[str]) -> list[str]:
+    """On RabbitMQ, the frameworks that run there; the matrix says which it skips."""
+    if not base.on_amqp or len(frameworks) == 1:  # one framework: its plan says why not
+        return frameworks
+    skipped = [f for f in frameworks if not FRAMEWORKS[f].amqp_too]
+    if skipped:
+        note = f"note: {', '.join(skipped)} runs on Redis only; the matrix skips it on RabbitMQ"
+        out.print(note, soft_wrap=not out.is_terminal)
+    return [f for f in frameworks if f not in skipped]
 
 
 def _worker_matrix(
@@ -531,9 +577,9 @@ def _worker_matrix(
         def done(plan: WorkerPlan, result: WorkerResult) -> None:
             progress.advance(task)
             results.append(result)
+            what = f"{plan.framework} {plan.pool_name} {plan.stop} {plan.variant}"
             console.print(
-                f"[dim]{plan.framework} {plan.stop} {plan.variant}: {escape(result.verdict())}[/]",
-                soft_wrap=not console.is_terminal,
+                f"[dim]{what}: {escape(result.verdict())}[/]", soft_wrap=not console.is_terminal
             )
 
         rows = run_worker_matrix(plans, done, directory=logs)

@@ -2,8 +2,9 @@
 
 The task is a ``shared_task``, so a user's own worker runs it too when it
 imports this module (``--cmd 'celery -A tasks -b {broker} worker -I
-lastcall.cli.demo_celery'``); the app below is made only where the drill
-starts the demo worker itself, with ``LastCall(app)`` unless ``--plain``.
+lastcall.cli.demo_celery'``), acknowledged late with ``--acks-late`` there
+too (the task's own ``acks_late``); the app below is made only where the
+drill starts the demo worker itself, with ``LastCall(app)`` unless ``--plain``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from celery import Celery, shared_task
 from lastcall.cli import demo_jobs
 
 
-@shared_task(name=demo_jobs.CELERY_TASK)  # type: ignore[untyped-decorator]
+@shared_task(  # type: ignore[untyped-decorator]
+    name=demo_jobs.CELERY_TASK, acks_late=os.environ.get(demo_jobs.ACKS_LATE) == "1"
+)
 def work(n: int, seconds: float, again: float) -> int:
     """The demo job, as a Celery task."""
     return demo_jobs.work(n, seconds, again)

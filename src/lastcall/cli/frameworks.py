@@ -1,23 +1,28 @@
 """What the worker drill runs and looks at, per framework: the demo worker, enqueueing, the queue.
 
 One class per framework (as ``servers.py`` has one entry per HTTP server):
-the demo worker's command line (``lastcall`` or ``--plain``), how the drill
-enqueues the demo job on the broker, and where a job not completed is now:
-``queued`` (on its queue: any worker may take it) or ``held`` (delivered and
-not acknowledged: back only after the broker's timeout, or never). The
+its pools (``--pool``: how the worker runs its jobs, the first one the
+framework's default) and brokers, the demo worker's command line (``lastcall``
+or ``--plain``), how the drill enqueues the demo job on the broker, and where
+a job not completed is now: ``queued`` (on its queue: any worker may take it)
+or ``held`` (delivered and not acknowledged: back only after the broker's
+timeout, or never). On RabbitMQ, which tells how many messages a queue holds
+but not which, the queued ones are counted, not named, and none is held once
+its worker's connection is gone (RabbitMQ puts its messages back then). The
 framework's client library is imported when a drill begins, in the drill's
 own interpreter; a missing one is one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
-import secrets
 import sys
 from typing import Any, ClassVar
 
 from lastcall.cli import demo_jobs
-from lastcall.cli.plan import DrillError
+from lastcall.cli.broker import AMQP_SCHEMES
 
 QUEUED = "queued"
 HELD = "held"
@@ -29,10 +34,27 @@ class Framework:
     name: ClassVar[str]
     extra: ClassVar[str]  # lastcall's extra that installs it
     default_queue: ClassVar[str]
+    pools: ClassVar[tuple[str, ...]]  # --pool's choices, the default first
+    amqp_too: ClassVar[bool] = True  # RabbitMQ as well as Redis
 
     def __init__(self, broker: str, queue: str) -> None:
         self.broker = broker
         self.queue = queue
+        self.amqp = broker.startswith(AMQP_SCHEMES)
+
+    @classmethod
+    def installed_pools(cls) -> list[str]:
+        """The pools that run here (gevent's only where gevent is installed)."""
+        return [p for p in cls.pools if p != "gevent" or importlib.util.find_spec("gevent")]
+
+    @classmethod
+    def pool_problem(cls, pool: str) -> str | None:
+        """One line when ``pool`` is not one of this framework's, or does not run here."""
+        if pool not in cls.pools:
+            return f"--pool {pool} is not one of {cls.name}'s; choose one of {', '.join(cls.pools)}"
+        if pool not in cls.installed_pools():
+            return f"--pool {pool} needs {pool}, which is not installed: pip install {pool}"
+        return None
 
     @classmethod
     def missing(cls) -> str | None:
@@ -43,7 +65,7 @@ class Framework:
             return f"{cls.name} is not installed: pip install 'lastcall[{cls.extra}]'"
         return None
 
-    def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:
+    def demo_argv(self, *, plain: bool, nodename: str, pool: str) -> list[str]:
         """The command that starts the demo worker."""
         raise NotImplementedError
 
@@ -52,7 +74,21 @@ class Framework:
         raise NotImplementedError
 
     def where(self, ids: list[str]) -> dict[str, str]:
-        """Of ``ids``, those ``queued`` or ``held`` now; the others are on the broker no more."""
+        """Of ``ids`` (not completed, not running), those ``queued`` or ``held`` now.
+
+        The others are on the broker no more. On RabbitMQ the first of ``ids`` are
+        counted as queued, as many as its queues hold.
+        """
+        if self.amqp:
+            return dict.fromkeys(ids[: self.ready()], QUEUED)
+        return self.where_on_redis(ids)
+
+    def where_on_redis(self, ids: list[str]) -> dict[str, str]:
+        """``where`` on Redis, by each id."""
+        raise NotImplementedError
+
+    def ready(self) -> int:
+        """On RabbitMQ: the messages waiting on the drill's queue (its delay queue too)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -65,7 +101,15 @@ class RQ(Framework):
     name = "rq"
     extra = "rq"
     default_queue = "default"
+    pools = ("fork", "simple")  # Worker: a work horse forked per job; SimpleWorker: none
+    amqp_too = False
     FUNCTION = "lastcall.cli.demo_jobs.work"
+    _CLASSES: ClassVar[dict[tuple[str, bool], str]] = {
+        ("fork", False): "lastcall.rq.Worker",
+        ("fork", True): "rq.worker.Worker",
+        ("simple", False): "lastcall.rq.SimpleWorker",
+        ("simple", True): "rq.worker.SimpleWorker",
+    }
 
     def __init__(self, broker: str, queue: str) -> None:
         super().__init__(broker, queue)
@@ -75,9 +119,9 @@ class RQ(Framework):
         self._redis = redis.Redis.from_url(broker)
         self._queue = Queue(queue, connection=self._redis)
 
-    def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:
+    def demo_argv(self, *, plain: bool, nodename: str, pool: str) -> list[str]:
         """``rq worker``, its settings module the demo's (where its hook is registered)."""
-        worker = "rq.worker.Worker" if plain else "lastcall.rq.Worker"
+        worker = self._CLASSES[pool, plain]
         return [sys.executable, "-m", "rq.cli", "worker", "--url", self.broker,
                 "--worker-class", worker, "--config", "lastcall.cli.demo_jobs",
                 "--name", nodename, self.queue]  # fmt: skip
@@ -86,7 +130,7 @@ class RQ(Framework):
         """By the function's name: any RQ worker can import it."""
         return str(self._queue.enqueue(self.FUNCTION, n, seconds, again).id)
 
-    def where(self, ids: list[str]) -> dict[str, str]:
+    def where_on_redis(self, ids: list[str]) -> dict[str, str]:
         """By each job's status: ``started`` with no process running it is held."""
         from rq.job import Job  # noqa: PLC0415
 
@@ -105,25 +149,31 @@ class RQ(Framework):
 
 
 class Celery(Framework):
-    """Celery on Redis: ``celery -A lastcall.cli.demo_celery worker``, 4 prefork processes."""
+    """Celery: ``celery -A lastcall.cli.demo_celery worker -P POOL``, 4 at once (solo: 1)."""
 
     name = "celery"
     extra = "celery"
     default_queue = "celery"
-    concurrency = 4  # the demo worker's processes
+    pools = ("prefork", "threads", "solo", "gevent")
+    concurrency = 4  # the demo worker's processes, threads or greenlets
 
     def __init__(self, broker: str, queue: str) -> None:
         super().__init__(broker, queue)
         import celery  # noqa: PLC0415
-        import redis  # noqa: PLC0415
 
         self._app = celery.Celery("lastcall-drill-client", broker=broker, set_as_current=False)
-        self._redis = redis.Redis.from_url(broker)
+        self._redis: Any = None
+        self._amqp: Any = None  # a kombu connection, for the queue's count
+        if not self.amqp:
+            import redis  # noqa: PLC0415
 
-    def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:  # noqa: ARG002  # the app's
-        """The demo app (``LastCall(app)`` in it unless ``--plain``), 4 prefork processes."""
+            self._redis = redis.Redis.from_url(broker)
+
+    def demo_argv(self, *, plain: bool, nodename: str, pool: str) -> list[str]:  # noqa: ARG002  # the app's
+        """The demo app (``LastCall(app)`` in it unless ``--plain``) on ``pool``."""
+        concurrency = 1 if pool == "solo" else self.concurrency
         return [sys.executable, "-m", "celery", "-A", "lastcall.cli.demo_celery", "worker",
-                "--loglevel", "INFO", "--concurrency", str(self.concurrency),
+                "--loglevel", "INFO", "--pool", pool, "--concurrency", str(concurrency),
                 "--without-mingle", "--without-gossip", "--hostname", f"{nodename}@%h"]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:
@@ -132,7 +182,7 @@ class Celery(Framework):
         sent = self._app.send_task(task, args=args, queue=self.queue)
         return str(sent.id)
 
-    def where(self, ids: list[str]) -> dict[str, str]:
+    def where_on_redis(self, ids: list[str]) -> dict[str, str]:
         """On kombu's Redis transport: a list for the queue, ``unacked`` for delivered ones."""
         wanted = set(ids)
         found = {}
@@ -146,9 +196,24 @@ class Celery(Framework):
                 found.setdefault(task, HELD)
         return found
 
+    def ready(self) -> int:
+        """A passive declare of the queue: its count of messages ready (0 if not declared yet)."""
+        if self._amqp is None:
+            self._amqp = self._app.connection_for_write()
+        channel = self._amqp.channel()
+        try:
+            return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
+        except self._amqp.channel_errors:  # NOT_FOUND: no worker or message declared it yet
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
     def close(self) -> None:
         """The drill's connections."""
-        self._redis.close()
+        for connection in (self._redis, self._amqp):
+            if connection is not None:
+                connection.close()
         self._app.close()
 
 
@@ -158,7 +223,7 @@ def _celery_id(message: dict[str, Any]) -> str | None:
 
 
 class Dramatiq(Framework):
-    """Dramatiq on Redis: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``, 1 x 4 threads.
+    """Dramatiq: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``, 4 threads in 1 or 2 processes.
 
     Plain: ``dramatiq`` (``python -m dramatiq``), whose main process exits with its
     workers' status, 143 after Ctrl-C too.
@@ -167,20 +232,29 @@ class Dramatiq(Framework):
     name = "dramatiq"
     extra = "dramatiq"
     default_queue = "default"
-    concurrency = 4  # the demo worker's threads
+    pools = ("threads", "processes")
+    _OPTIONS: ClassVar[dict[str, list[str]]] = {
+        "threads": ["--processes", "1", "--threads", "4"],
+        "processes": ["--processes", "2", "--threads", "2"],
+    }
     _NAMESPACE = "dramatiq"  # RedisBroker's default
 
     def __init__(self, broker: str, queue: str) -> None:
         super().__init__(broker, queue)
-        from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+        if self.amqp:
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415
 
-        self._broker = RedisBroker(url=broker)  # type: ignore[no-untyped-call]
+            self._broker: Any = RabbitmqBroker(url=broker)
+        else:
+            from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
-    def demo_argv(self, *, plain: bool, nodename: str) -> list[str]:  # noqa: ARG002  # the app's
+            self._broker = RedisBroker(url=broker)  # type: ignore[no-untyped-call]
+
+    def demo_argv(self, *, plain: bool, nodename: str, pool: str) -> list[str]:  # noqa: ARG002  # the app's
         """The demo module (its broker with lastcall's middleware unless ``--plain``)."""
         command = "dramatiq" if plain else "lastcall.dramatiq"
         return [sys.executable, "-m", command, "lastcall.cli.demo_dramatiq",
-                "--processes", "1", "--threads", str(self.concurrency)]  # fmt: skip
+                *self._OPTIONS[pool]]  # fmt: skip
 
     def enqueue(self, n: int, seconds: float, again: float) -> str:
         """By the actor's name: it is declared in the worker, not here."""
@@ -193,9 +267,15 @@ class Dramatiq(Framework):
             kwargs={},
             options={},
         )
-        return str(self._broker.enqueue(message).options["redis_message_id"])
+        sent = self._broker.enqueue(message)
+        return str(sent.message_id if self.amqp else sent.options["redis_message_id"])
 
-    def where(self, ids: list[str]) -> dict[str, str]:
+    def ready(self) -> int:
+        """The queue's messages and its delay queue's (Dramatiq's own count)."""
+        ready, delayed, _ = self._broker.get_queue_message_counts(self.queue)
+        return int(ready) + int(delayed)
+
+    def where_on_redis(self, ids: list[str]) -> dict[str, str]:
         """The queue (and its delay queue) are lists of ids; delivered ids wait in ack sets."""
         client = self._broker.client
         wanted = set(ids)
@@ -215,49 +295,6 @@ class Dramatiq(Framework):
 
 def _texts(values: Any) -> list[str]:  # noqa: ANN401  # redis-py's replies
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-class Records:
-    """The demo job's records in Redis (``demo_jobs``), keyed by job number, read by the drill."""
-
-    def __init__(self, url: str) -> None:
-        """Connect, and see Redis answer: a broker that does not is one line, before any worker."""
-        import redis  # noqa: PLC0415  # every framework here brings redis-py
-
-        try:
-            self._client = redis.Redis.from_url(url, decode_responses=True)
-            self._client.ping()
-        except (ValueError, redis.RedisError) as exc:
-            raise DrillError(
-                f"--broker {url}: no Redis answers there ({exc}); start it or fix the URL, or "
-                "leave out --broker for a private redis-server"
-            ) from None
-        self.keys = f"lastcall-drill:{secrets.token_hex(4)}:"  # this drill's, on any broker
-
-    def started(self, n: int) -> bool:
-        """Whether job ``n`` began."""
-        return bool(self._client.exists(f"{self.keys}started:{n}"))
-
-    def completed(self, n: int) -> bool:
-        """Whether job ``n`` completed."""
-        return bool(self._client.exists(f"{self.keys}completed:{n}"))
-
-    def runs(self, jobs: int) -> list[tuple[list[str], list[str]]]:
-        """Each job's ``(started, completed)`` records, lists of ``"pid time"``."""
-        pipe = self._client.pipeline(transaction=False)
-        for n in range(jobs):
-            pipe.lrange(f"{self.keys}started:{n}", 0, -1)
-            pipe.lrange(f"{self.keys}completed:{n}", 0, -1)
-        replies = pipe.execute()
-        return [(replies[2 * n], replies[2 * n + 1]) for n in range(jobs)]
-
-    def close(self) -> None:
-        """The records (a user's broker keeps none of the drill's), then the connection."""
-        try:
-            for key in self._client.scan_iter(match=f"{self.keys}*"):
-                self._client.delete(key)
-        finally:
-            self._client.close()
 
 
 FRAMEWORKS: dict[str, type[Framework]] = {f.name: f for f in (RQ, Celery, Dramatiq)}

@@ -227,15 +227,16 @@ _WORKER_COLUMNS = ("once", "twice", "not back", "late", "hooks", "stop", "exit")
 
 
 def worker_matrix_table(rows: list[WorkerRow]) -> Table:
-    """Each framework and stop, as shipped beside lastcall; failing cells are marked."""
+    """Each framework, pool and stop, as shipped beside lastcall; failing cells are marked."""
     table = Table(title="lastcall drill --worker --matrix: the demo worker, plain | lastcall")
     table.add_column("worker")
+    table.add_column("pool")
     table.add_column("stop")
     for variant in ("plain", "lastcall"):
         for name in _WORKER_COLUMNS:
             table.add_column(f"{variant}\n{name}", justify="right")
     for row in rows:
-        cells: list[Text | str] = [row.framework, row.stop]
+        cells: list[Text | str] = [row.framework, row.pool, row.stop]
         for result in (row.plain, row.lastcall):
             cells.extend(_worker_cells(result))
         table.add_row(*cells)

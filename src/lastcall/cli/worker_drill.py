@@ -2,7 +2,9 @@
 
 The sequence only, read top to bottom from :meth:`WorkerDrill.run`; what it
 is asked: ``worker_plan.py``; what runs the workers: ``worker_launch.py``. The
-broker (``broker.py``: a private ``redis-server`` unless ``--broker``); worker
+broker (``broker.py``: a private ``redis-server``, or RabbitMQ node for
+``--broker rabbitmq``, else the user's); the jobs' records (``demo_jobs.
+Records``: a SQLite file of the drill's, the same on any broker); worker
 A (the demo worker of ``frameworks.py``, or ``--cmd``), once it has completed a
 first job of 0 s (not counted); the jobs, the long one first (its first run
 outlasts the grace), then the short ones; once one runs
@@ -28,9 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup, demo_jobs
-from lastcall.cli.broker import RedisServer
+from lastcall.cli.broker import PRIVATE_RABBITMQ, RabbitMQServer, RedisServer, check_answers
+from lastcall.cli.demo_jobs import Records
 from lastcall.cli.drill import CancelledError
-from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework, Records
+from lastcall.cli.frameworks import FRAMEWORKS, HELD, QUEUED, Framework
 from lastcall.cli.plan import DrillError
 from lastcall.cli.processes import ProcessWatch, hooks_run, warnings_in
 from lastcall.cli.worker_launch import Worker
@@ -93,16 +96,13 @@ class WorkerDrill:
             self._keep.mkdir(parents=True, exist_ok=True)
         prefix = f"{plan.framework}-{plan.stop}-{plan.variant}-".lower()
         self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._keep))
-        redis: RedisServer | None = None
+        server: RedisServer | RabbitMQServer | None = None
         workers: list[Worker] = []
         framework: Framework | None = None
         store: Records | None = None
         try:
-            if plan.broker is None:
-                redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
-                self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
-            broker = plan.broker or redis.url  # type: ignore[union-attr]
-            store = Records(broker)
+            server, broker = self._broker()
+            store = Records.create(str(self._dir / "records.sqlite"))
             framework = FRAMEWORKS[plan.framework](broker, plan.queue_name)
             return self._drill(framework, store, workers)
         finally:
@@ -112,17 +112,32 @@ class WorkerDrill:
                 if client is not None:
                     with contextlib.suppress(Exception):  # the broker may be gone: nothing kept
                         client.close()
-            if redis is not None:
-                redis.stop()
+            if server is not None:
+                server.stop()
             if self._keep is None:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
+    def _broker(self) -> tuple[RedisServer | RabbitMQServer | None, str]:
+        """A private broker (its server, its URL), or the user's, seen to answer."""
+        broker = self.plan.broker
+        if broker is None:
+            redis = RedisServer.start(self._dir / "redis", cleanup.new_mark())
+            self._progress(f"a private redis-server (pid {redis.proc.pid}) on {redis.url}")
+            return redis, redis.url
+        if broker == PRIVATE_RABBITMQ:
+            self._progress("starting a private rabbitmq-server (an Erlang node: ~10 s)")
+            node = RabbitMQServer.start(self._dir / "rabbitmq", cleanup.new_mark())
+            self._progress(f"a private rabbitmq-server (pid {node.pids[0]}) on {node.url}")
+            return node, node.url
+        check_answers(broker)
+        return None, broker
+
     def _drill(self, framework: Framework, store: Records, workers: list[Worker]) -> WorkerResult:
         plan = self.plan
-        env = self._env(framework, store.keys)
+        env = self._env(framework, store.path)
         a = self._start("A", framework, env, workers)
         framework.enqueue(_WARM_UP, 0.0, 0.0)
-        self._until(a, lambda: store.completed(_WARM_UP), "completed a first job")
+        self._until(a, lambda: _WARM_UP in _completed(store), "completed a first job")
         self._clock = time.time()
         long_seconds = plan.grace + _LONG_BEYOND
         self._enqueue(framework, "long", long_seconds)
@@ -133,7 +148,7 @@ class WorkerDrill:
             f"{plan.job_seconds:g} s on queue {plan.queue_name!r}"
         )
         jobs = range(len(self._jobs))
-        self._until(a, lambda: any(store.started(n) for n in jobs), "runs a job")
+        self._until(a, lambda: any(n in store.runs() for n in jobs), "runs a job")
         self._wait(plan.stop_after)
         watch = ProcessWatch(a.pid, self._now)
         try:
@@ -154,14 +169,14 @@ class WorkerDrill:
         b.wait(_B_STOP_WAIT)
         return self._result(a, b, watch, stop_sent, left)
 
-    def _env(self, framework: Framework, keys: str) -> dict[str, str]:
+    def _env(self, framework: Framework, records: str) -> dict[str, str]:
         plan = self.plan
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASTCALL_")}
         env.update(
             {
-                demo_jobs.STORE: framework.broker,
-                demo_jobs.KEYS: keys,
+                demo_jobs.STORE: records,
                 demo_jobs.QUEUE: plan.queue_name,
+                demo_jobs.ACKS_LATE: "1" if plan.acks_late else "0",
                 "LASTCALL_GRACE": str(plan.grace),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -256,18 +271,28 @@ class WorkerDrill:
             elif time.monotonic() - still_since >= _SETTLE:
                 return
             self._wait(_LOOK_EVERY)
+        if not b.alive():
+            b.wait(0)
+            self._progress(
+                f"worker B exited with status {b.status} before every job was accounted for; "
+                f"its last line: {b.last_line()}"
+            )
 
     def _look(self, framework: Framework, store: Records, a: Worker, b: Worker) -> None:
         """Each job's runs (from the records) and, if not completed, where it is now."""
         alive = a.processes() | b.processes()
-        records = store.runs(len(self._jobs))
-        where = framework.where([j.id for j in self._jobs if not records[j.n][1]])
+        records = store.runs()
+        running = set()
         for job in self._jobs:
-            started, completed = records[job.n]
+            started, completed = records.get(job.n, ([], []))
             job.runs = _pair(started, completed, self._clock)
             job.completions = len(completed)
-            running = any(r.completed is None and r.pid in alive for r in job.runs)
-            job.outcome = _outcome(job.completions, running, where.get(job.id))
+            if any(r.completed is None and r.pid in alive for r in job.runs):
+                running.add(job.n)
+        waiting = [j for j in self._jobs if not j.completions and j.n not in running]
+        where = framework.where([j.id for j in waiting])
+        for job in self._jobs:
+            job.outcome = _outcome(job.completions, job.n in running, where.get(job.id))
 
     def _result(
         self, a: Worker, b: Worker, watch: ProcessWatch, stop_sent: float, left: list[int]
@@ -300,17 +325,22 @@ class WorkerDrill:
         return result
 
 
-def _pair(started: list[str], completed: list[str], clock: float) -> list[Run]:
-    """Each run of a job (``"worker pid time"``), its completion matched by pid and time."""
-    done = [(int(pid), float(at)) for _, pid, at in (line.split() for line in completed)]
+def _completed(store: Records) -> set[int]:
+    """The jobs that completed at least once."""
+    return {n for n, (_, completed) in store.runs().items() if completed}
+
+
+def _pair(
+    started: list[tuple[str, int, float]], completed: list[tuple[str, int, float]], clock: float
+) -> list[Run]:
+    """Each run of a job (``(worker, pid, time)``), its completion matched by pid and time."""
+    done = [(pid, at) for _, pid, at in completed]
     runs = []
-    for line in started:
-        worker, pid_text, at = line.split()
-        pid = int(pid_text)
-        end = next((c for c in done if c[0] == pid and c[1] >= float(at)), None)
+    for worker, pid, at in started:
+        end = next((c for c in done if c[0] == pid and c[1] >= at), None)
         if end is not None:
             done.remove(end)
-        runs.append(Run(pid, worker, float(at) - clock, None if end is None else end[1] - clock))
+        runs.append(Run(pid, worker, at - clock, None if end is None else end[1] - clock))
     return runs
 
 

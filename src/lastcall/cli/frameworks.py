@@ -223,7 +223,7 @@ def _celery_id(message: dict[str, Any]) -> str | None:
 
 
 class Dramatiq(Framework):
-    """Dramatiq: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``, 4 threads in 1 or 2 processes.
+    """Dramatiq: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``: 4 threads in 1 or 2.
 
     Plain: ``dramatiq`` (``python -m dramatiq``), whose main process exits with its
     workers' status, 143 after Ctrl-C too.

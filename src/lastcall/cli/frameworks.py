@@ -223,10 +223,10 @@ def _celery_id(message: dict[str, Any]) -> str | None:
 
 
 class Dramatiq(Framework):
-    """Dramatiq: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``: 4 threads in 1 or 2.
+    """Dramatiq: ``python -m lastcall.dramatiq lastcall.cli.demo_dramatiq``, 4 threads.
 
-    Plain: ``dramatiq`` (``python -m dramatiq``), whose main process exits with its
-    workers' status, 143 after Ctrl-C too.
+    In 1 process (``threads``) or 2 (``processes``). Plain: ``dramatiq`` (``python -m
+    dramatiq``), whose main process exits with its workers' status, 143 after Ctrl-C too.
     """
 
     name = "dramatiq"

@@ -136,6 +136,10 @@ class LastCall(Middleware):
         coordinator.on_shutdown(phase="drain", name="dramatiq worker drain")(
             functools.partial(self._drain, drainer)
         )
+        # Dramatiq's Worker.stop() ends with it: after the drain, before the app's cleanup hooks.
+        coordinator.on_shutdown(phase="workers", name="dramatiq after_worker_shutdown")(
+            functools.partial(drainer.emit_shutdown, "after")
+        )
         coordinator.when_done(functools.partial(self._done, drainer))
         if self._sent_at_boot:
             os.kill(os.getpid(), signal.SIGTERM)  # held at boot: lastcall's now
@@ -180,6 +184,16 @@ class LastCall(Middleware):
     def _done(drainer: adapter.DramatiqWorker, report: Report) -> None:
         if report.forced:
             drainer.force()
+
+    def before_worker_shutdown(self, _broker: Broker, _worker: Worker) -> None:
+        """Emitted (by the drain, or by Dramatiq's own ``Worker.stop()``): not again."""
+        if self.worker is not None:
+            self.worker.shutdown_event("before")
+
+    def after_worker_shutdown(self, _broker: Broker, _worker: Worker) -> None:
+        """Emitted: not again."""
+        if self.worker is not None:
+            self.worker.shutdown_event("after")
 
     # ------------------------------------------------------------ worker threads
 

@@ -134,7 +134,11 @@ if os.environ.get("ASYNC"):
     @dramatiq.actor(queue_name=os.environ["QUEUE"], max_retries=0)
     async def work_async(n, seconds):
         store.rpush("started", f"{n} {os.getpid()} {time.time()}")
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            store.rpush("cancelled", n)
+            raise
         store.rpush("completed", n)
         store.rpush("order", f"completed {n}")
 """
@@ -362,6 +366,28 @@ def test_asyncio_middleware_stops_its_event_loop_after_async_actors_finish(
         "hook, event loop stopped: True",
     ]
     assert scenario.list("completed") == ["1"], worker.output()
+
+
+def test_an_async_actor_past_the_budget_is_cancelled_on_its_loop(on_redis: Scenario) -> None:
+    """Put back at the budget's end, its coroutine is cancelled, as Dramatiq's own interrupts do.
+
+    Before, the exception lastcall raises in the worker thread left the coroutine
+    running on the event loop, where it could still complete after being put back.
+    """
+    scenario = on_redis
+    worker = scenario.worker(LASTCALL_GRACE="3", ASYNC="1")
+    scenario.enqueue((1, 60, None), ACTOR="work_async", ASYNC="1")
+    wait_until("the async actor running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    assert scenario.list("cancelled") == ["1"], worker.output()
+    assert scenario.list("completed") == []
+    assert scenario.queued() == 1  # put back
+    [process] = scenario.list("processes")
+    assert scenario.list("order")[-2:] == [
+        f"after_worker_shutdown {process}",
+        "hook, event loop stopped: True",
+    ]
 
 
 def test_notify_shutdown_actors_are_told_at_the_signal(on_redis: Scenario) -> None:

@@ -110,6 +110,7 @@ class DramatiqWorker:
         self.put_back_ids: set[str] = set()
         self.shutdown_events: set[str] = set()  # Dramatiq's before/after_worker_shutdown, emitted
         self._park = threading.Event()  # never set: parked threads wait for the process's end
+        self._parked: set[int] = set()  # their idents
         self._last_beat = 0.0
 
     @property
@@ -152,6 +153,8 @@ class DramatiqWorker:
             self._note(message, "completed", entry[2])
 
     def park(self) -> None:
+        with self._lock:
+            self._parked.add(threading.get_ident())
         self._park.wait()
 
     def shutdown_event(self, event: str) -> bool:
@@ -235,8 +238,14 @@ class DramatiqWorker:
             self.put_back(message, "the drain budget ran out", began)
             # At its next bytecode (not inside sleep()), as Dramatiq's TimeLimit raises.
             raise_thread_exception(ident, Stopped)  # type: ignore[no-untyped-call]
-        deadline = time.monotonic() + _FLUSH_WAIT  # those that returned: acknowledged soon
-        while self.running and time.monotonic() < deadline:
+        # Those that returned are acknowledged in a moment; a consumer thread ends at its turn;
+        # an async actor's thread cancels its coroutine (before the AsyncIO middleware's
+        # after_worker_shutdown stops the loop), within Dramatiq's interrupt check and 1 s.
+        stopping = {ident for _, ident, _ in running} if _event_loop_running() else set()
+        deadline = time.monotonic() + _FLUSH_WAIT
+        while time.monotonic() < deadline and (
+            self.running or not self._consumers_ended() or not stopping <= self._parked
+        ):
             time.sleep(_POLL)
         self._put_back_cached(now)
         self._sweep(now)
@@ -404,6 +413,13 @@ def _is_broker(broker: Dramatiq, module: str, name: str) -> bool:
     """``isinstance(broker, dramatiq.brokers.<module>.<name>)``, importing nothing."""
     loaded = sys.modules.get(f"dramatiq.brokers.{module}")
     return loaded is not None and isinstance(broker, getattr(loaded, name))
+
+
+def _event_loop_running() -> bool:
+    """Dramatiq's AsyncIO middleware runs an event loop thread here (``dramatiq/asyncio.py``)."""
+    from dramatiq.asyncio import get_event_loop_thread  # noqa: PLC0415
+
+    return get_event_loop_thread() is not None
 
 
 def _text(value: str | bytes | None) -> str | None:

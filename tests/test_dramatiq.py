@@ -149,7 +149,8 @@ import proj
 for n, seconds, again in [tuple(map(float, job.split(":"))) for job in sys.argv[1:]]:
     actor = os.environ.get("ACTOR", "work")
     args = (again if again >= 0 else None,) if actor == "work" else ()
-    getattr(proj, actor).send(int(n), seconds, *args)
+    options = {"delay": int(os.environ["DELAY_MS"])} if os.environ.get("DELAY_MS") else {}
+    getattr(proj, actor).send_with_options(args=(int(n), seconds, *args), **options)
 """
 
 
@@ -322,6 +323,26 @@ def test_a_message_a_worker_thread_took_before_the_signal_goes_back(scenario: Sc
     second.send(signal.SIGTERM)
     assert second.finish() == EXIT_BY_SIGTERM
     assert scenario.list("completed") == ["1"]  # once
+
+
+def test_a_delayed_message_the_worker_holds_goes_back_to_its_delay_queue(
+    on_redis: Scenario,
+) -> None:
+    """Redis: a message sent with a delay, fetched and held in memory until its time.
+
+    It goes back to its delay queue at the stop. Before, it stayed in the stopped
+    worker's ack set until another worker's maintenance, after ``heartbeat_timeout``.
+    """
+    scenario = on_redis
+    worker = scenario.worker(LASTCALL_GRACE="8")
+    delayed = f"dramatiq:{scenario.queue}.DQ"
+    client = scenario.store.client
+    scenario.enqueue((1, 0.1, None), DELAY_MS="600000")
+    wait_until("fetched by the worker", lambda: client.llen(delayed) == 0 and scenario.held())
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    assert scenario.held() == []
+    assert client.llen(delayed) == 1  # back, still delayed
 
 
 def test_dramatiqs_shutdown_events_run_once_after_the_drain(scenario: Scenario) -> None:

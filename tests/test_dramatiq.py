@@ -352,7 +352,7 @@ def test_dramatiqs_shutdown_events_run_once_after_the_drain(scenario: Scenario) 
     actor completed, before lastcall's cleanup hooks; once, in the worker process.
     """
     worker = scenario.worker(LASTCALL_GRACE="8")
-    scenario.enqueue((1, 1.5, None))
+    scenario.enqueue((1, 2.5, None))
     wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
@@ -425,7 +425,7 @@ def test_notify_shutdown_actors_are_told_at_the_signal(on_redis: Scenario) -> No
     worker.send(signal.SIGTERM)
     signalled = time.monotonic()
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
-    assert time.monotonic() - signalled < 5.0  # the budget is 18 s
+    assert time.monotonic() - signalled < 10.0  # the budget is 18 s
     assert scenario.list("saved") == ["1"]
     assert scenario.queued() == 0  # acknowledged, as Dramatiq does
     assert scenario.held() == []

@@ -302,10 +302,8 @@ class DramatiqWorker:
 
     def put_back(self, message: Dramatiq, why: str, began: float) -> None:
         """Back on its queue now: Redis pushes it again, RabbitMQ requeues the delivery."""
-        with self._lock:
-            if message.message_id in self.put_back_ids:
-                return
-            self.put_back_ids.add(message.message_id)
+        if not self._claim(message):
+            return
         consumer = self.worker.consumers[message.queue_name].consumer
         if self.on_rabbitmq:
             tag = message._tag  # noqa: SLF001  # dramatiq/brokers/rabbitmq.py
@@ -316,6 +314,13 @@ class DramatiqWorker:
         else:
             consumer.requeue([message])  # out of this worker's ack set, onto the queue
         self._requeued(message, why, began)
+
+    def _claim(self, message: Dramatiq) -> bool:
+        """Whether ``message`` is still to be put back (once only); from now on it is not."""
+        with self._lock:
+            first = message.message_id not in self.put_back_ids
+            self.put_back_ids.add(message.message_id)
+        return first
 
     def _requeued(self, message: Dramatiq, why: str, began: float) -> None:
         seconds = self._note(message, "requeued", began)
@@ -344,12 +349,9 @@ class DramatiqWorker:
             messages = [Message.decode(data) for data in cached if data is not None]
             consumer.requeue(messages)
             for message in messages:
-                with self._lock:
-                    if message.message_id in self.put_back_ids:
-                        continue
-                    self.put_back_ids.add(message.message_id)
-                self._note(message, "requeued", now)
-                count += 1
+                if self._claim(message):
+                    self._note(message, "requeued", now)
+                    count += 1
         return count
 
     def _put_back_held(self, now: float) -> None:
@@ -374,15 +376,17 @@ class DramatiqWorker:
                 continue
             found = broker.client.hmget(f"{broker.namespace}:{queue_name}.msgs", held)
             broker.do_requeue(queue_name, *held)  # Dramatiq's script: each pushed once
-            for data in found:
-                if data is None:
-                    continue
-                message = Message.decode(data)
-                with self._lock:
-                    if message.message_id in self.put_back_ids:
-                        continue
-                    self.put_back_ids.add(message.message_id)
-                self._requeued(message, "fetched, never started", now)
+            messages = [Message.decode(data) for data in found if data is not None]
+            for message in messages:
+                if self._claim(message):
+                    self._note(message, "requeued", now)
+            log.log(
+                logging.INFO,
+                "%s: %d message(s) fetched from %s and never started put back from its ack set",
+                self.name,
+                len(held),
+                queue_name,
+            )
 
     def _heartbeat(self) -> None:
         """Redis: renew this worker's heartbeat (the consumers fetch no more, which did it)."""

@@ -22,12 +22,17 @@ process, on that signal:
    reserve), acknowledged as they finish, heartbeats kept (dramatiq#159);
 3. an actor still running when the budget ends is put back on its queue at
    once and never acknowledged here; the report's ``jobs`` names it;
-4. the app's lastcall hooks run once, in each worker process (where the app
-   registered them); the process exits 143 (128 + SIGTERM), which Dramatiq's
-   main process passes on as its own status (Dramatiq alone exits 0 after a
-   SIGTERM; a worker ended by a signal would make it 1). A second signal to
-   the main process (it turns Ctrl-C into SIGTERM) puts back everything not
-   done and ends at once, as Dramatiq's own second signal kills.
+4. Dramatiq's own shutdown events reach every middleware once, where
+   ``Worker.stop()`` would send them: ``before_worker_shutdown`` at the signal
+   (actors declared ``notify_shutdown=True`` get Dramatiq's ``Shutdown``),
+   ``after_worker_shutdown`` once running actors are done or put back (the
+   AsyncIO middleware stops its event loop); then the app's lastcall hooks
+   run once, in each worker process (where the app registered them); the
+   process exits 143 (128 + SIGTERM), which Dramatiq's main process passes
+   on as its own status (Dramatiq alone exits 0 after a SIGTERM; a worker
+   ended by a signal would make it 1). A second signal to the main process
+   (it turns Ctrl-C into SIGTERM) puts back everything not done and ends at
+   once, as Dramatiq's own second signal kills.
 
 A ``--worker-shutdown-timeout`` longer than the drain budget is said in one
 line at start-up (lastcall's budget wins: the stop must end within the grace).
@@ -136,6 +141,10 @@ class LastCall(Middleware):
         coordinator.on_shutdown(phase="drain", name="dramatiq worker drain")(
             functools.partial(self._drain, drainer)
         )
+        # Dramatiq's Worker.stop() ends with it: after the drain, before the app's cleanup hooks.
+        coordinator.on_shutdown(phase="workers", name="dramatiq after_worker_shutdown")(
+            functools.partial(drainer.emit_shutdown, "after")
+        )
         coordinator.when_done(functools.partial(self._done, drainer))
         if self._sent_at_boot:
             os.kill(os.getpid(), signal.SIGTERM)  # held at boot: lastcall's now
@@ -180,6 +189,16 @@ class LastCall(Middleware):
     def _done(drainer: adapter.DramatiqWorker, report: Report) -> None:
         if report.forced:
             drainer.force()
+
+    def before_worker_shutdown(self, _broker: Broker, _worker: Worker) -> None:
+        """Emitted (by the drain, or by Dramatiq's own ``Worker.stop()``): not again."""
+        if self.worker is not None:
+            self.worker.shutdown_event("before")
+
+    def after_worker_shutdown(self, _broker: Broker, _worker: Worker) -> None:
+        """Emitted: not again."""
+        if self.worker is not None:
+            self.worker.shutdown_event("after")
 
     # ------------------------------------------------------------ worker threads
 

@@ -9,24 +9,43 @@ The undocumented parts used, by the file they come from:
   ``Worker.work_queue`` (messages fetched, waiting for a worker thread; its items
   ``_WorkQueueItem`` since 2.0, ``(priority, message)`` before),
   ``ConsumerThread.consumer`` (the broker's consumer).
+* ``dramatiq/worker.py``: ``ConsumerThread.running`` (False: it ends at its next
+  turn and hands nothing more on).
 * ``dramatiq/brokers/redis.py``: ``_RedisConsumer.prefetch`` (0: it fetches no
   more) and ``message_cache`` (fetched, not yet handed on); ``RedisBroker.do_fetch``
-  (any call of the broker's script renews this worker's heartbeat).
+  (any call of the broker's script renews this worker's heartbeat), ``namespace``,
+  ``broker_id``, ``client``.
+* ``dramatiq/brokers/redis/dispatch.lua``: this worker's ack set of a queue is
+  ``<namespace>:__acks__.<broker_id>.<queue>``, its messages' data in
+  ``<namespace>:<queue>.msgs``.
 * ``dramatiq/brokers/rabbitmq.py``: ``_RabbitmqConsumer.connection``, ``channel``,
   ``known_tags``; ``_RabbitmqMessage._tag`` (the delivery tag).
 * ``pika/adapters/blocking_connection.py``: ``BlockingChannel._impl`` and
   ``_queue_consumer_generator.consumer_tag`` (to cancel the consumer while the
   generator Dramatiq iterates lives on).
 
-How the door closes: Redis: each consumer's ``prefetch`` goes to 0 and what it
-had fetched goes back (Dramatiq's own ``requeue``: out of this worker's ack
-set, pushed on the queue). RabbitMQ: the consumer is cancelled on its own
-thread (pika is not thread-safe), and each message delivered but not started
-is rejected with requeue. Either way the consumer threads keep running, so
-acknowledgements go out and heartbeats go on while running actors finish
-(Redis: this worker's heartbeat is renewed every second, or another worker's
-maintenance would take its messages after ``heartbeat_timeout``, dramatiq#159;
-RabbitMQ: pika answers the connection's heartbeats as the consumer iterates).
+How the door closes: Redis: each consumer's ``prefetch`` goes to 0, its thread
+is told to end, and what it had fetched goes back (Dramatiq's own ``requeue``:
+out of this worker's ack set, pushed on the queue). A fetch already under way
+when the door closed still lands, and a worker thread may hold a message it
+took before then: so the drain is over only once the consumer threads have
+ended and nothing runs, and then whatever is left in this worker's ack sets
+(Redis's own record of what it holds) goes back too, delayed messages
+included. Nothing is left for another worker's maintenance to find after
+``heartbeat_timeout``. This worker's heartbeat is renewed every second
+meanwhile, or that maintenance would take the running messages (dramatiq#159).
+RabbitMQ: the consumer is cancelled on its own thread (pika is not
+thread-safe), and each message delivered but not started is rejected with
+requeue; the consumer threads keep running, so acknowledgements go out and pika
+answers the connection's heartbeats; what the connection still holds when the
+process ends, RabbitMQ requeues at once.
+
+Dramatiq's own shutdown events run as ``Worker.stop()`` would run them, once:
+``before_worker_shutdown`` when the door has closed (``ShutdownNotifications``
+raises ``Shutdown`` in the ``notify_shutdown`` actors then), and
+``after_worker_shutdown`` once running actors are done or put back (the
+``AsyncIO`` middleware stops its event loop there). ``Worker.stop()`` itself
+is not called: it would wait for every worker thread, parked ones too.
 
 A worker thread that takes a message once the door is closed never starts it:
 it puts it back and parks until the process ends. An actor still running when
@@ -41,9 +60,12 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from dramatiq.middleware import Interrupt
 
 from lastcall._integration import Integration
 from lastcall._log import log
@@ -60,11 +82,16 @@ Dramatiq: TypeAlias = Any
 TESTED = versions.DRAMATIQ
 _POLL = 0.02  # seconds between looks at the actors running
 _HEARTBEAT_EVERY = 1.0  # seconds, Redis; Dramatiq's heartbeat_timeout is 60 s by default
-_FLUSH_WAIT = 2.0  # seconds for a RabbitMQ consumer thread to send the acks queued for it
+_FLUSH_WAIT = 2.0  # seconds for a RabbitMQ consumer thread to send the acks queued for it,
+# and for actors that returned as the budget ran out to be acknowledged
 
 
-class Stopped(BaseException):  # raised in an actor's thread, like TimeLimitExceeded
-    """Raised in an actor that overran the drain budget: it was put back on its queue."""
+class Stopped(Interrupt):  # raised in an actor's thread, like TimeLimitExceeded
+    """Raised in an actor that overran the drain budget: it was put back on its queue.
+
+    An ``Interrupt``, as Dramatiq's own are: an async actor's coroutine is then
+    cancelled (``dramatiq/asyncio.py``), not left running on the event loop.
+    """
 
 
 class DramatiqWorker:
@@ -73,12 +100,17 @@ class DramatiqWorker:
     def __init__(self, worker: Dramatiq, coordinator: Coordinator) -> None:
         self.worker = worker
         self.coordinator = coordinator
+        self.on_rabbitmq = _is_broker(worker.broker, "rabbitmq", "RabbitmqBroker")
+        self.on_redis = _is_broker(worker.broker, "redis", "RedisBroker")
         self.door_closed = False
         self._lock = threading.Lock()
-        # message id -> (message, thread ident, time.time() it started)
+        # message id -> (message, thread ident, time.time() it started), until acknowledged
         self.running: dict[str, tuple[Dramatiq, int, float]] = {}
+        self.finishing: set[str] = set()  # returned, to be acknowledged: never put back
         self.put_back_ids: set[str] = set()
+        self.shutdown_events: set[str] = set()  # Dramatiq's before/after_worker_shutdown, emitted
         self._park = threading.Event()  # never set: parked threads wait for the process's end
+        self._parked: set[int] = set()  # their idents
         self._last_beat = 0.0
 
     @property
@@ -88,27 +120,54 @@ class DramatiqWorker:
     # ------------------------------------------------------------ the middleware's calls
 
     def began(self, message: Dramatiq) -> None:
-        """On a worker thread, before the actor: park instead once the door is closed."""
-        if self.door_closed:
+        """On a worker thread, before the actor: park instead once the door is closed.
+
+        Under the lock the door closes with: once it has, ``running`` is all that may run.
+        """
+        with self._lock:
+            closed = self.door_closed
+            if not closed:
+                self.running[message.message_id] = (message, threading.get_ident(), time.time())
+        if closed:
             self.put_back(message, "taken by a worker thread after the stop signal", time.time())
             self.park()
-        with self._lock:
-            self.running[message.message_id] = (message, threading.get_ident(), time.time())
 
     def ended(self, message: Dramatiq) -> None:
-        """On the worker thread, the actor returned or raised: park if it was put back."""
-        if message.message_id in self.put_back_ids:
+        """On the worker thread, the actor returned or raised: park if it was put back.
+
+        Otherwise it is Dramatiq's to acknowledge (or retry) now, and is never put back.
+        """
+        with self._lock:
+            put_back = message.message_id in self.put_back_ids
+            if not put_back and message.message_id in self.running:
+                self.finishing.add(message.message_id)
+        if put_back:
             self.park()  # never acknowledged, nor retried, here
 
     def settled(self, message: Dramatiq) -> None:
         """Acknowledged (or rejected) by Dramatiq: no longer in flight."""
         with self._lock:
             entry = self.running.pop(message.message_id, None)
+            self.finishing.discard(message.message_id)
         if entry is not None and self.door_closed:
             self._note(message, "completed", entry[2])
 
     def park(self) -> None:
+        with self._lock:
+            self._parked.add(threading.get_ident())
         self._park.wait()
+
+    def shutdown_event(self, event: str) -> bool:
+        """Whether Dramatiq's ``event`` is still to be emitted; from now on it is not."""
+        with self._lock:
+            first = event not in self.shutdown_events
+            self.shutdown_events.add(event)
+        return first
+
+    def emit_shutdown(self, when: str) -> None:
+        """Dramatiq's ``before_``/``after_worker_shutdown`` to every middleware, once."""
+        if self.shutdown_event(when):
+            getattr(self.worker.broker, f"emit_{when}")("worker_shutdown", self.worker)
 
     # ------------------------------------------------------------ the drain's questions
 
@@ -117,20 +176,22 @@ class DramatiqWorker:
         return 0.0
 
     def close_door(self) -> int:
-        """Stop fetching; put back what was fetched and not started; 0 (no backlog to serve)."""
-        self.door_closed = True
+        """Stop fetching; put back what was fetched and not started; tell the actors; 0."""
+        with self._lock:
+            self.door_closed = True
         now = time.time()
         for consumer_thread in list(self.worker.consumers.values()):
             consumer = consumer_thread.consumer
-            if consumer is None:
+            if self.on_rabbitmq:
+                if consumer is not None:
+                    _call_on_consumer_thread(
+                        consumer, functools.partial(_cancel_consumer, consumer)
+                    )
                 continue
-            if _on_rabbitmq(consumer):
-                _call_on_consumer_thread(consumer, functools.partial(_cancel_consumer, consumer))
-            else:
+            consumer_thread.running = False  # ends at its next turn, handing nothing more on
+            if consumer is not None:
                 consumer.prefetch = 0
-                cached, consumer.message_cache = consumer.message_cache, []
-                self._put_back_raw(consumer, cached)
-        put_back = self._sweep(now)
+        put_back = self._put_back_cached(now) + self._sweep(now)
         log.log(
             logging.INFO,
             "%s stopped consuming; %d prefetched message(s) put back on their queues, %d running",
@@ -138,22 +199,26 @@ class DramatiqWorker:
             put_back,
             len(self.running),
         )
+        self.emit_shutdown("before")  # as Worker.stop() begins: notify_shutdown actors told
         return 0
 
     def in_flight(self) -> int:
         return len(self.running)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Until no actor runs and their acknowledgements are out (up to ``timeout``)."""
+        """Until no actor runs, their acknowledgements are out and nothing is held (``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
-            self._sweep(time.time())
+            now = time.time()
+            self._put_back_cached(now)
+            self._sweep(now)
             self._heartbeat()
-            if not self.running:
+            if not self.running and self._consumers_ended():
                 break
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        self._put_back_held(time.time())
         self.flush()
         return True
 
@@ -165,14 +230,26 @@ class DramatiqWorker:
         from dramatiq.middleware.threading import raise_thread_exception  # noqa: PLC0415
 
         with self._lock:
-            running = list(self.running.values())
-            self.running.clear()
+            running = [e for i, e in self.running.items() if i not in self.finishing]
+            for message, _, _ in running:
+                self.running.pop(message.message_id)
         now = time.time()
         for message, ident, began in running:
             self.put_back(message, "the drain budget ran out", began)
             # At its next bytecode (not inside sleep()), as Dramatiq's TimeLimit raises.
             raise_thread_exception(ident, Stopped)  # type: ignore[no-untyped-call]
+        # Those that returned are acknowledged in a moment; a consumer thread ends at its turn;
+        # an async actor's thread cancels its coroutine (before the AsyncIO middleware's
+        # after_worker_shutdown stops the loop), within Dramatiq's interrupt check and 1 s.
+        stopping = {ident for _, ident, _ in running} if _event_loop_running() else set()
+        deadline = time.monotonic() + _FLUSH_WAIT
+        while time.monotonic() < deadline and (
+            self.running or not self._consumers_ended() or not stopping <= self._parked
+        ):
+            time.sleep(_POLL)
+        self._put_back_cached(now)
         self._sweep(now)
+        self._put_back_held(now)
         self.flush()
         return len(running)
 
@@ -183,22 +260,34 @@ class DramatiqWorker:
         """
         with self._lock:
             running = list(self.running.values())
+            self.running.clear()
+        now = time.time()
         for message, _, began in running:
             with contextlib.suppress(Exception):
                 self.put_back(message, "forced (a second signal)", began)
         with contextlib.suppress(Exception):
-            self._sweep(time.time())
+            self._put_back_cached(now)
+            self._sweep(now)
+            self._put_back_held(now)
 
     def flush(self) -> None:
         """RabbitMQ: wait until each consumer thread has sent what was queued for it (acks)."""
+        if not self.on_rabbitmq:
+            return
         for consumer_thread in list(self.worker.consumers.values()):
             consumer = consumer_thread.consumer
-            if consumer is not None and _on_rabbitmq(consumer):
+            if consumer is not None:
                 done = threading.Event()
                 _call_on_consumer_thread(consumer, done.set)
                 done.wait(_FLUSH_WAIT)
 
     # ------------------------------------------------------------ putting back
+
+    def _consumers_ended(self) -> bool:
+        """Redis: every consumer thread has ended, so none hands a message on any more."""
+        if self.on_rabbitmq:
+            return True  # they go on: acknowledgements and heartbeats are theirs to send
+        return not any(thread.is_alive() for thread in list(self.worker.consumers.values()))
 
     def _sweep(self, now: float) -> int:
         """Take every message waiting for a worker thread and put it back; how many."""
@@ -213,12 +302,10 @@ class DramatiqWorker:
 
     def put_back(self, message: Dramatiq, why: str, began: float) -> None:
         """Back on its queue now: Redis pushes it again, RabbitMQ requeues the delivery."""
-        with self._lock:
-            if message.message_id in self.put_back_ids:
-                return
-            self.put_back_ids.add(message.message_id)
+        if not self._claim(message):
+            return
         consumer = self.worker.consumers[message.queue_name].consumer
-        if _on_rabbitmq(consumer):
+        if self.on_rabbitmq:
             tag = message._tag  # noqa: SLF001  # dramatiq/brokers/rabbitmq.py
             consumer.known_tags.discard(tag)  # Dramatiq must not ack it any more
             _call_on_consumer_thread(
@@ -226,6 +313,16 @@ class DramatiqWorker:
             )
         else:
             consumer.requeue([message])  # out of this worker's ack set, onto the queue
+        self._requeued(message, why, began)
+
+    def _claim(self, message: Dramatiq) -> bool:
+        """Whether ``message`` is still to be put back (once only); from now on it is not."""
+        with self._lock:
+            first = message.message_id not in self.put_back_ids
+            self.put_back_ids.add(message.message_id)
+        return first
+
+    def _requeued(self, message: Dramatiq, why: str, began: float) -> None:
         seconds = self._note(message, "requeued", began)
         if why != "prefetched, never started":
             log.log(
@@ -237,17 +334,59 @@ class DramatiqWorker:
                 why,
             )
 
-    def _put_back_raw(self, consumer: Dramatiq, cached: list[Any]) -> None:
-        """Redis: messages fetched into the consumer's cache, not yet decoded."""
+    def _put_back_cached(self, now: float) -> int:
+        """Redis: messages fetched into a consumer's cache, not yet handed on; how many."""
+        if not self.on_redis:
+            return 0
         from dramatiq.message import Message  # noqa: PLC0415
 
-        messages = [Message.decode(data) for data in cached if data is not None]
-        if messages:
+        count = 0
+        for consumer_thread in list(self.worker.consumers.values()):
+            consumer = consumer_thread.consumer
+            if consumer is None or not consumer.message_cache:
+                continue
+            cached, consumer.message_cache = consumer.message_cache, []
+            messages = [Message.decode(data) for data in cached if data is not None]
             consumer.requeue(messages)
-        now = time.time()
-        for message in messages:
-            self.put_back_ids.add(message.message_id)
-            self._note(message, "requeued", now)
+            for message in messages:
+                if self._claim(message):
+                    self._note(message, "requeued", now)
+                    count += 1
+        return count
+
+    def _put_back_held(self, now: float) -> None:
+        """Redis: what this worker's ack sets still hold, nothing running: back on its queue.
+
+        A message a worker thread took just before the door closed, or that a fetch
+        under way brought in after, or a delayed one waiting for its time: fetched,
+        never started. Left there, only another worker's maintenance would requeue
+        it, after this worker's heartbeat has been gone ``heartbeat_timeout``.
+        """
+        if not self.on_redis:
+            return
+        from dramatiq.message import Message  # noqa: PLC0415
+
+        broker = self.worker.broker
+        with self._lock:  # those that returned as the budget ran out are being acknowledged
+            keep = {_text(m.options.get("redis_message_id")) for m, _, _ in self.running.values()}
+        for queue_name in list(self.worker.consumers):
+            acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
+            held = [i for i in broker.client.smembers(acks) if _text(i) not in keep]
+            if not held:
+                continue
+            found = broker.client.hmget(f"{broker.namespace}:{queue_name}.msgs", held)
+            broker.do_requeue(queue_name, *held)  # Dramatiq's script: each pushed once
+            messages = [Message.decode(data) for data in found if data is not None]
+            for message in messages:
+                if self._claim(message):
+                    self._note(message, "requeued", now)
+            log.log(
+                logging.INFO,
+                "%s: %d message(s) fetched from %s and never started put back from its ack set",
+                self.name,
+                len(held),
+                queue_name,
+            )
 
     def _heartbeat(self) -> None:
         """Redis: renew this worker's heartbeat (the consumers fetch no more, which did it)."""
@@ -255,12 +394,10 @@ class DramatiqWorker:
         if now - self._last_beat < _HEARTBEAT_EVERY:
             return
         self._last_beat = now
-        for queue_name, consumer_thread in list(self.worker.consumers.items()):
-            consumer = consumer_thread.consumer
-            if consumer is not None and not _on_rabbitmq(consumer):
+        if self.on_redis:
+            for queue_name in list(self.worker.consumers)[:1]:  # one renews it for every queue
                 with contextlib.suppress(Exception):
-                    consumer.broker.do_fetch(queue_name, 0)
-                return  # one call renews the heartbeat for every queue
+                    self.worker.broker.do_fetch(queue_name, 0)
 
     def _note(self, message: Dramatiq, outcome: str, began: float) -> float:
         seconds = round(max(0.0, time.time() - began), 3)
@@ -276,8 +413,21 @@ class DramatiqWorker:
         return seconds
 
 
-def _on_rabbitmq(consumer: Dramatiq) -> bool:
-    return hasattr(consumer, "known_tags")  # dramatiq/brokers/rabbitmq.py: _RabbitmqConsumer
+def _is_broker(broker: Dramatiq, module: str, name: str) -> bool:
+    """``isinstance(broker, dramatiq.brokers.<module>.<name>)``, importing nothing."""
+    loaded = sys.modules.get(f"dramatiq.brokers.{module}")
+    return loaded is not None and isinstance(broker, getattr(loaded, name))
+
+
+def _event_loop_running() -> bool:
+    """Dramatiq's AsyncIO middleware runs an event loop thread here (``dramatiq/asyncio.py``)."""
+    from dramatiq.asyncio import get_event_loop_thread  # noqa: PLC0415
+
+    return get_event_loop_thread() is not None
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _call_on_consumer_thread(consumer: Dramatiq, func: Any) -> None:  # noqa: ANN401

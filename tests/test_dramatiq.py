@@ -258,6 +258,23 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(scenario: Sc
     assert sorted(scenario.list("completed")) == [str(n) for n in range(6)]  # each once
 
 
+def test_dramatiqs_main_process_ends_within_the_grace(scenario: Scenario) -> None:
+    """An actor longer than the grace (4 s); SIGTERM to Dramatiq's main process. Once its
+    last worker process is gone, Dramatiq's main still waits about 1 s for its log thread
+    (dramatiq/cli.py ``watch_logs``): the worker processes say they stop 1.2 s inside the
+    grace, and the process the user started ends by SIGTERM within it (0.5 s of slack).
+    Before: the workers took the whole grace, and the main process ended 1.05 s past it."""
+    worker = scenario.worker(LASTCALL_GRACE="4")
+    line = worker.wait_for("running actors get", stream="stderr")
+    assert "stops this worker process within 2.8 s" in line, line
+    scenario.enqueue((7, 60, 0.2))
+    wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    assert time.monotonic() - signalled < 4.5, worker.output()
+
+
 def test_actor_longer_than_the_budget_is_put_back_and_completes_once(scenario: Scenario) -> None:
     """An actor running past the drain budget: put back at once, completed by another worker.
 

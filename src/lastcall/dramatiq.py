@@ -86,6 +86,11 @@ __all__ = ("LastCall", "main")
 
 # dramatiq/cli.py: the worker processes turn the stop signal into this exit status.
 _EXIT_STATUS = 128 + signal.SIGTERM
+# dramatiq/cli.py watch_logs: once its workers are gone, Dramatiq's main process still waits
+# for its log thread, which reads the workers' pipes with a 1 s timeout (measured: 1.05 s from
+# the last worker's end to its own). The worker processes end that much inside the grace, so
+# the process the user started does too.
+_MAIN_PROCESS_EXIT = 1.2
 
 
 class LastCall(Middleware):
@@ -129,11 +134,13 @@ class LastCall(Middleware):
         # Not chained: Dramatiq's own handler would run Worker.stop() beside the drain, and
         # its worker process would exit 0 once that returned, hooks or not.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        status = coordinator.settings.exit_code
+        settings = coordinator.settings
+        status = settings.exit_code
         # SIGINT stays ignored, as Dramatiq set it in its worker processes: its main process
         # forwards Ctrl-C as SIGTERM (a terminal's Ctrl-C reaching both would count twice).
         # So a second SIGTERM forces, as Dramatiq's own second signal kills.
         coordinator.install(
+            grace=settings.grace - min(_MAIN_PROCESS_EXIT, settings.grace / 2),
             signals=("SIGTERM",),
             force_signals=("SIGTERM",),
             exit_code=_EXIT_STATUS if status is None else status,

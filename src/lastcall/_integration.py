@@ -9,6 +9,7 @@ the one module allowed to.
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 
 from lastcall import _triggers
@@ -63,18 +64,22 @@ class Integration:
 
     @contextlib.contextmanager
     def forking_without_threads(self) -> Iterator[None]:
-        """Children forked inside start none of lastcall's threads.
+        """Children forked inside get none of lastcall's after-fork work, threads included.
 
-        For a child that takes no stop signal and ends with ``os._exit`` (RQ's work
-        horse, one per job): starting the dispatcher and the log thread there costs
-        each fork a millisecond or two, for nothing.
+        For a child that runs one job, takes no stop signal, never runs a stop and
+        ends with ``os._exit`` (RQ's work horse, one per job): the reset a forked
+        child gets (fresh hooks, state, locks; the watcher's and the health port's
+        descriptors closed; lastcall's threads) costs each fork a few hundred
+        microseconds of copy-on-write page faults, a few percent of a short job,
+        for nothing. Such a child keeps the parent's lastcall state as it was, so it
+        must not outlive the parent (RQ's horse: ``PR_SET_PDEATHSIG``); the
+        children it forks in turn get the reset (without threads).
         """
-        coordinator = self.coordinator
-        coordinator._threads_in_forked_children = False  # noqa: SLF001
+        _triggers.one_job_forks_of = os.getpid()
         try:
             yield
         finally:
-            coordinator._threads_in_forked_children = True  # noqa: SLF001
+            _triggers.one_job_forks_of = None
 
     # ------------------------------------------------------------ readiness
 

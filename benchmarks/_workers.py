@@ -43,6 +43,11 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout: float = WAIT) 
     return time.monotonic()
 
 
+def python_path(directory: Path) -> str:
+    """``directory`` (the app's) ahead of any ``PYTHONPATH`` given (another lastcall's ``src``)."""
+    return os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of ``pid``, its reaped children and its live ones (``/proc``)."""
     total = 0

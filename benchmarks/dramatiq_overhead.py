@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import dramatiq
-from _workers import Redis, Rounds, Run, side_by_side, table
+from _workers import Redis, Rounds, Run, python_path, side_by_side, table
 from dramatiq.brokers.redis import RedisBroker
 
 WARM_UP = 500
@@ -74,7 +74,7 @@ class Broker(Redis):
 
     def run(self, directory: Path, threads: int, *, plain: bool) -> Run:
         """``dramatiq bench`` (one worker process) on this broker's full queue."""
-        env = {**os.environ, "BROKER": self.url, "PYTHONPATH": str(directory),
+        env = {**os.environ, "BROKER": self.url, "PYTHONPATH": python_path(directory),
                "PLAIN": "1" if plain else "0", "LASTCALL_GRACE": "10"}  # fmt: skip
         argv = [str(Path(sys.executable).parent / "dramatiq"), "bench",
                 "--processes", "1", "--threads", str(threads)]  # fmt: skip

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _workers import Redis, Rounds, Run, side_by_side, table
+from _workers import Redis, Rounds, Run, python_path, side_by_side, table
 from celery import Celery
 
 CONCURRENCY = {"prefork": 2, "threads": 4, "solo": 1}
@@ -73,7 +73,7 @@ class Broker(Redis):
 
     def run(self, directory: Path, pool: str, *, plain: bool) -> Run:
         """``celery -A bench worker`` on this broker's full queue."""
-        env = {**os.environ, "BROKER": self.url, "PYTHONPATH": str(directory),
+        env = {**os.environ, "BROKER": self.url, "PYTHONPATH": python_path(directory),
                "PLAIN": "1" if plain else "0", "LASTCALL_GRACE": "10"}  # fmt: skip
         argv = [str(Path(sys.executable).parent / "celery"), "-A", "bench", "worker",
                 "-P", pool, "-c", str(CONCURRENCY[pool]), "-l", "warning",

@@ -8,7 +8,6 @@ the one module allowed to.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import weakref
 
@@ -18,7 +17,8 @@ from lastcall._log import logger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    import contextlib
+    from collections.abc import Callable
     from typing import Any
 
     from lastcall._coordinator import Coordinator
@@ -62,8 +62,7 @@ class Integration:
         coordinator = self.coordinator
         _triggers.watch_parent(parent, reason, coordinator.stopping, coordinator.trigger)
 
-    @contextlib.contextmanager
-    def forking_without_threads(self) -> Iterator[None]:
+    def forking_without_threads(self) -> contextlib.AbstractContextManager[None]:
         """Children forked inside get none of lastcall's after-fork work, threads included.
 
         For a child that runs one job, takes no stop signal, never runs a stop and
@@ -75,11 +74,7 @@ class Integration:
         must not outlive the parent (RQ's horse: ``PR_SET_PDEATHSIG``); the
         children it forks in turn get the reset (without threads).
         """
-        _triggers.one_job_forks_of = os.getpid()
-        try:
-            yield
-        finally:
-            _triggers.one_job_forks_of = None
+        return _ONE_JOB_FORKS
 
     # ------------------------------------------------------------ readiness
 
@@ -174,3 +169,19 @@ class Integration:
         stop = self.coordinator._stop  # noqa: SLF001
         if stop is not None:
             stop.note_job(job)
+
+
+class _OneJobForks:
+    """``forking_without_threads()``: a class, not a generator, since it is entered per job.
+
+    Each Python function the worker runs per job costs it page faults after each fork.
+    """
+
+    def __enter__(self) -> None:
+        _triggers.one_job_forks_of = os.getpid()
+
+    def __exit__(self, *_exc: object) -> None:
+        _triggers.one_job_forks_of = None
+
+
+_ONE_JOB_FORKS = _OneJobForks()

@@ -11,28 +11,29 @@ CPU time per job is the worker's (horses included) over the same jobs: the
 start-up is not counted. On a shared machine the rate is noisy (Redis round
 trips wait on neighbours); the CPU time is what lastcall adds.
 Rounds alternate which variant goes first, so a neighbour's bursts hit both
-alike; the table shows the median rate and the median of each round's ratio.
-The target: lastcall's rate at least 0.99 x RQ's own.
+alike; the table shows the median rates, their ratio (the target: lastcall's
+at least 0.99 x RQ's own), the range of the rounds' ratios, and the CPU time
+per job (its ratio RQ's over lastcall's, so both read "higher is better").
 Run: python benchmarks/rq_overhead.py [--rounds N] [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import redis
+from _workers import Redis, Rounds, cpu_seconds, end, table
 from rq import Queue
+
+if TYPE_CHECKING:
+    import redis
 
 RQ = str(Path(sys.executable).parent / "rq")
 VARIANTS = {
@@ -41,44 +42,8 @@ VARIANTS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed: apt-get install redis-server")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-            "--save", "", "--appendonly", "no", "--loglevel", "warning"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                sys.exit(f"redis-server did not answer on port {port}")
-            time.sleep(0.02)
-    client.close()
-    return proc, port
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and of its reaped children (the work horses), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
-
-
 def run(client: redis.Redis, directory: Path, worker_class: str, jobs: int) -> tuple[float, float]:
-    """One worker over ``jobs`` no-op jobs: (jobs per second, CPU ms per job), start-up excluded."""
+    """One worker over ``jobs`` no-op jobs: (jobs per second, CPU µs per job), start-up excluded."""
     client.flushdb()
     queue = Queue("bench", connection=client)
     url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
@@ -103,14 +68,7 @@ def run(client: redis.Redis, directory: Path, worker_class: str, jobs: int) -> t
     finally:
         # lastcall's worker ends at SIGTERM once deregistered; RQ's own waits up to a minute
         # for its pubsub thread (redis-py 8), so it is killed (idle, no horse: nothing is cut).
-        worker.send_signal(
-            signal.SIGTERM if worker_class.startswith("lastcall") else signal.SIGKILL
-        )
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        end(worker, signal.SIGTERM if worker_class.startswith("lastcall") else signal.SIGKILL)
 
     def stamp(job_id: str, field: str) -> float:
         raw = client.hget(f"rq:job:{job_id}", field)
@@ -118,7 +76,7 @@ def run(client: redis.Redis, directory: Path, worker_class: str, jobs: int) -> t
         return datetime.fromisoformat(raw.decode().replace("Z", "+00:00")).timestamp()
 
     span = stamp(ids[-1], "ended_at") - min(stamp(i, "started_at") for i in ids[:5])
-    return jobs / span, 1000 * cpu / jobs
+    return jobs / span, 1e6 * cpu / jobs
 
 
 def _idle(client: redis.Redis) -> bool:
@@ -134,50 +92,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         (directory / "bench_jobs.py").write_text("def noop():\n    return None\n")
-        server, port = start_redis(directory)
-        client = redis.Redis(port=port)
+        server = Redis(directory)
+        client = server.client
         try:
             rows = []
             for name, (plain, ours) in VARIANTS.items():
                 jobs = args.jobs * (5 if name == "SimpleWorker" else 1)
-                rates: dict[str, list[float]] = {plain: [], ours: []}
-                cpus: dict[str, list[float]] = {plain: [], ours: []}
-                ratios, cpu_ratios = [], []
+                rounds = Rounds()
                 for n in range(args.rounds):
                     order = (plain, ours) if n % 2 == 0 else (ours, plain)
                     got = {cls: run(client, directory, cls, jobs) for cls in order}
-                    for cls, (jobs_per_s, cpu_ms) in got.items():
-                        rates[cls].append(jobs_per_s)
-                        cpus[cls].append(cpu_ms)
-                    ratios.append(got[ours][0] / got[plain][0])
-                    cpu_ratios.append(got[ours][1] / got[plain][1])
-                med = statistics.median
-                rows.append(
-                    (
-                        name,
-                        jobs,
-                        med(rates[plain]),
-                        med(rates[ours]),
-                        med(ratios),
-                        med(cpus[plain]),
-                        med(cpus[ours]),
-                        med(cpu_ratios),
-                    )
-                )
+                    rounds.add({True: got[plain], False: got[ours]})
+                rows.append(rounds.row(name))
         finally:
-            client.close()
-            server.send_signal(signal.SIGTERM)
-            server.wait(10)
-    print(f"no-op jobs, {args.rounds} rounds, medians (rq {_rq_version()}); ratio: lastcall / RQ")
-    print(
-        f"{'worker class':<14}{'jobs/run':>9}{'RQ jobs/s':>11}{'lastcall':>10}{'ratio':>7}"
-        f"{'RQ CPU ms/job':>15}{'lastcall':>10}{'ratio':>7}"
+            server.stop()
+    table(
+        f"RQ {_rq_version()}: no-op jobs, {args.jobs} a run ({5 * args.jobs} on "
+        f"SimpleWorker), {args.rounds} rounds; pool: worker class",
+        rows,
     )
-    for name, jobs, plain_rate, our_rate, ratio, plain_cpu, our_cpu, cpu_ratio in rows:
-        print(
-            f"{name:<14}{jobs:>9}{plain_rate:>11.1f}{our_rate:>10.1f}{ratio:>7.3f}"
-            f"{plain_cpu:>15.3f}{our_cpu:>10.3f}{cpu_ratio:>7.3f}"
-        )
 
 
 def _rq_version() -> str:

@@ -129,8 +129,6 @@ class Coordinator:
         # Who can list the requests in flight (the middlewares), asked only when a drain overruns.
         self._request_listers: list[weakref.WeakMethod[Callable[[], list[dict[str, Any]]]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # False while an adapter forks a child that takes no stop signal (RQ's work horse).
-        self._threads_in_forked_children = True
         self._reset_state(forked=False)
         _triggers.track(self)
 
@@ -661,7 +659,7 @@ class Coordinator:
         self._loop = None  # the parent's loop is not running here
         self._readiness.after_fork()
         self.stopping._renew()  # noqa: SLF001
-        if self._handlers is not None and self._threads_in_forked_children:
+        if self._handlers is not None and _triggers.one_job_forks_of is None:
             self._main_ident = main_thread_ident()  # the forking thread is the child's only one
             try:
                 self._dispatcher.start(self._app_mask, self._begin_from_dispatcher)

@@ -61,6 +61,7 @@ from lastcall._hooks import check_timeout
 from lastcall._integration import Integration
 from lastcall._log import logger
 from lastcall._threads import start_daemon
+from lastcall._triggers import forked_for_one_job
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see _hooks)
 if TYPE_CHECKING:
@@ -483,6 +484,13 @@ def _fd_is_open(fd: int) -> bool:
 
 
 def _call_weak(reference: weakref.WeakMethod[Callable[[], None]]) -> None:
+    """The fork callback; not in a child forked to run one job (``forked_for_one_job``).
+
+    Such a child dies with its parent: its copy of the channel delays the
+    watcher's EOF no further than the parent's death.
+    """
+    if forked_for_one_job():
+        return
     method = reference()
     if method is not None:
         method()

@@ -167,6 +167,9 @@ def watch_parent(
 # callback, whatever the number of coordinators made (tests make many).
 _owners: weakref.WeakSet[_Owner] = weakref.WeakSet()
 _exit_callbacks_registered = False
+# The PID forking while an adapter forks children that run one job and no stop (RQ's work
+# horses; Integration.forking_without_threads): lastcall leaves those children as they are.
+one_job_forks_of: int | None = None
 
 
 def track(owner: _Owner) -> None:
@@ -174,7 +177,14 @@ def track(owner: _Owner) -> None:
     _owners.add(owner)
 
 
+def forked_for_one_job() -> bool:
+    """Whether this is a child forked inside ``forking_without_threads`` (not a child of one)."""
+    return one_job_forks_of is not None and one_job_forks_of == os.getppid()
+
+
 def _after_fork_in_child() -> None:
+    if forked_for_one_job():
+        return  # no reset: it runs no stop, and each job would pay its copy-on-write faults
     for owner in list(_owners):
         owner._after_fork_in_child()  # noqa: SLF001  # the registry is the coordinators'
 

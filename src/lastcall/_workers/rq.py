@@ -57,7 +57,7 @@ from lastcall._log import log
 from lastcall._servers import versions
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from lastcall._coordinator import Coordinator
 
@@ -82,7 +82,10 @@ _BLOCKING = frozenset({"blmove", "blpop", "brpoplpush", "blmpop"})
 # for its heartbeat would not come). Blocked in RQ's pubsub thread and in the drain's.
 THREAD_MASK = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_libc: Any = None  # libc, loaded once in the worker (Linux): prctl in each horse
+_SIGKILL = int(signal.SIGKILL)
+# libc's prctl, looked up once in the worker (Linux), not in each horse: a lookup there
+# (ctypes makes the function object on first use) costs each job its page faults.
+_prctl: Any = None
 # The Redis connection settings the last resort reconnects with (JSON: no objects).
 _CONNECTION_KEYS = ("host", "port", "db", "username", "password", "path", "socket_connect_timeout")
 
@@ -152,7 +155,7 @@ class Overrides(_Base):
         if drain is None:
             fork(job, queue)
             return
-        with Integration(drain.coordinator).forking_without_threads():
+        with drain.integration.forking_without_threads():
             fork(job, queue)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, *args: Any) -> RQ:  # noqa: ANN401
@@ -160,7 +163,8 @@ class Overrides(_Base):
         drain = self.lastcall_drain
         if drain is None:
             return super().dequeue_job_and_maintain_ttl(timeout, *args)
-        with drain.dequeuing(self):  # first: the drain waits for this block to end
+        drain.dequeuing(self)  # first: the drain waits for this block to end
+        try:
             if drain.door_closed():
                 return None
             try:
@@ -174,6 +178,8 @@ class Overrides(_Base):
             if drain.door_closed():
                 drain.put_back_unstarted(job, queue)
                 return None
+        finally:
+            drain.dequeued(self)
         return result
 
     @property
@@ -243,8 +249,8 @@ class Overrides(_Base):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(STOP_SIGNAL, _horse_stop_requested)
         drain = self.lastcall_drain
-        if drain is not None and _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if drain is not None and _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
             if os.getppid() != drain.worker_pid:  # the worker died before the prctl
                 os._exit(1)
 
@@ -301,6 +307,7 @@ class RQDrain:
 
         self.worker = worker
         self.coordinator = coordinator
+        self.integration = Integration(coordinator)
         self.forks = not isinstance(worker, SimpleWorker)  # a subclass of Worker before 2.12
         self.running: _Job | None = None
         self.idle = threading.Event()
@@ -340,13 +347,13 @@ class RQDrain:
 
     def attach(self) -> None:
         """On the main thread as the worker starts listening."""
-        global _libc  # noqa: PLW0603  # loaded once per process
+        global _prctl  # noqa: PLW0603  # loaded once per process
         if not self.forks:
             signal.signal(STOP_SIGNAL, _simple_stop_requested)
-        elif sys.platform == "linux" and _libc is None:
+        elif sys.platform == "linux" and _prctl is None:
             import ctypes  # noqa: PLC0415  # only where prctl exists
 
-            _libc = ctypes.CDLL(None, use_errno=True)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def last_resort_args(self) -> tuple[dict[str, Any], str, list[str]] | None:
         """What ``put_back_after_kill`` needs, as JSON; None where it cannot reconnect."""
@@ -364,22 +371,20 @@ class RQDrain:
     def door_closed(self) -> bool:
         return self._closed or self.coordinator.stopping.is_set()
 
-    @contextlib.contextmanager
-    def dequeuing(self, worker: RQ) -> Iterator[None]:
+    def dequeuing(self, worker: RQ) -> None:
         """RQ's dequeue loop runs on ``dequeue_client`` (the job and queue it returns do not)."""
         self.left_dequeue.clear()
         self.in_dequeue = True
         worker.connection = self.dequeue_client
-        try:
-            yield
-        finally:
-            worker.connection = self.connection
-            self.in_dequeue = False
-            self.left_dequeue.set()
+
+    def dequeued(self, worker: RQ) -> None:
+        worker.connection = self.connection
+        self.in_dequeue = False
+        self.left_dequeue.set()
 
     def began(self, job: RQ, queue: RQ) -> None:
         timeout = job.timeout
-        if timeout is not None:
+        if timeout is not None and not 0 <= timeout <= self.budget:
             self.check_timeout(float(timeout), f"job {job.id}'s job_timeout")
         self.running = _Job(job, queue)
         self.idle.clear()

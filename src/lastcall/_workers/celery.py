@@ -125,8 +125,16 @@ _POLL = 0.02  # seconds between looks at the requests in flight
 SUPPORTED_POOLS = ("prefork", "solo", "threads", "gevent")
 SUPPORTED_TRANSPORTS = ("redis", "amqp", "pyamqp")  # kombu's transport names in broker URLs
 _TAG_SLOT = 64  # bytes per delivery in the file: a state byte, the tag (kombu's: 36 bytes)
-_HELD, _ACKED = b"h", b"a"  # the state byte: delivered; Celery asked for its ack
+# The state byte: delivered; Celery asked for its ack, or the task ended; running, acked at start
+_HELD, _ACKED, _RUNNING = b"h", b"a", b"r"
 _TAG_SLOTS = 4096  # the newest this many deliveries are known to the watcher
+_TAG_REGION = _TAG_SLOT * _TAG_SLOTS
+# After the tags: copies of the running messages without acks_late, as kombu's unacked hash
+# holds them (a Celery message is 1-2 KiB); tag slot i's copy is in copy slot i % _COPY_SLOTS.
+_COPY_SLOT = 8192
+_COPY_SLOTS = 512
+_COPY_HEAD = struct.Struct(f"={_TAG_SLOT}sI")  # its tag, the copy's length
+_FILE_SIZE = _TAG_REGION + _COPY_SLOT * _COPY_SLOTS
 
 
 class TaskStopped(BaseException):  # not an error: the stop put the task back
@@ -285,19 +293,26 @@ class Delivered:
     moment Celery asks for its message's ack: Celery sends acks from its loop a
     moment later (``call_soon``), and a message whose ack was asked for is done
     (acks_late: the task completed), to be acknowledged, never put back.
+
+    A task without ``acks_late`` is acknowledged (deleted from Redis) as it starts:
+    as it is handed to the pool its message is copied into the file too, as kombu's
+    ``unacked`` hash holds it, and its slot marked running; the ack at its start
+    leaves that mark, and the task's end (its result back, before Celery's own
+    callbacks) marks it done. The watcher publishes a running one again.
     """
 
     def __init__(self) -> None:
         directory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108  # memory, not disk
         fd, self.path = tempfile.mkstemp(prefix="lastcall-celery-", suffix=".tags", dir=directory)
         try:
-            os.ftruncate(fd, _TAG_SLOT * _TAG_SLOTS)
-            self._map = mmap.mmap(fd, _TAG_SLOT * _TAG_SLOTS)
+            os.ftruncate(fd, _FILE_SIZE)
+            self._map = mmap.mmap(fd, _FILE_SIZE)
         finally:
             os.close(fd)
         self._next = 0
         self._tags: list[str | None] = [None] * _TAG_SLOTS  # the tag in each slot
-        self._slots: dict[str, int] = {}  # tag -> its slot, until Celery's strategy has it
+        self._slots: dict[str, int] = {}  # tag -> its slot, until the slot is reused
+        self.too_big = False  # a message did not fit a copy slot (said once)
 
     def note(self, tag: str) -> None:
         """A message is being delivered: before kombu writes it to the ``unacked`` hash."""
@@ -313,21 +328,63 @@ class Delivered:
             _TAG_SLOT, b"\0"
         )
 
-    def marker(self, tag: str) -> Callable[[], None]:
-        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack."""
-        index = self._slots.pop(tag, None)
+    def _slot(self, tag: str) -> int:
+        index = self._slots.get(tag)
         if index is None:  # delivered on a channel noted nowhere (a new connection)
             self.note(tag)
-            index = self._slots.pop(tag)
+            index = self._slots[tag]
+        return index
+
+    def _setter(self, index: int, state: bytes, *, unless: bytes = b"") -> Callable[[], None]:
+        """What sets ``index``'s state byte later, if the slot was not reused meanwhile."""
         start = index * _TAG_SLOT
         mapped = self._map
-        slot = mapped[start : start + _TAG_SLOT]
+        slot = mapped[start + 1 : start + _TAG_SLOT]
 
-        def acked() -> None:
-            if mapped[start + 1 : start + _TAG_SLOT] == slot[1:]:  # not reused meanwhile
-                mapped[start] = _ACKED[0]
+        def mark() -> None:
+            if (
+                mapped[start + 1 : start + _TAG_SLOT] == slot
+                and mapped[start : start + 1] != unless
+            ):
+                mapped[start] = state[0]
 
-        return acked
+        return mark
+
+    def marker(self, tag: str) -> Callable[[], None]:
+        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack.
+
+        Not a running one's: its ack came as it started (no ``acks_late``).
+        """
+        return self._setter(self._slot(tag), _ACKED, unless=_RUNNING)
+
+    def running(self, tag: str, copy: bytes) -> Callable[[], None] | None:
+        """A task without ``acks_late`` starts: keep ``copy``; what marks it done at its end.
+
+        None if ``copy`` does not fit: that task is lost if the worker is killed as it runs.
+        """
+        if len(copy) > _COPY_SLOT - _COPY_HEAD.size:
+            if not self.too_big:
+                self.too_big = True
+                logger.warning(
+                    "lastcall: a task message of %d bytes does not fit lastcall's %d-byte copy: "
+                    "such a task without acks_late is lost if the worker is killed (SIGKILL) "
+                    "while it runs, as with plain Celery (acks_late keeps it)",
+                    len(copy),
+                    _COPY_SLOT - _COPY_HEAD.size,
+                )
+            return None
+        index = self._slot(tag)
+        start = _TAG_REGION + (index % _COPY_SLOTS) * _COPY_SLOT
+        end = start + _COPY_HEAD.size + len(copy)
+        self._map[start:end] = _COPY_HEAD.pack(tag.encode(), len(copy)) + copy
+        self._map[index * _TAG_SLOT] = _RUNNING[0]
+        return self._setter(index, _ACKED)
+
+    def done(self, tag: str) -> None:
+        """``tag``'s task is finished with here (put back on its queue): never published again."""
+        index = self._slots.get(tag)
+        if index is not None:
+            self._setter(index, _ACKED)()
 
     def remove(self) -> None:
         """The worker stopped cleanly: nothing for the watcher."""
@@ -335,15 +392,33 @@ class Delivered:
             os.unlink(self.path)  # noqa: PTH108  # os: as the rest of the module
 
 
+def _read_delivered(data: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """A ``Delivered`` file: each tag's state byte; each running tag's copy."""
+    states = {}
+    for start in range(0, _TAG_REGION, _TAG_SLOT):
+        slot = data[start : start + _TAG_SLOT].rstrip(b"\0")
+        if slot:
+            states[slot[1:].decode()] = slot[:1]
+    copies = {}
+    for start in range(_TAG_REGION, len(data), _COPY_SLOT):
+        raw_tag, size = _COPY_HEAD.unpack_from(data, start)
+        tag = raw_tag.rstrip(b"\0").decode()
+        if states.get(tag) == _RUNNING:
+            copies[tag] = data[start + _COPY_HEAD.size : start + _COPY_HEAD.size + size]
+    return states, copies
+
+
 def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
-    """Last resort, in the watcher once the worker died: its unacknowledged messages go back.
+    """Last resort, in the watcher once the worker died: its unfinished messages go back.
 
     Each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is put
     back at the head of its queue by kombu's own ``restore_by_tag``; one whose ack
     Celery had asked for is acknowledged instead (taken out of the hash), as the
-    worker would have a moment later.
+    worker would have a moment later. A running task acknowledged as it started is
+    pushed there from its copy, as ``restore_by_tag`` pushes a hash entry.
     """
     from kombu.connection import Connection  # noqa: PLC0415  # in the watcher, when needed
+    from kombu.utils.json import loads  # noqa: PLC0415
 
     try:
         with open(path, "rb") as file:  # noqa: PTH123
@@ -351,27 +426,34 @@ def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)  # noqa: PTH108
-    slots = (data[i : i + _TAG_SLOT].rstrip(b"\0") for i in range(0, len(data), _TAG_SLOT))
-    acked = {slot[1:].decode(): slot[:1] == _ACKED for slot in slots if slot}
-    if not acked:
+    states, copies = _read_delivered(data)
+    if not states:
         return
-    tags = list(acked)
+    tags = list(states)
     with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
         qos = connection.default_channel.qos
         with qos.channel.conn_or_acquire() as client:
             entries = client.hmget(qos.unacked_key, tags)
             held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
-            done = [tag for tag in held if acked[tag]]
+            done = [tag for tag in held if states[tag] == _ACKED]
             if done:
                 client.pipeline().zrem(qos.unacked_index_key, *done).hdel(
                     qos.unacked_key, *done
                 ).execute()
             for tag in held:
-                if not acked[tag]:
+                if states[tag] != _ACKED:
                     qos.restore_by_tag(tag, client)
+            again = [copies[tag] for tag in copies.keys() - set(held)]
+            if again:
+                pipe = client.pipeline()
+                for copy in again:
+                    message, exchange, routing_key = loads(copy)  # type: ignore[no-untyped-call]
+                    qos.channel._do_restore_message(message, exchange, routing_key, pipe)  # noqa: SLF001
+                pipe.execute()
     print(  # noqa: T201  # the watcher's output goes to the worker's stderr
         f"lastcall: {len(held) - len(done)} task(s) of the killed Celery worker put back on "
-        f"their queues, {len(done)} acknowledged (done)"
+        f"their queues, {len(again)} running one(s) acknowledged at their start published "
+        f"again, {len(done)} acknowledged (done)"
     )
 
 
@@ -560,6 +642,45 @@ class CeleryWorker:
             return
         qos.append = noted_append
         self.delivered = delivered
+        self._copy_running_messages(delivered)
+
+    def _copy_running_messages(self, delivered: Delivered) -> None:
+        """A task without ``acks_late`` is copied into ``delivered`` as it is handed to the pool.
+
+        ``TaskPool.on_apply`` (celery/concurrency/base.py calls it for every task; wrapped
+        here outermost, so ``accept_callback`` is still ``Request.on_accepted``): the copy
+        is what kombu's ``QoS.append`` writes to the ``unacked`` hash (kombu/transport/
+        redis.py). The task's result callbacks (the pool's, before Celery's own) mark it done.
+        """
+        from kombu.utils.json import dumps  # noqa: PLC0415  # kombu's own, as its hash entries
+
+        pool = self.consumer.pool
+        apply = pool.on_apply
+
+        def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            request = kwargs["accept_callback"].__self__
+            if request.task.acks_late:
+                return apply(*args, **kwargs)  # in the unacked hash until it ends
+            message = request.message
+            info = message.delivery_info
+            raw = message._raw  # noqa: SLF001
+            copy = dumps([raw, info.get("exchange"), info.get("routing_key")])  # type: ignore[no-untyped-call]
+            done = delivered.running(message.delivery_tag, copy.encode())
+            if done is None:
+                return apply(*args, **kwargs)
+            callback, error_callback = kwargs["callback"], kwargs["error_callback"]
+
+            def succeeded(*result: Any, **more: Any) -> Any:  # noqa: ANN401
+                done()
+                return callback(*result, **more)
+
+            def failed(*result: Any, **more: Any) -> Any:  # noqa: ANN401
+                done()
+                return error_callback(*result, **more)
+
+            return apply(*args, **{**kwargs, "callback": succeeded, "error_callback": failed})
+
+        pool.on_apply = on_apply
 
     # ------------------------------------------------------------ the drain's questions
 
@@ -867,6 +988,8 @@ class CeleryWorker:
             return
         self.put_back_tags.add(tag)
         request.acknowledged = True  # Celery must neither ack nor reject it any more
+        if self.delivered is not None:
+            self.delivered.done(tag)  # never published again by the last resort
         if self.amqp:
             self._put_back_amqp(message)
         else:

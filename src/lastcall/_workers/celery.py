@@ -66,12 +66,16 @@ stop is over, and the thread ends with it.
 
 When the worker is killed (SIGKILL, the OOM killer) nothing in it runs. The
 watcher process of ``lastcall.last_resort`` does: the worker writes each
-delivered message's tag into a small memory-mapped file (``Delivered``: one
+delivered message's tag into a small memory-mapped file (``Delivered``: a
 slice assignment per task, no system call), and the watcher, once the worker
 is gone, puts back every tag of that file still in the ``unacked`` hash, as
 kombu's ``restore_by_tag`` does: the prefetched tasks and the running ones
-with ``acks_late``. A running task without ``acks_late`` was deleted from
-Redis as it started (Celery's at-most-once): nothing is left to put back.
+with ``acks_late``. A running task without ``acks_late`` was deleted from the
+broker as it started (Celery's at-most-once): the worker copied its message
+into the file as it was handed to the pool, and the watcher publishes it again
+unless its result came back. ``TaskPool.on_apply`` (celery/concurrency/base.py)
+is wrapped for that, and the task channel's ``basic_ack`` (kombu/transport/
+redis.py, pyamqp.py: the ack at its start went out).
 """
 
 from __future__ import annotations

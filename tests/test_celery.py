@@ -491,3 +491,25 @@ def test_sigkill_completed_task_not_published_again(scenario: Scenario, pool: st
     second.send(signal.SIGTERM)
     assert second.finish() == -signal.SIGTERM
     assert scenario.list("completed") == ["0", "1"]  # each once
+
+
+def test_sigkill_message_too_big_to_copy_said_once(scenario: Scenario) -> None:
+    """A task message too big for its copy: one warning line, and the task is lost as before.
+
+    Two such tasks running without ``acks_late`` on the threads pool, SIGKILL: the
+    watcher publishes neither (they were acknowledged as they started).
+    """
+    worker = scenario.worker("-P", "threads", "-c", "2", LASTCALL_GRACE="5")
+    enqueue = (
+        "import proj\n"
+        "for n in range(2): proj.work.apply_async((n, 60), headers={'pad': 'x' * 10000})"
+    )
+    scenario.spawn(enqueue, env=scenario.env(), wait_ready=False).finish()  # type: ignore[operator]
+    wait_until("tasks running", lambda: len(scenario.list("started")) == 2)
+    worker.send(signal.SIGKILL)
+    line = worker.wait_for("lastcall: 0 task(s) of the killed Celery worker", stream="stderr")
+    assert "0 running one(s)" in line
+    assert worker.finish() == -signal.SIGKILL
+    said = [line for line in worker.stderr if "does not fit its copy's slot" in line]
+    assert len(said) == 1, said
+    assert scenario.queued() == 0

@@ -642,12 +642,18 @@ class CeleryWorker:
         Redis: what the ``unacked`` hash holds, and the running tasks without ``acks_late``;
         RabbitMQ itself puts back what a dead connection held, at once: only the latter.
         """
+        if_killed = (
+            "its tasks running without acks_late are lost"
+            if self.amqp
+            else "its tasks wait for visibility_timeout instead of going back at once"
+        )
         if self.kind == "gevent":
             logger.warning(
-                "%s: if this gevent worker is killed (SIGKILL), its tasks wait for "
-                "visibility_timeout: lastcall's last-resort watcher cannot watch a gevent "
-                "process (gevent makes the watcher's channel non-blocking, and it quits at once)",
+                "%s: if this gevent worker is killed (SIGKILL), %s: lastcall's last-resort "
+                "watcher cannot watch a gevent process (gevent makes the watcher's channel "
+                "non-blocking, and it quits at once)",
                 self.name,
+                if_killed,
             )
             return
         connection = self.consumer.connection
@@ -664,12 +670,7 @@ class CeleryWorker:
             )
         except (OSError, TypeError, ValueError, RuntimeError) as exc:
             logger.warning(
-                "%s: if this worker is killed (SIGKILL), its tasks %s: %s",
-                self.name,
-                "running without acks_late are lost"
-                if self.amqp
-                else "wait for visibility_timeout instead of going back at once",
-                exc,
+                "%s: if this worker is killed (SIGKILL), %s: %s", self.name, if_killed, exc
             )
             return
         channel = self.consumer.task_consumer.channel

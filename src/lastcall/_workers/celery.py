@@ -66,12 +66,16 @@ stop is over, and the thread ends with it.
 
 When the worker is killed (SIGKILL, the OOM killer) nothing in it runs. The
 watcher process of ``lastcall.last_resort`` does: the worker writes each
-delivered message's tag into a small memory-mapped file (``Delivered``: one
+delivered message's tag into a small memory-mapped file (``Delivered``: a
 slice assignment per task, no system call), and the watcher, once the worker
 is gone, puts back every tag of that file still in the ``unacked`` hash, as
 kombu's ``restore_by_tag`` does: the prefetched tasks and the running ones
-with ``acks_late``. A running task without ``acks_late`` was deleted from
-Redis as it started (Celery's at-most-once): nothing is left to put back.
+with ``acks_late``. A running task without ``acks_late`` was deleted from the
+broker as it started (Celery's at-most-once): the worker copied its message
+into the file as it was handed to the pool, and the watcher publishes it again
+unless its result came back. ``TaskPool.on_apply`` (celery/concurrency/base.py)
+is wrapped for that, and the task channel's ``basic_ack`` (kombu/transport/
+redis.py, pyamqp.py: the ack at its start went out).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import marshal
 import mmap
 import os
 import queue
@@ -125,8 +130,17 @@ _POLL = 0.02  # seconds between looks at the requests in flight
 SUPPORTED_POOLS = ("prefork", "solo", "threads", "gevent")
 SUPPORTED_TRANSPORTS = ("redis", "amqp", "pyamqp")  # kombu's transport names in broker URLs
 _TAG_SLOT = 64  # bytes per delivery in the file: a state byte, the tag (kombu's: 36 bytes)
-_HELD, _ACKED = b"h", b"a"  # the state byte: delivered; Celery asked for its ack
+# The state byte: delivered; Celery asked for its ack, or the task ended; copied as it was
+# handed to the pool (no acks_late); copied, and its ack at the start sent
+_HELD, _ACKED, _COPIED, _RUNNING = b"h", b"a", b"c", b"r"
 _TAG_SLOTS = 4096  # the newest this many deliveries are known to the watcher
+_TAG_REGION = _TAG_SLOT * _TAG_SLOTS
+# After the tags: copies of the running messages without acks_late (marshal: a Celery
+# message is about 1 KiB); tag slot i's copy is in copy slot i % _COPY_SLOTS.
+_COPY_SLOT = 8192
+_COPY_SLOTS = 512
+_COPY_HEAD = struct.Struct(f"={_TAG_SLOT}sI")  # its tag, the copy's length
+_FILE_SIZE = _TAG_REGION + _COPY_SLOT * _COPY_SLOTS
 
 
 class TaskStopped(BaseException):  # not an error: the stop put the task back
@@ -285,19 +299,26 @@ class Delivered:
     moment Celery asks for its message's ack: Celery sends acks from its loop a
     moment later (``call_soon``), and a message whose ack was asked for is done
     (acks_late: the task completed), to be acknowledged, never put back.
+
+    A task without ``acks_late`` is acknowledged (deleted from the broker) as it starts.
+    As it is handed to the pool its message is copied into the file too (``copied``),
+    and the ack at its start marks it running once it is sent (``sent``); its end (its
+    result back, before Celery's own callbacks) marks it done. The watcher publishes a
+    running one again; on Redis also a copied one no longer in the ``unacked`` hash.
     """
 
     def __init__(self) -> None:
         directory = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108  # memory, not disk
         fd, self.path = tempfile.mkstemp(prefix="lastcall-celery-", suffix=".tags", dir=directory)
         try:
-            os.ftruncate(fd, _TAG_SLOT * _TAG_SLOTS)
-            self._map = mmap.mmap(fd, _TAG_SLOT * _TAG_SLOTS)
+            os.ftruncate(fd, _FILE_SIZE)
+            self._map = mmap.mmap(fd, _FILE_SIZE)
         finally:
             os.close(fd)
         self._next = 0
         self._tags: list[str | None] = [None] * _TAG_SLOTS  # the tag in each slot
-        self._slots: dict[str, int] = {}  # tag -> its slot, until Celery's strategy has it
+        self._slots: dict[str, int] = {}  # tag -> its slot, until the slot is reused
+        self.said = False  # that a task could not be copied (said once)
 
     def note(self, tag: str) -> None:
         """A message is being delivered: before kombu writes it to the ``unacked`` hash."""
@@ -313,21 +334,71 @@ class Delivered:
             _TAG_SLOT, b"\0"
         )
 
-    def marker(self, tag: str) -> Callable[[], None]:
-        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack."""
-        index = self._slots.pop(tag, None)
+    def _slot(self, tag: str) -> int:
+        index = self._slots.get(tag)
         if index is None:  # delivered on a channel noted nowhere (a new connection)
             self.note(tag)
-            index = self._slots.pop(tag)
+            index = self._slots[tag]
+        return index
+
+    def _setter(self, index: int, state: bytes, *, unless: bytes = b"") -> Callable[[], None]:
+        """What sets ``index``'s state byte later, if the slot was not reused meanwhile."""
         start = index * _TAG_SLOT
         mapped = self._map
-        slot = mapped[start : start + _TAG_SLOT]
+        slot = mapped[start + 1 : start + _TAG_SLOT]
 
-        def acked() -> None:
-            if mapped[start + 1 : start + _TAG_SLOT] == slot[1:]:  # not reused meanwhile
-                mapped[start] = _ACKED[0]
+        def mark() -> None:
+            if (
+                mapped[start + 1 : start + _TAG_SLOT] == slot
+                and mapped[start : start + 1] != unless
+            ):
+                mapped[start] = state[0]
 
-        return acked
+        return mark
+
+    def marker(self, tag: str) -> Callable[[], None]:
+        """In Celery's strategy: what marks ``tag`` acked when Celery asks for its ack.
+
+        Not a copied one's: its ack is asked for as it starts (no ``acks_late``).
+        """
+        return self._setter(self._slot(tag), _ACKED, unless=_COPIED)
+
+    def copied(self, tag: str, copy: bytes) -> Callable[[], None] | None:
+        """A task without ``acks_late`` starts: keep ``copy``; what marks it done at its end.
+
+        None if ``copy`` does not fit: that task is lost if the worker is killed as it runs.
+        """
+        if len(copy) > _COPY_SLOT - _COPY_HEAD.size:
+            self.not_kept(f"a task message of {len(copy)} bytes does not fit its copy's slot")
+            return None
+        index = self._slot(tag)
+        start = _TAG_REGION + (index % _COPY_SLOTS) * _COPY_SLOT
+        end = start + _COPY_HEAD.size + len(copy)
+        self._map[start:end] = _COPY_HEAD.pack(tag.encode(), len(copy)) + copy
+        self._map[index * _TAG_SLOT] = _COPIED[0]
+        return self._setter(index, _ACKED)
+
+    def not_kept(self, why: str) -> None:
+        """Say once that a task without ``acks_late`` could not be copied, and why."""
+        if not self.said:
+            self.said = True
+            logger.warning(
+                "lastcall: %s: such a task without acks_late is lost if the worker is "
+                "killed (SIGKILL) while it runs, as with plain Celery (acks_late keeps it)",
+                why,
+            )
+
+    def sent(self, tag: str) -> None:
+        """``tag``'s ack went to the broker: a copied task runs, acknowledged."""
+        index = self._slots.get(tag)
+        if index is not None and self._map[index * _TAG_SLOT] == _COPIED[0]:
+            self._map[index * _TAG_SLOT] = _RUNNING[0]
+
+    def done(self, tag: str) -> None:
+        """``tag``'s task is finished with here (put back on its queue): never published again."""
+        index = self._slots.get(tag)
+        if index is not None:
+            self._setter(index, _ACKED)()
 
     def remove(self) -> None:
         """The worker stopped cleanly: nothing for the watcher."""
@@ -335,13 +406,31 @@ class Delivered:
             os.unlink(self.path)  # noqa: PTH108  # os: as the rest of the module
 
 
-def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
-    """Last resort, in the watcher once the worker died: its unacknowledged messages go back.
+def _read_delivered(data: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """A ``Delivered`` file: each tag's state byte; each running tag's copy."""
+    states = {}
+    for start in range(0, _TAG_REGION, _TAG_SLOT):
+        slot = data[start : start + _TAG_SLOT].rstrip(b"\0")
+        if slot:
+            states[slot[1:].decode()] = slot[:1]
+    copies = {}
+    for start in range(_TAG_REGION, len(data), _COPY_SLOT):
+        raw_tag, size = _COPY_HEAD.unpack_from(data, start)
+        tag = raw_tag.rstrip(b"\0").decode()
+        if states.get(tag) in (_COPIED, _RUNNING):
+            copies[tag] = data[start + _COPY_HEAD.size : start + _COPY_HEAD.size + size]
+    return states, copies
 
-    Each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is put
-    back at the head of its queue by kombu's own ``restore_by_tag``; one whose ack
-    Celery had asked for is acknowledged instead (taken out of the hash), as the
-    worker would have a moment later.
+
+def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
+    """Last resort, in the watcher once the worker died: its unfinished messages go back.
+
+    Redis: each tag of ``path`` still in the ``unacked`` hash (one HMGET finds them) is
+    put back at the head of its queue by kombu's own ``restore_by_tag``; one whose ack
+    Celery had asked for is acknowledged instead (taken out of the hash), as the worker
+    would have a moment later. A running task acknowledged as it started is pushed
+    there from its copy, as ``restore_by_tag`` pushes a hash entry. RabbitMQ put back
+    the unacknowledged ones itself as the connection died: only those are published.
     """
     from kombu.connection import Connection  # noqa: PLC0415  # in the watcher, when needed
 
@@ -351,28 +440,59 @@ def restore_after_kill(path: str, url: str, options: dict[str, Any]) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)  # noqa: PTH108
-    slots = (data[i : i + _TAG_SLOT].rstrip(b"\0") for i in range(0, len(data), _TAG_SLOT))
-    acked = {slot[1:].decode(): slot[:1] == _ACKED for slot in slots if slot}
-    if not acked:
+    states, copies = _read_delivered(data)
+    if not states:
         return
-    tags = list(acked)
     with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
-        qos = connection.default_channel.qos
-        with qos.channel.conn_or_acquire() as client:
-            entries = client.hmget(qos.unacked_key, tags)
-            held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
-            done = [tag for tag in held if acked[tag]]
-            if done:
-                client.pipeline().zrem(qos.unacked_index_key, *done).hdel(
-                    qos.unacked_key, *done
-                ).execute()
-            for tag in held:
-                if not acked[tag]:
-                    qos.restore_by_tag(tag, client)
+        if connection.transport.driver_type == "amqp":
+            running = [copies[tag] for tag in copies if states[tag] == _RUNNING]
+            _publish_again_amqp(connection, running)
+            print(  # noqa: T201  # the watcher's output goes to the worker's stderr
+                f"lastcall: {len(running)} running task(s) of the killed Celery worker, "
+                "acknowledged at their start, published again"
+            )
+            return
+        _restore_redis(connection, states, copies)
+
+
+def _restore_redis(connection: Celery, states: dict[str, bytes], copies: dict[str, bytes]) -> None:
+    tags = list(states)
+    qos = connection.default_channel.qos
+    with qos.channel.conn_or_acquire() as client:
+        entries = client.hmget(qos.unacked_key, tags)
+        held = [tag for tag, entry in zip(tags, entries, strict=True) if entry]
+        done = [tag for tag in held if states[tag] == _ACKED]
+        if done:
+            client.pipeline().zrem(qos.unacked_index_key, *done).hdel(
+                qos.unacked_key, *done
+            ).execute()
+        for tag in held:
+            if states[tag] != _ACKED:
+                qos.restore_by_tag(tag, client)
+        again = [copies[tag] for tag in copies.keys() - set(held)]
+        if again:
+            pipe = client.pipeline()
+            for copy in again:
+                message, exchange, routing_key = marshal.loads(copy)  # noqa: S302  # ours
+                qos.channel._do_restore_message(message, exchange, routing_key, pipe)  # noqa: SLF001
+            pipe.execute()
     print(  # noqa: T201  # the watcher's output goes to the worker's stderr
         f"lastcall: {len(held) - len(done)} task(s) of the killed Celery worker put back on "
-        f"their queues, {len(done)} acknowledged (done)"
+        f"their queues, {len(again)} running one(s) acknowledged at their start published "
+        f"again, {len(done)} acknowledged (done)"
     )
+
+
+def _publish_again_amqp(connection: Celery, copies: list[bytes]) -> None:
+    """RabbitMQ: each copy published as ``_put_back_amqp`` publishes an acknowledged one."""
+    import amqp  # noqa: PLC0415  # Celery's AMQP client
+
+    channel = connection.default_channel
+    for copy in copies:
+        body, properties, exchange, routing_key = marshal.loads(copy)  # noqa: S302  # ours
+        channel.basic_publish(
+            amqp.Message(body, **properties), exchange=exchange or "", routing_key=routing_key
+        )
 
 
 class CeleryWorker:
@@ -505,7 +625,7 @@ class CeleryWorker:
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None
             if self.delivered is not None:  # args: consumer.py's (payload, ack, reject, callbacks)
-                acked, ack = self.delivered.marker(message.delivery_tag), args[1]
+                acked, ack = self.delivered.marker(str(message.delivery_tag)), args[1]
 
                 def ack_noted(*ack_args: Any) -> Any:  # noqa: ANN401
                     acked()
@@ -519,29 +639,27 @@ class CeleryWorker:
     def watch_for_kill(self) -> None:
         """Have the last-resort watcher put back what this worker holds if it is killed.
 
-        Redis only: RabbitMQ itself puts back what a dead connection held, at once.
+        Redis: what the ``unacked`` hash holds, and the running tasks without ``acks_late``;
+        RabbitMQ itself puts back what a dead connection held, at once: only the latter.
         """
-        if self.amqp:
-            return
+        if_killed = (
+            "its tasks running without acks_late are lost"
+            if self.amqp
+            else "its tasks wait for visibility_timeout instead of going back at once"
+        )
         if self.kind == "gevent":
             logger.warning(
-                "%s: if this gevent worker is killed (SIGKILL), its tasks wait for "
-                "visibility_timeout: lastcall's last-resort watcher cannot watch a gevent "
-                "process (gevent makes the watcher's channel non-blocking, and it quits at once)",
+                "%s: if this gevent worker is killed (SIGKILL), %s: lastcall's last-resort "
+                "watcher cannot watch a gevent process (gevent makes the watcher's channel "
+                "non-blocking, and it quits at once)",
                 self.name,
+                if_killed,
             )
             return
         connection = self.consumer.connection
         options = dict(self.consumer.app.conf.get("broker_transport_options") or {})
         try:
             delivered = Delivered()
-            qos = self.consumer.task_consumer.channel.qos  # kombu/transport/redis.py: QoS
-            append = qos.append
-
-            def noted_append(message: Celery, delivery_tag: str) -> None:
-                delivered.note(delivery_tag)  # first: a kill between the two leaves it known
-                append(message, delivery_tag)
-
             lastcall.last_resort(
                 "lastcall._workers.celery:restore_after_kill",
                 delivered.path,
@@ -552,14 +670,74 @@ class CeleryWorker:
             )
         except (OSError, TypeError, ValueError, RuntimeError) as exc:
             logger.warning(
-                "%s: if this worker is killed (SIGKILL), its tasks wait for visibility_timeout "
-                "instead of going back at once: %s",
-                self.name,
-                exc,
+                "%s: if this worker is killed (SIGKILL), %s: %s", self.name, if_killed, exc
             )
             return
-        qos.append = noted_append
+        channel = self.consumer.task_consumer.channel
+        if not self.amqp:
+            qos = channel.qos  # kombu/transport/redis.py: QoS
+            append = qos.append
+
+            def noted_append(message: Celery, delivery_tag: str) -> None:
+                delivered.note(delivery_tag)  # first: a kill between the two leaves it known
+                append(message, delivery_tag)
+
+            qos.append = noted_append
+        basic_ack = channel.basic_ack  # kombu's Message.ack calls it
+
+        def noted_ack(delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            result = basic_ack(delivery_tag, *args, **kwargs)
+            delivered.sent(str(delivery_tag))
+            return result
+
+        channel.basic_ack = noted_ack
         self.delivered = delivered
+        self._copy_running_messages(delivered)
+
+    def _copy_running_messages(self, delivered: Delivered) -> None:
+        """A task without ``acks_late`` is copied into ``delivered`` as it is handed to the pool.
+
+        ``TaskPool.on_apply`` (celery/concurrency/base.py calls it for every task; wrapped
+        here outermost, so ``accept_callback`` is still ``Request.on_accepted``). The copy
+        (``marshal``: a microsecond, where JSON takes ten) is what it takes to publish the
+        message again: on Redis what kombu's ``QoS.append`` writes to the ``unacked``
+        hash (kombu/transport/redis.py), on RabbitMQ what ``_put_back_amqp`` publishes.
+        The task's result callbacks (the pool's, before Celery's own) mark it done.
+        """
+        pool = self.consumer.pool
+        apply = pool.on_apply
+        amqp = self.amqp
+
+        def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            request = kwargs["accept_callback"].__self__
+            if request.task.acks_late:
+                return apply(*args, **kwargs)  # unacknowledged until it ends
+            message = request.message
+            info = message.delivery_info
+            kept = (
+                (message.body, message.properties) if amqp else (message._raw,)  # noqa: SLF001
+            )
+            try:
+                copy = marshal.dumps((*kept, info.get("exchange"), info.get("routing_key")))
+            except ValueError as exc:  # a header marshal cannot write
+                delivered.not_kept(f"a task message cannot be copied ({exc})")
+                return apply(*args, **kwargs)
+            done = delivered.copied(str(message.delivery_tag), copy)
+            if done is None:
+                return apply(*args, **kwargs)
+            callback, error_callback = kwargs["callback"], kwargs["error_callback"]
+
+            def succeeded(*result: Any, **more: Any) -> Any:  # noqa: ANN401
+                done()
+                return callback(*result, **more)
+
+            def failed(*result: Any, **more: Any) -> Any:  # noqa: ANN401
+                done()
+                return error_callback(*result, **more)
+
+            return apply(*args, **{**kwargs, "callback": succeeded, "error_callback": failed})
+
+        pool.on_apply = on_apply
 
     # ------------------------------------------------------------ the drain's questions
 
@@ -867,6 +1045,8 @@ class CeleryWorker:
             return
         self.put_back_tags.add(tag)
         request.acknowledged = True  # Celery must neither ack nor reject it any more
+        if self.delivered is not None:
+            self.delivered.done(str(tag))  # never published again by the last resort
         if self.amqp:
             self._put_back_amqp(message)
         else:

@@ -15,7 +15,11 @@ from conftest import live_processes_in_session
 from test_process_triggers import PRELUDE, hooks_seen
 
 from lastcall import Coordinator
+from lastcall._busy import BusyWork
 from lastcall._config import resolve
+from lastcall._hooks import Finished, Hook, Runner
+from lastcall._registry import HookRegistry
+from lastcall._stop import Stop
 
 
 def test_an_overrun_hook_has_its_stack_in_the_report(spawn, tmp_path):
@@ -82,6 +86,21 @@ while True:
     (entry,) = data["hooks"]
     assert entry["error"] == "still running when SIGINT forced the exit"
     assert "in flush" in entry["stack"]  # its helper's frame too, unless still in out()
+
+
+def test_a_second_ctrl_c_as_a_hook_returns_reports_that_hook_once():
+    """A second Ctrl-C in the moment after a hook returned, before the next began: the
+    runner still names it ``current``, its result already in. The force records nothing
+    for it, so the report holds it once, as it finished (a worker drill once showed
+    "hooks ran more than once in a process": the drain's, ``ok`` and forced ``timeout``)."""
+    hook = Hook(lambda: None, "drain", "drain", None, inherit=False)
+    runner = Runner([hook], lambda _hook: 5.0, time.monotonic)
+    runner.current = (0, time.monotonic(), 5.0)  # as _run leaves it until the next hook
+    runner.results.append((Finished(hook, "ok"), 0.1))
+    stop = Stop(HookRegistry(), BusyWork(), resolve(), time.monotonic, "signal", "SIGINT")
+    stop.runner = runner
+    assert stop.forced("SIGINT") == "nothing"
+    assert stop.report.hooks == []
 
 
 BUSY_APP = """

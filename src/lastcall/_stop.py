@@ -158,7 +158,9 @@ class Stop:
         """A second Ctrl-C: the hook still running goes in the report; what it was, in words."""
         runner = self.runner
         running = runner.current if runner is not None else None
-        if runner is None or running is None:
+        # A hook that has just returned is still ``current`` until the next begins: its
+        # result is in, and this stop's ``run`` reports it (once, as "ok").
+        if runner is None or running is None or running[0] < len(runner.results):
             return "nothing"
         index, began, _ = running
         hook = runner.hooks[index]

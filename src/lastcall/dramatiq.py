@@ -91,6 +91,10 @@ _EXIT_STATUS = 128 + signal.SIGTERM
 # the last worker's end to its own). The worker processes end that much inside the grace, so
 # the process the user started does too.
 _MAIN_PROCESS_EXIT = 1.2
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What a worker process is sent as Dramatiq's main process dies: a real-time signal no one
+# else here uses (Linux only: elsewhere the watch alone).
+_PARENT_DIED: int | None = signal.SIGRTMAX - 1 if sys.platform == "linux" else None
 
 
 class LastCall(Middleware):
@@ -158,9 +162,10 @@ class LastCall(Middleware):
         parent = multiprocessing.parent_process()  # Dramatiq's main process
         if parent is not None and parent.pid is not None:
             # SIGKILLed, it forwards no signal: this process would take jobs on, orphaned.
-            Integration(coordinator).stop_when_parent_dies(
-                parent.pid, f"Dramatiq's main process {parent.pid} died"
-            )
+            # The kernel says so at once (Linux); the watch, every 0.2 s, where it cannot.
+            reason = f"Dramatiq's main process {parent.pid} died"
+            _stop_when_told_parent_died(coordinator, reason)
+            Integration(coordinator).stop_when_parent_dies(parent.pid, reason)
         budget = Integration(coordinator).drain_budget()
         log.log(
             logging.INFO,
@@ -240,6 +245,22 @@ class LastCall(Middleware):
         """Rejected (to the dead-letter queue): no longer in flight."""
         if self.worker is not None:
             self.worker.settled(message)
+
+
+def _stop_when_told_parent_died(coordinator: Coordinator, reason: str) -> None:
+    """Begin the stop when the kernel sends ``_PARENT_DIED`` (``PR_SET_PDEATHSIG``, Linux).
+
+    It comes once per thread of Dramatiq's main process as they end (the child is handed
+    from a dying thread to the next): so not SIGTERM, which a second time forces the
+    end, but a signal of its own that only begins the stop. Left to the watch where the
+    app handles that signal itself.
+    """
+    if _PARENT_DIED is None or signal.getsignal(_PARENT_DIED) != signal.SIG_DFL:
+        return
+    import ctypes  # noqa: PLC0415  # Linux only
+
+    signal.signal(_PARENT_DIED, lambda _signum, _frame: coordinator.trigger(reason))
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(_PARENT_DIED))
 
 
 def _shutdown_timeout_given() -> int | None:

@@ -219,7 +219,7 @@ class DramatiqWorker:
                 return False
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
         self._put_back_held(time.time())
-        self.flush()
+        self.flush(self._wait_limit())
         return True
 
     def close_idle(self) -> None:
@@ -242,7 +242,7 @@ class DramatiqWorker:
         # an async actor's thread cancels its coroutine (before the AsyncIO middleware's
         # after_worker_shutdown stops the loop), within Dramatiq's interrupt check and 1 s.
         stopping = {ident for _, ident, _ in running} if _event_loop_running() else set()
-        deadline = time.monotonic() + _FLUSH_WAIT
+        deadline = self._wait_limit()
         while time.monotonic() < deadline and (
             self.running or not self._consumers_ended() or not stopping <= self._parked
         ):
@@ -250,7 +250,7 @@ class DramatiqWorker:
         self._put_back_cached(now)
         self._sweep(now)
         self._put_back_held(now)
-        self.flush()
+        self.flush(deadline)
         return len(running)
 
     def force(self) -> None:
@@ -270,7 +270,16 @@ class DramatiqWorker:
             self._sweep(now)
             self._put_back_held(now)
 
-    def flush(self) -> None:
+    def _wait_limit(self) -> float:
+        """Until when (monotonic) the drain's last waits may go.
+
+        ``_FLUSH_WAIT``, or half the stop's time left if less: the phases after the
+        drain (the app's cleanup hooks) still get theirs.
+        """
+        left = self.coordinator.time_left()
+        return time.monotonic() + (_FLUSH_WAIT if left is None else min(_FLUSH_WAIT, left / 2))
+
+    def flush(self, deadline: float) -> None:
         """RabbitMQ: wait until each consumer thread has sent what was queued for it (acks)."""
         if not self.on_rabbitmq:
             return
@@ -279,7 +288,7 @@ class DramatiqWorker:
             if consumer is not None:
                 done = threading.Event()
                 _call_on_consumer_thread(consumer, done.set)
-                done.wait(_FLUSH_WAIT)
+                done.wait(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ putting back
 

@@ -8,15 +8,17 @@ side-by-side run: plain and lastcall at the same time, each on its own broker
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import redis
 
@@ -190,6 +192,58 @@ class Rounds:
             f"{min(self.ratios):>8.3f}-{max(self.ratios):.3f}"
             f"{cpu_plain:>19.0f}{cpu_ours:>9.0f}{cpu_plain / cpu_ours:>7.3f}"
         )
+
+
+Setting = TypeVar("Setting")
+
+
+class Broker(Protocol[Setting]):
+    """A benchmark's private broker: filled with N no-op jobs, run by a plain or lastcall worker."""
+
+    def fill(self, count: int) -> None: ...
+    def run(self, directory: Path, setting: Setting, *, plain: bool) -> Run: ...
+    def stop(self) -> None: ...
+
+
+def paired_rounds(
+    broker: Callable[[Path], Broker[Setting]],
+    app: str,
+    settings: Sequence[Setting],
+    name: Callable[[Setting], str],
+    *,
+    rounds: int,
+    count: int,
+) -> list[str]:
+    """For each setting (a pool, a thread count), ``rounds`` side-by-side runs: a row each.
+
+    Two brokers; each round fills both with ``count`` jobs and runs plain on one and
+    lastcall on the other, swapped every round. ``app`` is the worker's ``bench.py``.
+    """
+    with tempfile.TemporaryDirectory(prefix="lastcall-bench-") as temporary:
+        directory = Path(temporary)
+        (directory / "bench.py").write_text(app)
+        brokers: list[Broker[Setting]] = []
+        try:
+            for side in ("a", "b"):
+                (directory / side).mkdir()
+                brokers.append(broker(directory / side))
+            rows = []
+            for setting in settings:
+                results = Rounds()
+                for round_ in range(rounds):
+                    for each in brokers:
+                        each.fill(count)
+                    a, b = brokers if round_ % 2 == 0 else brokers[::-1]
+                    runs = {
+                        True: functools.partial(a.run, directory, setting, plain=True),
+                        False: functools.partial(b.run, directory, setting, plain=False),
+                    }
+                    results.add(side_by_side(runs, name(setting)))
+                rows.append(results.row(name(setting)))
+        finally:
+            for each in brokers:
+                each.stop()
+    return rows
 
 
 def table(title: str, rows: Sequence[str]) -> None:

@@ -17,15 +17,13 @@ Run: python benchmarks/dramatiq_overhead.py [--rounds N] [--messages N] [--threa
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import dramatiq
-from _workers import Redis, Rounds, Run, python_path, side_by_side, table
+from _workers import Redis, Run, paired_rounds, python_path, table
 from dramatiq.brokers.redis import RedisBroker
 
 WARM_UP = 500
@@ -94,30 +92,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--threads", default="1,8")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lastcall-bench-") as name:
-        directory = Path(name)
-        (directory / "bench.py").write_text(APP)
-        brokers: list[Broker] = []
-        try:
-            for side in ("a", "b"):
-                (directory / side).mkdir()
-                brokers.append(Broker(directory / side))
-            rows = []
-            for threads in (int(n) for n in args.threads.split(",")):
-                rounds = Rounds()
-                for round_ in range(args.rounds):
-                    for broker in brokers:
-                        broker.fill(args.messages)
-                    a, b = brokers if round_ % 2 == 0 else brokers[::-1]
-                    runs = {
-                        True: functools.partial(a.run, directory, threads, plain=True),
-                        False: functools.partial(b.run, directory, threads, plain=False),
-                    }
-                    rounds.add(side_by_side(runs, f"{threads} threads"))
-                rows.append(rounds.row(f"{threads} thr"))
-        finally:
-            for broker in brokers:
-                broker.stop()
+    threads = [int(n) for n in args.threads.split(",")]
+    rows = paired_rounds(
+        Broker, APP, threads, "{} thr".format, rounds=args.rounds, count=args.messages
+    )
     table(
         f"Dramatiq {dramatiq.__version__}: no-op actor, {args.messages} messages a run, "
         f"{args.rounds} rounds, 1 process, Redis",

@@ -19,14 +19,12 @@ Run: python benchmarks/worker_overhead.py [--rounds N] [--tasks N] [--pools pref
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _workers import Redis, Rounds, Run, python_path, side_by_side, table
+from _workers import Redis, Run, paired_rounds, python_path, table
 from celery import Celery
 
 CONCURRENCY = {"prefork": 2, "threads": 4, "solo": 1}
@@ -90,30 +88,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--pools", default="prefork,threads,solo")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lastcall-bench-") as name:
-        directory = Path(name)
-        (directory / "bench.py").write_text(APP)
-        brokers: list[Broker] = []
-        try:
-            for side in ("a", "b"):
-                (directory / side).mkdir()
-                brokers.append(Broker(directory / side))
-            rows = []
-            for pool in args.pools.split(","):
-                rounds = Rounds()
-                for round_ in range(args.rounds):
-                    for broker in brokers:
-                        broker.fill(args.tasks)
-                    a, b = brokers if round_ % 2 == 0 else brokers[::-1]
-                    runs = {
-                        True: functools.partial(a.run, directory, pool, plain=True),
-                        False: functools.partial(b.run, directory, pool, plain=False),
-                    }
-                    rounds.add(side_by_side(runs, pool))
-                rows.append(rounds.row(pool))
-        finally:
-            for broker in brokers:
-                broker.stop()
+    pools = args.pools.split(",")
+    rows = paired_rounds(Broker, APP, pools, str, rounds=args.rounds, count=args.tasks)
     table(
         f"Celery: no-op tasks, {args.tasks} a run, {args.rounds} rounds, acks_late, Redis",
         rows,

@@ -74,6 +74,7 @@ from lastcall._log import log, logger
 from lastcall._servers.drain import drain
 from lastcall._signals import die_by, stop_signals_seen
 from lastcall._workers import dramatiq as adapter
+from lastcall._workers import load_prctl, signal_when_parent_dies
 
 if TYPE_CHECKING:
     from dramatiq import Broker, Worker
@@ -91,7 +92,6 @@ _EXIT_STATUS = 128 + signal.SIGTERM
 # the last worker's end to its own). The worker processes end that much inside the grace, so
 # the process the user started does too.
 _MAIN_PROCESS_EXIT = 1.2
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # What a worker process is sent as Dramatiq's main process dies: a real-time signal no one
 # else here uses (Linux only: elsewhere the watch alone).
 _PARENT_DIED: int | None = signal.SIGRTMAX - 1 if sys.platform == "linux" else None
@@ -257,10 +257,9 @@ def _stop_when_told_parent_died(coordinator: Coordinator, reason: str) -> None:
     """
     if _PARENT_DIED is None or signal.getsignal(_PARENT_DIED) != signal.SIG_DFL:
         return
-    import ctypes  # noqa: PLC0415  # Linux only
-
-    signal.signal(_PARENT_DIED, lambda _signum, _frame: coordinator.trigger(reason))
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(_PARENT_DIED))
+    if load_prctl():
+        signal.signal(_PARENT_DIED, lambda _signum, _frame: coordinator.trigger(reason))
+        signal_when_parent_dies(_PARENT_DIED)
 
 
 def _shutdown_timeout_given() -> int | None:

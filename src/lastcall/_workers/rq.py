@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from lastcall._integration import Integration
 from lastcall._log import log
 from lastcall._servers import versions
+from lastcall._workers import load_prctl, signal_when_parent_dies
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,11 +82,7 @@ _BLOCKING = frozenset({"blmove", "blpop", "brpoplpush", "blmpop"})
 # main thread from RQ's os.wait4 (a second Ctrl-C would wait for the job; RQ's SIGALRM
 # for its heartbeat would not come). Blocked in RQ's pubsub thread and in the drain's.
 THREAD_MASK = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _SIGKILL = int(signal.SIGKILL)
-# libc's prctl, looked up once in the worker (Linux), not in each horse: a lookup there
-# (ctypes makes the function object on first use) costs each job its page faults.
-_prctl: Any = None
 # The Redis connection settings the last resort reconnects with (JSON: no objects).
 _CONNECTION_KEYS = ("host", "port", "db", "username", "password", "path", "socket_connect_timeout")
 
@@ -249,10 +246,12 @@ class Overrides(_Base):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(STOP_SIGNAL, _horse_stop_requested)
         drain = self.lastcall_drain
-        if drain is not None and _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-            if os.getppid() != drain.worker_pid:  # the worker died before the prctl
-                os._exit(1)
+        if (
+            drain is not None
+            and signal_when_parent_dies(_SIGKILL)
+            and os.getppid() != drain.worker_pid  # the worker died before the prctl
+        ):
+            os._exit(1)
 
     def prepare_job_execution(self, job: RQ, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         _running.job_id = job.id
@@ -347,13 +346,10 @@ class RQDrain:
 
     def attach(self) -> None:
         """On the main thread as the worker starts listening."""
-        global _prctl  # noqa: PLW0603  # loaded once per process
         if not self.forks:
             signal.signal(STOP_SIGNAL, _simple_stop_requested)
-        elif sys.platform == "linux" and _prctl is None:
-            import ctypes  # noqa: PLC0415  # only where prctl exists
-
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        else:
+            load_prctl()  # here, not in each horse
 
     def last_resort_args(self) -> tuple[dict[str, Any], str, list[str]] | None:
         """What ``put_back_after_kill`` needs, as JSON; None where it cannot reconnect."""

@@ -485,14 +485,19 @@ def _restore_redis(connection: Celery, states: dict[str, bytes], copies: dict[st
 
 def _publish_again_amqp(connection: Celery, copies: list[bytes]) -> None:
     """RabbitMQ: each copy published as ``_put_back_amqp`` publishes an acknowledged one."""
-    import amqp  # noqa: PLC0415  # Celery's AMQP client
-
     channel = connection.default_channel
     for copy in copies:
-        body, properties, exchange, routing_key = marshal.loads(copy)  # noqa: S302  # ours
-        channel.basic_publish(
-            amqp.Message(body, **properties), exchange=exchange or "", routing_key=routing_key
-        )
+        _publish_amqp(channel, *marshal.loads(copy))  # noqa: S302  # ours
+
+
+def _publish_amqp(
+    channel: Celery, body: bytes, properties: dict[str, Any], exchange: str | None, key: str
+) -> None:
+    """RabbitMQ: a task's message published again, as Celery's consumer received it."""
+    import amqp  # noqa: PLC0415  # Celery's AMQP client
+
+    message = amqp.Message(body, **properties)
+    channel.basic_publish(message, exchange=exchange or "", routing_key=key)
 
 
 class CeleryWorker:
@@ -1093,13 +1098,14 @@ class CeleryWorker:
             if not message.acknowledged:
                 message.reject(requeue=True)
                 return
-            import amqp  # noqa: PLC0415  # Celery's AMQP client
-
             info = message.delivery_info
-            copy = amqp.Message(message.body, **message.properties)
             with self.consumer.app.connection_for_write() as connection:  # thread-safe: its own
-                connection.default_channel.basic_publish(
-                    copy, exchange=info.get("exchange") or "", routing_key=info.get("routing_key")
+                _publish_amqp(
+                    connection.default_channel,
+                    message.body,
+                    message.properties,
+                    info.get("exchange"),
+                    info.get("routing_key"),
                 )
 
         if self.forcing:

@@ -77,6 +77,20 @@ def pool_process_init(**_):
         store.rpush("hooks", f"process {os.getpid()}")
 
 
+if os.environ.get("HOLD_LOOP") == "1":  # hold Celery's loop (a timer) when the test asks
+
+    @signals.worker_ready.connect
+    def hold_loop_when_asked(sender, **_):
+        def hold():
+            if store.delete("hold_loop"):
+                store.rpush("loop_held", os.getpid())
+                end = time.time() + 10
+                while time.time() < end and not store.exists("release_loop"):
+                    time.sleep(0.02)
+
+        sender.hub.call_repeatedly(0.05, hold)
+
+
 @app.task(soft_time_limit=float(os.environ.get("TASK_LIMIT", "0")) or None)
 def work(n, seconds, again=None):
     attempt = store.incr(f"attempt:{n}")
@@ -345,6 +359,32 @@ def test_a_task_enqueued_at_the_second_sigint_is_not_lost(scenario: Scenario, do
     assert scenario.list("completed") == []
 
 
+def test_door_closing_as_the_last_brpop_answers(scenario: Scenario) -> None:
+    """The door's call and the last ``BRPOP``'s reply come in one turn of Celery's loop.
+
+    The loop is held (a timer of the app's) while the stop's thread queues the
+    door's call on it, and a task enqueued then is popped by the ``BRPOP`` under
+    way. The loop's next poll finds both: the door ran first and read that reply
+    itself, then kombu's ``_brpop_read`` waited forever for it, the loop with it;
+    the drain ran out the grace and the app's hook was skipped.
+    """
+    worker = scenario.worker("-P", "prefork", "-c", "1", LASTCALL_GRACE="8", HOLD_LOOP="1")
+    scenario.redis.client.set("hold_loop", 1)
+    wait_until("the loop held", lambda: scenario.list("loop_held"))
+    worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    wait_until("the stop at the door", lambda: scenario.list("shutting_down"))  # just before
+    scenario.enqueue((0, 0, None))
+    wait_until("the task popped by the BRPOP under way", lambda: scenario.queued() == 0)
+    scenario.redis.client.set("release_loop", 1)
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert time.monotonic() - signalled < 8.0
+    assert scenario.list("hooks").count(f"main {worker.pid}") == 1, worker.output()
+    assert scenario.queued() == 1  # put back, never run
+    assert int(scenario.redis.client.hlen("unacked")) == 0
+    assert scenario.list("completed") == []
+
+
 def test_plain_celery_holds_prefetched_and_exits_0(scenario: Scenario) -> None:
     """Plain Celery beside: what the first test checks does not hold without lastcall."""
     worker = scenario.worker("-P", "prefork", "-c", "2", PLAIN="1")
@@ -375,8 +415,9 @@ def test_many_short_tasks_each_complete_once_across_a_stop(scenario: Scenario) -
     assert worker.finish() == -signal.SIGTERM, worker.output()
     first = scenario.list("completed")
     assert len(first) == len(set(first))
-    assert len(first) + scenario.queued() == total  # none lost, none in two places
-    assert int(scenario.redis.client.hlen("unacked")) == 0
+    unacked = int(scenario.redis.client.hlen("unacked"))
+    held = (len(first), scenario.queued(), unacked)
+    assert held == (len(first), total - len(first), 0), worker.output()  # none lost or twice
 
     second = scenario.worker("-P", "prefork", "-c", "2", LASTCALL_GRACE="8")
     wait_until("all completed", lambda: scenario.redis.client.llen("completed") >= total)
@@ -384,6 +425,28 @@ def test_many_short_tasks_each_complete_once_across_a_stop(scenario: Scenario) -
     assert second.finish() == -signal.SIGTERM
     completed = scenario.list("completed")
     assert sorted(map(int, completed)) == list(range(total))  # each exactly once
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_task_ending_in_the_prestop_delay_is_in_the_report(scenario: Scenario, pool: str) -> None:
+    """A task running at the signal that ends before the door closes is still the stop's.
+
+    The report noted the tasks running as the door closed, after the pre-stop delay
+    (and on a loaded machine sometimes after a task the test released at once).
+    """
+    worker = scenario.worker(
+        "-P", pool, "-c", "1", LASTCALL_GRACE="8", LASTCALL_PRESTOP_DELAY="3",
+        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+    )  # fmt: skip
+    scenario.enqueue((0, 1, None))
+    wait_until("the task running", lambda: len(scenario.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == -signal.SIGTERM, worker.output()
+    assert scenario.list("completed") == ["0"]
+    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    assert [(job["name"], job["outcome"]) for job in report["jobs"]] == [
+        ("proj.work", "completed")
+    ], report["jobs"]
 
 
 @pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])
@@ -491,6 +554,26 @@ def test_sigkill_completed_task_not_published_again(scenario: Scenario, pool: st
     second.send(signal.SIGTERM)
     assert second.finish() == -signal.SIGTERM
     assert scenario.list("completed") == ["0", "1"]  # each once
+
+
+def test_sigkill_after_a_pool_process_was_replaced(scenario: Scenario) -> None:
+    """A pool process replaced (``--max-tasks-per-child``) leaves the worker's file to the worker.
+
+    A pool process forked once the worker was ready ran the worker's end-of-stop
+    callback in its own stop, as it was replaced, and removed the file the
+    last-resort watcher reads: a SIGKILL later put back nothing, and the running
+    task (no ``acks_late``) was lost.
+    """
+    worker = scenario.worker("-P", "prefork", "-c", "1", "--max-tasks-per-child", "1")
+    scenario.enqueue((0, 0, None), (1, 0, None))  # 1 runs in a process forked after "ready"
+    wait_until("tasks 0 and 1 completed", lambda: len(scenario.list("completed")) == 2)
+    scenario.enqueue((2, 60, 0.2))
+    wait_until("task 2 running", lambda: len(scenario.list("started")) == 3)
+    worker.send(signal.SIGKILL)
+    killed = time.monotonic()
+    back = wait_until("task 2 back", lambda: scenario.queued() == 1)
+    assert back - killed < 1.0, f"{back - killed:.2f} s"
+    assert worker.finish() == -signal.SIGKILL
 
 
 def test_sigkill_message_too_big_to_copy_said_once(scenario: Scenario) -> None:

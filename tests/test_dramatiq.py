@@ -269,6 +269,27 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(scenario: Sc
     assert sorted(scenario.list("completed")) == [str(n) for n in range(6)]  # each once
 
 
+def test_actor_ending_in_the_prestop_delay_is_in_the_report(on_redis: Scenario) -> None:
+    """An actor running at the signal that ends before the door closes is still the stop's.
+
+    The report noted the messages acknowledged once the door had closed, after the
+    pre-stop delay.
+    """
+    worker = on_redis.worker(
+        LASTCALL_GRACE="8", LASTCALL_PRESTOP_DELAY="3",
+        LASTCALL_REPORT=str(on_redis.dir / "report-{pid}.json"),
+    )  # fmt: skip
+    on_redis.enqueue((0, 1, None))
+    wait_until("the actor running", lambda: len(on_redis.list("started")) == 1)
+    worker.send(signal.SIGTERM)
+    assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
+    assert on_redis.list("completed") == ["0"]
+    [process] = on_redis.list("processes")
+    report = json.loads((on_redis.dir / f"report-{process}.json").read_text())
+    jobs = [(job["name"], job["outcome"]) for job in report["jobs"]]
+    assert jobs == [("work", "completed")], report["jobs"]
+
+
 def test_dramatiqs_main_process_ends_within_the_grace(scenario: Scenario) -> None:
     """An actor longer than the grace (4 s); SIGTERM to Dramatiq's main process. Once its
     last worker process is gone, Dramatiq's main still waits about 1 s for its log thread

@@ -123,6 +123,7 @@ class Coordinator:
         self._watching_crashes = False  # stop_on_thread_crash: _crashes calls _on_thread_crash
         self._exit_wanted = False  # run the stop at interpreter exit (a hook, install ...)
         self._done_callbacks: list[Callable[[Report], None]] = []
+        self._stopping_callbacks: list[Callable[[], None]] = []  # _integration.when_stopping
         self._install_options: dict[str, Any] = {}
         self._stood_aside: str | None = None  # _integration.stand_aside
         self._aside_callbacks: list[Callable[[str], None]] = []
@@ -488,6 +489,11 @@ class Coordinator:
         stop = self._stop = Stop(
             self._registry, self._busy, settings, self._clock, trigger, reason, self._app_mask
         )
+        for callback in self._stopping_callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                log.log(logging.ERROR, "a when_stopping callback failed: %r", exc)
         report = stop.run(
             exit_status=exit_status,
             ends_process=ends_process,
@@ -652,6 +658,7 @@ class Coordinator:
         """A forked child keeps only the hooks registered with ``inherit=True``."""
         inherited = self._registry.inherited()
         self._reset_state(forked=True)
+        self._stopping_callbacks = []  # what the parent's stop notes is the parent's
         self._dispatcher.after_fork()
         self._excepthook.exception = None
         for hook in inherited:

@@ -159,6 +159,15 @@ class Integration:
         if stop is not None:
             stop.note_requests_in_flight(coordinator._requests_in_flight())  # noqa: SLF001
 
+    def when_stopping(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` as a stop begins, before its first hook and its first line.
+
+        On the thread that runs the stop, right after ``stopping`` is set: a worker
+        notes the jobs running then, so one that ends during the pre-stop delay is
+        in the report too. Not kept by a forked child.
+        """
+        self.coordinator._stopping_callbacks.append(callback)  # noqa: SLF001
+
     def note_job(self, job: dict[str, Any]) -> None:
         """A job the stop touched, in the report's ``jobs``.
 

@@ -154,6 +154,7 @@ class LastCall:
         coordinator.on_shutdown(phase="drain", name="celery worker drain")(
             functools.partial(self._drain, worker)
         )
+        Integration(coordinator).when_stopping(worker.note_running)
         coordinator.when_done(functools.partial(self._done, worker))
         self._say_what_does_not_fit(consumer)
 
@@ -270,6 +271,8 @@ class LastCall:
             log.log(logging.ERROR, "Celery's own shutdown did not end within %.3g s", wait)
 
     def _done(self, worker: adapter.CeleryWorker, report: Report) -> None:
+        if os.getpid() != worker.pid:
+            return  # a prefork pool process's own stop (replaced, or closed by Celery's)
         if report.forced:
             worker.force()  # the last-resort watcher runs too, and finds nothing left
             path = self.coordinator.settings.report

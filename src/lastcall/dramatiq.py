@@ -156,6 +156,7 @@ class LastCall(Middleware):
         coordinator.on_shutdown(phase="workers", name="dramatiq after_worker_shutdown")(
             functools.partial(drainer.emit_shutdown, "after")
         )
+        Integration(coordinator).when_stopping(drainer.note_stop_began)
         coordinator.when_done(functools.partial(self._done, drainer))
         if self._sent_at_boot:
             os.kill(os.getpid(), signal.SIGTERM)  # held at boot: lastcall's now

@@ -529,6 +529,7 @@ class CeleryWorker:
         self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
         self.prefetched = 0
         self.delivered: Delivered | None = None  # for the last resort, once it is set up
+        self.pid = os.getpid()  # a prefork pool process, forked later, is not the worker
 
     @property
     def name(self) -> str:
@@ -750,12 +751,16 @@ class CeleryWorker:
         """None here: the core's pre_stop phase already waited, readiness red."""
         return 0.0
 
+    def note_running(self) -> None:
+        """As the stop begins: the tasks running now are in its report, however they end."""
+        now = time.time()
+        for request in list(self.state.active_requests):
+            self.jobs.setdefault(request.id, _job(request, "completed", now))
+
     def close_door(self) -> int:
         """Stop consuming and put back what was prefetched; 0: a worker takes no backlog."""
         self.door_closed = True
         now = time.time()
-        for request in list(self.state.active_requests):
-            self.jobs[request.id] = _job(request, "completed", now)
         # Solo: the loop may be running a task; the gated strategies keep the door shut
         # until it is free, and the door closes then.
         self.loop.call(self._close_door_on_loop, timeout=0.5 if self.kind == "solo" else 5.0)
@@ -769,7 +774,7 @@ class CeleryWorker:
         if task_consumer is not None:
             with contextlib.suppress(Exception):
                 task_consumer.cancel()  # kombu's basic_cancel: no more BRPOP on the queues
-            self._end_pending_brpop()
+            self._end_pending_brpop(read_reply=False)
         semaphore = getattr(consumer.controller, "semaphore", None)
         if semaphore is not None:
             semaphore.clear()  # prefork: requests waiting for a free process never start
@@ -791,14 +796,20 @@ class CeleryWorker:
             len(self.running()),
         )
 
-    def _end_pending_brpop(self) -> None:
+    def _end_pending_brpop(self, *, read_reply: bool) -> None:
         """Redis: end the ``BRPOP`` still outstanding; a message it took goes back at once.
 
         kombu's cancel sends no new ``BRPOP`` but leaves the one under way (up to
         ``brpop_timeout``) to pop a message enqueued meanwhile. Read by a process that is
         ending (a second Ctrl-C), that message would be lost: popped from its queue, in
-        no ``unacked`` hash. ``CLIENT UNBLOCK`` ends it now, from another connection; its
-        reply is read here and a message in it pushed back where ``BRPOP`` took it.
+        no ``unacked`` hash. ``CLIENT UNBLOCK`` ends it now, from another connection.
+
+        At the door (on the loop, which goes on) kombu reads the reply itself, and a
+        message in it meets the closed door: put back. Read here, its reply could be
+        the one the loop's current poll already found, and kombu's ``_brpop_read`` would
+        then wait forever on the socket, the loop with it (1 run in 45 under load). At
+        a forced end (``read_reply``: the loop never runs again) it is read here, and a
+        message in it pushed back where ``BRPOP`` took it.
         """
         if self.amqp or self.consumer.task_consumer is None:
             return
@@ -813,6 +824,8 @@ class CeleryWorker:
                 for entry in client.client_list():
                     if entry.get("addr") == here:
                         client.client_unblock(entry["id"])
+                if not read_reply:
+                    return
                 if not polling.can_read(timeout=_ANSWER_WAIT):
                     return  # not found to unblock (a Unix socket), and no message came
                 reply = channel.client.parse_response(polling, "BRPOP")
@@ -1123,7 +1136,7 @@ class CeleryWorker:
         touches Celery's state meanwhile.
         """
         self.forcing = True
-        self._end_pending_brpop()
+        self._end_pending_brpop(read_reply=True)
         inner = getattr(self.consumer.pool, "_pool", None)
         for process in list(getattr(inner, "_pool", None) or ()):  # billiard/pool.py
             with contextlib.suppress(ProcessLookupError, TypeError):

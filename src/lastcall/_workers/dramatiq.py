@@ -103,6 +103,7 @@ class DramatiqWorker:
         self.on_rabbitmq = _is_broker(worker.broker, "rabbitmq", "RabbitmqBroker")
         self.on_redis = _is_broker(worker.broker, "redis", "RedisBroker")
         self.door_closed = False
+        self.stop_began = False  # from then on, every message acknowledged is in the report
         self._lock = threading.Lock()
         # message id -> (message, thread ident, time.time() it started), until acknowledged
         self.running: dict[str, tuple[Dramatiq, int, float]] = {}
@@ -149,8 +150,12 @@ class DramatiqWorker:
         with self._lock:
             entry = self.running.pop(message.message_id, None)
             self.finishing.discard(message.message_id)
-        if entry is not None and self.door_closed:
+        if entry is not None and self.stop_began:
             self._note(message, "completed", entry[2])
+
+    def note_stop_began(self) -> None:
+        """As the stop begins: what runs now is in its report, even if it ends before the door."""
+        self.stop_began = True
 
     def park(self) -> None:
         with self._lock:

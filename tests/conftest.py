@@ -41,9 +41,33 @@ EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has end
 # The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's addopts). A
 # matrix runs several drills at once itself and measures timing-sensitive
 # stops, as a user runs it: on a machine not busy with other tests. Tests
-# marked so share one worker and run alone (``_alone_if_marked``).
+# marked so share one worker and run alone (``_alone_if_marked``), first: taken
+# last, their worker sat idle for the whole run waiting for its turn.
 MATRIX = pytest.mark.xdist_group("matrix")
 ALONE_WAIT = 1200.0  # at most, for a turn to run alone or beside others (not a test's timeout)
+
+
+def _runs_alone(item: pytest.Item) -> bool:
+    return item.get_closest_marker("xdist_group") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that run alone first: xdist hands out work in this order."""
+    items.sort(key=lambda item: not _runs_alone(item))  # stable: the rest keep their order
+
+
+def _alone_files(config: pytest.Config) -> tuple[Path, Path]:
+    """The run's lock (shared by the workers) and the file saying a test waits to run alone."""
+    base = config._tmp_path_factory.getbasetemp().parent  # type: ignore[attr-defined]
+    return base / "alone.lock", base / "alone.wanted"
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test of a run of ``alone`` ones on this worker: the others may start."""
+    last = nextitem is None or not _runs_alone(nextitem)
+    if hasattr(item.config, "workerinput") and _runs_alone(item) and last:
+        _alone_files(item.config)[1].unlink(missing_ok=True)
+
 
 # Children start with SIGINT at its default, as from an interactive shell: a
 # test run launched in the background (``cmd &``) would otherwise pass on
@@ -202,22 +226,31 @@ class Child:
 def _alone_if_marked(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """Under xdist, a MATRIX test holds a lock the others share: it runs with none beside it."""
+    """Under xdist, a MATRIX test holds a lock the others share: it runs with none beside it.
+
+    It says it waits (``alone.wanted``), and no other test starts meanwhile: the
+    lock alone would let it wait until every other test had run.
+    """
     if not hasattr(request.config, "workerinput"):  # one test at a time anyway
         yield
         return
-    lock = tmp_path_factory.getbasetemp().parent / "alone.lock"  # the run's, shared by workers
-    alone = request.node.get_closest_marker("xdist_group") is not None
+    tmp_path_factory.getbasetemp()  # made before the files beside it
+    lock, wanted = _alone_files(request.config)
+    alone = _runs_alone(request.node)
+    if alone:
+        wanted.touch()
     deadline = time.monotonic() + ALONE_WAIT
     with lock.open("a") as held:
         while True:
-            try:
-                fcntl.flock(held, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"waited {ALONE_WAIT:.0f} s for the tests beside this one to end")
-                time.sleep(0.1)
+            if alone or not wanted.exists():
+                try:
+                    fcntl.flock(held, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {ALONE_WAIT:.0f} s for the tests beside this one to end")
+            time.sleep(0.1)
         yield
 
 

@@ -84,7 +84,7 @@ if os.environ.get("HOLD_LOOP") == "1":  # hold Celery's loop (a timer) when the 
         def hold():
             if store.delete("hold_loop"):
                 store.rpush("loop_held", os.getpid())
-                end = time.time() + 10
+                end = time.time() + 60  # at most: the test releases it
                 while time.time() < end and not store.exists("release_loop"):
                     time.sleep(0.02)
 
@@ -368,17 +368,17 @@ def test_door_closing_as_the_last_brpop_answers(scenario: Scenario) -> None:
     itself, then kombu's ``_brpop_read`` waited forever for it, the loop with it;
     the drain ran out the grace and the app's hook was skipped.
     """
-    worker = scenario.worker("-P", "prefork", "-c", "1", LASTCALL_GRACE="8", HOLD_LOOP="1")
+    worker = scenario.worker(
+        "-P", "prefork", "-c", "1", LASTCALL_GRACE="20", HOLD_LOOP="1", POLLING="60"
+    )  # fmt: skip  # POLLING: the BRPOP waits 60 s, however slow the enqueueing
     scenario.redis.client.set("hold_loop", 1)
     wait_until("the loop held", lambda: scenario.list("loop_held"))
     worker.send(signal.SIGTERM)
-    signalled = time.monotonic()
     wait_until("the stop at the door", lambda: scenario.list("shutting_down"))  # just before
     scenario.enqueue((0, 0, None))
     wait_until("the task popped by the BRPOP under way", lambda: scenario.queued() == 0)
     scenario.redis.client.set("release_loop", 1)
     assert worker.finish() == -signal.SIGTERM, worker.output()
-    assert time.monotonic() - signalled < 8.0
     assert scenario.list("hooks").count(f"main {worker.pid}") == 1, worker.output()
     assert scenario.queued() == 1  # put back, never run
     assert int(scenario.redis.client.hlen("unacked")) == 0
@@ -438,9 +438,11 @@ def test_task_ending_in_the_prestop_delay_is_in_the_report(scenario: Scenario, p
         "-P", pool, "-c", "1", LASTCALL_GRACE="8", LASTCALL_PRESTOP_DELAY="3",
         LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
-    scenario.enqueue((0, 1, None))
+    scenario.enqueue((0, 60, None))
     wait_until("the task running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)
+    worker.wait_for("pre-stop delay: still serving", stream="stderr")
+    scenario.redis.client.set("release", 1)  # it ends now, during the pre-stop delay
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert scenario.list("completed") == ["0"]
     report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())

@@ -276,10 +276,10 @@ def test_actor_ending_in_the_prestop_delay_is_in_the_report(on_redis: Scenario) 
     pre-stop delay.
     """
     worker = on_redis.worker(
-        LASTCALL_GRACE="8", LASTCALL_PRESTOP_DELAY="3",
+        LASTCALL_GRACE="10", LASTCALL_PRESTOP_DELAY="5",
         LASTCALL_REPORT=str(on_redis.dir / "report-{pid}.json"),
     )  # fmt: skip
-    on_redis.enqueue((0, 1, None))
+    on_redis.enqueue((0, 2, None))  # ends 2 s after it began: within the pre-stop delay
     wait_until("the actor running", lambda: len(on_redis.list("started")) == 1)
     worker.send(signal.SIGTERM)
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()

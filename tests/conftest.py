@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import signal
 import socket
@@ -41,32 +40,45 @@ EXIT_WAIT = 3.0  # for a test's last processes to be gone once its child has end
 # The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's addopts). A
 # matrix runs several drills at once itself and measures timing-sensitive
 # stops, as a user runs it: on a machine not busy with other tests. Tests
-# marked so share one worker and run alone (``_alone_if_marked``), first: taken
-# last, their worker sat idle for the whole run waiting for its turn.
+# marked so share one worker and run first, alone (``_alone_first``): run
+# last, their worker sat idle for most of the run waiting for its turn.
 MATRIX = pytest.mark.xdist_group("matrix")
-ALONE_WAIT = 1200.0  # at most, for a turn to run alone or beside others (not a test's timeout)
+ALONE_WAIT = 1200.0  # at most, for the tests that run alone to be done (not a test's timeout)
+LONG_TEST = 300  # s: a test whose own timeout is longer starts right after those
+_ALONE_IN_RUN = pytest.StashKey[bool]()
 
 
 def _runs_alone(item: pytest.Item) -> bool:
     return item.get_closest_marker("xdist_group") is not None
 
 
+def _starting_order(item: pytest.Item) -> int:
+    """0: runs alone; 1: a long one (a timeout of its own, minutes: the legs); 2: the rest."""
+    if _runs_alone(item):
+        return 0
+    timeout = item.get_closest_marker("timeout")
+    return 1 if timeout is not None and timeout.args and timeout.args[0] > LONG_TEST else 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that run alone first: xdist hands out work in this order."""
-    items.sort(key=lambda item: not _runs_alone(item))  # stable: the rest keep their order
+    """The tests that run alone first, then the long ones: xdist hands out work in this order.
+
+    A long one begun late (the oldest-versions leg, 6 minutes) was the run's last to end.
+    """
+    items.sort(key=_starting_order)  # stable: the rest keep their order
 
 
-def _alone_files(config: pytest.Config) -> tuple[Path, Path]:
-    """The run's lock (shared by the workers) and the file saying a test waits to run alone."""
+def _alone_done(config: pytest.Config) -> Path:
+    """The run's file (shared by the workers) saying the tests that run alone are done."""
     base = config._tmp_path_factory.getbasetemp().parent  # type: ignore[attr-defined]
-    return base / "alone.lock", base / "alone.wanted"
+    return base / "alone.done"
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """After the last test of a run of ``alone`` ones on this worker: the others may start."""
+    """After the last test that runs alone (on the one worker they share): the others start."""
     last = nextitem is None or not _runs_alone(nextitem)
     if hasattr(item.config, "workerinput") and _runs_alone(item) and last:
-        _alone_files(item.config)[1].unlink(missing_ok=True)
+        _alone_done(item.config).touch()
 
 
 # Children start with SIGINT at its default, as from an interactive shell: a
@@ -223,35 +235,21 @@ class Child:
 
 
 @pytest.fixture(autouse=True)
-def _alone_if_marked(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    """Under xdist, a MATRIX test holds a lock the others share: it runs with none beside it.
-
-    It says it waits (``alone.wanted``), and no other test starts meanwhile: the
-    lock alone would let it wait until every other test had run.
-    """
-    if not hasattr(request.config, "workerinput"):  # one test at a time anyway
-        yield
+def _alone_first(request: pytest.FixtureRequest) -> None:
+    """Under xdist, a test waits until the MATRIX tests (handed out first) are done."""
+    config = request.config
+    if not hasattr(config, "workerinput") or _runs_alone(request.node):
         return
-    tmp_path_factory.getbasetemp()  # made before the files beside it
-    lock, wanted = _alone_files(request.config)
-    alone = _runs_alone(request.node)
-    if alone:
-        wanted.touch()
+    if _ALONE_IN_RUN not in config.stash:  # the items left after -k and the like
+        config.stash[_ALONE_IN_RUN] = any(map(_runs_alone, request.session.items))
+    if not config.stash[_ALONE_IN_RUN]:
+        return
+    done = _alone_done(config)
     deadline = time.monotonic() + ALONE_WAIT
-    with lock.open("a") as held:
-        while True:
-            if alone or not wanted.exists():
-                try:
-                    fcntl.flock(held, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"waited {ALONE_WAIT:.0f} s for the tests beside this one to end")
-            time.sleep(0.1)
-        yield
+    while not done.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {ALONE_WAIT:.0f} s for the tests that run alone to be done")
+        time.sleep(0.1)
 
 
 @pytest.fixture

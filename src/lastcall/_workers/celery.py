@@ -526,7 +526,7 @@ class CeleryWorker:
         self.amqp = consumer.connection.transport.driver_type == "amqp"
         self.forcing = False  # force() runs: in a signal handler on the main thread
         self.put_back_tags: set[Any] = set()
-        self.jobs: dict[str, dict[str, Any]] = {}  # running at the door: id -> its entry
+        self.jobs: dict[str, dict[str, Any]] = {}  # running as the stop began: id -> its entry
         self.prefetched = 0
         self.delivered: Delivered | None = None  # for the last resort, once it is set up
         self.pid = os.getpid()  # a prefork pool process, forked later, is not the worker

@@ -103,7 +103,7 @@ class DramatiqWorker:
         self.on_rabbitmq = _is_broker(worker.broker, "rabbitmq", "RabbitmqBroker")
         self.on_redis = _is_broker(worker.broker, "redis", "RedisBroker")
         self.door_closed = False
-        self.stop_began = False  # from then on, every message acknowledged is in the report
+        self.stop_began = False  # from then on no actor starts; every one that ends is reported
         self._lock = threading.Lock()
         # message id -> (message, thread ident, time.time() it started), until acknowledged
         self.running: dict[str, tuple[Dramatiq, int, float]] = {}
@@ -121,12 +121,14 @@ class DramatiqWorker:
     # ------------------------------------------------------------ the middleware's calls
 
     def began(self, message: Dramatiq) -> None:
-        """On a worker thread, before the actor: park instead once the door is closed.
+        """On a worker thread, before the actor: park instead once the stop began.
 
         Under the lock the door closes with: once it has, ``running`` is all that may run.
+        During the pre-stop delay the door is still open (the consumers fetch on), but
+        no actor starts: the message goes back.
         """
         with self._lock:
-            closed = self.door_closed
+            closed = self.door_closed or self.stop_began
             if not closed:
                 self.running[message.message_id] = (message, threading.get_ident(), time.time())
         if closed:
@@ -154,8 +156,9 @@ class DramatiqWorker:
             self._note(message, "completed", entry[2])
 
     def note_stop_began(self) -> None:
-        """As the stop begins: what runs now is in its report, even if it ends before the door."""
-        self.stop_began = True
+        """As the stop begins: no actor starts from now on; what runs now is in the report."""
+        with self._lock:
+            self.stop_began = True
 
     def park(self) -> None:
         with self._lock:

@@ -574,7 +574,7 @@ def test_sigkill_to_the_main_process_stops_its_worker_process(on_redis: Scenario
     """
     scenario = on_redis
     worker = scenario.worker("--threads", "1", LASTCALL_GRACE="6", NO_FORKS="1")
-    scenario.enqueue((1, 1.5, None))
+    scenario.enqueue((1, 3, None))  # still running at the kill, however slow the next enqueue
     wait_until("the actor running", lambda: len(scenario.list("started")) == 1)
     scenario.enqueue((2, 0.1, None))  # fetched, waiting for the one thread
     wait_until("the second one fetched", lambda: scenario.queued() == 0)

@@ -154,7 +154,7 @@ class LastCall:
         coordinator.on_shutdown(phase="drain", name="celery worker drain")(
             functools.partial(self._drain, worker)
         )
-        Integration(coordinator).when_stopping(worker.note_running)
+        Integration(coordinator).when_stopping(worker.stop_taking_tasks)
         coordinator.when_done(functools.partial(self._done, worker))
         self._say_what_does_not_fit(consumer)
 

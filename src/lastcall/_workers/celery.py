@@ -256,8 +256,8 @@ class WorkerLoop:
                 return
             call()
 
-    def call(self, func: Callable[[], None], timeout: float) -> bool:
-        """Run ``func`` on the loop; wait up to ``timeout`` for it; whether it ran."""
+    def post(self, func: Callable[[], None]) -> threading.Event:
+        """Have the loop run ``func`` at its next turn; the event is set once it has run."""
         done = threading.Event()
 
         def run() -> None:
@@ -271,7 +271,11 @@ class WorkerLoop:
         self._calls.put(run)
         with contextlib.suppress(OSError):  # a full pipe already wakes the loop
             os.write(self._write, b".")
-        return done.wait(timeout)
+        return done
+
+    def call(self, func: Callable[[], None], timeout: float) -> bool:
+        """Run ``func`` on the loop; wait up to ``timeout`` for it; whether it ran."""
+        return self.post(func).wait(timeout)
 
 
 class GreenLoop:
@@ -516,6 +520,7 @@ class CeleryWorker:
         )
         self.green_stopped: set[str] = set()  # gevent: tasks whose greenlet the cancel ended
         self.door_closed = False
+        self.door: threading.Event | None = None  # set once the loop has closed the door
         # solo: the main thread stopped its task; threads: a thread still holds one. Either
         # way Celery's own shutdown would wait for it, so the stop ends the process instead.
         self.frozen = threading.Event()
@@ -751,11 +756,19 @@ class CeleryWorker:
         """None here: the core's pre_stop phase already waited, readiness red."""
         return 0.0
 
-    def note_running(self) -> None:
-        """As the stop begins: the tasks running now are in its report, however they end."""
+    def stop_taking_tasks(self) -> None:
+        """As the stop begins: note the tasks running; have Celery's loop close the door now.
+
+        The tasks running now are in the report, however they end. The door is not left
+        to the drain, after the pre-stop delay: a pool place that came free meanwhile
+        started a task that had waited for it (gevent's door stays with the drain).
+        """
         now = time.time()
         for request in list(self.state.active_requests):
             self.jobs.setdefault(request.id, _job(request, "completed", now))
+        if isinstance(self.loop, WorkerLoop):
+            self.door_closed = True
+            self.door = self.loop.post(self._close_door_on_loop)
 
     def close_door(self) -> int:
         """Stop consuming and put back what was prefetched; 0: a worker takes no backlog."""
@@ -763,7 +776,11 @@ class CeleryWorker:
         now = time.time()
         # Solo: the loop may be running a task; the gated strategies keep the door shut
         # until it is free, and the door closes then.
-        self.loop.call(self._close_door_on_loop, timeout=0.5 if self.kind == "solo" else 5.0)
+        timeout = 0.5 if self.kind == "solo" else 5.0
+        if self.door is not None:
+            self.door.wait(timeout)
+        else:
+            self.loop.call(self._close_door_on_loop, timeout)
         for request in self.running():  # threads: taken by a thread, not yet accepted
             self.jobs.setdefault(request.id, _job(request, "completed", now))
         return 0

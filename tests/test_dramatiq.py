@@ -277,11 +277,13 @@ def test_actor_ending_in_the_prestop_delay_is_in_the_report(on_redis: Scenario) 
     the thread, free during the delay, took it and ran it.
     """
     worker = on_redis.worker(
-        "--threads", "1", LASTCALL_GRACE="10", LASTCALL_PRESTOP_DELAY="5",
+        "--threads", "1", LASTCALL_GRACE="14", LASTCALL_PRESTOP_DELAY="7",
         LASTCALL_REPORT=str(on_redis.dir / "report-{pid}.json"),
     )  # fmt: skip
-    on_redis.enqueue((0, 2, None), (1, 0, None))  # 0 ends 2 s after it began
+    on_redis.enqueue((0, 5, None))  # ends 5 s after it began: within the pre-stop delay
     wait_until("the actor running", lambda: len(on_redis.list("started")) == 1)
+    on_redis.enqueue((1, 0, None))  # after 0 began: Dramatiq 1.x may run a later one first
+    wait_until("the other one fetched", lambda: on_redis.queued() == 0)
     worker.send(signal.SIGTERM)
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
     assert [s.split()[0] for s in on_redis.list("started")] == ["0"]  # none after the signal
@@ -448,7 +450,7 @@ def test_an_async_actor_past_the_budget_is_cancelled_on_its_loop(on_redis: Scena
     running on the event loop, where it could still complete after being put back.
     """
     scenario = on_redis
-    worker = scenario.worker(LASTCALL_GRACE="3", ASYNC="1")
+    worker = scenario.worker(LASTCALL_GRACE="6", ASYNC="1")  # time for the hooks after it
     scenario.enqueue((1, 60, None), ACTOR="work_async", ASYNC="1")
     wait_until("the async actor running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)

@@ -159,6 +159,15 @@ class Scenario:
         return int(self.redis.client.llen("celery"))
 
 
+def sigkill_and_wait_back(scenario: Scenario, worker: object, what: str, queued: int) -> None:
+    """SIGKILL the worker; within 1 s its tasks are back (``queued`` on the queue)."""
+    worker.send(signal.SIGKILL)  # type: ignore[attr-defined]
+    killed = time.monotonic()
+    back = wait_until(what, lambda: scenario.queued() == queued)
+    assert back - killed < 1.0, f"{back - killed:.2f} s"
+    assert worker.finish() == -signal.SIGKILL  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def scenario(spawn: object, redis_server: Redis) -> Scenario:  # noqa: F811
     return Scenario(spawn, redis_server)
@@ -525,11 +534,7 @@ def test_sigkill_running_and_prefetched_back_within_1s(
     wait_until("tasks running", lambda: len(scenario.list("started")) == running)
     if pool != "solo":  # solo's loop fetches nothing while its task runs
         wait_until("the rest prefetched", lambda: scenario.queued() == 0)
-    worker.send(signal.SIGKILL)
-    killed = time.monotonic()
-    back = wait_until("the tasks back", lambda: scenario.queued() == total)
-    assert back - killed < 1.0, f"{back - killed:.2f} s"
-    assert worker.finish() == -signal.SIGKILL
+    sigkill_and_wait_back(scenario, worker, "the tasks back", total)
     assert int(scenario.redis.client.hlen("unacked")) == 0
     assert scenario.list("completed") == []
 
@@ -553,11 +558,7 @@ def test_sigkill_completed_task_not_published_again(scenario: Scenario, pool: st
     worker = scenario.worker("-P", pool, "-c", "1", LASTCALL_GRACE="5")
     scenario.enqueue((0, 0, None), (1, 60, 0.2))
     wait_until("task 1 running", lambda: len(scenario.list("started")) == 2)
-    worker.send(signal.SIGKILL)
-    killed = time.monotonic()
-    back = wait_until("task 1 back", lambda: scenario.queued() == 1)
-    assert back - killed < 1.0, f"{back - killed:.2f} s"
-    assert worker.finish() == -signal.SIGKILL
+    sigkill_and_wait_back(scenario, worker, "task 1 back", 1)
     assert scenario.list("completed") == ["0"]
 
     second = scenario.worker("-P", "threads", "-c", "2", LASTCALL_GRACE="5")
@@ -581,11 +582,7 @@ def test_sigkill_after_a_pool_process_was_replaced(scenario: Scenario) -> None:
     wait_until("tasks 0 and 1 completed", lambda: len(scenario.list("completed")) == 2)
     scenario.enqueue((2, 60, 0.2))
     wait_until("task 2 running", lambda: len(scenario.list("started")) == 3)
-    worker.send(signal.SIGKILL)
-    killed = time.monotonic()
-    back = wait_until("task 2 back", lambda: scenario.queued() == 1)
-    assert back - killed < 1.0, f"{back - killed:.2f} s"
-    assert worker.finish() == -signal.SIGKILL
+    sigkill_and_wait_back(scenario, worker, "task 2 back", 1)
 
 
 def test_sigkill_message_too_big_to_copy_said_once(scenario: Scenario) -> None:

@@ -273,8 +273,9 @@ def test_actor_ending_in_the_prestop_delay_is_in_the_report(on_redis: Scenario) 
     """One worker thread; its actor ends during the pre-stop delay, another message waits.
 
     The actor is in the report, though it ended before the door closed (the report
-    noted only what was acknowledged after it). The waiting message does not start:
-    the thread, free during the delay, took it and ran it.
+    noted only what was acknowledged after it). The waiting message goes back at
+    once (it waited out the delay), and does not start (the thread, free during the
+    delay, took it and ran it).
     """
     worker = on_redis.worker(
         "--threads", "1", LASTCALL_GRACE="14", LASTCALL_PRESTOP_DELAY="7",
@@ -285,6 +286,9 @@ def test_actor_ending_in_the_prestop_delay_is_in_the_report(on_redis: Scenario) 
     on_redis.enqueue((1, 0, None))  # after 0 began: Dramatiq 1.x may run a later one first
     wait_until("the other one fetched", lambda: on_redis.queued() == 0)
     worker.send(signal.SIGTERM)
+    signalled = time.monotonic()
+    back = wait_until("the fetched one back", lambda: on_redis.queued() == 1)
+    assert back - signalled < 1.0, f"{back - signalled:.2f} s"  # at once, not after the delay
     assert worker.finish() == EXIT_BY_SIGTERM, worker.output()
     assert [s.split()[0] for s in on_redis.list("started")] == ["0"]  # none after the signal
     assert on_redis.list("completed") == ["0"]

@@ -149,6 +149,9 @@ class LastCall(Middleware):
             force_signals=("SIGTERM",),
             exit_code=_EXIT_STATUS if status is None else status,
         )
+        coordinator.on_shutdown(phase="pre_stop", name="dramatiq stop fetching")(
+            drainer.stop_fetching
+        )
         coordinator.on_shutdown(phase="drain", name="dramatiq worker drain")(
             functools.partial(self._drain, drainer)
         )

@@ -104,6 +104,8 @@ class DramatiqWorker:
         self.on_redis = _is_broker(worker.broker, "redis", "RedisBroker")
         self.door_closed = False
         self.stop_began = False  # from then on no actor starts; every one that ends is reported
+        self.fetching_stopped = False
+        self.prefetched_back = 0  # put back before the door closed
         self._lock = threading.Lock()
         # message id -> (message, thread ident, time.time() it started), until acknowledged
         self.running: dict[str, tuple[Dramatiq, int, float]] = {}
@@ -183,11 +185,15 @@ class DramatiqWorker:
         """None here: the core's pre_stop phase already waited, readiness red."""
         return 0.0
 
-    def close_door(self) -> int:
-        """Stop fetching; put back what was fetched and not started; tell the actors; 0."""
-        with self._lock:
-            self.door_closed = True
-        now = time.time()
+    def stop_fetching(self) -> None:
+        """The ``pre_stop`` hook: fetch no more; what was fetched and not started goes back.
+
+        Not left to the door, which closes after the pre-stop delay: the messages would
+        wait out the delay here. Actors still start nothing (``began``).
+        """
+        if self.fetching_stopped:
+            return
+        self.fetching_stopped = True
         for consumer_thread in list(self.worker.consumers.values()):
             consumer = consumer_thread.consumer
             if self.on_rabbitmq:
@@ -199,7 +205,16 @@ class DramatiqWorker:
             consumer_thread.running = False  # ends at its next turn, handing nothing more on
             if consumer is not None:
                 consumer.prefetch = 0
-        put_back = self._put_back_cached(now) + self._sweep(now)
+        now = time.time()
+        self.prefetched_back += self._put_back_cached(now) + self._sweep(now)
+
+    def close_door(self) -> int:
+        """Fetch no more; put back what was fetched and not started; tell the actors; 0."""
+        with self._lock:
+            self.door_closed = True
+        self.stop_fetching()  # done already, unless the stop skipped its pre_stop phase
+        now = time.time()
+        put_back = self.prefetched_back + self._put_back_cached(now) + self._sweep(now)
         log.log(
             logging.INFO,
             "%s stopped consuming; %d prefetched message(s) put back on their queues, %d running",

@@ -92,7 +92,12 @@ def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
 
     As shipped, worker A waits for the long job past the grace and is killed. With
     lastcall the long job goes back by ``basic_reject(requeue)`` and worker B runs
-    it; the job enqueued during the stop is B's alone. The node is gone after.
+    it. The node is gone after. The job enqueued during the stop may start in A if
+    RabbitMQ delivers it within moments of the signal: the signal's handler runs on
+    Celery's loop thread, the stop begins on lastcall's, which may wait for the GIL
+    (the interpreter's switch interval, 5 ms) meanwhile. The drill counts it late;
+    this test allows that only for that job, begun within 0.1 s of the signal (seen
+    in 1 CI rehearsal of 8, and in 1 of 3 runs of this file beside others).
     """
     pytest.importorskip("celery")
     args = ["--worker", "celery", "--matrix", "--stop", "TERM", "--pool", "prefork",
@@ -103,11 +108,13 @@ def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
     assert {plain["plan"]["queue"], lastcall["plan"]["queue"]} == {"celery-0", "celery-1"}
     assert lastcall["plan"]["broker"].startswith("amqp://guest:guest@127.0.0.1:")
     assert plain["left_behind"], plain["verdict"]  # as shipped: past the grace
-    assert lastcall["clean"], lastcall["verdict"]
+    assert set(lastcall["failures"]) <= {"late"}, lastcall["verdict"]
     assert lastcall["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, lastcall["verdict"]
     long, *_, during = lastcall["jobs"]
     assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
-    assert [r["worker"] for r in during["runs"]] == ["B"], during
+    late = [r["started"] - lastcall["stop_sent"] for r in during["runs"] if r["worker"] == "A"]
+    assert lastcall["started_late"] == len(late) and all(t < 0.1 for t in late), during
+    assert [r["worker"] for r in during["runs"]][-1:] == ["A" if late else "B"], during
     assert nodes_gone(tmp_path) == 1  # one node for both drills
 
 

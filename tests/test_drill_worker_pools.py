@@ -94,8 +94,8 @@ def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
     lastcall the long job goes back by ``basic_reject(requeue)`` and worker B runs
     it. The node is gone after. The job enqueued during the stop may start in A if
     RabbitMQ delivers it within moments of the signal: the signal's handler runs on
-    Celery's loop thread, the stop begins on lastcall's, which may wait for the GIL
-    (the interpreter's switch interval, 5 ms) meanwhile. The drill counts it late;
+    Celery's loop thread, the stop begins on lastcall's, which waits for the GIL and a
+    CPU meanwhile (200 ms once, in a CI rehearsal). The drill counts it late;
     this test allows that only for that job, begun within 0.1 s of the signal (seen
     in 1 CI rehearsal of 8, and in 1 of 3 runs of this file beside others).
     """
@@ -103,8 +103,8 @@ def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
     args = ["--worker", "celery", "--matrix", "--stop", "TERM", "--pool", "prefork",
             "--broker", "rabbitmq"]  # fmt: skip
     status, data, said = worker_drill(tmp_path, *args, *QUICK)
-    assert status == 0, said
     plain, lastcall = sorted(data, key=lambda d: not d["plan"]["plain"])
+    assert status == (1 if lastcall["failures"] else 0), said
     assert {plain["plan"]["queue"], lastcall["plan"]["queue"]} == {"celery-0", "celery-1"}
     assert lastcall["plan"]["broker"].startswith("amqp://guest:guest@127.0.0.1:")
     assert plain["left_behind"], plain["verdict"]  # as shipped: past the grace

@@ -92,53 +92,37 @@ def test_a_celery_matrix_on_one_private_rabbitmq_node(tmp_path: Path) -> None:
 
     As shipped, worker A waits for the long job past the grace and is killed. With
     lastcall the long job goes back by ``basic_reject(requeue)`` and worker B runs
-    it. The node is gone after. The job enqueued during the stop may start in A if
-    RabbitMQ delivers it within moments of the signal: the signal's handler runs on
-    Celery's loop thread, the stop begins on lastcall's, which waits for the GIL and a
-    CPU meanwhile (200 ms once, in a CI rehearsal). The drill counts it late;
-    this test allows that only for that job, begun within 0.1 s of the signal (seen
-    in 1 CI rehearsal of 8, and in 1 of 3 runs of this file beside others).
+    it, and the job enqueued during the stop runs in B only. The node is gone after.
     """
     pytest.importorskip("celery")
     args = ["--worker", "celery", "--matrix", "--stop", "TERM", "--pool", "prefork",
             "--broker", "rabbitmq"]  # fmt: skip
     status, data, said = worker_drill(tmp_path, *args, *QUICK)
     plain, lastcall = sorted(data, key=lambda d: not d["plan"]["plain"])
-    assert status == (1 if lastcall["failures"] else 0), said
+    assert status == 0, said  # the matrix's status follows its lastcall cells
     assert {plain["plan"]["queue"], lastcall["plan"]["queue"]} == {"celery-0", "celery-1"}
     assert lastcall["plan"]["broker"].startswith("amqp://guest:guest@127.0.0.1:")
     assert plain["left_behind"], plain["verdict"]  # as shipped: past the grace
-    assert set(lastcall["failures"]) <= {"late"}, lastcall["verdict"]
+    assert lastcall["clean"] and not lastcall["failures"], lastcall["verdict"]
     assert lastcall["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, lastcall["verdict"]
     long, *_, during = lastcall["jobs"]
     assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
-    late = [r["started"] - lastcall["stop_sent"] for r in during["runs"] if r["worker"] == "A"]
-    assert lastcall["started_late"] == len(late) and all(t < 0.1 for t in late), during
-    assert [r["worker"] for r in during["runs"]][-1:] == ["A" if late else "B"], during
+    assert [r["worker"] for r in during["runs"]] == ["B"], during
     assert nodes_gone(tmp_path) == 1  # one node for both drills
 
 
 @pytest.mark.skipif(not RABBITMQ.exists(), reason="apt-get install rabbitmq-server")
 def test_dramatiq_on_a_private_rabbitmq_node(tmp_path: Path) -> None:
-    """--broker rabbitmq on Dramatiq: every job completed once, exit by SIGTERM, node gone.
-
-    The stop reaches Dramatiq's worker process a few milliseconds after its main
-    process, which forwards it; a message RabbitMQ pushes in between can start
-    there. The drill counts that as a late start, which this test allows only
-    for the job enqueued during the stop, begun within 0.1 s of the signal.
-    """
+    """--broker rabbitmq on Dramatiq: every job completed once, exit by SIGTERM, node gone."""
     pytest.importorskip("dramatiq")
     status, data, said = worker_drill(tmp_path, "--worker", "dramatiq", "--broker", "rabbitmq",
                                       *QUICK)  # fmt: skip
     assert "a private rabbitmq-server (pid" in said
     assert data["outcomes"] == {"completed once": JOBS, **NONE_ELSE}, data["verdict"]
     assert data["exit_status"] == 128 + signal.SIGTERM, data["verdict"]
-    assert set(data["failures"]) <= {"late"}, data["verdict"]
-    assert status == (1 if data["failures"] else 0), said
-    long, *_, during = data["jobs"]
+    assert status == 0 and data["clean"], data["verdict"]
+    long = data["jobs"][0]
     assert [r["worker"] for r in long["runs"]] == ["A", "B"], long
-    late = [r["started"] - data["stop_sent"] for r in during["runs"] if r["worker"] == "A"]
-    assert data["started_late"] == len(late) and all(t < 0.1 for t in late), during
     assert nodes_gone(tmp_path) == 1
 
 

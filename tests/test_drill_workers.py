@@ -139,6 +139,27 @@ def test_a_users_worker_command_on_its_broker(tmp_path: Path, redis_server: Redi
     assert data["exit_status"] == 128 + signal.SIGTERM
 
 
+def test_a_start_counts_late_from_a_moment_after_the_signal_and_only_in_worker_a() -> None:
+    """``started_late``: a job worker A began over ``TAKEN_AT_THE_SIGNAL`` after the signal.
+
+    A start within that moment is one the worker took as the signal came; worker B's
+    starts are the takeover, never late.
+    """
+    from lastcall.cli.worker_plan import WorkerPlan
+    from lastcall.cli.worker_result import TAKEN_AT_THE_SIGNAL, JobRecord, Run, WorkerResult
+
+    def job(n: int, worker: str, started: float) -> JobRecord:
+        return JobRecord(n, str(n), "short", 0.3, 0.0, [Run(1, worker, started, started + 0.3)])
+
+    sent, moment = 10.0, TAKEN_AT_THE_SIGNAL
+    jobs = [job(0, "A", sent - 1), job(1, "A", sent + moment / 2), job(2, "B", sent + 5)]
+    result = WorkerResult(WorkerPlan(), 1, 2, sent, sent + 6, 143, 1.0, [], jobs, [], [], [], [])
+    assert result.started_late() == 0 and "late" not in result.failures()
+    jobs.append(job(3, "A", sent + moment * 1.5))
+    assert result.started_late() == 1
+    assert result.failures()["late"] == "1 started in worker A after the signal"
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

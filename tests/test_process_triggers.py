@@ -410,6 +410,34 @@ def test_report_file_is_json_mode_0600_with_pid(spawn, tmp_path):
     assert all(h["duration"] >= 0 for h in data["hooks"])
 
 
+def test_a_stop_is_requested_from_the_first_line_of_the_signals_handler(spawn):
+    """A worker's gate (``Integration.stop_requested``) closes in the signal's handler,
+    before the stop's thread begins the stop: that thread may wait for the GIL and a
+    CPU, and here waits for the main thread to leave the handler (a framework's, chained
+    to, takes 0.3 s), while a worker thread could take the next job.
+    """
+    child = spawn(
+        PRELUDE
+        + """
+from lastcall._integration import Integration
+
+def framework_handler(signum, frame):
+    requested = Integration(lastcall.default).stop_requested()
+    out("requested", requested, "began", lastcall.default.stopping.is_set())
+    time.sleep(0.3)
+
+signal.signal(signal.SIGTERM, framework_handler)
+lastcall.install()
+out("before", Integration(lastcall.default).stop_requested())
+"""
+        + BLOCK
+    )
+    child.send(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.output()
+    lines = [line for line in child.stdout if line.startswith(("before", "requested"))]
+    assert lines == ["before False", "requested True began False"], child.output()
+
+
 def test_previous_python_handler_is_still_called(spawn):
     child = spawn(
         PRELUDE

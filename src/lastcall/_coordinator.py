@@ -138,6 +138,7 @@ class Coordinator:
         self._registry = HookRegistry()
         self._busy = BusyWork()
         self._state: State = "running"
+        self.signalled = False  # a stop signal's handler ran: the stop's thread is on its way
         self._done = threading.Event()
         self._stop: Stop | None = None  # the stop under way, or the last one
         self._report: Report | None = None
@@ -540,6 +541,7 @@ class Coordinator:
 
     def _on_signal(self, signum: int) -> None:
         """Runs in the signal handler, on the main thread: no locks, no logging."""
+        self.signalled = True  # first: a worker's gate reads it before the stop has begun
         self._ending.on_signal()
         if self._state == "stopping" and signum in self._force_signals:
             self._force(signum)

@@ -159,6 +159,15 @@ class Integration:
         if stop is not None:
             stop.note_requests_in_flight(coordinator._requests_in_flight())  # noqa: SLF001
 
+    def stop_requested(self) -> bool:
+        """Whether a stop signal came or the stop began: a worker starts no job from then.
+
+        True from the first line of the signal's handler, on the main thread, before
+        the stop's own thread (which may wait for the GIL and a CPU) has begun it.
+        """
+        coordinator = self.coordinator
+        return coordinator.signalled or coordinator.stopping.is_set()
+
     def when_stopping(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` as a stop begins, before its first hook and its first line.
 

@@ -600,13 +600,13 @@ class CeleryWorker:
 
         pool = self.consumer.pool
         apply = pool.on_apply
-        stopping = self.coordinator.stopping
+        stop_requested = Integration(self.coordinator).stop_requested
         stopped = self.green_stopped
 
         def on_apply(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
             request = kwargs["accept_callback"].__self__  # Request.on_accepted
             pool._pool.wait_available()  # noqa: SLF001  # gevent.pool.Pool
-            if stopping.is_set() or self.door_closed:
+            if stop_requested() or self.door_closed:
                 if request in self.state.reserved_requests:  # not put back at the door
                     request.reject(requeue=True)
                     self.state.task_ready(request)
@@ -628,10 +628,10 @@ class CeleryWorker:
 
     def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
         """A strategy that starts nothing once the stop began: the message goes back at once."""
-        stopping = self.coordinator.stopping
+        stop_requested = Integration(self.coordinator).stop_requested
 
         def gated(message: Celery, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
-            if stopping.is_set() or self.door_closed:
+            if stop_requested() or self.door_closed:
                 self.prefetched += 1
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
                 return None

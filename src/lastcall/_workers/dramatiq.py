@@ -100,10 +100,11 @@ class DramatiqWorker:
     def __init__(self, worker: Dramatiq, coordinator: Coordinator) -> None:
         self.worker = worker
         self.coordinator = coordinator
+        self.stop_requested = Integration(coordinator).stop_requested
         self.on_rabbitmq = _is_broker(worker.broker, "rabbitmq", "RabbitmqBroker")
         self.on_redis = _is_broker(worker.broker, "redis", "RedisBroker")
         self.door_closed = False
-        self.stop_began = False  # from then on no actor starts; every one that ends is reported
+        self.stop_began = False  # from then on every actor that ends is reported
         self.fetching_stopped = False
         self.prefetched_back = 0  # put back before the door closed
         self._lock = threading.Lock()
@@ -126,11 +127,11 @@ class DramatiqWorker:
         """On a worker thread, before the actor: park instead once the stop began.
 
         Under the lock the door closes with: once it has, ``running`` is all that may run.
-        During the pre-stop delay the door is still open (the consumers fetch on), but
-        no actor starts: the message goes back.
+        From the stop signal on (its handler, before the stop's thread began the stop),
+        and through the pre-stop delay, no actor starts: the message goes back.
         """
         with self._lock:
-            closed = self.door_closed or self.stop_began
+            closed = self.door_closed or self.stop_requested()
             if not closed:
                 self.running[message.message_id] = (message, threading.get_ident(), time.time())
         if closed:
@@ -158,7 +159,7 @@ class DramatiqWorker:
             self._note(message, "completed", entry[2])
 
     def note_stop_began(self) -> None:
-        """As the stop begins: no actor starts from now on; what runs now is in the report."""
+        """As the stop begins: every actor that ends from now on is in the report."""
         with self._lock:
             self.stop_began = True
 

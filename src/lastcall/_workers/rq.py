@@ -365,7 +365,7 @@ class RQDrain:
     # ------------------------------------------------------------ the main thread's side
 
     def door_closed(self) -> bool:
-        return self._closed or self.coordinator.stopping.is_set()
+        return self._closed or self.integration.stop_requested()
 
     def dequeuing(self, worker: RQ) -> None:
         """RQ's dequeue loop runs on ``dequeue_client`` (the job and queue it returns do not)."""

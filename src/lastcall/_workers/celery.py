@@ -608,9 +608,7 @@ class CeleryWorker:
             pool._pool.wait_available()  # noqa: SLF001  # gevent.pool.Pool
             if stop_requested() or self.door_closed:
                 if request in self.state.reserved_requests:  # not put back at the door
-                    request.reject(requeue=True)
-                    self.state.task_ready(request)
-                    self.note(request, "requeued", time.time())
+                    self._put_back_reserved(request)
                     self.prefetched += 1
                 return None
 
@@ -800,9 +798,7 @@ class CeleryWorker:
         for request in list(self.state.reserved_requests):
             if request in self.state.active_requests or not _never_started(request, unwritten):
                 continue  # being written to a pool process: it runs, and the drain waits
-            request.reject(requeue=True)
-            self.state.task_ready(request)
-            self.note(request, "requeued", time.time())
+            self._put_back_reserved(request)
             put_back += 1
         self.prefetched += put_back
         log.log(
@@ -1195,6 +1191,12 @@ class CeleryWorker:
                 Integration(self.coordinator).note_job(
                     {k: v for k, v in job.items() if k != "_open"}
                 )
+
+    def _put_back_reserved(self, request: Celery) -> None:
+        """A task received but never started: back on its queue, out of Celery's books, noted."""
+        request.reject(requeue=True)
+        self.state.task_ready(request)
+        self.note(request, "requeued", time.time())
 
     def note(self, request: Celery, outcome: str, now: float) -> None:
         job = self.jobs.get(request.id) or _job(request, outcome, now)

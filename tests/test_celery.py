@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from brokers import redis_server  # noqa: F401  # the fixture
@@ -134,11 +134,18 @@ class Scenario:
         return {"BROKER": self.redis.url, "PYTHONPATH": str(self.dir), **extra}
 
     def worker(self, *options: str, **env: str) -> object:
+        """A worker started and ready; its reports in the test's directory (``report``)."""
         argv = [CELERY, "-A", "proj", "worker", "-l", "info", "--without-mingle",
                 "--without-gossip", *options]  # fmt: skip
+        env = {"LASTCALL_REPORT": str(self.dir / "report-{pid}.json"), **env}
         child = self.spawn("", env=self.env(**env), argv=argv, wait_ready=False)  # type: ignore[operator]
         child.wait_for("ready.", stream="stderr")
         return child
+
+    def report(self, worker: object) -> dict[str, Any]:
+        """The report of the stop in ``worker``'s main process."""
+        path = self.dir / f"report-{worker.pid}.json"  # type: ignore[attr-defined]
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
 
     def enqueue(self, *jobs: tuple[int, float, float | None]) -> None:
         import subprocess
@@ -157,6 +164,12 @@ class Scenario:
 
     def queued(self) -> int:
         return int(self.redis.client.llen("celery"))
+
+
+def drain_budget(worker: object) -> float:
+    """The seconds the worker's running tasks get, from its start-up line."""
+    line = worker.wait_for("running tasks get", stream="stderr")  # type: ignore[attr-defined]
+    return float(line.split("running tasks get ")[1].split()[0])
 
 
 def sigkill_and_wait_back(scenario: Scenario, worker: object, what: str, queued: int) -> None:
@@ -202,12 +215,12 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     worker = scenario.worker(
         "-P", pool, "-c", "2",
         ACKS_LATE=acks_late, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
-        SOFT_LIMIT="60", LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+        SOFT_LIMIT="60",
         VISIBILITY="8",
     )  # fmt: skip
-    budget = worker.wait_for("running tasks get", stream="stderr").split(" get ")[1].split()[0]
+    budget = drain_budget(worker)
     line = worker.wait_for("task_soft_time_limit=60 s", stream="stderr")
-    assert f"drain budget {budget} s" in line, line  # both numbers, in one line
+    assert f"drain budget {budget:g} s" in line, line  # both numbers, in one line
     line = worker.wait_for("visibility_timeout=8 s", stream="stderr")
     assert "LASTCALL_GRACE=8 s" in line, line
     assert readyz(health) == 200
@@ -230,7 +243,7 @@ def test_sigterm_running_finish_none_starts_prefetched_back_at_once(
     ours = {str(worker.pid), *processes}  # not the enqueuing script's own exit
     hooks = [h for h in scenario.list("hooks") if h.split()[1] in ours]
     assert sorted(hooks) == sorted([f"main {worker.pid}", *(f"process {p}" for p in processes)])
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
     assert scenario.list("shutting_down") == [f"SIGTERM Warm 0 {worker.pid}"]  # Celery's signal
@@ -268,15 +281,14 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
         remap["TASK_LIMIT"] = "40"
     worker = scenario.worker(
         "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"), **remap,
+        **remap,
     )  # fmt: skip
     if remap:
         worker.wait_for("REMAP_SIGTERM=SIGQUIT: lastcall takes SIGTERM", stream="stderr")
         worker.wait_for("worker_soft_shutdown_timeout=30 s applies to SIGQUIT", stream="stderr")
         line = worker.wait_for("task proj.work has a time limit of 40 s", stream="stderr")
         assert "drain budget 3 s" in line, line  # LASTCALL_GRACE=5: both numbers, one line
-    line = worker.wait_for("running tasks get", stream="stderr")
-    budget = float(line.split("running tasks get ")[1].split()[0])
+    budget = drain_budget(worker)
     scenario.enqueue((7, 60, 0.2))
     wait_until("the task running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)
@@ -285,7 +297,7 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     assert back - signalled < budget + 1.0, f"{back - signalled:.2f} s, budget {budget} s"
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert scenario.list("completed") == []  # stopped, never completed here
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     [job] = report["jobs"]
     assert (job["name"], job["outcome"]) == ("proj.work", "requeued")
     assert job["seconds"] >= budget - 0.5
@@ -312,7 +324,6 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     """
     worker = scenario.worker(
         "-P", "prefork", "-c", "2", LASTCALL_GRACE="20",
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
     scenario.enqueue(*[(n, 60, 0.2) for n in range(4)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
@@ -326,7 +337,7 @@ def test_second_sigint_puts_back_everything_and_ends(scenario: Scenario) -> None
     assert scenario.queued() == 4  # the 2 running ones too, at once
     assert scenario.list("completed") == []
     assert int(scenario.redis.client.hlen("unacked")) == 0
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     assert report["forced"]
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["requeued"] * 4, report["jobs"]  # the 2 running ones too
@@ -449,7 +460,6 @@ def test_task_ending_in_the_prestop_delay_is_in_the_report(scenario: Scenario, p
     """
     worker = scenario.worker(
         "-P", pool, "-c", "1", LASTCALL_GRACE="8", LASTCALL_PRESTOP_DELAY="3",
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
     scenario.enqueue((0, 60, None), (1, 0, None))
     wait_until("the task running", lambda: len(scenario.list("started")) == 1)
@@ -462,7 +472,7 @@ def test_task_ending_in_the_prestop_delay_is_in_the_report(scenario: Scenario, p
     assert [s.split()[0] for s in scenario.list("started")] == ["0"]  # none after the signal
     assert scenario.list("completed") == ["0"]
     assert scenario.queued() == 1
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     jobs = sorted((job["name"], job["outcome"]) for job in report["jobs"])
     expected = [("proj.work", "completed")]
     if pool != "solo":
@@ -483,10 +493,8 @@ def test_threads_task_put_back_never_completes_in_its_thread(
     """
     worker = scenario.worker(
         "-P", "threads", "-c", "2", LASTCALL_GRACE="5", HOOK_SLEEP="2", ACKS_LATE=acks_late,
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
-    line = worker.wait_for("running tasks get", stream="stderr")
-    budget = float(line.split("running tasks get ")[1].split()[0])
+    budget = drain_budget(worker)
     scenario.enqueue((1, 60, 0.2), (2, 60, None))
     wait_until("both running", lambda: len(scenario.list("started")) == 2)
     worker.send(signal.SIGTERM)
@@ -500,7 +508,7 @@ def test_threads_task_put_back_never_completes_in_its_thread(
     assert time.monotonic() - back > 1.0  # the hook kept the process alive meanwhile
     assert scenario.list("completed") == ["2"]  # not 1: stopped in its thread
     scenario.redis.client.delete("release:1")
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     outcomes = {job["id"]: job["outcome"] for job in report["jobs"]}
     assert sorted(outcomes.values()) == ["completed", "requeued"], report["jobs"]
     assert scenario.list("hooks").count(f"main {worker.pid}") == 1

@@ -10,7 +10,6 @@ waited for with no limit (``test_plain_celery_gevent_starts_a_task_after_sigterm
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 from brokers import redis_server  # noqa: F401  # the fixture
 from conftest import free_port
-from test_celery import Scenario, readyz, wait_until
+from test_celery import Scenario, drain_budget, readyz, wait_until
 
 if TYPE_CHECKING:
     from brokers import Redis
@@ -44,7 +43,7 @@ def test_gevent_sigterm_running_finish_none_starts_prefetched_back_at_once(
     health = free_port()
     worker = scenario.worker(
         "-P", "gevent", "-c", "2", ACKS_LATE=acks_late, LASTCALL_GRACE="10",
-        LASTCALL_HEALTH_PORT=str(health), LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
+        LASTCALL_HEALTH_PORT=str(health),
     )  # fmt: skip
     worker.wait_for("if this gevent worker is killed (SIGKILL)", stream="stderr")
     worker.wait_for("running tasks get", stream="stderr")
@@ -64,7 +63,7 @@ def test_gevent_sigterm_running_finish_none_starts_prefetched_back_at_once(
     assert len(scenario.list("started")) == 2  # none started after the signal
     hooks = [h for h in scenario.list("hooks") if h.split()[1] == str(worker.pid)]
     assert hooks == [f"main {worker.pid}"]
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed", "completed", "requeued"], report["jobs"]
     assert scenario.list("shutting_down") == [f"SIGTERM Warm 0 {worker.pid}"]
@@ -88,10 +87,8 @@ def test_gevent_task_longer_than_the_budget_is_put_back_and_completes_once(
     """
     worker = scenario.worker(
         "-P", "gevent", "-c", "1", LASTCALL_GRACE="8", ACKS_LATE=acks_late,
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
-    line = worker.wait_for("running tasks get", stream="stderr")
-    budget = float(line.split("running tasks get ")[1].split()[0])
+    budget = drain_budget(worker)
     scenario.enqueue((7, 60, 0.2))
     wait_until("the task running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)
@@ -101,7 +98,7 @@ def test_gevent_task_longer_than_the_budget_is_put_back_and_completes_once(
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert time.monotonic() - signalled < 8.0 + 1.0  # within the grace
     assert scenario.list("completed") == []  # stopped, never completed here
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     [job] = report["jobs"]
     assert (job["name"], job["outcome"]) == ("proj.work", "requeued")
     assert job["seconds"] >= budget - 0.5
@@ -125,7 +122,6 @@ def test_gevent_second_sigint_does_not_force_as_said(scenario: Scenario) -> None
     """
     worker = scenario.worker(
         "-P", "gevent", "-c", "2", LASTCALL_GRACE="10",
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
     worker.wait_for("a second SIGINT does not force this gevent worker", stream="stderr")
     scenario.enqueue(*[(n, 60, None) for n in range(4)])  # until "release"
@@ -140,7 +136,7 @@ def test_gevent_second_sigint_does_not_force_as_said(scenario: Scenario) -> None
     scenario.redis.client.set("release", 1)
     assert worker.finish() == -signal.SIGINT, worker.output()
     assert sorted(scenario.list("completed")) == ["0", "1"]
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     assert not report["forced"]
     assert "Unrecoverable error" not in worker.output()
 

@@ -10,14 +10,13 @@ is still connected, so what they see came back by lastcall's doing.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import free_port
-from test_celery import Scenario, readyz, wait_until
+from test_celery import Scenario, drain_budget, readyz, wait_until
 
 if TYPE_CHECKING:
     from brokers import RabbitMQ, Redis
@@ -75,7 +74,6 @@ def test_sigterm_running_finish_prefetched_back_at_once(
     worker = scenario.worker(
         "-P", "prefork", "-c", "2",
         ACKS_LATE=acks_late, LASTCALL_GRACE="8", LASTCALL_HEALTH_PORT=str(health),
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
     worker.wait_for("running tasks get", stream="stderr")
     scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
@@ -91,7 +89,7 @@ def test_sigterm_running_finish_prefetched_back_at_once(
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert sorted(scenario.list("completed")) == ["0", "1"]
     assert len(scenario.list("started")) == 2  # none started after the signal
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     outcomes = sorted(job["outcome"] for job in report["jobs"])
     assert outcomes == ["completed"] * 2 + ["requeued"] * 4, report["jobs"]
     assert scenario.queued() == 4
@@ -119,10 +117,8 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     """
     worker = scenario.worker(
         "-P", pool, "-c", "1", LASTCALL_GRACE="5", ACKS_LATE=acks_late,
-        LASTCALL_REPORT=str(scenario.dir / "report-{pid}.json"),
     )  # fmt: skip
-    line = worker.wait_for("running tasks get", stream="stderr")
-    budget = float(line.split("running tasks get ")[1].split()[0])
+    budget = drain_budget(worker)
     scenario.enqueue((7, 60, 0.2))
     wait_until("the task running", lambda: len(scenario.list("started")) == 1)
     worker.send(signal.SIGTERM)
@@ -131,7 +127,7 @@ def test_task_longer_than_the_budget_is_put_back_and_completes_once(
     assert back - signalled < budget + 1.0, f"{back - signalled:.2f} s, budget {budget} s"
     assert worker.finish() == -signal.SIGTERM, worker.output()
     assert scenario.list("completed") == []  # stopped, never completed here
-    report = json.loads((scenario.dir / f"report-{worker.pid}.json").read_text())
+    report = scenario.report(worker)
     [job] = report["jobs"]
     assert (job["name"], job["outcome"]) == ("proj.work", "requeued")
     assert scenario.queued() == 1  # once: not also back from the connection's close

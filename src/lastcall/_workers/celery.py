@@ -625,7 +625,7 @@ class CeleryWorker:
         pool.on_apply = on_apply
 
     def _gated(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
-        """A strategy that starts nothing once the stop began: the message goes back at once."""
+        """A strategy that starts nothing once the stop signal came: the message goes back."""
         stop_requested = Integration(self.coordinator).stop_requested
 
         def gated(message: Celery, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401

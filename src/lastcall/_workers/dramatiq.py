@@ -124,7 +124,7 @@ class DramatiqWorker:
     # ------------------------------------------------------------ the middleware's calls
 
     def began(self, message: Dramatiq) -> None:
-        """On a worker thread, before the actor: park instead once the stop began.
+        """On a worker thread, before the actor: park instead once the stop signal came.
 
         Under the lock the door closes with: once it has, ``running`` is all that may run.
         From the stop signal on (its handler, before the stop's thread began the stop),

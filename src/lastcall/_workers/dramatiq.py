@@ -106,7 +106,7 @@ class DramatiqWorker:
         self.door_closed = False
         self.stop_began = False  # from then on every actor that ends is reported
         self.fetching_stopped = False
-        self.prefetched_back = 0  # put back before the door closed
+        self.prefetched_back = 0  # fetched, never started, put back
         self._lock = threading.Lock()
         # message id -> (message, thread ident, time.time() it started), until acknowledged
         self.running: dict[str, tuple[Dramatiq, int, float]] = {}
@@ -190,11 +190,16 @@ class DramatiqWorker:
         """The ``pre_stop`` hook: fetch no more; what was fetched and not started goes back.
 
         Not left to the door, which closes after the pre-stop delay: the messages would
-        wait out the delay here. Actors still start nothing (``began``).
+        wait out the delay here. Actors still start nothing (``began``). Called again at
+        the door: the consumers are told once, and what was handed on since goes back too.
         """
-        if self.fetching_stopped:
-            return
-        self.fetching_stopped = True
+        if not self.fetching_stopped:
+            self.fetching_stopped = True
+            self._stop_consumers()
+        now = time.time()
+        self.prefetched_back += self._put_back_cached(now) + self._sweep(now)
+
+    def _stop_consumers(self) -> None:
         for consumer_thread in list(self.worker.consumers.values()):
             consumer = consumer_thread.consumer
             if self.on_rabbitmq:
@@ -206,21 +211,17 @@ class DramatiqWorker:
             consumer_thread.running = False  # ends at its next turn, handing nothing more on
             if consumer is not None:
                 consumer.prefetch = 0
-        now = time.time()
-        self.prefetched_back += self._put_back_cached(now) + self._sweep(now)
 
     def close_door(self) -> int:
         """Fetch no more; put back what was fetched and not started; tell the actors; 0."""
         with self._lock:
             self.door_closed = True
-        self.stop_fetching()  # done already, unless the stop skipped its pre_stop phase
-        now = time.time()
-        put_back = self.prefetched_back + self._put_back_cached(now) + self._sweep(now)
+        self.stop_fetching()
         log.log(
             logging.INFO,
             "%s stopped consuming; %d prefetched message(s) put back on their queues, %d running",
             self.name,
-            put_back,
+            self.prefetched_back,
             len(self.running),
         )
         self.emit_shutdown("before")  # as Worker.stop() begins: notify_shutdown actors told

@@ -90,6 +90,18 @@ if os.environ.get("HOLD_LOOP") == "1":  # hold Celery's loop (a timer) when the 
 
         sender.hub.call_repeatedly(0.05, hold)
 
+if os.environ.get("HOLD_STOP") == "1":  # hold the stop's thread before lastcall's door
+
+    from lastcall._integration import Integration
+
+    def hold_stop():
+        store.rpush("stop_held", os.getpid())
+        end = time.time() + 60  # at most: the test releases it
+        while time.time() < end and not store.exists("release_stop"):
+            time.sleep(0.02)
+
+    Integration(lastcall.default).when_stopping(hold_stop)  # before LastCall's own
+
 
 @app.task(soft_time_limit=float(os.environ.get("TASK_LIMIT", "0")) or None)
 def work(n, seconds, again=None):
@@ -478,6 +490,64 @@ def test_task_ending_in_the_prestop_delay_is_in_the_report(scenario: Scenario, p
     if pool != "solo":
         expected.append(("proj.work", "requeued"))
     assert jobs == expected, report["jobs"]
+
+
+def test_a_message_delivered_again_is_held_not_done_in_the_last_resorts_file() -> None:
+    """Put back (marked done), then delivered again: the watcher must see it held.
+
+    The first delivery sits in the ring's last slot, so a second slot would come
+    first in the file, and the watcher would read the older, done state last.
+    """
+    from lastcall._workers import celery as adapter
+
+    delivered = adapter.Delivered()
+    try:
+        for n in range(adapter._TAG_SLOTS - 1):
+            delivered.note(f"other-{n}")
+        delivered.note("again")
+        delivered.done("again")  # put back on its queue
+        delivered.note("again")  # taken again: in the unacked hash, to restore if killed
+        states, _ = adapter._read_delivered(Path(delivered.path).read_bytes())
+        assert states["again"] == adapter._HELD
+    finally:
+        delivered.remove()
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_place_free_before_the_door_closed_starts_no_task(
+    scenario: Scenario, pool: str, ending: str
+) -> None:
+    """One pool place; the stop's thread is held before it closes the door; the task ends.
+
+    The place that came free would start the prefetched task: prefork's loop hands
+    it to the pool as the other one ends, a free thread takes it from the pool's
+    queue. It goes back instead, as the stop signal came first. Then the stop goes
+    on, or a SIGKILL ends the worker: the last resort must not publish the copy it
+    kept of that task (no ``acks_late``) a second time.
+    """
+    worker = scenario.worker("-P", pool, "-c", "1", HOLD_STOP="1")
+    scenario.enqueue((0, 60, None), (1, 0, None))
+    wait_until("the task running", lambda: len(scenario.list("started")) == 1)
+    wait_until("the other one prefetched", lambda: scenario.queued() == 0)
+    worker.send(signal.SIGTERM)
+    wait_until("the stop's thread held", lambda: scenario.list("stop_held"))
+    scenario.redis.client.set("release:0", 1)  # a place comes free before the door
+    worker.wait_for("not started (the stop signal came first)", stream="stderr")
+    worker.wait_for("stopped consuming;", stream="stderr")  # the loop closed the door itself
+    wait_until("the task back on the queue", lambda: scenario.queued() == 1)
+    assert scenario.list("completed") == ["0"]
+    if ending == "sigkill":
+        worker.send(signal.SIGKILL)
+        worker.wait_for("task(s) of the killed Celery worker put back", stream="stderr")
+        assert worker.finish() == -signal.SIGKILL
+    else:
+        scenario.redis.client.set("release_stop", 1)
+        assert worker.finish() == -signal.SIGTERM, worker.output()
+        jobs = [(job["name"], job["outcome"]) for job in scenario.report(worker)["jobs"]]
+        assert ("proj.work", "requeued") in jobs, jobs
+    assert scenario.queued() == 1  # once: not published again from its copy
+    assert [s.split()[0] for s in scenario.list("started")] == ["0"]
 
 
 @pytest.mark.parametrize("acks_late", ["0", "1"], ids=["acks-early", "acks-late"])

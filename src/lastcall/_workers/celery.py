@@ -2,9 +2,8 @@
 
 ``lastcall.celery`` is the face (Celery's signals, the settings, the start-up
 lines); everything here reaches into Celery, kombu and billiard, and nothing
-else does. Tested with Celery 5.4 to 5.7 and kombu 5.4 to 5.7 (``versions.
-CELERY``, ``versions.KOMBU``). The undocumented parts used, by the file they
-come from:
+else does. Tested with Celery 5.7 and kombu 5.7 (``versions.CELERY``,
+``versions.KOMBU``). The undocumented parts used, by the file they come from:
 
 * ``celery/worker/consumer/consumer.py``: ``Consumer.hub``, ``pool``,
   ``controller``, ``task_consumer``, ``strategies`` (each value wrapped, so
@@ -16,15 +15,19 @@ come from:
   ``task_ready``; ``celery/worker/request.py``: ``Request.message``,
   ``acknowledged``, ``time_start``, ``worker_pid``, ``reject``, ``cancel``,
   ``_apply_result``; ``celery/concurrency/thread.py``: ``TaskPool.on_apply``
-  (wrapped: the results are held), ``ApplyResult.f`` (the future a thread
-  takes the task from); ``celery/concurrency/gevent.py``: ``TaskPool.on_apply``
+  (wrapped: the results are held, and a thread that takes a task once the
+  stop signal came gives it back), ``ApplyResult.f`` (the future a thread
+  takes the task from); ``celery/concurrency/base.py``: ``apply_target``
+  (calls ``accept_callback`` before the task, outside its ``try``);
+  ``celery/concurrency/gevent.py``: ``TaskPool.on_apply``
   (wrapped: Celery's loop waits for a free place, a request that waited there
   as the stop began is put back, and the target notes the ``GreenletExit`` a
   cancel raises), ``TaskPool._pool`` (gevent's ``Pool.wait_available``);
   ``Request._apply_result`` is the task's greenlet there; ``Request.on_accepted``
   is the ``accept_callback`` the pool is given (its ``__self__``: the request).
-* ``celery/concurrency/prefork.py``: ``TaskPool._pool`` (billiard's
-  ``AsynPool``); ``celery/concurrency/asynpool.py``:
+* ``celery/concurrency/prefork.py``: ``TaskPool.on_apply`` (wrapped: a
+  request handed to the pool once the stop signal came goes back),
+  ``TaskPool._pool`` (billiard's ``AsynPool``); ``celery/concurrency/asynpool.py``:
   ``AsynPool.outbound_buffer`` (jobs no pool process has seen: taken out,
   their messages go back); ``billiard/pool.py``: ``Pool._pool`` (its
   processes), ``ApplyResult.discard``.
@@ -82,6 +85,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import marshal
 import mmap
@@ -325,14 +329,20 @@ class Delivered:
         self.said = False  # that a task could not be copied (said once)
 
     def note(self, tag: str) -> None:
-        """A message is being delivered: before kombu writes it to the ``unacked`` hash."""
-        index = self._next
-        self._next = (index + 1) % _TAG_SLOTS
-        overwritten = self._tags[index]
-        if overwritten is not None:
-            self._slots.pop(overwritten, None)
-        self._tags[index] = tag
-        self._slots[tag] = index
+        """A message is being delivered: before kombu writes it to the ``unacked`` hash.
+
+        One delivered again (put back at the stop's start, and taken again before the
+        door closed) keeps its slot: a second slot could say it was done.
+        """
+        index = self._slots.get(tag)
+        if index is None:
+            index = self._next
+            self._next = (index + 1) % _TAG_SLOTS
+            overwritten = self._tags[index]
+            if overwritten is not None:
+                self._slots.pop(overwritten, None)
+            self._tags[index] = tag
+            self._slots[tag] = index
         start = index * _TAG_SLOT
         self._map[start : start + _TAG_SLOT] = (_HELD + tag.encode())[:_TAG_SLOT].ljust(
             _TAG_SLOT, b"\0"
@@ -519,8 +529,8 @@ class CeleryWorker:
             GreenLoop() if consumer.hub is None else WorkerLoop(consumer.hub)
         )
         self.green_stopped: set[str] = set()  # gevent: tasks whose greenlet the cancel ended
-        self.door_closed = False
-        self.door: threading.Event | None = None  # set once the loop has closed the door
+        self.door_closed = False  # no task starts any more; the door is closing
+        self.door_shut = False  # the loop closed it (_close_door_on_loop ran)
         # solo: the main thread stopped its task; threads: a thread still holds one. Either
         # way Celery's own shutdown would wait for it, so the stop ends the process instead.
         self.frozen = threading.Event()
@@ -532,7 +542,6 @@ class CeleryWorker:
         self.forcing = False  # force() runs: in a signal handler on the main thread
         self.put_back_tags: set[Any] = set()
         self.jobs: dict[str, dict[str, Any]] = {}  # running as the stop began: id -> its entry
-        self.prefetched = 0
         self.delivered: Delivered | None = None  # for the last resort, once it is set up
         self.pid = os.getpid()  # a prefork pool process, forked later, is not the worker
 
@@ -549,35 +558,71 @@ class CeleryWorker:
             strategies[task_name] = self._gated(strategy)
         if self.kind == "solo":
             signal.signal(STOP_SIGNAL, self._solo_stop_requested)
+        if self.kind == "prefork":
+            self._gate_processes()
         if self.kind == "threads":
-            self._hold_thread_results()
+            self._gate_threads()
         if self.kind == "gevent":
             self._gate_greenlets()
 
-    def _hold_thread_results(self) -> None:
-        """Threads: know which thread runs each task; keep its ``ApplyResult`` until done.
+    def _gate_processes(self) -> None:
+        """Prefork: a process that comes free once the stop signal came starts no task.
 
-        ``Request._apply_result`` is a weak reference and the thread pool keeps no
-        other (celery/concurrency/thread.py), so the door could not find the futures
-        of prefetched tasks to cancel them. The thread is noted as it accepts the task
-        (``accept_callback``, ``Request.on_accepted``: celery/worker/request.py).
+        A prefetched request waits for a free process (``WorkController.semaphore``);
+        the loop hands it to the pool (``TaskPool.on_apply``) as a task ends there. The
+        door clears the semaphore, but only once the stop's thread posted it and the
+        loop ran it: a task ending in between would start one. It goes back instead.
         """
         pool = self.consumer.pool
         apply = pool.on_apply
+        stop_requested = Integration(self.coordinator).stop_requested
+
+        def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            if stop_requested():
+                self._put_back_late(kwargs["accept_callback"].__self__)
+                return None
+            return apply(*args, **kwargs)
+
+        pool.on_apply = on_apply
+
+    def _gate_threads(self) -> None:
+        """Threads: a thread that comes free once the stop signal came starts no task.
+
+        A prefetched task waits in the pool's executor (celery/concurrency/thread.py)
+        for a free thread. The door cancels those waits, but only once the loop runs
+        it: a thread that takes one first gives it back to the loop (``_put_back_late``)
+        instead. ``apply_target`` (celery/concurrency/base.py) calls ``accept_callback``
+        before the task, outside its ``try``: what it raises ends the work item with the
+        task never run and no result callback (the future keeps the exception; no one
+        reads it).
+
+        Each task's thread is noted as it accepts the task (``Request.on_accepted``,
+        celery/worker/request.py), and its ``ApplyResult`` is kept until done:
+        ``Request._apply_result`` is a weak reference and the pool keeps no other, so
+        the door could not find the futures to cancel.
+        """
+        pool, loop = self.consumer.pool, self.loop
+        if not isinstance(loop, WorkerLoop):
+            return  # not reached: a threads pool runs on Celery's hub (attach's caller)
+        apply = pool.on_apply
         held: set[Any] = set()
         threads = _running.threads
+        stop_requested = Integration(self.coordinator).stop_requested
 
         def on_apply(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
             accepted = kwargs["accept_callback"]
-            task_id = accepted.__self__.id
+            request = accepted.__self__
 
             def accept(*accept_args: Any) -> Any:  # noqa: ANN401
-                threads[task_id] = threading.get_ident()
+                if stop_requested():
+                    loop.post(functools.partial(self._put_back_late, request))
+                    raise TaskStopped(request.id)
+                threads[request.id] = threading.get_ident()
                 return accepted(*accept_args)
 
             def done(_future: object) -> None:
                 held.discard(result)
-                threads.pop(task_id, None)
+                threads.pop(request.id, None)
 
             result = apply(*args, **{**kwargs, "accept_callback": accept})
             held.add(result)
@@ -607,9 +652,7 @@ class CeleryWorker:
             request = kwargs["accept_callback"].__self__  # Request.on_accepted
             pool._pool.wait_available()  # noqa: SLF001  # gevent.pool.Pool
             if stop_requested() or self.door_closed:
-                if request in self.state.reserved_requests:  # not put back at the door
-                    self._put_back_reserved(request)
-                    self.prefetched += 1
+                self._put_back_late(request)
                 return None
 
             def noted(*target_args: Any, **target_kwargs: Any) -> Any:  # noqa: ANN401
@@ -630,8 +673,8 @@ class CeleryWorker:
 
         def gated(message: Celery, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
             if stop_requested() or self.door_closed:
-                self.prefetched += 1
                 message.reject_log_error(logger, (), requeue=True)  # kombu puts it back
+                self._close_door_soon()  # or the queue hands it back at once, again and again
                 return None
             if self.delivered is not None:  # args: consumer.py's (payload, ack, reject, callbacks)
                 acked, ack = self.delivered.marker(str(message.delivery_tag)), args[1]
@@ -764,9 +807,7 @@ class CeleryWorker:
         now = time.time()
         for request in list(self.state.active_requests):
             self.jobs.setdefault(request.id, _job(request, "completed", now))
-        if isinstance(self.loop, WorkerLoop):
-            self.door_closed = True
-            self.door = self.loop.post(self._close_door_on_loop)
+        self._close_door_soon()
 
     def close_door(self) -> int:
         """Stop consuming and put back what was prefetched; 0: a worker takes no backlog."""
@@ -775,15 +816,25 @@ class CeleryWorker:
         # Solo: the loop may be running a task; the gated strategies keep the door shut
         # until it is free, and the door closes then.
         timeout = 0.5 if self.kind == "solo" else 5.0
-        if self.door is not None:
-            self.door.wait(timeout)
-        else:
-            self.loop.call(self._close_door_on_loop, timeout)
+        self.loop.call(self._close_door_on_loop, timeout)  # after any posted before
         for request in self.running():  # threads: taken by a thread, not yet accepted
             self.jobs.setdefault(request.id, _job(request, "completed", now))
         return 0
 
+    def _close_door_soon(self) -> None:
+        """Have the loop close the door at its next turn, once (gevent: the drain closes it).
+
+        From the stop's thread as the stop begins, and from the loop itself as it first
+        turns a task away: the loop may see the signal before the stop's thread has run.
+        """
+        if isinstance(self.loop, WorkerLoop) and not self.door_closed:
+            self.door_closed = True
+            self.loop.post(self._close_door_on_loop)
+
     def _close_door_on_loop(self) -> None:
+        if self.door_shut:
+            return  # posted by both the loop and the stop's thread
+        self.door_shut = True
         consumer = self.consumer
         task_consumer = consumer.task_consumer
         if task_consumer is not None:
@@ -800,7 +851,6 @@ class CeleryWorker:
                 continue  # being written to a pool process: it runs, and the drain waits
             self._put_back_reserved(request)
             put_back += 1
-        self.prefetched += put_back
         log.log(
             logging.INFO,
             "%s stopped consuming; %d prefetched task(s) put back on their queues, %d running",
@@ -851,7 +901,6 @@ class CeleryWorker:
         except Exception as exc:  # the stop goes on: one line says what
             logger.warning("%s: its last BRPOP could not be ended: %r", self.name, exc)
             return
-        self.prefetched += 1
         log.log(logging.INFO, "%s: the message its last BRPOP took put back", self.name)
 
     def _unwritten_jobs(self) -> set[int]:
@@ -1193,10 +1242,29 @@ class CeleryWorker:
                 )
 
     def _put_back_reserved(self, request: Celery) -> None:
-        """A task received but never started: back on its queue, out of Celery's books, noted."""
+        """A task received but never started: back on its queue, out of Celery's books, noted.
+
+        Its copy for the last resort (one handed to the pool without ``acks_late``) is
+        marked done after the reject: a kill in between publishes it twice, never none.
+        """
         request.reject(requeue=True)
+        if self.delivered is not None:
+            self.delivered.done(str(request.message.delivery_tag))
         self.state.task_ready(request)
         self.note(request, "requeued", time.time())
+
+    def _put_back_late(self, request: Celery) -> None:
+        """On the loop: a task about to start once the stop signal came goes back instead."""
+        self._close_door_soon()
+        if request not in self.state.reserved_requests:
+            return  # the door put it back already
+        self._put_back_reserved(request)
+        log.log(
+            logging.INFO,
+            "task %s[%s] not started (the stop signal came first): put back on its queue",
+            request.name,
+            request.id,
+        )
 
     def note(self, request: Celery, outcome: str, now: float) -> None:
         job = self.jobs.get(request.id) or _job(request, outcome, now)

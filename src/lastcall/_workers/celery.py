@@ -97,7 +97,7 @@ import struct
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import lastcall
 from lastcall._integration import Integration
@@ -601,9 +601,8 @@ class CeleryWorker:
         ``Request._apply_result`` is a weak reference and the pool keeps no other, so
         the door could not find the futures to cancel.
         """
-        pool, loop = self.consumer.pool, self.loop
-        if not isinstance(loop, WorkerLoop):
-            return  # not reached: a threads pool runs on Celery's hub (attach's caller)
+        pool = self.consumer.pool
+        loop = cast("WorkerLoop", self.loop)  # a threads pool runs on Celery's hub
         apply = pool.on_apply
         held: set[Any] = set()
         threads = _running.threads

@@ -207,6 +207,14 @@ def test_bad_input_is_one_line(args: list[str], words: str) -> None:
     assert line.startswith("lastcall: error: ") and words in line, line
 
 
+def test_a_cmd_that_cannot_start_is_one_error_line_and_status_2() -> None:
+    """The private broker is up by then (its line comes first): one error line, exit 2."""
+    result = drill("--worker", "rq", "--cmd", "no-such-program --url {broker} {name}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lastcall: error:")]
+    assert len(errors) == 1 and "--cmd cannot start 'no-such-program'" in errors[0], errors
+
+
 def test_without_redis_server_one_line_says_how_to_get_one(tmp_path: Path) -> None:
     """No redis-server on PATH and no --broker: how to install it, or what to pass instead."""
     bin_dir = tmp_path / "bin"

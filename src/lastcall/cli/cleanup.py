@@ -21,9 +21,12 @@ import itertools
 import os
 import secrets
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lastcall.cli.plan import DrillError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -50,6 +53,29 @@ class TerminatedError(BaseException):
 def new_mark() -> str:
     """A mark for one drill's processes (its value of ``LASTCALL_DRILL_OWNER``)."""
     return f"{RUN}.{next(_COUNTER)}"
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start the user's command (or the demo's) in a session of its own, its output in ``log``.
+
+    Its own session is how :func:`end` finds it and what it starts. A program that
+    cannot be run is bad input: ``DrillError``, in one line.
+    """
+    with log.open("wb") as out:
+        try:
+            return subprocess.Popen(  # noqa: S603  # the user's own command; no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DrillError(
+                f"--cmd cannot start {argv[0]!r} ({exc.strerror}); give a program on PATH "
+                "or its path, and write sh -c '...' for a shell"
+            ) from None
 
 
 def _pids() -> Iterator[int]:

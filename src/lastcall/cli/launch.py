@@ -15,7 +15,6 @@ import contextlib
 import os
 import shlex
 import socket
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from lastcall.cli.processes import serving_processes
 from lastcall.cli.servers import SERVERS, Launch
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable
     from pathlib import Path
 
@@ -206,21 +206,7 @@ class App:
         else:
             argv = self._server_argv(port, error_file, env)
             self._progress(f"starting {plan.name} ({plan.variant}) on {plan.server}, port {port}")
-        with (self._dir / "app.log").open("wb") as log:
-            try:
-                self.proc = subprocess.Popen(  # noqa: S603  # the user's own command; no shell
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DrillError(
-                    f"--cmd cannot start {argv[0]!r} ({exc.strerror}); give a program on PATH "
-                    "or its path, and write sh -c '...' for a shell"
-                ) from None
+        self.proc = cleanup.start(argv, env, self._dir / "app.log")
         self.leader = self.proc.pid
         self._progress(f"started pid {self.leader} (its own session)")
         return self._until_answering(port, error_file)

@@ -12,7 +12,6 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from lastcall.cli import cleanup
-from lastcall.cli.plan import DrillError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,21 +32,9 @@ class Worker:
             "LASTCALL_REPORT": str(directory / "report-{pid}.json"),
             "LASTCALL_DEMO_EVENTS": str(directory / "hooks.jsonl"),
         }
-        with (directory / "worker.log").open("wb") as log:
-            try:
-                self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(  # noqa: S603
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DrillError(
-                    f"--cmd cannot start {argv[0]!r} ({exc.strerror}); give a program on PATH "
-                    "or its path, and write sh -c '...' for a shell"
-                ) from None
+        self.proc: subprocess.Popen[bytes] | None = cleanup.start(
+            argv, env, directory / "worker.log"
+        )
         self.pid = self.proc.pid
         self.status: int | None = None
 

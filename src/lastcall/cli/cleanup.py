@@ -1,5 +1,6 @@
 """Ending everything a drill started, however it started it and however the drill ends.
 
+The app or worker under drill is started here (:func:`start`), in a session of its own.
 A process the drill starts gets ``LASTCALL_DRILL_OWNER`` in its environment,
 and every process it starts in turn inherits it: a daemon (``gunicorn
 --daemon``'s double fork), a ``setsid ... &`` child in a session of its own,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import free_port
-from test_celery import Scenario, drain_budget, readyz, wait_until
+from test_celery import Scenario, drain_budget, readyz, wait_received, wait_until
 
 if TYPE_CHECKING:
     from brokers import RabbitMQ, Redis
@@ -78,7 +78,7 @@ def test_sigterm_running_finish_prefetched_back_at_once(
     worker.wait_for("running tasks get", stream="stderr")
     scenario.enqueue(*[(n, 1.5, None) for n in range(6)])
     wait_until("2 tasks running", lambda: len(scenario.list("started")) == 2)
-    wait_until("the other 4 prefetched (4 x 2 processes)", lambda: scenario.queued() == 0)
+    wait_received(worker, 6)  # the other 4 prefetched (4 x 2 processes)
     worker.send(signal.SIGTERM)
     signalled = time.monotonic()
     worker.wait_for("shutdown started by SIGTERM", stream="stderr")
